@@ -1,0 +1,1 @@
+//! Benchmarks live in the `[[bench]]` targets: `cargo bench -p backup-benches`.

@@ -1,0 +1,135 @@
+//! Components: the named parts of an appliance's state that a backup captures.
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+mod command;
+mod files;
+mod sqlite;
+mod swap;
+
+pub use command::CommandComponent;
+pub use files::FilesComponent;
+pub use sqlite::SqliteComponent;
+pub use swap::Committed;
+pub(crate) use swap::{NothingToUndo, Swapped};
+
+use crate::image::PlannedComponent;
+
+/// Metadata of one archive entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryMeta {
+    /// Permission bits (and setuid/setgid/sticky).
+    pub mode: u32,
+    /// Modification time, Unix seconds.
+    pub mtime: u64,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+}
+
+impl EntryMeta {
+    /// The metadata of a file system object.
+    pub fn from_metadata(md: &std::fs::Metadata) -> EntryMeta {
+        use std::os::unix::fs::MetadataExt;
+        EntryMeta { mode: md.mode() & 0o7777, mtime: md.mtime().max(0) as u64, uid: md.uid(), gid: md.gid() }
+    }
+}
+
+/// Why a snapshot stopped.
+#[derive(Debug)]
+pub enum SnapshotError {
+    /// The component could not be captured (its own failure: a missing file,
+    /// a failing dump command). The image stays well-formed; the component is
+    /// recorded as failed.
+    Failed(String),
+    /// Writing the image failed (storage gone, disk full): the whole backup stops.
+    Output(io::Error),
+}
+
+impl From<io::Error> for SnapshotError {
+    fn from(e: io::Error) -> Self {
+        SnapshotError::Output(e)
+    }
+}
+
+/// Where a component writes its entries. Paths are relative to the component
+/// (for file-based components: the absolute path without its leading `/`).
+pub trait EntrySink {
+    /// A directory.
+    fn dir(&mut self, rel: &Path, meta: &EntryMeta) -> Result<(), SnapshotError>;
+    /// A regular file of `size` bytes read from `data`. If `data` fails or ends
+    /// early the entry is padded to `size` (the archive stays valid) and
+    /// [`SnapshotError::Failed`] is returned for a read error; a short read is
+    /// reported as a warning (the file changed while being read).
+    fn file(&mut self, rel: &Path, meta: &EntryMeta, size: u64, data: &mut dyn Read) -> Result<(), SnapshotError>;
+    /// A symbolic link.
+    fn symlink(&mut self, rel: &Path, meta: &EntryMeta, target: &Path) -> Result<(), SnapshotError>;
+    /// A hard link to an earlier file entry of the same component.
+    fn hardlink(&mut self, rel: &Path, meta: &EntryMeta, target_rel: &Path) -> Result<(), SnapshotError>;
+    /// A non-fatal warning, kept in the manifest.
+    fn warn(&mut self, message: String);
+}
+
+/// Whether a component applies on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applicability {
+    /// It does.
+    Applicable,
+    /// It does not, and why (e.g. "/run/postgresql does not exist").
+    NotApplicable(String),
+}
+
+/// What a component's restore gets to work with.
+#[derive(Debug)]
+pub struct RestoreContext<'a> {
+    /// The staging directory holding the component's extracted, verified
+    /// entries at their archive-relative paths.
+    pub staged: &'a Path,
+    /// The component as planned in the image (kind, roots).
+    pub planned: &'a PlannedComponent,
+    /// `--target DIR`: restore under this root instead of the live locations.
+    pub target: Option<&'a Path>,
+}
+
+impl RestoreContext<'_> {
+    /// Where an absolute path of the image goes on this restore.
+    pub fn destination(&self, original: &Path) -> PathBuf {
+        match self.target {
+            Some(t) => t.join(original.strip_prefix("/").unwrap_or(original)),
+            None => original.to_path_buf(),
+        }
+    }
+}
+
+/// One part of an appliance's state.
+///
+/// Built-in kinds are [`FilesComponent`], [`SqliteComponent`] and
+/// [`CommandComponent`]; embedders add their own by implementing this trait
+/// and registering it with [`crate::EngineBuilder::component`].
+pub trait Component: Send + Sync {
+    /// Unique name.
+    fn name(&self) -> &str;
+    /// Kind, recorded in the image.
+    fn kind(&self) -> &str;
+    /// Absolute paths the entries live under, recorded in `backup.json` so
+    /// restore can check every entry before writing it. Empty for components
+    /// that are not a file tree; their entries must then be flat names.
+    fn roots(&self) -> Vec<PathBuf>;
+    /// Whether the component applies on this node.
+    fn applicability(&self) -> Applicability;
+    /// Estimated snapshot size in bytes, if it can be known cheaply.
+    fn estimate_size(&self) -> Option<u64>;
+    /// Writes the component's entries. `scratch` is a private directory for
+    /// temporary files (removed afterwards).
+    fn snapshot(&self, sink: &mut dyn EntrySink, scratch: &Path) -> Result<(), SnapshotError>;
+    /// Puts verified, staged entries into place. Called only after every
+    /// selected component of the image was extracted and verified. The
+    /// returned handle finalises (drops the old state) or rolls back.
+    fn restore(&self, ctx: &RestoreContext<'_>) -> Result<Box<dyn Committed>, String>;
+}
+
+/// The archive-relative form of an absolute path.
+pub(crate) fn rel_of(abs: &Path) -> &Path {
+    abs.strip_prefix("/").unwrap_or(abs)
+}

@@ -1,0 +1,436 @@
+//! The appliance's configuration file (TOML).
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Who this appliance is.
+    pub appliance: Appliance,
+    /// Where images go.
+    #[serde(default)]
+    pub storage: StorageConfig,
+    /// How images are made.
+    #[serde(default)]
+    pub image: ImageConfig,
+    /// Key derivation cost used when the secret is set (`backup init`).
+    #[serde(default)]
+    pub encryption: EncryptionConfig,
+    /// What to back up.
+    #[serde(default, rename = "component")]
+    pub components: Vec<ComponentConfig>,
+}
+
+/// `[appliance]`: identity and state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Appliance {
+    /// Product name, e.g. `demo-gateway`.
+    pub product: String,
+    /// Product version; restore refuses images of another version.
+    pub version: String,
+    /// Node id; restore refuses images of another node.
+    pub node: String,
+    /// Role of this node.
+    #[serde(default = "default_role")]
+    pub role: Role,
+    /// Cluster id, if any.
+    #[serde(default)]
+    pub cluster: Option<String>,
+    /// Keyring, master key, status, audit log, lock, logs.
+    pub state_dir: PathBuf,
+}
+
+fn default_role() -> Role {
+    Role::Standalone
+}
+
+/// A node's role, carried in image names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// A single appliance.
+    Standalone,
+    /// HA primary.
+    Primary,
+    /// HA secondary.
+    Secondary,
+    /// Cluster control node.
+    Control,
+    /// Cluster data node.
+    Data,
+}
+
+impl Role {
+    /// The lowercase name used in image names.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Standalone => "standalone",
+            Role::Primary => "primary",
+            Role::Secondary => "secondary",
+            Role::Control => "control",
+            Role::Data => "data",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `[storage]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `none`, or a backend URL such as `file:///var/backups`.
+    #[serde(default = "default_storage_url")]
+    pub url: String,
+    /// Image name prefix.
+    #[serde(default)]
+    pub prefix: String,
+    /// For `nfs://`: the local mount point of the export.
+    #[serde(default)]
+    pub mount: Option<PathBuf>,
+}
+
+fn default_storage_url() -> String {
+    "none".to_string()
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig { url: default_storage_url(), prefix: String::new(), mount: None }
+    }
+}
+
+/// `[image]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageConfig {
+    /// Payload compression.
+    #[serde(default)]
+    pub compression: Compression,
+    /// Compression level (gzip: 0–9).
+    #[serde(default = "default_level")]
+    pub level: u32,
+}
+
+fn default_level() -> u32 {
+    6
+}
+
+impl Default for ImageConfig {
+    fn default() -> Self {
+        ImageConfig { compression: Compression::default(), level: default_level() }
+    }
+}
+
+/// Payload codec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// A standard `.tar.gz` payload.
+    #[default]
+    Gzip,
+    /// A plain `.tar` payload.
+    None,
+}
+
+/// `[encryption]`: Argon2id cost for the keyslot written at `backup init`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionConfig {
+    /// Memory in MiB (default 256).
+    #[serde(default = "default_kdf_memory")]
+    pub kdf_memory_mib: u32,
+    /// Passes (default 3).
+    #[serde(default = "default_kdf_iterations")]
+    pub kdf_iterations: u32,
+    /// Lanes (default 4).
+    #[serde(default = "default_kdf_parallelism")]
+    pub kdf_parallelism: u32,
+}
+
+fn default_kdf_memory() -> u32 {
+    256
+}
+fn default_kdf_iterations() -> u32 {
+    3
+}
+fn default_kdf_parallelism() -> u32 {
+    4
+}
+
+impl Default for EncryptionConfig {
+    fn default() -> Self {
+        EncryptionConfig {
+            kdf_memory_mib: default_kdf_memory(),
+            kdf_iterations: default_kdf_iterations(),
+            kdf_parallelism: default_kdf_parallelism(),
+        }
+    }
+}
+
+impl EncryptionConfig {
+    /// The Argon2id parameters this section describes.
+    pub fn kdf_params(&self) -> backup_crypto::KdfParams {
+        backup_crypto::KdfParams {
+            memory_kib: self.kdf_memory_mib.saturating_mul(1024),
+            iterations: self.kdf_iterations,
+            parallelism: self.kdf_parallelism,
+        }
+    }
+}
+
+/// One `[[component]]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(try_from = "RawComponent")]
+pub struct ComponentConfig {
+    /// Unique name (letters, digits, `-`, `_`).
+    pub name: String,
+    /// What kind of snapshot it takes.
+    #[serde(flatten)]
+    pub kind: ComponentKind,
+    /// Part of a standard backup (default true).
+    pub default: bool,
+    /// Components that must be in the same backup.
+    pub requires: Vec<String>,
+    /// The component applies only where this path exists.
+    pub applicable_if_exists: Option<PathBuf>,
+    /// Marks audit records: excluded from a standard backup unless audits are
+    /// included. Defaults to `name == "audits"`.
+    pub audit: Option<bool>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The table as written, strict about unknown keys; checked per kind below.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawComponent {
+    name: String,
+    kind: String,
+    #[serde(default = "yes")]
+    default: bool,
+    #[serde(default)]
+    requires: Vec<String>,
+    #[serde(default)]
+    applicable_if_exists: Option<PathBuf>,
+    #[serde(default)]
+    audit: Option<bool>,
+    #[serde(default)]
+    paths: Option<Vec<PathBuf>>,
+    #[serde(default)]
+    exclude: Option<Vec<String>>,
+    #[serde(default)]
+    path: Option<PathBuf>,
+    #[serde(default)]
+    backup: Option<Vec<String>>,
+    #[serde(default)]
+    restore: Option<Vec<String>>,
+}
+
+impl TryFrom<RawComponent> for ComponentConfig {
+    type Error = String;
+
+    fn try_from(r: RawComponent) -> std::result::Result<Self, String> {
+        let name = r.name.clone();
+        let stray = |key: &str, present: bool| {
+            if present {
+                Err(format!("component {name:?} of kind {:?} does not take `{key}`", r.kind))
+            } else {
+                Ok(())
+            }
+        };
+        let missing = |key: &str| format!("component {name:?} of kind {:?} needs `{key}`", r.kind);
+        let kind = match r.kind.as_str() {
+            "files" => {
+                stray("path", r.path.is_some())?;
+                stray("backup", r.backup.is_some())?;
+                stray("restore", r.restore.is_some())?;
+                ComponentKind::Files { paths: r.paths.ok_or_else(|| missing("paths"))?, exclude: r.exclude.unwrap_or_default() }
+            }
+            "sqlite" => {
+                stray("paths", r.paths.is_some())?;
+                stray("exclude", r.exclude.is_some())?;
+                stray("backup", r.backup.is_some())?;
+                stray("restore", r.restore.is_some())?;
+                ComponentKind::Sqlite { path: r.path.ok_or_else(|| missing("path"))? }
+            }
+            "command" => {
+                stray("paths", r.paths.is_some())?;
+                stray("exclude", r.exclude.is_some())?;
+                stray("path", r.path.is_some())?;
+                ComponentKind::Command {
+                    backup: r.backup.ok_or_else(|| missing("backup"))?,
+                    restore: r.restore.unwrap_or_default(),
+                }
+            }
+            other => return Err(format!("component {name:?}: unknown kind {other:?} (use files, sqlite or command)")),
+        };
+        Ok(ComponentConfig {
+            name: r.name,
+            kind,
+            default: r.default,
+            requires: r.requires,
+            applicable_if_exists: r.applicable_if_exists,
+            audit: r.audit,
+        })
+    }
+}
+
+impl ComponentConfig {
+    /// Whether this component holds audit records.
+    pub fn is_audit(&self) -> bool {
+        self.audit.unwrap_or(self.name == "audits")
+    }
+}
+
+/// The built-in component kinds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum ComponentKind {
+    /// Directory trees and files.
+    Files {
+        /// Absolute roots.
+        paths: Vec<PathBuf>,
+        /// Glob patterns excluded (matched against the file name and the full path).
+        #[serde(default)]
+        exclude: Vec<String>,
+    },
+    /// A dump command and its restore command.
+    Command {
+        /// argv of the dump command; its stdout is the snapshot.
+        backup: Vec<String>,
+        /// argv of the restore command; fed the snapshot on stdin.
+        #[serde(default)]
+        restore: Vec<String>,
+    },
+    /// A SQLite database file, snapshotted online.
+    Sqlite {
+        /// Absolute path of the database.
+        path: PathBuf,
+    },
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
+            path: path.to_path_buf(),
+            reason: if e.kind() == std::io::ErrorKind::NotFound {
+                "file not found: pass --config FILE, set BACKUP_CONFIG, or create ./backup.toml (see `backup quickstart` for an example)".to_string()
+            } else {
+                format!("cannot read it: {e}")
+            },
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates configuration text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config> {
+        let config: Config =
+            toml::from_str(text).map_err(|e| Error::Config { path: path.to_path_buf(), reason: e.to_string() })?;
+        config.validate().map_err(|reason| Error::Config { path: path.to_path_buf(), reason })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        let a = &self.appliance;
+        for (field, value) in [("product", &a.product), ("version", &a.version), ("node", &a.node)] {
+            if value.is_empty() {
+                return Err(format!("[appliance] {field} must not be empty"));
+            }
+        }
+        if !is_safe_name(&a.node) {
+            return Err(format!(
+                "[appliance] node {:?} may only use letters, digits, '.', '-' and '_' (it is part of image names)",
+                a.node
+            ));
+        }
+        if !is_safe_name(&self.storage.prefix) && !self.storage.prefix.is_empty() {
+            return Err(format!(
+                "[storage] prefix {:?} may only use letters, digits, '.', '-' and '_'",
+                self.storage.prefix
+            ));
+        }
+        if !a.state_dir.is_absolute() {
+            return Err(format!("[appliance] state_dir {:?} must be an absolute path", a.state_dir));
+        }
+        if self.image.compression == Compression::Gzip && self.image.level > 9 {
+            return Err(format!("[image] level {} is out of range for gzip (0–9)", self.image.level));
+        }
+        self.encryption
+            .kdf_params()
+            .validate()
+            .map_err(|e| format!("[encryption]: {e} (a reader would refuse such images)"))?;
+        let mut names = BTreeSet::new();
+        for c in &self.components {
+            if !is_safe_name(&c.name) {
+                return Err(format!(
+                    "component name {:?} may only use letters, digits, '.', '-' and '_'",
+                    c.name
+                ));
+            }
+            if !names.insert(c.name.as_str()) {
+                return Err(format!("component {:?} is defined twice", c.name));
+            }
+            match &c.kind {
+                ComponentKind::Files { paths, exclude } => {
+                    if paths.is_empty() {
+                        return Err(format!("component {:?}: paths must not be empty", c.name));
+                    }
+                    for p in paths {
+                        check_abs(&c.name, p)?;
+                    }
+                    for g in exclude {
+                        globset::Glob::new(g)
+                            .map_err(|e| format!("component {:?}: bad exclude pattern {g:?}: {e}", c.name))?;
+                    }
+                }
+                ComponentKind::Command { backup, .. } => {
+                    if backup.is_empty() {
+                        return Err(format!("component {:?}: backup command must not be empty", c.name));
+                    }
+                }
+                ComponentKind::Sqlite { path } => check_abs(&c.name, path)?,
+            }
+        }
+        for c in &self.components {
+            for r in &c.requires {
+                if !names.contains(r.as_str()) {
+                    return Err(format!("component {:?} requires {r:?}, which is not defined", c.name));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether images are published to a storage.
+    pub fn has_storage(&self) -> bool {
+        !self.storage.url.trim().is_empty() && self.storage.url.trim() != "none"
+    }
+}
+
+fn check_abs(name: &str, p: &Path) -> std::result::Result<(), String> {
+    if !p.is_absolute() {
+        return Err(format!("component {name:?}: path {p:?} must be absolute"));
+    }
+    if p.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        return Err(format!("component {name:?}: path {p:?} must not contain '..'"));
+    }
+    Ok(())
+}
+
+pub(crate) fn is_safe_name(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) && s != "." && s != ".."
+}

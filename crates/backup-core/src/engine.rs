@@ -1,0 +1,780 @@
+//! The engine: plans and runs backups, verifies and restores images.
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use backup_crypto::{EncryptWriter, ImageReader, Keyslot, MasterKey};
+use backup_storage::{LocalStorage, PutMode, PutOptions, Storage, StorageExt};
+use bytes::Bytes;
+use chrono::{DateTime, SubsecRound, Utc};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::component::{Applicability, CommandComponent, Component, FilesComponent, SnapshotError, SqliteComponent};
+use crate::config::{ComponentKind, Config};
+use crate::image::reader::{self, Visitor, WalkResult};
+use crate::image::writer::{ChannelWriter, Encoder, TarWriter, CHANNEL_DEPTH};
+use crate::image::{
+    image_name, parse_image_name, sidecar_name, BackupInfo, ComponentRecord, Manifest, Outcome, ParsedName,
+    PlannedComponent, Selection, Sidecar, BACKUP_JSON, IMAGE_EXT, MANIFEST_JSON, PAYLOAD_FORMAT,
+};
+use crate::keys::{KeyFile, KeySource, Keys, NoPassphrase, PassphraseProvider};
+use crate::progress::{Event, NoProgress, Progress};
+use crate::{Error, Result};
+
+/// Largest sidecar manifest read.
+const MAX_SIDECAR: u64 = 16 << 20;
+
+/// How a registered component takes part in backups.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ComponentOptions {
+    /// Part of a standard backup.
+    pub default: bool,
+    /// Components that must be in the same backup.
+    pub requires: Vec<String>,
+    /// Holds audit records (a standard backup includes it only with `include_audits`).
+    pub audit: bool,
+}
+
+impl Default for ComponentOptions {
+    fn default() -> Self {
+        ComponentOptions { default: true, requires: Vec::new(), audit: false }
+    }
+}
+
+struct Registered {
+    component: Arc<dyn Component>,
+    options: ComponentOptions,
+}
+
+/// Builds an [`Engine`] from a [`Config`].
+pub struct EngineBuilder {
+    config: Config,
+    storage: Option<Arc<dyn Storage>>,
+    passphrase: Arc<dyn PassphraseProvider>,
+    key_source: Option<Box<dyn KeySource>>,
+    progress: Arc<dyn Progress>,
+    extra: Vec<Registered>,
+}
+
+impl EngineBuilder {
+    /// Uses this storage instead of the one `[storage] url` names.
+    pub fn storage(mut self, storage: Arc<dyn Storage>) -> Self {
+        self.storage = Some(storage);
+        self
+    }
+
+    /// Where passphrases come from (default: none — key file only).
+    pub fn passphrase_provider(mut self, p: Arc<dyn PassphraseProvider>) -> Self {
+        self.passphrase = p;
+        self
+    }
+
+    /// Where the master key comes from (default: the key file in the state directory).
+    pub fn key_source(mut self, source: Box<dyn KeySource>) -> Self {
+        self.key_source = Some(source);
+        self
+    }
+
+    /// Receives progress events (default: ignored).
+    pub fn progress(mut self, p: Arc<dyn Progress>) -> Self {
+        self.progress = p;
+        self
+    }
+
+    /// Registers a component of the embedder's own, after those of the config.
+    pub fn component(mut self, component: Arc<dyn Component>, options: ComponentOptions) -> Self {
+        self.extra.push(Registered { component, options });
+        self
+    }
+
+    /// Opens the storage (unless given) and builds the configured components.
+    pub fn build(self) -> Result<Engine> {
+        let config = self.config;
+        let storage = match self.storage {
+            Some(s) => Some(s),
+            None if config.has_storage() => {
+                let mut opts = backup_storage::OpenOptions::default();
+                opts.mount = config.storage.mount.clone();
+                Some(backup_storage::open_url(config.storage.url.trim(), &opts)?)
+            }
+            None => None,
+        };
+        let mut components = Vec::new();
+        for c in &config.components {
+            let when = c.applicable_if_exists.clone();
+            let component: Arc<dyn Component> = match &c.kind {
+                ComponentKind::Files { paths, exclude } => Arc::new(
+                    FilesComponent::new(&c.name, paths.clone(), exclude, when).map_err(|reason| Error::Config {
+                        path: PathBuf::from("(config)"),
+                        reason: format!("component {}: {reason}", c.name),
+                    })?,
+                ),
+                ComponentKind::Sqlite { path } => Arc::new(SqliteComponent::new(&c.name, path.clone(), when)),
+                ComponentKind::Command { backup, restore } => {
+                    Arc::new(CommandComponent::new(&c.name, backup.clone(), restore.clone(), when))
+                }
+            };
+            let options = ComponentOptions { default: c.default, requires: c.requires.clone(), audit: c.is_audit() };
+            components.push(Registered { component, options });
+        }
+        for r in self.extra {
+            if components.iter().any(|c| c.component.name() == r.component.name()) {
+                return Err(Error::Input(format!("component {} is registered twice", r.component.name())));
+            }
+            components.push(r);
+        }
+        let source = self.key_source.unwrap_or_else(|| Box::new(KeyFile::in_state_dir(&config.appliance.state_dir)));
+        let keys = Arc::new(Keys::new(config.appliance.state_dir.clone(), source, self.passphrase));
+        Ok(Engine { config, storage, components, keys, progress: self.progress })
+    }
+}
+
+/// What `create` should do.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct CreateOptions {
+    /// A custom backup of these components (empty: a standard backup).
+    pub components: Vec<String>,
+    /// Include audit components.
+    pub include_audits: bool,
+    /// Fail at the first failing component and publish nothing.
+    pub halt: bool,
+    /// Write the image to this file instead of the configured storage.
+    pub output: Option<PathBuf>,
+}
+
+/// The result of a backup that published an image.
+#[derive(Debug, Clone, Serialize)]
+pub struct CreateReport {
+    /// Image name (or file path with `output`).
+    pub image: String,
+    /// Where it was published.
+    pub location: String,
+    /// `success` or `partial`.
+    pub outcome: Outcome,
+    /// Image size in bytes.
+    pub size: u64,
+    /// `backup.json`.
+    pub info: BackupInfo,
+    /// `manifest.json`.
+    pub manifest: Manifest,
+    /// Components that were not applicable and left out of a standard backup.
+    pub not_applicable: Vec<String>,
+    /// Set if the sidecar manifest could not be stored (the image is fine).
+    pub sidecar_error: Option<String>,
+}
+
+/// An image in the storage.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageSummary {
+    /// Object name.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Time/node/role from the name.
+    #[serde(skip)]
+    pub parsed: Option<ParsedName>,
+    /// Its sidecar manifest, if readable.
+    pub sidecar: Option<Sidecar>,
+    /// Why the sidecar could not be read.
+    pub sidecar_error: Option<String>,
+}
+
+/// Details of one image.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageDetails {
+    /// Name or path.
+    pub image: String,
+    /// Size in bytes, if known.
+    pub size: Option<u64>,
+    /// `backup.json`.
+    pub info: BackupInfo,
+    /// `manifest.json`.
+    pub manifest: Manifest,
+    /// `sidecar` (read from the sidecar manifest) or `image` (read from the image itself).
+    pub source: &'static str,
+}
+
+/// The result of a full verification.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    /// Name or path.
+    pub image: String,
+    /// Encrypted bytes read.
+    pub size: u64,
+    /// `backup.json`.
+    pub info: BackupInfo,
+    /// `manifest.json`.
+    pub manifest: Manifest,
+    /// Components whose entries were checked against the manifest.
+    pub verified: Vec<String>,
+}
+
+/// Where an `IMAGE` argument points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ImageLoc {
+    File(PathBuf),
+    Stored(String),
+}
+
+impl ImageLoc {
+    pub(crate) fn shown(&self) -> String {
+        match self {
+            ImageLoc::File(p) => p.display().to_string(),
+            ImageLoc::Stored(n) => n.clone(),
+        }
+    }
+}
+
+/// The backup engine of one appliance.
+pub struct Engine {
+    pub(crate) config: Config,
+    storage: Option<Arc<dyn Storage>>,
+    components: Vec<Registered>,
+    pub(crate) keys: Arc<Keys>,
+    pub(crate) progress: Arc<dyn Progress>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("node", &self.config.appliance.node)
+            .field("storage", &self.storage.as_ref().map(|s| s.to_string()))
+            .finish_non_exhaustive()
+    }
+}
+
+struct PlanItem {
+    component: Arc<dyn Component>,
+    applicability: Applicability,
+}
+
+impl Engine {
+    /// Starts building an engine for `config`.
+    pub fn builder(config: Config) -> EngineBuilder {
+        EngineBuilder {
+            config,
+            storage: None,
+            passphrase: Arc::new(NoPassphrase),
+            key_source: None,
+            progress: Arc::new(NoProgress),
+            extra: Vec::new(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The configured storage, if any.
+    pub fn storage(&self) -> Option<&Arc<dyn Storage>> {
+        self.storage.as_ref()
+    }
+
+    /// Names of the registered components, in order.
+    pub fn component_names(&self) -> Vec<String> {
+        self.components.iter().map(|c| c.component.name().to_string()).collect()
+    }
+
+    pub(crate) fn component(&self, name: &str) -> Option<&Arc<dyn Component>> {
+        self.components.iter().find(|c| c.component.name() == name).map(|c| &c.component)
+    }
+
+    fn plan(&self, opts: &CreateOptions) -> Result<(Selection, Vec<PlanItem>, Vec<String>)> {
+        let known: BTreeSet<&str> = self.components.iter().map(|c| c.component.name()).collect();
+        for name in &opts.components {
+            if !known.contains(name.as_str()) {
+                return Err(Error::Input(format!(
+                    "unknown component {name:?}; this appliance has: {}",
+                    known.iter().copied().collect::<Vec<_>>().join(", ")
+                )));
+            }
+        }
+        let custom = !opts.components.is_empty();
+        let mut items = Vec::new();
+        let mut not_applicable = Vec::new();
+        for reg in &self.components {
+            let name = reg.component.name();
+            let wanted = if custom {
+                opts.components.iter().any(|n| n == name) || (opts.include_audits && reg.options.audit)
+            } else {
+                reg.options.default && (!reg.options.audit || opts.include_audits)
+                    || (reg.options.audit && opts.include_audits)
+            };
+            if !wanted {
+                continue;
+            }
+            let applicability = reg.component.applicability();
+            if let Applicability::NotApplicable(why) = &applicability {
+                if !custom {
+                    not_applicable.push(format!("{name} ({why})"));
+                    continue;
+                }
+                if opts.halt {
+                    return Err(Error::Halted { component: name.to_string(), reason: format!("not applicable: {why}") });
+                }
+            }
+            items.push(PlanItem { component: reg.component.clone(), applicability });
+        }
+        let selected: BTreeSet<&str> = items.iter().map(|i| i.component.name()).collect();
+        for reg in &self.components {
+            if !selected.contains(reg.component.name()) {
+                continue;
+            }
+            for req in &reg.options.requires {
+                if !selected.contains(req.as_str()) {
+                    return Err(Error::Input(format!(
+                        "component {} requires {req}, which is not in this backup; add --component {req}",
+                        reg.component.name()
+                    )));
+                }
+            }
+        }
+        if items.is_empty() {
+            return Err(Error::Input("nothing to back up: no applicable component is selected".into()));
+        }
+        Ok((if custom { Selection::Custom } else { Selection::Standard }, items, not_applicable))
+    }
+
+    fn scratch_dir(&self) -> Result<PathBuf> {
+        let dir = self.config.appliance.state_dir.join("tmp").join(crate::util::random_tag());
+        crate::util::create_private_dir(&dir)
+            .map_err(|e| Error::io(format!("creating scratch directory {}", dir.display()), e))?;
+        Ok(dir)
+    }
+
+    /// Takes a backup and publishes it (or, with [`CreateOptions::halt`] and a
+    /// failing component, publishes nothing and fails).
+    pub async fn create(&self, opts: &CreateOptions) -> Result<CreateReport> {
+        let (selection, items, not_applicable) = self.plan(opts)?;
+        for n in &not_applicable {
+            self.progress.event(&Event::Warning { component: None, message: format!("not applicable, skipped: {n}") });
+        }
+        let (mk, slot) = self.keys.for_writing()?;
+        let created = Utc::now().trunc_subsecs(0);
+        let a = &self.config.appliance;
+        let (storage, name) = match &opts.output {
+            Some(path) => local_destination(path)?,
+            None => {
+                let storage = self.storage.clone().ok_or_else(|| {
+                    Error::NoStorage("pass --output FILE (or - for standard output) or set [storage] url".into())
+                })?;
+                (storage, image_name(&self.config.storage.prefix, created, &a.node, a.role))
+            }
+        };
+        let info = BackupInfo {
+            format: PAYLOAD_FORMAT,
+            product: a.product.clone(),
+            product_version: a.version.clone(),
+            node: a.node.clone(),
+            role: a.role,
+            cluster: a.cluster.clone(),
+            created,
+            selection,
+            components: items
+                .iter()
+                .map(|i| PlannedComponent {
+                    name: i.component.name().to_string(),
+                    kind: i.component.kind().to_string(),
+                    roots: i.component.roots().iter().map(|p| p.display().to_string()).collect(),
+                })
+                .collect(),
+            compression: self.config.image.compression,
+            engine_version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        let scratch = self.scratch_dir()?;
+        let producer_info = info.clone();
+        let (compression, level) = (self.config.image.compression, self.config.image.level);
+        let progress = self.progress.clone();
+        let halt = opts.halt;
+        let scratch_for_producer = scratch.clone();
+        self.progress.event(&Event::Step { message: format!("writing {name} to {storage}") });
+        let result = write_sealed(storage.clone(), name.clone(), mk.clone(), slot.clone(), created, move |out| {
+            let encoder = Encoder::new(out, compression, level);
+            let mut tar = TarWriter::new(encoder, progress.clone());
+            let io_err = |e| Error::from_pipeline_io("writing the image", e);
+            tar.json(BACKUP_JSON, &producer_info).map_err(io_err)?;
+            let mut records = Vec::new();
+            for item in &items {
+                let c = &item.component;
+                let name = c.name().to_string();
+                progress.event(&Event::ComponentStarted { component: name.clone(), kind: c.kind().to_string() });
+                tar.begin_component(&name);
+                let result = match &item.applicability {
+                    Applicability::NotApplicable(why) => {
+                        Err(SnapshotError::Failed(format!("not applicable on this node: {why}")))
+                    }
+                    Applicability::Applicable => c.snapshot(&mut tar, &scratch_for_producer),
+                };
+                let (digest, warnings) = tar.end_component();
+                let error = match result {
+                    Ok(()) => None,
+                    Err(SnapshotError::Output(e)) => return Err(io_err(e)),
+                    Err(SnapshotError::Failed(reason)) if halt => {
+                        return Err(Error::Halted { component: name, reason });
+                    }
+                    Err(SnapshotError::Failed(reason)) => Some(reason),
+                };
+                let outcome = if error.is_some() { Outcome::Failed } else { Outcome::Success };
+                progress.event(&Event::ComponentFinished {
+                    component: name.clone(),
+                    outcome,
+                    entries: digest.entries(),
+                    bytes: digest.bytes(),
+                    error: error.clone(),
+                });
+                records.push(ComponentRecord {
+                    name,
+                    kind: c.kind().to_string(),
+                    outcome,
+                    entries: digest.entries(),
+                    bytes: digest.bytes(),
+                    sha256: digest.hex(),
+                    error,
+                    warnings,
+                });
+            }
+            if records.iter().all(|r| r.outcome != Outcome::Success) {
+                let why = records.iter().map(|r| format!("{}: {}", r.name, r.error.as_deref().unwrap_or("?"))).collect();
+                return Err(Error::AllComponentsFailed(join(why)));
+            }
+            let outcome =
+                if records.iter().all(|r| r.outcome == Outcome::Success) { Outcome::Success } else { Outcome::Partial };
+            let manifest = Manifest { outcome, components: records };
+            tar.json(MANIFEST_JSON, &manifest).map_err(io_err)?;
+            tar.finish().and_then(|e| e.finish()).map_err(io_err)?;
+            Ok(manifest)
+        })
+        .await;
+        let _ = crate::util::remove_any(&scratch);
+        let (manifest, size) = result?;
+
+        let sidecar = Sidecar { image: name.clone(), image_size: size, info: info.clone(), manifest: manifest.clone() };
+        let sidecar_error = if opts.output.is_some() {
+            None
+        } else {
+            self.store_sidecar(&storage, &sidecar, &mk, &slot).await.err().map(|e| e.to_string())
+        };
+        if let Some(e) = &sidecar_error {
+            self.progress.event(&Event::Warning {
+                component: None,
+                message: format!("the image is complete, but its sidecar manifest could not be stored: {e}"),
+            });
+        }
+        let image = match &opts.output {
+            Some(p) => p.display().to_string(),
+            None => name,
+        };
+        Ok(CreateReport {
+            image,
+            location: storage.to_string(),
+            outcome: manifest.outcome,
+            size,
+            info,
+            manifest,
+            not_applicable,
+            sidecar_error,
+        })
+    }
+
+    async fn store_sidecar(&self, storage: &Arc<dyn Storage>, sidecar: &Sidecar, mk: &MasterKey, slot: &Keyslot) -> Result<()> {
+        let json = serde_json::to_vec(sidecar).expect("sidecar serialises");
+        let mut w = EncryptWriter::new(Vec::new(), mk, slot, sidecar.info.created.timestamp())?;
+        w.write_all(&json).map_err(|e| Error::from_pipeline_io("sealing the sidecar", e))?;
+        let sealed = w.finish()?;
+        storage.put_bytes(&sidecar_name(&sidecar.image), Bytes::from(sealed), PutMode::Overwrite).await?;
+        Ok(())
+    }
+
+    /// Reads and decrypts an image's sidecar manifest (`None` if it has none).
+    pub(crate) async fn sidecar(&self, name: &str) -> Result<Option<Sidecar>> {
+        let Some(storage) = &self.storage else { return Ok(None) };
+        let sealed = match storage.get_bytes(&sidecar_name(name), MAX_SIDECAR).await {
+            Ok(b) => b,
+            Err(backup_storage::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let keys = self.keys.clone();
+        let what = format!("the manifest of {name}");
+        let sidecar = tokio::task::spawn_blocking(move || -> Result<Sidecar> {
+            let reader = ImageReader::new(&sealed[..])?;
+            let mut plain = Vec::new();
+            keys.unlock(reader, &what)?
+                .read_to_end(&mut plain)
+                .map_err(|e| Error::from_pipeline_io("reading the sidecar manifest", e))?;
+            serde_json::from_slice(&plain)
+                .map_err(|e| Error::InvalidImage(format!("the sidecar manifest of {what} is not valid: {e}")))
+        })
+        .await
+        .map_err(join_error)??;
+        if sidecar.image != name.rsplit('/').next().unwrap_or(name) && sidecar.image != name {
+            return Err(Error::InvalidImage(format!(
+                "the sidecar manifest of {name} describes another image ({})",
+                sidecar.image
+            )));
+        }
+        Ok(Some(sidecar))
+    }
+
+    /// Lists the images in the storage (newest last) with their sidecars.
+    pub async fn list(&self) -> Result<Vec<ImageSummary>> {
+        let storage = self.storage.as_ref().ok_or_else(|| Error::NoStorage("there is nothing to list".into()))?;
+        let listing = storage.list(&self.config.storage.prefix, false).await?;
+        let mut out = Vec::new();
+        for obj in listing.objects.into_iter().filter(|o| o.name.ends_with(IMAGE_EXT)) {
+            let (sidecar, sidecar_error) = match self.sidecar(&obj.name).await {
+                Ok(s) => (s, None),
+                Err(e) => (None, Some(e.to_string())),
+            };
+            let parsed = parse_image_name(&self.config.storage.prefix, &obj.name);
+            out.push(ImageSummary { name: obj.name, size: obj.size, parsed, sidecar, sidecar_error });
+        }
+        Ok(out)
+    }
+
+    /// Resolves an `IMAGE` argument: an existing file path (or anything with a
+    /// `/`) is a file; otherwise a name in the configured storage.
+    pub(crate) fn locate(&self, image: &str) -> ImageLoc {
+        let path = Path::new(image);
+        if path.is_file() || image.contains('/') || self.storage.is_none() {
+            ImageLoc::File(path.to_path_buf())
+        } else {
+            ImageLoc::Stored(image.to_string())
+        }
+    }
+
+    /// Opens an image's encrypted bytes as a blocking `Read` (call from async
+    /// context; use the reader on a blocking thread).
+    pub(crate) async fn open_raw(&self, loc: &ImageLoc) -> Result<(Box<dyn Read + Send>, Option<u64>)> {
+        match loc {
+            ImageLoc::File(p) => {
+                let f = std::fs::File::open(p).map_err(|e| {
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        Error::Input(format!(
+                            "no image {}: it is neither a file{}",
+                            p.display(),
+                            if self.storage.is_some() { " nor a name in the storage" } else { "" }
+                        ))
+                    } else {
+                        Error::io(format!("opening {}", p.display()), e)
+                    }
+                })?;
+                let size = f.metadata().ok().map(|m| m.len());
+                Ok((Box::new(f), size))
+            }
+            ImageLoc::Stored(name) => {
+                let storage = self.storage.as_ref().expect("stored images need a storage");
+                let got = storage.get_opts(name, None).await?;
+                let size = Some(got.meta.size);
+                Ok((Box::new(tokio_util::io::SyncIoBridge::new(got.reader)), size))
+            }
+        }
+    }
+
+    /// Reads a whole image on a blocking thread, checking everything.
+    pub(crate) async fn walk_image<V: Visitor + Send + 'static>(
+        &self,
+        loc: &ImageLoc,
+        mut visitor: V,
+    ) -> Result<(WalkResult, u64, V)> {
+        let (raw, _) = self.open_raw(loc).await?;
+        let keys = self.keys.clone();
+        let shown = loc.shown();
+        tokio::task::spawn_blocking(move || {
+            let mut counted = CountingReader { inner: raw, count: 0 };
+            let result = (|| {
+                let reader = ImageReader::new(&mut counted)?;
+                let payload = keys.unlock(reader, &shown)?;
+                reader::walk(payload, &mut visitor)
+            })();
+            result.map(|w| (w, counted.count, visitor))
+        })
+        .await
+        .map_err(join_error)?
+    }
+
+    /// Details of an image: from its sidecar when it has one, else by reading it.
+    pub async fn show(&self, image: &str) -> Result<ImageDetails> {
+        let loc = self.locate(image);
+        if let ImageLoc::Stored(name) = &loc {
+            if let Some(s) = self.sidecar(name).await? {
+                return Ok(ImageDetails {
+                    image: name.clone(),
+                    size: Some(s.image_size),
+                    info: s.info,
+                    manifest: s.manifest,
+                    source: "sidecar",
+                });
+            }
+        }
+        let (walked, size, _) = self.walk_image(&loc, NullVisitor).await?;
+        Ok(ImageDetails {
+            image: loc.shown(),
+            size: Some(size),
+            info: walked.info,
+            manifest: walked.manifest,
+            source: "image",
+        })
+    }
+
+    /// Decrypts and decompresses a whole image and checks every component
+    /// against the manifest (and the sidecar, if any), writing nothing.
+    pub async fn verify(&self, image: &str) -> Result<VerifyReport> {
+        let loc = self.locate(image);
+        self.progress.event(&Event::Step { message: format!("verifying {}", loc.shown()) });
+        let (walked, size, _) = self.walk_image(&loc, NullVisitor).await?;
+        if let ImageLoc::Stored(name) = &loc {
+            if let Some(s) = self.sidecar(name).await? {
+                if s.manifest != walked.manifest || s.info != walked.info {
+                    return Err(Error::InvalidImage(format!(
+                        "the sidecar manifest of {name} does not match the image's own manifest"
+                    )));
+                }
+            }
+        }
+        let verified = walked
+            .manifest
+            .components
+            .iter()
+            .filter(|r| r.outcome == Outcome::Success)
+            .map(|r| r.name.clone())
+            .collect();
+        Ok(VerifyReport { image: loc.shown(), size, info: walked.info, manifest: walked.manifest, verified })
+    }
+
+    /// Writes the decrypted payload (a standard `.tar.gz`) to `out`. The file
+    /// holds the appliance's secrets in clear. Nothing is left under `out` if
+    /// the image fails authentication.
+    pub async fn decrypt(&self, image: &str, out: &Path) -> Result<u64> {
+        let loc = self.locate(image);
+        let (raw, _) = self.open_raw(&loc).await?;
+        let keys = self.keys.clone();
+        let shown = loc.shown();
+        let out = out.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let reader = ImageReader::new(raw)?;
+            let mut payload = keys.unlock(reader, &shown)?;
+            crate::util::write_stream_atomic(&out, 0o600, |w| {
+                std::io::copy(&mut payload, w).map_err(|e| Error::from_pipeline_io("decrypting the image", e))
+            })
+        })
+        .await
+        .map_err(join_error)?
+    }
+
+    /// Seals a payload file (a `.tar.gz` as written by [`Engine::decrypt`])
+    /// into an image at `out`, under this appliance's master key.
+    pub async fn encrypt(&self, input: &Path, out: &Path) -> Result<u64> {
+        let (mk, slot) = self.keys.for_writing()?;
+        let mut file =
+            std::fs::File::open(input).map_err(|e| Error::io(format!("opening {}", input.display()), e))?;
+        let (storage, name) = local_destination(out)?;
+        let created = Utc::now().timestamp();
+        let what = input.display().to_string();
+        let ((), size) = write_sealed(storage, name, mk, slot, DateTime::from_timestamp(created, 0).unwrap_or_default(), move |w| {
+            std::io::copy(&mut file, w).map(|_| ()).map_err(|e| Error::io(format!("reading {what}"), e))
+        })
+        .await?;
+        Ok(size)
+    }
+}
+
+/// A visitor that only lets the walk check things.
+pub(crate) struct NullVisitor;
+
+impl Visitor for NullVisitor {
+    fn info(&mut self, _info: &BackupInfo) -> Result<()> {
+        Ok(())
+    }
+    fn entry(&mut self, _c: &str, _e: &reader::EntryView<'_>, _d: &mut dyn Read) -> Result<()> {
+        Ok(())
+    }
+}
+
+struct CountingReader<R> {
+    inner: R,
+    count: u64,
+}
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+fn join(items: Vec<String>) -> String {
+    items.join("; ")
+}
+
+pub(crate) fn join_error(e: tokio::task::JoinError) -> Error {
+    Error::io("a worker thread failed", std::io::Error::other(e.to_string()))
+}
+
+/// A local file as a storage destination (temp name, fsync, rename).
+fn local_destination(path: &Path) -> Result<(Arc<dyn Storage>, String)> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Error::Input(format!("{} is not a usable file name", path.display())))?
+        .to_string();
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    Ok((Arc::new(LocalStorage::new(&parent)?), name))
+}
+
+/// Streams an encrypted image into `storage` under `name` (never overwriting):
+/// `produce` writes the payload on a blocking thread; its bytes are encrypted
+/// and handed in bounded buffers to the async upload. On any failure the
+/// upload is aborted, so nothing appears under `name`.
+pub(crate) async fn write_sealed<T, F>(
+    storage: Arc<dyn Storage>,
+    name: String,
+    mk: MasterKey,
+    slot: Keyslot,
+    created: DateTime<Utc>,
+    produce: F,
+) -> Result<(T, u64)>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut dyn Write) -> Result<T> + Send + 'static,
+{
+    let mut upload = storage.put_opts(&name, PutOptions::mode(PutMode::Create)).await?;
+    let (tx, mut rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
+    let producer = tokio::task::spawn_blocking(move || -> Result<(T, u64)> {
+        let mut sealed = EncryptWriter::new(ChannelWriter::new(tx), &mk, &slot, created.timestamp())?;
+        let value = produce(&mut sealed)?;
+        let size = sealed.finish()?.finish().map_err(|e| Error::from_pipeline_io("writing the image", e))?;
+        Ok((value, size))
+    });
+    let mut upload_error = None;
+    while let Some(chunk) = rx.recv().await {
+        if let Err(e) = upload.write(chunk).await {
+            upload_error = Some(e);
+            break;
+        }
+    }
+    drop(rx);
+    let produced = producer.await.map_err(join_error).and_then(|r| r);
+    match (upload_error, produced) {
+        (Some(e), _) => {
+            let _ = upload.abort().await;
+            Err(e.into())
+        }
+        (None, Err(e)) => {
+            let _ = upload.abort().await;
+            Err(e)
+        }
+        (None, Ok(value)) => {
+            upload.complete().await?;
+            Ok(value)
+        }
+    }
+}

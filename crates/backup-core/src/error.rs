@@ -1,0 +1,141 @@
+use std::path::PathBuf;
+
+/// Everything the engine can fail with, by meaning.
+///
+/// [`Error::is_input_error`] tells a frontend which failures are the caller's
+/// to fix (a usage error) rather than a failure of the operation.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration file is missing, unreadable or invalid.
+    #[error("configuration {path}: {reason}")]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
+    /// A request that cannot be carried out as asked (unknown component,
+    /// missing requirement, conflicting options).
+    #[error("{0}")]
+    Input(String),
+    /// The image was made by another product version.
+    #[error("the image was made by {product} version {image}; this appliance runs version {running} — restore it on {image} or pass --force-version")]
+    VersionMismatch {
+        /// Product name.
+        product: String,
+        /// Version recorded in the image.
+        image: String,
+        /// Version of this appliance.
+        running: String,
+    },
+    /// The image belongs to another node (or another product).
+    #[error("the image belongs to node {image_node:?} ({image_product}); this appliance is node {our_node:?} ({our_product}) — a backup is not an export: restore it on its own node, or pass --force-identity")]
+    IdentityMismatch {
+        /// Node in the image.
+        image_node: String,
+        /// Product in the image.
+        image_product: String,
+        /// Our node.
+        our_node: String,
+        /// Our product.
+        our_product: String,
+    },
+    /// The archive holds an entry that could write outside its component.
+    #[error("unsafe archive entry {entry:?}: {reason}; the image was rejected and nothing was restored")]
+    UnsafeArchive {
+        /// The entry path as stored.
+        entry: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// The image decrypted but its content is not a valid backup (missing or
+    /// mismatching manifest, checksum mismatch, unexpected entries).
+    #[error("invalid image: {0}")]
+    InvalidImage(String),
+    /// A component failed and `--halt` was requested: nothing was published.
+    #[error("component {component} failed: {reason}; --halt was given, so nothing was published")]
+    Halted {
+        /// The component.
+        component: String,
+        /// Its error.
+        reason: String,
+    },
+    /// Every selected component failed: nothing was published.
+    #[error("every selected component failed, nothing was published: {0}")]
+    AllComponentsFailed(String),
+    /// The domain master secret was already set.
+    #[error("the domain master secret is already set (keyring {0}); use key rotation to change it")]
+    AlreadyInitialized(PathBuf),
+    /// No keyring/master key: `backup init` has not run.
+    #[error("no master key in {0}: run `backup init` first to set the domain master secret")]
+    NotInitialized(PathBuf),
+    /// A passphrase was needed but none could be obtained.
+    #[error("a passphrase is needed to {0}: set BACKUP_SECRET, pass --secret-file FILE, or run on a terminal to be asked")]
+    PassphraseRequired(String),
+    /// No storage is configured where one is needed.
+    #[error("no storage is configured ([storage] url = \"none\"): {0}")]
+    NoStorage(String),
+    /// Restoring a component failed while putting it into place.
+    #[error("restoring component {component} failed: {reason}")]
+    RestoreFailed {
+        /// The component.
+        component: String,
+        /// What went wrong (and what was rolled back).
+        reason: String,
+    },
+    /// Encryption format errors (wrong passphrase, corrupted or truncated image, …).
+    #[error(transparent)]
+    Crypto(#[from] backup_crypto::Error),
+    /// Storage errors (not found, no space, authentication, …).
+    #[error(transparent)]
+    Storage(#[from] backup_storage::Error),
+    /// A local file system operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done, to which path.
+        what: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// Whether this is the caller's input to fix (exit code 2 in the CLI).
+    pub fn is_input_error(&self) -> bool {
+        matches!(
+            self,
+            Error::Config { .. }
+                | Error::Input(_)
+                | Error::AlreadyInitialized(_)
+                | Error::NotInitialized(_)
+                | Error::PassphraseRequired(_)
+                | Error::NoStorage(_)
+                | Error::Crypto(backup_crypto::Error::PassphraseTooShort { .. })
+        )
+    }
+
+    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Error {
+        Error::Io { what: what.into(), source }
+    }
+
+    /// Unwraps an `io::Error` that carries a crypto or engine error (from the
+    /// `Read` adapters of the pipeline) back into its meaning.
+    pub(crate) fn from_pipeline_io(what: &str, e: std::io::Error) -> Error {
+        if e.get_ref().is_some_and(|inner| inner.is::<backup_crypto::Error>()) {
+            return Error::Crypto(backup_crypto::Error::from_io(e));
+        }
+        if e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+            return *e.into_inner().expect("checked").downcast::<Error>().expect("checked");
+        }
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            return Error::Crypto(backup_crypto::Error::Truncated);
+        }
+        Error::io(what, e)
+    }
+
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,18 @@
+//! The image: an encrypted tar stream with `backup.json`, `components/<name>/…`
+//! and `manifest.json`, plus the encrypted sidecar manifest.
+mod digest;
+mod meta;
+mod name;
+pub(crate) mod reader;
+pub(crate) mod writer;
+
+pub use digest::{EntryDigest, EntryKind};
+pub use meta::{BackupInfo, ComponentRecord, Manifest, Outcome, PlannedComponent, Selection, Sidecar, PAYLOAD_FORMAT};
+pub use name::{image_name, parse_image_name, sidecar_name, ParsedName, IMAGE_EXT, SIDECAR_SUFFIX};
+
+/// Archive path of `backup.json`.
+pub const BACKUP_JSON: &str = "backup.json";
+/// Archive path of `manifest.json`.
+pub const MANIFEST_JSON: &str = "manifest.json";
+/// Directory holding the components in the archive.
+pub const COMPONENTS_DIR: &str = "components";

@@ -1,0 +1,278 @@
+//! Reading the payload: codec detection, tar entries, digests, manifest checks.
+use std::collections::BTreeMap;
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::{Component as PathPart, Path, PathBuf};
+
+use super::{BackupInfo, EntryDigest, EntryKind, Manifest, Outcome, BACKUP_JSON, COMPONENTS_DIR, MANIFEST_JSON};
+use crate::{Error, Result};
+
+/// Largest `backup.json` / `manifest.json` accepted.
+const MAX_JSON: u64 = 16 << 20;
+
+/// Opens the codec of a decrypted payload by its magic bytes (gzip or plain
+/// tar), so restore needs no configuration to know it.
+pub(crate) fn decoder<'a, R: Read + 'a>(payload: R) -> io::Result<Box<dyn Read + 'a>> {
+    let mut buffered = BufReader::with_capacity(64 * 1024, payload);
+    let head = buffered.fill_buf()?;
+    if head.starts_with(&[0x1f, 0x8b]) {
+        Ok(Box::new(flate2::bufread::MultiGzDecoder::new(buffered)))
+    } else {
+        Ok(Box::new(buffered))
+    }
+}
+
+/// One component entry as seen by a visitor.
+pub(crate) struct EntryView<'a> {
+    /// Path relative to the component.
+    pub(crate) rel: &'a Path,
+    pub(crate) kind: EntryKind,
+    pub(crate) mode: u32,
+    pub(crate) mtime: u64,
+    pub(crate) uid: u64,
+    pub(crate) gid: u64,
+    /// Link target: relative to the component for hard links, as stored for symlinks.
+    pub(crate) link: Option<PathBuf>,
+    pub(crate) size: u64,
+}
+
+/// What a walk over the payload does with what it finds.
+pub(crate) trait Visitor {
+    /// `backup.json` was read (before any component entry): pre-checks go here.
+    fn info(&mut self, info: &BackupInfo) -> Result<()>;
+    /// A component entry; `data` yields its content (whatever is not read is
+    /// drained and still hashed).
+    fn entry(&mut self, component: &str, entry: &EntryView<'_>, data: &mut dyn Read) -> Result<()>;
+}
+
+/// What a complete walk established.
+#[derive(Debug)]
+pub(crate) struct WalkResult {
+    pub(crate) info: BackupInfo,
+    pub(crate) manifest: Manifest,
+}
+
+/// Reads a whole payload, checking its structure and every component's digest
+/// against the manifest, and drains the stream to its end so the final
+/// encrypted chunk is authenticated.
+pub(crate) fn walk<R: Read>(payload: R, visitor: &mut dyn Visitor) -> Result<WalkResult> {
+    let pipeline_err = |e: io::Error| Error::from_pipeline_io("reading the image", e);
+    let mut archive = tar::Archive::new(decoder(payload).map_err(pipeline_err)?);
+    let mut entries = archive.entries().map_err(pipeline_err)?;
+    let mut info: Option<BackupInfo> = None;
+    let mut manifest: Option<Manifest> = None;
+    let mut digests: BTreeMap<String, EntryDigest> = BTreeMap::new();
+
+    while let Some(next) = entries.next() {
+        let mut entry = next.map_err(pipeline_err)?;
+        let raw_path = entry.path_bytes().into_owned();
+        let shown = String::from_utf8_lossy(&raw_path).into_owned();
+        if manifest.is_some() {
+            return Err(Error::InvalidImage(format!("entry {shown:?} follows manifest.json")));
+        }
+        let path = bytes_path(&raw_path);
+        if path == Path::new(BACKUP_JSON) {
+            if info.is_some() {
+                return Err(Error::InvalidImage("backup.json appears twice".into()));
+            }
+            let parsed: BackupInfo = read_json(&mut entry, BACKUP_JSON)?;
+            if parsed.format != super::PAYLOAD_FORMAT {
+                return Err(Error::InvalidImage(format!(
+                    "payload format {} is not supported by this engine (it reads format {}); use a newer backup tool",
+                    parsed.format,
+                    super::PAYLOAD_FORMAT
+                )));
+            }
+            visitor.info(&parsed)?;
+            info = Some(parsed);
+            continue;
+        }
+        let Some(info) = info.as_ref() else {
+            return Err(Error::InvalidImage(format!(
+                "the first entry is {shown:?}, not backup.json: this is not a backup image payload"
+            )));
+        };
+        if path == Path::new(MANIFEST_JSON) {
+            manifest = Some(read_json(&mut entry, MANIFEST_JSON)?);
+            continue;
+        }
+        let (component, rel) = split_component(&path).ok_or_else(|| Error::UnsafeArchive {
+            entry: shown.clone(),
+            reason: "not under components/<name>/, or it has absolute, '.' or '..' parts".into(),
+        })?;
+        if !info.components.iter().any(|c| c.name == component) {
+            return Err(Error::UnsafeArchive {
+                entry: shown,
+                reason: format!("component {component:?} is not listed in backup.json"),
+            });
+        }
+        let header = entry.header();
+        let kind = match header.entry_type() {
+            tar::EntryType::Directory => EntryKind::Dir,
+            tar::EntryType::Regular | tar::EntryType::Continuous => EntryKind::File,
+            tar::EntryType::Symlink => EntryKind::Symlink,
+            tar::EntryType::Link => EntryKind::Hardlink,
+            other => {
+                return Err(Error::UnsafeArchive {
+                    entry: shown,
+                    reason: format!("entry type {other:?} (device, FIFO or unknown) is never restored"),
+                })
+            }
+        };
+        let mode = header.mode().map_err(pipeline_err)?;
+        let mtime = header.mtime().map_err(pipeline_err)?;
+        let uid = header.uid().map_err(pipeline_err)?;
+        let gid = header.gid().map_err(pipeline_err)?;
+        let size = if kind == EntryKind::File { entry.size() } else { 0 };
+        let link_raw = entry.link_name_bytes().map(|l| l.into_owned());
+        let link = match (kind, link_raw) {
+            (EntryKind::Symlink, Some(l)) => Some(bytes_path(&l)),
+            (EntryKind::Hardlink, Some(l)) => {
+                let target = bytes_path(&l);
+                match split_component(&target) {
+                    Some((c, r)) if c == component => Some(r),
+                    _ => {
+                        return Err(Error::UnsafeArchive {
+                            entry: shown,
+                            reason: format!("hard link to {} leaves its component", target.display()),
+                        })
+                    }
+                }
+            }
+            (EntryKind::Symlink | EntryKind::Hardlink, None) => {
+                return Err(Error::InvalidImage(format!("link entry {shown:?} has no target")))
+            }
+            _ => None,
+        };
+        let link_bytes = link.as_deref().map(path_bytes).unwrap_or_default().to_vec();
+        let digest = digests.entry(component.clone()).or_default();
+        digest.entry(path_bytes(&rel), kind, mode, mtime, &link_bytes, size);
+        let view = EntryView { rel: &rel, kind, mode, mtime, uid, gid, link, size };
+        let mut hashing = HashingReader { inner: &mut entry, digest };
+        visitor.entry(&component, &view, &mut hashing)?;
+        io::copy(&mut hashing, &mut io::sink()).map_err(pipeline_err)?;
+    }
+    // The tar end marker was reached: drain the rest (padding, gzip trailer,
+    // and the final encrypted chunk, which authenticates the stream's length).
+    let mut rest = archive.into_inner();
+    io::copy(&mut rest, &mut io::sink()).map_err(pipeline_err)?;
+
+    let info = info.ok_or_else(|| Error::InvalidImage("the payload holds no backup.json".into()))?;
+    let manifest = manifest.ok_or_else(|| {
+        Error::InvalidImage("the payload ends without manifest.json: the backup did not finish writing it".into())
+    })?;
+    check_manifest(&info, &manifest, &digests)?;
+    Ok(WalkResult { info, manifest })
+}
+
+/// Every successful component's entries must match the manifest exactly, and
+/// failed components must not be counted as restorable.
+pub(crate) fn check_manifest(
+    info: &BackupInfo,
+    manifest: &Manifest,
+    digests: &BTreeMap<String, EntryDigest>,
+) -> Result<()> {
+    for planned in &info.components {
+        if !manifest.components.iter().any(|r| r.name == planned.name) {
+            return Err(Error::InvalidImage(format!("manifest.json has no record of component {}", planned.name)));
+        }
+    }
+    for record in &manifest.components {
+        if !info.components.iter().any(|p| p.name == record.name) {
+            return Err(Error::InvalidImage(format!("manifest.json records unplanned component {}", record.name)));
+        }
+        if record.outcome != Outcome::Success {
+            continue;
+        }
+        let empty = EntryDigest::default();
+        let got = digests.get(&record.name).unwrap_or(&empty);
+        if got.entries() != record.entries || got.bytes() != record.bytes || got.hex() != record.sha256 {
+            return Err(Error::InvalidImage(format!(
+                "component {} does not match its manifest (manifest: {} entries, {} bytes, sha256 {}; image: {} entries, {} bytes, sha256 {}) — the payload was altered",
+                record.name,
+                record.entries,
+                record.bytes,
+                record.sha256,
+                got.entries(),
+                got.bytes(),
+                got.hex()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(entry: &mut dyn Read, what: &str) -> Result<T> {
+    let mut data = Vec::new();
+    entry
+        .take(MAX_JSON + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| Error::from_pipeline_io("reading the image", e))?;
+    if data.len() as u64 > MAX_JSON {
+        return Err(Error::InvalidImage(format!("{what} is larger than {MAX_JSON} bytes")));
+    }
+    serde_json::from_slice(&data).map_err(|e| Error::InvalidImage(format!("{what} is not valid: {e}")))
+}
+
+fn bytes_path(b: &[u8]) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    PathBuf::from(std::ffi::OsStr::from_bytes(b))
+}
+
+fn path_bytes(p: &Path) -> &[u8] {
+    use std::os::unix::ffi::OsStrExt;
+    p.as_os_str().as_bytes()
+}
+
+/// `components/<name>/<rel>` → (name, rel), refusing anything but plain
+/// path parts (no root, no `.`, no `..`).
+fn split_component(path: &Path) -> Option<(String, PathBuf)> {
+    let mut parts = path.components();
+    if parts.next()? != PathPart::Normal(COMPONENTS_DIR.as_ref()) {
+        return None;
+    }
+    let PathPart::Normal(name) = parts.next()? else { return None };
+    let rel: PathBuf = parts.clone().collect();
+    if rel.as_os_str().is_empty() || !parts.all(|p| matches!(p, PathPart::Normal(_))) {
+        return None;
+    }
+    // `components()` silently drops interior `.` parts; refuse them explicitly.
+    if path_bytes(path).split(|b| *b == b'/').any(|s| s == b"." || s == b"..") {
+        return None;
+    }
+    Some((name.to_str()?.to_string(), rel))
+}
+
+struct HashingReader<'a, R: Read> {
+    inner: &'a mut R,
+    digest: &'a mut EntryDigest,
+}
+
+impl<R: Read> Read for HashingReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.digest.content(&buf[..n]);
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_component_refuses_escapes() {
+        let ok = split_component(Path::new("components/config/etc/gw/a.conf")).unwrap();
+        assert_eq!(ok, ("config".to_string(), PathBuf::from("etc/gw/a.conf")));
+        for bad in [
+            "/components/config/etc",
+            "components/config/../../etc/passwd",
+            "components/config/./x",
+            "components/config",
+            "components/../x",
+            "other/config/x",
+            "components/config/a/../../b",
+        ] {
+            assert!(split_component(Path::new(bad)).is_none(), "{bad} accepted");
+        }
+    }
+}

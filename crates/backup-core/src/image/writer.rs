@@ -1,0 +1,302 @@
+//! Building the payload: tar entries → codec → encryption → bounded channel.
+use std::io::{self, Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::mpsc;
+
+use super::{EntryDigest, EntryKind};
+use crate::component::{EntryMeta, EntrySink, SnapshotError};
+use crate::config::Compression;
+use crate::progress::{Event, Progress};
+
+/// Size of the buffers handed to the uploader.
+pub(crate) const CHUNK: usize = 256 * 1024;
+/// Buffers in flight between the producer thread and the uploader.
+pub(crate) const CHANNEL_DEPTH: usize = 8;
+
+/// A `Write` that hands fixed-size buffers to an async consumer over a bounded
+/// channel; it blocks when the consumer is behind (back-pressure) and fails
+/// with `BrokenPipe` when the consumer has gone away.
+pub(crate) struct ChannelWriter {
+    tx: mpsc::Sender<Bytes>,
+    buf: BytesMut,
+    written: u64,
+}
+
+impl ChannelWriter {
+    pub(crate) fn new(tx: mpsc::Sender<Bytes>) -> ChannelWriter {
+        ChannelWriter { tx, buf: BytesMut::with_capacity(CHUNK), written: 0 }
+    }
+
+    fn send(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = self.buf.split().freeze();
+        self.buf.reserve(CHUNK);
+        self.tx
+            .blocking_send(chunk)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the upload stopped"))
+    }
+
+    /// Sends what is buffered; returns the total bytes written.
+    pub(crate) fn finish(mut self) -> io::Result<u64> {
+        self.send()?;
+        Ok(self.written)
+    }
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        self.written += n as u64;
+        if self.buf.len() == CHUNK {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The payload codec on the writing side.
+pub(crate) enum Encoder<W: Write> {
+    Gzip(flate2::write::GzEncoder<W>),
+    Plain(W),
+}
+
+impl<W: Write> Encoder<W> {
+    pub(crate) fn new(inner: W, compression: Compression, level: u32) -> Encoder<W> {
+        match compression {
+            Compression::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(inner, flate2::Compression::new(level))),
+            Compression::None => Encoder::Plain(inner),
+        }
+    }
+
+    pub(crate) fn finish(self) -> io::Result<W> {
+        match self {
+            Encoder::Gzip(g) => g.finish(),
+            Encoder::Plain(w) => Ok(w),
+        }
+    }
+}
+
+impl<W: Write> Write for Encoder<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Encoder::Gzip(g) => g.write(buf),
+            Encoder::Plain(w) => w.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Encoder::Gzip(g) => g.flush(),
+            Encoder::Plain(w) => w.flush(),
+        }
+    }
+}
+
+/// Writes the tar stream of an image and records each component's digest.
+pub(crate) struct TarWriter<W: Write> {
+    builder: tar::Builder<W>,
+    prefix: String,
+    component: String,
+    digest: EntryDigest,
+    warnings: Vec<String>,
+    progress: Arc<dyn Progress>,
+}
+
+impl<W: Write> TarWriter<W> {
+    pub(crate) fn new(inner: W, progress: Arc<dyn Progress>) -> TarWriter<W> {
+        let mut builder = tar::Builder::new(inner);
+        builder.mode(tar::HeaderMode::Complete);
+        builder.follow_symlinks(false);
+        TarWriter {
+            builder,
+            prefix: String::new(),
+            component: String::new(),
+            digest: EntryDigest::default(),
+            warnings: Vec::new(),
+            progress,
+        }
+    }
+
+    /// Adds a small JSON document at the top level (`backup.json`, `manifest.json`).
+    pub(crate) fn json<T: serde::Serialize>(&mut self, path: &str, value: &T) -> io::Result<()> {
+        let data = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o600);
+        h.set_mtime(now_secs());
+        h.set_size(data.len() as u64);
+        self.builder.append_data(&mut h, path, &data[..])
+    }
+
+    /// Starts the entries of a component.
+    pub(crate) fn begin_component(&mut self, name: &str) {
+        self.prefix = format!("{}/{name}/", super::COMPONENTS_DIR);
+        self.component = name.to_string();
+        self.digest = EntryDigest::default();
+        self.warnings.clear();
+    }
+
+    /// Ends the current component, giving its digest and warnings.
+    pub(crate) fn end_component(&mut self) -> (EntryDigest, Vec<String>) {
+        (std::mem::take(&mut self.digest), std::mem::take(&mut self.warnings))
+    }
+
+    pub(crate) fn finish(self) -> io::Result<W> {
+        self.builder.into_inner()
+    }
+
+    fn header(kind: tar::EntryType, meta: &EntryMeta, size: u64) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(meta.mode);
+        h.set_mtime(meta.mtime);
+        h.set_uid(meta.uid.into());
+        h.set_gid(meta.gid.into());
+        h.set_size(size);
+        h
+    }
+
+    fn path(&self, rel: &Path) -> std::path::PathBuf {
+        Path::new(&self.prefix).join(rel)
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn bytes_of(p: &Path) -> &[u8] {
+    use std::os::unix::ffi::OsStrExt;
+    p.as_os_str().as_bytes()
+}
+
+impl<W: Write> EntrySink for TarWriter<W> {
+    fn dir(&mut self, rel: &Path, meta: &EntryMeta) -> Result<(), SnapshotError> {
+        self.digest.entry(bytes_of(rel), EntryKind::Dir, meta.mode, meta.mtime, b"", 0);
+        let mut h = Self::header(tar::EntryType::Directory, meta, 0);
+        let path = self.path(rel);
+        self.builder.append_data(&mut h, path, io::empty())?;
+        Ok(())
+    }
+
+    fn file(&mut self, rel: &Path, meta: &EntryMeta, size: u64, data: &mut dyn Read) -> Result<(), SnapshotError> {
+        self.digest.entry(bytes_of(rel), EntryKind::File, meta.mode, meta.mtime, b"", size);
+        let mut h = Self::header(tar::EntryType::Regular, meta, size);
+        let path = self.path(rel);
+        let mut exact = ExactReader {
+            inner: data,
+            remaining: size,
+            digest: &mut self.digest,
+            error: None,
+            short: false,
+            progress: &*self.progress,
+            component: &self.component,
+            unreported: 0,
+        };
+        self.builder.append_data(&mut h, path, &mut exact)?;
+        exact.report();
+        let (error, short) = (exact.error.take(), exact.short);
+        if let Some(e) = error {
+            return Err(SnapshotError::Failed(format!("cannot read {}: {e}", Path::new("/").join(rel).display())));
+        }
+        if short {
+            self.warn(format!(
+                "{} shrank while it was being read; the rest of its entry is zero-filled — back up again when it is quiet",
+                Path::new("/").join(rel).display()
+            ));
+        }
+        Ok(())
+    }
+
+    fn symlink(&mut self, rel: &Path, meta: &EntryMeta, target: &Path) -> Result<(), SnapshotError> {
+        self.digest.entry(bytes_of(rel), EntryKind::Symlink, meta.mode, meta.mtime, bytes_of(target), 0);
+        let mut h = Self::header(tar::EntryType::Symlink, meta, 0);
+        let path = self.path(rel);
+        self.builder.append_link(&mut h, path, target)?;
+        Ok(())
+    }
+
+    fn hardlink(&mut self, rel: &Path, meta: &EntryMeta, target_rel: &Path) -> Result<(), SnapshotError> {
+        self.digest.entry(bytes_of(rel), EntryKind::Hardlink, meta.mode, meta.mtime, bytes_of(target_rel), 0);
+        let mut h = Self::header(tar::EntryType::Link, meta, 0);
+        let path = self.path(rel);
+        let target = self.path(target_rel);
+        self.builder.append_link(&mut h, path, target)?;
+        Ok(())
+    }
+
+    fn warn(&mut self, message: String) {
+        self.progress.event(&Event::Warning { component: Some(self.component.clone()), message: message.clone() });
+        self.warnings.push(message);
+    }
+}
+
+/// Yields exactly `remaining` bytes whatever the source does: a read error or
+/// an early end is replaced by zeros (and remembered) so the tar stays valid.
+struct ExactReader<'a> {
+    inner: &'a mut dyn Read,
+    remaining: u64,
+    digest: &'a mut EntryDigest,
+    error: Option<io::Error>,
+    short: bool,
+    progress: &'a dyn Progress,
+    component: &'a str,
+    unreported: u64,
+}
+
+impl ExactReader<'_> {
+    fn report(&mut self) {
+        if self.unreported > 0 {
+            self.progress.event(&Event::Bytes { component: self.component.to_string(), bytes: self.unreported });
+            self.unreported = 0;
+        }
+    }
+}
+
+impl Read for ExactReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.remaining == 0 {
+            return Ok(0);
+        }
+        let want = buf.len().min(self.remaining.min(usize::MAX as u64) as usize);
+        let n = if self.error.is_some() || self.short {
+            0
+        } else {
+            loop {
+                match self.inner.read(&mut buf[..want]) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        self.error = Some(e);
+                        break 0;
+                    }
+                }
+            }
+        };
+        let n = if n == 0 {
+            if self.error.is_none() {
+                self.short = true;
+            }
+            buf[..want].fill(0);
+            want
+        } else {
+            n
+        };
+        self.digest.content(&buf[..n]);
+        self.remaining -= n as u64;
+        self.unreported += n as u64;
+        if self.unreported >= 4 << 20 {
+            self.report();
+        }
+        Ok(n)
+    }
+}

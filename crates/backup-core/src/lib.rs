@@ -1,0 +1,52 @@
+//! The appliance backup engine: components, plans, the image format, backup,
+//! verification and restore.
+//!
+//! An [`Engine`] is built from a [`Config`] (the appliance's TOML file). A
+//! backup takes a consistent snapshot of the selected [`Component`]s into one
+//! encrypted image on a [`backup_storage::Storage`]; restore checks the image's
+//! product version and node identity first, stages and verifies everything,
+//! and only then swaps it into place.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use backup_core::{Config, CreateOptions, Engine, RestoreOptions};
+//!
+//! # async fn run() -> Result<(), backup_core::Error> {
+//! let config = Config::load("/etc/backup.toml".as_ref())?;
+//! let engine = Engine::builder(config).build()?;
+//! let report = engine.create(&CreateOptions::default()).await?;
+//! println!("{} ({}, {} bytes)", report.image, report.outcome, report.size);
+//! engine.verify(&report.image).await?;
+//! let mut opts = RestoreOptions::default();
+//! opts.target = Some("/tmp/inspect".into());
+//! engine.restore(&report.image, &opts).await?;
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
+
+mod component;
+mod config;
+pub mod demo;
+mod engine;
+mod error;
+pub mod image;
+mod keys;
+mod progress;
+mod restore;
+mod util;
+
+pub use component::{
+    Applicability, CommandComponent, Committed, Component, EntryMeta, EntrySink, FilesComponent, RestoreContext,
+    SnapshotError, SqliteComponent,
+};
+pub use config::{
+    Appliance, ComponentConfig, ComponentKind, Compression, Config, EncryptionConfig, ImageConfig, Role, StorageConfig,
+};
+pub use engine::{ComponentOptions, CreateOptions, CreateReport, Engine, EngineBuilder, ImageDetails, ImageSummary, VerifyReport};
+pub use error::{Error, Result};
+pub use keys::{init_keys, KeyFile, KeySource, Keyring, NoPassphrase, PassphraseProvider, KEYRING_FILE, KEY_FILE};
+pub use progress::{Event, NoProgress, Progress};
+pub use image::Outcome;
+pub use restore::{RestoreOptions, RestoreReport};
+
+pub use backup_crypto::{KdfParams, MasterKey, Passphrase};

@@ -1,0 +1,518 @@
+//! Restore: pre-checks, extraction into staging with archive-safety checks,
+//! verification, then swapping into place with rollback.
+use std::collections::{BTreeMap, HashSet};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::component::{Committed, Component, CommandComponent, FilesComponent, RestoreContext, SqliteComponent};
+use crate::engine::{join_error, Engine, ImageLoc};
+use crate::image::reader::{EntryView, Visitor};
+use crate::image::{BackupInfo, EntryKind, Outcome, PlannedComponent};
+use crate::progress::{Event, Progress};
+use crate::{Error, Result};
+
+/// What `restore` should do.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct RestoreOptions {
+    /// Restore only these components (default: every successful one).
+    pub components: Vec<String>,
+    /// Restore under this directory instead of the live locations.
+    pub target: Option<PathBuf>,
+    /// Accept an image of another product version.
+    pub force_version: bool,
+    /// Accept an image of another node.
+    pub force_identity: bool,
+}
+
+/// The result of a restore.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreReport {
+    /// Name or path of the image.
+    pub image: String,
+    /// Components put into place.
+    pub restored: Vec<String>,
+    /// Components of the image left alone because they failed at backup time.
+    pub skipped_failed: Vec<String>,
+    /// `--target`, if given.
+    pub target: Option<PathBuf>,
+}
+
+impl Engine {
+    /// Restores an image. Nothing is written before the identity and version
+    /// pre-checks pass; everything is extracted into staging directories and
+    /// verified against the manifest before the first live path is replaced;
+    /// a failure while replacing rolls back what was already replaced.
+    pub async fn restore(&self, image: &str, opts: &RestoreOptions) -> Result<RestoreReport> {
+        let loc = self.locate(image);
+        // Pre-checks from the sidecar, before downloading anything.
+        if let ImageLoc::Stored(name) = &loc {
+            if let Some(s) = self.sidecar(name).await? {
+                self.precheck(&s.info, opts)?;
+                check_selection(&s.info, Some(&s.manifest.components), &opts.components)?;
+            }
+        }
+        if let Some(t) = &opts.target {
+            std::fs::create_dir_all(t).map_err(|e| Error::io(format!("creating target {}", t.display()), e))?;
+        }
+        let visitor = RestoreVisitor {
+            config: PrecheckConfig::of(self, opts),
+            requested: opts.components.clone(),
+            target: opts.target.clone(),
+            scratch: self.config.appliance.state_dir.join("tmp"),
+            stagers: BTreeMap::new(),
+            selected: Vec::new(),
+            owner: crate::util::is_root(),
+            progress: self.progress.clone(),
+        };
+        self.progress.event(&Event::Step { message: format!("reading and staging {}", loc.shown()) });
+        let walked = self.walk_image(&loc, visitor).await;
+        let (walked, _, mut visitor) = match walked {
+            Ok(w) => w,
+            Err(e) => return Err(e),
+        };
+        // The walk verified every component; decide what goes into place.
+        let result = (|| {
+            let mut to_commit = Vec::new();
+            let mut skipped_failed = Vec::new();
+            for planned in &walked.info.components {
+                if !visitor.selected.contains(&planned.name) {
+                    continue;
+                }
+                let record = walked.manifest.components.iter().find(|r| r.name == planned.name).expect("checked");
+                if record.outcome != Outcome::Success {
+                    if opts.components.contains(&planned.name) {
+                        return Err(Error::Input(format!(
+                            "component {} failed when this image was made ({}); it cannot be restored from it",
+                            planned.name,
+                            record.error.as_deref().unwrap_or("no reason recorded")
+                        )));
+                    }
+                    skipped_failed.push(planned.name.clone());
+                    continue;
+                }
+                to_commit.push(planned.clone());
+            }
+            for stager in visitor.stagers.values_mut() {
+                stager.finish()?;
+            }
+            Ok((to_commit, skipped_failed))
+        })();
+        let (to_commit, skipped_failed) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                visitor.cleanup();
+                return Err(e);
+            }
+        };
+        // Resolve every restorer before touching anything live.
+        let mut plan = Vec::new();
+        for p in ordered_for_commit(&to_commit) {
+            let staged = visitor.stagers.get(&p.name).map(|s| s.root.clone());
+            match self.restorer_for(p, opts.target.as_deref()) {
+                Ok(c) => plan.push((p.clone(), staged, c)),
+                Err(e) => {
+                    visitor.cleanup();
+                    return Err(e);
+                }
+            }
+        }
+        let progress = self.progress.clone();
+        let target = opts.target.clone();
+        let committed = tokio::task::spawn_blocking(move || commit(plan, target.as_deref(), &*progress))
+            .await
+            .map_err(join_error)
+            .and_then(|r| r);
+        visitor.cleanup();
+        Ok(RestoreReport { image: loc.shown(), restored: committed?, skipped_failed, target: opts.target.clone() })
+    }
+
+    fn precheck(&self, info: &BackupInfo, opts: &RestoreOptions) -> Result<()> {
+        PrecheckConfig::of(self, opts).check(info)
+    }
+
+    /// The component that restores `p`: the configured one, or — for an image
+    /// from elsewhere — a built-in of the same kind working from the image's
+    /// recorded roots.
+    fn restorer_for(&self, p: &PlannedComponent, target: Option<&Path>) -> Result<Arc<dyn Component>> {
+        if let Some(c) = self.component(&p.name) {
+            if c.kind() == p.kind {
+                return Ok(c.clone());
+            }
+        }
+        let roots = p.roots.iter().map(PathBuf::from).collect::<Vec<_>>();
+        match p.kind.as_str() {
+            "files" => Ok(Arc::new(FilesComponent::new(&p.name, roots, &[], None).map_err(Error::Input)?)),
+            "sqlite" if roots.len() == 1 => Ok(Arc::new(SqliteComponent::new(&p.name, roots[0].clone(), None))),
+            "command" if target.is_some() => Ok(Arc::new(CommandComponent::new(&p.name, vec![], vec![], None))),
+            _ => Err(Error::Input(format!(
+                "component {} ({}) is not configured on this appliance, so it cannot be put into place; restore it with --target DIR to inspect it",
+                p.name, p.kind
+            ))),
+        }
+    }
+}
+
+/// File trees and databases first, restore commands last (they cannot be undone).
+fn ordered_for_commit(planned: &[PlannedComponent]) -> Vec<&PlannedComponent> {
+    let mut ordered: Vec<&PlannedComponent> = planned.iter().filter(|p| p.kind != "command").collect();
+    ordered.extend(planned.iter().filter(|p| p.kind == "command"));
+    ordered
+}
+
+/// Puts staged components into place; on a failure, rolls back those already
+/// placed, in reverse order.
+fn commit(
+    plan: Vec<(PlannedComponent, Option<PathBuf>, Arc<dyn Component>)>,
+    target: Option<&Path>,
+    progress: &dyn Progress,
+) -> Result<Vec<String>> {
+    let mut done: Vec<Box<dyn Committed>> = Vec::new();
+    let mut names = Vec::new();
+    for (p, staged, component) in plan {
+        let Some(staged) = staged else {
+            // A component without entries (an empty tree): nothing to place.
+            names.push(p.name.clone());
+            continue;
+        };
+        progress.event(&Event::Step { message: format!("putting {} into place", p.name) });
+        let ctx = RestoreContext { staged: &staged, planned: &p, target };
+        match component.restore(&ctx) {
+            Ok(c) => {
+                done.push(c);
+                names.push(p.name.clone());
+            }
+            Err(reason) => {
+                let mut undo_errors = Vec::new();
+                for c in done.into_iter().rev() {
+                    if let Err(e) = c.rollback() {
+                        undo_errors.push(e);
+                    }
+                }
+                let reason = if undo_errors.is_empty() {
+                    format!("{reason}; components already put into place were rolled back")
+                } else {
+                    format!("{reason}; ROLLBACK FAILED: {}", undo_errors.join("; "))
+                };
+                return Err(Error::RestoreFailed { component: p.name.clone(), reason });
+            }
+        }
+    }
+    for c in done {
+        if let Err(e) = c.finalize() {
+            progress.event(&Event::Warning { component: None, message: e });
+        }
+    }
+    Ok(names)
+}
+
+/// The identity facts and overrides the pre-checks use.
+#[derive(Debug, Clone)]
+struct PrecheckConfig {
+    product: String,
+    version: String,
+    node: String,
+    force_version: bool,
+    force_identity: bool,
+}
+
+impl PrecheckConfig {
+    fn of(engine: &Engine, opts: &RestoreOptions) -> PrecheckConfig {
+        let a = &engine.config.appliance;
+        PrecheckConfig {
+            product: a.product.clone(),
+            version: a.version.clone(),
+            node: a.node.clone(),
+            force_version: opts.force_version,
+            force_identity: opts.force_identity,
+        }
+    }
+
+    fn check(&self, info: &BackupInfo) -> Result<()> {
+        if !self.force_identity && (info.node != self.node || info.product != self.product) {
+            return Err(Error::IdentityMismatch {
+                image_node: info.node.clone(),
+                image_product: info.product.clone(),
+                our_node: self.node.clone(),
+                our_product: self.product.clone(),
+            });
+        }
+        if !self.force_version && info.product_version != self.version {
+            return Err(Error::VersionMismatch {
+                product: info.product.clone(),
+                image: info.product_version.clone(),
+                running: self.version.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn check_selection(
+    info: &BackupInfo,
+    records: Option<&[crate::image::ComponentRecord]>,
+    requested: &[String],
+) -> Result<()> {
+    for name in requested {
+        if !info.components.iter().any(|c| &c.name == name) {
+            return Err(Error::Input(format!(
+                "the image has no component {name:?}; it has: {}",
+                info.components.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        if let Some(r) = records.and_then(|rs| rs.iter().find(|r| &r.name == name)) {
+            if r.outcome != Outcome::Success {
+                return Err(Error::Input(format!(
+                    "component {name} failed when this image was made ({}); it cannot be restored from it",
+                    r.error.as_deref().unwrap_or("no reason recorded")
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+struct RestoreVisitor {
+    config: PrecheckConfig,
+    requested: Vec<String>,
+    target: Option<PathBuf>,
+    scratch: PathBuf,
+    stagers: BTreeMap<String, Stager>,
+    selected: Vec<String>,
+    owner: bool,
+    progress: Arc<dyn Progress>,
+}
+
+impl RestoreVisitor {
+    fn destination(&self, abs: &Path) -> PathBuf {
+        match &self.target {
+            Some(t) => t.join(abs.strip_prefix("/").unwrap_or(abs)),
+            None => abs.to_path_buf(),
+        }
+    }
+
+    fn cleanup(&mut self) {
+        for (_, s) in std::mem::take(&mut self.stagers) {
+            let _ = crate::util::remove_any(&s.root);
+        }
+    }
+}
+
+impl Drop for RestoreVisitor {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
+
+impl Visitor for RestoreVisitor {
+    fn info(&mut self, info: &BackupInfo) -> Result<()> {
+        self.config.check(info)?;
+        check_selection(info, None, &self.requested)?;
+        self.selected = if self.requested.is_empty() {
+            info.components.iter().map(|c| c.name.clone()).collect()
+        } else {
+            self.requested.clone()
+        };
+        for planned in info.components.iter().filter(|c| self.selected.contains(&c.name)) {
+            let roots: Vec<PathBuf> = planned.roots.iter().map(PathBuf::from).collect();
+            if roots.iter().any(|r| !r.is_absolute() || r.components().any(|c| !matches!(c, std::path::Component::RootDir | std::path::Component::Normal(_)))) {
+                return Err(Error::UnsafeArchive {
+                    entry: "backup.json".into(),
+                    reason: format!("component {} has a root that is not a plain absolute path", planned.name),
+                });
+            }
+            // Stage next to the first destination so the final move is a rename.
+            let base = match roots.first() {
+                Some(r) => self.destination(r).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/")),
+                None => self.scratch.clone(),
+            };
+            std::fs::create_dir_all(&base).map_err(|e| Error::io(format!("creating {}", base.display()), e))?;
+            let root = base.join(format!(".{}.staging-{}", planned.name, crate::util::random_tag()));
+            crate::util::create_private_dir(&root)
+                .map_err(|e| Error::io(format!("creating staging directory {}", root.display()), e))?;
+            let allowed = roots.iter().map(|r| crate::component::rel_of(r).to_path_buf()).collect();
+            self.stagers.insert(planned.name.clone(), Stager::new(root, allowed, self.owner));
+        }
+        Ok(())
+    }
+
+    fn entry(&mut self, component: &str, entry: &EntryView<'_>, data: &mut dyn Read) -> Result<()> {
+        let Some(stager) = self.stagers.get_mut(component) else { return Ok(()) };
+        if stager.entries == 0 {
+            self.progress.event(&Event::ComponentStarted { component: component.to_string(), kind: "extract".into() });
+        }
+        stager.extract(entry, data)?;
+        if entry.size > 0 {
+            self.progress.event(&Event::Bytes { component: component.to_string(), bytes: entry.size });
+        }
+        Ok(())
+    }
+}
+
+/// Extracts one component's entries into its staging directory, refusing
+/// anything that could land outside it.
+struct Stager {
+    root: PathBuf,
+    /// Archive-relative roots entries must live under (empty: flat names only).
+    allowed: Vec<PathBuf>,
+    symlinks: HashSet<PathBuf>,
+    dirs: Vec<(PathBuf, u32, u64)>,
+    owner: bool,
+    entries: u64,
+}
+
+impl Stager {
+    fn new(root: PathBuf, allowed: Vec<PathBuf>, owner: bool) -> Stager {
+        Stager { root, allowed, symlinks: HashSet::new(), dirs: Vec::new(), owner, entries: 0 }
+    }
+
+    fn unsafe_entry(rel: &Path, reason: impl Into<String>) -> Error {
+        Error::UnsafeArchive { entry: rel.display().to_string(), reason: reason.into() }
+    }
+
+    fn check_allowed(&self, rel: &Path) -> Result<()> {
+        let ok = if self.allowed.is_empty() {
+            rel.components().count() == 1
+        } else {
+            self.allowed.iter().any(|root| rel.starts_with(root))
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(Self::unsafe_entry(rel, "it lies outside the component's recorded roots"))
+        }
+    }
+
+    /// Every ancestor must be a real directory we created, never a symlink.
+    fn prepare_parents(&self, rel: &Path) -> Result<()> {
+        let mut prefix = PathBuf::new();
+        let parts: Vec<_> = rel.components().collect();
+        for part in &parts[..parts.len().saturating_sub(1)] {
+            prefix.push(part);
+            if self.symlinks.contains(&prefix) {
+                return Err(Self::unsafe_entry(rel, format!("it would be written through the symlink {}", prefix.display())));
+            }
+            let path = self.root.join(&prefix);
+            match std::fs::symlink_metadata(&path) {
+                Ok(md) if md.is_dir() => {}
+                Ok(_) => return Err(Self::unsafe_entry(rel, format!("{} is not a directory", prefix.display()))),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    std::fs::create_dir(&path).map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+                }
+                Err(e) => return Err(Error::io(format!("checking {}", path.display()), e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn extract(&mut self, e: &EntryView<'_>, data: &mut dyn Read) -> Result<()> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        self.entries += 1;
+        self.check_allowed(e.rel)?;
+        self.prepare_parents(e.rel)?;
+        if self.symlinks.contains(e.rel) {
+            return Err(Self::unsafe_entry(e.rel, "it replaces a symlink of the same archive"));
+        }
+        let path = self.root.join(e.rel);
+        let io = |what: &str, err| Error::io(format!("{what} {}", path.display()), err);
+        match e.kind {
+            EntryKind::Dir => {
+                match std::fs::symlink_metadata(&path) {
+                    Ok(md) if md.is_dir() => {}
+                    Ok(_) => return Err(Self::unsafe_entry(e.rel, "a directory entry replaces a file")),
+                    Err(_) => std::fs::create_dir(&path).map_err(|err| io("creating", err))?,
+                }
+                self.chown(&path, e)?;
+                self.dirs.push((path, e.mode, e.mtime));
+            }
+            EntryKind::File => {
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)
+                    .map_err(|err| {
+                        if err.kind() == std::io::ErrorKind::AlreadyExists {
+                            Self::unsafe_entry(e.rel, "the archive holds this path twice")
+                        } else {
+                            io("creating", err)
+                        }
+                    })?;
+                let copied = std::io::copy(data, &mut file).map_err(|err| Error::from_pipeline_io("extracting", err))?;
+                if copied != e.size {
+                    return Err(Error::InvalidImage(format!("{} is shorter than its header says", e.rel.display())));
+                }
+                file.sync_all().map_err(|err| io("flushing", err))?;
+                self.chown(&path, e)?;
+                file.set_permissions(std::fs::Permissions::from_mode(e.mode & 0o7777))
+                    .map_err(|err| io("setting the mode of", err))?;
+                let t = filetime::FileTime::from_unix_time(e.mtime as i64, 0);
+                filetime::set_file_handle_times(&file, Some(t), Some(t)).map_err(|err| io("setting the time of", err))?;
+            }
+            EntryKind::Symlink => {
+                let target = e.link.as_ref().expect("walker checked");
+                std::os::unix::fs::symlink(target, &path).map_err(|err| {
+                    if err.kind() == std::io::ErrorKind::AlreadyExists {
+                        Self::unsafe_entry(e.rel, "the archive holds this path twice")
+                    } else {
+                        io("creating symlink", err)
+                    }
+                })?;
+                self.symlinks.insert(e.rel.to_path_buf());
+                self.chown(&path, e)?;
+                let t = filetime::FileTime::from_unix_time(e.mtime as i64, 0);
+                filetime::set_symlink_file_times(&path, t, t).map_err(|err| io("setting the time of", err))?;
+            }
+            EntryKind::Hardlink => {
+                let target_rel = e.link.as_ref().expect("walker checked");
+                self.check_allowed(target_rel)?;
+                let mut prefix = PathBuf::new();
+                for part in target_rel.components() {
+                    prefix.push(part);
+                    if self.symlinks.contains(&prefix) {
+                        return Err(Self::unsafe_entry(e.rel, "its hard link target goes through a symlink"));
+                    }
+                }
+                let target = self.root.join(target_rel);
+                match std::fs::symlink_metadata(&target) {
+                    Ok(md) if md.is_file() => {}
+                    _ => {
+                        return Err(Self::unsafe_entry(
+                            e.rel,
+                            format!("its hard link target {} is not an earlier file of the component", target_rel.display()),
+                        ))
+                    }
+                }
+                std::fs::hard_link(&target, &path).map_err(|err| io("creating hard link", err))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn chown(&self, path: &Path, e: &EntryView<'_>) -> Result<()> {
+        if !self.owner {
+            return Ok(());
+        }
+        let (uid, gid) = (u32::try_from(e.uid).ok(), u32::try_from(e.gid).ok());
+        std::os::unix::fs::lchown(path, uid, gid).map_err(|err| Error::io(format!("setting the owner of {}", path.display()), err))
+    }
+
+    /// Directory modes and times last: creating children changes a
+    /// directory's mtime, and a read-only directory would block them.
+    fn finish(&mut self) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let mut dirs = std::mem::take(&mut self.dirs);
+        dirs.sort_by_key(|(p, _, _)| std::cmp::Reverse(p.components().count()));
+        for (path, mode, mtime) in dirs {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o7777))
+                .map_err(|e| Error::io(format!("setting the mode of {}", path.display()), e))?;
+            let t = filetime::FileTime::from_unix_time(mtime as i64, 0);
+            filetime::set_file_times(&path, t, t).map_err(|e| Error::io(format!("setting the time of {}", path.display()), e))?;
+        }
+        Ok(())
+    }
+}
+

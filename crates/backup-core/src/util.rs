@@ -1,0 +1,110 @@
+//! Small file system helpers.
+use std::io;
+use std::path::Path;
+
+/// 8 random hex characters for temporary names.
+pub(crate) fn random_tag() -> String {
+    let mut b = [0u8; 4];
+    getrandom::getrandom(&mut b).expect("the OS random number generator failed");
+    hex::encode(b)
+}
+
+/// Removes a file, symlink or directory tree; a missing path is fine.
+pub(crate) fn remove_any(path: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(md) if md.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Copies a tree (files, directories, symlinks) keeping modes and mtimes.
+pub(crate) fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let md = std::fs::symlink_metadata(from)?;
+    if md.is_dir() {
+        std::fs::create_dir(to)?;
+        for entry in std::fs::read_dir(from)? {
+            let entry = entry?;
+            copy_tree(&entry.path(), &to.join(entry.file_name()))?;
+        }
+        std::fs::set_permissions(to, std::fs::Permissions::from_mode(md.permissions().mode()))?;
+    } else if md.file_type().is_symlink() {
+        std::os::unix::fs::symlink(std::fs::read_link(from)?, to)?;
+        return Ok(());
+    } else {
+        std::fs::copy(from, to)?;
+    }
+    filetime::set_file_mtime(to, filetime::FileTime::from_last_modification_time(&md))
+}
+
+/// Writes a small file atomically: temp name, fsync, rename, directory fsync.
+pub(crate) fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        random_tag()
+    ));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Creates a directory (and parents) readable only by its owner.
+pub(crate) fn create_private_dir(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path)
+}
+
+/// Whether this process runs as root (then owners are restored too).
+pub(crate) fn is_root() -> bool {
+    // /proc/self belongs to the effective user; this avoids an unsafe libc call.
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+}
+
+/// Writes a stream to `path` atomically: a hidden temporary file beside it,
+/// fsync, rename. On error the temporary file is removed and `path` untouched.
+pub(crate) fn write_stream_atomic<F>(path: &Path, mode: u32, fill: F) -> crate::Result<u64>
+where
+    F: FnOnce(&mut dyn std::io::Write) -> crate::Result<u64>,
+{
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let base = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{base}.partial-{}", random_tag()));
+    let io = |what: &str, e| crate::Error::io(format!("{what} {}", path.display()), e);
+    let result = (|| {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(|e| io("creating a temporary file for", e))?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+        let n = fill(&mut w)?;
+        let file = w.into_inner().map_err(|e| io("writing", e.into_error()))?;
+        file.sync_all().map_err(|e| io("flushing", e))?;
+        std::fs::rename(&tmp, path).map_err(|e| io("publishing", e))?;
+        Ok(n)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}

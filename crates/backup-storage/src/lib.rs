@@ -1,0 +1,42 @@
+//! Where backup images live: one small async [`Storage`] trait, shaped like an
+//! object store, with backends selected by URL.
+//!
+//! The trait has few methods, each taking full options; conveniences such as
+//! [`StorageExt::put_bytes`] live in an extension trait with a blanket impl.
+//! Cross-cutting behaviour (retry, dry-run, …) wraps a `Storage` in another
+//! `Storage`. What a backend can do is data: [`Capabilities`].
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), backup_storage::Error> {
+//! use backup_storage::{LocalStorage, PutMode, Storage, StorageExt};
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let store = LocalStorage::new(dir.path())?;
+//! store.put_bytes("gw-1.bkp", bytes::Bytes::from_static(b"image"), PutMode::Create).await?;
+//! assert_eq!(&store.get_bytes("gw-1.bkp", 1 << 20).await?[..], b"image");
+//! let listing = store.list("gw-", false).await?;
+//! assert_eq!(listing.objects[0].name, "gw-1.bkp");
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
+
+mod error;
+mod ext;
+mod local;
+mod open;
+mod types;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+pub use error::{BoxError, Error};
+pub use ext::StorageExt;
+pub use local::LocalStorage;
+pub use open::{open_url, OpenOptions};
+pub use types::{
+    ByteReader, Capabilities, Capacity, GetResult, ListResult, ObjectMeta, PutMode, PutOptions, Storage, Upload,
+};
+
+/// Result alias of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
