@@ -16,8 +16,8 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use backup_storage::{
-    conformance, Capabilities, Capacity, Error, GetResult, ListResult, ObjectMeta, PutMode, PutOptions, Result,
-    Storage, Upload,
+    conformance, Capabilities, Capacity, Error, GetResult, ListResult, ObjectMeta, PutMode,
+    PutOptions, Result, Storage, Upload,
 };
 use bytes::Bytes;
 
@@ -36,11 +36,18 @@ impl fmt::Display for MemoryStorage {
 }
 
 fn meta(name: &str, data: &Bytes, modified: SystemTime) -> ObjectMeta {
-    ObjectMeta { name: name.to_owned(), size: data.len() as u64, modified: Some(modified) }
+    ObjectMeta {
+        name: name.to_owned(),
+        size: data.len() as u64,
+        modified: Some(modified),
+    }
 }
 
 fn not_found(name: &str) -> Error {
-    Error::NotFound { what: format!("object {name} in memory://"), source: None }
+    Error::NotFound {
+        what: format!("object {name} in memory://"),
+        source: None,
+    }
 }
 
 #[async_trait]
@@ -56,7 +63,9 @@ impl Storage for MemoryStorage {
 
     async fn put_opts(&self, name: &str, opts: PutOptions) -> Result<Box<dyn Upload>> {
         if opts.mode == PutMode::Create && self.objects.lock().unwrap().contains_key(name) {
-            return Err(Error::AlreadyExists { what: format!("object {name} in memory://") });
+            return Err(Error::AlreadyExists {
+                what: format!("object {name} in memory://"),
+            });
         }
         Ok(Box::new(MemoryUpload {
             objects: Arc::clone(&self.objects),
@@ -67,17 +76,30 @@ impl Storage for MemoryStorage {
     }
 
     async fn get_opts(&self, name: &str, range: Option<Range<u64>>) -> Result<GetResult> {
-        let (data, modified) = self.objects.lock().unwrap().get(name).cloned().ok_or_else(|| not_found(name))?;
+        let (data, modified) = self
+            .objects
+            .lock()
+            .unwrap()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| not_found(name))?;
         let size = data.len() as u64;
         let range = match range {
             None => 0..size,
             Some(r) if r.start <= r.end && r.start <= size => r.start..r.end.min(size),
             Some(r) => {
-                return Err(Error::Other { what: format!("bytes {r:?} of {name}: it has {size} bytes"), source: None })
+                return Err(Error::Other {
+                    what: format!("bytes {r:?} of {name}: it has {size} bytes"),
+                    source: None,
+                })
             }
         };
         let part = data.slice(range.start as usize..range.end as usize);
-        Ok(GetResult { meta: meta(name, &data, modified), range, reader: Box::new(std::io::Cursor::new(part)) })
+        Ok(GetResult {
+            meta: meta(name, &data, modified),
+            range,
+            reader: Box::new(std::io::Cursor::new(part)),
+        })
     }
 
     async fn head(&self, name: &str) -> Result<ObjectMeta> {
@@ -90,7 +112,9 @@ impl Storage for MemoryStorage {
         let objects = self.objects.lock().unwrap();
         let mut result = ListResult::default();
         let mut prefixes = BTreeSet::new();
-        let matching = objects.range(prefix.to_owned()..).take_while(|(name, _)| name.starts_with(prefix));
+        let matching = objects
+            .range(prefix.to_owned()..)
+            .take_while(|(name, _)| name.starts_with(prefix));
         for (name, (data, modified)) in matching {
             // With the delimiter, everything below the next '/' folds into
             // one "directory".
@@ -116,7 +140,9 @@ impl Storage for MemoryStorage {
     }
 
     async fn presign_get(&self, _name: &str, _expires: Duration) -> Result<String> {
-        Err(Error::Unsupported { what: "presigned URLs: memory:// storage is not reachable from outside".to_owned() })
+        Err(Error::Unsupported {
+            what: "presigned URLs: memory:// storage is not reachable from outside".to_owned(),
+        })
     }
 }
 
@@ -141,7 +167,9 @@ impl Upload for MemoryUpload {
         // Checked again here: another upload may have created the name since
         // this one started.
         if self.mode == PutMode::Create && objects.contains_key(&self.name) {
-            return Err(Error::AlreadyExists { what: format!("object {} in memory://", self.name) });
+            return Err(Error::AlreadyExists {
+                what: format!("object {} in memory://", self.name),
+            });
         }
         let (data, modified) = (Bytes::from(self.data), SystemTime::now());
         let meta = meta(&self.name, &data, modified);
@@ -157,7 +185,9 @@ impl Upload for MemoryUpload {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let storage = MemoryStorage::default();
-    conformance::run_all(&storage, "conformance/").await.map_err(|e| anyhow::anyhow!(e))?;
+    conformance::run_all(&storage, "conformance/")
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
     println!("{storage} passes the storage conformance suite");
     Ok(())
 }

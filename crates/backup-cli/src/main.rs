@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use backup_core::{
-    Config, CreateOptions, Engine, Error, ImageDetails, KdfParams, Outcome, PassphraseProvider, RestoreOptions,
+    Config, CreateOptions, Engine, Error, ImageDetails, KdfParams, Outcome, PassphraseProvider,
+    RestoreOptions,
 };
 use clap::{Args, Parser, Subcommand};
 
@@ -38,7 +39,13 @@ master key file in the state directory and need no secret.",
 )]
 struct Cli {
     /// Configuration file [default: ./backup.toml]
-    #[arg(long, short = 'c', global = true, env = "BACKUP_CONFIG", value_name = "FILE")]
+    #[arg(
+        long,
+        short = 'c',
+        global = true,
+        env = "BACKUP_CONFIG",
+        value_name = "FILE"
+    )]
     config: Option<PathBuf>,
     /// Read the domain master secret from this file (first line; mode 0600 recommended)
     #[arg(long, global = true, value_name = "FILE")]
@@ -141,11 +148,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BACKUP_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("BACKUP_LOG")
+                .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -156,19 +167,25 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            let input = e.chain().any(|c| c.downcast_ref::<Error>().is_some_and(Error::is_input_error));
+            let input = e
+                .chain()
+                .any(|c| c.downcast_ref::<Error>().is_some_and(Error::is_input_error));
             ExitCode::from(if input { EXIT_USAGE } else { 1 })
         }
     }
 }
 
 fn config_path(cli: &Cli) -> PathBuf {
-    cli.config.clone().unwrap_or_else(|| PathBuf::from("backup.toml"))
+    cli.config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("backup.toml"))
 }
 
 fn engine(cli: &Cli) -> anyhow::Result<Engine> {
     let config = Config::load(&config_path(cli))?;
-    let secret: Arc<dyn PassphraseProvider> = Arc::new(CliSecret { file: cli.secret_file.clone() });
+    let secret: Arc<dyn PassphraseProvider> = Arc::new(CliSecret {
+        file: cli.secret_file.clone(),
+    });
     Ok(Engine::builder(config)
         .passphrase_provider(secret)
         .progress(Arc::new(Reporter::new(cli.verbose, cli.json)))
@@ -189,21 +206,37 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "warning: {} will hold this appliance's configuration and secrets in clear; delete it when done",
                 output.display()
             );
-            let n = engine.decrypt(image, output).await.with_context(|| format!("decrypting {image}"))?;
+            let n = engine
+                .decrypt(image, output)
+                .await
+                .with_context(|| format!("decrypting {image}"))?;
             if cli.json {
                 print_json(&serde_json::json!({ "output": output, "bytes": n }))?;
             } else {
-                println!("wrote {} ({}): list it with `tar -tzvf {}`", output.display(), human(n), output.display());
+                println!(
+                    "wrote {} ({}): list it with `tar -tzvf {}`",
+                    output.display(),
+                    human(n),
+                    output.display()
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Encrypt { input, output } => {
             let engine = engine(&cli)?;
-            let n = engine.encrypt(input, output).await.with_context(|| format!("sealing {}", input.display()))?;
+            let n = engine
+                .encrypt(input, output)
+                .await
+                .with_context(|| format!("sealing {}", input.display()))?;
             if cli.json {
                 print_json(&serde_json::json!({ "output": output, "bytes": n }))?;
             } else {
-                println!("sealed {} into {} ({})", input.display(), output.display(), human(n));
+                println!(
+                    "sealed {} into {} ({})",
+                    input.display(),
+                    output.display(),
+                    human(n)
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -218,7 +251,9 @@ fn init(cli: &Cli) -> anyhow::Result<ExitCode> {
     if keyring.exists() {
         return Err(Error::AlreadyInitialized(keyring).into());
     }
-    let secret = CliSecret { file: cli.secret_file.clone() };
+    let secret = CliSecret {
+        file: cli.secret_file.clone(),
+    };
     let pass = secret
         .passphrase("set the domain master secret (at least 8 characters)", true)?
         .ok_or_else(|| Error::PassphraseRequired("set the domain master secret".into()))?;
@@ -235,8 +270,13 @@ fn init(cli: &Cli) -> anyhow::Result<ExitCode> {
     } else {
         println!("domain master secret set (key id {id})");
         println!("  keyring:         {}", keyring.display());
-        println!("  master key file: {} (mode 0600, for unattended backups)", state.join(backup_core::KEY_FILE).display());
-        println!("Keep the secret safe: an image plus the secret restores this appliance anywhere.");
+        println!(
+            "  master key file: {} (mode 0600, for unattended backups)",
+            state.join(backup_core::KEY_FILE).display()
+        );
+        println!(
+            "Keep the secret safe: an image plus the secret restores this appliance anywhere."
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -252,11 +292,23 @@ async fn create(cli: &Cli, args: &CreateArgs) -> anyhow::Result<ExitCode> {
     if cli.json {
         print_json(&report)?;
     } else {
-        println!("{}: {} ({}) in {}", report.outcome, report.image, human(report.size), report.location);
+        println!(
+            "{}: {} ({}) in {}",
+            report.outcome,
+            report.image,
+            human(report.size),
+            report.location
+        );
         for c in &report.manifest.components {
             match &c.error {
                 Some(e) => println!("  {:<12} {:<8} {e}", c.name, c.outcome.as_str()),
-                None => println!("  {:<12} {:<8} {} entries, {}", c.name, c.outcome.as_str(), c.entries, human(c.bytes)),
+                None => println!(
+                    "  {:<12} {:<8} {} entries, {}",
+                    c.name,
+                    c.outcome.as_str(),
+                    c.entries,
+                    human(c.bytes)
+                ),
             }
         }
         for n in &report.not_applicable {
@@ -277,18 +329,44 @@ async fn list(cli: &Cli) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if images.is_empty() {
-        println!("no images in {}", engine.storage().map(|s| s.to_string()).unwrap_or_default());
+        println!(
+            "no images in {}",
+            engine.storage().map(|s| s.to_string()).unwrap_or_default()
+        );
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<48} {:<20} {:<10} {:<10} {:<8} {:>10}", "IMAGE", "CREATED", "NODE", "ROLE", "OUTCOME", "SIZE");
+    println!(
+        "{:<48} {:<20} {:<10} {:<10} {:<8} {:>10}",
+        "IMAGE", "CREATED", "NODE", "ROLE", "OUTCOME", "SIZE"
+    );
     for i in &images {
         let (created, node, role) = match (&i.sidecar, &i.parsed) {
-            (Some(s), _) => (s.info.created.format("%Y-%m-%d %H:%M:%S").to_string(), s.info.node.clone(), s.info.role.to_string()),
-            (None, Some(p)) => (p.created.format("%Y-%m-%d %H:%M:%S").to_string(), p.node.clone(), p.role.clone()),
+            (Some(s), _) => (
+                s.info.created.format("%Y-%m-%d %H:%M:%S").to_string(),
+                s.info.node.clone(),
+                s.info.role.to_string(),
+            ),
+            (None, Some(p)) => (
+                p.created.format("%Y-%m-%d %H:%M:%S").to_string(),
+                p.node.clone(),
+                p.role.clone(),
+            ),
             _ => ("?".into(), "?".into(), "?".into()),
         };
-        let outcome = i.sidecar.as_ref().map(|s| s.manifest.outcome.as_str()).unwrap_or("?");
-        println!("{:<48} {:<20} {:<10} {:<10} {:<8} {:>10}", i.name, created, node, role, outcome, human(i.size));
+        let outcome = i
+            .sidecar
+            .as_ref()
+            .map(|s| s.manifest.outcome.as_str())
+            .unwrap_or("?");
+        println!(
+            "{:<48} {:<20} {:<10} {:<10} {:<8} {:>10}",
+            i.name,
+            created,
+            node,
+            role,
+            outcome,
+            human(i.size)
+        );
         if let Some(e) = &i.sidecar_error {
             println!("    (details unavailable: {e})");
         }
@@ -302,7 +380,10 @@ fn print_details(d: &ImageDetails) {
         println!("size:            {} ({size} bytes)", human(size));
     }
     println!("created:         {}", d.info.created.to_rfc3339());
-    println!("product:         {} {}", d.info.product, d.info.product_version);
+    println!(
+        "product:         {} {}",
+        d.info.product, d.info.product_version
+    );
     println!("node:            {} ({})", d.info.node, d.info.role);
     if let Some(c) = &d.info.cluster {
         println!("cluster:         {c}");
@@ -312,7 +393,14 @@ fn print_details(d: &ImageDetails) {
     println!("outcome:         {}", d.manifest.outcome);
     println!("components:");
     for c in &d.manifest.components {
-        println!("  {:<12} {:<8} {:>6} entries {:>10}  sha256 {}", c.name, c.outcome.as_str(), c.entries, human(c.bytes), &c.sha256[..16.min(c.sha256.len())]);
+        println!(
+            "  {:<12} {:<8} {:>6} entries {:>10}  sha256 {}",
+            c.name,
+            c.outcome.as_str(),
+            c.entries,
+            human(c.bytes),
+            &c.sha256[..16.min(c.sha256.len())]
+        );
         if let Some(e) = &c.error {
             println!("      error: {e}");
         }
@@ -324,7 +412,10 @@ fn print_details(d: &ImageDetails) {
 
 async fn show(cli: &Cli, image: &str) -> anyhow::Result<ExitCode> {
     let engine = engine(cli)?;
-    let details = engine.show(image).await.with_context(|| format!("reading {image}"))?;
+    let details = engine
+        .show(image)
+        .await
+        .with_context(|| format!("reading {image}"))?;
     if cli.json {
         print_json(&details)?;
     } else {
@@ -335,7 +426,10 @@ async fn show(cli: &Cli, image: &str) -> anyhow::Result<ExitCode> {
 
 async fn verify(cli: &Cli, image: &str) -> anyhow::Result<ExitCode> {
     let engine = engine(cli)?;
-    let report = engine.verify(image).await.with_context(|| format!("verification of {image} failed"))?;
+    let report = engine
+        .verify(image)
+        .await
+        .with_context(|| format!("verification of {image} failed"))?;
     if cli.json {
         print_json(&report)?;
     } else {
@@ -345,8 +439,16 @@ async fn verify(cli: &Cli, image: &str) -> anyhow::Result<ExitCode> {
             human(report.size),
             report.verified.join(", ")
         );
-        for c in report.manifest.components.iter().filter(|c| c.outcome != Outcome::Success) {
-            println!("  note: component {} is recorded as {} in this image", c.name, c.outcome);
+        for c in report
+            .manifest
+            .components
+            .iter()
+            .filter(|c| c.outcome != Outcome::Success)
+        {
+            println!(
+                "  note: component {} is recorded as {} in this image",
+                c.name, c.outcome
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -359,13 +461,25 @@ async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<ExitCode> {
     opts.target = args.target.clone();
     opts.force_version = args.force_version;
     opts.force_identity = args.force_identity;
-    let report = engine.restore(&args.image, &opts).await.with_context(|| format!("restore of {} failed", args.image))?;
+    let report = engine
+        .restore(&args.image, &opts)
+        .await
+        .with_context(|| format!("restore of {} failed", args.image))?;
     if cli.json {
         print_json(&report)?;
     } else {
         match &report.target {
-            Some(t) => println!("restored {} from {} under {}", report.restored.join(", "), report.image, t.display()),
-            None => println!("restored {} from {}", report.restored.join(", "), report.image),
+            Some(t) => println!(
+                "restored {} from {} under {}",
+                report.restored.join(", "),
+                report.image,
+                t.display()
+            ),
+            None => println!(
+                "restored {} from {}",
+                report.restored.join(", "),
+                report.image
+            ),
         }
         for s in &report.skipped_failed {
             println!("  skipped {s}: it failed when the image was made");

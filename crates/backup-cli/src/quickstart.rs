@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use backup_core::demo::{build_demo, sqlite_rows, tree_diff, DEMO_SECRET};
-use backup_core::{CreateOptions, Engine, KdfParams, Passphrase, PassphraseProvider, RestoreOptions};
+use backup_core::{
+    CreateOptions, Engine, KdfParams, Passphrase, PassphraseProvider, RestoreOptions,
+};
 
 use crate::report::human;
 
@@ -16,7 +18,11 @@ const DEMO_KDF_MIB: u32 = 64;
 struct Fixed(&'static str);
 
 impl PassphraseProvider for Fixed {
-    fn passphrase(&self, _purpose: &str, _confirm: bool) -> backup_core::Result<Option<Passphrase>> {
+    fn passphrase(
+        &self,
+        _purpose: &str,
+        _confirm: bool,
+    ) -> backup_core::Result<Option<Passphrase>> {
         Ok(Some(Passphrase::new(self.0.to_string())?))
     }
 }
@@ -45,39 +51,80 @@ pub(crate) async fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let dir = std::path::absolute(&dir).context("resolving the demo directory")?;
     println!("backup quickstart: a demo appliance in {}", dir.display());
 
-    step(1, "building the demo appliance: config tree, SQLite internal database, audit logs");
+    step(
+        1,
+        "building the demo appliance: config tree, SQLite internal database, audit logs",
+    );
     let demo = build_demo(&dir, DEMO_KDF_MIB)?;
     let rows = sqlite_rows(&demo.database())?;
     println!("  config tree  {}", demo.config_dir().display());
-    println!("  database     {} ({} rows)", demo.database().display(), rows.len());
+    println!(
+        "  database     {} ({} rows)",
+        demo.database().display(),
+        rows.len()
+    );
     println!("  audit logs   {}", demo.audit_dir().display());
     println!("  config file  {}", demo.config_path.display());
 
-    step(2, "setting the domain master secret (a clearly labelled DEMO secret; never reuse it)");
+    step(
+        2,
+        "setting the domain master secret (a clearly labelled DEMO secret; never reuse it)",
+    );
     let pass = Passphrase::new(DEMO_SECRET.to_string())?;
-    let params = KdfParams { memory_kib: DEMO_KDF_MIB * 1024, ..KdfParams::SMALL };
+    let params = KdfParams {
+        memory_kib: DEMO_KDF_MIB * 1024,
+        ..KdfParams::SMALL
+    };
     let id = backup_core::init_keys(&demo.config.appliance.state_dir, &pass, params)?;
-    println!("  key id {id}; keyring and 0600 master key file in {}", demo.config.appliance.state_dir.display());
+    println!(
+        "  key id {id}; keyring and 0600 master key file in {}",
+        demo.config.appliance.state_dir.display()
+    );
 
     let engine = Engine::builder(demo.config.clone()).build()?;
-    step(3, "backing up every component, audits included, to the local store");
+    step(
+        3,
+        "backing up every component, audits included, to the local store",
+    );
     let mut opts = CreateOptions::default();
     opts.include_audits = true;
     let report = engine.create(&opts).await.context("demo backup")?;
-    println!("  {} → {} ({}, {})", report.location, report.image, report.outcome, human(report.size));
+    println!(
+        "  {} → {} ({}, {})",
+        report.location,
+        report.image,
+        report.outcome,
+        human(report.size)
+    );
     for c in &report.manifest.components {
-        println!("    {:<8} {:<8} {:>4} entries {:>10}", c.name, c.outcome.as_str(), c.entries, human(c.bytes));
+        println!(
+            "    {:<8} {:<8} {:>4} entries {:>10}",
+            c.name,
+            c.outcome.as_str(),
+            c.entries,
+            human(c.bytes)
+        );
     }
 
     step(4, "listing the store");
     for image in engine.list().await? {
-        let outcome = image.sidecar.as_ref().map(|s| s.manifest.outcome.as_str()).unwrap_or("?");
+        let outcome = image
+            .sidecar
+            .as_ref()
+            .map(|s| s.manifest.outcome.as_str())
+            .unwrap_or("?");
         println!("  {}  {}  {}", image.name, outcome, human(image.size));
     }
 
-    step(5, "verifying: full decrypt, decompress and checksum of every component");
+    step(
+        5,
+        "verifying: full decrypt, decompress and checksum of every component",
+    );
     let verified = engine.verify(&report.image).await.context("demo verify")?;
-    println!("  ok: {} verified against the manifest", verified.verified.join(", "));
+    println!(
+        "  ok: {} verified against the manifest",
+        verified.verified.join(", ")
+    );
 
     step(6, "restoring into a fresh directory, as a bare replacement machine would (passphrase, no key file)");
     let bare = Engine::builder(demo.config.clone())
@@ -95,13 +142,24 @@ pub(crate) async fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let target = dir.join("restored");
     let mut ropts = RestoreOptions::default();
     ropts.target = Some(target.clone());
-    let restored = bare.restore(&report.image, &ropts).await.context("demo restore")?;
-    println!("  restored {} under {}", restored.restored.join(", "), target.display());
+    let restored = bare
+        .restore(&report.image, &ropts)
+        .await
+        .context("demo restore")?;
+    println!(
+        "  restored {} under {}",
+        restored.restored.join(", "),
+        target.display()
+    );
 
     step(7, "proving the restore equals the original");
     let under = |p: PathBuf| target.join(p.strip_prefix("/").unwrap_or(&p));
     let mut problems = Vec::new();
-    problems.extend(tree_diff(&demo.config_dir(), &under(demo.config_dir()), &["scratch.tmp"])?);
+    problems.extend(tree_diff(
+        &demo.config_dir(),
+        &under(demo.config_dir()),
+        &["scratch.tmp"],
+    )?);
     problems.extend(tree_diff(&demo.audit_dir(), &under(demo.audit_dir()), &[])?);
     if sqlite_rows(&under(demo.database()))? != rows {
         problems.push("the restored database rows differ".into());
@@ -113,9 +171,17 @@ pub(crate) async fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         for p in &problems {
             eprintln!("  DIFFERENCE: {p}");
         }
-        bail!("the restore differs from the original in {} places", problems.len());
+        bail!(
+            "the restore differs from the original in {} places",
+            problems.len()
+        );
     }
     println!("  identical: every file's content, mode, mtime and symlink target, and all {} database rows", rows.len());
-    println!("\nDone. Try it yourself:\n  backup --config {} list\n  backup --config {} show {}", demo.config_path.display(), demo.config_path.display(), report.image);
+    println!(
+        "\nDone. Try it yourself:\n  backup --config {} list\n  backup --config {} show {}",
+        demo.config_path.display(),
+        demo.config_path.display(),
+        report.image
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -15,7 +15,11 @@ pub(crate) struct Reporter {
 
 impl Reporter {
     pub(crate) fn new(verbose: bool, json: bool) -> Reporter {
-        Reporter { verbose, json, started: Mutex::new(None) }
+        Reporter {
+            verbose,
+            json,
+            started: Mutex::new(None),
+        }
     }
 }
 
@@ -34,7 +38,8 @@ impl Progress for Reporter {
             },
             Event::Step { message } if self.verbose => eprintln!("{message}"),
             Event::ComponentStarted { component, .. } if self.verbose => {
-                *self.started.lock().expect("reporter") = Some((component.clone(), Instant::now(), 0));
+                *self.started.lock().expect("reporter") =
+                    Some((component.clone(), Instant::now(), 0));
                 if std::io::stderr().is_terminal() {
                     eprintln!("  {component}: started");
                 }
@@ -44,7 +49,13 @@ impl Progress for Reporter {
                     s.2 += bytes;
                 }
             }
-            Event::ComponentFinished { component, outcome, entries, bytes, error } if self.verbose => {
+            Event::ComponentFinished {
+                component,
+                outcome,
+                entries,
+                bytes,
+                error,
+            } if self.verbose => {
                 let secs = self
                     .started
                     .lock()
@@ -54,7 +65,10 @@ impl Progress for Reporter {
                     .unwrap_or(0.0);
                 match error {
                     Some(e) => eprintln!("  {component}: {outcome} after {secs:.1}s: {e}"),
-                    None => eprintln!("  {component}: {outcome}, {entries} entries, {} in {secs:.1}s", human(*bytes)),
+                    None => eprintln!(
+                        "  {component}: {outcome}, {entries} entries, {} in {secs:.1}s",
+                        human(*bytes)
+                    ),
                 }
             }
             _ => {}

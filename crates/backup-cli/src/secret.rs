@@ -1,7 +1,7 @@
 //! Where the domain master secret comes from: a file, the environment, or a
 //! prompt — never the command line.
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use backup_core::{Passphrase, PassphraseProvider};
 use zeroize::Zeroizing;
@@ -14,11 +14,17 @@ pub(crate) struct CliSecret {
 }
 
 impl CliSecret {
-    fn from_file(&self, path: &PathBuf) -> backup_core::Result<Passphrase> {
+    fn read_file(path: &Path) -> backup_core::Result<Passphrase> {
         let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
-            backup_core::Error::Input(format!("cannot read the secret file {}: {e}", path.display()))
+            backup_core::Error::Input(format!(
+                "cannot read the secret file {}: {e}",
+                path.display()
+            ))
         })?);
-        let trimmed = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text);
+        let trimmed = text
+            .strip_suffix('\n')
+            .map(|t| t.strip_suffix('\r').unwrap_or(t))
+            .unwrap_or(&text);
         Ok(Passphrase::new(trimmed.to_string())?)
     }
 
@@ -26,14 +32,20 @@ impl CliSecret {
         let ask = |label: &str| {
             rpassword::prompt_password(label)
                 .map(Zeroizing::new)
-                .map_err(|e| backup_core::Error::Input(format!("cannot read the passphrase from the terminal: {e}")))
+                .map_err(|e| {
+                    backup_core::Error::Input(format!(
+                        "cannot read the passphrase from the terminal: {e}"
+                    ))
+                })
         };
         eprintln!("The domain master secret is needed to {purpose}.");
         let first = ask("Domain master secret: ")?;
         if confirm {
             let second = ask("Repeat the secret: ")?;
             if *first != *second {
-                return Err(backup_core::Error::Input("the two entries differ; nothing was changed".into()));
+                return Err(backup_core::Error::Input(
+                    "the two entries differ; nothing was changed".into(),
+                ));
             }
         }
         Ok(Passphrase::new(first.to_string())?)
@@ -43,7 +55,7 @@ impl CliSecret {
 impl PassphraseProvider for CliSecret {
     fn passphrase(&self, purpose: &str, confirm: bool) -> backup_core::Result<Option<Passphrase>> {
         if let Some(path) = &self.file {
-            return self.from_file(path).map(Some);
+            return Self::read_file(path).map(Some);
         }
         if let Ok(value) = std::env::var(SECRET_ENV) {
             let value = Zeroizing::new(value);

@@ -106,7 +106,11 @@ fn default_storage_url() -> String {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig { url: default_storage_url(), prefix: String::new(), mount: None }
+        StorageConfig {
+            url: default_storage_url(),
+            prefix: String::new(),
+            mount: None,
+        }
     }
 }
 
@@ -128,7 +132,10 @@ fn default_level() -> u32 {
 
 impl Default for ImageConfig {
     fn default() -> Self {
-        ImageConfig { compression: Compression::default(), level: default_level() }
+        ImageConfig {
+            compression: Compression::default(),
+            level: default_level(),
+        }
     }
 }
 
@@ -246,7 +253,10 @@ impl TryFrom<RawComponent> for ComponentConfig {
         let name = r.name.clone();
         let stray = |key: &str, present: bool| {
             if present {
-                Err(format!("component {name:?} of kind {:?} does not take `{key}`", r.kind))
+                Err(format!(
+                    "component {name:?} of kind {:?} does not take `{key}`",
+                    r.kind
+                ))
             } else {
                 Ok(())
             }
@@ -257,14 +267,19 @@ impl TryFrom<RawComponent> for ComponentConfig {
                 stray("path", r.path.is_some())?;
                 stray("backup", r.backup.is_some())?;
                 stray("restore", r.restore.is_some())?;
-                ComponentKind::Files { paths: r.paths.ok_or_else(|| missing("paths"))?, exclude: r.exclude.unwrap_or_default() }
+                ComponentKind::Files {
+                    paths: r.paths.ok_or_else(|| missing("paths"))?,
+                    exclude: r.exclude.unwrap_or_default(),
+                }
             }
             "sqlite" => {
                 stray("paths", r.paths.is_some())?;
                 stray("exclude", r.exclude.is_some())?;
                 stray("backup", r.backup.is_some())?;
                 stray("restore", r.restore.is_some())?;
-                ComponentKind::Sqlite { path: r.path.ok_or_else(|| missing("path"))? }
+                ComponentKind::Sqlite {
+                    path: r.path.ok_or_else(|| missing("path"))?,
+                }
             }
             "command" => {
                 stray("paths", r.paths.is_some())?;
@@ -275,7 +290,11 @@ impl TryFrom<RawComponent> for ComponentConfig {
                     restore: r.restore.unwrap_or_default(),
                 }
             }
-            other => return Err(format!("component {name:?}: unknown kind {other:?} (use files, sqlite or command)")),
+            other => {
+                return Err(format!(
+                    "component {name:?}: unknown kind {other:?} (use files, sqlite or command)"
+                ))
+            }
         };
         Ok(ComponentConfig {
             name: r.name,
@@ -338,15 +357,24 @@ impl Config {
 
     /// Parses and validates configuration text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config> {
-        let config: Config =
-            toml::from_str(text).map_err(|e| Error::Config { path: path.to_path_buf(), reason: e.to_string() })?;
-        config.validate().map_err(|reason| Error::Config { path: path.to_path_buf(), reason })?;
+        let config: Config = toml::from_str(text).map_err(|e| Error::Config {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        config.validate().map_err(|reason| Error::Config {
+            path: path.to_path_buf(),
+            reason,
+        })?;
         Ok(config)
     }
 
     fn validate(&self) -> std::result::Result<(), String> {
         let a = &self.appliance;
-        for (field, value) in [("product", &a.product), ("version", &a.version), ("node", &a.node)] {
+        for (field, value) in [
+            ("product", &a.product),
+            ("version", &a.version),
+            ("node", &a.node),
+        ] {
             if value.is_empty() {
                 return Err(format!("[appliance] {field} must not be empty"));
             }
@@ -364,10 +392,16 @@ impl Config {
             ));
         }
         if !a.state_dir.is_absolute() {
-            return Err(format!("[appliance] state_dir {:?} must be an absolute path", a.state_dir));
+            return Err(format!(
+                "[appliance] state_dir {:?} must be an absolute path",
+                a.state_dir
+            ));
         }
         if self.image.compression == Compression::Gzip && self.image.level > 9 {
-            return Err(format!("[image] level {} is out of range for gzip (0–9)", self.image.level));
+            return Err(format!(
+                "[image] level {} is out of range for gzip (0–9)",
+                self.image.level
+            ));
         }
         self.encryption
             .kdf_params()
@@ -393,13 +427,17 @@ impl Config {
                         check_abs(&c.name, p)?;
                     }
                     for g in exclude {
-                        globset::Glob::new(g)
-                            .map_err(|e| format!("component {:?}: bad exclude pattern {g:?}: {e}", c.name))?;
+                        globset::Glob::new(g).map_err(|e| {
+                            format!("component {:?}: bad exclude pattern {g:?}: {e}", c.name)
+                        })?;
                     }
                 }
                 ComponentKind::Command { backup, .. } => {
                     if backup.is_empty() {
-                        return Err(format!("component {:?}: backup command must not be empty", c.name));
+                        return Err(format!(
+                            "component {:?}: backup command must not be empty",
+                            c.name
+                        ));
                     }
                 }
                 ComponentKind::Sqlite { path } => check_abs(&c.name, path)?,
@@ -408,7 +446,10 @@ impl Config {
         for c in &self.components {
             for r in &c.requires {
                 if !names.contains(r.as_str()) {
-                    return Err(format!("component {:?} requires {r:?}, which is not defined", c.name));
+                    return Err(format!(
+                        "component {:?} requires {r:?}, which is not defined",
+                        c.name
+                    ));
                 }
             }
         }
@@ -425,12 +466,20 @@ fn check_abs(name: &str, p: &Path) -> std::result::Result<(), String> {
     if !p.is_absolute() {
         return Err(format!("component {name:?}: path {p:?} must be absolute"));
     }
-    if p.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-        return Err(format!("component {name:?}: path {p:?} must not contain '..'"));
+    if p.components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(format!(
+            "component {name:?}: path {p:?} must not contain '..'"
+        ));
     }
     Ok(())
 }
 
 pub(crate) fn is_safe_name(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) && s != "." && s != ".."
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && s != "."
+        && s != ".."
 }

@@ -61,31 +61,54 @@ fn write(path: &Path, text: &str) -> Result<()> {
 /// `kdf_memory_mib` sets the Argon2 cost written into the config.
 pub fn build_demo(dir: &Path, kdf_memory_mib: u32) -> Result<DemoAppliance> {
     use std::os::unix::fs::PermissionsExt;
-    if dir.exists() && std::fs::read_dir(dir).map_err(io("reading", dir))?.next().is_some() {
-        return Err(Error::Input(format!("{} is not empty; choose a fresh directory for the demo", dir.display())));
+    if dir.exists()
+        && std::fs::read_dir(dir)
+            .map_err(io("reading", dir))?
+            .next()
+            .is_some()
+    {
+        return Err(Error::Input(format!(
+            "{} is not empty; choose a fresh directory for the demo",
+            dir.display()
+        )));
     }
     let root = dir.join("appliance");
     let etc = root.join("etc/demo-gateway");
     write(&etc.join("gateway.conf"), "# demo-gateway main configuration\nhostname = gw-1\nmanagement_port = 8443\nha_mode = standalone\n")?;
-    write(&etc.join("interfaces.conf"), "eth0 = 192.0.2.10/24\neth1 = 198.51.100.1/24\n")?;
+    write(
+        &etc.join("interfaces.conf"),
+        "eth0 = 192.0.2.10/24\neth1 = 198.51.100.1/24\n",
+    )?;
     for i in 0..25 {
         write(
             &etc.join(format!("policies/policy-{i:03}.rules")),
             &format!("# policy {i}\nallow tcp 10.{i}.0.0/16 -> any port 443\ndeny any any\n"),
         )?;
     }
-    write(&etc.join("policies/rules with spaces.conf"), "# a file name with spaces\n")?;
+    write(
+        &etc.join("policies/rules with spaces.conf"),
+        "# a file name with spaces\n",
+    )?;
     write(&etc.join("zonés-ünïcode.conf"), "zone = \"Zürich\"\n")?;
-    write(&etc.join("certs/server.pem"), "-----BEGIN DEMO CERTIFICATE-----\nMIIB...\n-----END DEMO CERTIFICATE-----\n")?;
-    std::fs::set_permissions(etc.join("certs/server.pem"), std::fs::Permissions::from_mode(0o600))
-        .map_err(io("chmod", &etc))?;
+    write(
+        &etc.join("certs/server.pem"),
+        "-----BEGIN DEMO CERTIFICATE-----\nMIIB...\n-----END DEMO CERTIFICATE-----\n",
+    )?;
+    std::fs::set_permissions(
+        etc.join("certs/server.pem"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .map_err(io("chmod", &etc))?;
     std::fs::create_dir_all(etc.join("empty.d")).map_err(io("creating", &etc))?;
-    std::os::unix::fs::symlink("gateway.conf", etc.join("active.conf")).map_err(io("symlink in", &etc))?;
+    std::os::unix::fs::symlink("gateway.conf", etc.join("active.conf"))
+        .map_err(io("symlink in", &etc))?;
     write(&etc.join("scratch.tmp"), "excluded by the demo config\n")?;
 
     let db_path = root.join("var/lib/demo-gateway/internal.sqlite");
-    std::fs::create_dir_all(db_path.parent().expect("has parent")).map_err(io("creating", &db_path))?;
-    let db = Connection::open(&db_path).map_err(|e| Error::Input(format!("creating demo database: {e}")))?;
+    std::fs::create_dir_all(db_path.parent().expect("has parent"))
+        .map_err(io("creating", &db_path))?;
+    let db = Connection::open(&db_path)
+        .map_err(|e| Error::Input(format!("creating demo database: {e}")))?;
     db.execute_batch(
         "PRAGMA journal_mode = WAL;
          CREATE TABLE admins (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, role TEXT NOT NULL);
@@ -97,12 +120,19 @@ pub fn build_demo(dir: &Path, kdf_memory_mib: u32) -> Result<DemoAppliance> {
     for i in 0..500 {
         db.execute(
             "INSERT INTO objects (kind, name, value) VALUES (?1, ?2, ?3)",
-            (["host", "network", "service"][i % 3], format!("object-{i}"), format!("10.{}.{}.0/24", i / 250, i % 250)),
+            (
+                ["host", "network", "service"][i % 3],
+                format!("object-{i}"),
+                format!("10.{}.{}.0/24", i / 250, i % 250),
+            ),
         )
         .map_err(|e| Error::Input(format!("filling demo database: {e}")))?;
     }
-    db.execute("INSERT INTO sessions (admin_id, started) VALUES (1, '2026-11-01T08:00:00Z')", [])
-        .map_err(|e| Error::Input(format!("filling demo database: {e}")))?;
+    db.execute(
+        "INSERT INTO sessions (admin_id, started) VALUES (1, '2026-11-01T08:00:00Z')",
+        [],
+    )
+    .map_err(|e| Error::Input(format!("filling demo database: {e}")))?;
     drop(db);
 
     let audit = root.join("var/log/demo-gateway/audit");
@@ -166,7 +196,12 @@ requires = ["maindb"]
     let config_path = dir.join("backup.toml");
     write(&config_path, &config_text)?;
     let config = Config::parse(&config_text, &config_path)?;
-    Ok(DemoAppliance { dir: dir.to_path_buf(), root, config_path, config })
+    Ok(DemoAppliance {
+        dir: dir.to_path_buf(),
+        root,
+        config_path,
+        config,
+    })
 }
 
 /// Differences between two trees: missing or extra entries, type, content,
@@ -190,9 +225,18 @@ pub fn tree_diff(a: &Path, b: &Path, skip: &[&str]) -> Result<Vec<String>> {
 
 #[derive(Debug, PartialEq, Eq)]
 enum Node {
-    Dir { mode: u32, mtime: i64 },
-    File { mode: u32, mtime: i64, sha256: String },
-    Link { target: PathBuf },
+    Dir {
+        mode: u32,
+        mtime: i64,
+    },
+    File {
+        mode: u32,
+        mtime: i64,
+        sha256: String,
+    },
+    Link {
+        target: PathBuf,
+    },
 }
 
 fn snapshot_tree(root: &Path, skip: &[&str]) -> Result<BTreeMap<PathBuf, Node>> {
@@ -200,22 +244,46 @@ fn snapshot_tree(root: &Path, skip: &[&str]) -> Result<BTreeMap<PathBuf, Node>> 
     use std::os::unix::fs::MetadataExt;
     let mut out = BTreeMap::new();
     for entry in walkdir::WalkDir::new(root).follow_links(false) {
-        let entry = entry.map_err(|e| Error::io(format!("walking {}", root.display()), e.into()))?;
-        if entry.file_name().to_str().is_some_and(|n| skip.contains(&n)) {
+        let entry =
+            entry.map_err(|e| Error::io(format!("walking {}", root.display()), e.into()))?;
+        if entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| skip.contains(&n))
+        {
             continue;
         }
-        let md = entry.metadata().map_err(|e| Error::io(format!("stat {}", entry.path().display()), e.into()))?;
-        let rel = entry.path().strip_prefix(root).expect("under root").to_path_buf();
+        let md = entry
+            .metadata()
+            .map_err(|e| Error::io(format!("stat {}", entry.path().display()), e.into()))?;
+        let rel = entry
+            .path()
+            .strip_prefix(root)
+            .expect("under root")
+            .to_path_buf();
         let node = if md.file_type().is_symlink() {
-            Node::Link { target: std::fs::read_link(entry.path()).map_err(io("readlink", entry.path()))? }
+            Node::Link {
+                target: std::fs::read_link(entry.path()).map_err(io("readlink", entry.path()))?,
+            }
         } else if md.is_dir() {
             // The top directory's own mtime changes when it is swapped in.
-            Node::Dir { mode: md.mode() & 0o7777, mtime: if rel.as_os_str().is_empty() { 0 } else { md.mtime() } }
+            Node::Dir {
+                mode: md.mode() & 0o7777,
+                mtime: if rel.as_os_str().is_empty() {
+                    0
+                } else {
+                    md.mtime()
+                },
+            }
         } else {
             let mut hasher = sha2::Sha256::new();
             let mut f = std::fs::File::open(entry.path()).map_err(io("opening", entry.path()))?;
             std::io::copy(&mut f, &mut hasher).map_err(io("reading", entry.path()))?;
-            Node::File { mode: md.mode() & 0o7777, mtime: md.mtime(), sha256: hex::encode(hasher.finalize()) }
+            Node::File {
+                mode: md.mode() & 0o7777,
+                mtime: md.mtime(),
+                sha256: hex::encode(hasher.finalize()),
+            }
         };
         out.insert(rel, node);
     }
@@ -225,7 +293,8 @@ fn snapshot_tree(root: &Path, skip: &[&str]) -> Result<BTreeMap<PathBuf, Node>> 
 /// Every row of every table of a SQLite database, for logical comparison.
 pub fn sqlite_rows(path: &Path) -> Result<Vec<String>> {
     let err = |e: rusqlite::Error| Error::InvalidImage(format!("reading {}: {e}", path.display()));
-    let db = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(err)?;
+    let db = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(err)?;
     let mut tables: Vec<String> = db
         .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
         .map_err(err)?
@@ -236,7 +305,9 @@ pub fn sqlite_rows(path: &Path) -> Result<Vec<String>> {
     tables.retain(|t| !t.starts_with("sqlite_"));
     let mut rows = Vec::new();
     for t in tables {
-        let mut stmt = db.prepare(&format!("SELECT * FROM \"{t}\" ORDER BY rowid")).map_err(err)?;
+        let mut stmt = db
+            .prepare(&format!("SELECT * FROM \"{t}\" ORDER BY rowid"))
+            .map_err(err)?;
         let n = stmt.column_count();
         let mut q = stmt.query([]).map_err(err)?;
         while let Some(row) = q.next().map_err(err)? {

@@ -11,13 +11,16 @@ use chrono::{DateTime, SubsecRound, Utc};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::component::{Applicability, CommandComponent, Component, FilesComponent, SnapshotError, SqliteComponent};
+use crate::component::{
+    Applicability, CommandComponent, Component, FilesComponent, SnapshotError, SqliteComponent,
+};
 use crate::config::{ComponentKind, Config};
 use crate::image::reader::{self, Visitor, WalkResult};
 use crate::image::writer::{ChannelWriter, Encoder, TarWriter, CHANNEL_DEPTH};
 use crate::image::{
-    image_name, parse_image_name, sidecar_name, BackupInfo, ComponentRecord, Manifest, Outcome, ParsedName,
-    PlannedComponent, Selection, Sidecar, BACKUP_JSON, IMAGE_EXT, MANIFEST_JSON, PAYLOAD_FORMAT,
+    image_name, parse_image_name, sidecar_name, BackupInfo, ComponentRecord, Manifest, Outcome,
+    ParsedName, PlannedComponent, Selection, Sidecar, BACKUP_JSON, IMAGE_EXT, MANIFEST_JSON,
+    PAYLOAD_FORMAT,
 };
 use crate::keys::{KeyFile, KeySource, Keys, NoPassphrase, PassphraseProvider};
 use crate::progress::{Event, NoProgress, Progress};
@@ -40,7 +43,11 @@ pub struct ComponentOptions {
 
 impl Default for ComponentOptions {
     fn default() -> Self {
-        ComponentOptions { default: true, requires: Vec::new(), audit: false }
+        ComponentOptions {
+            default: true,
+            requires: Vec::new(),
+            audit: false,
+        }
     }
 }
 
@@ -107,28 +114,57 @@ impl EngineBuilder {
             let when = c.applicable_if_exists.clone();
             let component: Arc<dyn Component> = match &c.kind {
                 ComponentKind::Files { paths, exclude } => Arc::new(
-                    FilesComponent::new(&c.name, paths.clone(), exclude, when).map_err(|reason| Error::Config {
-                        path: PathBuf::from("(config)"),
-                        reason: format!("component {}: {reason}", c.name),
-                    })?,
+                    FilesComponent::new(&c.name, paths.clone(), exclude, when).map_err(
+                        |reason| Error::Config {
+                            path: PathBuf::from("(config)"),
+                            reason: format!("component {}: {reason}", c.name),
+                        },
+                    )?,
                 ),
-                ComponentKind::Sqlite { path } => Arc::new(SqliteComponent::new(&c.name, path.clone(), when)),
-                ComponentKind::Command { backup, restore } => {
-                    Arc::new(CommandComponent::new(&c.name, backup.clone(), restore.clone(), when))
+                ComponentKind::Sqlite { path } => {
+                    Arc::new(SqliteComponent::new(&c.name, path.clone(), when))
                 }
+                ComponentKind::Command { backup, restore } => Arc::new(CommandComponent::new(
+                    &c.name,
+                    backup.clone(),
+                    restore.clone(),
+                    when,
+                )),
             };
-            let options = ComponentOptions { default: c.default, requires: c.requires.clone(), audit: c.is_audit() };
+            let options = ComponentOptions {
+                default: c.default,
+                requires: c.requires.clone(),
+                audit: c.is_audit(),
+            };
             components.push(Registered { component, options });
         }
         for r in self.extra {
-            if components.iter().any(|c| c.component.name() == r.component.name()) {
-                return Err(Error::Input(format!("component {} is registered twice", r.component.name())));
+            if components
+                .iter()
+                .any(|c| c.component.name() == r.component.name())
+            {
+                return Err(Error::Input(format!(
+                    "component {} is registered twice",
+                    r.component.name()
+                )));
             }
             components.push(r);
         }
-        let source = self.key_source.unwrap_or_else(|| Box::new(KeyFile::in_state_dir(&config.appliance.state_dir)));
-        let keys = Arc::new(Keys::new(config.appliance.state_dir.clone(), source, self.passphrase));
-        Ok(Engine { config, storage, components, keys, progress: self.progress })
+        let source = self
+            .key_source
+            .unwrap_or_else(|| Box::new(KeyFile::in_state_dir(&config.appliance.state_dir)));
+        let keys = Arc::new(Keys::new(
+            config.appliance.state_dir.clone(),
+            source,
+            self.passphrase,
+        ));
+        Ok(Engine {
+            config,
+            storage,
+            components,
+            keys,
+            progress: self.progress,
+        })
     }
 }
 
@@ -277,20 +313,25 @@ impl Engine {
 
     /// Names of the registered components, in order.
     pub fn component_names(&self) -> Vec<String> {
-        self.components.iter().map(|c| c.component.name().to_string()).collect()
+        self.components
+            .iter()
+            .map(|c| c.component.name().to_string())
+            .collect()
     }
 
     pub(crate) fn component(&self, name: &str) -> Option<&Arc<dyn Component>> {
-        self.components.iter().find(|c| c.component.name() == name).map(|c| &c.component)
+        self.components
+            .iter()
+            .find(|c| c.component.name() == name)
+            .map(|c| &c.component)
     }
 
     fn plan(&self, opts: &CreateOptions) -> Result<(Selection, Vec<PlanItem>, Vec<String>)> {
-        let known: BTreeSet<&str> = self.components.iter().map(|c| c.component.name()).collect();
         for name in &opts.components {
-            if !known.contains(name.as_str()) {
+            if self.component(name).is_none() {
                 return Err(Error::Input(format!(
                     "unknown component {name:?}; this appliance has: {}",
-                    known.iter().copied().collect::<Vec<_>>().join(", ")
+                    self.component_names().join(", ")
                 )));
             }
         }
@@ -300,10 +341,14 @@ impl Engine {
         for reg in &self.components {
             let name = reg.component.name();
             let wanted = if custom {
-                opts.components.iter().any(|n| n == name) || (opts.include_audits && reg.options.audit)
+                opts.components.iter().any(|n| n == name)
+                    || (opts.include_audits && reg.options.audit)
             } else {
-                reg.options.default && (!reg.options.audit || opts.include_audits)
-                    || (reg.options.audit && opts.include_audits)
+                if reg.options.audit {
+                    opts.include_audits
+                } else {
+                    reg.options.default
+                }
             };
             if !wanted {
                 continue;
@@ -315,10 +360,16 @@ impl Engine {
                     continue;
                 }
                 if opts.halt {
-                    return Err(Error::Halted { component: name.to_string(), reason: format!("not applicable: {why}") });
+                    return Err(Error::Halted {
+                        component: name.to_string(),
+                        reason: format!("not applicable: {why}"),
+                    });
                 }
             }
-            items.push(PlanItem { component: reg.component.clone(), applicability });
+            items.push(PlanItem {
+                component: reg.component.clone(),
+                applicability,
+            });
         }
         let selected: BTreeSet<&str> = items.iter().map(|i| i.component.name()).collect();
         for reg in &self.components {
@@ -335,13 +386,28 @@ impl Engine {
             }
         }
         if items.is_empty() {
-            return Err(Error::Input("nothing to back up: no applicable component is selected".into()));
+            return Err(Error::Input(
+                "nothing to back up: no applicable component is selected".into(),
+            ));
         }
-        Ok((if custom { Selection::Custom } else { Selection::Standard }, items, not_applicable))
+        Ok((
+            if custom {
+                Selection::Custom
+            } else {
+                Selection::Standard
+            },
+            items,
+            not_applicable,
+        ))
     }
 
     fn scratch_dir(&self) -> Result<PathBuf> {
-        let dir = self.config.appliance.state_dir.join("tmp").join(crate::util::random_tag());
+        let dir = self
+            .config
+            .appliance
+            .state_dir
+            .join("tmp")
+            .join(crate::util::random_tag());
         crate::util::create_private_dir(&dir)
             .map_err(|e| Error::io(format!("creating scratch directory {}", dir.display()), e))?;
         Ok(dir)
@@ -352,7 +418,10 @@ impl Engine {
     pub async fn create(&self, opts: &CreateOptions) -> Result<CreateReport> {
         let (selection, items, not_applicable) = self.plan(opts)?;
         for n in &not_applicable {
-            self.progress.event(&Event::Warning { component: None, message: format!("not applicable, skipped: {n}") });
+            self.progress.event(&Event::Warning {
+                component: None,
+                message: format!("not applicable, skipped: {n}"),
+            });
         }
         let (mk, slot) = self.keys.for_writing()?;
         let created = Utc::now().trunc_subsecs(0);
@@ -361,9 +430,14 @@ impl Engine {
             Some(path) => local_destination(path)?,
             None => {
                 let storage = self.storage.clone().ok_or_else(|| {
-                    Error::NoStorage("pass --output FILE (or - for standard output) or set [storage] url".into())
+                    Error::NoStorage(
+                        "pass --output FILE (or - for standard output) or set [storage] url".into(),
+                    )
                 })?;
-                (storage, image_name(&self.config.storage.prefix, created, &a.node, a.role))
+                (
+                    storage,
+                    image_name(&self.config.storage.prefix, created, &a.node, a.role),
+                )
             }
         };
         let info = BackupInfo {
@@ -380,7 +454,12 @@ impl Engine {
                 .map(|i| PlannedComponent {
                     name: i.component.name().to_string(),
                     kind: i.component.kind().to_string(),
-                    roots: i.component.roots().iter().map(|p| p.display().to_string()).collect(),
+                    roots: i
+                        .component
+                        .roots()
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect(),
                 })
                 .collect(),
             compression: self.config.image.compression,
@@ -392,77 +471,115 @@ impl Engine {
         let progress = self.progress.clone();
         let halt = opts.halt;
         let scratch_for_producer = scratch.clone();
-        self.progress.event(&Event::Step { message: format!("writing {name} to {storage}") });
-        let result = write_sealed(storage.clone(), name.clone(), mk.clone(), slot.clone(), created, move |out| {
-            let encoder = Encoder::new(out, compression, level);
-            let mut tar = TarWriter::new(encoder, progress.clone());
-            let io_err = |e| Error::from_pipeline_io("writing the image", e);
-            tar.json(BACKUP_JSON, &producer_info).map_err(io_err)?;
-            let mut records = Vec::new();
-            for item in &items {
-                let c = &item.component;
-                let name = c.name().to_string();
-                progress.event(&Event::ComponentStarted { component: name.clone(), kind: c.kind().to_string() });
-                tar.begin_component(&name);
-                let result = match &item.applicability {
-                    Applicability::NotApplicable(why) => {
-                        Err(SnapshotError::Failed(format!("not applicable on this node: {why}")))
-                    }
-                    Applicability::Applicable => c.snapshot(&mut tar, &scratch_for_producer),
+        self.progress.event(&Event::Step {
+            message: format!("writing {name} to {storage}"),
+        });
+        let result = write_sealed(
+            storage.clone(),
+            name.clone(),
+            mk.clone(),
+            slot.clone(),
+            created,
+            move |out| {
+                let encoder = Encoder::new(out, compression, level);
+                let mut tar = TarWriter::new(encoder, progress.clone());
+                let io_err = |e| Error::from_pipeline_io("writing the image", e);
+                tar.json(BACKUP_JSON, &producer_info).map_err(io_err)?;
+                let mut records = Vec::new();
+                for item in &items {
+                    let c = &item.component;
+                    let name = c.name().to_string();
+                    progress.event(&Event::ComponentStarted {
+                        component: name.clone(),
+                        kind: c.kind().to_string(),
+                    });
+                    tar.begin_component(&name);
+                    let result = match &item.applicability {
+                        Applicability::NotApplicable(why) => Err(SnapshotError::Failed(format!(
+                            "not applicable on this node: {why}"
+                        ))),
+                        Applicability::Applicable => c.snapshot(&mut tar, &scratch_for_producer),
+                    };
+                    let (digest, warnings) = tar.end_component();
+                    let error = match result {
+                        Ok(()) => None,
+                        Err(SnapshotError::Output(e)) => return Err(io_err(e)),
+                        Err(SnapshotError::Failed(reason)) if halt => {
+                            return Err(Error::Halted {
+                                component: name,
+                                reason,
+                            });
+                        }
+                        Err(SnapshotError::Failed(reason)) => Some(reason),
+                    };
+                    let outcome = if error.is_some() {
+                        Outcome::Failed
+                    } else {
+                        Outcome::Success
+                    };
+                    progress.event(&Event::ComponentFinished {
+                        component: name.clone(),
+                        outcome,
+                        entries: digest.entries(),
+                        bytes: digest.bytes(),
+                        error: error.clone(),
+                    });
+                    records.push(ComponentRecord {
+                        name,
+                        kind: c.kind().to_string(),
+                        outcome,
+                        entries: digest.entries(),
+                        bytes: digest.bytes(),
+                        sha256: digest.hex(),
+                        error,
+                        warnings,
+                    });
+                }
+                if records.iter().all(|r| r.outcome != Outcome::Success) {
+                    let why = records
+                        .iter()
+                        .map(|r| format!("{}: {}", r.name, r.error.as_deref().unwrap_or("?")))
+                        .collect();
+                    return Err(Error::AllComponentsFailed(join(why)));
+                }
+                let outcome = if records.iter().all(|r| r.outcome == Outcome::Success) {
+                    Outcome::Success
+                } else {
+                    Outcome::Partial
                 };
-                let (digest, warnings) = tar.end_component();
-                let error = match result {
-                    Ok(()) => None,
-                    Err(SnapshotError::Output(e)) => return Err(io_err(e)),
-                    Err(SnapshotError::Failed(reason)) if halt => {
-                        return Err(Error::Halted { component: name, reason });
-                    }
-                    Err(SnapshotError::Failed(reason)) => Some(reason),
+                let manifest = Manifest {
+                    outcome,
+                    components: records,
                 };
-                let outcome = if error.is_some() { Outcome::Failed } else { Outcome::Success };
-                progress.event(&Event::ComponentFinished {
-                    component: name.clone(),
-                    outcome,
-                    entries: digest.entries(),
-                    bytes: digest.bytes(),
-                    error: error.clone(),
-                });
-                records.push(ComponentRecord {
-                    name,
-                    kind: c.kind().to_string(),
-                    outcome,
-                    entries: digest.entries(),
-                    bytes: digest.bytes(),
-                    sha256: digest.hex(),
-                    error,
-                    warnings,
-                });
-            }
-            if records.iter().all(|r| r.outcome != Outcome::Success) {
-                let why = records.iter().map(|r| format!("{}: {}", r.name, r.error.as_deref().unwrap_or("?"))).collect();
-                return Err(Error::AllComponentsFailed(join(why)));
-            }
-            let outcome =
-                if records.iter().all(|r| r.outcome == Outcome::Success) { Outcome::Success } else { Outcome::Partial };
-            let manifest = Manifest { outcome, components: records };
-            tar.json(MANIFEST_JSON, &manifest).map_err(io_err)?;
-            tar.finish().and_then(|e| e.finish()).map_err(io_err)?;
-            Ok(manifest)
-        })
+                tar.json(MANIFEST_JSON, &manifest).map_err(io_err)?;
+                tar.finish().and_then(|e| e.finish()).map_err(io_err)?;
+                Ok(manifest)
+            },
+        )
         .await;
         let _ = crate::util::remove_any(&scratch);
         let (manifest, size) = result?;
 
-        let sidecar = Sidecar { image: name.clone(), image_size: size, info: info.clone(), manifest: manifest.clone() };
+        let sidecar = Sidecar {
+            image: name.clone(),
+            image_size: size,
+            info: info.clone(),
+            manifest: manifest.clone(),
+        };
         let sidecar_error = if opts.output.is_some() {
             None
         } else {
-            self.store_sidecar(&storage, &sidecar, &mk, &slot).await.err().map(|e| e.to_string())
+            self.store_sidecar(&storage, &sidecar, &mk, &slot)
+                .await
+                .err()
+                .map(|e| e.to_string())
         };
         if let Some(e) = &sidecar_error {
             self.progress.event(&Event::Warning {
                 component: None,
-                message: format!("the image is complete, but its sidecar manifest could not be stored: {e}"),
+                message: format!(
+                    "the image is complete, but its sidecar manifest could not be stored: {e}"
+                ),
             });
         }
         let image = match &opts.output {
@@ -481,18 +598,33 @@ impl Engine {
         })
     }
 
-    async fn store_sidecar(&self, storage: &Arc<dyn Storage>, sidecar: &Sidecar, mk: &MasterKey, slot: &Keyslot) -> Result<()> {
+    async fn store_sidecar(
+        &self,
+        storage: &Arc<dyn Storage>,
+        sidecar: &Sidecar,
+        mk: &MasterKey,
+        slot: &Keyslot,
+    ) -> Result<()> {
         let json = serde_json::to_vec(sidecar).expect("sidecar serialises");
         let mut w = EncryptWriter::new(Vec::new(), mk, slot, sidecar.info.created.timestamp())?;
-        w.write_all(&json).map_err(|e| Error::from_pipeline_io("sealing the sidecar", e))?;
+        w.write_all(&json)
+            .map_err(|e| Error::from_pipeline_io("sealing the sidecar", e))?;
         let sealed = w.finish()?;
-        storage.put_bytes(&sidecar_name(&sidecar.image), Bytes::from(sealed), PutMode::Overwrite).await?;
+        storage
+            .put_bytes(
+                &sidecar_name(&sidecar.image),
+                Bytes::from(sealed),
+                PutMode::Overwrite,
+            )
+            .await?;
         Ok(())
     }
 
     /// Reads and decrypts an image's sidecar manifest (`None` if it has none).
     pub(crate) async fn sidecar(&self, name: &str) -> Result<Option<Sidecar>> {
-        let Some(storage) = &self.storage else { return Ok(None) };
+        let Some(storage) = &self.storage else {
+            return Ok(None);
+        };
         let sealed = match storage.get_bytes(&sidecar_name(name), MAX_SIDECAR).await {
             Ok(b) => b,
             Err(backup_storage::Error::NotFound { .. }) => return Ok(None),
@@ -506,8 +638,9 @@ impl Engine {
             keys.unlock(reader, &what)?
                 .read_to_end(&mut plain)
                 .map_err(|e| Error::from_pipeline_io("reading the sidecar manifest", e))?;
-            serde_json::from_slice(&plain)
-                .map_err(|e| Error::InvalidImage(format!("the sidecar manifest of {what} is not valid: {e}")))
+            serde_json::from_slice(&plain).map_err(|e| {
+                Error::InvalidImage(format!("the sidecar manifest of {what} is not valid: {e}"))
+            })
         })
         .await
         .map_err(join_error)??;
@@ -522,16 +655,29 @@ impl Engine {
 
     /// Lists the images in the storage (newest last) with their sidecars.
     pub async fn list(&self) -> Result<Vec<ImageSummary>> {
-        let storage = self.storage.as_ref().ok_or_else(|| Error::NoStorage("there is nothing to list".into()))?;
+        let storage = self
+            .storage
+            .as_ref()
+            .ok_or_else(|| Error::NoStorage("there is nothing to list".into()))?;
         let listing = storage.list(&self.config.storage.prefix, false).await?;
         let mut out = Vec::new();
-        for obj in listing.objects.into_iter().filter(|o| o.name.ends_with(IMAGE_EXT)) {
+        for obj in listing
+            .objects
+            .into_iter()
+            .filter(|o| o.name.ends_with(IMAGE_EXT))
+        {
             let (sidecar, sidecar_error) = match self.sidecar(&obj.name).await {
                 Ok(s) => (s, None),
                 Err(e) => (None, Some(e.to_string())),
             };
             let parsed = parse_image_name(&self.config.storage.prefix, &obj.name);
-            out.push(ImageSummary { name: obj.name, size: obj.size, parsed, sidecar, sidecar_error });
+            out.push(ImageSummary {
+                name: obj.name,
+                size: obj.size,
+                parsed,
+                sidecar,
+                sidecar_error,
+            });
         }
         Ok(out)
     }
@@ -549,7 +695,10 @@ impl Engine {
 
     /// Opens an image's encrypted bytes as a blocking `Read` (call from async
     /// context; use the reader on a blocking thread).
-    pub(crate) async fn open_raw(&self, loc: &ImageLoc) -> Result<(Box<dyn Read + Send>, Option<u64>)> {
+    pub(crate) async fn open_raw(
+        &self,
+        loc: &ImageLoc,
+    ) -> Result<(Box<dyn Read + Send>, Option<u64>)> {
         match loc {
             ImageLoc::File(p) => {
                 let f = std::fs::File::open(p).map_err(|e| {
@@ -557,7 +706,11 @@ impl Engine {
                         Error::Input(format!(
                             "no image {}: it is neither a file{}",
                             p.display(),
-                            if self.storage.is_some() { " nor a name in the storage" } else { "" }
+                            if self.storage.is_some() {
+                                " nor a name in the storage"
+                            } else {
+                                ""
+                            }
                         ))
                     } else {
                         Error::io(format!("opening {}", p.display()), e)
@@ -570,7 +723,10 @@ impl Engine {
                 let storage = self.storage.as_ref().expect("stored images need a storage");
                 let got = storage.get_opts(name, None).await?;
                 let size = Some(got.meta.size);
-                Ok((Box::new(tokio_util::io::SyncIoBridge::new(got.reader)), size))
+                Ok((
+                    Box::new(tokio_util::io::SyncIoBridge::new(got.reader)),
+                    size,
+                ))
             }
         }
     }
@@ -585,7 +741,10 @@ impl Engine {
         let keys = self.keys.clone();
         let shown = loc.shown();
         tokio::task::spawn_blocking(move || {
-            let mut counted = CountingReader { inner: raw, count: 0 };
+            let mut counted = CountingReader {
+                inner: raw,
+                count: 0,
+            };
             let result = (|| {
                 let reader = ImageReader::new(&mut counted)?;
                 let payload = keys.unlock(reader, &shown)?;
@@ -625,7 +784,9 @@ impl Engine {
     /// against the manifest (and the sidecar, if any), writing nothing.
     pub async fn verify(&self, image: &str) -> Result<VerifyReport> {
         let loc = self.locate(image);
-        self.progress.event(&Event::Step { message: format!("verifying {}", loc.shown()) });
+        self.progress.event(&Event::Step {
+            message: format!("verifying {}", loc.shown()),
+        });
         let (walked, size, _) = self.walk_image(&loc, NullVisitor).await?;
         if let ImageLoc::Stored(name) = &loc {
             if let Some(s) = self.sidecar(name).await? {
@@ -643,7 +804,13 @@ impl Engine {
             .filter(|r| r.outcome == Outcome::Success)
             .map(|r| r.name.clone())
             .collect();
-        Ok(VerifyReport { image: loc.shown(), size, info: walked.info, manifest: walked.manifest, verified })
+        Ok(VerifyReport {
+            image: loc.shown(),
+            size,
+            info: walked.info,
+            manifest: walked.manifest,
+            verified,
+        })
     }
 
     /// Writes the decrypted payload (a standard `.tar.gz`) to `out`. The file
@@ -659,7 +826,8 @@ impl Engine {
             let reader = ImageReader::new(raw)?;
             let mut payload = keys.unlock(reader, &shown)?;
             crate::util::write_stream_atomic(&out, 0o600, |w| {
-                std::io::copy(&mut payload, w).map_err(|e| Error::from_pipeline_io("decrypting the image", e))
+                std::io::copy(&mut payload, w)
+                    .map_err(|e| Error::from_pipeline_io("decrypting the image", e))
             })
         })
         .await
@@ -670,14 +838,23 @@ impl Engine {
     /// into an image at `out`, under this appliance's master key.
     pub async fn encrypt(&self, input: &Path, out: &Path) -> Result<u64> {
         let (mk, slot) = self.keys.for_writing()?;
-        let mut file =
-            std::fs::File::open(input).map_err(|e| Error::io(format!("opening {}", input.display()), e))?;
+        let mut file = std::fs::File::open(input)
+            .map_err(|e| Error::io(format!("opening {}", input.display()), e))?;
         let (storage, name) = local_destination(out)?;
         let created = Utc::now().timestamp();
         let what = input.display().to_string();
-        let ((), size) = write_sealed(storage, name, mk, slot, DateTime::from_timestamp(created, 0).unwrap_or_default(), move |w| {
-            std::io::copy(&mut file, w).map(|_| ()).map_err(|e| Error::io(format!("reading {what}"), e))
-        })
+        let ((), size) = write_sealed(
+            storage,
+            name,
+            mk,
+            slot,
+            DateTime::from_timestamp(created, 0).unwrap_or_default(),
+            move |w| {
+                std::io::copy(&mut file, w)
+                    .map(|_| ())
+                    .map_err(|e| Error::io(format!("reading {what}"), e))
+            },
+        )
         .await?;
         Ok(size)
     }
@@ -713,7 +890,10 @@ fn join(items: Vec<String>) -> String {
 }
 
 pub(crate) fn join_error(e: tokio::task::JoinError) -> Error {
-    Error::io("a worker thread failed", std::io::Error::other(e.to_string()))
+    Error::io(
+        "a worker thread failed",
+        std::io::Error::other(e.to_string()),
+    )
 }
 
 /// A local file as a storage destination (temp name, fsync, rename).
@@ -746,12 +926,18 @@ where
     T: Send + 'static,
     F: FnOnce(&mut dyn Write) -> Result<T> + Send + 'static,
 {
-    let mut upload = storage.put_opts(&name, PutOptions::mode(PutMode::Create)).await?;
+    let mut upload = storage
+        .put_opts(&name, PutOptions::mode(PutMode::Create))
+        .await?;
     let (tx, mut rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
     let producer = tokio::task::spawn_blocking(move || -> Result<(T, u64)> {
-        let mut sealed = EncryptWriter::new(ChannelWriter::new(tx), &mk, &slot, created.timestamp())?;
+        let mut sealed =
+            EncryptWriter::new(ChannelWriter::new(tx), &mk, &slot, created.timestamp())?;
         let value = produce(&mut sealed)?;
-        let size = sealed.finish()?.finish().map_err(|e| Error::from_pipeline_io("writing the image", e))?;
+        let size = sealed
+            .finish()?
+            .finish()
+            .map_err(|e| Error::from_pipeline_io("writing the image", e))?;
         Ok((value, size))
     });
     let mut upload_error = None;

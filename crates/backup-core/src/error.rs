@@ -42,7 +42,9 @@ pub enum Error {
         our_product: String,
     },
     /// The archive holds an entry that could write outside its component.
-    #[error("unsafe archive entry {entry:?}: {reason}; the image was rejected and nothing was restored")]
+    #[error(
+        "unsafe archive entry {entry:?}: {reason}; the image was rejected and nothing was restored"
+    )]
     UnsafeArchive {
         /// The entry path as stored.
         entry: String,
@@ -65,7 +67,9 @@ pub enum Error {
     #[error("every selected component failed, nothing was published: {0}")]
     AllComponentsFailed(String),
     /// The domain master secret was already set.
-    #[error("the domain master secret is already set (keyring {0}); use key rotation to change it")]
+    #[error(
+        "the domain master secret is already set (keyring {0}); use key rotation to change it"
+    )]
     AlreadyInitialized(PathBuf),
     /// No keyring/master key: `backup init` has not run.
     #[error("no master key in {0}: run `backup init` first to set the domain master secret")]
@@ -117,24 +121,32 @@ impl Error {
     }
 
     pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Error {
-        Error::Io { what: what.into(), source }
+        Error::Io {
+            what: what.into(),
+            source,
+        }
     }
 
     /// Unwraps an `io::Error` that carries a crypto or engine error (from the
     /// `Read` adapters of the pipeline) back into its meaning.
     pub(crate) fn from_pipeline_io(what: &str, e: std::io::Error) -> Error {
-        if e.get_ref().is_some_and(|inner| inner.is::<backup_crypto::Error>()) {
+        if e.get_ref()
+            .is_some_and(|inner| inner.is::<backup_crypto::Error>())
+        {
             return Error::Crypto(backup_crypto::Error::from_io(e));
         }
         if e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
-            return *e.into_inner().expect("checked").downcast::<Error>().expect("checked");
+            return *e
+                .into_inner()
+                .expect("checked")
+                .downcast::<Error>()
+                .expect("checked");
         }
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
             return Error::Crypto(backup_crypto::Error::Truncated);
         }
         Error::io(what, e)
     }
-
 }
 
 /// Result alias of this crate.

@@ -49,7 +49,9 @@ pub struct KeyFile {
 impl KeyFile {
     /// The key file of a state directory.
     pub fn in_state_dir(state_dir: &Path) -> KeyFile {
-        KeyFile { path: state_dir.join(KEY_FILE) }
+        KeyFile {
+            path: state_dir.join(KEY_FILE),
+        }
     }
 }
 
@@ -88,11 +90,16 @@ impl Keyring {
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io(format!("reading the keyring {}", path.display()), e)),
+            Err(e) => {
+                return Err(Error::io(
+                    format!("reading the keyring {}", path.display()),
+                    e,
+                ))
+            }
         };
-        serde_json::from_str(&text)
-            .map(Some)
-            .map_err(|e| Error::InvalidImage(format!("the keyring {} is damaged: {e}", path.display())))
+        serde_json::from_str(&text).map(Some).map_err(|e| {
+            Error::InvalidImage(format!("the keyring {} is damaged: {e}", path.display()))
+        })
     }
 
     /// The decoded keyslot.
@@ -118,13 +125,21 @@ pub fn init_keys(state_dir: &Path, passphrase: &Passphrase, params: KdfParams) -
     if keyring_path.exists() {
         return Err(Error::AlreadyInitialized(keyring_path));
     }
-    crate::util::create_private_dir(state_dir)
-        .map_err(|e| Error::io(format!("creating the state directory {}", state_dir.display()), e))?;
+    crate::util::create_private_dir(state_dir).map_err(|e| {
+        Error::io(
+            format!("creating the state directory {}", state_dir.display()),
+            e,
+        )
+    })?;
     let mk = MasterKey::generate()?;
     let slot = Keyslot::seal(&mk, passphrase, params)?;
     let key_path = state_dir.join(KEY_FILE);
-    crate::util::write_atomic(&key_path, mk.as_bytes(), 0o600)
-        .map_err(|e| Error::io(format!("writing the master key file {}", key_path.display()), e))?;
+    crate::util::write_atomic(&key_path, mk.as_bytes(), 0o600).map_err(|e| {
+        Error::io(
+            format!("writing the master key file {}", key_path.display()),
+            e,
+        )
+    })?;
     let ring = Keyring {
         format: 1,
         key_id: mk.key_id().to_string(),
@@ -147,20 +162,33 @@ pub(crate) struct Keys {
 }
 
 impl Keys {
-    pub(crate) fn new(state_dir: PathBuf, source: Box<dyn KeySource>, passphrase: Arc<dyn PassphraseProvider>) -> Keys {
-        Keys { state_dir, source, passphrase, cache: Mutex::new(None) }
+    pub(crate) fn new(
+        state_dir: PathBuf,
+        source: Box<dyn KeySource>,
+        passphrase: Arc<dyn PassphraseProvider>,
+    ) -> Keys {
+        Keys {
+            state_dir,
+            source,
+            passphrase,
+            cache: Mutex::new(None),
+        }
     }
 
     /// The master key and keyslot to seal new images with.
     pub(crate) fn for_writing(&self) -> Result<(MasterKey, Keyslot)> {
-        let ring = Keyring::load(&self.state_dir)?.ok_or_else(|| Error::NotInitialized(self.state_dir.clone()))?;
+        let ring = Keyring::load(&self.state_dir)?
+            .ok_or_else(|| Error::NotInitialized(self.state_dir.clone()))?;
         let slot = ring.keyslot()?;
         if let Some(mk) = self.known_key(&ring.key_id)? {
             return Ok((mk, slot));
         }
         let pass = self
             .passphrase
-            .passphrase("unlock the master key (no key file in the state directory)", false)?
+            .passphrase(
+                "unlock the master key (no key file in the state directory)",
+                false,
+            )?
             .ok_or_else(|| Error::PassphraseRequired("unlock the master key".into()))?;
         let mk = slot.open(&pass)?;
         *self.cache.lock().expect("key cache") = Some(mk.clone());
@@ -174,11 +202,18 @@ impl Keys {
                 return Ok(Some(mk.clone()));
             }
         }
-        Ok(self.source.master_key()?.filter(|mk| mk.key_id().to_string() == key_id))
+        Ok(self
+            .source
+            .master_key()?
+            .filter(|mk| mk.key_id().to_string() == key_id))
     }
 
     /// Unlocks an image whose header has been read.
-    pub(crate) fn unlock<R: Read>(&self, reader: ImageReader<R>, what: &str) -> Result<DecryptReader<R>> {
+    pub(crate) fn unlock<R: Read>(
+        &self,
+        reader: ImageReader<R>,
+        what: &str,
+    ) -> Result<DecryptReader<R>> {
         let id = reader.header().key_id().to_string();
         if let Some(mk) = self.known_key(&id)? {
             return Ok(reader.unlock(&mk)?);
@@ -186,7 +221,9 @@ impl Keys {
         let pass = self
             .passphrase
             .passphrase(&format!("open {what}"), false)?
-            .ok_or_else(|| Error::PassphraseRequired(format!("open {what} (its key is not on this appliance)")))?;
+            .ok_or_else(|| {
+                Error::PassphraseRequired(format!("open {what} (its key is not on this appliance)"))
+            })?;
         let mk = reader.header().keyslot().open(&pass)?;
         *self.cache.lock().expect("key cache") = Some(mk.clone());
         Ok(reader.unlock(&mk)?)

@@ -36,17 +36,24 @@ mod restore;
 mod util;
 
 pub use component::{
-    Applicability, CommandComponent, Committed, Component, EntryMeta, EntrySink, FilesComponent, RestoreContext,
-    SnapshotError, SqliteComponent,
+    Applicability, CommandComponent, Committed, Component, EntryMeta, EntrySink, FilesComponent,
+    RestoreContext, SnapshotError, SqliteComponent,
 };
 pub use config::{
-    Appliance, ComponentConfig, ComponentKind, Compression, Config, EncryptionConfig, ImageConfig, Role, StorageConfig,
+    Appliance, ComponentConfig, ComponentKind, Compression, Config, EncryptionConfig, ImageConfig,
+    Role, StorageConfig,
 };
-pub use engine::{ComponentOptions, CreateOptions, CreateReport, Engine, EngineBuilder, ImageDetails, ImageSummary, VerifyReport};
+pub use engine::{
+    ComponentOptions, CreateOptions, CreateReport, Engine, EngineBuilder, ImageDetails,
+    ImageSummary, VerifyReport,
+};
 pub use error::{Error, Result};
-pub use keys::{init_keys, KeyFile, KeySource, Keyring, NoPassphrase, PassphraseProvider, KEYRING_FILE, KEY_FILE};
-pub use progress::{Event, NoProgress, Progress};
 pub use image::Outcome;
+pub use keys::{
+    init_keys, KeyFile, KeySource, Keyring, NoPassphrase, PassphraseProvider, KEYRING_FILE,
+    KEY_FILE,
+};
+pub use progress::{Event, NoProgress, Progress};
 pub use restore::{RestoreOptions, RestoreReport};
 
 pub use backup_crypto::{KdfParams, MasterKey, Passphrase};

@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::component::{Committed, Component, CommandComponent, FilesComponent, RestoreContext, SqliteComponent};
+use crate::component::{
+    CommandComponent, Committed, Component, FilesComponent, RestoreContext, SqliteComponent,
+};
 use crate::engine::{join_error, Engine, ImageLoc};
 use crate::image::reader::{EntryView, Visitor};
 use crate::image::{BackupInfo, EntryKind, Outcome, PlannedComponent};
@@ -56,7 +58,8 @@ impl Engine {
             }
         }
         if let Some(t) = &opts.target {
-            std::fs::create_dir_all(t).map_err(|e| Error::io(format!("creating target {}", t.display()), e))?;
+            std::fs::create_dir_all(t)
+                .map_err(|e| Error::io(format!("creating target {}", t.display()), e))?;
         }
         let visitor = RestoreVisitor {
             config: PrecheckConfig::of(self, opts),
@@ -68,7 +71,9 @@ impl Engine {
             owner: crate::util::is_root(),
             progress: self.progress.clone(),
         };
-        self.progress.event(&Event::Step { message: format!("reading and staging {}", loc.shown()) });
+        self.progress.event(&Event::Step {
+            message: format!("reading and staging {}", loc.shown()),
+        });
         let walked = self.walk_image(&loc, visitor).await;
         let (walked, _, mut visitor) = match walked {
             Ok(w) => w,
@@ -82,7 +87,12 @@ impl Engine {
                 if !visitor.selected.contains(&planned.name) {
                     continue;
                 }
-                let record = walked.manifest.components.iter().find(|r| r.name == planned.name).expect("checked");
+                let record = walked
+                    .manifest
+                    .components
+                    .iter()
+                    .find(|r| r.name == planned.name)
+                    .expect("checked");
                 if record.outcome != Outcome::Success {
                     if opts.components.contains(&planned.name) {
                         return Err(Error::Input(format!(
@@ -122,12 +132,18 @@ impl Engine {
         }
         let progress = self.progress.clone();
         let target = opts.target.clone();
-        let committed = tokio::task::spawn_blocking(move || commit(plan, target.as_deref(), &*progress))
-            .await
-            .map_err(join_error)
-            .and_then(|r| r);
+        let committed =
+            tokio::task::spawn_blocking(move || commit(plan, target.as_deref(), &*progress))
+                .await
+                .map_err(join_error)
+                .and_then(|r| r);
         visitor.cleanup();
-        Ok(RestoreReport { image: loc.shown(), restored: committed?, skipped_failed, target: opts.target.clone() })
+        Ok(RestoreReport {
+            image: loc.shown(),
+            restored: committed?,
+            skipped_failed,
+            target: opts.target.clone(),
+        })
     }
 
     fn precheck(&self, info: &BackupInfo, opts: &RestoreOptions) -> Result<()> {
@@ -137,7 +153,11 @@ impl Engine {
     /// The component that restores `p`: the configured one, or — for an image
     /// from elsewhere — a built-in of the same kind working from the image's
     /// recorded roots.
-    fn restorer_for(&self, p: &PlannedComponent, target: Option<&Path>) -> Result<Arc<dyn Component>> {
+    fn restorer_for(
+        &self,
+        p: &PlannedComponent,
+        target: Option<&Path>,
+    ) -> Result<Arc<dyn Component>> {
         if let Some(c) = self.component(&p.name) {
             if c.kind() == p.kind {
                 return Ok(c.clone());
@@ -158,7 +178,8 @@ impl Engine {
 
 /// File trees and databases first, restore commands last (they cannot be undone).
 fn ordered_for_commit(planned: &[PlannedComponent]) -> Vec<&PlannedComponent> {
-    let mut ordered: Vec<&PlannedComponent> = planned.iter().filter(|p| p.kind != "command").collect();
+    let mut ordered: Vec<&PlannedComponent> =
+        planned.iter().filter(|p| p.kind != "command").collect();
     ordered.extend(planned.iter().filter(|p| p.kind == "command"));
     ordered
 }
@@ -178,8 +199,14 @@ fn commit(
             names.push(p.name.clone());
             continue;
         };
-        progress.event(&Event::Step { message: format!("putting {} into place", p.name) });
-        let ctx = RestoreContext { staged: &staged, planned: &p, target };
+        progress.event(&Event::Step {
+            message: format!("putting {} into place", p.name),
+        });
+        let ctx = RestoreContext {
+            staged: &staged,
+            planned: &p,
+            target,
+        };
         match component.restore(&ctx) {
             Ok(c) => {
                 done.push(c);
@@ -197,13 +224,19 @@ fn commit(
                 } else {
                     format!("{reason}; ROLLBACK FAILED: {}", undo_errors.join("; "))
                 };
-                return Err(Error::RestoreFailed { component: p.name.clone(), reason });
+                return Err(Error::RestoreFailed {
+                    component: p.name.clone(),
+                    reason,
+                });
             }
         }
     }
     for c in done {
         if let Err(e) = c.finalize() {
-            progress.event(&Event::Warning { component: None, message: e });
+            progress.event(&Event::Warning {
+                component: None,
+                message: e,
+            });
         }
     }
     Ok(names)
@@ -260,7 +293,11 @@ fn check_selection(
         if !info.components.iter().any(|c| &c.name == name) {
             return Err(Error::Input(format!(
                 "the image has no component {name:?}; it has: {}",
-                info.components.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+                info.components
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         }
         if let Some(r) = records.and_then(|rs| rs.iter().find(|r| &r.name == name)) {
@@ -316,37 +353,74 @@ impl Visitor for RestoreVisitor {
         } else {
             self.requested.clone()
         };
-        for planned in info.components.iter().filter(|c| self.selected.contains(&c.name)) {
+        for planned in info
+            .components
+            .iter()
+            .filter(|c| self.selected.contains(&c.name))
+        {
             let roots: Vec<PathBuf> = planned.roots.iter().map(PathBuf::from).collect();
-            if roots.iter().any(|r| !r.is_absolute() || r.components().any(|c| !matches!(c, std::path::Component::RootDir | std::path::Component::Normal(_)))) {
+            if roots.iter().any(|r| {
+                !r.is_absolute()
+                    || r.components().any(|c| {
+                        !matches!(
+                            c,
+                            std::path::Component::RootDir | std::path::Component::Normal(_)
+                        )
+                    })
+            }) {
                 return Err(Error::UnsafeArchive {
                     entry: "backup.json".into(),
-                    reason: format!("component {} has a root that is not a plain absolute path", planned.name),
+                    reason: format!(
+                        "component {} has a root that is not a plain absolute path",
+                        planned.name
+                    ),
                 });
             }
             // Stage next to the first destination so the final move is a rename.
             let base = match roots.first() {
-                Some(r) => self.destination(r).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/")),
+                Some(r) => self
+                    .destination(r)
+                    .parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|| PathBuf::from("/")),
                 None => self.scratch.clone(),
             };
-            std::fs::create_dir_all(&base).map_err(|e| Error::io(format!("creating {}", base.display()), e))?;
-            let root = base.join(format!(".{}.staging-{}", planned.name, crate::util::random_tag()));
-            crate::util::create_private_dir(&root)
-                .map_err(|e| Error::io(format!("creating staging directory {}", root.display()), e))?;
-            let allowed = roots.iter().map(|r| crate::component::rel_of(r).to_path_buf()).collect();
-            self.stagers.insert(planned.name.clone(), Stager::new(root, allowed, self.owner));
+            std::fs::create_dir_all(&base)
+                .map_err(|e| Error::io(format!("creating {}", base.display()), e))?;
+            let root = base.join(format!(
+                ".{}.staging-{}",
+                planned.name,
+                crate::util::random_tag()
+            ));
+            crate::util::create_private_dir(&root).map_err(|e| {
+                Error::io(format!("creating staging directory {}", root.display()), e)
+            })?;
+            let allowed = roots
+                .iter()
+                .map(|r| crate::component::rel_of(r).to_path_buf())
+                .collect();
+            self.stagers
+                .insert(planned.name.clone(), Stager::new(root, allowed, self.owner));
         }
         Ok(())
     }
 
     fn entry(&mut self, component: &str, entry: &EntryView<'_>, data: &mut dyn Read) -> Result<()> {
-        let Some(stager) = self.stagers.get_mut(component) else { return Ok(()) };
+        let Some(stager) = self.stagers.get_mut(component) else {
+            return Ok(());
+        };
         if stager.entries == 0 {
-            self.progress.event(&Event::ComponentStarted { component: component.to_string(), kind: "extract".into() });
+            self.progress.event(&Event::ComponentStarted {
+                component: component.to_string(),
+                kind: "extract".into(),
+            });
         }
         stager.extract(entry, data)?;
         if entry.size > 0 {
-            self.progress.event(&Event::Bytes { component: component.to_string(), bytes: entry.size });
+            self.progress.event(&Event::Bytes {
+                component: component.to_string(),
+                bytes: entry.size,
+            });
         }
         Ok(())
     }
@@ -366,11 +440,21 @@ struct Stager {
 
 impl Stager {
     fn new(root: PathBuf, allowed: Vec<PathBuf>, owner: bool) -> Stager {
-        Stager { root, allowed, symlinks: HashSet::new(), dirs: Vec::new(), owner, entries: 0 }
+        Stager {
+            root,
+            allowed,
+            symlinks: HashSet::new(),
+            dirs: Vec::new(),
+            owner,
+            entries: 0,
+        }
     }
 
     fn unsafe_entry(rel: &Path, reason: impl Into<String>) -> Error {
-        Error::UnsafeArchive { entry: rel.display().to_string(), reason: reason.into() }
+        Error::UnsafeArchive {
+            entry: rel.display().to_string(),
+            reason: reason.into(),
+        }
     }
 
     fn check_allowed(&self, rel: &Path) -> Result<()> {
@@ -382,7 +466,10 @@ impl Stager {
         if ok {
             Ok(())
         } else {
-            Err(Self::unsafe_entry(rel, "it lies outside the component's recorded roots"))
+            Err(Self::unsafe_entry(
+                rel,
+                "it lies outside the component's recorded roots",
+            ))
         }
     }
 
@@ -393,14 +480,26 @@ impl Stager {
         for part in &parts[..parts.len().saturating_sub(1)] {
             prefix.push(part);
             if self.symlinks.contains(&prefix) {
-                return Err(Self::unsafe_entry(rel, format!("it would be written through the symlink {}", prefix.display())));
+                return Err(Self::unsafe_entry(
+                    rel,
+                    format!(
+                        "it would be written through the symlink {}",
+                        prefix.display()
+                    ),
+                ));
             }
             let path = self.root.join(&prefix);
             match std::fs::symlink_metadata(&path) {
                 Ok(md) if md.is_dir() => {}
-                Ok(_) => return Err(Self::unsafe_entry(rel, format!("{} is not a directory", prefix.display()))),
+                Ok(_) => {
+                    return Err(Self::unsafe_entry(
+                        rel,
+                        format!("{} is not a directory", prefix.display()),
+                    ))
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    std::fs::create_dir(&path).map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+                    std::fs::create_dir(&path)
+                        .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
                 }
                 Err(e) => return Err(Error::io(format!("checking {}", path.display()), e)),
             }
@@ -414,7 +513,10 @@ impl Stager {
         self.check_allowed(e.rel)?;
         self.prepare_parents(e.rel)?;
         if self.symlinks.contains(e.rel) {
-            return Err(Self::unsafe_entry(e.rel, "it replaces a symlink of the same archive"));
+            return Err(Self::unsafe_entry(
+                e.rel,
+                "it replaces a symlink of the same archive",
+            ));
         }
         let path = self.root.join(e.rel);
         let io = |what: &str, err| Error::io(format!("{what} {}", path.display()), err);
@@ -422,7 +524,12 @@ impl Stager {
             EntryKind::Dir => {
                 match std::fs::symlink_metadata(&path) {
                     Ok(md) if md.is_dir() => {}
-                    Ok(_) => return Err(Self::unsafe_entry(e.rel, "a directory entry replaces a file")),
+                    Ok(_) => {
+                        return Err(Self::unsafe_entry(
+                            e.rel,
+                            "a directory entry replaces a file",
+                        ))
+                    }
                     Err(_) => std::fs::create_dir(&path).map_err(|err| io("creating", err))?,
                 }
                 self.chown(&path, e)?;
@@ -441,16 +548,21 @@ impl Stager {
                             io("creating", err)
                         }
                     })?;
-                let copied = std::io::copy(data, &mut file).map_err(|err| Error::from_pipeline_io("extracting", err))?;
+                let copied = std::io::copy(data, &mut file)
+                    .map_err(|err| Error::from_pipeline_io("extracting", err))?;
                 if copied != e.size {
-                    return Err(Error::InvalidImage(format!("{} is shorter than its header says", e.rel.display())));
+                    return Err(Error::InvalidImage(format!(
+                        "{} is shorter than its header says",
+                        e.rel.display()
+                    )));
                 }
                 file.sync_all().map_err(|err| io("flushing", err))?;
                 self.chown(&path, e)?;
                 file.set_permissions(std::fs::Permissions::from_mode(e.mode & 0o7777))
                     .map_err(|err| io("setting the mode of", err))?;
                 let t = filetime::FileTime::from_unix_time(e.mtime as i64, 0);
-                filetime::set_file_handle_times(&file, Some(t), Some(t)).map_err(|err| io("setting the time of", err))?;
+                filetime::set_file_handle_times(&file, Some(t), Some(t))
+                    .map_err(|err| io("setting the time of", err))?;
             }
             EntryKind::Symlink => {
                 let target = e.link.as_ref().expect("walker checked");
@@ -464,7 +576,8 @@ impl Stager {
                 self.symlinks.insert(e.rel.to_path_buf());
                 self.chown(&path, e)?;
                 let t = filetime::FileTime::from_unix_time(e.mtime as i64, 0);
-                filetime::set_symlink_file_times(&path, t, t).map_err(|err| io("setting the time of", err))?;
+                filetime::set_symlink_file_times(&path, t, t)
+                    .map_err(|err| io("setting the time of", err))?;
             }
             EntryKind::Hardlink => {
                 let target_rel = e.link.as_ref().expect("walker checked");
@@ -473,7 +586,10 @@ impl Stager {
                 for part in target_rel.components() {
                     prefix.push(part);
                     if self.symlinks.contains(&prefix) {
-                        return Err(Self::unsafe_entry(e.rel, "its hard link target goes through a symlink"));
+                        return Err(Self::unsafe_entry(
+                            e.rel,
+                            "its hard link target goes through a symlink",
+                        ));
                     }
                 }
                 let target = self.root.join(target_rel);
@@ -482,7 +598,10 @@ impl Stager {
                     _ => {
                         return Err(Self::unsafe_entry(
                             e.rel,
-                            format!("its hard link target {} is not an earlier file of the component", target_rel.display()),
+                            format!(
+                                "its hard link target {} is not an earlier file of the component",
+                                target_rel.display()
+                            ),
                         ))
                     }
                 }
@@ -497,7 +616,8 @@ impl Stager {
             return Ok(());
         }
         let (uid, gid) = (u32::try_from(e.uid).ok(), u32::try_from(e.gid).ok());
-        std::os::unix::fs::lchown(path, uid, gid).map_err(|err| Error::io(format!("setting the owner of {}", path.display()), err))
+        std::os::unix::fs::lchown(path, uid, gid)
+            .map_err(|err| Error::io(format!("setting the owner of {}", path.display()), err))
     }
 
     /// Directory modes and times last: creating children changes a
@@ -510,9 +630,9 @@ impl Stager {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o7777))
                 .map_err(|e| Error::io(format!("setting the mode of {}", path.display()), e))?;
             let t = filetime::FileTime::from_unix_time(mtime as i64, 0);
-            filetime::set_file_times(&path, t, t).map_err(|e| Error::io(format!("setting the time of {}", path.display()), e))?;
+            filetime::set_file_times(&path, t, t)
+                .map_err(|e| Error::io(format!("setting the time of {}", path.display()), e))?;
         }
         Ok(())
     }
 }
-

@@ -3,9 +3,9 @@
 //!
 //! Each check takes the storage and a `prefix`: a namespace ("directory")
 //! unique to the run, so that suites can share a bucket. A check creates
-//! objects only below its prefix and deletes them again, also when it fails
-//! where it can. A failure is an error whose message names what was expected
-//! and what happened.
+//! objects only below its prefix and deletes them again when it passes; a
+//! failing check stops there and leaves its objects for inspection. A failure
+//! is an error whose message names what was expected and what happened.
 //!
 //! What legitimately differs between backends comes from
 //! [`Storage::capabilities`] (atomic conditional create, capacity, presigning)
@@ -39,6 +39,7 @@ macro_rules! ensure {
         }
     };
 }
+
 /// What a check returns: `Err` says which expectation failed.
 pub type CheckResult = Result<(), BoxError>;
 
@@ -55,7 +56,10 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Config {
-        Config { many: 1001, large: (16 << 20) + 1 }
+        Config {
+            many: 1001,
+            large: (16 << 20) + 1,
+        }
     }
 }
 
@@ -83,7 +87,10 @@ pub async fn run_all(storage: &dyn Storage, prefix: &str) -> CheckResult {
 /// empty and is empty again afterwards.
 pub async fn run_all_with(storage: &dyn Storage, prefix: &str, config: &Config) -> CheckResult {
     let prefix = namespace(prefix);
-    let leftovers = storage.list(&prefix, false).await.context(|| format!("listing {prefix}"))?;
+    let leftovers = storage
+        .list(&prefix, false)
+        .await
+        .context(|| format!("listing {prefix}"))?;
     ensure!(
         leftovers.objects.is_empty(),
         "the namespace {prefix:?} in {storage} already holds {} objects (first: {}); run the suite under a fresh prefix",
@@ -91,29 +98,41 @@ pub async fn run_all_with(storage: &dyn Storage, prefix: &str, config: &Config) 
         leftovers.objects[0].name
     );
 
-    // One after the other, each in its own namespace: a failure names its
-    // check, and leaves nothing in the way of the others.
-    let ns = |check: &str| format!("{prefix}{check}/");
-    let failed = |check: &'static str| move |e: BoxError| -> BoxError {
-        format!("conformance check `{check}` failed against {storage}: {e}").into()
-    };
-    round_trip(storage, &ns("round_trip"), config.large).await.map_err(failed("round_trip"))?;
-    create_existing(storage, &ns("create_existing")).await.map_err(failed("create_existing"))?;
-    overwrite(storage, &ns("overwrite")).await.map_err(failed("overwrite"))?;
-    list_prefix_delimiter(storage, &ns("list")).await.map_err(failed("list_prefix_delimiter"))?;
-    list_many(storage, &ns("list_many"), config.many).await.map_err(failed("list_many"))?;
-    ranged_get(storage, &ns("ranged_get")).await.map_err(failed("ranged_get"))?;
-    missing_objects(storage, &ns("missing")).await.map_err(failed("missing_objects"))?;
-    delete_then_head(storage, &ns("delete")).await.map_err(failed("delete_then_head"))?;
-    capacity(storage).await.map_err(failed("capacity"))?;
-    presign(storage, &ns("presign")).await.map_err(failed("presign"))?;
-    interrupted_upload(storage, &ns("interrupted")).await.map_err(failed("interrupted_upload"))?;
+    // One after the other, each in a namespace named after it: a failure
+    // names its check, and what it leaves behind is in nobody's way.
+    macro_rules! run {
+        ($check:ident($($arg:expr),*)) => {
+            $check(storage, &format!("{prefix}{}/", stringify!($check)) $(, $arg)*)
+                .await
+                .map_err(|e| format!("conformance check `{}` failed against {storage}: {e}", stringify!($check)))?
+        };
+    }
+    run!(round_trip(config.large));
+    run!(create_existing());
+    run!(overwrite());
+    run!(list_prefix_delimiter());
+    run!(list_many(config.many));
+    run!(ranged_get());
+    run!(missing_objects());
+    run!(delete_then_head());
+    run!(presign());
+    run!(interrupted_upload());
+    capacity(storage)
+        .await
+        .map_err(|e| format!("conformance check `capacity` failed against {storage}: {e}"))?;
 
-    let leftovers = storage.list(&prefix, false).await.context(|| format!("listing {prefix}"))?;
+    let leftovers = storage
+        .list(&prefix, false)
+        .await
+        .context(|| format!("listing {prefix}"))?;
     ensure!(
         leftovers.objects.is_empty() && leftovers.prefixes.is_empty(),
         "the checks left objects behind in {prefix:?}: {:?}",
-        leftovers.objects.iter().map(|o| &o.name).collect::<Vec<_>>()
+        leftovers
+            .objects
+            .iter()
+            .map(|o| &o.name)
+            .collect::<Vec<_>>()
     );
     Ok(())
 }
@@ -126,14 +145,38 @@ pub async fn round_trip(storage: &dyn Storage, prefix: &str, large: u64) -> Chec
     for size in [0, 1, large] {
         let name = format!("{prefix}object-{size}.bin");
         let meta = upload_pattern(storage, &name, size, size).await?;
-        ensure!(meta.name == name && meta.size == size, "complete() of {name} returned {meta:?}, expected {size} bytes");
-        let head = storage.head(&name).await.context(|| format!("head {name}"))?;
-        ensure!(head.size == size, "head {name}: {} bytes, expected {size}", head.size);
-        let got = storage.get_opts(&name, None).await.context(|| format!("get {name}"))?;
-        ensure!(got.range == (0..size), "get {name}: range {:?}, expected 0..{size}", got.range);
-        ensure!(got.meta.size == size, "get {name}: meta says {} bytes, expected {size}", got.meta.size);
+        ensure!(
+            meta.name == name && meta.size == size,
+            "complete() of {name} returned {meta:?}, expected {size} bytes"
+        );
+        let head = storage
+            .head(&name)
+            .await
+            .context(|| format!("head {name}"))?;
+        ensure!(
+            head.size == size,
+            "head {name}: {} bytes, expected {size}",
+            head.size
+        );
+        let got = storage
+            .get_opts(&name, None)
+            .await
+            .context(|| format!("get {name}"))?;
+        ensure!(
+            got.range == (0..size),
+            "get {name}: range {:?}, expected 0..{size}",
+            got.range
+        );
+        ensure!(
+            got.meta.size == size,
+            "get {name}: meta says {} bytes, expected {size}",
+            got.meta.size
+        );
         expect_pattern(got.reader, size, 0..size, &name).await?;
-        storage.delete(&name).await.context(|| format!("delete {name}"))?;
+        storage
+            .delete(&name)
+            .await
+            .context(|| format!("delete {name}"))?;
     }
     Ok(())
 }
@@ -148,7 +191,10 @@ pub async fn create_existing(storage: &dyn Storage, prefix: &str) -> CheckResult
     put(storage, &name, "original", PutMode::Create).await?;
 
     // The backend may refuse at the start or at completion.
-    let outcome = match storage.put_opts(&name, PutOptions::mode(PutMode::Create)).await {
+    let outcome = match storage
+        .put_opts(&name, PutOptions::mode(PutMode::Create))
+        .await
+    {
         Err(e) => Err(e),
         Ok(mut up) => match up.write(Bytes::from_static(b"impostor")).await {
             Ok(()) => up.complete().await.map(drop),
@@ -161,16 +207,33 @@ pub async fn create_existing(storage: &dyn Storage, prefix: &str) -> CheckResult
         describe(&outcome)
     );
     expect_content(storage, &name, b"original").await?;
-    storage.delete(&name).await.context(|| format!("delete {name}"))?;
+    storage
+        .delete(&name)
+        .await
+        .context(|| format!("delete {name}"))?;
 
     if storage.capabilities().conditional_create {
         let name = format!("{prefix}raced.bkp");
-        let mut first = storage.put_opts(&name, PutOptions::mode(PutMode::Create)).await.context(|| format!("put {name}"))?;
-        let mut second =
-            storage.put_opts(&name, PutOptions::mode(PutMode::Create)).await.context(|| format!("put {name}"))?;
-        first.write(Bytes::from_static(b"first")).await.context(|| format!("write {name}"))?;
-        second.write(Bytes::from_static(b"second")).await.context(|| format!("write {name}"))?;
-        first.complete().await.context(|| format!("complete the first Create of {name}"))?;
+        let mut first = storage
+            .put_opts(&name, PutOptions::mode(PutMode::Create))
+            .await
+            .context(|| format!("put {name}"))?;
+        let mut second = storage
+            .put_opts(&name, PutOptions::mode(PutMode::Create))
+            .await
+            .context(|| format!("put {name}"))?;
+        first
+            .write(Bytes::from_static(b"first"))
+            .await
+            .context(|| format!("write {name}"))?;
+        second
+            .write(Bytes::from_static(b"second"))
+            .await
+            .context(|| format!("write {name}"))?;
+        first
+            .complete()
+            .await
+            .context(|| format!("complete the first Create of {name}"))?;
         let outcome = second.complete().await.map(drop);
         ensure!(
             matches!(outcome, Err(Error::AlreadyExists { .. })),
@@ -179,7 +242,10 @@ pub async fn create_existing(storage: &dyn Storage, prefix: &str) -> CheckResult
             describe(&outcome)
         );
         expect_content(storage, &name, b"first").await?;
-        storage.delete(&name).await.context(|| format!("delete {name}"))?;
+        storage
+            .delete(&name)
+            .await
+            .context(|| format!("delete {name}"))?;
     }
     Ok(())
 }
@@ -193,7 +259,10 @@ pub async fn overwrite(storage: &dyn Storage, prefix: &str) -> CheckResult {
         put(storage, &name, content, PutMode::Overwrite).await?;
         expect_content(storage, &name, content.as_bytes()).await?;
     }
-    storage.delete(&name).await.context(|| format!("delete {name}"))?;
+    storage
+        .delete(&name)
+        .await
+        .context(|| format!("delete {name}"))?;
     Ok(())
 }
 
@@ -202,23 +271,65 @@ pub async fn overwrite(storage: &dyn Storage, prefix: &str) -> CheckResult {
 pub async fn list_prefix_delimiter(storage: &dyn Storage, prefix: &str) -> CheckResult {
     let p = namespace(prefix);
     // In byte order, as listings return them: "-" sorts before "/".
-    let names = ["a.bkp", "ab.bkp", "b.bkp", "site-2.bkp", "site/c.bkp", "site/deeper/d.bkp", "zz/e.bkp"];
+    let names = [
+        "a.bkp",
+        "ab.bkp",
+        "b.bkp",
+        "site-2.bkp",
+        "site/c.bkp",
+        "site/deeper/d.bkp",
+        "zz/e.bkp",
+    ];
     for (i, name) in names.iter().enumerate() {
         // Sizes differ so that the listing's sizes are checked too.
-        put(storage, &format!("{p}{name}"), &"x".repeat(i), PutMode::Create).await?;
+        put(
+            storage,
+            &format!("{p}{name}"),
+            &"x".repeat(i),
+            PutMode::Create,
+        )
+        .await?;
     }
 
-    let listing = storage.list(&p, false).await.context(|| format!("list {p}"))?;
-    let sizes: Vec<(String, u64)> = listing.objects.iter().map(|o| (o.name.clone(), o.size)).collect();
-    let expected: Vec<(String, u64)> = names.iter().enumerate().map(|(i, n)| (format!("{p}{n}"), i as u64)).collect();
-    ensure!(sizes == expected, "list {p:?} (recursive): got {sizes:?}, expected {expected:?}");
-    ensure!(listing.prefixes.is_empty(), "list {p:?} (recursive): unexpected prefixes {:?}", listing.prefixes);
+    let listing = storage
+        .list(&p, false)
+        .await
+        .context(|| format!("list {p}"))?;
+    let sizes: Vec<(String, u64)> = listing
+        .objects
+        .iter()
+        .map(|o| (o.name.clone(), o.size))
+        .collect();
+    let expected: Vec<(String, u64)> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (format!("{p}{n}"), i as u64))
+        .collect();
+    ensure!(
+        sizes == expected,
+        "list {p:?} (recursive): got {sizes:?}, expected {expected:?}"
+    );
+    ensure!(
+        listing.prefixes.is_empty(),
+        "list {p:?} (recursive): unexpected prefixes {:?}",
+        listing.prefixes
+    );
 
     // (prefix below p, delimited, expected objects, expected prefixes)
     let cases: &[(&str, bool, &[&str], &[&str])] = &[
-        ("", true, &["a.bkp", "ab.bkp", "b.bkp", "site-2.bkp"], &["site/", "zz/"]),
+        (
+            "",
+            true,
+            &["a.bkp", "ab.bkp", "b.bkp", "site-2.bkp"],
+            &["site/", "zz/"],
+        ),
         ("a", false, &["a.bkp", "ab.bkp"], &[]),
-        ("site", false, &["site-2.bkp", "site/c.bkp", "site/deeper/d.bkp"], &[]),
+        (
+            "site",
+            false,
+            &["site-2.bkp", "site/c.bkp", "site/deeper/d.bkp"],
+            &[],
+        ),
         ("site", true, &["site-2.bkp"], &["site/"]),
         ("site/", true, &["site/c.bkp"], &["site/deeper/"]),
         ("site/d", true, &[], &["site/deeper/"]),
@@ -228,7 +339,10 @@ pub async fn list_prefix_delimiter(storage: &dyn Storage, prefix: &str) -> Check
     ];
     for &(sub, delimited, objects, prefixes) in cases {
         let prefix = format!("{p}{sub}");
-        let listing = storage.list(&prefix, delimited).await.context(|| format!("list {prefix}"))?;
+        let listing = storage
+            .list(&prefix, delimited)
+            .await
+            .context(|| format!("list {prefix}"))?;
         let got_objects: Vec<&str> = listing.objects.iter().map(|o| o.name.as_str()).collect();
         let want_objects: Vec<String> = objects.iter().map(|o| format!("{p}{o}")).collect();
         let want_prefixes: Vec<String> = prefixes.iter().map(|o| format!("{p}{o}")).collect();
@@ -242,9 +356,15 @@ pub async fn list_prefix_delimiter(storage: &dyn Storage, prefix: &str) -> Check
 
     for name in names {
         let name = format!("{p}{name}");
-        storage.delete(&name).await.context(|| format!("delete {name}"))?;
+        storage
+            .delete(&name)
+            .await
+            .context(|| format!("delete {name}"))?;
     }
-    let listing = storage.list(&p, true).await.context(|| format!("list {p}"))?;
+    let listing = storage
+        .list(&p, true)
+        .await
+        .context(|| format!("list {p}"))?;
     ensure!(
         listing.objects.is_empty() && listing.prefixes.is_empty(),
         "list {p:?} after deleting everything: got {listing:?}, expected nothing"
@@ -265,7 +385,10 @@ pub async fn list_many(storage: &dyn Storage, prefix: &str, many: usize) -> Chec
         .await?;
 
     for delimited in [false, true] {
-        let listing = storage.list(&p, delimited).await.context(|| format!("list {p}"))?;
+        let listing = storage
+            .list(&p, delimited)
+            .await
+            .context(|| format!("list {p}"))?;
         let got: Vec<&String> = listing.objects.iter().map(|o| &o.name).collect();
         if got != names.iter().collect::<Vec<_>>() {
             let got_set: BTreeSet<&String> = got.iter().copied().collect();
@@ -279,7 +402,12 @@ pub async fn list_many(storage: &dyn Storage, prefix: &str, many: usize) -> Chec
     }
 
     futures::stream::iter(names)
-        .map(|name| async move { storage.delete(&name).await.context(|| format!("delete {name}")) })
+        .map(|name| async move {
+            storage
+                .delete(&name)
+                .await
+                .context(|| format!("delete {name}"))
+        })
         .buffer_unordered(16)
         .try_collect::<()>()
         .await
@@ -302,16 +430,42 @@ pub async fn ranged_get(storage: &dyn Storage, prefix: &str) -> CheckResult {
         (SIZE - 3..SIZE + 1000, SIZE - 3..SIZE),
     ];
     for (asked, expected) in cases {
-        let got = storage.get_opts(&name, Some(asked.clone())).await.context(|| format!("get {name} bytes {asked:?}"))?;
-        ensure!(got.range == expected, "get {name} bytes {asked:?}: range {:?}, expected {expected:?}", got.range);
-        ensure!(got.meta.size == SIZE, "get {name} bytes {asked:?}: meta says {} bytes, expected {SIZE}", got.meta.size);
-        expect_pattern(got.reader, SEED, expected, &format!("{name} bytes {asked:?}")).await?;
+        let got = storage
+            .get_opts(&name, Some(asked.clone()))
+            .await
+            .context(|| format!("get {name} bytes {asked:?}"))?;
+        ensure!(
+            got.range == expected,
+            "get {name} bytes {asked:?}: range {:?}, expected {expected:?}",
+            got.range
+        );
+        ensure!(
+            got.meta.size == SIZE,
+            "get {name} bytes {asked:?}: meta says {} bytes, expected {SIZE}",
+            got.meta.size
+        );
+        expect_pattern(
+            got.reader,
+            SEED,
+            expected,
+            &format!("{name} bytes {asked:?}"),
+        )
+        .await?;
     }
     let past = SIZE + 10..SIZE + 20;
-    let outcome = storage.get_opts(&name, Some(past.clone())).await.map(|g| g.range);
-    ensure!(outcome.is_err(), "get {name} bytes {past:?} of a {SIZE}-byte object: expected an error, got {outcome:?}");
+    let outcome = storage
+        .get_opts(&name, Some(past.clone()))
+        .await
+        .map(|g| g.range);
+    ensure!(
+        outcome.is_err(),
+        "get {name} bytes {past:?} of a {SIZE}-byte object: expected an error, got {outcome:?}"
+    );
 
-    storage.delete(&name).await.context(|| format!("delete {name}"))?;
+    storage
+        .delete(&name)
+        .await
+        .context(|| format!("delete {name}"))?;
     Ok(())
 }
 
@@ -321,10 +475,21 @@ pub async fn missing_objects(storage: &dyn Storage, prefix: &str) -> CheckResult
     let prefix = namespace(prefix);
     let name = format!("{prefix}never-written.bkp");
     let head = storage.head(&name).await;
-    ensure!(matches!(head, Err(Error::NotFound { .. })), "head of the missing {name}: expected NotFound, got {}", describe(&head));
+    ensure!(
+        matches!(head, Err(Error::NotFound { .. })),
+        "head of the missing {name}: expected NotFound, got {}",
+        describe(&head)
+    );
     let get = storage.get_opts(&name, None).await.map(|g| g.meta);
-    ensure!(matches!(get, Err(Error::NotFound { .. })), "get of the missing {name}: expected NotFound, got {}", describe(&get));
-    storage.delete(&name).await.context(|| format!("delete of the missing {name}"))?;
+    ensure!(
+        matches!(get, Err(Error::NotFound { .. })),
+        "get of the missing {name}: expected NotFound, got {}",
+        describe(&get)
+    );
+    storage
+        .delete(&name)
+        .await
+        .context(|| format!("delete of the missing {name}"))?;
     Ok(())
 }
 
@@ -333,12 +498,32 @@ pub async fn delete_then_head(storage: &dyn Storage, prefix: &str) -> CheckResul
     let prefix = namespace(prefix);
     let name = format!("{prefix}short-lived.bkp");
     put(storage, &name, "data", PutMode::Create).await?;
-    ensure!(storage.exists(&name).await.context(|| format!("head {name}"))?, "{name} does not exist after put");
-    storage.delete(&name).await.context(|| format!("delete {name}"))?;
+    ensure!(
+        storage
+            .exists(&name)
+            .await
+            .context(|| format!("head {name}"))?,
+        "{name} does not exist after put"
+    );
+    storage
+        .delete(&name)
+        .await
+        .context(|| format!("delete {name}"))?;
     let head = storage.head(&name).await;
-    ensure!(matches!(head, Err(Error::NotFound { .. })), "head of the deleted {name}: expected NotFound, got {}", describe(&head));
-    let listing = storage.list(&prefix, false).await.context(|| format!("list {prefix}"))?;
-    ensure!(listing.objects.is_empty(), "list {prefix:?} after deleting {name}: got {:?}", listing.objects);
+    ensure!(
+        matches!(head, Err(Error::NotFound { .. })),
+        "head of the deleted {name}: expected NotFound, got {}",
+        describe(&head)
+    );
+    let listing = storage
+        .list(&prefix, false)
+        .await
+        .context(|| format!("list {prefix}"))?;
+    ensure!(
+        listing.objects.is_empty(),
+        "list {prefix:?} after deleting {name}: got {:?}",
+        listing.objects
+    );
     Ok(())
 }
 
@@ -349,16 +534,25 @@ pub async fn capacity(storage: &dyn Storage) -> CheckResult {
     if !storage.capabilities().capacity {
         return match outcome {
             Ok(_) | Err(Error::Unsupported { .. }) => Ok(()),
-            Err(e) => Err(format!("capacity() without the capability: expected a result or Unsupported, got {e}").into()),
+            Err(e) => Err(format!(
+                "capacity() without the capability: expected a result or Unsupported, got {e}"
+            )
+            .into()),
         };
     }
     let cap = outcome.context(|| "capacity()".to_owned())?;
     let (Some(total), Some(free)) = (cap.total, cap.free) else {
         return Err(format!("capacity() claims the capability but returned {cap:?}").into());
     };
-    ensure!(total > 0 && total >= free, "capacity(): total {total}, free {free}");
+    ensure!(
+        total > 0 && total >= free,
+        "capacity(): total {total}, free {free}"
+    );
     if let Some(used) = cap.used {
-        ensure!(used <= total, "capacity(): used {used} exceeds total {total}");
+        ensure!(
+            used <= total,
+            "capacity(): used {used} exceeds total {total}"
+        );
     }
     Ok(())
 }
@@ -379,9 +573,18 @@ pub async fn presign(storage: &dyn Storage, prefix: &str) -> CheckResult {
         return Ok(());
     }
     put(storage, &name, "data", PutMode::Create).await?;
-    let url = storage.presign_get(&name, validity).await.context(|| format!("presign {name}"))?;
-    ensure!(url.contains("://"), "presign_get {name}: {url:?} is not a URL");
-    storage.delete(&name).await.context(|| format!("delete {name}"))?;
+    let url = storage
+        .presign_get(&name, validity)
+        .await
+        .context(|| format!("presign {name}"))?;
+    ensure!(
+        url.contains("://"),
+        "presign_get {name}: {url:?} is not a URL"
+    );
+    storage
+        .delete(&name)
+        .await
+        .context(|| format!("delete {name}"))?;
     Ok(())
 }
 
@@ -393,22 +596,36 @@ pub async fn interrupted_upload(storage: &dyn Storage, prefix: &str) -> CheckRes
     let name = format!("{prefix}nested/interrupted.bkp");
     for how in ["dropped", "aborted"] {
         let mut up = storage
-            .put_opts(&name, PutOptions::mode(PutMode::Create).with_size_hint(Some(1 << 20)))
+            .put_opts(
+                &name,
+                PutOptions::mode(PutMode::Create).with_size_hint(Some(1 << 20)),
+            )
             .await
             .context(|| format!("put {name}"))?;
         let mut pattern = Pattern::new(7);
         for len in [100_003, 1, 65_537] {
-            up.write(pattern.chunk(len)).await.context(|| format!("write {name}"))?;
+            up.write(pattern.chunk(len))
+                .await
+                .context(|| format!("write {name}"))?;
         }
         if how == "aborted" {
-            up.abort().await.context(|| format!("abort the upload of {name}"))?;
+            up.abort()
+                .await
+                .context(|| format!("abort the upload of {name}"))?;
         } else {
             drop(up);
         }
         let head = storage.head(&name).await;
-        ensure!(matches!(head, Err(Error::NotFound { .. })), "head {name} after an upload was {how}: expected NotFound, got {}", describe(&head));
+        ensure!(
+            matches!(head, Err(Error::NotFound { .. })),
+            "head {name} after an upload was {how}: expected NotFound, got {}",
+            describe(&head)
+        );
         for delimited in [false, true] {
-            let listing = storage.list(&prefix, delimited).await.context(|| format!("list {prefix}"))?;
+            let listing = storage
+                .list(&prefix, delimited)
+                .await
+                .context(|| format!("list {prefix}"))?;
             ensure!(
                 listing.objects.is_empty() && listing.prefixes.is_empty(),
                 "list {prefix:?} (delimited: {delimited}) after an upload was {how}: expected nothing, got {listing:?}"
@@ -417,7 +634,10 @@ pub async fn interrupted_upload(storage: &dyn Storage, prefix: &str) -> CheckRes
     }
     put(storage, &name, "complete", PutMode::Create).await?;
     expect_content(storage, &name, b"complete").await?;
-    storage.delete(&name).await.context(|| format!("delete {name}"))?;
+    storage
+        .delete(&name)
+        .await
+        .context(|| format!("delete {name}"))?;
     Ok(())
 }
 
@@ -471,7 +691,10 @@ async fn put(storage: &dyn Storage, name: &str, content: &str, mode: PutMode) ->
 }
 
 async fn expect_content(storage: &dyn Storage, name: &str, expected: &[u8]) -> CheckResult {
-    let got = storage.get_bytes(name, 1 << 20).await.context(|| format!("get {name}"))?;
+    let got = storage
+        .get_bytes(name, 1 << 20)
+        .await
+        .context(|| format!("get {name}"))?;
     ensure!(
         got == expected,
         "get {name}: {:?}, expected {:?}",
@@ -483,9 +706,17 @@ async fn expect_content(storage: &dyn Storage, name: &str, expected: &[u8]) -> C
 
 /// Uploads `size` bytes of [`Pattern`] `seed` in writes of odd, varying sizes,
 /// never holding more than one write in memory.
-async fn upload_pattern(storage: &dyn Storage, name: &str, size: u64, seed: u64) -> Result<crate::ObjectMeta, BoxError> {
+async fn upload_pattern(
+    storage: &dyn Storage,
+    name: &str,
+    size: u64,
+    seed: u64,
+) -> Result<crate::ObjectMeta, BoxError> {
     let opts = PutOptions::mode(PutMode::Create).with_size_hint(Some(size));
-    let mut up = storage.put_opts(name, opts).await.context(|| format!("put {name}"))?;
+    let mut up = storage
+        .put_opts(name, opts)
+        .await
+        .context(|| format!("put {name}"))?;
     let mut pattern = Pattern::new(seed);
     let mut left = size;
     for len in WRITE_SIZES.iter().cycle() {
@@ -507,20 +738,37 @@ const WRITE_SIZES: [u64; 5] = [1, 7, 4093, 65_537, 1_048_583];
 
 /// Reads `reader` to its end and compares it with bytes `range` of
 /// [`Pattern`] `seed`, naming the first differing byte.
-async fn expect_pattern(mut reader: crate::ByteReader, seed: u64, range: Range<u64>, what: &str) -> CheckResult {
+async fn expect_pattern(
+    mut reader: crate::ByteReader,
+    seed: u64,
+    range: Range<u64>,
+    what: &str,
+) -> CheckResult {
     let len = range.end - range.start;
     let mut expected = Pattern::new(seed);
     expected.skip(range.start);
     let mut buf = vec![0u8; 256 * 1024];
     let mut pos = 0u64;
     loop {
-        let n = reader.read(&mut buf).await.map_err(|e| format!("reading {what} at byte {pos}: {e}"))?;
+        let n = reader
+            .read(&mut buf)
+            .await
+            .map_err(|e| format!("reading {what} at byte {pos}: {e}"))?;
         if n == 0 {
             break;
         }
         let want = expected.chunk(n);
-        if let Some(i) = buf[..n].iter().zip(&want[..]).position(|(a, b)| a != b) {
-            return Err(format!("{what}: byte {} differs from what was written", range.start + pos + i as u64).into());
+        if buf[..n] != want[..] {
+            let i = buf[..n]
+                .iter()
+                .zip(&want[..])
+                .position(|(a, b)| a != b)
+                .unwrap_or(0);
+            return Err(format!(
+                "{what}: byte {} differs from what was written",
+                range.start + pos + i as u64
+            )
+            .into());
         }
         pos += n as u64;
         ensure!(pos <= len, "{what}: more than the expected {len} bytes");
@@ -539,16 +787,24 @@ struct Pattern {
 
 impl Pattern {
     fn new(seed: u64) -> Pattern {
-        Pattern { state: seed, word: [0; 8], used: 8 }
+        Pattern {
+            state: seed,
+            word: [0; 8],
+            used: 8,
+        }
+    }
+
+    fn next_word(&mut self) -> [u8; 8] {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)).to_le_bytes()
     }
 
     fn next_byte(&mut self) -> u8 {
         if self.used == 8 {
-            self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            self.word = (z ^ (z >> 31)).to_le_bytes();
+            self.word = self.next_word();
             self.used = 0;
         }
         self.used += 1;
@@ -556,7 +812,21 @@ impl Pattern {
     }
 
     fn chunk(&mut self, len: usize) -> Bytes {
-        (0..len).map(|_| self.next_byte()).collect::<Vec<u8>>().into()
+        let mut out = vec![0u8; len];
+        // Byte by byte only up to a word boundary of the stream and after the
+        // last whole word: 16 MiB objects are generated several times.
+        let head = len.min((8 - self.used) % 8);
+        let (first, rest) = out.split_at_mut(head);
+        first.iter_mut().for_each(|b| *b = self.next_byte());
+        let mut words = rest.chunks_exact_mut(8);
+        for word in &mut words {
+            word.copy_from_slice(&self.next_word());
+        }
+        words
+            .into_remainder()
+            .iter_mut()
+            .for_each(|b| *b = self.next_byte());
+        out.into()
     }
 
     fn skip(&mut self, n: u64) {

@@ -111,7 +111,9 @@ impl Error {
                 source,
             },
             IoClass::Transient => Error::Transient {
-                what: format!("{what}: retry; if it persists, check the network and the storage server"),
+                what: format!(
+                    "{what}: retry; if it persists, check the network and the storage server"
+                ),
                 source,
             },
             IoClass::Other => Error::Other { what, source },
@@ -137,17 +139,24 @@ impl IoClass {
             Some(libc::ENOSPC | libc::EDQUOT) => return IoClass::NoSpace,
             Some(libc::EPERM | libc::EACCES | libc::EROFS) => return IoClass::PermissionDenied,
             Some(libc::ENOENT) => return IoClass::NotFound,
-            Some(libc::ESTALE | libc::ETIMEDOUT | libc::ECONNRESET | libc::ECONNABORTED | libc::EINTR | libc::EPIPE) => {
-                return IoClass::Transient
-            }
+            Some(
+                libc::ESTALE
+                | libc::ETIMEDOUT
+                | libc::ECONNRESET
+                | libc::ECONNABORTED
+                | libc::EINTR
+                | libc::EPIPE,
+            ) => return IoClass::Transient,
             _ => {}
         }
         match e.kind() {
             K::NotFound => IoClass::NotFound,
             K::PermissionDenied => IoClass::PermissionDenied,
-            K::TimedOut | K::ConnectionReset | K::ConnectionAborted | K::Interrupted | K::BrokenPipe => {
-                IoClass::Transient
-            }
+            K::TimedOut
+            | K::ConnectionReset
+            | K::ConnectionAborted
+            | K::Interrupted
+            | K::BrokenPipe => IoClass::Transient,
             _ => IoClass::Other,
         }
     }
@@ -172,7 +181,14 @@ mod tests {
         assert!(matches!(os(libc::EACCES), Error::PermissionDenied { .. }));
         assert!(matches!(os(libc::EPERM), Error::PermissionDenied { .. }));
         assert!(matches!(os(libc::EROFS), Error::PermissionDenied { .. }));
-        for errno in [libc::ESTALE, libc::ETIMEDOUT, libc::ECONNRESET, libc::ECONNABORTED, libc::EINTR, libc::EPIPE] {
+        for errno in [
+            libc::ESTALE,
+            libc::ETIMEDOUT,
+            libc::ECONNRESET,
+            libc::ECONNABORTED,
+            libc::EINTR,
+            libc::EPIPE,
+        ] {
             assert!(os(errno).is_transient(), "errno {errno}");
         }
         assert!(matches!(os(libc::EIO), Error::Other { .. }));
@@ -187,10 +203,18 @@ mod tests {
     fn messages_say_what_to_do_and_keep_the_source() {
         let e = os(libc::ENOSPC);
         let msg = e.to_string();
-        assert!(msg.starts_with("no space left on the storage: writing x"), "{msg}");
+        assert!(
+            msg.starts_with("no space left on the storage: writing x"),
+            "{msg}"
+        );
         assert!(msg.contains("prune old images"), "{msg}");
         let source = e.source().expect("source kept");
-        assert_eq!(source.downcast_ref::<io::Error>().and_then(io::Error::raw_os_error), Some(libc::ENOSPC));
+        assert_eq!(
+            source
+                .downcast_ref::<io::Error>()
+                .and_then(io::Error::raw_os_error),
+            Some(libc::ENOSPC)
+        );
         assert!(os(libc::EACCES).to_string().contains("may write there"));
     }
 }

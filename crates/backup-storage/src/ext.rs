@@ -9,7 +9,12 @@ use crate::{Error, ObjectMeta, PutMode, PutOptions, Result, Storage};
 pub trait StorageExt: Storage {
     /// Uploads a small object in one piece.
     async fn put_bytes(&self, name: &str, data: Bytes, mode: PutMode) -> Result<ObjectMeta> {
-        let mut up = self.put_opts(name, PutOptions::mode(mode).with_size_hint(Some(data.len() as u64))).await?;
+        let mut up = self
+            .put_opts(
+                name,
+                PutOptions::mode(mode).with_size_hint(Some(data.len() as u64)),
+            )
+            .await?;
         if let Err(e) = up.write(data).await {
             let _ = up.abort().await;
             return Err(e);
@@ -20,9 +25,11 @@ pub trait StorageExt: Storage {
     /// Reads a whole small object; fails with [`crate::Error::Other`] if it is
     /// larger than `limit` bytes (images are streamed, never read this way).
     async fn get_bytes(&self, name: &str, limit: u64) -> Result<Bytes> {
-        let too_large = |size: u64| Error::Other {
+        let too_large = |size: u64| {
+            Error::Other {
             what: format!("{name} in {self} has {size} bytes, more than the {limit} expected; is it an image?"),
             source: None,
+        }
         };
         let got = self.get_opts(name, None).await?;
         if got.meta.size > limit {

@@ -35,7 +35,8 @@ pub use ext::StorageExt;
 pub use local::LocalStorage;
 pub use open::{open_url, OpenOptions};
 pub use types::{
-    ByteReader, Capabilities, Capacity, GetResult, ListResult, ObjectMeta, PutMode, PutOptions, Storage, Upload,
+    ByteReader, Capabilities, Capacity, GetResult, ListResult, ObjectMeta, PutMode, PutOptions,
+    Storage, Upload,
 };
 
 /// Result alias of this crate.

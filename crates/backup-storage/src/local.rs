@@ -12,7 +12,8 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::open::file_url;
 use crate::{
-    Capabilities, Capacity, Error, GetResult, ListResult, ObjectMeta, PutMode, PutOptions, Result, Storage, Upload,
+    Capabilities, Capacity, Error, GetResult, ListResult, ObjectMeta, PutMode, PutOptions, Result,
+    Storage, Upload,
 };
 
 /// A local directory (`file:///path`). Uploads go to a hidden temporary name,
@@ -29,14 +30,21 @@ impl LocalStorage {
     pub fn new(root: impl AsRef<Path>) -> Result<LocalStorage> {
         let root = root.as_ref();
         let shown = root.display();
-        let missing = |source: Option<io::Error>| Error::NotFound {
+        let missing = |source: Option<io::Error>| {
+            Error::NotFound {
             what: format!("storage directory {shown} does not exist; create it (mkdir -p {shown}) or fix [storage] url"),
             source: source.map(|e| e.into()),
+        }
         };
         let root = match fs::canonicalize(root) {
             Ok(root) => root,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(missing(Some(e))),
-            Err(e) => return Err(Error::from_io(format!("opening storage directory {shown}"), e)),
+            Err(e) => {
+                return Err(Error::from_io(
+                    format!("opening storage directory {shown}"),
+                    e,
+                ))
+            }
         };
         match fs::metadata(&root) {
             Ok(meta) if meta.is_dir() => Ok(LocalStorage { root }),
@@ -44,7 +52,10 @@ impl LocalStorage {
                 what: format!("storage path {shown} is not a directory; fix [storage] url"),
                 source: None,
             }),
-            Err(e) => Err(Error::from_io(format!("opening storage directory {shown}"), e)),
+            Err(e) => Err(Error::from_io(
+                format!("opening storage directory {shown}"),
+                e,
+            )),
         }
     }
 
@@ -69,7 +80,10 @@ impl LocalStorage {
     }
 
     fn not_found(&self, name: &str, source: Option<io::Error>) -> Error {
-        Error::NotFound { what: format!("object {name} in {self}"), source: source.map(|e| e.into()) }
+        Error::NotFound {
+            what: format!("object {name} in {self}"),
+            source: source.map(|e| e.into()),
+        }
     }
 
     /// Removes the directories a delete left empty, up to (not including) the
@@ -120,7 +134,11 @@ fn temp_name(base: &str) -> Result<String> {
     while !base.is_char_boundary(end) {
         end -= 1;
     }
-    Ok(format!(".{}.partial-{:016x}", &base[..end], u64::from_ne_bytes(random)))
+    Ok(format!(
+        ".{}.partial-{:016x}",
+        &base[..end],
+        u64::from_ne_bytes(random)
+    ))
 }
 
 /// Runs blocking file-system work off the async threads.
@@ -128,7 +146,10 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
     match tokio::task::spawn_blocking(f).await {
         Ok(r) => r,
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Err(e) => Err(Error::Other { what: "a file-system task was cancelled".to_owned(), source: Some(Box::new(e)) }),
+        Err(e) => Err(Error::Other {
+            what: "a file-system task was cancelled".to_owned(),
+            source: Some(Box::new(e)),
+        }),
     }
 }
 
@@ -142,7 +163,9 @@ fn create_dirs(root: &Path, dir: &Path) -> io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
-    let rel = dir.strip_prefix(root).map_err(|_| io::Error::other("directory outside the storage root"))?;
+    let rel = dir
+        .strip_prefix(root)
+        .map_err(|_| io::Error::other("directory outside the storage root"))?;
     let mut cur = root.to_path_buf();
     for component in rel.components() {
         let parent = cur.clone();
@@ -157,7 +180,11 @@ fn create_dirs(root: &Path, dir: &Path) -> io::Result<()> {
 }
 
 fn object_meta(name: String, meta: &fs::Metadata) -> ObjectMeta {
-    ObjectMeta { name, size: meta.len(), modified: meta.modified().ok() }
+    ObjectMeta {
+        name,
+        size: meta.len(),
+        modified: meta.modified().ok(),
+    }
 }
 
 #[async_trait]
@@ -174,27 +201,42 @@ impl Storage for LocalStorage {
 
     async fn put_opts(&self, name: &str, opts: PutOptions) -> Result<Box<dyn Upload>> {
         let target = self.path(name)?;
-        let dir = target.parent().expect("a valid name has a parent below the root").to_path_buf();
-        let base = target.file_name().and_then(|n| n.to_str()).expect("a valid name ends in a UTF-8 segment");
+        let dir = target
+            .parent()
+            .expect("a valid name has a parent below the root")
+            .to_path_buf();
+        let base = target
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("a valid name ends in a UTF-8 segment");
         let temp = dir.join(temp_name(base)?);
         let root = self.root.clone();
         let (name, location) = (name.to_owned(), self.to_string());
         let mode = opts.mode;
         blocking(move || {
             if mode == PutMode::Create && target.symlink_metadata().is_ok() {
-                return Err(Error::AlreadyExists { what: format!("object {name} in {location}") });
+                return Err(Error::AlreadyExists {
+                    what: format!("object {name} in {location}"),
+                });
             }
             // A concurrent delete may prune the directory we just created;
             // creating it again is enough.
             let mut attempts = 3;
             let file = loop {
                 attempts -= 1;
-                let created = create_dirs(&root, &dir)
-                    .and_then(|()| fs::OpenOptions::new().write(true).create_new(true).open(&temp));
+                let created = create_dirs(&root, &dir).and_then(|()| {
+                    fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&temp)
+                });
                 match created {
                     Err(e) if e.kind() == io::ErrorKind::NotFound && attempts > 0 => continue,
                     Err(e) => {
-                        return Err(Error::from_io(format!("creating a temporary file for {name} in {location}"), e))
+                        return Err(Error::from_io(
+                            format!("creating a temporary file for {name} in {location}"),
+                            e,
+                        ))
                     }
                     Ok(file) => break file,
                 }
@@ -231,16 +273,24 @@ impl Storage for LocalStorage {
             Some(r) if r.start <= r.end && r.start <= size => r.start..r.end.min(size),
             Some(r) => {
                 return Err(Error::Other {
-                    what: format!("cannot read bytes {r:?} of {name} in {self}: the object has {size} bytes"),
+                    what: format!(
+                        "cannot read bytes {r:?} of {name} in {self}: the object has {size} bytes"
+                    ),
                     source: None,
                 })
             }
         };
         if range.start > 0 {
-            file.seek(io::SeekFrom::Start(range.start)).await.map_err(io_err)?;
+            file.seek(io::SeekFrom::Start(range.start))
+                .await
+                .map_err(io_err)?;
         }
         let reader = Box::new(file.take(range.end - range.start));
-        Ok(GetResult { meta: object_meta(name.to_owned(), &meta), range, reader })
+        Ok(GetResult {
+            meta: object_meta(name.to_owned(), &meta),
+            range,
+            reader,
+        })
     }
 
     async fn head(&self, name: &str) -> Result<ObjectMeta> {
@@ -249,7 +299,10 @@ impl Storage for LocalStorage {
             Ok(meta) if meta.is_file() => Ok(object_meta(name.to_owned(), &meta)),
             Ok(_) => Err(self.not_found(name, None)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Err(self.not_found(name, Some(e))),
-            Err(e) => Err(Error::from_io(format!("reading metadata of {name} in {self}"), e)),
+            Err(e) => Err(Error::from_io(
+                format!("reading metadata of {name} in {self}"),
+                e,
+            )),
         }
     }
 
@@ -272,8 +325,15 @@ impl Storage for LocalStorage {
             match walk(&root, &dir, &file_prefix, delimited, &mut out) {
                 Ok(()) => {}
                 // The prefix names a directory that does not exist (or a file).
-                Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) => {}
-                Err(e) => return Err(Error::from_io(format!("listing {dir}{file_prefix}* in {location}"), e)),
+                Err(e)
+                    if e.kind() == io::ErrorKind::NotFound
+                        || e.raw_os_error() == Some(libc::ENOTDIR) => {}
+                Err(e) => {
+                    return Err(Error::from_io(
+                        format!("listing {dir}{file_prefix}* in {location}"),
+                        e,
+                    ))
+                }
             }
             out.objects.sort_by(|a, b| a.name.cmp(&b.name));
             out.prefixes.sort();
@@ -304,8 +364,9 @@ impl Storage for LocalStorage {
         let root = self.root.clone();
         let location = self.to_string();
         blocking(move || {
-            let st = rustix::fs::statvfs(&root)
-                .map_err(|e| Error::from_io(format!("reading the capacity of {location}"), e.into()))?;
+            let st = rustix::fs::statvfs(&root).map_err(|e| {
+                Error::from_io(format!("reading the capacity of {location}"), e.into())
+            })?;
             // As df reports them: "Avail" (f_bavail) is what we may use, not
             // the root-reserved f_bfree.
             Ok(Capacity {
@@ -329,12 +390,23 @@ impl Storage for LocalStorage {
 ///
 /// Symlinks to files are objects; symlinked directories are not followed, so a
 /// listing never leaves the root or loops.
-fn walk(root: &Path, dir: &str, file_prefix: &str, delimited: bool, out: &mut ListResult) -> io::Result<()> {
+fn walk(
+    root: &Path,
+    dir: &str,
+    file_prefix: &str,
+    delimited: bool,
+    out: &mut ListResult,
+) -> io::Result<()> {
     for entry in fs::read_dir(root.join(dir))? {
         let entry = entry?;
         // Names that are not UTF-8, or that no object could have, are not ours.
-        let Ok(file_name) = entry.file_name().into_string() else { continue };
-        if !file_name.starts_with(file_prefix) || !is_valid_segment(&file_name) || file_name.contains('\\') {
+        let Ok(file_name) = entry.file_name().into_string() else {
+            continue;
+        };
+        if !file_name.starts_with(file_prefix)
+            || !is_valid_segment(&file_name)
+            || file_name.contains('\\')
+        {
             continue;
         }
         let name = format!("{dir}{file_name}");
@@ -358,7 +430,11 @@ fn walk(root: &Path, dir: &str, file_prefix: &str, delimited: bool, out: &mut Li
             continue;
         }
         // `fs::metadata` follows a symlink; a dangling one is skipped.
-        let meta = match if entry_type.is_symlink() { fs::metadata(entry.path()) } else { entry.metadata() } {
+        let meta = match if entry_type.is_symlink() {
+            fs::metadata(entry.path())
+        } else {
+            entry.metadata()
+        } {
             Ok(meta) => meta,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
@@ -378,11 +454,15 @@ fn holds_object(dir: &Path) -> io::Result<bool> {
     };
     for entry in entries {
         let entry = entry?;
-        let Ok(file_name) = entry.file_name().into_string() else { continue };
+        let Ok(file_name) = entry.file_name().into_string() else {
+            continue;
+        };
         if !is_valid_segment(&file_name) || file_name.contains('\\') {
             continue;
         }
-        let Ok(entry_type) = entry.file_type() else { continue };
+        let Ok(entry_type) = entry.file_type() else {
+            continue;
+        };
         let found = match entry_type {
             t if t.is_dir() => holds_object(&entry.path())?,
             t if t.is_symlink() => fs::metadata(entry.path()).is_ok_and(|m| m.is_file()),
@@ -430,10 +510,16 @@ impl Upload for LocalUpload {
                 self.written += len;
                 Ok(())
             }
-            Ok(Err(e)) => Err(Error::from_io(format!("writing {} to {}", self.name, self.location), e)),
+            Ok(Err(e)) => Err(Error::from_io(
+                format!("writing {} to {}", self.name, self.location),
+                e,
+            )),
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(e) => Err(Error::Other {
-                what: format!("writing {} to {}: the write task was cancelled", self.name, self.location),
+                what: format!(
+                    "writing {} to {}: the write task was cancelled",
+                    self.name, self.location
+                ),
                 source: Some(Box::new(e)),
             }),
         }
@@ -442,11 +528,17 @@ impl Upload for LocalUpload {
     async fn complete(mut self: Box<Self>) -> Result<ObjectMeta> {
         if self.write_cancelled {
             return Err(Error::Other {
-                what: format!("upload of {} to {}: a write was cancelled; start the upload again", self.name, self.location),
+                what: format!(
+                    "upload of {} to {}: a write was cancelled; start the upload again",
+                    self.name, self.location
+                ),
                 source: None,
             });
         }
-        let temp = self.temp.clone().expect("an upload is completed or aborted once");
+        let temp = self
+            .temp
+            .clone()
+            .expect("an upload is completed or aborted once");
         let (file, target, mode) = (Arc::clone(&self.file), self.target.clone(), self.mode);
         let (name, location, size) = (self.name.clone(), self.location.clone(), self.written);
         let meta = blocking(move || {
@@ -479,14 +571,22 @@ impl Upload for LocalUpload {
     }
 
     async fn abort(mut self: Box<Self>) -> Result<()> {
-        let Some(temp) = self.temp.take() else { return Ok(()) };
+        let Some(temp) = self.temp.take() else {
+            return Ok(());
+        };
         match tokio::fs::remove_file(&temp).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => {
                 // Leave it to Drop to try once more.
                 self.temp = Some(temp);
-                Err(Error::from_io(format!("removing the temporary file of {} in {}", self.name, self.location), e))
+                Err(Error::from_io(
+                    format!(
+                        "removing the temporary file of {} in {}",
+                        self.name, self.location
+                    ),
+                    e,
+                ))
             }
         }
     }

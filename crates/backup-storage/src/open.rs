@@ -14,12 +14,16 @@ pub struct OpenOptions {
 }
 
 /// What this build can open, for error messages.
-const SUPPORTED: &str = "this build supports file:///absolute/path (nfs://, s3:// and ftp:// are planned)";
+const SUPPORTED: &str =
+    "this build supports file:///absolute/path (nfs://, s3:// and ftp:// are planned)";
 
 /// Opens the backend a URL names: `file:///absolute/path` (others come later).
 /// An unknown scheme or a malformed URL is [`crate::Error::InvalidUrl`].
 pub fn open_url(url: &str, opts: &OpenOptions) -> Result<Arc<dyn Storage>> {
-    let invalid = |reason: String| Error::InvalidUrl { url: redact(url), reason };
+    let invalid = |reason: String| Error::InvalidUrl {
+        url: redact(url),
+        reason,
+    };
     let Some((scheme, rest)) = url.split_once("://") else {
         let reason = if url.starts_with('/') {
             format!("not a URL; write file://{url}")
@@ -36,9 +40,9 @@ pub fn open_url(url: &str, opts: &OpenOptions) -> Result<Arc<dyn Storage>> {
             let path = file_url_path(rest).map_err(invalid)?;
             Ok(Arc::new(LocalStorage::new(path)?))
         }
-        "nfs" | "s3" | "ftp" | "ftps" => {
-            Err(invalid(format!("{scheme}:// storage is not available yet; {SUPPORTED}")))
-        }
+        "nfs" | "s3" | "ftp" | "ftps" => Err(invalid(format!(
+            "{scheme}:// storage is not available yet; {SUPPORTED}"
+        ))),
         _ => Err(invalid(format!("unknown scheme {scheme:?}; {SUPPORTED}"))),
     }
 }
@@ -51,14 +55,17 @@ fn file_url_path(rest: &str) -> std::result::Result<PathBuf, String> {
         Some(i) if rest[..i].eq_ignore_ascii_case("localhost") => &rest[i..],
         Some(i) => {
             return Err(format!(
-                "file:// names a local directory, not one on host {:?}; write file:///absolute/path",
-                &rest[..i]
-            ))
+            "file:// names a local directory, not one on host {:?}; write file:///absolute/path",
+            &rest[..i]
+        ))
         }
         None => return Err("the path must be absolute: file:///absolute/path".to_owned()),
     };
     if path.contains(['?', '#']) {
-        return Err("a file:// URL takes no query or fragment; percent-encode '?' and '#' in the path".to_owned());
+        return Err(
+            "a file:// URL takes no query or fragment; percent-encode '?' and '#' in the path"
+                .to_owned(),
+        );
     }
     let bytes = percent_decode(path)?;
     if bytes.contains(&0) {
@@ -77,10 +84,16 @@ fn percent_decode(s: &str) -> std::result::Result<Vec<u8>, String> {
         }
         let hex = [bytes.next(), bytes.next()];
         let decoded = match hex {
-            [Some(h), Some(l)] => std::str::from_utf8(&[h, l]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()),
+            [Some(h), Some(l)] => std::str::from_utf8(&[h, l])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok()),
             _ => None,
         };
-        out.push(decoded.ok_or("a '%' in the path must be followed by two hex digits (write %25 for '%')")?);
+        out.push(
+            decoded.ok_or(
+                "a '%' in the path must be followed by two hex digits (write %25 for '%')",
+            )?,
+        );
     }
     Ok(out)
 }
@@ -101,10 +114,15 @@ pub(crate) fn file_url(path: &Path) -> String {
 
 /// The URL with any password replaced, for messages and logs.
 fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
     let authority_end = rest.find('/').unwrap_or(rest.len());
     let (authority, path) = rest.split_at(authority_end);
-    match authority.rsplit_once('@').and_then(|(userinfo, host)| Some((userinfo.split_once(':')?.0, host))) {
+    match authority
+        .rsplit_once('@')
+        .and_then(|(userinfo, host)| Some((userinfo.split_once(':')?.0, host)))
+    {
         Some((user, host)) => format!("{scheme}://{user}:***@{host}{path}"),
         None => url.to_owned(),
     }
@@ -126,7 +144,9 @@ mod tests {
     fn file_urls() {
         assert_eq!(file_url_path("/a/b").unwrap(), Path::new("/a/b"));
         assert_eq!(file_url_path("localhost/a").unwrap(), Path::new("/a"));
-        assert!(file_url_path("host/a").unwrap_err().contains("host \"host\""));
+        assert!(file_url_path("host/a")
+            .unwrap_err()
+            .contains("host \"host\""));
         assert!(file_url_path("relative").is_err());
         assert!(file_url_path("/a%2").is_err());
         assert!(file_url_path("/a%zz").is_err());
@@ -136,7 +156,10 @@ mod tests {
 
     #[test]
     fn passwords_are_redacted() {
-        assert_eq!(redact("ftp://backup:s3cret@host:21/dir"), "ftp://backup:***@host:21/dir");
+        assert_eq!(
+            redact("ftp://backup:s3cret@host:21/dir"),
+            "ftp://backup:***@host:21/dir"
+        );
         assert_eq!(redact("ftp://backup@host/dir"), "ftp://backup@host/dir");
         assert_eq!(redact("s3://bucket/p"), "s3://bucket/p");
     }

@@ -34,7 +34,10 @@ pub struct PutOptions {
 impl PutOptions {
     /// Options with the given mode and no size hint.
     pub fn mode(mode: PutMode) -> PutOptions {
-        PutOptions { mode, size_hint: None }
+        PutOptions {
+            mode,
+            size_hint: None,
+        }
     }
 
     /// Sets the expected size.
@@ -128,7 +131,10 @@ pub struct GetResult {
 
 impl fmt::Debug for GetResult {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("GetResult").field("meta", &self.meta).field("range", &self.range).finish_non_exhaustive()
+        f.debug_struct("GetResult")
+            .field("meta", &self.meta)
+            .field("range", &self.range)
+            .finish_non_exhaustive()
     }
 }
 

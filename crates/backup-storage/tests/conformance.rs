@@ -8,7 +8,11 @@ async fn local_storage_passes_the_conformance_suite() -> anyhow::Result<()> {
     let store = LocalStorage::new(dir.path())?;
     // Spawned, which also proves the suite's future is Send (real-server
     // tests run it on a multi-threaded runtime).
-    let suite = tokio::spawn(async move { conformance::run_all(&store, "run-1/").await.map_err(|e| e.to_string()) });
+    let suite = tokio::spawn(async move {
+        conformance::run_all(&store, "run-1/")
+            .await
+            .map_err(|e| e.to_string())
+    });
     suite.await?.map_err(anyhow::Error::msg)?;
 
     // Everything was cleaned up, down to the directories.
@@ -23,8 +27,13 @@ async fn the_suite_refuses_a_namespace_in_use() -> anyhow::Result<()> {
     std::fs::create_dir(dir.path().join("taken"))?;
     std::fs::write(dir.path().join("taken/image.bkp"), b"someone's backup")?;
     let store = LocalStorage::new(dir.path())?;
-    let err = conformance::run_all(&store, "taken").await.expect_err("a namespace in use");
+    let err = conformance::run_all(&store, "taken")
+        .await
+        .expect_err("a namespace in use");
     assert!(err.to_string().contains("fresh prefix"), "{err}");
-    assert_eq!(std::fs::read(dir.path().join("taken/image.bkp"))?, b"someone's backup");
+    assert_eq!(
+        std::fs::read(dir.path().join("taken/image.bkp"))?,
+        b"someone's backup"
+    );
     Ok(())
 }

@@ -39,8 +39,10 @@ impl Tmpfs {
     }
 
     fn entries(&self) -> Vec<String> {
-        let mut names: Vec<String> =
-            fs::read_dir(self.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let mut names: Vec<String> = fs::read_dir(self.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         names.sort();
         names
     }
@@ -58,8 +60,13 @@ impl Drop for Tmpfs {
 
 /// Writes 64 KiB chunks until a write fails; the error must come well before
 /// the upload could have fit.
-async fn write_until_full(store: &LocalStorage, name: &str) -> Result<(Box<dyn backup_storage::Upload>, Error)> {
-    let mut up = store.put_opts(name, PutOptions::mode(PutMode::Create)).await?;
+async fn write_until_full(
+    store: &LocalStorage,
+    name: &str,
+) -> Result<(Box<dyn backup_storage::Upload>, Error)> {
+    let mut up = store
+        .put_opts(name, PutOptions::mode(PutMode::Create))
+        .await?;
     let chunk = Bytes::from(vec![0xA5; 64 * 1024]);
     let mut written = 0;
     loop {
@@ -67,17 +74,34 @@ async fn write_until_full(store: &LocalStorage, name: &str) -> Result<(Box<dyn b
             Ok(()) => written += chunk.len(),
             Err(e) => return Ok((up, e)),
         }
-        ensure!(written < 8 << 20, "no error after writing {written} bytes to a 1 MiB file system");
+        ensure!(
+            written < 8 << 20,
+            "no error after writing {written} bytes to a 1 MiB file system"
+        );
     }
 }
 
 fn assert_no_space(err: &Error) {
-    assert!(matches!(err, Error::NoSpace { .. }), "expected NoSpace, got {err:?}");
+    assert!(
+        matches!(err, Error::NoSpace { .. }),
+        "expected NoSpace, got {err:?}"
+    );
     let msg = err.to_string();
-    assert!(msg.starts_with("no space left on the storage: writing gw-1.bkp to file://"), "{msg}");
-    assert!(msg.ends_with("free space on the storage or prune old images"), "{msg}");
-    let errno = std::error::Error::source(err).and_then(|s| s.downcast_ref::<std::io::Error>()?.raw_os_error());
-    assert_eq!(errno, Some(libc::ENOSPC), "the I/O error is kept as the source");
+    assert!(
+        msg.starts_with("no space left on the storage: writing gw-1.bkp to file://"),
+        "{msg}"
+    );
+    assert!(
+        msg.ends_with("free space on the storage or prune old images"),
+        "{msg}"
+    );
+    let errno = std::error::Error::source(err)
+        .and_then(|s| s.downcast_ref::<std::io::Error>()?.raw_os_error());
+    assert_eq!(
+        errno,
+        Some(libc::ENOSPC),
+        "the I/O error is kept as the source"
+    );
 }
 
 #[tokio::test]
@@ -89,8 +113,15 @@ async fn a_full_disk_fails_the_upload_with_no_space_and_leaves_nothing() -> Resu
     let (up, err) = write_until_full(&store, "gw-1.bkp").await?;
     assert_no_space(&err);
     up.abort().await?;
-    assert_eq!(fs.entries(), Vec::<String>::new(), "no final name, no temporary file");
-    assert!(matches!(store.head("gw-1.bkp").await, Err(Error::NotFound { .. })));
+    assert_eq!(
+        fs.entries(),
+        Vec::<String>::new(),
+        "no final name, no temporary file"
+    );
+    assert!(matches!(
+        store.head("gw-1.bkp").await,
+        Err(Error::NotFound { .. })
+    ));
 
     // A careless caller that just drops the upload leaves nothing either.
     let (up, err) = write_until_full(&store, "gw-1.bkp").await?;
@@ -99,7 +130,9 @@ async fn a_full_disk_fails_the_upload_with_no_space_and_leaves_nothing() -> Resu
     assert_eq!(fs.entries(), Vec::<String>::new());
 
     // The space came back: a small image fits.
-    store.put_bytes("gw-1.bkp", Bytes::from_static(b"small"), PutMode::Create).await?;
+    store
+        .put_bytes("gw-1.bkp", Bytes::from_static(b"small"), PutMode::Create)
+        .await?;
     assert_eq!(fs.entries(), ["gw-1.bkp"]);
     Ok(())
 }
@@ -108,7 +141,11 @@ async fn a_full_disk_fails_the_upload_with_no_space_and_leaves_nothing() -> Resu
 async fn a_read_only_mount_is_permission_denied() -> Result<()> {
     let fs = Tmpfs::mount("ro,size=1m")?;
     let store = LocalStorage::new(fs.path())?;
-    let err = store.put_opts("gw-1.bkp", PutOptions::default()).await.map(drop).expect_err("read-only");
+    let err = store
+        .put_opts("gw-1.bkp", PutOptions::default())
+        .await
+        .map(drop)
+        .expect_err("read-only");
     assert!(matches!(err, Error::PermissionDenied { .. }), "{err:?}");
     assert!(err.to_string().contains("read-only mount"), "{err}");
     Ok(())
@@ -116,10 +153,24 @@ async fn a_read_only_mount_is_permission_denied() -> Result<()> {
 
 /// `df -B1 --output=size,used,avail DIR` as numbers.
 fn df(dir: &Path) -> Result<[u64; 3]> {
-    let out = Command::new("df").args(["-B1", "--output=size,used,avail"]).arg(dir).output().context("running df")?;
-    ensure!(out.status.success(), "df failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("df")
+        .args(["-B1", "--output=size,used,avail"])
+        .arg(dir)
+        .output()
+        .context("running df")?;
+    ensure!(
+        out.status.success(),
+        "df failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout)?;
-    let numbers: Vec<u64> = text.lines().nth(1).context("df printed no data line")?.split_whitespace().map(str::parse).collect::<Result<_, _>>()?;
+    let numbers: Vec<u64> = text
+        .lines()
+        .nth(1)
+        .context("df printed no data line")?
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
     match numbers[..] {
         [size, used, avail] => Ok([size, used, avail]),
         _ => bail!("unexpected df output {text:?}"),
@@ -131,10 +182,19 @@ async fn capacity_is_what_df_reports() -> Result<()> {
     // On a file system of our own nothing else writes: equal to the byte.
     let fs = Tmpfs::mount("size=4m")?;
     let store = LocalStorage::new(fs.path())?;
-    store.put_bytes("gw-1.bkp", Bytes::from(vec![7; (1 << 20) + 5]), PutMode::Create).await?;
+    store
+        .put_bytes(
+            "gw-1.bkp",
+            Bytes::from(vec![7; (1 << 20) + 5]),
+            PutMode::Create,
+        )
+        .await?;
     let cap = store.capacity().await?;
     let [size, used, avail] = df(fs.path())?;
-    assert_eq!((cap.total, cap.used, cap.free), (Some(size), Some(used), Some(avail)));
+    assert_eq!(
+        (cap.total, cap.used, cap.free),
+        (Some(size), Some(used), Some(avail))
+    );
     assert_eq!(size, 4 << 20);
     assert!(used > 1 << 20, "the image is counted: {used}");
 
@@ -143,6 +203,9 @@ async fn capacity_is_what_df_reports() -> Result<()> {
     let cap = LocalStorage::new(dir.path())?.capacity().await?;
     let [size, used, avail] = df(dir.path())?;
     let close = |a: Option<u64>, b: u64| a.is_some_and(|a| a.abs_diff(b) < 64 << 20);
-    assert!(close(cap.total, size) && close(cap.used, used) && close(cap.free, avail), "{cap:?} vs df {size} {used} {avail}");
+    assert!(
+        close(cap.total, size) && close(cap.used, used) && close(cap.free, avail),
+        "{cap:?} vs df {size} {used} {avail}"
+    );
     Ok(())
 }

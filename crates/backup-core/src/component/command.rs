@@ -3,7 +3,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use super::files::applicable_if;
-use super::{Applicability, Committed, Component, EntryMeta, EntrySink, NothingToUndo, RestoreContext, SnapshotError};
+use super::{
+    Applicability, Committed, Component, EntryMeta, EntrySink, NothingToUndo, RestoreContext,
+    SnapshotError,
+};
 
 /// Archive name of a command component's dump, relative to the component.
 pub(crate) const DUMP_ENTRY: &str = "dump";
@@ -30,7 +33,12 @@ impl CommandComponent {
         restore: Vec<String>,
         applicable_if_exists: Option<PathBuf>,
     ) -> CommandComponent {
-        CommandComponent { name: name.into(), backup, restore, applicable_if_exists }
+        CommandComponent {
+            name: name.into(),
+            backup,
+            restore,
+            applicable_if_exists,
+        }
     }
 }
 
@@ -49,14 +57,22 @@ fn run(argv: &[String], stdin: Stdio, stdout: Stdio) -> Result<(), String> {
     if let Some(mut err) = child.stderr.take() {
         let _ = err.read_to_end(&mut stderr);
     }
-    let status = child.wait().map_err(|e| format!("`{shown}` could not be waited for: {e}"))?;
+    let status = child
+        .wait()
+        .map_err(|e| format!("`{shown}` could not be waited for: {e}"))?;
     if status.success() {
         return Ok(());
     }
-    let tail = String::from_utf8_lossy(&stderr[stderr.len().saturating_sub(2048)..]).trim().to_string();
+    let tail = String::from_utf8_lossy(&stderr[stderr.len().saturating_sub(2048)..])
+        .trim()
+        .to_string();
     Err(format!(
         "`{shown}` exited with {status}{}",
-        if tail.is_empty() { String::new() } else { format!(": {tail}") }
+        if tail.is_empty() {
+            String::new()
+        } else {
+            format!(": {tail}")
+        }
     ))
 }
 
@@ -84,17 +100,30 @@ impl Component for CommandComponent {
     fn snapshot(&self, sink: &mut dyn EntrySink, scratch: &Path) -> Result<(), SnapshotError> {
         let spool = scratch.join(format!("{}.dump-{}", self.name, crate::util::random_tag()));
         let result = (|| {
-            let out = std::fs::File::create(&spool)
-                .map_err(|e| SnapshotError::Failed(format!("cannot create scratch file {}: {e}", spool.display())))?;
+            let out = std::fs::File::create(&spool).map_err(|e| {
+                SnapshotError::Failed(format!(
+                    "cannot create scratch file {}: {e}",
+                    spool.display()
+                ))
+            })?;
             run(&self.backup, Stdio::null(), Stdio::from(out)).map_err(SnapshotError::Failed)?;
-            let mut file = std::fs::File::open(&spool)
-                .map_err(|e| SnapshotError::Failed(format!("cannot reopen {}: {e}", spool.display())))?;
-            let size = file.metadata().map_err(|e| SnapshotError::Failed(e.to_string()))?.len();
+            let mut file = std::fs::File::open(&spool).map_err(|e| {
+                SnapshotError::Failed(format!("cannot reopen {}: {e}", spool.display()))
+            })?;
+            let size = file
+                .metadata()
+                .map_err(|e| SnapshotError::Failed(e.to_string()))?
+                .len();
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0);
-            let meta = EntryMeta { mode: 0o600, mtime: now, uid: 0, gid: 0 };
+            let meta = EntryMeta {
+                mode: 0o600,
+                mtime: now,
+                uid: 0,
+                gid: 0,
+            };
             sink.file(Path::new(DUMP_ENTRY), &meta, size, &mut file)
         })();
         let _ = std::fs::remove_file(&spool);
@@ -106,8 +135,10 @@ impl Component for CommandComponent {
         if let Some(target) = ctx.target {
             // Inspection restore: leave the dump beside the restored trees.
             let dest = target.join(format!("{}.dump", self.name));
-            std::fs::create_dir_all(target).map_err(|e| format!("cannot create {}: {e}", target.display()))?;
-            std::fs::copy(&dump, &dest).map_err(|e| format!("cannot write {}: {e}", dest.display()))?;
+            std::fs::create_dir_all(target)
+                .map_err(|e| format!("cannot create {}: {e}", target.display()))?;
+            std::fs::copy(&dump, &dest)
+                .map_err(|e| format!("cannot write {}: {e}", dest.display()))?;
             return Ok(Box::new(NothingToUndo));
         }
         if self.restore.is_empty() {
@@ -116,7 +147,8 @@ impl Component for CommandComponent {
                 self.name
             ));
         }
-        let input = std::fs::File::open(&dump).map_err(|e| format!("cannot open the staged dump: {e}"))?;
+        let input =
+            std::fs::File::open(&dump).map_err(|e| format!("cannot open the staged dump: {e}"))?;
         run(&self.restore, Stdio::from(input), Stdio::null())?;
         Ok(Box::new(NothingToUndo))
     }

@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use super::{
-    rel_of, Applicability, Committed, Component, EntryMeta, EntrySink, RestoreContext, SnapshotError, Swapped,
+    rel_of, Applicability, Committed, Component, EntryMeta, EntrySink, RestoreContext,
+    SnapshotError, Swapped,
 };
 
 /// Directory trees and files, with exclude globs. Keeps mode, owner, mtime,
@@ -31,7 +32,12 @@ impl FilesComponent {
             set.add(Glob::new(g).map_err(|e| format!("bad exclude pattern {g:?}: {e}"))?);
         }
         let exclude = set.build().map_err(|e| e.to_string())?;
-        Ok(FilesComponent { name: name.into(), paths, exclude, applicable_if_exists })
+        Ok(FilesComponent {
+            name: name.into(),
+            paths,
+            exclude,
+            applicable_if_exists,
+        })
     }
 
     fn excluded(&self, path: &Path) -> bool {
@@ -39,7 +45,10 @@ impl FilesComponent {
     }
 
     fn walk(&self, root: &Path) -> walkdir::IntoIter {
-        walkdir::WalkDir::new(root).follow_links(false).sort_by_file_name().into_iter()
+        walkdir::WalkDir::new(root)
+            .follow_links(false)
+            .sort_by_file_name()
+            .into_iter()
     }
 }
 
@@ -86,11 +95,16 @@ impl Component for FilesComponent {
         let mut linked: HashMap<(u64, u64), PathBuf> = HashMap::new();
         for root in &self.paths {
             if let Err(e) = std::fs::symlink_metadata(root) {
-                return Err(SnapshotError::Failed(format!("cannot read {}: {e}", root.display())));
+                return Err(SnapshotError::Failed(format!(
+                    "cannot read {}: {e}",
+                    root.display()
+                )));
             }
             let mut it = self.walk(root);
             while let Some(next) = it.next() {
-                let entry = next.map_err(|e| SnapshotError::Failed(format!("cannot walk {}: {e}", root.display())))?;
+                let entry = next.map_err(|e| {
+                    SnapshotError::Failed(format!("cannot walk {}: {e}", root.display()))
+                })?;
                 let path = entry.path();
                 if entry.depth() > 0 && self.excluded(path) {
                     if entry.file_type().is_dir() {
@@ -98,17 +112,18 @@ impl Component for FilesComponent {
                     }
                     continue;
                 }
-                let md = entry
-                    .metadata()
-                    .map_err(|e| SnapshotError::Failed(format!("cannot stat {}: {e}", path.display())))?;
+                let md = entry.metadata().map_err(|e| {
+                    SnapshotError::Failed(format!("cannot stat {}: {e}", path.display()))
+                })?;
                 let meta = EntryMeta::from_metadata(&md);
                 let rel = rel_of(path);
                 let ft = md.file_type();
                 if ft.is_dir() {
                     sink.dir(rel, &meta)?;
                 } else if ft.is_symlink() {
-                    let target = std::fs::read_link(path)
-                        .map_err(|e| SnapshotError::Failed(format!("cannot read link {}: {e}", path.display())))?;
+                    let target = std::fs::read_link(path).map_err(|e| {
+                        SnapshotError::Failed(format!("cannot read link {}: {e}", path.display()))
+                    })?;
                     sink.symlink(rel, &meta, &target)?;
                 } else if ft.is_file() {
                     if md.nlink() > 1 {
@@ -118,11 +133,14 @@ impl Component for FilesComponent {
                         }
                         linked.insert((md.dev(), md.ino()), rel.to_path_buf());
                     }
-                    let mut file = std::fs::File::open(path)
-                        .map_err(|e| SnapshotError::Failed(format!("cannot open {}: {e}", path.display())))?;
+                    let mut file = std::fs::File::open(path).map_err(|e| {
+                        SnapshotError::Failed(format!("cannot open {}: {e}", path.display()))
+                    })?;
                     sink.file(rel, &meta, md.len(), &mut file)?;
                     if let Ok(after) = std::fs::symlink_metadata(path) {
-                        if after.len() != md.len() || after.mtime() != md.mtime() || after.mtime_nsec() != md.mtime_nsec()
+                        if after.len() != md.len()
+                            || after.mtime() != md.mtime()
+                            || after.mtime_nsec() != md.mtime_nsec()
                         {
                             sink.warn(format!(
                                 "{} changed while it was being read; the image holds a mix of old and new content — back up again when it is quiet",
@@ -131,7 +149,10 @@ impl Component for FilesComponent {
                         }
                     }
                 } else {
-                    sink.warn(format!("skipped {} (socket, FIFO or device file)", path.display()));
+                    sink.warn(format!(
+                        "skipped {} (socket, FIFO or device file)",
+                        path.display()
+                    ));
                 }
             }
         }

@@ -32,7 +32,12 @@ impl EntryMeta {
     /// The metadata of a file system object.
     pub fn from_metadata(md: &std::fs::Metadata) -> EntryMeta {
         use std::os::unix::fs::MetadataExt;
-        EntryMeta { mode: md.mode() & 0o7777, mtime: md.mtime().max(0) as u64, uid: md.uid(), gid: md.gid() }
+        EntryMeta {
+            mode: md.mode() & 0o7777,
+            mtime: md.mtime().max(0) as u64,
+            uid: md.uid(),
+            gid: md.gid(),
+        }
     }
 }
 
@@ -62,11 +67,23 @@ pub trait EntrySink {
     /// early the entry is padded to `size` (the archive stays valid) and
     /// [`SnapshotError::Failed`] is returned for a read error; a short read is
     /// reported as a warning (the file changed while being read).
-    fn file(&mut self, rel: &Path, meta: &EntryMeta, size: u64, data: &mut dyn Read) -> Result<(), SnapshotError>;
+    fn file(
+        &mut self,
+        rel: &Path,
+        meta: &EntryMeta,
+        size: u64,
+        data: &mut dyn Read,
+    ) -> Result<(), SnapshotError>;
     /// A symbolic link.
-    fn symlink(&mut self, rel: &Path, meta: &EntryMeta, target: &Path) -> Result<(), SnapshotError>;
+    fn symlink(&mut self, rel: &Path, meta: &EntryMeta, target: &Path)
+        -> Result<(), SnapshotError>;
     /// A hard link to an earlier file entry of the same component.
-    fn hardlink(&mut self, rel: &Path, meta: &EntryMeta, target_rel: &Path) -> Result<(), SnapshotError>;
+    fn hardlink(
+        &mut self,
+        rel: &Path,
+        meta: &EntryMeta,
+        target_rel: &Path,
+    ) -> Result<(), SnapshotError>;
     /// A non-fatal warning, kept in the manifest.
     fn warn(&mut self, message: String);
 }

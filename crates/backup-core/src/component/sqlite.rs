@@ -3,7 +3,10 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OpenFlags};
 
 use super::files::{applicable_if, restore_roots};
-use super::{rel_of, Applicability, Committed, Component, EntryMeta, EntrySink, RestoreContext, SnapshotError};
+use super::{
+    rel_of, Applicability, Committed, Component, EntryMeta, EntrySink, RestoreContext,
+    SnapshotError,
+};
 
 /// A SQLite database captured online: `VACUUM INTO` gives a consistent
 /// snapshot of a live database (WAL or not) without blocking its writers for
@@ -18,8 +21,16 @@ pub struct SqliteComponent {
 
 impl SqliteComponent {
     /// A component for the database at the absolute `path`.
-    pub fn new(name: impl Into<String>, path: PathBuf, applicable_if_exists: Option<PathBuf>) -> SqliteComponent {
-        SqliteComponent { name: name.into(), path, applicable_if_exists }
+    pub fn new(
+        name: impl Into<String>,
+        path: PathBuf,
+        applicable_if_exists: Option<PathBuf>,
+    ) -> SqliteComponent {
+        SqliteComponent {
+            name: name.into(),
+            path,
+            applicable_if_exists,
+        }
     }
 }
 
@@ -49,17 +60,30 @@ impl Component for SqliteComponent {
             SnapshotError::Failed(format!("{what} {}: {e}", self.path.display()))
         };
         let md = std::fs::metadata(&self.path).map_err(|e| failed("cannot read database", &e))?;
-        let snapshot = scratch.join(format!("{}.snapshot-{}.sqlite", self.name, crate::util::random_tag()));
+        let snapshot = scratch.join(format!(
+            "{}.snapshot-{}.sqlite",
+            self.name,
+            crate::util::random_tag()
+        ));
         let result = (|| {
             let db = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY)
                 .map_err(|e| failed("cannot open database", &e))?;
-            db.busy_timeout(std::time::Duration::from_secs(30)).map_err(|e| failed("cannot configure", &e))?;
+            db.busy_timeout(std::time::Duration::from_secs(30))
+                .map_err(|e| failed("cannot configure", &e))?;
             db.execute("VACUUM INTO ?1", [snapshot.to_string_lossy()])
                 .map_err(|e| failed("cannot snapshot database", &e))?;
             drop(db);
-            let size = std::fs::metadata(&snapshot).map_err(|e| failed("lost the snapshot of", &e))?.len();
-            let mut file = std::fs::File::open(&snapshot).map_err(|e| failed("cannot reopen the snapshot of", &e))?;
-            sink.file(rel_of(&self.path), &EntryMeta::from_metadata(&md), size, &mut file)
+            let size = std::fs::metadata(&snapshot)
+                .map_err(|e| failed("lost the snapshot of", &e))?
+                .len();
+            let mut file = std::fs::File::open(&snapshot)
+                .map_err(|e| failed("cannot reopen the snapshot of", &e))?;
+            sink.file(
+                rel_of(&self.path),
+                &EntryMeta::from_metadata(&md),
+                size,
+                &mut file,
+            )
         })();
         let _ = std::fs::remove_file(&snapshot);
         result
@@ -98,13 +122,20 @@ pub(crate) fn restore_sqlite(ctx: &RestoreContext<'_>) -> Result<Box<dyn Committ
 }
 
 fn check_integrity(path: &Path) -> Result<(), String> {
-    let db = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|e| format!("the restored database {} does not open: {e}", path.display()))?;
+    let db = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| {
+        format!(
+            "the restored database {} does not open: {e}",
+            path.display()
+        )
+    })?;
     let verdict: String = db
         .query_row("PRAGMA integrity_check", [], |row| row.get(0))
         .map_err(|e| format!("integrity check of {} failed: {e}", path.display()))?;
     if verdict != "ok" {
-        return Err(format!("the restored database {} is damaged: {verdict}", path.display()));
+        return Err(format!(
+            "the restored database {} is damaged: {verdict}",
+            path.display()
+        ));
     }
     Ok(())
 }

@@ -33,23 +33,41 @@ impl Swapped {
     /// `staged` should be on the same file system as `dest`; if it is not, it
     /// is copied next to `dest` first so the final step is still a rename.
     pub(crate) fn swap(&mut self, staged: &Path, dest: &Path) -> Result<(), String> {
-        let parent = dest.parent().ok_or_else(|| format!("{} has no parent directory", dest.display()))?;
-        std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
-        let base = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let parent = dest
+            .parent()
+            .ok_or_else(|| format!("{} has no parent directory", dest.display()))?;
+        std::fs::create_dir_all(parent)
+            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        let base = dest
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let tag = crate::util::random_tag();
         let incoming = parent.join(format!(".{base}.restore-{tag}"));
         if let Err(e) = std::fs::rename(staged, &incoming) {
             if e.raw_os_error() != Some(libc::EXDEV) {
-                return Err(format!("cannot move {} next to {}: {e}", staged.display(), dest.display()));
+                return Err(format!(
+                    "cannot move {} next to {}: {e}",
+                    staged.display(),
+                    dest.display()
+                ));
             }
-            crate::util::copy_tree(staged, &incoming)
-                .map_err(|e| format!("cannot copy {} next to {}: {e}", staged.display(), dest.display()))?;
+            crate::util::copy_tree(staged, &incoming).map_err(|e| {
+                format!(
+                    "cannot copy {} next to {}: {e}",
+                    staged.display(),
+                    dest.display()
+                )
+            })?;
         }
         let old = if std::fs::symlink_metadata(dest).is_ok() {
             let old = parent.join(format!(".{base}.old-{tag}"));
             if let Err(e) = std::fs::rename(dest, &old) {
                 let _ = crate::util::remove_any(&incoming);
-                return Err(format!("cannot move the current {} aside: {e}", dest.display()));
+                return Err(format!(
+                    "cannot move the current {} aside: {e}",
+                    dest.display()
+                ));
             }
             Some(old)
         } else {
@@ -60,7 +78,10 @@ impl Swapped {
                 let _ = std::fs::rename(old, dest);
             }
             let _ = crate::util::remove_any(&incoming);
-            return Err(format!("cannot move the restored {} into place: {e}", dest.display()));
+            return Err(format!(
+                "cannot move the restored {} into place: {e}",
+                dest.display()
+            ));
         }
         self.done.push((dest.to_path_buf(), old));
         Ok(())
@@ -73,9 +94,13 @@ impl Swapped {
             return Ok(());
         }
         let parent = path.parent().unwrap_or(Path::new("/"));
-        let base = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let base = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let old = parent.join(format!(".{base}.old-{}", crate::util::random_tag()));
-        std::fs::rename(path, &old).map_err(|e| format!("cannot move {} aside: {e}", path.display()))?;
+        std::fs::rename(path, &old)
+            .map_err(|e| format!("cannot move {} aside: {e}", path.display()))?;
         self.done.push((path.to_path_buf(), Some(old)));
         Ok(())
     }
@@ -94,7 +119,10 @@ impl Committed for Swapped {
         if errors.is_empty() {
             Ok(())
         } else {
-            Err(format!("restored, but could not remove the replaced copies: {}", errors.join("; ")))
+            Err(format!(
+                "restored, but could not remove the replaced copies: {}",
+                errors.join("; ")
+            ))
         }
     }
 

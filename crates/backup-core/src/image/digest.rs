@@ -39,7 +39,15 @@ pub struct EntryDigest {
 
 impl EntryDigest {
     /// Starts an entry (its content follows through [`EntryDigest::content`]).
-    pub fn entry(&mut self, rel: &[u8], kind: EntryKind, mode: u32, mtime: u64, link: &[u8], size: u64) {
+    pub fn entry(
+        &mut self,
+        rel: &[u8],
+        kind: EntryKind,
+        mode: u32,
+        mtime: u64,
+        link: &[u8],
+        size: u64,
+    ) {
         self.entries += 1;
         let h = &mut self.hasher;
         h.update((rel.len() as u64).to_be_bytes());

@@ -7,7 +7,10 @@ pub(crate) mod reader;
 pub(crate) mod writer;
 
 pub use digest::{EntryDigest, EntryKind};
-pub use meta::{BackupInfo, ComponentRecord, Manifest, Outcome, PlannedComponent, Selection, Sidecar, PAYLOAD_FORMAT};
+pub use meta::{
+    BackupInfo, ComponentRecord, Manifest, Outcome, PlannedComponent, Selection, Sidecar,
+    PAYLOAD_FORMAT,
+};
 pub use name::{image_name, parse_image_name, sidecar_name, ParsedName, IMAGE_EXT, SIDECAR_SUFFIX};
 
 /// Archive path of `backup.json`.

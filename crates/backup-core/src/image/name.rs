@@ -10,7 +10,11 @@ pub const SIDECAR_SUFFIX: &str = ".manifest";
 
 /// The name of an image taken at `created` by `node` in `role`.
 pub fn image_name(prefix: &str, created: DateTime<Utc>, node: &str, role: Role) -> String {
-    format!("{prefix}{}_{node}_{}{IMAGE_EXT}", created.format("%Y%m%dT%H%M%SZ"), role.as_str())
+    format!(
+        "{prefix}{}_{node}_{}{IMAGE_EXT}",
+        created.format("%Y%m%dT%H%M%SZ"),
+        role.as_str()
+    )
 }
 
 /// The sidecar object of an image.
@@ -35,8 +39,14 @@ pub fn parse_image_name(prefix: &str, name: &str) -> Option<ParsedName> {
     let rest = base.strip_prefix(prefix)?.strip_suffix(IMAGE_EXT)?;
     let (stamp, rest) = rest.split_once('_')?;
     let (node, role) = rest.rsplit_once('_')?;
-    let created = NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%SZ").ok()?.and_utc();
-    Some(ParsedName { created, node: node.to_string(), role: role.to_string() })
+    let created = NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%SZ")
+        .ok()?
+        .and_utc();
+    Some(ParsedName {
+        created,
+        node: node.to_string(),
+        role: role.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -50,8 +60,16 @@ mod tests {
         let n = image_name("gw-", t, "gw_1", Role::Primary);
         assert_eq!(n, "gw-20261122T030405Z_gw_1_primary.bkp");
         let p = parse_image_name("gw-", &n).unwrap();
-        assert_eq!((p.created, p.node.as_str(), p.role.as_str()), (t, "gw_1", "primary"));
-        let later = image_name("gw-", t + chrono::Duration::seconds(1), "gw_1", Role::Primary);
+        assert_eq!(
+            (p.created, p.node.as_str(), p.role.as_str()),
+            (t, "gw_1", "primary")
+        );
+        let later = image_name(
+            "gw-",
+            t + chrono::Duration::seconds(1),
+            "gw_1",
+            Role::Primary,
+        );
         assert!(later > n);
         assert!(parse_image_name("other-", &n).is_none());
         assert!(parse_image_name("gw-", "gw-garbage.bkp").is_none());

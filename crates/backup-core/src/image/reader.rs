@@ -3,7 +3,10 @@ use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Component as PathPart, Path, PathBuf};
 
-use super::{BackupInfo, EntryDigest, EntryKind, Manifest, Outcome, BACKUP_JSON, COMPONENTS_DIR, MANIFEST_JSON};
+use super::{
+    BackupInfo, EntryDigest, EntryKind, Manifest, Outcome, BACKUP_JSON, COMPONENTS_DIR,
+    MANIFEST_JSON,
+};
 use crate::{Error, Result};
 
 /// Largest `backup.json` / `manifest.json` accepted.
@@ -57,17 +60,19 @@ pub(crate) struct WalkResult {
 pub(crate) fn walk<R: Read>(payload: R, visitor: &mut dyn Visitor) -> Result<WalkResult> {
     let pipeline_err = |e: io::Error| Error::from_pipeline_io("reading the image", e);
     let mut archive = tar::Archive::new(decoder(payload).map_err(pipeline_err)?);
-    let mut entries = archive.entries().map_err(pipeline_err)?;
+    let entries = archive.entries().map_err(pipeline_err)?;
     let mut info: Option<BackupInfo> = None;
     let mut manifest: Option<Manifest> = None;
     let mut digests: BTreeMap<String, EntryDigest> = BTreeMap::new();
 
-    while let Some(next) = entries.next() {
+    for next in entries {
         let mut entry = next.map_err(pipeline_err)?;
         let raw_path = entry.path_bytes().into_owned();
         let shown = String::from_utf8_lossy(&raw_path).into_owned();
         if manifest.is_some() {
-            return Err(Error::InvalidImage(format!("entry {shown:?} follows manifest.json")));
+            return Err(Error::InvalidImage(format!(
+                "entry {shown:?} follows manifest.json"
+            )));
         }
         let path = bytes_path(&raw_path);
         if path == Path::new(BACKUP_JSON) {
@@ -95,6 +100,13 @@ pub(crate) fn walk<R: Read>(payload: R, visitor: &mut dyn Visitor) -> Result<Wal
             manifest = Some(read_json(&mut entry, MANIFEST_JSON)?);
             continue;
         }
+        if entry.header().entry_type() == tar::EntryType::Directory
+            && is_structural_dir(info, &path)
+        {
+            // `components/`, `components/<name>/` and the parents of a root
+            // carry nothing: GNU tar adds them when a payload is re-packed by hand.
+            continue;
+        }
         let (component, rel) = split_component(&path).ok_or_else(|| Error::UnsafeArchive {
             entry: shown.clone(),
             reason: "not under components/<name>/, or it has absolute, '.' or '..' parts".into(),
@@ -114,7 +126,9 @@ pub(crate) fn walk<R: Read>(payload: R, visitor: &mut dyn Visitor) -> Result<Wal
             other => {
                 return Err(Error::UnsafeArchive {
                     entry: shown,
-                    reason: format!("entry type {other:?} (device, FIFO or unknown) is never restored"),
+                    reason: format!(
+                        "entry type {other:?} (device, FIFO or unknown) is never restored"
+                    ),
                 })
             }
         };
@@ -122,7 +136,11 @@ pub(crate) fn walk<R: Read>(payload: R, visitor: &mut dyn Visitor) -> Result<Wal
         let mtime = header.mtime().map_err(pipeline_err)?;
         let uid = header.uid().map_err(pipeline_err)?;
         let gid = header.gid().map_err(pipeline_err)?;
-        let size = if kind == EntryKind::File { entry.size() } else { 0 };
+        let size = if kind == EntryKind::File {
+            entry.size()
+        } else {
+            0
+        };
         let link_raw = entry.link_name_bytes().map(|l| l.into_owned());
         let link = match (kind, link_raw) {
             (EntryKind::Symlink, Some(l)) => Some(bytes_path(&l)),
@@ -133,21 +151,38 @@ pub(crate) fn walk<R: Read>(payload: R, visitor: &mut dyn Visitor) -> Result<Wal
                     _ => {
                         return Err(Error::UnsafeArchive {
                             entry: shown,
-                            reason: format!("hard link to {} leaves its component", target.display()),
+                            reason: format!(
+                                "hard link to {} leaves its component",
+                                target.display()
+                            ),
                         })
                     }
                 }
             }
             (EntryKind::Symlink | EntryKind::Hardlink, None) => {
-                return Err(Error::InvalidImage(format!("link entry {shown:?} has no target")))
+                return Err(Error::InvalidImage(format!(
+                    "link entry {shown:?} has no target"
+                )))
             }
             _ => None,
         };
         let link_bytes = link.as_deref().map(path_bytes).unwrap_or_default().to_vec();
         let digest = digests.entry(component.clone()).or_default();
         digest.entry(path_bytes(&rel), kind, mode, mtime, &link_bytes, size);
-        let view = EntryView { rel: &rel, kind, mode, mtime, uid, gid, link, size };
-        let mut hashing = HashingReader { inner: &mut entry, digest };
+        let view = EntryView {
+            rel: &rel,
+            kind,
+            mode,
+            mtime,
+            uid,
+            gid,
+            link,
+            size,
+        };
+        let mut hashing = HashingReader {
+            inner: &mut entry,
+            digest,
+        };
         visitor.entry(&component, &view, &mut hashing)?;
         io::copy(&mut hashing, &mut io::sink()).map_err(pipeline_err)?;
     }
@@ -156,9 +191,12 @@ pub(crate) fn walk<R: Read>(payload: R, visitor: &mut dyn Visitor) -> Result<Wal
     let mut rest = archive.into_inner();
     io::copy(&mut rest, &mut io::sink()).map_err(pipeline_err)?;
 
-    let info = info.ok_or_else(|| Error::InvalidImage("the payload holds no backup.json".into()))?;
+    let info =
+        info.ok_or_else(|| Error::InvalidImage("the payload holds no backup.json".into()))?;
     let manifest = manifest.ok_or_else(|| {
-        Error::InvalidImage("the payload ends without manifest.json: the backup did not finish writing it".into())
+        Error::InvalidImage(
+            "the payload ends without manifest.json: the backup did not finish writing it".into(),
+        )
     })?;
     check_manifest(&info, &manifest, &digests)?;
     Ok(WalkResult { info, manifest })
@@ -173,19 +211,28 @@ pub(crate) fn check_manifest(
 ) -> Result<()> {
     for planned in &info.components {
         if !manifest.components.iter().any(|r| r.name == planned.name) {
-            return Err(Error::InvalidImage(format!("manifest.json has no record of component {}", planned.name)));
+            return Err(Error::InvalidImage(format!(
+                "manifest.json has no record of component {}",
+                planned.name
+            )));
         }
     }
     for record in &manifest.components {
         if !info.components.iter().any(|p| p.name == record.name) {
-            return Err(Error::InvalidImage(format!("manifest.json records unplanned component {}", record.name)));
+            return Err(Error::InvalidImage(format!(
+                "manifest.json records unplanned component {}",
+                record.name
+            )));
         }
         if record.outcome != Outcome::Success {
             continue;
         }
         let empty = EntryDigest::default();
         let got = digests.get(&record.name).unwrap_or(&empty);
-        if got.entries() != record.entries || got.bytes() != record.bytes || got.hex() != record.sha256 {
+        if got.entries() != record.entries
+            || got.bytes() != record.bytes
+            || got.hex() != record.sha256
+        {
             return Err(Error::InvalidImage(format!(
                 "component {} does not match its manifest (manifest: {} entries, {} bytes, sha256 {}; image: {} entries, {} bytes, sha256 {}) — the payload was altered",
                 record.name,
@@ -201,6 +248,27 @@ pub(crate) fn check_manifest(
     Ok(())
 }
 
+/// A directory entry that is `components/`, `components/<name>/`, or a strict
+/// ancestor of one of the component's roots.
+fn is_structural_dir(info: &BackupInfo, path: &Path) -> bool {
+    let Ok(below) = path.strip_prefix(COMPONENTS_DIR) else {
+        return false;
+    };
+    let mut parts = below.components();
+    let Some(PathPart::Normal(name)) = parts.next() else {
+        return below.as_os_str().is_empty();
+    };
+    let rel: PathBuf = parts.collect();
+    let Some(planned) = info.components.iter().find(|c| name == c.name.as_str()) else {
+        return false;
+    };
+    rel.as_os_str().is_empty()
+        || planned.roots.iter().any(|root| {
+            let root = Path::new(root).strip_prefix("/").unwrap_or(Path::new(root));
+            root != rel && root.starts_with(&rel)
+        })
+}
+
 fn read_json<T: serde::de::DeserializeOwned>(entry: &mut dyn Read, what: &str) -> Result<T> {
     let mut data = Vec::new();
     entry
@@ -208,9 +276,12 @@ fn read_json<T: serde::de::DeserializeOwned>(entry: &mut dyn Read, what: &str) -
         .read_to_end(&mut data)
         .map_err(|e| Error::from_pipeline_io("reading the image", e))?;
     if data.len() as u64 > MAX_JSON {
-        return Err(Error::InvalidImage(format!("{what} is larger than {MAX_JSON} bytes")));
+        return Err(Error::InvalidImage(format!(
+            "{what} is larger than {MAX_JSON} bytes"
+        )));
     }
-    serde_json::from_slice(&data).map_err(|e| Error::InvalidImage(format!("{what} is not valid: {e}")))
+    serde_json::from_slice(&data)
+        .map_err(|e| Error::InvalidImage(format!("{what} is not valid: {e}")))
 }
 
 fn bytes_path(b: &[u8]) -> PathBuf {
@@ -230,13 +301,18 @@ fn split_component(path: &Path) -> Option<(String, PathBuf)> {
     if parts.next()? != PathPart::Normal(COMPONENTS_DIR.as_ref()) {
         return None;
     }
-    let PathPart::Normal(name) = parts.next()? else { return None };
+    let PathPart::Normal(name) = parts.next()? else {
+        return None;
+    };
     let rel: PathBuf = parts.clone().collect();
     if rel.as_os_str().is_empty() || !parts.all(|p| matches!(p, PathPart::Normal(_))) {
         return None;
     }
     // `components()` silently drops interior `.` parts; refuse them explicitly.
-    if path_bytes(path).split(|b| *b == b'/').any(|s| s == b"." || s == b"..") {
+    if path_bytes(path)
+        .split(|b| *b == b'/')
+        .any(|s| s == b"." || s == b"..")
+    {
         return None;
     }
     Some((name.to_str()?.to_string(), rel))

@@ -27,7 +27,11 @@ pub(crate) struct ChannelWriter {
 
 impl ChannelWriter {
     pub(crate) fn new(tx: mpsc::Sender<Bytes>) -> ChannelWriter {
-        ChannelWriter { tx, buf: BytesMut::with_capacity(CHUNK), written: 0 }
+        ChannelWriter {
+            tx,
+            buf: BytesMut::with_capacity(CHUNK),
+            written: 0,
+        }
     }
 
     fn send(&mut self) -> io::Result<()> {
@@ -66,14 +70,17 @@ impl Write for ChannelWriter {
 
 /// The payload codec on the writing side.
 pub(crate) enum Encoder<W: Write> {
-    Gzip(flate2::write::GzEncoder<W>),
+    Gzip(Box<flate2::write::GzEncoder<W>>),
     Plain(W),
 }
 
 impl<W: Write> Encoder<W> {
     pub(crate) fn new(inner: W, compression: Compression, level: u32) -> Encoder<W> {
         match compression {
-            Compression::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(inner, flate2::Compression::new(level))),
+            Compression::Gzip => Encoder::Gzip(Box::new(flate2::write::GzEncoder::new(
+                inner,
+                flate2::Compression::new(level),
+            ))),
             Compression::None => Encoder::Plain(inner),
         }
     }
@@ -147,7 +154,10 @@ impl<W: Write> TarWriter<W> {
 
     /// Ends the current component, giving its digest and warnings.
     pub(crate) fn end_component(&mut self) -> (EntryDigest, Vec<String>) {
-        (std::mem::take(&mut self.digest), std::mem::take(&mut self.warnings))
+        (
+            std::mem::take(&mut self.digest),
+            std::mem::take(&mut self.warnings),
+        )
     }
 
     pub(crate) fn finish(self) -> io::Result<W> {
@@ -171,7 +181,10 @@ impl<W: Write> TarWriter<W> {
 }
 
 fn now_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn bytes_of(p: &Path) -> &[u8] {
@@ -181,15 +194,29 @@ fn bytes_of(p: &Path) -> &[u8] {
 
 impl<W: Write> EntrySink for TarWriter<W> {
     fn dir(&mut self, rel: &Path, meta: &EntryMeta) -> Result<(), SnapshotError> {
-        self.digest.entry(bytes_of(rel), EntryKind::Dir, meta.mode, meta.mtime, b"", 0);
+        self.digest
+            .entry(bytes_of(rel), EntryKind::Dir, meta.mode, meta.mtime, b"", 0);
         let mut h = Self::header(tar::EntryType::Directory, meta, 0);
         let path = self.path(rel);
         self.builder.append_data(&mut h, path, io::empty())?;
         Ok(())
     }
 
-    fn file(&mut self, rel: &Path, meta: &EntryMeta, size: u64, data: &mut dyn Read) -> Result<(), SnapshotError> {
-        self.digest.entry(bytes_of(rel), EntryKind::File, meta.mode, meta.mtime, b"", size);
+    fn file(
+        &mut self,
+        rel: &Path,
+        meta: &EntryMeta,
+        size: u64,
+        data: &mut dyn Read,
+    ) -> Result<(), SnapshotError> {
+        self.digest.entry(
+            bytes_of(rel),
+            EntryKind::File,
+            meta.mode,
+            meta.mtime,
+            b"",
+            size,
+        );
         let mut h = Self::header(tar::EntryType::Regular, meta, size);
         let path = self.path(rel);
         let mut exact = ExactReader {
@@ -206,7 +233,10 @@ impl<W: Write> EntrySink for TarWriter<W> {
         exact.report();
         let (error, short) = (exact.error.take(), exact.short);
         if let Some(e) = error {
-            return Err(SnapshotError::Failed(format!("cannot read {}: {e}", Path::new("/").join(rel).display())));
+            return Err(SnapshotError::Failed(format!(
+                "cannot read {}: {e}",
+                Path::new("/").join(rel).display()
+            )));
         }
         if short {
             self.warn(format!(
@@ -217,16 +247,40 @@ impl<W: Write> EntrySink for TarWriter<W> {
         Ok(())
     }
 
-    fn symlink(&mut self, rel: &Path, meta: &EntryMeta, target: &Path) -> Result<(), SnapshotError> {
-        self.digest.entry(bytes_of(rel), EntryKind::Symlink, meta.mode, meta.mtime, bytes_of(target), 0);
+    fn symlink(
+        &mut self,
+        rel: &Path,
+        meta: &EntryMeta,
+        target: &Path,
+    ) -> Result<(), SnapshotError> {
+        self.digest.entry(
+            bytes_of(rel),
+            EntryKind::Symlink,
+            meta.mode,
+            meta.mtime,
+            bytes_of(target),
+            0,
+        );
         let mut h = Self::header(tar::EntryType::Symlink, meta, 0);
         let path = self.path(rel);
         self.builder.append_link(&mut h, path, target)?;
         Ok(())
     }
 
-    fn hardlink(&mut self, rel: &Path, meta: &EntryMeta, target_rel: &Path) -> Result<(), SnapshotError> {
-        self.digest.entry(bytes_of(rel), EntryKind::Hardlink, meta.mode, meta.mtime, bytes_of(target_rel), 0);
+    fn hardlink(
+        &mut self,
+        rel: &Path,
+        meta: &EntryMeta,
+        target_rel: &Path,
+    ) -> Result<(), SnapshotError> {
+        self.digest.entry(
+            bytes_of(rel),
+            EntryKind::Hardlink,
+            meta.mode,
+            meta.mtime,
+            bytes_of(target_rel),
+            0,
+        );
         let mut h = Self::header(tar::EntryType::Link, meta, 0);
         let path = self.path(rel);
         let target = self.path(target_rel);
@@ -235,7 +289,10 @@ impl<W: Write> EntrySink for TarWriter<W> {
     }
 
     fn warn(&mut self, message: String) {
-        self.progress.event(&Event::Warning { component: Some(self.component.clone()), message: message.clone() });
+        self.progress.event(&Event::Warning {
+            component: Some(self.component.clone()),
+            message: message.clone(),
+        });
         self.warnings.push(message);
     }
 }
@@ -256,7 +313,10 @@ struct ExactReader<'a> {
 impl ExactReader<'_> {
     fn report(&mut self) {
         if self.unreported > 0 {
-            self.progress.event(&Event::Bytes { component: self.component.to_string(), bytes: self.unreported });
+            self.progress.event(&Event::Bytes {
+                component: self.component.to_string(),
+                bytes: self.unreported,
+            });
             self.unreported = 0;
         }
     }
@@ -267,7 +327,9 @@ impl Read for ExactReader<'_> {
         if self.remaining == 0 {
             return Ok(0);
         }
-        let want = buf.len().min(self.remaining.min(usize::MAX as u64) as usize);
+        let want = buf
+            .len()
+            .min(self.remaining.min(usize::MAX as u64) as usize);
         let n = if self.error.is_some() || self.short {
             0
         } else {

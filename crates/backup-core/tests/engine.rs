@@ -1,0 +1,366 @@
+//! Engine behaviour through the library API.
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Result;
+use backup_core::demo::{build_demo, sqlite_rows, tree_diff, DemoAppliance};
+use backup_core::{
+    Applicability, Committed, Component, ComponentOptions, Config, CreateOptions, Engine,
+    EntrySink, Error, KdfParams, KeySource, MasterKey, Outcome, Passphrase, PassphraseProvider,
+    RestoreContext, RestoreOptions, SnapshotError,
+};
+
+const SECRET: &str = "engine test secret";
+
+fn demo() -> Result<(tempfile::TempDir, DemoAppliance)> {
+    let dir = tempfile::tempdir()?;
+    let demo = build_demo(&dir.path().join("demo"), 19)?;
+    backup_core::init_keys(
+        &demo.config.appliance.state_dir,
+        &Passphrase::new(SECRET.into())?,
+        KdfParams::MINIMUM,
+    )?;
+    Ok((dir, demo))
+}
+
+fn engine(config: &Config) -> Result<Engine> {
+    Ok(Engine::builder(config.clone()).build()?)
+}
+
+struct Fixed(&'static str);
+impl PassphraseProvider for Fixed {
+    fn passphrase(&self, _: &str, _: bool) -> backup_core::Result<Option<Passphrase>> {
+        Ok(Some(Passphrase::new(self.0.into())?))
+    }
+}
+struct NoKey;
+impl KeySource for NoKey {
+    fn master_key(&self) -> backup_core::Result<Option<MasterKey>> {
+        Ok(None)
+    }
+}
+
+fn under(target: &Path, abs: &Path) -> PathBuf {
+    target.join(abs.strip_prefix("/").unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn standard_backup_excludes_audits_and_restores_in_place() -> Result<()> {
+    let (_d, demo) = demo()?;
+    let e = engine(&demo.config)?;
+    let report = e.create(&CreateOptions::default()).await?;
+    let names: Vec<_> = report
+        .manifest
+        .components
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(names, ["config", "maindb"]);
+    assert_eq!(report.outcome, Outcome::Success);
+
+    // Keep a pristine copy, damage the live tree, restore in place.
+    let pristine = demo.dir.join("pristine");
+    std::fs::create_dir(&pristine)?;
+    let copy = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(demo.config_dir())
+        .arg(&pristine)
+        .status()?;
+    assert!(copy.success());
+    let rows = sqlite_rows(&demo.database())?;
+    std::fs::write(demo.config_dir().join("gateway.conf"), "broken")?;
+    std::fs::remove_dir_all(demo.config_dir().join("policies"))?;
+    std::fs::write(demo.config_dir().join("new-junk.conf"), "junk")?;
+    let db = rusqlite_delete(&demo.database());
+    assert!(db > 0);
+
+    let restored = e.restore(&report.image, &RestoreOptions::default()).await?;
+    assert_eq!(restored.restored, ["config", "maindb"]);
+    let diffs = tree_diff(
+        &pristine.join("demo-gateway"),
+        &demo.config_dir(),
+        &["scratch.tmp"],
+    )?;
+    assert!(diffs.is_empty(), "{diffs:#?}");
+    assert_eq!(sqlite_rows(&demo.database())?, rows);
+    assert_no_leftovers(demo.config_dir().parent().unwrap());
+    assert_no_leftovers(demo.database().parent().unwrap());
+    Ok(())
+}
+
+fn rusqlite_delete(path: &Path) -> usize {
+    let out = std::process::Command::new("sqlite3")
+        .arg(path)
+        .arg("DELETE FROM objects; SELECT changes();")
+        .output();
+    match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0),
+        _ => {
+            // No sqlite3 binary: overwrite the database file instead.
+            std::fs::write(path, b"not a database any more").unwrap();
+            1
+        }
+    }
+}
+
+fn assert_no_leftovers(dir: &Path) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(
+            !(name.contains(".staging-") || name.contains(".restore-") || name.contains(".old-")),
+            "leftover {name} in {}",
+            dir.display()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn selection_errors_are_input_errors() -> Result<()> {
+    let (_d, demo) = demo()?;
+    let e = engine(&demo.config)?;
+    let mut opts = CreateOptions::default();
+    opts.components = vec!["nope".into()];
+    let err = e.create(&opts).await.unwrap_err();
+    assert!(
+        err.is_input_error() && err.to_string().contains("config, maindb, audits"),
+        "{err}"
+    );
+    opts.components = vec!["audits".into()];
+    let err = e.create(&opts).await.unwrap_err();
+    assert!(
+        err.is_input_error() && err.to_string().contains("requires maindb"),
+        "{err}"
+    );
+    opts.components = vec!["audits".into(), "maindb".into()];
+    let report = e.create(&opts).await?;
+    assert_eq!(report.info.components.len(), 2);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn not_applicable_components() -> Result<()> {
+    let (_d, demo) = demo()?;
+    let mut config = demo.config.clone();
+    let text = format!(
+        "{}\n[[component]]\nname = \"pg\"\nkind = \"command\"\nbackup = [\"true\"]\napplicable_if_exists = \"/nonexistent/run/postgresql\"\n",
+        std::fs::read_to_string(&demo.config_path)?
+    );
+    config = Config::parse(&text, &demo.config_path).unwrap_or(config);
+    let e = engine(&config)?;
+    // Standard: silently left out, reported.
+    let report = e.create(&CreateOptions::default()).await?;
+    assert_eq!(report.outcome, Outcome::Success);
+    assert!(report.not_applicable.iter().any(|n| n.starts_with("pg")));
+    // Custom without halt: recorded as failed → partial.
+    let mut opts = CreateOptions::default();
+    opts.components = vec!["config".into(), "pg".into()];
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let report = e.create(&opts).await?;
+    assert_eq!(report.outcome, Outcome::Partial);
+    // Custom with halt: refused before anything is written.
+    opts.halt = true;
+    let err = e.create(&opts).await.unwrap_err();
+    assert!(matches!(err, Error::Halted { .. }), "{err}");
+    Ok(())
+}
+
+/// A component whose restore always fails: the components placed before it
+/// must be rolled back.
+struct Failing;
+impl Component for Failing {
+    fn name(&self) -> &str {
+        "zz-failing"
+    }
+    fn kind(&self) -> &str {
+        "test"
+    }
+    fn roots(&self) -> Vec<PathBuf> {
+        vec![]
+    }
+    fn applicability(&self) -> Applicability {
+        Applicability::Applicable
+    }
+    fn estimate_size(&self) -> Option<u64> {
+        None
+    }
+    fn snapshot(&self, sink: &mut dyn EntrySink, _: &Path) -> Result<(), SnapshotError> {
+        let meta = backup_core::EntryMeta {
+            mode: 0o644,
+            mtime: 1,
+            uid: 0,
+            gid: 0,
+        };
+        sink.file(Path::new("x"), &meta, 1, &mut &b"x"[..])
+    }
+    fn restore(&self, _: &RestoreContext<'_>) -> Result<Box<dyn Committed>, String> {
+        Err("simulated failure while putting the component into place".into())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_restore_rolls_back_what_was_placed() -> Result<()> {
+    let (_d, demo) = demo()?;
+    let e = Engine::builder(demo.config.clone())
+        .component(Arc::new(Failing), ComponentOptions::default())
+        .build()?;
+    let report = e.create(&CreateOptions::default()).await?;
+    std::fs::write(
+        demo.config_dir().join("gateway.conf"),
+        "changed after the backup",
+    )?;
+    let err = e
+        .restore(&report.image, &RestoreOptions::default())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("rolled back"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(demo.config_dir().join("gateway.conf"))?,
+        "changed after the backup"
+    );
+    assert_no_leftovers(demo.config_dir().parent().unwrap());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lone_image_restores_on_a_bare_machine_with_the_passphrase() -> Result<()> {
+    let (d, demo) = demo()?;
+    let e = engine(&demo.config)?;
+    let image = d.path().join("carried.bkp");
+    let mut opts = CreateOptions::default();
+    opts.output = Some(image.clone());
+    e.create(&opts).await?;
+
+    // The replacement: same identity, an empty state directory, no storage.
+    let mut bare_config = demo.config.clone();
+    bare_config.appliance.state_dir = d.path().join("bare-state");
+    bare_config.storage.url = "none".into();
+    let target = d.path().join("inspect");
+    let mut ropts = RestoreOptions::default();
+    ropts.target = Some(target.clone());
+
+    let without = Engine::builder(bare_config.clone()).build()?;
+    let err = without
+        .restore(image.to_str().unwrap(), &ropts)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::PassphraseRequired(_)), "{err}");
+
+    let wrong = Engine::builder(bare_config.clone())
+        .passphrase_provider(Arc::new(Fixed("wrong secret!")))
+        .build()?;
+    let err = wrong
+        .restore(image.to_str().unwrap(), &ropts)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Crypto(backup_crypto::Error::WrongPassphrase)),
+        "{err}"
+    );
+    assert!(std::fs::read_dir(&target)
+        .map(|mut r| r.next().is_none())
+        .unwrap_or(true));
+
+    let right = Engine::builder(bare_config)
+        .key_source(Box::new(NoKey))
+        .passphrase_provider(Arc::new(Fixed(SECRET)))
+        .build()?;
+    right.restore(image.to_str().unwrap(), &ropts).await?;
+    let diffs = tree_diff(
+        &demo.config_dir(),
+        &under(&target, &demo.config_dir()),
+        &["scratch.tmp"],
+    )?;
+    assert!(diffs.is_empty(), "{diffs:#?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resealed_payload_with_altered_content_is_refused() -> Result<()> {
+    let (d, demo) = demo()?;
+    let e = engine(&demo.config)?;
+    let report = e.create(&CreateOptions::default()).await?;
+    let plain = d.path().join("payload.tar.gz");
+    e.decrypt(&report.image, &plain).await?;
+    // Unpack, change one configuration file, pack again in the same order.
+    let work = d.path().join("work");
+    std::fs::create_dir(&work)?;
+    let ok = std::process::Command::new("tar")
+        .arg("-xzf")
+        .arg(&plain)
+        .arg("-C")
+        .arg(&work)
+        .status()?;
+    assert!(ok.success());
+    let conf = under(&work.join("components/config"), &demo.config_dir()).join("gateway.conf");
+    std::fs::write(&conf, "tampered = yes\n")?;
+    let repacked = d.path().join("repacked.tar.gz");
+    let ok = std::process::Command::new("tar")
+        .arg("-czf")
+        .arg(&repacked)
+        .arg("-C")
+        .arg(&work)
+        .args(["backup.json", "components", "manifest.json"])
+        .status()?;
+    assert!(ok.success());
+    let sealed = d.path().join("resealed.bkp");
+    e.encrypt(&repacked, &sealed).await?;
+    let err = e.verify(sealed.to_str().unwrap()).await.unwrap_err();
+    assert!(
+        err.to_string().contains("does not match its manifest"),
+        "{err}"
+    );
+    let mut ropts = RestoreOptions::default();
+    ropts.target = Some(d.path().join("t"));
+    assert!(e.restore(sealed.to_str().unwrap(), &ropts).await.is_err());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn identity_and_version_are_checked_before_anything_is_written() -> Result<()> {
+    let (d, demo) = demo()?;
+    let report = engine(&demo.config)?
+        .create(&CreateOptions::default())
+        .await?;
+    let target = d.path().join("t");
+    let mut ropts = RestoreOptions::default();
+    ropts.target = Some(target.clone());
+
+    let mut other_version = demo.config.clone();
+    other_version.appliance.version = "9.3.0".into();
+    let err = engine(&other_version)?
+        .restore(&report.image, &ropts)
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(err, Error::VersionMismatch { .. })
+            && msg.contains("9.0.1")
+            && msg.contains("9.3.0"),
+        "{msg}"
+    );
+    assert!(
+        !target.exists() || std::fs::read_dir(&target)?.next().is_none(),
+        "something was written"
+    );
+
+    let mut other_node = demo.config.clone();
+    other_node.appliance.node = "gw-2".into();
+    let err = engine(&other_node)?
+        .restore(&report.image, &ropts)
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(err, Error::IdentityMismatch { .. })
+            && msg.contains("gw-1")
+            && msg.contains("gw-2"),
+        "{msg}"
+    );
+
+    ropts.force_identity = true;
+    engine(&other_node)?.restore(&report.image, &ropts).await?;
+    Ok(())
+}
