@@ -22,9 +22,13 @@
 #![warn(missing_docs)]
 
 mod error;
+#[cfg(feature = "ftp")]
+mod ftp;
 mod ext;
 mod local;
 mod open;
+#[cfg(feature = "s3")]
+mod s3;
 mod types;
 
 #[cfg(feature = "conformance")]
@@ -32,8 +36,12 @@ pub mod conformance;
 
 pub use error::{BoxError, Error};
 pub use ext::StorageExt;
+#[cfg(feature = "ftp")]
+pub use ftp::FtpStorage;
 pub use local::LocalStorage;
 pub use open::{open_url, OpenOptions};
+#[cfg(feature = "s3")]
+pub use s3::S3Storage;
 pub use types::{
     ByteReader, Capabilities, Capacity, GetResult, ListResult, ObjectMeta, PutMode, PutOptions,
     Storage, Upload,

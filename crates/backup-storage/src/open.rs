@@ -40,8 +40,14 @@ pub fn open_url(url: &str, opts: &OpenOptions) -> Result<Arc<dyn Storage>> {
             let path = file_url_path(rest).map_err(invalid)?;
             Ok(Arc::new(LocalStorage::new(path)?))
         }
+        #[cfg(feature = "s3")]
+        "s3" => crate::s3::open(url),
+        #[cfg(feature = "ftp")]
+        "ftp" | "ftps" => crate::ftp::open(url),
+        // Reached only for backends compiled out of this build.
+        #[allow(unreachable_patterns)]
         "nfs" | "s3" | "ftp" | "ftps" => Err(invalid(format!(
-            "{scheme}:// storage is not available yet; {SUPPORTED}"
+            "{scheme}:// storage is not available in this build; {SUPPORTED}"
         ))),
         _ => Err(invalid(format!("unknown scheme {scheme:?}; {SUPPORTED}"))),
     }
