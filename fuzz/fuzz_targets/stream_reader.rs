@@ -6,8 +6,8 @@ use std::io::{self, Read, Write};
 use std::sync::OnceLock;
 
 use backup_crypto::{
-    ChunkedReader, ChunkedWriter, EncryptWriter, Error, ImageReader, Keyslot, MasterKey, CHUNK_SIZE,
-    KEYSLOT_LEN, STREAM_PREFIX_LEN,
+    ChunkedReader, ChunkedWriter, EncryptWriter, Error, ImageReader, Keyslot, MasterKey,
+    CHUNK_SIZE, KEYSLOT_LEN, STREAM_PREFIX_LEN,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -46,7 +46,9 @@ fn drain(reader: &mut impl Read, sizes: &[u8]) -> (Vec<u8>, bool) {
     let mut out = Vec::new();
     let mut buf = vec![0u8; 2 * CHUNK_SIZE];
     for i in 0.. {
-        let step = sizes.get(i % sizes.len().max(1)).map_or(4096, |&b| 1 + usize::from(b) * 97);
+        let step = sizes
+            .get(i % sizes.len().max(1))
+            .map_or(4096, |&b| 1 + usize::from(b) * 97);
         match reader.read(&mut buf[..step]) {
             Ok(0) => return (out, false),
             Ok(n) => {
@@ -55,9 +57,15 @@ fn drain(reader: &mut impl Read, sizes: &[u8]) -> (Vec<u8>, bool) {
             }
             Err(e) => {
                 let first = Error::from_io(e);
-                assert!(matches!(first, Error::Truncated | Error::DecryptionFailed), "{first:?}");
+                assert!(
+                    matches!(first, Error::Truncated | Error::DecryptionFailed),
+                    "{first:?}"
+                );
                 let again = Error::from_io(reader.read(&mut buf[..1]).unwrap_err());
-                assert_eq!(std::mem::discriminant(&first), std::mem::discriminant(&again));
+                assert_eq!(
+                    std::mem::discriminant(&first),
+                    std::mem::discriminant(&again)
+                );
                 return (out, true);
             }
         }
@@ -72,7 +80,9 @@ fn seal(plain: &[u8]) -> Vec<u8> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&mode, rest)) = data.split_first() else { return };
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
     match mode % 4 {
         // Arbitrary bytes as a whole stream.
         0 => {
@@ -113,15 +123,24 @@ fuzz_target!(|data: &[u8]| {
             match ChunkedReader::new(&stream[..], &KEY, CONTEXT) {
                 Ok(mut r) => {
                     let (out, failed) = drain(&mut r, &rest[5..]);
-                    assert_eq!(failed, mutated, "a changed stream must fail, an unchanged one must not");
-                    assert!(plain.starts_with(&out), "released bytes that were never written");
+                    assert_eq!(
+                        failed, mutated,
+                        "a changed stream must fail, an unchanged one must not"
+                    );
+                    assert!(
+                        plain.starts_with(&out),
+                        "released bytes that were never written"
+                    );
                     if failed {
                         assert_eq!(out.len() % CHUNK_SIZE, 0, "a partial chunk was released");
                     }
                 }
                 Err(e) => {
                     assert!(mutated, "{e:?} on an unchanged stream");
-                    assert!(matches!(e, Error::Truncated | Error::DecryptionFailed), "{e:?}");
+                    assert!(
+                        matches!(e, Error::Truncated | Error::DecryptionFailed),
+                        "{e:?}"
+                    );
                 }
             }
         }
@@ -134,7 +153,7 @@ fuzz_target!(|data: &[u8]| {
             }
             let mut image = Vec::new();
             let w = EncryptWriter::new(&mut image, master_key(), keyslot(), 1_700_000_000).unwrap();
-            drop(w.finish().unwrap());
+            w.finish().unwrap();
             image.truncate(backup_crypto::HEADER_LEN + STREAM_PREFIX_LEN);
             image.extend_from_slice(rest);
             let reader = ImageReader::new(io::Cursor::new(image)).expect("valid header");

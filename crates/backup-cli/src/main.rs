@@ -1,6 +1,7 @@
 //! `backup`: the operator and cron frontend of the appliance backup engine.
 //!
-//! Exit codes: 0 success, 1 failure, 2 usage or input error, 3 partial success.
+//! Exit codes: 0 success, 1 failure, 2 usage or input error, 3 partial
+//! success, 4 skipped (another backup or restore is running).
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use backup_core::{
 };
 use clap::{Args, Parser, Subcommand};
 
+mod ops_cmd;
 mod quickstart;
 mod report;
 mod secret;
@@ -23,6 +25,8 @@ use secret::CliSecret;
 const EXIT_PARTIAL: u8 = 3;
 /// Exit code of a usage or input error.
 const EXIT_USAGE: u8 = 2;
+/// Exit code of a run skipped because another operation holds the lock.
+const EXIT_SKIPPED: u8 = 4;
 
 #[derive(Parser)]
 #[command(
@@ -35,9 +39,9 @@ The domain master secret is never accepted on the command line: it comes from --
 the BACKUP_SECRET environment variable, or a prompt on a terminal. Unattended backups use the \
 master key file in the state directory and need no secret.",
     after_help = "Exit codes: 0 success, 1 failure, 2 usage or input error, 3 partial success \
-(some components failed; the image holds the rest).\n\nStart with `backup quickstart` to see a demo appliance backed up and restored."
+(some components failed; the image holds the rest), 4 skipped (another backup or restore is running).\n\nStart with `backup quickstart` to see a demo appliance backed up and restored."
 )]
-struct Cli {
+pub(crate) struct Cli {
     /// Configuration file [default: ./backup.toml]
     #[arg(
         long,
@@ -49,10 +53,10 @@ struct Cli {
     config: Option<PathBuf>,
     /// Read the domain master secret from this file (first line; mode 0600 recommended)
     #[arg(long, global = true, value_name = "FILE")]
-    secret_file: Option<PathBuf>,
+    pub(crate) secret_file: Option<PathBuf>,
     /// Machine-readable output: JSON on stdout, JSON-lines events on stderr
     #[arg(long, global = true)]
-    json: bool,
+    pub(crate) json: bool,
     /// Per-component progress on stderr
     #[arg(long, short = 'v', global = true)]
     verbose: bool,
@@ -100,6 +104,37 @@ enum Command {
         #[arg(short, long, value_name = "IMAGE")]
         output: PathBuf,
     },
+    /// Show whether a backup runs now, the last success and failure, and the next scheduled run
+    Status,
+    /// Show the audit log (every create, restore, verify, key and prune operation)
+    Audit {
+        /// Only records at or after this time (RFC 3339, a date YYYY-MM-DD, or a
+        /// duration ago such as 2h, 3d)
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+    },
+    /// Print the log lines kept for a backup
+    Log {
+        /// Image name
+        image: String,
+    },
+    /// Delete images the [retention] policy does not keep (audited)
+    Prune {
+        /// Only list what would be deleted
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Print the next scheduled run times
+    Schedule {
+        /// How many
+        #[arg(short = 'n', long, default_value_t = 5)]
+        count: usize,
+    },
+    /// Run scheduled backups until SIGTERM/SIGINT (a running backup finishes first)
+    Daemon,
+    /// Domain master secret operations
+    #[command(subcommand)]
+    Key(ops_cmd::KeyCommand),
     /// Build a demo appliance in a fresh directory, back it up, verify it,
     /// restore it elsewhere and prove the restore is identical
     Quickstart {
@@ -167,24 +202,27 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            let input = e
-                .chain()
-                .any(|c| c.downcast_ref::<Error>().is_some_and(Error::is_input_error));
-            ExitCode::from(if input { EXIT_USAGE } else { 1 })
+            let core = e.chain().find_map(|c| c.downcast_ref::<Error>());
+            ExitCode::from(match core {
+                Some(Error::Busy(_)) => EXIT_SKIPPED,
+                Some(c) if c.is_input_error() => EXIT_USAGE,
+                _ => 1,
+            })
         }
     }
 }
 
-fn config_path(cli: &Cli) -> PathBuf {
+pub(crate) fn config_path(cli: &Cli) -> PathBuf {
     cli.config
         .clone()
         .unwrap_or_else(|| PathBuf::from("backup.toml"))
 }
 
-fn engine(cli: &Cli) -> anyhow::Result<Engine> {
+pub(crate) fn engine(cli: &Cli) -> anyhow::Result<Engine> {
     let config = Config::load(&config_path(cli))?;
     let secret: Arc<dyn PassphraseProvider> = Arc::new(CliSecret {
         file: cli.secret_file.clone(),
+        env: Some(secret::SECRET_ENV),
     });
     Ok(Engine::builder(config)
         .passphrase_provider(secret)
@@ -241,6 +279,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Quickstart { dir } => quickstart::run(dir.clone()).await,
+        Command::Status => ops_cmd::status(&engine(&cli)?, cli.json),
+        Command::Audit { since } => ops_cmd::audit(&engine(&cli)?, since.as_deref(), cli.json),
+        Command::Log { image } => ops_cmd::log(&engine(&cli)?, image),
+        Command::Prune { dry_run } => ops_cmd::prune(&engine(&cli)?, *dry_run, cli.json).await,
+        Command::Schedule { count } => ops_cmd::schedule(&engine(&cli)?, *count, cli.json),
+        Command::Daemon => ops_cmd::daemon(engine(&cli)?).await,
+        Command::Key(k) => ops_cmd::key(&cli, k).await,
     }
 }
 
@@ -253,6 +298,7 @@ fn init(cli: &Cli) -> anyhow::Result<ExitCode> {
     }
     let secret = CliSecret {
         file: cli.secret_file.clone(),
+        env: Some(secret::SECRET_ENV),
     };
     let pass = secret
         .passphrase("set the domain master secret (at least 8 characters)", true)?

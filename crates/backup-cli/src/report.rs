@@ -1,31 +1,64 @@
-//! How results and progress are shown: human text or JSON.
+//! How results and progress are shown: bars on a terminal, plain lines
+//! otherwise, JSON lines with `--json`.
 use std::io::IsTerminal;
 use std::sync::Mutex;
 use std::time::Instant;
 
 use backup_core::{Event, Progress};
+use indicatif::{ProgressBar, ProgressStyle};
 
-/// Prints progress events on standard error: one line per component with `-v`,
-/// JSON lines with `--json`, nothing otherwise (warnings always).
+enum Mode {
+    Json,
+    Bars(Mutex<Option<ProgressBar>>),
+    Lines,
+}
+
+/// Prints progress events on standard error.
 pub(crate) struct Reporter {
+    mode: Mode,
     verbose: bool,
-    json: bool,
-    started: Mutex<Option<(String, Instant, u64)>>,
+    started: Mutex<Option<Instant>>,
 }
 
 impl Reporter {
     pub(crate) fn new(verbose: bool, json: bool) -> Reporter {
+        let mode = if json {
+            Mode::Json
+        } else if std::io::stderr().is_terminal() {
+            Mode::Bars(Mutex::new(None))
+        } else {
+            Mode::Lines
+        };
         Reporter {
+            mode,
             verbose,
-            json,
             started: Mutex::new(None),
         }
+    }
+
+    fn say(&self, line: String) {
+        match &self.mode {
+            Mode::Bars(bar) => match bar.lock().expect("bar").as_ref() {
+                Some(b) => b.println(line),
+                None => eprintln!("{line}"),
+            },
+            _ => eprintln!("{line}"),
+        }
+    }
+
+    fn elapsed(&self) -> f64 {
+        self.started
+            .lock()
+            .expect("reporter")
+            .take()
+            .map(|t| t.elapsed().as_secs_f64())
+            .unwrap_or(0.0)
     }
 }
 
 impl Progress for Reporter {
     fn event(&self, event: &Event) {
-        if self.json {
+        if let Mode::Json = self.mode {
             if let Ok(line) = serde_json::to_string(event) {
                 eprintln!("{line}");
             }
@@ -33,20 +66,39 @@ impl Progress for Reporter {
         }
         match event {
             Event::Warning { component, message } => match component {
-                Some(c) => eprintln!("warning: {c}: {message}"),
-                None => eprintln!("warning: {message}"),
+                Some(c) => self.say(format!("warning: {c}: {message}")),
+                None => self.say(format!("warning: {message}")),
             },
-            Event::Step { message } if self.verbose => eprintln!("{message}"),
-            Event::ComponentStarted { component, .. } if self.verbose => {
-                *self.started.lock().expect("reporter") =
-                    Some((component.clone(), Instant::now(), 0));
-                if std::io::stderr().is_terminal() {
-                    eprintln!("  {component}: started");
+            Event::Step { message } if self.verbose => self.say(message.clone()),
+            Event::ComponentStarted { component, kind } => {
+                *self.started.lock().expect("reporter") = Some(Instant::now());
+                match &self.mode {
+                    Mode::Bars(bar) => {
+                        let b = ProgressBar::new_spinner();
+                        b.set_style(
+                            ProgressStyle::with_template(
+                                "{spinner} {msg} {bytes} ({bytes_per_sec}, {elapsed})",
+                            )
+                            .expect("valid template"),
+                        );
+                        b.set_message(format!("{component} ({kind})"));
+                        b.enable_steady_tick(std::time::Duration::from_millis(120));
+                        if let Some(old) = bar.lock().expect("bar").replace(b) {
+                            old.finish_and_clear();
+                        }
+                    }
+                    _ => {
+                        if self.verbose {
+                            eprintln!("  {component}: started");
+                        }
+                    }
                 }
             }
-            Event::Bytes { bytes, .. } if self.verbose => {
-                if let Some(s) = self.started.lock().expect("reporter").as_mut() {
-                    s.2 += bytes;
+            Event::Bytes { bytes, .. } => {
+                if let Mode::Bars(bar) = &self.mode {
+                    if let Some(b) = bar.lock().expect("bar").as_ref() {
+                        b.inc(*bytes);
+                    }
                 }
             }
             Event::ComponentFinished {
@@ -55,20 +107,19 @@ impl Progress for Reporter {
                 entries,
                 bytes,
                 error,
-            } if self.verbose => {
-                let secs = self
-                    .started
-                    .lock()
-                    .expect("reporter")
-                    .take()
-                    .map(|(_, t, _)| t.elapsed().as_secs_f64())
-                    .unwrap_or(0.0);
+            } => {
+                if let Mode::Bars(bar) = &self.mode {
+                    if let Some(b) = bar.lock().expect("bar").take() {
+                        b.finish_and_clear();
+                    }
+                }
+                let secs = self.elapsed();
                 match error {
-                    Some(e) => eprintln!("  {component}: {outcome} after {secs:.1}s: {e}"),
-                    None => eprintln!(
+                    Some(e) => self.say(format!("  {component}: {outcome} after {secs:.1}s: {e}")),
+                    None => self.say(format!(
                         "  {component}: {outcome}, {entries} entries, {} in {secs:.1}s",
                         human(*bytes)
-                    ),
+                    )),
                 }
             }
             _ => {}

@@ -11,6 +11,8 @@ pub(crate) const SECRET_ENV: &str = "BACKUP_SECRET";
 
 pub(crate) struct CliSecret {
     pub(crate) file: Option<PathBuf>,
+    /// The environment variable consulted when there is no file.
+    pub(crate) env: Option<&'static str>,
 }
 
 impl CliSecret {
@@ -57,7 +59,7 @@ impl PassphraseProvider for CliSecret {
         if let Some(path) = &self.file {
             return Self::read_file(path).map(Some);
         }
-        if let Ok(value) = std::env::var(SECRET_ENV) {
+        if let Some(Ok(value)) = self.env.map(std::env::var) {
             let value = Zeroizing::new(value);
             return Ok(Some(Passphrase::new(value.to_string())?));
         }

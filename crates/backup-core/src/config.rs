@@ -21,9 +21,43 @@ pub struct Config {
     /// Key derivation cost used when the secret is set (`backup init`).
     #[serde(default)]
     pub encryption: EncryptionConfig,
+    /// When backups run unattended (`backup daemon`).
+    #[serde(default)]
+    pub schedule: Option<ScheduleConfig>,
+    /// Which images to keep.
+    #[serde(default)]
+    pub retention: crate::ops::retention::RetentionPolicy,
+    /// Commands run around each backup.
+    #[serde(default)]
+    pub hooks: crate::ops::hooks::Hooks,
     /// What to back up.
     #[serde(default, rename = "component")]
     pub components: Vec<ComponentConfig>,
+}
+
+/// `[schedule]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// Five-field cron expressions (or `@daily`, …).
+    pub cron: Vec<String>,
+    /// IANA time zone the expressions are read in (default UTC).
+    #[serde(default = "utc")]
+    pub timezone: String,
+    /// Include audit components in scheduled backups.
+    #[serde(default)]
+    pub include_audits: bool,
+}
+
+fn utc() -> String {
+    "UTC".to_string()
+}
+
+impl ScheduleConfig {
+    /// The parsed schedule.
+    pub fn parse(&self) -> Result<crate::ops::schedule::Schedule> {
+        crate::ops::schedule::Schedule::new(&self.cron, &self.timezone)
+    }
 }
 
 /// `[appliance]`: identity and state.
@@ -407,6 +441,12 @@ impl Config {
             .kdf_params()
             .validate()
             .map_err(|e| format!("[encryption]: {e} (a reader would refuse such images)"))?;
+        if let Some(schedule) = &self.schedule {
+            schedule.parse().map_err(|e| format!("[schedule]: {e}"))?;
+            if !self.has_storage() {
+                return Err("[schedule] needs a storage: scheduled backups have nowhere to go with [storage] url = \"none\"; set [storage] url or remove [schedule]".into());
+            }
+        }
         let mut names = BTreeSet::new();
         for c in &self.components {
             if !is_safe_name(&c.name) {

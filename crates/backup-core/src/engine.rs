@@ -7,7 +7,7 @@ use std::sync::Arc;
 use backup_crypto::{EncryptWriter, ImageReader, Keyslot, MasterKey};
 use backup_storage::{LocalStorage, PutMode, PutOptions, Storage, StorageExt};
 use bytes::Bytes;
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
@@ -64,6 +64,7 @@ pub struct EngineBuilder {
     key_source: Option<Box<dyn KeySource>>,
     progress: Arc<dyn Progress>,
     extra: Vec<Registered>,
+    actor: Option<String>,
 }
 
 impl EngineBuilder {
@@ -88,6 +89,12 @@ impl EngineBuilder {
     /// Receives progress events (default: ignored).
     pub fn progress(mut self, p: Arc<dyn Progress>) -> Self {
         self.progress = p;
+        self
+    }
+
+    /// Who the audit log names as the actor (default: the OS user).
+    pub fn actor(mut self, actor: impl Into<String>) -> Self {
+        self.actor = Some(actor.into());
         self
     }
 
@@ -158,10 +165,12 @@ impl EngineBuilder {
             source,
             self.passphrase,
         ));
+        let actor = self.actor.unwrap_or_else(crate::ops::audit::current_actor);
         Ok(Engine {
             config,
             storage,
             components,
+            actor,
             keys,
             progress: self.progress,
         })
@@ -180,6 +189,8 @@ pub struct CreateOptions {
     pub halt: bool,
     /// Write the image to this file instead of the configured storage.
     pub output: Option<PathBuf>,
+    /// Started by the schedule (recorded in status and audit log).
+    pub scheduled: bool,
 }
 
 /// The result of a backup that published an image.
@@ -201,6 +212,8 @@ pub struct CreateReport {
     pub not_applicable: Vec<String>,
     /// Set if the sidecar manifest could not be stored (the image is fine).
     pub sidecar_error: Option<String>,
+    /// Images deleted by the retention policy after this backup.
+    pub pruned: Vec<String>,
 }
 
 /// An image in the storage.
@@ -270,6 +283,7 @@ pub struct Engine {
     pub(crate) config: Config,
     storage: Option<Arc<dyn Storage>>,
     components: Vec<Registered>,
+    pub(crate) actor: String,
     pub(crate) keys: Arc<Keys>,
     pub(crate) progress: Arc<dyn Progress>,
 }
@@ -298,6 +312,7 @@ impl Engine {
             key_source: None,
             progress: Arc::new(NoProgress),
             extra: Vec::new(),
+            actor: None,
         }
     }
 
@@ -413,33 +428,53 @@ impl Engine {
         Ok(dir)
     }
 
-    /// Takes a backup and publishes it (or, with [`CreateOptions::halt`] and a
-    /// failing component, publishes nothing and fails).
-    pub async fn create(&self, opts: &CreateOptions) -> Result<CreateReport> {
+    /// Where a backup goes: the `--output` file, or a new name in the storage.
+    pub(crate) fn destination(
+        &self,
+        opts: &CreateOptions,
+        created: DateTime<Utc>,
+    ) -> Result<(Arc<dyn Storage>, String)> {
+        let a = &self.config.appliance;
+        match &opts.output {
+            Some(path) => local_destination(path),
+            None => {
+                let storage = self.storage.clone().ok_or_else(|| {
+                    Error::NoStorage("pass --output FILE or set [storage] url".into())
+                })?;
+                Ok((
+                    storage,
+                    image_name(&self.config.storage.prefix, created, &a.node, a.role),
+                ))
+            }
+        }
+    }
+
+    /// The selected components' estimated total size (unknown sizes count as 0).
+    pub(crate) fn estimate(&self, opts: &CreateOptions) -> Result<u64> {
+        let (_, items, _) = self.plan(opts)?;
+        Ok(items
+            .iter()
+            .filter_map(|i| i.component.estimate_size())
+            .sum())
+    }
+
+    /// The backup pipeline itself, without lock, status or audit (see [`Engine::create`]).
+    pub(crate) async fn create_image(
+        &self,
+        opts: &CreateOptions,
+        progress: Arc<dyn Progress>,
+        (storage, name): (Arc<dyn Storage>, String),
+        created: DateTime<Utc>,
+    ) -> Result<CreateReport> {
         let (selection, items, not_applicable) = self.plan(opts)?;
         for n in &not_applicable {
-            self.progress.event(&Event::Warning {
+            progress.event(&Event::Warning {
                 component: None,
                 message: format!("not applicable, skipped: {n}"),
             });
         }
         let (mk, slot) = self.keys.for_writing()?;
-        let created = Utc::now().trunc_subsecs(0);
         let a = &self.config.appliance;
-        let (storage, name) = match &opts.output {
-            Some(path) => local_destination(path)?,
-            None => {
-                let storage = self.storage.clone().ok_or_else(|| {
-                    Error::NoStorage(
-                        "pass --output FILE (or - for standard output) or set [storage] url".into(),
-                    )
-                })?;
-                (
-                    storage,
-                    image_name(&self.config.storage.prefix, created, &a.node, a.role),
-                )
-            }
-        };
         let info = BackupInfo {
             format: PAYLOAD_FORMAT,
             product: a.product.clone(),
@@ -468,10 +503,10 @@ impl Engine {
         let scratch = self.scratch_dir()?;
         let producer_info = info.clone();
         let (compression, level) = (self.config.image.compression, self.config.image.level);
-        let progress = self.progress.clone();
+        let producer_progress = progress.clone();
         let halt = opts.halt;
         let scratch_for_producer = scratch.clone();
-        self.progress.event(&Event::Step {
+        progress.event(&Event::Step {
             message: format!("writing {name} to {storage}"),
         });
         let result = write_sealed(
@@ -481,6 +516,7 @@ impl Engine {
             slot.clone(),
             created,
             move |out| {
+                let progress = producer_progress;
                 let encoder = Encoder::new(out, compression, level);
                 let mut tar = TarWriter::new(encoder, progress.clone());
                 let io_err = |e| Error::from_pipeline_io("writing the image", e);
@@ -575,7 +611,7 @@ impl Engine {
                 .map(|e| e.to_string())
         };
         if let Some(e) = &sidecar_error {
-            self.progress.event(&Event::Warning {
+            progress.event(&Event::Warning {
                 component: None,
                 message: format!(
                     "the image is complete, but its sidecar manifest could not be stored: {e}"
@@ -595,6 +631,7 @@ impl Engine {
             manifest,
             not_applicable,
             sidecar_error,
+            pruned: Vec::new(),
         })
     }
 
@@ -782,7 +819,7 @@ impl Engine {
 
     /// Decrypts and decompresses a whole image and checks every component
     /// against the manifest (and the sidecar, if any), writing nothing.
-    pub async fn verify(&self, image: &str) -> Result<VerifyReport> {
+    pub(crate) async fn verify_image(&self, image: &str) -> Result<VerifyReport> {
         let loc = self.locate(image);
         self.progress.event(&Event::Step {
             message: format!("verifying {}", loc.shown()),
@@ -816,7 +853,7 @@ impl Engine {
     /// Writes the decrypted payload (a standard `.tar.gz`) to `out`. The file
     /// holds the appliance's secrets in clear. Nothing is left under `out` if
     /// the image fails authentication.
-    pub async fn decrypt(&self, image: &str, out: &Path) -> Result<u64> {
+    pub(crate) async fn decrypt_image(&self, image: &str, out: &Path) -> Result<u64> {
         let loc = self.locate(image);
         let (raw, _) = self.open_raw(&loc).await?;
         let keys = self.keys.clone();
@@ -836,7 +873,7 @@ impl Engine {
 
     /// Seals a payload file (a `.tar.gz` as written by [`Engine::decrypt`])
     /// into an image at `out`, under this appliance's master key.
-    pub async fn encrypt(&self, input: &Path, out: &Path) -> Result<u64> {
+    pub(crate) async fn encrypt_file(&self, input: &Path, out: &Path) -> Result<u64> {
         let (mk, slot) = self.keys.for_writing()?;
         let mut file = std::fs::File::open(input)
             .map_err(|e| Error::io(format!("opening {}", input.display()), e))?;

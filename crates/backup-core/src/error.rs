@@ -88,6 +88,20 @@ pub enum Error {
         /// What went wrong (and what was rolled back).
         reason: String,
     },
+    /// Another backup or restore holds the lock; this one was skipped.
+    #[error("skipped: {0}")]
+    Busy(String),
+    /// Refused before reading any component: the storage lacks room or access.
+    #[error("preflight refused the backup: {0}")]
+    Preflight(String),
+    /// A hook command failed.
+    #[error("the {hook} hook failed: {reason}")]
+    Hook {
+        /// `before`, `after` or `on_failure`.
+        hook: String,
+        /// Its exit status and output.
+        reason: String,
+    },
     /// Encryption format errors (wrong passphrase, corrupted or truncated image, …).
     #[error(transparent)]
     Crypto(#[from] backup_crypto::Error),

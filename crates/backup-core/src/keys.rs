@@ -229,3 +229,28 @@ impl Keys {
         Ok(reader.unlock(&mk)?)
     }
 }
+
+/// Checks a passphrase against the keyring without changing anything.
+pub fn check_passphrase(state_dir: &Path, passphrase: &Passphrase) -> Result<KeyId> {
+    let ring =
+        Keyring::load(state_dir)?.ok_or_else(|| Error::NotInitialized(state_dir.to_path_buf()))?;
+    Ok(ring.keyslot()?.open(passphrase)?.key_id())
+}
+
+/// Rotates the domain master secret: the master key stays, its keyslot is
+/// rewrapped under `new` (Argon2id with `params`). New images carry the new
+/// keyslot; older images keep opening with the old passphrase until rewrapped.
+pub fn rotate_keys(
+    state_dir: &Path,
+    current: &Passphrase,
+    new: &Passphrase,
+    params: KdfParams,
+) -> Result<KeyId> {
+    let mut ring =
+        Keyring::load(state_dir)?.ok_or_else(|| Error::NotInitialized(state_dir.to_path_buf()))?;
+    let mk = ring.keyslot()?.open(current)?;
+    let slot = Keyslot::seal(&mk, new, params)?;
+    ring.keyslot = hex::encode(slot.to_bytes());
+    ring.store(state_dir)?;
+    Ok(mk.key_id())
+}

@@ -26,13 +26,17 @@
 
 mod component;
 mod config;
+mod daemon;
 pub mod demo;
 mod engine;
 mod error;
 pub mod image;
+mod keyops;
 mod keys;
+pub mod ops;
 mod progress;
 mod restore;
+mod runs;
 mod util;
 
 pub use component::{
@@ -41,19 +45,22 @@ pub use component::{
 };
 pub use config::{
     Appliance, ComponentConfig, ComponentKind, Compression, Config, EncryptionConfig, ImageConfig,
-    Role, StorageConfig,
+    Role, ScheduleConfig, StorageConfig,
 };
+pub use daemon::{DaemonInfo, DAEMON_FILE};
 pub use engine::{
     ComponentOptions, CreateOptions, CreateReport, Engine, EngineBuilder, ImageDetails,
     ImageSummary, VerifyReport,
 };
 pub use error::{Error, Result};
 pub use image::Outcome;
+pub use keyops::RewrapResult;
 pub use keys::{
-    init_keys, KeyFile, KeySource, Keyring, NoPassphrase, PassphraseProvider, KEYRING_FILE,
-    KEY_FILE,
+    check_passphrase, init_keys, rotate_keys, KeyFile, KeySource, Keyring, NoPassphrase,
+    PassphraseProvider, KEYRING_FILE, KEY_FILE,
 };
 pub use progress::{Event, NoProgress, Progress};
 pub use restore::{RestoreOptions, RestoreReport};
+pub use runs::{StatusView, LOGS_DIR};
 
 pub use backup_crypto::{KdfParams, MasterKey, Passphrase};

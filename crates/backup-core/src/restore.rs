@@ -48,7 +48,11 @@ impl Engine {
     /// pre-checks pass; everything is extracted into staging directories and
     /// verified against the manifest before the first live path is replaced;
     /// a failure while replacing rolls back what was already replaced.
-    pub async fn restore(&self, image: &str, opts: &RestoreOptions) -> Result<RestoreReport> {
+    pub(crate) async fn restore_image(
+        &self,
+        image: &str,
+        opts: &RestoreOptions,
+    ) -> Result<RestoreReport> {
         let loc = self.locate(image);
         // Pre-checks from the sidecar, before downloading anything.
         if let ImageLoc::Stored(name) = &loc {

@@ -21,8 +21,8 @@ const NONCE_LEN: usize = 12;
 const SALT_LEN: usize = 24;
 const COMMITMENT_LEN: usize = 32;
 const ENCRYPTED_CHUNK_LEN: usize = CHUNK_SIZE + TAG_LEN;
-/// The spec caps a message at 2^38 chunks so that the counter stays far from
-/// the nonce space's birthday bound even with the 12-byte GCM nonce.
+/// The spec's cap on chunks per message (2^38 × 16 KiB = 4 PiB); readers must
+/// refuse to go past it, so writers must not either.
 const MAX_CHUNKS: u64 = 1 << 38;
 const LABEL: &[u8] = b"c2sp.org/chunked-encryption@v1+";
 const AEAD_NAME: &[u8] = b"AEAD_AES_256_GCM";

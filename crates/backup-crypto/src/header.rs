@@ -15,7 +15,7 @@ const CONTEXT_LEN: usize = 36;
 const CHECKSUM_LEN: usize = 32;
 /// Largest header length a future version might declare that we still read
 /// to check its checksum (only to tell "newer format" from "corrupted").
-pub(crate) const MAX_DECLARED_HEADER_LEN: usize = 64 * 1024;
+const MAX_DECLARED_HEADER_LEN: usize = 64 * 1024;
 
 /// The fixed-length image header (big-endian, hand-encoded).
 ///
@@ -116,8 +116,13 @@ impl Header {
         let flags = u32_at(16);
 
         let newer = || {
+            let advice = if version > FORMAT_VERSION {
+                "use a newer backup tool"
+            } else {
+                "no release wrote that version"
+            };
             Error::UnsupportedFormat(format!(
-                "image format version {version}; this build reads version {FORMAT_VERSION} — use a newer backup tool"
+                "image format version {version}; this build reads version {FORMAT_VERSION} — {advice}"
             ))
         };
         // A bit flip in the version field of a version-1 header leaves the

@@ -378,6 +378,24 @@ impl Storage for LocalStorage {
         .await
     }
 
+    async fn write_at(&self, name: &str, offset: u64, data: Bytes) -> Result<()> {
+        use std::io::{Seek, SeekFrom, Write};
+        let path = self.path(name)?;
+        let what = format!("rewriting {name} in {self}");
+        tokio::task::spawn_blocking(move || -> io::Result<()> {
+            let mut f = std::fs::OpenOptions::new().write(true).open(&path)?;
+            if offset + data.len() as u64 > f.metadata()?.len() {
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, "the write would extend the object"));
+            }
+            f.seek(SeekFrom::Start(offset))?;
+            f.write_all(&data)?;
+            f.sync_all()
+        })
+        .await
+        .map_err(|e| Error::Other { what: what.clone(), source: Some(Box::new(e)) })?
+        .map_err(|e| Error::from_io(what, e))
+    }
+
     async fn presign_get(&self, _name: &str, _expires: Duration) -> Result<String> {
         Err(Error::Unsupported {
             what: "presigned URLs: file:// storage cannot presign; use `backup fetch` or an S3 backend".to_owned(),

@@ -173,4 +173,13 @@ pub trait Storage: Send + Sync + fmt::Debug + fmt::Display {
     /// A URL that lets anyone holding it GET the object until `expires` passes;
     /// [`crate::Error::Unsupported`] where the backend cannot presign.
     async fn presign_get(&self, name: &str, expires: Duration) -> Result<String>;
+
+    /// Overwrites bytes of an existing object in place, durably (used to
+    /// replace an image header's keyslot after key rotation). Backends that
+    /// cannot ([`Capabilities::rewrite_in_place`] is false) keep this default,
+    /// which fails with [`crate::Error::Unsupported`].
+    async fn write_at(&self, name: &str, offset: u64, data: Bytes) -> Result<()> {
+        let _ = (offset, data);
+        Err(crate::Error::Unsupported { what: format!("rewriting {name} in place on {self}") })
+    }
 }

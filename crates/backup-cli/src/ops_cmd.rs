@@ -1,0 +1,299 @@
+//! Operations commands: status, audit, log, prune, schedule, daemon, key.
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use backup_core::{Config, Engine, Error, Passphrase, PassphraseProvider, RewrapResult};
+use chrono::{DateTime, NaiveDate, Utc};
+use clap::Subcommand;
+
+use crate::report::{human, print_json};
+use crate::secret::CliSecret;
+use crate::Cli;
+
+#[derive(Subcommand)]
+pub(crate) enum KeyCommand {
+    /// Rewrap the master key under a new secret: asks the current secret
+    /// (--secret-file, BACKUP_SECRET or prompt) and the new one
+    /// (--new-secret-file, BACKUP_NEW_SECRET or prompt, twice). New images
+    /// carry the new key slot; older ones still open with the old secret
+    Rotate {
+        /// Read the new secret from this file
+        #[arg(long, value_name = "FILE")]
+        new_secret_file: Option<PathBuf>,
+    },
+    /// Give images the current key slot in place (local and NFS storage), so
+    /// they open with the current secret; says which could not be changed
+    Rewrap {
+        /// Image names or paths
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Check a secret against the keyring without changing anything
+    Check,
+}
+
+/// `--since` as RFC 3339, a date, or a duration ago (`90m`, `2h`, `3d`, `1w`).
+fn parse_since(s: &str) -> anyhow::Result<DateTime<Utc>> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        return Ok(d.and_hms_opt(0, 0, 0).expect("midnight").and_utc());
+    }
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: i64 = num
+        .parse()
+        .with_context(|| format!("--since {s:?}: use RFC 3339, YYYY-MM-DD, or 90m/2h/3d/1w"))?;
+    let d = match unit {
+        "m" => chrono::Duration::minutes(n),
+        "h" => chrono::Duration::hours(n),
+        "d" => chrono::Duration::days(n),
+        "w" => chrono::Duration::weeks(n),
+        _ => anyhow::bail!("--since {s:?}: use RFC 3339, YYYY-MM-DD, or 90m/2h/3d/1w"),
+    };
+    Ok(Utc::now() - d)
+}
+
+fn when(t: &DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
+pub(crate) fn status(engine: &Engine, json: bool) -> anyhow::Result<ExitCode> {
+    let s = engine.status()?;
+    if json {
+        print_json(&s)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    match (&s.state[..], &s.current) {
+        ("in progress", Some(c)) => println!(
+            "state:          in progress: {} of {} (pid {}), component {}, {} done, {}s elapsed",
+            c.operation,
+            c.image.as_deref().unwrap_or("-"),
+            c.pid,
+            c.component.as_deref().unwrap_or("-"),
+            human(c.bytes_done),
+            s.elapsed_secs.unwrap_or(0)
+        ),
+        ("interrupted", Some(c)) => println!(
+            "state:          interrupted: the {} of {} started {} (pid {}) never finished; the next run takes over",
+            c.operation,
+            c.image.as_deref().unwrap_or("-"),
+            when(&c.started),
+            c.pid
+        ),
+        (state, _) => println!("state:          {state}"),
+    }
+    match &s.last_success {
+        Some(r) => println!(
+            "last success:   {} {} ({})",
+            when(&r.time),
+            r.image.as_deref().unwrap_or("-"),
+            human(r.size)
+        ),
+        None => println!("last success:   never"),
+    }
+    match &s.last_failure {
+        Some(r) => println!(
+            "last failure:   {} {}: {}",
+            when(&r.time),
+            r.operation,
+            r.reason.as_deref().unwrap_or("no reason recorded")
+        ),
+        None => println!("last failure:   none"),
+    }
+    if let Some(r) = &s.last_skipped {
+        println!(
+            "last skipped:   {} {}",
+            when(&r.time),
+            r.reason.as_deref().unwrap_or("")
+        );
+    }
+    match (&s.next_run, &s.daemon) {
+        (Some(t), Some(d)) => println!(
+            "next backup:    {} — {} (daemon pid {})",
+            when(t),
+            s.schedule,
+            d.pid
+        ),
+        (Some(t), None) => println!(
+            "next backup:    {} — {} (no daemon is running: start `backup daemon`)",
+            when(t),
+            s.schedule
+        ),
+        (None, _) => println!("next backup:    {}", s.schedule),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn audit(engine: &Engine, since: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
+    let since = since.map(parse_since).transpose()?;
+    let records = engine.audit_records(since)?;
+    if json {
+        print_json(&records)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for r in records {
+        println!(
+            "{}  {:<10} {:<14} {:<9} {}{}",
+            when(&r.time),
+            r.actor,
+            r.operation,
+            r.outcome,
+            r.target,
+            r.error.map(|e| format!("  ({e})")).unwrap_or_default()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn log(engine: &Engine, image: &str) -> anyhow::Result<ExitCode> {
+    print!("{}", engine.backup_log(image)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn prune(engine: &Engine, dry_run: bool, json: bool) -> anyhow::Result<ExitCode> {
+    let decisions = engine.prune(dry_run).await.context("prune failed")?;
+    if json {
+        print_json(&decisions)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for d in &decisions {
+        let verdict = match (d.keep, dry_run) {
+            (true, _) => format!("keep    ({})", d.reasons.join(", ")),
+            (false, true) => "would delete".to_string(),
+            (false, false) => "deleted".to_string(),
+        };
+        println!("{:<48} {}  {verdict}", d.name, when(&d.created));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn schedule(engine: &Engine, count: usize, json: bool) -> anyhow::Result<ExitCode> {
+    let Some(cfg) = &engine.config().schedule else {
+        if json {
+            print_json(&serde_json::json!({ "schedule": "disabled", "next": [] }))?;
+        } else {
+            println!("schedule disabled (no [schedule] in the configuration)");
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let next = cfg.parse()?.upcoming(Utc::now(), count);
+    if json {
+        print_json(
+            &serde_json::json!({ "cron": cfg.cron, "timezone": cfg.timezone, "next": next }),
+        )?;
+    } else {
+        let tz = cfg.parse()?.timezone();
+        println!("{} ({})", cfg.cron.join(", "), cfg.timezone);
+        for t in next {
+            println!(
+                "  {}  ({} local)",
+                when(&t),
+                t.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z")
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn daemon(engine: Engine) -> anyhow::Result<ExitCode> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        eprintln!("stop requested: exiting now if idle, or after the running backup finishes");
+        let _ = tx.send(true);
+    });
+    if let Some(cfg) = &engine.config().schedule {
+        eprintln!(
+            "backup daemon: schedule {} ({})",
+            cfg.cron.join(", "),
+            cfg.timezone
+        );
+    }
+    engine.run_daemon(rx).await?;
+    eprintln!("backup daemon stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn new_secret(file: &Option<PathBuf>) -> anyhow::Result<Passphrase> {
+    if file.is_none() {
+        if let Ok(v) = std::env::var("BACKUP_NEW_SECRET") {
+            return Ok(Passphrase::new(zeroize::Zeroizing::new(v).to_string())?);
+        }
+    }
+    let provider = CliSecret {
+        file: file.clone(),
+        env: None,
+    };
+    provider
+        .passphrase(
+            "set the NEW domain master secret (at least 8 characters)",
+            true,
+        )?
+        .ok_or_else(|| {
+            Error::PassphraseRequired(
+                "set the new secret (BACKUP_NEW_SECRET or --new-secret-file)".into(),
+            )
+            .into()
+        })
+}
+
+pub(crate) async fn key(cli: &Cli, cmd: &KeyCommand) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&crate::config_path(cli))?;
+    let state = config.appliance.state_dir.clone();
+    let current = || -> anyhow::Result<Passphrase> {
+        CliSecret {
+            file: cli.secret_file.clone(),
+            env: Some(crate::secret::SECRET_ENV),
+        }
+        .passphrase("confirm the CURRENT domain master secret", false)?
+        .ok_or_else(|| Error::PassphraseRequired("confirm the current secret".into()).into())
+    };
+    let engine = crate::engine(cli)?;
+    let started = std::time::Instant::now();
+    match cmd {
+        KeyCommand::Check => {
+            let result = backup_core::check_passphrase(&state, &current()?);
+            engine.audit_public("key.check", "keyring", &result, started);
+            let id = result?;
+            println!("the secret opens the keyring (key id {id})");
+        }
+        KeyCommand::Rotate { new_secret_file } => {
+            let cur = current()?;
+            let new = new_secret(new_secret_file)?;
+            let params = config.encryption.kdf_params();
+            let result = backup_core::rotate_keys(&state, &cur, &new, params);
+            engine.audit_public("key.rotate", "keyring", &result, started);
+            let id = result?;
+            println!("the master key (key id {id}) is now wrapped under the new secret; new images carry the new key slot");
+            println!("images made before still open with the previous secret: `backup key rewrap IMAGE…` updates them");
+        }
+        KeyCommand::Rewrap { images } => {
+            let results = engine.rewrap(images).await?;
+            let mut failed = false;
+            if cli.json {
+                print_json(&results)?;
+            }
+            for (image, r) in &results {
+                match r {
+                    RewrapResult::Rewrapped => println!("{image}: rewrapped"),
+                    RewrapResult::AlreadyCurrent => println!("{image}: already current"),
+                    RewrapResult::NotRewrapped { reason } => {
+                        failed = true;
+                        println!("{image}: NOT rewrapped: {reason}");
+                    }
+                }
+            }
+            if failed {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

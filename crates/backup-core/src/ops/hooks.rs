@@ -1,0 +1,73 @@
+//! Hook commands run around a backup.
+use std::process::{Command, Stdio};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// `[hooks]`: argv arrays run before a backup, after a published one, and
+/// after a failed one. They get `BACKUP_OUTCOME`, `BACKUP_IMAGE`,
+/// `BACKUP_FAILED_COMPONENTS` (comma-separated) and `BACKUP_NODE`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hooks {
+    /// Runs first; a failure fails the backup (its output in the error).
+    #[serde(default)]
+    pub before: Vec<String>,
+    /// Runs after an image was published (success or partial).
+    #[serde(default)]
+    pub after: Vec<String>,
+    /// Runs after a failed backup.
+    #[serde(default)]
+    pub on_failure: Vec<String>,
+}
+
+/// What a hook is told.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct HookEnv {
+    pub(crate) outcome: String,
+    pub(crate) image: String,
+    pub(crate) failed: Vec<String>,
+    pub(crate) node: String,
+}
+
+/// Runs one hook; an empty argv does nothing.
+pub(crate) fn run_hook(name: &str, argv: &[String], env: &HookEnv) -> Result<()> {
+    let Some((program, args)) = argv.split_first() else {
+        return Ok(());
+    };
+    let out = Command::new(program)
+        .args(args)
+        .env("BACKUP_HOOK", name)
+        .env("BACKUP_OUTCOME", &env.outcome)
+        .env("BACKUP_IMAGE", &env.image)
+        .env("BACKUP_FAILED_COMPONENTS", env.failed.join(","))
+        .env("BACKUP_NODE", &env.node)
+        .env_remove("BACKUP_SECRET")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| Error::Hook {
+            hook: name.into(),
+            reason: format!("cannot run `{}`: {e}", argv.join(" ")),
+        })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    let text = text.trim();
+    let tail = &text[text.len().saturating_sub(2000)..];
+    Err(Error::Hook {
+        hook: name.into(),
+        reason: format!(
+            "`{}` exited with {}{}",
+            argv.join(" "),
+            out.status,
+            if tail.is_empty() {
+                String::new()
+            } else {
+                format!(": {tail}")
+            }
+        ),
+    })
+}
