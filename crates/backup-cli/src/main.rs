@@ -17,6 +17,7 @@ mod ops_cmd;
 mod quickstart;
 mod report;
 mod secret;
+mod storage_cmd;
 
 use report::{human, print_json, Reporter};
 use secret::CliSecret;
@@ -104,6 +105,32 @@ enum Command {
         #[arg(short, long, value_name = "IMAGE")]
         output: PathBuf,
     },
+    /// Download an image from the storage to a local file (to carry it to a replacement machine)
+    Fetch {
+        /// Image name in the storage
+        image: String,
+        /// The file to write (created atomically, mode 0600)
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+    },
+    /// Browse the storage one level at a time: permissions, space, and the
+    /// backups with their details; give an image name for its details table
+    Browse {
+        /// A directory level (`..` for the parent) or an image name [default: the top]
+        #[arg(default_value = "")]
+        path: String,
+    },
+    /// Time-limited download links (presigned URLs, S3) for images, as a table or CSV
+    Links {
+        /// Images [default: every image in the storage]
+        images: Vec<String>,
+        /// How long the links work: 90m, 6h, 2d [default: 6h]
+        #[arg(long, value_name = "DURATION", default_value = "6h")]
+        expires: String,
+        /// Also write a CSV (image,node,role,created,size,url,expiry) to this file
+        #[arg(long, value_name = "FILE")]
+        csv: Option<PathBuf>,
+    },
     /// Show whether a backup runs now, the last success and failure, and the next scheduled run
     Status,
     /// Show the audit log (every create, restore, verify, key and prune operation)
@@ -156,7 +183,7 @@ struct CreateArgs {
     /// finish the others and publish a partial image, exit code 3)
     #[arg(long)]
     halt: bool,
-    /// Write the image to this file instead of the configured storage
+    /// Write the image to this file (or `-` for standard output) instead of the configured storage
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
 }
@@ -279,6 +306,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Quickstart { dir } => quickstart::run(dir.clone()).await,
+        Command::Fetch { image, output } => storage_cmd::fetch(&engine(&cli)?, image, output, cli.json).await,
+        Command::Browse { path } => storage_cmd::browse(&engine(&cli)?, path, cli.json).await,
+        Command::Links { images, expires, csv } => {
+            storage_cmd::links(&engine(&cli)?, images, expires, csv.as_deref(), cli.json).await
+        }
         Command::Status => ops_cmd::status(&engine(&cli)?, cli.json),
         Command::Audit { since } => ops_cmd::audit(&engine(&cli)?, since.as_deref(), cli.json),
         Command::Log { image } => ops_cmd::log(&engine(&cli)?, image),

@@ -37,6 +37,7 @@ pub mod ops;
 mod progress;
 mod restore;
 mod runs;
+mod storage_ops;
 mod util;
 
 pub use component::{
@@ -62,5 +63,6 @@ pub use keys::{
 pub use progress::{Event, NoProgress, Progress};
 pub use restore::{RestoreOptions, RestoreReport};
 pub use runs::{StatusView, LOGS_DIR};
+pub use storage_ops::{Access, Browse, BrowseImage, BrowseView, DownloadLink};
 
 pub use backup_crypto::{KdfParams, MasterKey, Passphrase};

@@ -26,7 +26,9 @@ mod error;
 mod ftp;
 mod ext;
 mod local;
+mod nfs;
 mod open;
+mod retry;
 #[cfg(feature = "s3")]
 mod s3;
 mod types;
@@ -39,7 +41,9 @@ pub use ext::StorageExt;
 #[cfg(feature = "ftp")]
 pub use ftp::FtpStorage;
 pub use local::LocalStorage;
+pub use nfs::{check_mount, NfsMount, NfsStorage};
 pub use open::{open_url, OpenOptions};
+pub use retry::{RetryPolicy, RetryStorage};
 #[cfg(feature = "s3")]
 pub use s3::S3Storage;
 pub use types::{

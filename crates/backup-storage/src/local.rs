@@ -385,14 +385,20 @@ impl Storage for LocalStorage {
         tokio::task::spawn_blocking(move || -> io::Result<()> {
             let mut f = std::fs::OpenOptions::new().write(true).open(&path)?;
             if offset + data.len() as u64 > f.metadata()?.len() {
-                return Err(io::Error::new(io::ErrorKind::InvalidInput, "the write would extend the object"));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "the write would extend the object",
+                ));
             }
             f.seek(SeekFrom::Start(offset))?;
             f.write_all(&data)?;
             f.sync_all()
         })
         .await
-        .map_err(|e| Error::Other { what: what.clone(), source: Some(Box::new(e)) })?
+        .map_err(|e| Error::Other {
+            what: what.clone(),
+            source: Some(Box::new(e)),
+        })?
         .map_err(|e| Error::from_io(what, e))
     }
 

@@ -17,9 +17,19 @@ pub struct OpenOptions {
 const SUPPORTED: &str =
     "this build supports file:///absolute/path (nfs://, s3:// and ftp:// are planned)";
 
-/// Opens the backend a URL names: `file:///absolute/path` (others come later).
+/// Opens the backend a URL names (`file://`, `nfs://`, `s3://`, `ftp://`,
+/// `ftps://`), wrapped in the shared retry layer ([`crate::RetryStorage`]).
 /// An unknown scheme or a malformed URL is [`crate::Error::InvalidUrl`].
 pub fn open_url(url: &str, opts: &OpenOptions) -> Result<Arc<dyn Storage>> {
+    let backend = open_backend(url, opts)?;
+    Ok(Arc::new(crate::RetryStorage::new(
+        backend,
+        crate::RetryPolicy::default(),
+    )))
+}
+
+/// The backend itself, without the retry layer.
+fn open_backend(url: &str, opts: &OpenOptions) -> Result<Arc<dyn Storage>> {
     let invalid = |reason: String| Error::InvalidUrl {
         url: redact(url),
         reason,
@@ -39,6 +49,12 @@ pub fn open_url(url: &str, opts: &OpenOptions) -> Result<Arc<dyn Storage>> {
             }
             let path = file_url_path(rest).map_err(invalid)?;
             Ok(Arc::new(LocalStorage::new(path)?))
+        }
+        "nfs" => {
+            let mount = opts.mount.as_deref().ok_or_else(|| {
+                invalid("nfs:// needs the local mount point of the export: set [storage] mount = \"/mnt/backups\"".into())
+            })?;
+            Ok(Arc::new(crate::NfsStorage::open(url, mount)?))
         }
         #[cfg(feature = "s3")]
         "s3" => crate::s3::open(url),

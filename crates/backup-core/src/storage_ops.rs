@@ -1,0 +1,285 @@
+//! Operator features over the storage: fetch, browse, download links, and
+//! writing an image to standard output.
+use std::ops::Range;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use backup_storage::{
+    Capabilities, Capacity, GetResult, ListResult, ObjectMeta, PutMode, PutOptions, Storage, StorageExt, Upload,
+};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+
+use crate::engine::{Engine, ImageDetails, ImageLoc};
+use crate::image::{parse_image_name, Sidecar, IMAGE_EXT, SIDECAR_SUFFIX};
+use crate::{Error, Result};
+
+/// Access to a storage location, as probed.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Access {
+    /// Listing worked.
+    pub read: bool,
+    /// A probe object could be written and deleted.
+    pub write: bool,
+}
+
+/// One directory level of the storage, as `backup browse` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct BrowseView {
+    /// The storage location.
+    pub location: String,
+    /// The level shown (`""` is the top).
+    pub path: String,
+    /// The level above (`..`), if any.
+    pub parent: Option<String>,
+    /// Sub-directories.
+    pub dirs: Vec<String>,
+    /// Images at this level, with their sidecar details where readable.
+    pub images: Vec<BrowseImage>,
+    /// Other objects (sidecars excluded).
+    pub others: Vec<String>,
+    /// Permissions, probed.
+    pub access: Access,
+    /// Total bytes, where the backend knows it.
+    pub total: Option<u64>,
+    /// Used bytes, where known.
+    pub used: Option<u64>,
+    /// Bytes available, where known.
+    pub free: Option<u64>,
+}
+
+/// An image in a browse listing.
+#[derive(Debug, Clone, Serialize)]
+pub struct BrowseImage {
+    /// Object name.
+    pub name: String,
+    /// Size.
+    pub size: u64,
+    /// Details from the sidecar.
+    pub sidecar: Option<Sidecar>,
+}
+
+/// A time-limited download link.
+#[derive(Debug, Clone, Serialize)]
+pub struct DownloadLink {
+    /// Image name.
+    pub image: String,
+    /// Node.
+    pub node: String,
+    /// Role.
+    pub role: String,
+    /// Creation time.
+    pub created: Option<DateTime<Utc>>,
+    /// Size.
+    pub size: u64,
+    /// The presigned URL (a bearer credential until it expires).
+    pub url: String,
+    /// When it stops working.
+    pub expires: DateTime<Utc>,
+}
+
+/// What `browse` found at a path.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Browse {
+    /// A directory level.
+    Level(BrowseView),
+    /// A backup's details.
+    Backup(ImageDetails),
+}
+
+impl Engine {
+    fn need_storage(&self, what: &str) -> Result<&std::sync::Arc<dyn Storage>> {
+        self.storage().ok_or_else(|| Error::NoStorage(format!("there is nothing to {what}")))
+    }
+
+    /// Downloads an image to a local file (atomically), for carrying it to a
+    /// replacement machine. Audited.
+    pub async fn fetch(&self, image: &str, out: &Path) -> Result<u64> {
+        let started = Instant::now();
+        let result = async {
+            let loc = self.locate(image);
+            let ImageLoc::Stored(name) = &loc else {
+                return Err(Error::Input(format!("{image} is a local file already; copy it with cp")));
+            };
+            let storage = self.need_storage("fetch from")?;
+            let got = storage.get_opts(name, None).await?;
+            let out = out.to_path_buf();
+            let mut reader = tokio_util::io::SyncIoBridge::new(got.reader);
+            tokio::task::spawn_blocking(move || {
+                crate::util::write_stream_atomic(&out, 0o600, |w| {
+                    std::io::copy(&mut reader, w).map_err(|e| Error::io(format!("downloading to {}", out.display()), e))
+                })
+            })
+            .await
+            .map_err(crate::engine::join_error)?
+        }
+        .await;
+        match &result {
+            Ok(n) => self.audit("fetch", image, "done", *n, started, None),
+            Err(e) => self.audit("fetch", image, crate::runs::outcome_of(e), 0, started, Some(e.to_string())),
+        }
+        result
+    }
+
+    /// One level of the storage (or, for an image name, its details).
+    pub async fn browse(&self, path: &str) -> Result<Browse> {
+        let storage = self.need_storage("browse")?.clone();
+        let path = path.trim_start_matches('/');
+        if path.ends_with(IMAGE_EXT) {
+            return self.show(path).await.map(Browse::Backup);
+        }
+        let prefix = if path.is_empty() || path.ends_with('/') { path.to_string() } else { format!("{path}/") };
+        let listing: std::result::Result<ListResult, _> = storage.list(&prefix, true).await;
+        let read = listing.is_ok();
+        let listing = match listing {
+            Ok(l) => l,
+            Err(backup_storage::Error::NotFound { .. }) => ListResult::default(),
+            Err(e) => return Err(e.into()),
+        };
+        let probe = format!("{prefix}.backup-probe-{}", crate::util::random_tag());
+        let write = storage.put_bytes(&probe, Bytes::from_static(b"probe"), PutMode::Create).await.is_ok();
+        if write {
+            let _ = storage.delete(&probe).await;
+        }
+        let capacity = storage.capacity().await.unwrap_or_default();
+        let mut images = Vec::new();
+        let mut others = Vec::new();
+        for obj in listing.objects {
+            if obj.name.ends_with(IMAGE_EXT) {
+                let sidecar = self.sidecar(&obj.name).await.ok().flatten();
+                images.push(BrowseImage { name: obj.name, size: obj.size, sidecar });
+            } else if !obj.name.ends_with(SIDECAR_SUFFIX) {
+                others.push(obj.name);
+            }
+        }
+        let parent = (!prefix.is_empty()).then(|| {
+            let trimmed = prefix.trim_end_matches('/');
+            trimmed.rsplit_once('/').map(|(p, _)| format!("{p}/")).unwrap_or_default()
+        });
+        Ok(Browse::Level(BrowseView {
+            location: storage.to_string(),
+            path: prefix,
+            parent,
+            dirs: listing.prefixes,
+            images,
+            others,
+            access: Access { read, write },
+            total: capacity.total,
+            used: capacity.used,
+            free: capacity.free,
+        }))
+    }
+
+    /// Presigned GET links for images (all images when `images` is empty).
+    /// Backends that cannot presign fail with a clear "unsupported" error.
+    /// Audited (the URLs themselves are never logged).
+    pub async fn links(&self, images: &[String], expires: Duration) -> Result<Vec<DownloadLink>> {
+        let started = Instant::now();
+        let result = async {
+            let storage = self.need_storage("link to")?.clone();
+            if !storage.capabilities().presign {
+                return Err(Error::Storage(backup_storage::Error::Unsupported {
+                    what: format!("download links: {storage} cannot presign URLs; use `backup fetch IMAGE -o FILE`"),
+                }));
+            }
+            let names: Vec<String> = if images.is_empty() {
+                self.list().await?.into_iter().map(|i| i.name).collect()
+            } else {
+                images.to_vec()
+            };
+            let mut out = Vec::new();
+            for name in names {
+                let meta = storage.head(&name).await?;
+                let sidecar = self.sidecar(&name).await.ok().flatten();
+                let parsed = parse_image_name(&self.config.storage.prefix, &name);
+                let url = storage.presign_get(&name, expires).await?;
+                out.push(DownloadLink {
+                    node: sidecar.as_ref().map(|s| s.info.node.clone()).or(parsed.as_ref().map(|p| p.node.clone())).unwrap_or_default(),
+                    role: sidecar.as_ref().map(|s| s.info.role.to_string()).or(parsed.as_ref().map(|p| p.role.clone())).unwrap_or_default(),
+                    created: sidecar.as_ref().map(|s| s.info.created).or(parsed.map(|p| p.created)),
+                    size: meta.size,
+                    image: name,
+                    url,
+                    expires: Utc::now() + chrono::Duration::from_std(expires).unwrap_or_default(),
+                });
+            }
+            Ok(out)
+        }
+        .await;
+        let target = if images.is_empty() { "all images".to_string() } else { images.join(", ") };
+        match &result {
+            Ok(l) => self.audit("links", &target, "done", l.len() as u64, started, None),
+            Err(e) => self.audit("links", &target, crate::runs::outcome_of(e), 0, started, Some(e.to_string())),
+        }
+        result
+    }
+}
+
+/// Writes one image to standard output (`backup create --output -`): the
+/// "storage" of an appliance that has none.
+#[derive(Debug)]
+pub(crate) struct StdoutSink;
+
+impl std::fmt::Display for StdoutSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("standard output")
+    }
+}
+
+struct StdoutUpload {
+    out: tokio::io::Stdout,
+    written: u64,
+}
+
+#[async_trait]
+impl Upload for StdoutUpload {
+    async fn write(&mut self, chunk: Bytes) -> backup_storage::Result<()> {
+        self.written += chunk.len() as u64;
+        self.out.write_all(&chunk).await.map_err(|e| backup_storage::Error::from_io("writing to standard output", e))
+    }
+    async fn complete(mut self: Box<Self>) -> backup_storage::Result<ObjectMeta> {
+        self.out.flush().await.map_err(|e| backup_storage::Error::from_io("writing to standard output", e))?;
+        Ok(ObjectMeta { name: "-".into(), size: self.written, modified: None })
+    }
+    async fn abort(self: Box<Self>) -> backup_storage::Result<()> {
+        // What was written cannot be taken back; the stream is truncated and
+        // no reader accepts it (the final chunk is missing).
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Storage for StdoutSink {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::NONE
+    }
+    async fn put_opts(&self, _name: &str, _opts: PutOptions) -> backup_storage::Result<Box<dyn Upload>> {
+        Ok(Box::new(StdoutUpload { out: tokio::io::stdout(), written: 0 }))
+    }
+    async fn get_opts(&self, name: &str, _range: Option<Range<u64>>) -> backup_storage::Result<GetResult> {
+        Err(unsupported(name))
+    }
+    async fn head(&self, name: &str) -> backup_storage::Result<ObjectMeta> {
+        Err(unsupported(name))
+    }
+    async fn list(&self, _prefix: &str, _delimited: bool) -> backup_storage::Result<ListResult> {
+        Ok(ListResult::default())
+    }
+    async fn delete(&self, name: &str) -> backup_storage::Result<()> {
+        Err(unsupported(name))
+    }
+    async fn capacity(&self) -> backup_storage::Result<Capacity> {
+        Ok(Capacity::default())
+    }
+    async fn presign_get(&self, name: &str, _expires: Duration) -> backup_storage::Result<String> {
+        Err(unsupported(name))
+    }
+}
+
+fn unsupported(name: &str) -> backup_storage::Error {
+    backup_storage::Error::Unsupported { what: format!("{name}: standard output can only be written") }
+}
