@@ -61,11 +61,15 @@ impl Engine {
                 check_selection(&s.info, Some(&s.manifest.components), &opts.components)?;
             }
         }
+        // Directories this restore creates are removed again if it fails.
+        let mut created_dirs = Vec::new();
         if let Some(t) = &opts.target {
-            std::fs::create_dir_all(t)
+            create_dirs_tracked(t, &mut created_dirs)
                 .map_err(|e| Error::io(format!("creating target {}", t.display()), e))?;
         }
         let visitor = RestoreVisitor {
+            created_dirs,
+            committed: false,
             config: PrecheckConfig::of(self, opts),
             requested: opts.components.clone(),
             target: opts.target.clone(),
@@ -141,6 +145,7 @@ impl Engine {
                 .await
                 .map_err(join_error)
                 .and_then(|r| r);
+        visitor.committed = committed.is_ok();
         visitor.cleanup();
         Ok(RestoreReport {
             image: loc.shown(),
@@ -317,6 +322,8 @@ fn check_selection(
 }
 
 struct RestoreVisitor {
+    created_dirs: Vec<PathBuf>,
+    committed: bool,
     config: PrecheckConfig,
     requested: Vec<String>,
     target: Option<PathBuf>,
@@ -335,11 +342,31 @@ impl RestoreVisitor {
         }
     }
 
+    /// Removes the staging directories, and — unless the restore was put
+    /// into place — the directories it created, deepest first (only empty ones).
     fn cleanup(&mut self) {
         for (_, s) in std::mem::take(&mut self.stagers) {
             let _ = crate::util::remove_any(&s.root);
         }
+        if !self.committed {
+            for dir in std::mem::take(&mut self.created_dirs).iter().rev() {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
     }
+}
+
+/// `create_dir_all` that records each directory it had to create.
+fn create_dirs_tracked(path: &Path, created: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    let missing: Vec<&Path> = path.ancestors().take_while(|p| !p.as_os_str().is_empty() && !p.exists()).collect();
+    for dir in missing.into_iter().rev() {
+        match std::fs::create_dir(dir) {
+            Ok(()) => created.push(dir.to_path_buf()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 impl Drop for RestoreVisitor {
@@ -389,7 +416,7 @@ impl Visitor for RestoreVisitor {
                     .unwrap_or_else(|| PathBuf::from("/")),
                 None => self.scratch.clone(),
             };
-            std::fs::create_dir_all(&base)
+            create_dirs_tracked(&base, &mut self.created_dirs)
                 .map_err(|e| Error::io(format!("creating {}", base.display()), e))?;
             let root = base.join(format!(
                 ".{}.staging-{}",

@@ -1,0 +1,728 @@
+//! Images an attacker or a bad disk hands us: a wrong passphrase, flipped
+//! and truncated bytes, and payloads crafted to write outside their place.
+//! Every one must be refused with a clear message and nothing written.
+mod common;
+
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+/// Header (202) + stream prefix (56); then encrypted chunks of 16 KiB + 16.
+const HEADER_LEN: usize = 202;
+const STREAM_START: usize = HEADER_LEN + 56;
+const CHUNK: usize = 16 * 1024 + 16;
+
+/// A live-tree snapshot taken with `cp -a` before a hostile restore.
+struct Before {
+    etc: PathBuf,
+    db: PathBuf,
+}
+
+fn snapshot_live(fx: &Fixture, name: &str) -> Before {
+    let dir = fx.dir.join(name);
+    fs::create_dir(&dir).unwrap();
+    copy_tree(&fx.etc, &dir.join("etc"));
+    copy_tree(&fx.db, &dir.join("db"));
+    Before {
+        etc: dir.join("etc"),
+        db: dir.join("db"),
+    }
+}
+
+/// The live component roots equal the snapshot, and no staging/swap leftovers
+/// sit beside them or in the state directory.
+fn assert_live_untouched(fx: &Fixture, before: &Before, case: &str) {
+    let diffs = backup_core::demo::tree_diff(&before.etc, &fx.etc, &[]).unwrap();
+    assert!(
+        diffs.is_empty(),
+        "{case}: the live config tree changed:\n  {}",
+        diffs.join("\n  ")
+    );
+    let diffs = backup_core::demo::tree_diff(&before.db, &fx.db, &[]).unwrap();
+    assert!(
+        diffs.is_empty(),
+        "{case}: the live database changed:\n  {}",
+        diffs.join("\n  ")
+    );
+    for dir in [
+        fx.etc.parent().unwrap(),
+        fx.db.parent().unwrap(),
+        &fx.root,
+        &fx.dir,
+    ] {
+        assert_eq!(
+            leftovers(dir),
+            Vec::<String>::new(),
+            "{case}: leftovers in {}",
+            dir.display()
+        );
+    }
+    for sfx in ["-wal", "-shm", "-journal"] {
+        let mut p = fx.db.clone().into_os_string();
+        p.push(sfx);
+        assert!(
+            !Path::new(&p).exists(),
+            "{case}: {} appeared",
+            Path::new(&p).display()
+        );
+    }
+    let scratch = all_paths(&fx.state.join("tmp"));
+    assert!(
+        scratch.is_empty(),
+        "{case}: scratch left in the state directory: {scratch:?}"
+    );
+}
+
+/// Case 4: A wrong passphrase on a machine without the key file: verify and
+/// restore fail (exit 1) saying so, and nothing is written.
+#[test]
+fn wrong_passphrase_is_refused_and_writes_nothing() {
+    let fx = Fixture::new();
+    let (name, _) = fx.create(&[]);
+    // A bare replacement machine: same storage, a state directory without keys.
+    let bare_state = fx.dir.join("bare-state");
+    let bare = fx.config_variant("bare.toml", |s| s.state_dir = bare_state.clone());
+    let image_file = fx.image_path(&name);
+    let wrong = "wrong passphrase, long enough";
+    for image in [name.as_str(), image_file.to_str().unwrap()] {
+        let out = run(fx
+            .cmd_with(&bare)
+            .env("BACKUP_SECRET", wrong)
+            .args(["verify", image]));
+        out.expect(1).mentions("wrong passphrase");
+        let target = fx.dir.join(format!("t-wrong-{}", image.len()));
+        let out = run(fx.cmd_with(&bare).env("BACKUP_SECRET", wrong).args([
+            "restore",
+            image,
+            "--target",
+            target.to_str().unwrap(),
+        ]));
+        out.expect(1).mentions("wrong passphrase");
+        let written = all_paths(&target);
+        assert!(
+            written.is_empty(),
+            "a refused restore wrote under the target: {written:?}"
+        );
+        // Live restore with the wrong passphrase: the live tree is untouched too.
+        let before = snapshot_live(&fx, &format!("before-wrong-{}", image.len()));
+        let out = run(fx
+            .cmd_with(&bare)
+            .env("BACKUP_SECRET", wrong)
+            .args(["restore", image]));
+        out.expect(1).mentions("wrong passphrase");
+        assert_live_untouched(&fx, &before, "wrong passphrase, live restore");
+    }
+    // Too short to be the secret: a usage error that says why.
+    let out = run(fx
+        .cmd_with(&bare)
+        .env("BACKUP_SECRET", "wrong")
+        .args(["verify", &name]));
+    out.expect(2).mentions("too short");
+    // No secret and no terminal: a usage error, not a hang.
+    let out = run(fx
+        .cmd_with(&bare)
+        .env_remove("BACKUP_SECRET")
+        .args(["verify", &name]));
+    out.expect(2).mentions("BACKUP_SECRET");
+    // The right passphrase on the bare machine restores everything.
+    let target = fx.fresh_dir("t-right");
+    run(fx
+        .cmd_with(&bare)
+        .args(["restore", &name, "--target", target.to_str().unwrap()]))
+    .expect(0);
+    assert_same_tree(&fx.etc, &under(&target, &fx.etc), &[]);
+    assert!(
+        !bare_state.join("master.key").exists(),
+        "a restore must not create a key file"
+    );
+}
+
+/// Case 5: Flipped bytes and truncations anywhere: verify fails with a clear
+/// message and a live restore fails leaving the live tree exactly as it was.
+#[test]
+fn flipped_and_truncated_images_are_refused_and_the_live_tree_is_untouched() {
+    let fx = Fixture::new();
+    let (name, _) = fx.create(&[]);
+    let img = fx.image_path(&name);
+    let original = fs::read(&img).unwrap();
+    let len = original.len();
+    assert!(
+        len > STREAM_START + 4 * CHUNK,
+        "the fixture image is too small ({len} bytes) for the chunk cases"
+    );
+    let before = snapshot_live(&fx, "before");
+    let last_boundary = STREAM_START + (len - STREAM_START) / CHUNK * CHUNK;
+    assert!(last_boundary < len);
+
+    let flips: Vec<(String, usize)> = vec![
+        ("magic".into(), 1),
+        ("format version".into(), 9),
+        ("key id".into(), 22),
+        ("creation time".into(), 30),
+        ("keyslot salt".into(), 55),
+        ("keyslot wrapped key".into(), 120),
+        ("header checksum".into(), 190),
+        (
+            "first byte after the header (stream salt)".into(),
+            HEADER_LEN,
+        ),
+        ("stream commitment".into(), HEADER_LEN + 40),
+        ("first chunk".into(), STREAM_START + 5),
+        ("tag of the first chunk".into(), STREAM_START + CHUNK - 3),
+        ("middle".into(), len / 2),
+        ("last 20 bytes".into(), len - 20),
+        ("last byte".into(), len - 1),
+    ];
+    let cuts: Vec<(String, usize)> = vec![
+        ("empty file".into(), 0),
+        ("inside the header".into(), 100),
+        ("exactly the header".into(), HEADER_LEN),
+        ("inside the stream prefix".into(), HEADER_LEN + 30),
+        ("exactly after the stream prefix".into(), STREAM_START),
+        ("first chunk boundary".into(), STREAM_START + CHUNK),
+        ("second chunk boundary".into(), STREAM_START + 2 * CHUNK),
+        ("inside a chunk".into(), STREAM_START + 2 * CHUNK + 5000),
+        (
+            "last chunk boundary (final chunk dropped)".into(),
+            last_boundary,
+        ),
+        ("inside the final chunk's tag".into(), len - 10),
+        ("one byte short".into(), len - 1),
+    ];
+    let mut cases: Vec<(String, Vec<u8>)> = Vec::new();
+    for (what, pos) in flips {
+        let mut b = original.clone();
+        b[pos] ^= 0x01;
+        cases.push((format!("bit flip at {pos} ({what})"), b));
+    }
+    for (what, at) in cuts {
+        cases.push((
+            format!("truncated to {at} bytes ({what})"),
+            original[..at].to_vec(),
+        ));
+    }
+    let mut extended = original.clone();
+    extended.extend_from_slice(b"trailing garbage");
+    cases.push(("16 bytes appended".into(), extended));
+
+    let clear = [
+        "corrupted",
+        "truncated",
+        "authentication",
+        "modified",
+        "invalid",
+        "not a backup image",
+    ];
+    for (case, bytes) in &cases {
+        fs::write(&img, bytes).unwrap();
+        let out = fx.backup(&["verify", &name]);
+        assert_eq!(out.code, 1, "verify, {case}: wanted exit 1\n{}", out.dump());
+        out.mentions_any(&clear);
+        let out = fx.backup(&["restore", &name]);
+        assert_eq!(
+            out.code,
+            1,
+            "live restore, {case}: wanted exit 1\n{}",
+            out.dump()
+        );
+        out.mentions_any(&clear);
+        assert_live_untouched(&fx, &before, case);
+        // The same image by file path (no sidecar pre-check).
+        let out = fx.backup(&["restore", img.to_str().unwrap()]);
+        assert_eq!(
+            out.code,
+            1,
+            "live restore by path, {case}: wanted exit 1\n{}",
+            out.dump()
+        );
+        assert_live_untouched(&fx, &before, case);
+    }
+    // The intact image still verifies and restores: the cases above were
+    // refused because of the damage, not for another reason.
+    fs::write(&img, &original).unwrap();
+    fx.backup(&["verify", &name]).expect(0);
+    let rows = backup_core::demo::sqlite_rows(&fx.db).unwrap();
+    fx.backup(&["restore", &name]).expect(0);
+    // The database comes back as a VACUUM INTO snapshot: same rows, other bytes.
+    assert_same_tree(&before.etc, &fx.etc, &[]);
+    assert_eq!(backup_core::demo::sqlite_rows(&fx.db).unwrap(), rows);
+    for dir in [fx.etc.parent().unwrap(), fx.db.parent().unwrap()] {
+        assert_eq!(
+            leftovers(dir),
+            Vec::<String>::new(),
+            "leftovers in {} after a good restore",
+            dir.display()
+        );
+    }
+}
+
+/// One raw tar entry, for payload surgery.
+#[derive(Clone)]
+struct RawEntry {
+    path: Vec<u8>,
+    link: Option<Vec<u8>>,
+    header: tar::Header,
+    data: Vec<u8>,
+}
+
+fn read_payload(path: &Path) -> Vec<RawEntry> {
+    let f = fs::File::open(path).unwrap();
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(f));
+    let mut out = Vec::new();
+    for e in archive.entries().unwrap() {
+        let mut e = e.unwrap();
+        let mut data = Vec::new();
+        e.read_to_end(&mut data).unwrap();
+        out.push(RawEntry {
+            path: e.path_bytes().into_owned(),
+            link: e.link_name_bytes().map(|l| l.into_owned()),
+            header: e.header().clone(),
+            data,
+        });
+    }
+    out
+}
+
+/// An entry whose name and link name are written byte for byte (the tar
+/// crate's path setters refuse `..` and absolute paths).
+fn evil(kind: tar::EntryType, path: &str, link: Option<&str>, data: &[u8]) -> RawEntry {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(if kind == tar::EntryType::Directory {
+        0o755
+    } else {
+        0o644
+    });
+    h.set_mtime(1_600_000_000);
+    h.set_size(data.len() as u64);
+    h.set_uid(0);
+    h.set_gid(0);
+    RawEntry {
+        path: path.as_bytes().to_vec(),
+        link: link.map(|l| l.as_bytes().to_vec()),
+        header: h,
+        data: data.to_vec(),
+    }
+}
+
+fn write_payload(entries: &[RawEntry], out: &Path) {
+    let mut b = tar::Builder::new(Vec::new());
+    for e in entries {
+        let mut h = e.header.clone();
+        let raw = e.path.len() < 100 && e.link.as_ref().is_none_or(|l| l.len() < 100);
+        if raw {
+            let gnu = h.as_gnu_mut().expect("GNU headers");
+            gnu.name = [0; 100];
+            gnu.name[..e.path.len()].copy_from_slice(&e.path);
+            gnu.linkname = [0; 100];
+            if let Some(l) = &e.link {
+                gnu.linkname[..l.len()].copy_from_slice(l);
+            }
+            h.set_size(e.data.len() as u64);
+            h.set_cksum();
+            b.append(&h, &e.data[..]).unwrap();
+        } else {
+            // Long, benign names of the original payload: let the crate write
+            // GNU long-name records.
+            use std::os::unix::ffi::OsStrExt;
+            let path = Path::new(std::ffi::OsStr::from_bytes(&e.path));
+            match &e.link {
+                Some(l) => b
+                    .append_link(&mut h, path, Path::new(std::ffi::OsStr::from_bytes(l)))
+                    .unwrap(),
+                None => b.append_data(&mut h, path, &e.data[..]).unwrap(),
+            }
+        }
+    }
+    let tar = b.into_inner().unwrap();
+    let mut gz =
+        flate2::write::GzEncoder::new(fs::File::create(out).unwrap(), flate2::Compression::fast());
+    gz.write_all(&tar).unwrap();
+    gz.finish().unwrap();
+}
+
+/// Case 6: Crafted payloads re-sealed under the appliance's own key (so they
+/// authenticate): path traversal, absolute paths, writes through symlinks,
+/// hard links leaving the component, device nodes. Each is rejected and
+/// nothing is created, neither outside nor under the target, nor live.
+#[test]
+fn crafted_payloads_with_unsafe_entries_are_rejected() {
+    let fx = Fixture::new();
+    let (name, _) = fx.create(&[]);
+    let payload = fx.dir.join("payload.tar.gz");
+    fx.backup(&["decrypt", &name, "-o", payload.to_str().unwrap()])
+        .expect(0);
+    let entries = read_payload(&payload);
+    assert_eq!(
+        entries.first().map(|e| e.path.as_slice()),
+        Some(&b"backup.json"[..])
+    );
+    assert_eq!(
+        entries.last().map(|e| e.path.as_slice()),
+        Some(&b"manifest.json"[..])
+    );
+
+    // Sanity: a payload re-packed by this test without changes restores.
+    let repacked = fx.dir.join("repacked.tar.gz");
+    write_payload(&entries, &repacked);
+    let sealed = fx.dir.join("repacked.bkp");
+    fx.backup(&[
+        "encrypt",
+        repacked.to_str().unwrap(),
+        "-o",
+        sealed.to_str().unwrap(),
+    ])
+    .expect(0);
+    let t = fx.fresh_dir("t-repacked");
+    fx.backup(&[
+        "restore",
+        sealed.to_str().unwrap(),
+        "--target",
+        t.to_str().unwrap(),
+    ])
+    .expect(0);
+    assert_same_tree(&fx.etc, &under(&t, &fx.etc), &[]);
+
+    let outside = fx.dir.join("outside-dir");
+    fs::create_dir(&outside).unwrap();
+    fs::write(outside.join("secret.txt"), "outside the component\n").unwrap();
+    let outside_before = all_paths(&outside);
+    let dir_rel = fx.dir.strip_prefix("/").unwrap().display().to_string();
+    let etc_rel = fx.etc.strip_prefix("/").unwrap().display().to_string();
+    let comp = format!("components/config/{etc_rel}");
+    let dotdots = "../".repeat(16);
+    let evil_dotdot = fx.dir.join("evil-dotdot");
+    let evil_abs = fx.dir.join("evil-abs");
+    let planted = outside.join("planted");
+
+    use tar::EntryType as T;
+    let cases: Vec<(&str, Vec<RawEntry>, Vec<PathBuf>)> = vec![
+        (
+            "path traversal with ..",
+            vec![evil(
+                T::Regular,
+                &format!("components/config/{dotdots}{dir_rel}/evil-dotdot"),
+                None,
+                b"pwned\n",
+            )],
+            vec![evil_dotdot.clone()],
+        ),
+        (
+            "path traversal inside the component root",
+            vec![evil(
+                T::Regular,
+                &format!("{comp}/../../../../../evil-dotdot"),
+                None,
+                b"pwned\n",
+            )],
+            vec![evil_dotdot.clone()],
+        ),
+        (
+            "absolute path",
+            vec![evil(
+                T::Regular,
+                evil_abs.to_str().unwrap(),
+                None,
+                b"pwned\n",
+            )],
+            vec![evil_abs.clone()],
+        ),
+        (
+            "symlink to an outside directory, then a file through it",
+            vec![
+                evil(
+                    T::Symlink,
+                    &format!("{comp}/link"),
+                    Some(outside.to_str().unwrap()),
+                    b"",
+                ),
+                evil(T::Regular, &format!("{comp}/link/pwned"), None, b"pwned\n"),
+            ],
+            vec![outside.join("pwned")],
+        ),
+        (
+            "relative symlink escaping, then a file through it",
+            vec![
+                evil(
+                    T::Symlink,
+                    &format!("{comp}/rel-link"),
+                    Some("../../../../outside-dir"),
+                    b"",
+                ),
+                evil(
+                    T::Regular,
+                    &format!("{comp}/rel-link/pwned"),
+                    None,
+                    b"pwned\n",
+                ),
+            ],
+            vec![outside.join("pwned")],
+        ),
+        (
+            "hard link to an absolute outside file",
+            vec![evil(
+                T::Link,
+                &format!("{comp}/hl"),
+                Some(outside.join("secret.txt").to_str().unwrap()),
+                b"",
+            )],
+            vec![],
+        ),
+        (
+            "hard link to a component path outside the recorded roots",
+            vec![evil(
+                T::Link,
+                &format!("{comp}/hl"),
+                Some(&format!(
+                    "components/config/{dir_rel}/outside-dir/secret.txt"
+                )),
+                b"",
+            )],
+            vec![],
+        ),
+        (
+            "hard link with ..",
+            vec![evil(
+                T::Link,
+                &format!("{comp}/hl"),
+                Some(&format!("{comp}/../../../../outside-dir/secret.txt")),
+                b"",
+            )],
+            vec![],
+        ),
+        (
+            "hard link into another component",
+            vec![evil(
+                T::Link,
+                &format!("{comp}/hl"),
+                Some(&format!(
+                    "components/maindb/{}",
+                    fx.db.strip_prefix("/").unwrap().display()
+                )),
+                b"",
+            )],
+            vec![],
+        ),
+        (
+            "file outside the recorded roots of its component",
+            vec![evil(
+                T::Regular,
+                &format!("components/config/{dir_rel}/outside-dir/planted"),
+                None,
+                b"pwned\n",
+            )],
+            vec![planted.clone()],
+        ),
+        (
+            "component not in backup.json",
+            vec![evil(
+                T::Regular,
+                &format!("components/nosuch/{dir_rel}/outside-dir/planted"),
+                None,
+                b"pwned\n",
+            )],
+            vec![planted.clone()],
+        ),
+        (
+            "character device",
+            vec![dev(T::Char, &format!("{comp}/null-dev"), 1, 3)],
+            vec![],
+        ),
+        (
+            "block device",
+            vec![dev(T::Block, &format!("{comp}/disk-dev"), 8, 0)],
+            vec![],
+        ),
+        (
+            "FIFO",
+            vec![evil(T::Fifo, &format!("{comp}/fifo"), None, b"")],
+            vec![],
+        ),
+    ];
+
+    for (i, (case, evil_entries, must_not_exist)) in cases.into_iter().enumerate() {
+        let mut crafted: Vec<RawEntry> = entries[..entries.len() - 1].to_vec();
+        crafted.extend(evil_entries);
+        crafted.push(entries.last().unwrap().clone());
+        let tgz = fx.dir.join(format!("crafted-{i}.tar.gz"));
+        write_payload(&crafted, &tgz);
+        let image = fx.dir.join(format!("crafted-{i}.bkp"));
+        fx.backup(&[
+            "encrypt",
+            tgz.to_str().unwrap(),
+            "-o",
+            image.to_str().unwrap(),
+        ])
+        .expect(0);
+
+        // Under a target holding one file of its own.
+        let target = fx.dir.join(format!("t-crafted-{i}"));
+        fs::create_dir(&target).unwrap();
+        fs::write(target.join("already-here.txt"), "mine\n").unwrap();
+        let out = fx.backup(&[
+            "restore",
+            image.to_str().unwrap(),
+            "--target",
+            target.to_str().unwrap(),
+        ]);
+        assert_eq!(
+            out.code,
+            1,
+            "{case}: restore --target should fail with exit 1\n{}",
+            out.dump()
+        );
+        out.mentions_any(&["unsafe", "rejected", "never restored"]);
+        for p in &must_not_exist {
+            assert!(
+                fs::symlink_metadata(p).is_err(),
+                "{case}: {} was created",
+                p.display()
+            );
+        }
+        assert_eq!(
+            all_paths(&outside),
+            outside_before,
+            "{case}: the outside directory changed"
+        );
+        {
+            use std::os::unix::fs::MetadataExt;
+            assert_eq!(
+                fs::metadata(outside.join("secret.txt")).unwrap().nlink(),
+                1,
+                "{case}: the outside file got a link"
+            );
+        }
+        // No file, symlink, device or FIFO under the target. (Empty parent
+        // directories are covered by `refused_restore_leaves_nothing_under_the_target`.)
+        let extra: Vec<PathBuf> = non_dirs(&target)
+            .into_iter()
+            .filter(|p| p != Path::new("already-here.txt"))
+            .collect();
+        assert!(
+            extra.is_empty(),
+            "{case}: the refused restore left things under the target: {extra:#?}"
+        );
+        let staging: Vec<PathBuf> = all_paths(&target)
+            .into_iter()
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().contains(".staging-"))
+            })
+            .collect();
+        assert!(
+            staging.is_empty(),
+            "{case}: staging directories left under the target: {staging:#?}"
+        );
+
+        // And onto the live paths.
+        let before = snapshot_live(&fx, &format!("before-crafted-{i}"));
+        let out = fx.backup(&["restore", image.to_str().unwrap()]);
+        assert_eq!(
+            out.code,
+            1,
+            "{case}: live restore should fail with exit 1\n{}",
+            out.dump()
+        );
+        out.mentions_any(&["unsafe", "rejected", "never restored"]);
+        for p in &must_not_exist {
+            assert!(
+                fs::symlink_metadata(p).is_err(),
+                "{case}: {} was created by the live restore",
+                p.display()
+            );
+        }
+        assert_eq!(
+            all_paths(&outside),
+            outside_before,
+            "{case}: the outside directory changed (live)"
+        );
+        assert_live_untouched(&fx, &before, case);
+        // verify refuses it too.
+        let out = fx.backup(&["verify", image.to_str().unwrap()]);
+        assert_eq!(
+            out.code,
+            1,
+            "{case}: verify should fail with exit 1\n{}",
+            out.dump()
+        );
+    }
+}
+
+fn dev(kind: tar::EntryType, path: &str, major: u32, minor: u32) -> RawEntry {
+    let mut e = evil(kind, path, None, b"");
+    e.header.set_device_major(major).unwrap();
+    e.header.set_device_minor(minor).unwrap();
+    e
+}
+
+/// A restore under --target that is refused after the image started to be
+/// read (an unsafe entry, a damaged chunk) leaves the target as it was: not
+/// even empty parent directories of the component roots.
+#[test]
+fn refused_restore_leaves_nothing_under_the_target() {
+    let fx = Fixture::new();
+    let (name, _) = fx.create(&[]);
+    // A crafted image with a device entry.
+    let payload = fx.dir.join("payload.tar.gz");
+    fx.backup(&["decrypt", &name, "-o", payload.to_str().unwrap()])
+        .expect(0);
+    let entries = read_payload(&payload);
+    let etc_rel = fx.etc.strip_prefix("/").unwrap().display().to_string();
+    let mut crafted: Vec<RawEntry> = entries[..entries.len() - 1].to_vec();
+    crafted.push(dev(
+        tar::EntryType::Char,
+        &format!("components/config/{etc_rel}/null-dev"),
+        1,
+        3,
+    ));
+    crafted.push(entries.last().unwrap().clone());
+    let tgz = fx.dir.join("crafted.tar.gz");
+    write_payload(&crafted, &tgz);
+    let crafted_image = fx.dir.join("crafted.bkp");
+    fx.backup(&[
+        "encrypt",
+        tgz.to_str().unwrap(),
+        "-o",
+        crafted_image.to_str().unwrap(),
+    ])
+    .expect(0);
+    // A copy of the real image that lost its final chunk.
+    let original = fs::read(fx.image_path(&name)).unwrap();
+    let cut = STREAM_START + (original.len() - STREAM_START) / CHUNK * CHUNK;
+    let truncated_image = fx.dir.join("truncated.bkp");
+    fs::write(&truncated_image, &original[..cut]).unwrap();
+
+    let mut problems = Vec::new();
+    for (case, image) in [
+        ("unsafe entry", &crafted_image),
+        ("truncated image", &truncated_image),
+    ] {
+        let target = fx.dir.join(format!("t-{}", case.replace(' ', "-")));
+        fs::create_dir(&target).unwrap();
+        fs::write(target.join("already-here.txt"), "mine\n").unwrap();
+        let out = fx.backup(&[
+            "restore",
+            image.to_str().unwrap(),
+            "--target",
+            target.to_str().unwrap(),
+        ]);
+        assert_eq!(out.code, 1, "{case}\n{}", out.dump());
+        let extra: Vec<PathBuf> = all_paths(&target)
+            .into_iter()
+            .filter(|p| p != Path::new("already-here.txt"))
+            .collect();
+        if !extra.is_empty() {
+            problems.push(format!(
+                "{case}: left under {}: {extra:?}",
+                target.display()
+            ));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "refused restores changed the target:\n  {}",
+        problems.join("\n  ")
+    );
+}

@@ -1,0 +1,625 @@
+//! End-to-end workflows of the `backup` binary: quickstart, round trips,
+//! standard tools on the decrypted payload, identity/version checks,
+//! partial backups, custom selections, init, secrets on argv, JSON output.
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+/// Case 1: A fresh machine: `quickstart` builds, backs up, verifies, restores and
+/// proves the restore identical.
+#[test]
+fn quickstart_on_a_fresh_machine_proves_an_identical_restore() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("qs");
+    let out = run(bare_cmd().arg("quickstart").arg("--dir").arg(&dir));
+    out.expect(0).mentions("identical");
+    assert!(!out.stderr.contains("DIFFERENCE"), "{}", out.dump());
+}
+
+/// Case 2 (small): The awkward tree without the 2 GiB file: create, restore under
+/// --target, compare content, modes, mtimes, symlinks and hard links.
+#[test]
+fn rich_tree_round_trips_through_create_and_restore_target() {
+    let fx = Fixture::custom(|fx| {
+        let tree = fx.root.join("srv/rich tree");
+        build_rich_tree(&tree, false);
+        fx.spec.components = vec![files_component("tree", &[&tree], "")];
+    });
+    let tree = fx.root.join("srv/rich tree");
+    let (name, report) = fx.create(&[]);
+    assert_eq!(report["outcome"], "success", "{report:#}");
+    let target = fx.fresh_dir("restored");
+    fx.backup(&["restore", &name, "--target", target.to_str().unwrap()])
+        .expect(0);
+    let restored = under(&target, &tree);
+    assert_same_tree(&tree, &restored, &[]);
+    assert_hard_link_kept(&restored);
+    // Nothing but the component's tree is under the target, and no leftovers.
+    assert_eq!(leftovers(restored.parent().unwrap()), Vec::<String>::new());
+    assert_eq!(leftovers(tree.parent().unwrap()), Vec::<String>::new());
+}
+
+/// Case 3: `decrypt` gives a standard .tar.gz that GNU tar lists and extracts.
+#[test]
+fn decrypted_payload_is_a_standard_tar_gz_for_gnu_tar() {
+    require_gnu_tar();
+    let fx = Fixture::new();
+    let (name, _) = fx.create(&[]);
+    let payload = fx.dir.join("out.tar.gz");
+    let out = fx.backup(&["decrypt", &name, "-o", payload.to_str().unwrap()]);
+    out.expect(0).mentions("in clear");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(&payload).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the clear payload must be private");
+    }
+    let listed = run(Command::new("tar").arg("-tzf").arg(&payload));
+    listed.expect(0);
+    let names: Vec<&str> = listed.stdout.lines().collect();
+    assert_eq!(names.first(), Some(&"backup.json"), "{names:?}");
+    assert_eq!(names.last(), Some(&"manifest.json"), "{names:?}");
+    let etc_rel = fx.etc.strip_prefix("/").unwrap().display().to_string();
+    let db_rel = fx.db.strip_prefix("/").unwrap().display().to_string();
+    for want in [
+        format!("components/config/{etc_rel}"),
+        format!("components/config/{etc_rel}/gateway.conf"),
+        format!("components/config/{etc_rel}/policies/policy-3.rules"),
+        format!("components/config/{etc_rel}/active.conf"),
+        format!("components/config/{etc_rel}/empty.d"),
+        format!("components/maindb/{db_rel}"),
+    ] {
+        assert!(
+            names.contains(&want.as_str()),
+            "tar -tzf does not list {want}: {names:#?}"
+        );
+    }
+    let x = fx.fresh_dir("extracted");
+    fs::create_dir(&x).unwrap();
+    run(Command::new("tar")
+        .arg("-xzf")
+        .arg(&payload)
+        .arg("-C")
+        .arg(&x))
+    .expect(0);
+    let info: serde_json::Value =
+        serde_json::from_slice(&fs::read(x.join("backup.json")).unwrap()).unwrap();
+    assert_eq!(info["node"], "gw-e2e");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(x.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["outcome"], "success");
+    assert_same_tree(&fx.etc, &x.join("components/config").join(&etc_rel), &[]);
+    // The database entry is a consistent SQLite snapshot with the same rows.
+    let extracted_db = x.join("components/maindb").join(&db_rel);
+    assert_eq!(
+        backup_core::demo::sqlite_rows(&extracted_db).unwrap(),
+        backup_core::demo::sqlite_rows(&fx.db).unwrap()
+    );
+}
+
+/// Case 3b: The documented "open an image by hand" flow with GNU tar: decrypt,
+/// extract, re-pack (backup.json first, manifest.json last), seal again with
+/// `encrypt`, and the re-sealed image verifies and restores identical.
+#[test]
+fn payload_repacked_with_gnu_tar_seals_verifies_and_restores() {
+    require_gnu_tar();
+    let fx = Fixture::custom(|fx| {
+        let tree = fx.root.join("srv/rich tree");
+        build_rich_tree(&tree, false);
+        fx.spec
+            .components
+            .push(files_component("tree", &[&tree], ""));
+    });
+    let tree = fx.root.join("srv/rich tree");
+    let (name, _) = fx.create(&[]);
+    let payload = fx.dir.join("payload.tar.gz");
+    fx.backup(&["decrypt", &name, "-o", payload.to_str().unwrap()])
+        .expect(0);
+    let x = fx.fresh_dir("x");
+    fs::create_dir(&x).unwrap();
+    run(Command::new("tar")
+        .arg("-xzf")
+        .arg(&payload)
+        .arg("-C")
+        .arg(&x))
+    .expect(0);
+    let repacked = fx.dir.join("repacked.tar.gz");
+    run(Command::new("tar")
+        .args(["--sort=name", "--format=gnu", "-czf"])
+        .arg(&repacked)
+        .arg("-C")
+        .arg(&x)
+        .args(["backup.json", "components", "manifest.json"]))
+    .expect(0);
+    let sealed = fx.dir.join("repacked.bkp");
+    fx.backup(&[
+        "encrypt",
+        repacked.to_str().unwrap(),
+        "-o",
+        sealed.to_str().unwrap(),
+    ])
+    .expect(0);
+    fx.backup(&["verify", sealed.to_str().unwrap()]).expect(0);
+    let target = fx.fresh_dir("t-repacked");
+    fx.backup(&[
+        "restore",
+        sealed.to_str().unwrap(),
+        "--target",
+        target.to_str().unwrap(),
+    ])
+    .expect(0);
+    assert_same_tree(&fx.etc, &under(&target, &fx.etc), &[]);
+    assert_same_tree(&tree, &under(&target, &tree), &[]);
+    assert_hard_link_kept(&under(&target, &tree));
+    assert_eq!(
+        backup_core::demo::sqlite_rows(&under(&target, &fx.db)).unwrap(),
+        backup_core::demo::sqlite_rows(&fx.db).unwrap()
+    );
+    // An edited file is caught: the manifest no longer matches.
+    let etc_rel = fx.etc.strip_prefix("/").unwrap();
+    fs::write(
+        x.join("components/config")
+            .join(etc_rel)
+            .join("gateway.conf"),
+        "hostname = evil\n",
+    )
+    .unwrap();
+    let edited = fx.dir.join("edited.tar.gz");
+    run(Command::new("tar")
+        .args(["--sort=name", "--format=gnu", "-czf"])
+        .arg(&edited)
+        .arg("-C")
+        .arg(&x)
+        .args(["backup.json", "components", "manifest.json"]))
+    .expect(0);
+    let sealed = fx.dir.join("edited.bkp");
+    fx.backup(&[
+        "encrypt",
+        edited.to_str().unwrap(),
+        "-o",
+        sealed.to_str().unwrap(),
+    ])
+    .expect(0);
+    fx.backup(&["verify", sealed.to_str().unwrap()])
+        .expect(1)
+        .mentions("manifest");
+    let target = fx.fresh_dir("t-edited");
+    fx.backup(&[
+        "restore",
+        sealed.to_str().unwrap(),
+        "--target",
+        target.to_str().unwrap(),
+    ])
+    .expect(1);
+    assert!(
+        non_dirs(&target).is_empty(),
+        "an altered payload was restored: {:?}",
+        non_dirs(&target)
+    );
+}
+
+/// Case 7a: Another product version: refused by default naming both versions,
+/// accepted with --force-version (by storage name and by file path).
+#[test]
+fn restore_refuses_another_version_unless_forced() {
+    let fx = Fixture::new();
+    let (name, _) = fx.create(&[]);
+    let newer = fx.config_variant("newer.toml", |s| s.version = "2.5.0".into());
+    let image_file = fx.image_path(&name);
+    for image in [name.as_str(), image_file.to_str().unwrap()] {
+        let target = fx.dir.join(format!("t-version-{}", image.len()));
+        let out =
+            run(fx
+                .cmd_with(&newer)
+                .args(["restore", image, "--target", target.to_str().unwrap()]));
+        out.expect_failure()
+            .mentions("1.0.0")
+            .mentions("2.5.0")
+            .mentions("--force-version");
+        assert_eq!(
+            out.code,
+            1,
+            "a version mismatch is a failure, not a usage error\n{}",
+            out.dump()
+        );
+        assert!(
+            non_dirs(&target).is_empty(),
+            "files written despite the refusal: {:?}",
+            non_dirs(&target)
+        );
+        let out = run(fx.cmd_with(&newer).args([
+            "restore",
+            image,
+            "--target",
+            target.to_str().unwrap(),
+            "--force-version",
+        ]));
+        out.expect(0);
+        assert_same_tree(&fx.etc, &under(&target, &fx.etc), &[]);
+    }
+}
+
+/// Case 7b: Another node: refused naming both nodes, accepted with --force-identity.
+#[test]
+fn restore_refuses_another_node_unless_forced() {
+    let fx = Fixture::new();
+    let (name, _) = fx.create(&[]);
+    let other = fx.config_variant("other-node.toml", |s| s.node = "gw-other".into());
+    let image_file = fx.image_path(&name);
+    for image in [name.as_str(), image_file.to_str().unwrap()] {
+        let target = fx.dir.join(format!("t-node-{}", image.len()));
+        let out =
+            run(fx
+                .cmd_with(&other)
+                .args(["restore", image, "--target", target.to_str().unwrap()]));
+        out.expect_failure()
+            .mentions("gw-e2e")
+            .mentions("gw-other")
+            .mentions("--force-identity");
+        assert!(
+            non_dirs(&target).is_empty(),
+            "files written despite the refusal: {:?}",
+            non_dirs(&target)
+        );
+        // --force-version does not override an identity mismatch.
+        run(fx.cmd_with(&other).args([
+            "restore",
+            image,
+            "--target",
+            target.to_str().unwrap(),
+            "--force-version",
+        ]))
+        .expect_failure();
+        let out = run(fx.cmd_with(&other).args([
+            "restore",
+            image,
+            "--target",
+            target.to_str().unwrap(),
+            "--force-identity",
+        ]));
+        out.expect(0);
+        assert_same_tree(&fx.etc, &under(&target, &fx.etc), &[]);
+    }
+}
+
+/// Case 8: A failing component: exit 3 and a partial image by default; with
+/// --halt exit 1 and nothing published.
+#[test]
+fn failing_component_gives_a_partial_image_or_nothing_with_halt() {
+    let fx = Fixture::custom(|fx| {
+        fx.spec.components.push(command_component(
+            "flaky",
+            &["sh", "-c", "echo boom >&2; exit 7"],
+            "",
+        ));
+    });
+    // Human output.
+    let out = fx.backup(&["create"]);
+    out.expect(3)
+        .mentions("partial")
+        .mentions("flaky")
+        .mentions("boom");
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("flaky"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("failed"),
+        "the flaky line does not say failed: {line:?}\n{}",
+        out.dump()
+    );
+    next_second();
+    // JSON output.
+    let (name, report) = fx.create_expect(&[], 3);
+    assert_eq!(report["outcome"], "partial", "{report:#}");
+    let comps = report["manifest"]["components"].as_array().unwrap();
+    let flaky = comps
+        .iter()
+        .find(|c| c["name"] == "flaky")
+        .expect("flaky recorded");
+    assert_eq!(flaky["outcome"], "failed");
+    let err = flaky["error"].as_str().expect("flaky has an error");
+    assert!(
+        err.contains("boom") && err.contains('7'),
+        "error does not carry stderr and status: {err}"
+    );
+    for ok in ["config", "maindb"] {
+        assert_eq!(
+            comps.iter().find(|c| c["name"] == ok).unwrap()["outcome"],
+            "success"
+        );
+    }
+    // list and show tell it is partial.
+    let listed = fx.backup(&["list"]);
+    listed.expect(0);
+    let row = listed
+        .stdout
+        .lines()
+        .find(|l| l.contains(&name))
+        .unwrap_or_else(|| panic!("{}", listed.dump()));
+    assert!(row.contains("partial"), "list row: {row}");
+    let listed = run(fx.cmd().args(["--json", "list"]));
+    let entry = listed
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == name.as_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(entry["sidecar"]["manifest"]["outcome"], "partial");
+    let shown = fx.backup(&["show", &name]);
+    shown.expect(0).mentions("partial").mentions("boom");
+    let outcome_line = shown
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("outcome:"))
+        .unwrap_or_default();
+    assert!(outcome_line.contains("partial"), "{}", shown.dump());
+    // The partial image restores what it holds and says what it skipped.
+    let target = fx.fresh_dir("partial-restore");
+    fx.backup(&["restore", &name, "--target", target.to_str().unwrap()])
+        .expect(0)
+        .mentions("skipped flaky");
+    assert_same_tree(&fx.etc, &under(&target, &fx.etc), &[]);
+    // Asking for the failed component is refused.
+    let t2 = fx.dir.join("partial-restore-2");
+    fx.backup(&[
+        "restore",
+        &name,
+        "--component",
+        "flaky",
+        "--target",
+        t2.to_str().unwrap(),
+    ])
+    .expect(2)
+    .mentions("flaky");
+
+    // --halt: exit 1, nothing new in the storage.
+    let before = all_paths(&fx.store);
+    next_second();
+    let out = fx.backup(&["create", "--halt"]);
+    out.expect(1).mentions("flaky").mentions("--halt");
+    let after = all_paths(&fx.store);
+    assert_eq!(before, after, "--halt left something in the storage");
+    let scratch = all_paths(&fx.state.join("tmp"));
+    assert!(
+        scratch.is_empty(),
+        "scratch files left in the state directory: {scratch:?}"
+    );
+}
+
+/// Case 9: Custom selections: one component; unknown names and missing
+/// requirements are usage errors naming what exists / what is missing.
+#[test]
+fn custom_backup_selection_and_its_usage_errors() {
+    let fx = Fixture::custom(|fx| {
+        let audit = fx.root.join("var/log/app/audit");
+        fs::create_dir_all(&audit).unwrap();
+        fs::write(audit.join("audit-1.jsonl"), "{\"seq\":1}\n").unwrap();
+        fx.spec.components.push(files_component(
+            "audits",
+            &[&audit],
+            "default = false\nrequires = [\"maindb\"]\n",
+        ));
+    });
+    let (name, report) = fx.create(&["--component", "config"]);
+    assert_eq!(report["info"]["selection"], "custom");
+    let planned: Vec<&str> = report["info"]["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(planned, ["config"]);
+    let target = fx.fresh_dir("custom");
+    fx.backup(&["restore", &name, "--target", target.to_str().unwrap()])
+        .expect(0);
+    assert_same_tree(&fx.etc, &under(&target, &fx.etc), &[]);
+    assert!(
+        !under(&target, &fx.db).exists(),
+        "a component outside the selection was restored"
+    );
+
+    let before = all_paths(&fx.store);
+    let out = fx.backup(&["create", "--component", "nosuch"]);
+    out.expect(2)
+        .mentions("nosuch")
+        .mentions("config")
+        .mentions("maindb")
+        .mentions("audits");
+    let out = fx.backup(&["create", "--component", "audits"]);
+    out.expect(2).mentions("requires").mentions("maindb");
+    assert_eq!(
+        before,
+        all_paths(&fx.store),
+        "a refused custom backup wrote to the storage"
+    );
+
+    // With its requirement it works (written to a file: same second as above).
+    let file = fx.dir.join("audits.bkp");
+    let (_, report) = fx.create(&[
+        "--component",
+        "audits",
+        "--component",
+        "maindb",
+        "-o",
+        file.to_str().unwrap(),
+    ]);
+    let planned: Vec<&str> = report["info"]["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(planned, ["maindb", "audits"]);
+    fx.backup(&["verify", file.to_str().unwrap()]).expect(0);
+}
+
+/// Case 10: `init` refuses a second time and refuses a short secret.
+#[test]
+fn init_refuses_twice_and_refuses_a_short_secret() {
+    let fx = Fixture::new();
+    let keyring = fs::read(fx.state.join("keyring.json")).unwrap();
+    let key = fs::read(fx.state.join("master.key")).unwrap();
+    fx.backup(&["init"]).expect(2).mentions("already set");
+    assert_eq!(
+        fs::read(fx.state.join("keyring.json")).unwrap(),
+        keyring,
+        "second init changed the keyring"
+    );
+    assert_eq!(
+        fs::read(fx.state.join("master.key")).unwrap(),
+        key,
+        "second init changed the key file"
+    );
+
+    let fresh_state = fx.dir.join("state-short");
+    let cfg = fx.config_variant("short.toml", |s| s.state_dir = fresh_state.clone());
+    let out = run(bare_cmd()
+        .arg("--config")
+        .arg(&cfg)
+        .arg("init")
+        .env("BACKUP_SECRET", "abcde"));
+    out.expect(2).mentions("too short");
+    assert!(
+        !fresh_state.join("keyring.json").exists(),
+        "a keyring was written for a refused secret"
+    );
+    assert!(
+        !fresh_state.join("master.key").exists(),
+        "a key file was written for a refused secret"
+    );
+    // The same through --secret-file.
+    let secret_file = fx.dir.join("short-secret");
+    fs::write(&secret_file, "abcde\n").unwrap();
+    let out = run(bare_cmd()
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--secret-file")
+        .arg(&secret_file)
+        .arg("init"));
+    out.expect(2).mentions("too short");
+    // No secret at all and no terminal: a usage error, not a hang.
+    let out = run(bare_cmd().arg("--config").arg(&cfg).arg("init"));
+    out.expect(2).mentions("BACKUP_SECRET");
+    assert!(!fresh_state.join("keyring.json").exists());
+}
+
+/// Case 11: The secret is never accepted on the command line.
+#[test]
+fn secret_on_argv_is_a_usage_error() {
+    let fx = Fixture::new();
+    for args in [
+        &["create", "--secret", "abcdefghijkl"][..],
+        &["--secret", "abcdefghijkl", "create"][..],
+        &["create", "--secret=abcdefghijkl"][..],
+        &["init", "--passphrase", "abcdefghijkl"][..],
+    ] {
+        let out = fx.backup(args);
+        out.expect(2);
+        assert!(out.stderr.contains("unexpected argument"), "{}", out.dump());
+    }
+    assert!(
+        all_paths(&fx.store).is_empty(),
+        "a refused command wrote an image"
+    );
+    let help = run(bare_cmd().arg("--help"));
+    help.expect(0)
+        .mentions("never accepted on the command line");
+}
+
+/// Case 12: --json output of create, list, show, verify (and restore) parses and
+/// carries the documented fields.
+#[test]
+fn json_outputs_parse_with_the_expected_fields() {
+    let fx = Fixture::new();
+    let out = run(fx.cmd().args(["--json", "create"]));
+    out.expect(0);
+    let create = out.json();
+    let name = create["image"].as_str().unwrap().to_string();
+    assert!(
+        name.starts_with("e2e-") && name.ends_with("_gw-e2e_standalone.bkp"),
+        "{name}"
+    );
+    assert_eq!(create["outcome"], "success");
+    assert!(create["size"].as_u64().unwrap() > 300 * 1024, "{create:#}");
+    assert!(
+        create["location"]
+            .as_str()
+            .unwrap()
+            .contains(fx.store.to_str().unwrap()),
+        "{create:#}"
+    );
+    assert_eq!(create["info"]["product"], "e2e-gateway");
+    assert_eq!(create["info"]["product_version"], "1.0.0");
+    assert_eq!(create["info"]["node"], "gw-e2e");
+    assert_eq!(create["info"]["selection"], "standard");
+    assert!(create["sidecar_error"].is_null(), "{create:#}");
+    let comps = create["manifest"]["components"].as_array().unwrap();
+    assert_eq!(comps.len(), 2);
+    for c in comps {
+        assert_eq!(c["outcome"], "success");
+        assert!(c["entries"].as_u64().unwrap() > 0);
+        assert_eq!(c["sha256"].as_str().unwrap().len(), 64);
+    }
+    // Progress on stderr: JSON lines.
+    for line in out.stderr.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("stderr line is not JSON ({e}): {line}"));
+        assert!(v.get("event").is_some(), "{line}");
+    }
+
+    let list = run(fx.cmd().args(["--json", "list"]));
+    list.expect(0);
+    let list = list.json();
+    let items = list.as_array().unwrap();
+    assert_eq!(items.len(), 1, "{list:#}");
+    assert_eq!(items[0]["name"], name.as_str());
+    assert_eq!(items[0]["size"], create["size"]);
+    assert_eq!(items[0]["sidecar"]["image"], name.as_str());
+    assert_eq!(items[0]["sidecar"]["manifest"], create["manifest"]);
+    assert!(items[0]["sidecar_error"].is_null());
+
+    let show = run(fx.cmd().args(["--json", "show", &name]));
+    show.expect(0);
+    let show = show.json();
+    assert_eq!(show["image"], name.as_str());
+    assert_eq!(show["source"], "sidecar");
+    assert_eq!(show["size"], create["size"]);
+    assert_eq!(show["info"], create["info"]);
+    assert_eq!(show["manifest"], create["manifest"]);
+    // By file path: read from the image itself.
+    let path = fx.image_path(&name);
+    let show_file = run(fx.cmd().args(["--json", "show", path.to_str().unwrap()]));
+    show_file.expect(0);
+    let show_file = show_file.json();
+    assert_eq!(show_file["source"], "image");
+    assert_eq!(show_file["manifest"], create["manifest"]);
+
+    let verify = run(fx.cmd().args(["--json", "verify", &name]));
+    verify.expect(0);
+    let verify = verify.json();
+    assert_eq!(verify["image"], name.as_str());
+    assert_eq!(verify["size"], create["size"]);
+    assert_eq!(verify["manifest"], create["manifest"]);
+    assert_eq!(verify["verified"], serde_json::json!(["config", "maindb"]));
+
+    let target = fx.fresh_dir("json-restore");
+    let restore = run(fx.cmd().args([
+        "--json",
+        "restore",
+        &name,
+        "--target",
+        target.to_str().unwrap(),
+    ]));
+    restore.expect(0);
+    let restore = restore.json();
+    assert_eq!(restore["restored"], serde_json::json!(["config", "maindb"]));
+    assert_eq!(restore["skipped_failed"], serde_json::json!([]));
+    assert_eq!(Path::new(restore["target"].as_str().unwrap()), target);
+}
