@@ -306,11 +306,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Quickstart { dir } => quickstart::run(dir.clone()).await,
-        Command::Fetch { image, output } => storage_cmd::fetch(&engine(&cli)?, image, output, cli.json).await,
-        Command::Browse { path } => storage_cmd::browse(&engine(&cli)?, path, cli.json).await,
-        Command::Links { images, expires, csv } => {
-            storage_cmd::links(&engine(&cli)?, images, expires, csv.as_deref(), cli.json).await
+        Command::Fetch { image, output } => {
+            storage_cmd::fetch(&engine(&cli)?, image, output, cli.json).await
         }
+        Command::Browse { path } => storage_cmd::browse(&engine(&cli)?, path, cli.json).await,
+        Command::Links {
+            images,
+            expires,
+            csv,
+        } => storage_cmd::links(&engine(&cli)?, images, expires, csv.as_deref(), cli.json).await,
         Command::Status => ops_cmd::status(&engine(&cli)?, cli.json),
         Command::Audit { since } => ops_cmd::audit(&engine(&cli)?, since.as_deref(), cli.json),
         Command::Log { image } => ops_cmd::log(&engine(&cli)?, image),

@@ -41,18 +41,23 @@ fn parse_since(s: &str) -> anyhow::Result<DateTime<Utc>> {
     if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
         return Ok(d.and_hms_opt(0, 0, 0).expect("midnight").and_utc());
     }
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: i64 = num
-        .parse()
-        .with_context(|| format!("--since {s:?}: use RFC 3339, YYYY-MM-DD, or 90m/2h/3d/1w"))?;
-    let d = match unit {
-        "m" => chrono::Duration::minutes(n),
-        "h" => chrono::Duration::hours(n),
-        "d" => chrono::Duration::days(n),
-        "w" => chrono::Duration::weeks(n),
-        _ => anyhow::bail!("--since {s:?}: use RFC 3339, YYYY-MM-DD, or 90m/2h/3d/1w"),
+    // A usage error (exit code 2), like any other bad input.
+    let bad = || {
+        Error::Input(format!(
+            "--since {s:?}: use RFC 3339, YYYY-MM-DD, or 90m/2h/3d/1w"
+        ))
     };
-    Ok(Utc::now() - d)
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: i64 = num.parse().map_err(|_| bad())?;
+    let d = match unit {
+        "m" => chrono::Duration::try_minutes(n),
+        "h" => chrono::Duration::try_hours(n),
+        "d" => chrono::Duration::try_days(n),
+        "w" => chrono::Duration::try_weeks(n),
+        _ => None,
+    }
+    .ok_or_else(bad)?;
+    Utc::now().checked_sub_signed(d).ok_or_else(|| bad().into())
 }
 
 fn when(t: &DateTime<Utc>) -> String {

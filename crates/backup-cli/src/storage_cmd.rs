@@ -8,12 +8,25 @@ use backup_core::{Browse, Engine};
 
 use crate::report::{human, print_json};
 
-pub(crate) async fn fetch(engine: &Engine, image: &str, out: &Path, json: bool) -> anyhow::Result<ExitCode> {
-    let n = engine.fetch(image, out).await.with_context(|| format!("fetching {image}"))?;
+pub(crate) async fn fetch(
+    engine: &Engine,
+    image: &str,
+    out: &Path,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let n = engine
+        .fetch(image, out)
+        .await
+        .with_context(|| format!("fetching {image}"))?;
     if json {
         print_json(&serde_json::json!({ "image": image, "output": out, "bytes": n }))?;
     } else {
-        println!("fetched {image} to {} ({}); restore it with `backup restore {}`", out.display(), human(n), out.display());
+        println!(
+            "fetched {image} to {} ({}); restore it with `backup restore {}`",
+            out.display(),
+            human(n),
+            out.display()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -23,7 +36,10 @@ fn space(v: Option<u64>) -> String {
 }
 
 pub(crate) async fn browse(engine: &Engine, path: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let browse = engine.browse(path).await.with_context(|| format!("browsing {path:?}"))?;
+    let browse = engine
+        .browse(path)
+        .await
+        .with_context(|| format!("browsing {path:?}"))?;
     if json {
         print_json(&browse)?;
         return Ok(ExitCode::SUCCESS);
@@ -33,12 +49,27 @@ pub(crate) async fn browse(engine: &Engine, path: &str, json: bool) -> anyhow::R
             println!("backup {}", d.image);
             println!("  created          {}", d.info.created.to_rfc3339());
             println!("  node / role      {} / {}", d.info.node, d.info.role);
-            println!("  product version  {} {}", d.info.product, d.info.product_version);
-            println!("  image size       {}", d.size.map(human).unwrap_or_else(|| "?".into()));
+            println!(
+                "  product version  {} {}",
+                d.info.product, d.info.product_version
+            );
+            println!(
+                "  image size       {}",
+                d.size.map(human).unwrap_or_else(|| "?".into())
+            );
             println!("  outcome          {}", d.manifest.outcome);
-            println!("  {:<14} {:<8} {:>8} {:>10}", "COMPONENT", "OUTCOME", "ENTRIES", "SIZE");
+            println!(
+                "  {:<14} {:<8} {:>8} {:>10}",
+                "COMPONENT", "OUTCOME", "ENTRIES", "SIZE"
+            );
             for c in &d.manifest.components {
-                println!("  {:<14} {:<8} {:>8} {:>10}", c.name, c.outcome.as_str(), c.entries, human(c.bytes));
+                println!(
+                    "  {:<14} {:<8} {:>8} {:>10}",
+                    c.name,
+                    c.outcome.as_str(),
+                    c.entries,
+                    human(c.bytes)
+                );
             }
         }
         Browse::Level(v) => {
@@ -52,7 +83,14 @@ pub(crate) async fn browse(engine: &Engine, path: &str, json: bool) -> anyhow::R
                 space(v.total)
             );
             if let Some(parent) = &v.parent {
-                println!("  ..{}", if parent.is_empty() { String::new() } else { format!("  ({parent})") });
+                println!(
+                    "  ..{}",
+                    if parent.is_empty() {
+                        String::new()
+                    } else {
+                        format!("  ({parent})")
+                    }
+                );
             }
             for d in &v.dirs {
                 println!("  {d}");
@@ -70,7 +108,11 @@ pub(crate) async fn browse(engine: &Engine, path: &str, json: bool) -> anyhow::R
                         s.info.product_version,
                         s.manifest.outcome
                     ),
-                    None => println!("  {:<48} {:>10}  (details unavailable)", i.name, human(i.size)),
+                    None => println!(
+                        "  {:<48} {:>10}  (details unavailable)",
+                        i.name,
+                        human(i.size)
+                    ),
                 }
             }
             for o in &v.others {
@@ -83,7 +125,9 @@ pub(crate) async fn browse(engine: &Engine, path: &str, json: bool) -> anyhow::R
 
 fn parse_duration(s: &str) -> anyhow::Result<Duration> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().with_context(|| format!("--expires {s:?}: use a number with s, m, h or d (e.g. 6h)"))?;
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("--expires {s:?}: use a number with s, m, h or d (e.g. 6h)"))?;
     let secs = match unit {
         "s" => n,
         "m" => n * 60,
@@ -91,7 +135,10 @@ fn parse_duration(s: &str) -> anyhow::Result<Duration> {
         "d" => n * 86400,
         _ => anyhow::bail!("--expires {s:?}: use a number with s, m, h or d (e.g. 6h)"),
     };
-    anyhow::ensure!(secs > 0 && secs <= 7 * 86400, "--expires must be between 1s and 7d (the S3 limit)");
+    anyhow::ensure!(
+        secs > 0 && secs <= 7 * 86400,
+        "--expires must be between 1s and 7d (the S3 limit)"
+    );
     Ok(Duration::from_secs(secs))
 }
 
@@ -110,13 +157,29 @@ pub(crate) async fn links(
     csv: Option<&Path>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let links = engine.links(images, parse_duration(expires)?).await.context("making download links")?;
+    let links = engine
+        .links(images, parse_duration(expires)?)
+        .await
+        .context("making download links")?;
     if let Some(path) = csv {
         let mut text = String::from("image,node,role,created,size,url,expiry\n");
         for l in &links {
             let created = l.created.map(|c| c.to_rfc3339()).unwrap_or_default();
-            let row = [&l.image, &l.node, &l.role, &created, &l.size.to_string(), &l.url, &l.expires.to_rfc3339()];
-            text.push_str(&row.iter().map(|f| csv_field(f)).collect::<Vec<_>>().join(","));
+            let row = [
+                &l.image,
+                &l.node,
+                &l.role,
+                &created,
+                &l.size.to_string(),
+                &l.url,
+                &l.expires.to_rfc3339(),
+            ];
+            text.push_str(
+                &row.iter()
+                    .map(|f| csv_field(f))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            );
             text.push('\n');
         }
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
@@ -125,7 +188,13 @@ pub(crate) async fn links(
         print_json(&links)?;
     } else {
         for l in &links {
-            println!("{}  ({}, expires {})\n  {}", l.image, human(l.size), l.expires.format("%Y-%m-%d %H:%M UTC"), l.url);
+            println!(
+                "{}  ({}, expires {})\n  {}",
+                l.image,
+                human(l.size),
+                l.expires.format("%Y-%m-%d %H:%M UTC"),
+                l.url
+            );
         }
         if let Some(path) = csv {
             println!("wrote {} links to {}", links.len(), path.display());

@@ -164,12 +164,18 @@ impl Engine {
         }
     }
 
-    /// Notes a previous run that never finished (crash, `kill -9`).
-    fn take_over(&self, status: &mut StatusFile, lock: &OperationLock, started: Instant) {
+    /// Notes a previous run that never finished (crash, `kill -9`); returns
+    /// the note, for the new run's log.
+    fn take_over(
+        &self,
+        status: &mut StatusFile,
+        lock: &OperationLock,
+        started: Instant,
+    ) -> Option<String> {
         let previous = status.current.take();
         let stale = lock.stale.clone();
         if previous.is_none() && stale.is_none() {
-            return;
+            return None;
         }
         let (operation, pid, since) = match (&previous, &stale) {
             (Some(p), _) => (p.operation.clone(), p.pid, p.started),
@@ -201,8 +207,9 @@ impl Engine {
             outcome: Outcome::Failed,
             image: previous.and_then(|p| p.image),
             size: 0,
-            reason: Some(reason),
+            reason: Some(reason.clone()),
         });
+        Some(reason)
     }
 
     /// Takes a backup: under the lock, with status, audit log, hooks, a
@@ -227,7 +234,7 @@ impl Engine {
         };
         let store = StatusStore::in_state_dir(self.state_dir());
         let mut status = store.load().unwrap_or_default();
-        self.take_over(&mut status, &lock, started);
+        let took_over = self.take_over(&mut status, &lock, started);
         status.current = Some(CurrentRun {
             operation: if opts.scheduled {
                 "scheduled backup".into()
@@ -247,6 +254,9 @@ impl Engine {
             status,
             self.log_path(&name),
         ));
+        if let Some(note) = took_over {
+            run.line(format!("warning: {note}"));
+        }
         let hook_env = |outcome: &str, failed: Vec<String>| HookEnv {
             outcome: outcome.to_string(),
             image: name.clone(),
@@ -694,6 +704,9 @@ impl RunProgress {
     fn line(&self, text: String) {
         if let Some(w) = self.log.lock().expect("log").as_mut() {
             let _ = writeln!(w, "{} {text}", Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ"));
+            // Each line reaches the file at once: a crashed or killed run's
+            // log still shows how far it got.
+            let _ = w.flush();
         }
     }
 

@@ -48,6 +48,10 @@ fn run(argv: &[String], stdin: Stdio, stdout: Stdio) -> Result<(), String> {
     let shown = argv.join(" ");
     let mut child = Command::new(program)
         .args(args)
+        // Dump and restore commands never need the domain secret.
+        .env_remove("BACKUP_SECRET")
+        .env_remove("BACKUP_NEW_SECRET")
+        .env_remove("BACKUP_FTP_PASSWORD")
         .stdin(stdin)
         .stdout(stdout)
         .stderr(Stdio::piped())

@@ -44,6 +44,8 @@ pub(crate) fn run_hook(name: &str, argv: &[String], env: &HookEnv) -> Result<()>
         .env("BACKUP_FAILED_COMPONENTS", env.failed.join(","))
         .env("BACKUP_NODE", &env.node)
         .env_remove("BACKUP_SECRET")
+        .env_remove("BACKUP_NEW_SECRET")
+        .env_remove("BACKUP_FTP_PASSWORD")
         .stdin(Stdio::null())
         .output()
         .map_err(|e| Error::Hook {

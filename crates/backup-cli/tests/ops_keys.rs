@@ -1,0 +1,352 @@
+//! The domain master secret: it never leaks into output, files or images,
+//! and rotating it keeps old images readable with the old secret until they
+//! are rewrapped.
+mod ops_support;
+
+use std::cell::RefCell;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use ops_support::{contains_bytes, files_under, records, Ops, Out};
+
+const CANARY: &str = "S3cr3t-Canary-7f3a9";
+const NEW_CANARY: &str = "N3w-Canary-b41e";
+
+#[test]
+fn the_secret_never_appears_in_output_state_store_or_restored_files() {
+    let ops = Ops::new("[retention]\nkeep_last = 5\n");
+    let secret_dir = ops.dir().join("secrets");
+    fs::create_dir(&secret_dir).unwrap();
+    let secret_file = secret_dir.join("current");
+    fs::write(&secret_file, format!("{CANARY}\n")).unwrap();
+    let new_secret_file = secret_dir.join("new");
+    fs::write(&new_secret_file, format!("{NEW_CANARY}\n")).unwrap();
+    let target = ops.dir().join("restored");
+    let work = ops.dir().join("work");
+    fs::create_dir(&work).unwrap();
+    let payload = work.join("payload.tar.gz");
+    let sealed = work.join("sealed.bkp");
+    let sf = secret_file.to_str().unwrap();
+    let nsf = new_secret_file.to_str().unwrap();
+
+    let outs: RefCell<Vec<Out>> = RefCell::new(Vec::new());
+    let run = |secret: Option<&str>, args: &[&str], code: Option<i32>| -> Out {
+        let out = ops.run_with(&ops.config, secret, args);
+        match code {
+            Some(c) => {
+                out.expect(c);
+            }
+            None => {
+                out.expect_failure();
+            }
+        }
+        outs.borrow_mut().push(out.clone());
+        out
+    };
+
+    run(Some(CANARY), &["init"], Some(0));
+    let image = run(Some(CANARY), &["create", "--json"], Some(0)).json()["image"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    run(Some(CANARY), &["-v", "create"], Some(0));
+    run(Some(CANARY), &["list"], Some(0));
+    run(Some(CANARY), &["list", "--json"], Some(0));
+    run(Some(CANARY), &["show", &image], Some(0));
+    run(Some(CANARY), &["verify", &image], Some(0));
+    run(
+        None,
+        &["--secret-file", sf, "restore", &image, "--target"],
+        None,
+    ); // --target needs a value: a usage error, still nothing leaks
+    run(
+        None,
+        &[
+            "--secret-file",
+            sf,
+            "restore",
+            &image,
+            "--target",
+            target.to_str().unwrap(),
+        ],
+        Some(0),
+    );
+    run(
+        Some(CANARY),
+        &["decrypt", &image, "-o", payload.to_str().unwrap()],
+        Some(0),
+    );
+    run(
+        Some(CANARY),
+        &[
+            "encrypt",
+            payload.to_str().unwrap(),
+            "-o",
+            sealed.to_str().unwrap(),
+        ],
+        Some(0),
+    );
+    run(Some(CANARY), &["verify", sealed.to_str().unwrap()], Some(0));
+    run(Some(CANARY), &["status"], Some(0));
+    run(Some(CANARY), &["status", "--json"], Some(0));
+    run(Some(CANARY), &["audit"], Some(0));
+    run(Some(CANARY), &["audit", "--json"], Some(0));
+    run(Some(CANARY), &["log", &image], Some(0));
+    run(Some(CANARY), &["prune", "--dry-run"], Some(0));
+    run(Some(CANARY), &["key", "check"], Some(0));
+    run(None, &["--secret-file", sf, "key", "check"], Some(0));
+    // Failing commands: a wrong secret, a repeated init, a wrong current
+    // secret for a rotation.
+    run(Some("not-the-secret-1"), &["key", "check"], None);
+    run(Some(CANARY), &["init"], None);
+    run(
+        Some("not-the-secret-2"),
+        &["key", "rotate", "--new-secret-file", nsf],
+        None,
+    );
+    // The rotation itself, the new secret from a file and from the environment.
+    run(
+        Some(CANARY),
+        &["key", "rotate", "--new-secret-file", nsf],
+        Some(0),
+    );
+    {
+        let mut cmd = ops.cmd_with(&ops.config, Some(NEW_CANARY), &["key", "rotate"]);
+        cmd.env("BACKUP_NEW_SECRET", NEW_CANARY);
+        let out = Ops::run_cmd(cmd, "backup key rotate (env)".into());
+        out.expect(0);
+        outs.borrow_mut().push(out);
+    }
+    run(Some(NEW_CANARY), &["key", "rewrap", &image], Some(0));
+    run(Some(NEW_CANARY), &["key", "check"], Some(0));
+    run(Some(CANARY), &["key", "check"], None);
+    // Without the key file, images open only with the secret.
+    fs::rename(
+        ops.state.join("master.key"),
+        secret_dir.join("master.key.aside"),
+    )
+    .unwrap();
+    run(Some(NEW_CANARY), &["verify", &image], Some(0));
+    run(Some(CANARY), &["verify", &image], None);
+    run(None, &["verify", &image], None);
+    {
+        let mut cmd = ops.cmd_with(&ops.config, Some(CANARY), &["verify", &image]);
+        cmd.env("BACKUP_LOG", "trace");
+        let out = Ops::run_cmd(cmd, "backup verify (trace logging)".into());
+        out.expect_failure();
+        outs.borrow_mut().push(out);
+    }
+    run(Some(NEW_CANARY), &["--json", "verify", &image], Some(0));
+    run(Some(CANARY), &["create"], None);
+    fs::rename(
+        secret_dir.join("master.key.aside"),
+        ops.state.join("master.key"),
+    )
+    .unwrap();
+
+    let outs = outs.into_inner();
+    let mut leaks = Vec::new();
+    for canary in [CANARY, NEW_CANARY] {
+        let needle = canary.as_bytes();
+        for o in &outs {
+            if contains_bytes(&o.stdout, needle) || contains_bytes(&o.stderr, needle) {
+                leaks.push(format!("output of `{}`:\n{}", o.what, o.dump()));
+            }
+        }
+        let mut files: Vec<PathBuf> = Vec::new();
+        for dir in [&ops.state, &ops.store, &target, &work] {
+            files.extend(files_under(dir));
+        }
+        files.push(ops.config.clone());
+        for f in files.iter().filter(|f| **f != payload) {
+            let data = fs::read(f).unwrap();
+            if contains_bytes(&data, needle) {
+                leaks.push(format!("{canary} in {}", f.display()));
+            }
+        }
+    }
+    assert!(leaks.is_empty(), "the secret leaked:\n{}", leaks.join("\n"));
+
+    // The scan saw what it should: a restored tree, logs and the audit log.
+    let scanned: Vec<PathBuf> = files_under(&ops.state);
+    for name in ["audit.log", "keyring.json", "status.json", "master.key"] {
+        assert!(
+            scanned.iter().any(|p| p.ends_with(name)),
+            "{name} in {scanned:?}"
+        );
+    }
+    assert!(
+        scanned
+            .iter()
+            .any(|p| p.parent().is_some_and(|d| d.ends_with("logs"))),
+        "{scanned:?}"
+    );
+    assert!(files_under(&target).len() >= 6, "the restore wrote files");
+    assert!(outs.len() >= 30, "{} runs", outs.len());
+    let audit = ops.audit();
+    assert!(!records(&audit, "key.rotate", "done").is_empty());
+    assert!(!records(&audit, "key.check", "done").is_empty());
+}
+
+/// `verify IMAGE` with `secret` and no master key file in the state directory.
+fn verify_with(ops: &Ops, secret: &str, image: &str) -> Out {
+    ops.run_secret(secret, &["verify", image])
+}
+
+fn assert_opens(ops: &Ops, secret: &str, image: &str, opens: bool) {
+    let out = verify_with(ops, secret, image);
+    if opens {
+        out.expect(0);
+    } else {
+        out.expect_failure();
+        assert_eq!(out.code, 1, "a wrong secret is a failure\n{}", out.dump());
+    }
+}
+
+fn key_file(ops: &Ops) -> PathBuf {
+    ops.state.join("master.key")
+}
+
+fn move_file(from: &Path, to: &Path) {
+    fs::rename(from, to).unwrap_or_else(|e| panic!("{} -> {}: {e}", from.display(), to.display()));
+}
+
+#[test]
+fn rotation_keeps_old_images_on_the_old_secret_until_rewrapped() {
+    const A: &str = "first secret AAAA";
+    const B: &str = "second secret BBBB";
+    let ops = Ops::new("");
+    ops.init_with(A);
+    let image1 = ops.create();
+
+    let mut rotate = ops.cmd_with(&ops.config, Some(A), &["key", "rotate"]);
+    rotate.env("BACKUP_NEW_SECRET", B);
+    let out = Ops::run_cmd(rotate, "backup key rotate".into());
+    out.expect(0);
+    // Rotation keeps the master key: the key file still works unattended.
+    let image2 = ops.create();
+    assert_ne!(image1, image2);
+    ops.run(&["verify", &image1]).expect(0);
+    ops.run(&["verify", &image2]).expect(0);
+
+    let aside = ops.dir().join("master.key.aside");
+    move_file(&key_file(&ops), &aside);
+    // No key file and no secret: a usage error naming the way out.
+    let none = ops.run(&["verify", &image1]);
+    none.expect(2);
+    assert!(none.stderr().contains("BACKUP_SECRET"), "{}", none.dump());
+
+    assert_opens(&ops, A, &image1, true);
+    assert_opens(&ops, B, &image1, false);
+    assert_opens(&ops, B, &image2, true);
+    assert_opens(&ops, A, &image2, false);
+
+    // Rewrap needs no secret (it copies the keyring's slot) and no key file.
+    let out = ops.run(&["key", "rewrap", &image1, &image2]);
+    out.expect(0);
+    let text = out.stdout();
+    assert!(
+        text.contains(&format!("{image1}: rewrapped")),
+        "{}",
+        out.dump()
+    );
+    assert!(
+        text.contains(&format!("{image2}: already current")),
+        "{}",
+        out.dump()
+    );
+    assert_opens(&ops, B, &image1, true);
+    assert_opens(&ops, A, &image1, false);
+    // The sidecar was rewrapped too: `show` reads it with the new secret.
+    let show = ops.run_secret(B, &["show", &image1]);
+    show.expect(0);
+
+    let check_a = ops.run_secret(A, &["key", "check"]);
+    check_a.expect_failure();
+    ops.run_secret(B, &["key", "check"]).expect(0);
+    let audit = ops.audit();
+    assert_eq!(records(&audit, "key.check", "done").len(), 1, "{audit:#?}");
+    assert_eq!(records(&audit, "key.rotate", "done").len(), 1, "{audit:#?}");
+    assert_eq!(records(&audit, "key.rewrap", "done").len(), 2, "{audit:#?}");
+
+    // A fresh state directory holding only the keyring behaves the same.
+    move_file(&aside, &key_file(&ops));
+    let fresh = ops.dir().join("fresh-state");
+    fs::create_dir(&fresh).unwrap();
+    fs::copy(ops.state.join("keyring.json"), fresh.join("keyring.json")).unwrap();
+    let text = fs::read_to_string(&ops.config).unwrap().replace(
+        &format!("state_dir = {:?}", ops.state.display().to_string()),
+        &format!("state_dir = {:?}", fresh.display().to_string()),
+    );
+    let fresh_config = ops.dir().join("fresh.toml");
+    fs::write(&fresh_config, text).unwrap();
+    for (secret, image, ok) in [
+        (A, &image2, false),
+        (B, &image2, true),
+        (B, &image1, true),
+        (A, &image1, false),
+    ] {
+        let out = ops.run_with(&fresh_config, Some(secret), &["verify", image]);
+        if ok {
+            out.expect(0);
+        } else {
+            out.expect(1);
+        }
+    }
+    assert!(!fresh.join("master.key").exists());
+}
+
+#[test]
+fn hooks_and_component_commands_do_not_inherit_the_secret() {
+    let ops = Ops::new("");
+    let envs = ops.dir().join("envs");
+    fs::create_dir(&envs).unwrap();
+    let to = |name: &str| envs.join(name).display().to_string();
+    ops.write_config(
+        &ops.config,
+        &format!(
+            r#"[hooks]
+before = ["sh", "-c", "env > {before}"]
+after = ["sh", "-c", "env > {after}"]
+
+[[component]]
+name = "envdump"
+kind = "command"
+backup = ["sh", "-c", "env > {backup}; echo dump"]
+restore = ["sh", "-c", "env > {restore}; cat > /dev/null"]
+"#,
+            before = to("before.env"),
+            after = to("after.env"),
+            backup = to("backup.env"),
+            restore = to("restore.env"),
+        ),
+    );
+    ops.init_with(CANARY);
+    let out = ops.run_secret(CANARY, &["create", "--json"]);
+    out.expect(0);
+    let image = out.json()["image"].as_str().unwrap().to_string();
+    ops.run_secret(CANARY, &["restore", &image, "--component", "envdump"])
+        .expect(0);
+
+    let mut leaks = Vec::new();
+    for name in ["before.env", "after.env", "backup.env", "restore.env"] {
+        let env = fs::read_to_string(envs.join(name))
+            .unwrap_or_else(|e| panic!("{name} was not written (the command did not run): {e}"));
+        assert!(env.contains("PATH="), "{name}: {env}");
+        if env.contains(CANARY) {
+            let line = env
+                .lines()
+                .find(|l| l.contains(CANARY))
+                .unwrap_or_default()
+                .split('=')
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            leaks.push(format!("{name} (variable {line})"));
+        }
+    }
+    assert!(
+        leaks.is_empty(),
+        "child processes were given the secret in their environment: {leaks:?}"
+    );
+}

@@ -1,0 +1,286 @@
+//! Operations around single backups: retention, status and per-backup logs
+//! after a partial backup, hooks, and the schedule preview.
+mod ops_support;
+
+use std::fs;
+use std::time::Duration;
+
+use ops_support::{image_time, records, Ops};
+
+#[test]
+fn retention_keeps_the_newest_images_with_their_sidecars_and_logs() {
+    let ops = Ops::new("[retention]\nkeep_last = 2\n");
+    ops.init();
+    let mut made = Vec::new();
+    for _ in 0..4 {
+        made.push(ops.create());
+    }
+    let mut sorted = made.clone();
+    sorted.sort_by_key(|n| image_time(n));
+    assert_eq!(sorted, made, "image names follow creation time");
+    let (old, kept) = made.split_at(2);
+
+    assert_eq!(ops.images(), kept.to_vec(), "{:?}", ops.store_files());
+    let mut expected: Vec<String> = kept
+        .iter()
+        .flat_map(|n| [n.clone(), format!("{n}.manifest")])
+        .collect();
+    expected.sort();
+    assert_eq!(ops.store_files(), expected, "images and sidecars only");
+    let logs: Vec<String> = kept.iter().map(|n| format!("{n}.log")).collect();
+    assert_eq!(ops.logs(), logs, "logs of pruned images go with them");
+    for n in kept {
+        ops.run(&["log", n]).expect(0);
+    }
+    let gone = ops.run(&["log", &old[0]]);
+    gone.expect(2);
+
+    let audit = ops.audit();
+    let deletes = records(&audit, "prune.delete", "done");
+    let mut targets: Vec<&str> = deletes
+        .iter()
+        .map(|r| r["target"].as_str().unwrap())
+        .collect();
+    targets.sort();
+    assert_eq!(
+        targets,
+        old.iter().map(String::as_str).collect::<Vec<_>>(),
+        "{audit:#?}"
+    );
+    assert_eq!(
+        audit
+            .iter()
+            .filter(|r| r["operation"] == "prune.delete")
+            .count(),
+        2,
+        "{audit:#?}"
+    );
+
+    // A dry run with a stricter policy lists one deletion and deletes nothing.
+    ops.write_config(&ops.config, "[retention]\nkeep_last = 1\n");
+    let before = ops.store_files();
+    let out = ops.run(&["prune", "--dry-run"]);
+    out.expect(0);
+    let text = out.stdout();
+    let would: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("would delete"))
+        .collect();
+    assert_eq!(would.len(), 1, "{}", out.dump());
+    assert!(would[0].starts_with(&kept[0]), "{}", out.dump());
+    let keep: Vec<&str> = text.lines().filter(|l| l.contains("keep")).collect();
+    assert!(
+        keep.len() == 1 && keep[0].starts_with(&kept[1]),
+        "{}",
+        out.dump()
+    );
+    assert_eq!(ops.store_files(), before, "a dry run deletes nothing");
+    assert_eq!(ops.logs(), logs);
+    let json = ops.run(&["prune", "--dry-run", "--json"]).expect(0).json();
+    let drop: Vec<&str> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["keep"] == false)
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(drop, [kept[0].as_str()]);
+    assert_eq!(ops.store_files(), before, "a dry run deletes nothing");
+    let audit_after = ops.audit();
+    assert_eq!(
+        records(&audit_after, "prune.delete", "done").len(),
+        2,
+        "no deletion audited by a dry run"
+    );
+}
+
+#[test]
+fn a_partial_backup_is_visible_in_status_log_and_audit() {
+    let ops = Ops::new(
+        r#"
+[[component]]
+name = "brokendb"
+kind = "command"
+backup = ["sh", "-c", "echo partial-marker-dump-refused >&2; exit 7"]
+"#,
+    );
+    ops.init();
+    let image = ops.create_expect(&[], 3);
+
+    let s = ops.status();
+    let failure = &s["last_failure"];
+    assert_eq!(failure["outcome"], "partial", "{s:#}");
+    assert_eq!(failure["image"], image.as_str(), "{s:#}");
+    let reason = failure["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("brokendb"), "{s:#}");
+    assert!(
+        !reason.contains("config"),
+        "only the failed component: {s:#}"
+    );
+    assert_eq!(s["last_backup"]["image"], image.as_str(), "{s:#}");
+    assert!(s["last_success"].is_null(), "{s:#}");
+
+    let log = ops.run(&["log", &image]).expect(0).stdout();
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("config") && l.contains("success")),
+        "{log}"
+    );
+    let failed: Vec<&&str> = lines
+        .iter()
+        .filter(|l| l.contains("brokendb") && l.contains("failed"))
+        .collect();
+    assert!(!failed.is_empty(), "{log}");
+    assert!(
+        failed.iter().any(|l| l.contains("exit")),
+        "the failure line says why:\n{log}"
+    );
+    let started = lines.iter().position(|l| l.contains("brokendb (command)"));
+    let finished = lines
+        .iter()
+        .position(|l| l.contains("brokendb: failed") || l.contains("brokendb: partial"));
+    assert!(
+        started.is_some() && finished.is_some() && started < finished,
+        "per-component start and end lines, in order:\n{log}"
+    );
+
+    let audit = ops
+        .run(&["audit", "--since", "1h", "--json"])
+        .expect(0)
+        .json();
+    let audit = audit.as_array().unwrap();
+    let partial = records(audit, "create", "partial");
+    assert_eq!(partial.len(), 1, "{audit:#?}");
+    assert_eq!(partial[0]["target"], image.as_str());
+    assert!(
+        partial[0]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("brokendb"),
+        "{:#}",
+        partial[0]
+    );
+    let future = ops
+        .run(&["audit", "--since", "2999-01-01", "--json"])
+        .expect(0)
+        .json();
+    assert_eq!(future.as_array().map(Vec::len), Some(0), "{future:#}");
+    let human = ops.run(&["audit", "--since", "1h"]).expect(0).stdout();
+    assert!(
+        human
+            .lines()
+            .any(|l| l.contains("create") && l.contains("partial") && l.contains(&image)),
+        "{human}"
+    );
+    // A bad --since is a usage error (exit 2), never a crash.
+    for bad in ["yesterday", "5y", "99999999999999d"] {
+        let out = ops.run(&["audit", "--since", bad]);
+        out.expect(2);
+        assert!(out.stderr().contains("--since"), "{}", out.dump());
+    }
+}
+
+#[test]
+fn a_failing_before_hook_fails_the_backup_and_publishes_nothing() {
+    let ops = Ops::new("");
+    let marker = ops.dir().join("on-failure.txt");
+    ops.write_config(
+        &ops.config,
+        &format!(
+            r#"[hooks]
+before = ["sh", "-c", "echo nope >&2; exit 9"]
+on_failure = ["sh", "-c", "echo \"$BACKUP_OUTCOME\" > {}"]
+"#,
+            marker.display()
+        ),
+    );
+    ops.init();
+    let out = ops.run(&["create"]);
+    out.expect(1);
+    let err = out.stderr();
+    assert!(
+        err.contains("before hook") && err.contains("nope"),
+        "{}",
+        out.dump()
+    );
+    assert!(
+        ops.store_files().is_empty(),
+        "nothing published: {:?}",
+        ops.store_files()
+    );
+    assert_eq!(
+        fs::read_to_string(&marker).unwrap_or_default().trim(),
+        "failed",
+        "the on_failure hook ran"
+    );
+    let s = ops.status();
+    assert_eq!(s["state"], "not running", "{s:#}");
+    assert!(
+        s["last_failure"]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("before hook"),
+        "{s:#}"
+    );
+    let audit = ops.audit();
+    assert_eq!(records(&audit, "create", "failed").len(), 1, "{audit:#?}");
+}
+
+#[test]
+fn the_after_hook_is_told_the_outcome_and_the_image() {
+    let ops = Ops::new("");
+    let out_file = ops.dir().join("after.txt");
+    ops.write_config(
+        &ops.config,
+        &format!(
+            r#"[hooks]
+after = ["sh", "-c", "printf '%s %s\n' \"$BACKUP_OUTCOME\" \"$BACKUP_IMAGE\" > {}"]
+"#,
+            out_file.display()
+        ),
+    );
+    ops.init();
+    let image = ops.create();
+    let text = fs::read_to_string(&out_file).expect("the after hook wrote its file");
+    assert_eq!(text.trim(), format!("success {image}"));
+}
+
+#[test]
+fn schedule_previews_runs_and_a_bad_cron_is_a_usage_error() {
+    let ops = Ops::new("[schedule]\ncron = [\"30 2 * * *\"]\n");
+    let out = ops.run(&["schedule", "-n", "3"]);
+    out.expect(0);
+    let text = out.stdout();
+    let runs: Vec<&str> = text.lines().filter(|l| l.contains(" local)")).collect();
+    assert_eq!(runs.len(), 3, "{}", out.dump());
+    assert!(
+        runs.iter().all(|l| l.contains("02:30:00 UTC")),
+        "{}",
+        out.dump()
+    );
+    let json = ops.run(&["schedule", "-n", "3", "--json"]).expect(0).json();
+    let next: Vec<chrono::DateTime<chrono::Utc>> = json["next"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(next.len(), 3, "{json:#}");
+    let now = chrono::Utc::now();
+    assert!(next[0] > now && next[0] - now <= chrono::Duration::days(1));
+    assert!(next
+        .windows(2)
+        .all(|w| w[1] - w[0] == chrono::Duration::days(1)));
+
+    for bad in ["61 * * * *", "* * * *"] {
+        ops.write_config(&ops.config, &format!("[schedule]\ncron = [{bad:?}]\n"));
+        for cmd in [&["schedule", "-n", "3"][..], &["status"], &["daemon"]] {
+            // Bounded: a daemon that accepted the config would run forever.
+            let out = ops.spawn(cmd).wait(Duration::from_secs(30));
+            out.expect(2);
+            assert!(out.stderr().contains(bad), "{}", out.dump());
+        }
+    }
+}
