@@ -22,9 +22,9 @@
 #![warn(missing_docs)]
 
 mod error;
+mod ext;
 #[cfg(feature = "ftp")]
 mod ftp;
-mod ext;
 mod local;
 mod nfs;
 mod open;
@@ -39,13 +39,13 @@ pub mod conformance;
 pub use error::{BoxError, Error};
 pub use ext::StorageExt;
 #[cfg(feature = "ftp")]
-pub use ftp::FtpStorage;
+pub use ftp::{FtpStorage, FtpStorageBuilder};
 pub use local::LocalStorage;
 pub use nfs::{check_mount, NfsMount, NfsStorage};
 pub use open::{open_url, OpenOptions};
 pub use retry::{RetryPolicy, RetryStorage};
 #[cfg(feature = "s3")]
-pub use s3::S3Storage;
+pub use s3::{S3Storage, S3StorageBuilder};
 pub use types::{
     ByteReader, Capabilities, Capacity, GetResult, ListResult, ObjectMeta, PutMode, PutOptions,
     Storage, Upload,

@@ -63,8 +63,7 @@ pub fn check_mount(
     // The last entry for a mount point is the one in effect (over-mounts).
     let line = mountinfo
         .lines()
-        .filter(|l| l.split(' ').nth(4).map(unescape).as_deref() == Some(&*mount_s))
-        .last()
+        .rfind(|l| l.split(' ').nth(4).map(unescape).as_deref() == Some(&*mount_s))
         .ok_or_else(|| format!("{mount_s} is not a mount point (nothing is mounted there); mount the NFS export first"))?;
     let (_, after) = line
         .split_once(" - ")

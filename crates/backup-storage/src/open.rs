@@ -15,7 +15,7 @@ pub struct OpenOptions {
 
 /// What this build can open, for error messages.
 const SUPPORTED: &str =
-    "this build supports file:///absolute/path (nfs://, s3:// and ftp:// are planned)";
+    "this build supports file:///absolute/path, nfs://server/export (with [storage] mount), s3://bucket/prefix, ftp://user@host/path and ftps://";
 
 /// Opens the backend a URL names (`file://`, `nfs://`, `s3://`, `ftp://`,
 /// `ftps://`), wrapped in the shared retry layer ([`crate::RetryStorage`]).

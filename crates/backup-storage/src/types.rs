@@ -180,6 +180,8 @@ pub trait Storage: Send + Sync + fmt::Debug + fmt::Display {
     /// which fails with [`crate::Error::Unsupported`].
     async fn write_at(&self, name: &str, offset: u64, data: Bytes) -> Result<()> {
         let _ = (offset, data);
-        Err(crate::Error::Unsupported { what: format!("rewriting {name} in place on {self}") })
+        Err(crate::Error::Unsupported {
+            what: format!("rewriting {name} in place on {self}"),
+        })
     }
 }

@@ -332,9 +332,9 @@ fn open_url_opens_file_urls_and_explains_the_rest() -> Result<()> {
     assert!(invalid("file://nas/srv")
         .1
         .contains("not one on host \"nas\""));
-    assert!(invalid("s3://bucket/prefix")
+    assert!(invalid("nfs://nas/exports/backups")
         .1
-        .contains("s3:// storage is not available yet"));
+        .contains("needs the local mount point"));
     assert!(invalid("gopher://x/y")
         .1
         .contains("unknown scheme \"gopher\""));

@@ -1,0 +1,182 @@
+//! A real S3 server for the tests: `s3s-fs` (SigV4-checking, files on disk)
+//! served in-process by hyper on 127.0.0.1, in a runtime of its own so that a
+//! test can kill it mid-request.
+//!
+//! Starting it never fails quietly: every step returns an error that fails
+//! the test.
+#![allow(dead_code)] // each test binary uses a part
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use backup_storage::S3Storage;
+use hyper_util::rt::TokioIo;
+use s3s::auth::SimpleAuth;
+use s3s::service::S3ServiceBuilder;
+
+/// The credentials the server accepts.
+pub(crate) const ACCESS_KEY: &str = "AKIDBACKUPTESTS";
+pub(crate) const SECRET_KEY: &str = "backup-tests-secret-key";
+/// The bucket every server starts with.
+pub(crate) const BUCKET: &str = "backups";
+
+pub(crate) struct S3Server {
+    pub(crate) addr: SocketAddr,
+    root: PathBuf,
+    /// Owns the root, for a server that created it.
+    _dir: Option<tempfile::TempDir>,
+    /// `None` once killed.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl S3Server {
+    /// A server on a fresh root holding the empty bucket [`BUCKET`].
+    pub(crate) fn start() -> Result<S3Server> {
+        let dir = tempfile::tempdir().context("creating the S3 server's root")?;
+        // s3s-fs keeps a bucket as a directory of its root.
+        std::fs::create_dir(dir.path().join(BUCKET)).context("creating the bucket")?;
+        let mut server = S3Server::start_at(dir.path())?;
+        server._dir = Some(dir);
+        Ok(server)
+    }
+
+    /// A server (on a new port) over the root of an earlier one: what a
+    /// restarted S3 server sees.
+    pub(crate) fn start_at(root: &Path) -> Result<S3Server> {
+        // s3s-fs's error is no std error: carry its Debug text.
+        let fs = s3s_fs::FileSystem::new(root)
+            .map_err(|e| anyhow::anyhow!("opening {} for s3s-fs: {e:?}", root.display()))?;
+        let service = {
+            let mut b = S3ServiceBuilder::new(fs);
+            b.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+            b.build()
+        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")
+            .context("binding the S3 server to 127.0.0.1")?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("s3s-fs")
+            .enable_all()
+            .build()
+            .context("starting the S3 server's runtime")?;
+        let listener = {
+            let _guard = runtime.enter();
+            tokio::net::TcpListener::from_std(listener)?
+        };
+        runtime.spawn(async move {
+            loop {
+                let Ok((socket, _)) = listener.accept().await else {
+                    // Out of file descriptors or the like: do not spin.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                let service = service.clone();
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(socket), service)
+                        .await;
+                });
+            }
+        });
+        Ok(S3Server {
+            addr,
+            root: root.to_owned(),
+            _dir: None,
+            runtime: Some(runtime),
+        })
+    }
+
+    pub(crate) fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The server's files (the bucket is the directory [`BUCKET`]).
+    pub(crate) fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Storage on [`BUCKET`] under `prefix`, with the right credentials.
+    pub(crate) fn storage(&self, prefix: &str) -> Result<S3Storage> {
+        Ok(S3Storage::builder()
+            .bucket(BUCKET)
+            .prefix(prefix)
+            .endpoint(self.endpoint())
+            .region("us-east-1")
+            .credentials(ACCESS_KEY, SECRET_KEY)
+            .build()?)
+    }
+
+    /// Files of unfinished multipart uploads in the server's root.
+    pub(crate) fn pending_uploads(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&self.root)? {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if name.starts_with(".upload") {
+                out.push(name);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Waits (at most 10 s) until no multipart upload is pending: an abort
+    /// made by `Drop` runs in a task of its own.
+    pub(crate) async fn wait_no_pending_uploads(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let pending = self.pending_uploads()?;
+            if pending.is_empty() {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "multipart uploads still pending after 10 s: {pending:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops the server at once, as a crash would: connections are cut and
+    /// the port closes.
+    pub(crate) async fn kill(&mut self) -> Result<()> {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+        // The runtime drops its tasks (listener, connections) on its own
+        // thread: wait until the port refuses connections.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the killed S3 server still accepts connections"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            // Not `drop`: a runtime may not be dropped inside another one.
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// A port on 127.0.0.1 where nothing listens.
+pub(crate) fn closed_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Deterministic bytes for object contents.
+pub(crate) fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| ((i as u64 * 2_654_435_761) >> 13) as u8 ^ seed)
+        .collect()
+}
