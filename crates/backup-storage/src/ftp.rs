@@ -457,25 +457,7 @@ fn normalize_dir(dir: &str) -> String {
 }
 
 fn decode_utf8(s: &str, what: &str) -> std::result::Result<String, String> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut bytes = s.bytes();
-    while let Some(b) = bytes.next() {
-        if b != b'%' {
-            out.push(b);
-            continue;
-        }
-        let hex = [bytes.next(), bytes.next()];
-        let decoded = match hex {
-            [Some(h), Some(l)] => std::str::from_utf8(&[h, l])
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok()),
-            _ => None,
-        };
-        out.push(decoded.ok_or_else(|| {
-            format!("a '%' in the {what} must be followed by two hex digits (write %25 for '%')")
-        })?);
-    }
-    String::from_utf8(out).map_err(|_| format!("the {what} is not UTF-8 once percent-decoded"))
+    crate::open::percent_decode_utf8(s, what)
 }
 
 /// Percent-encodes all but unreserved characters (and '/' in paths).

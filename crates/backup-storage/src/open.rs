@@ -89,14 +89,16 @@ fn file_url_path(rest: &str) -> std::result::Result<PathBuf, String> {
                 .to_owned(),
         );
     }
-    let bytes = percent_decode(path)?;
+    let bytes = percent_decode(path, "path")?;
     if bytes.contains(&0) {
         return Err("the path contains a NUL byte".to_owned());
     }
     Ok(PathBuf::from(OsString::from_vec(bytes)))
 }
 
-fn percent_decode(s: &str) -> std::result::Result<Vec<u8>, String> {
+/// Percent-decodes a URL part (`what` names it in errors). Shared by the
+/// backends that take URLs.
+pub(crate) fn percent_decode(s: &str, what: &str) -> std::result::Result<Vec<u8>, String> {
     let mut out = Vec::with_capacity(s.len());
     let mut bytes = s.bytes();
     while let Some(b) = bytes.next() {
@@ -111,13 +113,17 @@ fn percent_decode(s: &str) -> std::result::Result<Vec<u8>, String> {
                 .and_then(|h| u8::from_str_radix(h, 16).ok()),
             _ => None,
         };
-        out.push(
-            decoded.ok_or(
-                "a '%' in the path must be followed by two hex digits (write %25 for '%')",
-            )?,
-        );
+        out.push(decoded.ok_or_else(|| {
+            format!("a '%' in the {what} must be followed by two hex digits (write %25 for '%')")
+        })?);
     }
     Ok(out)
+}
+
+/// [`percent_decode`] for parts that must be UTF-8.
+pub(crate) fn percent_decode_utf8(s: &str, what: &str) -> std::result::Result<String, String> {
+    String::from_utf8(percent_decode(s, what)?)
+        .map_err(|_| format!("the {what} is not UTF-8 once percent-decoded"))
 }
 
 /// `file://` URL of an absolute path, percent-encoding whatever is not an

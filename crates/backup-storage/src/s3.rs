@@ -604,23 +604,7 @@ fn redact_url(url: &str) -> String {
 }
 
 fn percent_decode(s: &str) -> std::result::Result<String, String> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut bytes = s.bytes();
-    while let Some(b) = bytes.next() {
-        if b != b'%' {
-            out.push(b);
-            continue;
-        }
-        let hex = [bytes.next(), bytes.next()];
-        let decoded = match hex {
-            [Some(h), Some(l)] => std::str::from_utf8(&[h, l])
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok()),
-            _ => None,
-        };
-        out.push(decoded.ok_or("a '%' must be followed by two hex digits (write %25 for '%')")?);
-    }
-    String::from_utf8(out).map_err(|_| "the URL decodes to invalid UTF-8".to_owned())
+    crate::open::percent_decode_utf8(s, "URL")
 }
 
 /// Bucket names as S3-compatible servers accept them (AWS is stricter).
