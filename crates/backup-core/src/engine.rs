@@ -436,7 +436,9 @@ impl Engine {
     ) -> Result<(Arc<dyn Storage>, String)> {
         let a = &self.config.appliance;
         match &opts.output {
-            Some(path) if path.as_os_str() == "-" => Ok((Arc::new(crate::storage_ops::StdoutSink), "-".into())),
+            Some(path) if path.as_os_str() == "-" => {
+                Ok((Arc::new(crate::storage_ops::StdoutSink), "-".into()))
+            }
             Some(path) => local_destination(path),
             None => {
                 let storage = self.storage.clone().ok_or_else(|| {

@@ -358,7 +358,10 @@ impl RestoreVisitor {
 
 /// `create_dir_all` that records each directory it had to create.
 fn create_dirs_tracked(path: &Path, created: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    let missing: Vec<&Path> = path.ancestors().take_while(|p| !p.as_os_str().is_empty() && !p.exists()).collect();
+    let missing: Vec<&Path> = path
+        .ancestors()
+        .take_while(|p| !p.as_os_str().is_empty() && !p.exists())
+        .collect();
     for dir in missing.into_iter().rev() {
         match std::fs::create_dir(dir) {
             Ok(()) => created.push(dir.to_path_buf()),

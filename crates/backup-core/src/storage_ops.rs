@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use backup_storage::{
-    Capabilities, Capacity, GetResult, ListResult, ObjectMeta, PutMode, PutOptions, Storage, StorageExt, Upload,
+    Capabilities, Capacity, GetResult, ListResult, ObjectMeta, PutMode, PutOptions, Storage,
+    StorageExt, Upload,
 };
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -93,7 +94,8 @@ pub enum Browse {
 
 impl Engine {
     fn need_storage(&self, what: &str) -> Result<&std::sync::Arc<dyn Storage>> {
-        self.storage().ok_or_else(|| Error::NoStorage(format!("there is nothing to {what}")))
+        self.storage()
+            .ok_or_else(|| Error::NoStorage(format!("there is nothing to {what}")))
     }
 
     /// Downloads an image to a local file (atomically), for carrying it to a
@@ -103,7 +105,9 @@ impl Engine {
         let result = async {
             let loc = self.locate(image);
             let ImageLoc::Stored(name) = &loc else {
-                return Err(Error::Input(format!("{image} is a local file already; copy it with cp")));
+                return Err(Error::Input(format!(
+                    "{image} is a local file already; copy it with cp"
+                )));
             };
             let storage = self.need_storage("fetch from")?;
             let got = storage.get_opts(name, None).await?;
@@ -111,7 +115,8 @@ impl Engine {
             let mut reader = tokio_util::io::SyncIoBridge::new(got.reader);
             tokio::task::spawn_blocking(move || {
                 crate::util::write_stream_atomic(&out, 0o600, |w| {
-                    std::io::copy(&mut reader, w).map_err(|e| Error::io(format!("downloading to {}", out.display()), e))
+                    std::io::copy(&mut reader, w)
+                        .map_err(|e| Error::io(format!("downloading to {}", out.display()), e))
                 })
             })
             .await
@@ -120,7 +125,14 @@ impl Engine {
         .await;
         match &result {
             Ok(n) => self.audit("fetch", image, "done", *n, started, None),
-            Err(e) => self.audit("fetch", image, crate::runs::outcome_of(e), 0, started, Some(e.to_string())),
+            Err(e) => self.audit(
+                "fetch",
+                image,
+                crate::runs::outcome_of(e),
+                0,
+                started,
+                Some(e.to_string()),
+            ),
         }
         result
     }
@@ -132,7 +144,11 @@ impl Engine {
         if path.ends_with(IMAGE_EXT) {
             return self.show(path).await.map(Browse::Backup);
         }
-        let prefix = if path.is_empty() || path.ends_with('/') { path.to_string() } else { format!("{path}/") };
+        let prefix = if path.is_empty() || path.ends_with('/') {
+            path.to_string()
+        } else {
+            format!("{path}/")
+        };
         let listing: std::result::Result<ListResult, _> = storage.list(&prefix, true).await;
         let read = listing.is_ok();
         let listing = match listing {
@@ -141,7 +157,10 @@ impl Engine {
             Err(e) => return Err(e.into()),
         };
         let probe = format!("{prefix}.backup-probe-{}", crate::util::random_tag());
-        let write = storage.put_bytes(&probe, Bytes::from_static(b"probe"), PutMode::Create).await.is_ok();
+        let write = storage
+            .put_bytes(&probe, Bytes::from_static(b"probe"), PutMode::Create)
+            .await
+            .is_ok();
         if write {
             let _ = storage.delete(&probe).await;
         }
@@ -151,14 +170,21 @@ impl Engine {
         for obj in listing.objects {
             if obj.name.ends_with(IMAGE_EXT) {
                 let sidecar = self.sidecar(&obj.name).await.ok().flatten();
-                images.push(BrowseImage { name: obj.name, size: obj.size, sidecar });
+                images.push(BrowseImage {
+                    name: obj.name,
+                    size: obj.size,
+                    sidecar,
+                });
             } else if !obj.name.ends_with(SIDECAR_SUFFIX) {
                 others.push(obj.name);
             }
         }
         let parent = (!prefix.is_empty()).then(|| {
             let trimmed = prefix.trim_end_matches('/');
-            trimmed.rsplit_once('/').map(|(p, _)| format!("{p}/")).unwrap_or_default()
+            trimmed
+                .rsplit_once('/')
+                .map(|(p, _)| format!("{p}/"))
+                .unwrap_or_default()
         });
         Ok(Browse::Level(BrowseView {
             location: storage.to_string(),
@@ -210,10 +236,21 @@ impl Engine {
             Ok(out)
         }
         .await;
-        let target = if images.is_empty() { "all images".to_string() } else { images.join(", ") };
+        let target = if images.is_empty() {
+            "all images".to_string()
+        } else {
+            images.join(", ")
+        };
         match &result {
             Ok(l) => self.audit("links", &target, "done", l.len() as u64, started, None),
-            Err(e) => self.audit("links", &target, crate::runs::outcome_of(e), 0, started, Some(e.to_string())),
+            Err(e) => self.audit(
+                "links",
+                &target,
+                crate::runs::outcome_of(e),
+                0,
+                started,
+                Some(e.to_string()),
+            ),
         }
         result
     }
@@ -239,11 +276,21 @@ struct StdoutUpload {
 impl Upload for StdoutUpload {
     async fn write(&mut self, chunk: Bytes) -> backup_storage::Result<()> {
         self.written += chunk.len() as u64;
-        self.out.write_all(&chunk).await.map_err(|e| backup_storage::Error::from_io("writing to standard output", e))
+        self.out
+            .write_all(&chunk)
+            .await
+            .map_err(|e| backup_storage::Error::from_io("writing to standard output", e))
     }
     async fn complete(mut self: Box<Self>) -> backup_storage::Result<ObjectMeta> {
-        self.out.flush().await.map_err(|e| backup_storage::Error::from_io("writing to standard output", e))?;
-        Ok(ObjectMeta { name: "-".into(), size: self.written, modified: None })
+        self.out
+            .flush()
+            .await
+            .map_err(|e| backup_storage::Error::from_io("writing to standard output", e))?;
+        Ok(ObjectMeta {
+            name: "-".into(),
+            size: self.written,
+            modified: None,
+        })
     }
     async fn abort(self: Box<Self>) -> backup_storage::Result<()> {
         // What was written cannot be taken back; the stream is truncated and
@@ -257,10 +304,21 @@ impl Storage for StdoutSink {
     fn capabilities(&self) -> Capabilities {
         Capabilities::NONE
     }
-    async fn put_opts(&self, _name: &str, _opts: PutOptions) -> backup_storage::Result<Box<dyn Upload>> {
-        Ok(Box::new(StdoutUpload { out: tokio::io::stdout(), written: 0 }))
+    async fn put_opts(
+        &self,
+        _name: &str,
+        _opts: PutOptions,
+    ) -> backup_storage::Result<Box<dyn Upload>> {
+        Ok(Box::new(StdoutUpload {
+            out: tokio::io::stdout(),
+            written: 0,
+        }))
     }
-    async fn get_opts(&self, name: &str, _range: Option<Range<u64>>) -> backup_storage::Result<GetResult> {
+    async fn get_opts(
+        &self,
+        name: &str,
+        _range: Option<Range<u64>>,
+    ) -> backup_storage::Result<GetResult> {
         Err(unsupported(name))
     }
     async fn head(&self, name: &str) -> backup_storage::Result<ObjectMeta> {
@@ -281,5 +339,7 @@ impl Storage for StdoutSink {
 }
 
 fn unsupported(name: &str) -> backup_storage::Error {
-    backup_storage::Error::Unsupported { what: format!("{name}: standard output can only be written") }
+    backup_storage::Error::Unsupported {
+        what: format!("{name}: standard output can only be written"),
+    }
 }

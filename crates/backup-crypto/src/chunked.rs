@@ -62,14 +62,18 @@ impl MessageKeys {
     /// reader/writer (an unoptimised caller made it ~100× slower).
     #[inline(never)]
     fn seal(&self, counter: u64, plain: &mut [u8]) -> Option<Tag> {
-        self.cipher.encrypt_in_place_detached(&self.nonce(counter), b"", plain).ok()
+        self.cipher
+            .encrypt_in_place_detached(&self.nonce(counter), b"", plain)
+            .ok()
     }
 
     /// Decrypts and authenticates one chunk in place (see [`MessageKeys::seal`]).
     #[inline(never)]
     fn open(&self, counter: u64, sealed: &mut [u8], tag: &[u8]) -> bool {
         let tag = Tag::clone_from_slice(tag);
-        self.cipher.decrypt_in_place_detached(&self.nonce(counter), b"", sealed, &tag).is_ok()
+        self.cipher
+            .decrypt_in_place_detached(&self.nonce(counter), b"", sealed, &tag)
+            .is_ok()
     }
 
     fn nonce(&self, counter: u64) -> Nonce<aes_gcm::aead::consts::U12> {
