@@ -33,6 +33,9 @@ use suppaftp::types::FileType;
 use suppaftp::{FtpError, Mode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadBuf};
 
+#[cfg(test)]
+use crate::names::is_temp_name;
+use crate::names::{is_valid_name, is_valid_segment, temp_name};
 use crate::{
     Capabilities, Capacity, Error, GetResult, ListResult, ObjectMeta, PutMode, PutOptions, Result,
     Storage, Upload,
@@ -1085,42 +1088,6 @@ async fn closed_by_server(client: &Client) -> bool {
 
 // ---------------------------------------------------------------------------
 // Names and listings
-
-/// Whether an object name is relative, `/`-separated, without empty, `.` or
-/// `..` segments, line breaks (which would end an FTP command) or NUL, and
-/// not the name of an upload's temporary file.
-fn is_valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && !name.contains(['\0', '\\', '\r', '\n'])
-        && name.split('/').all(is_valid_segment)
-}
-
-fn is_valid_segment(s: &str) -> bool {
-    !s.is_empty() && s != "." && s != ".." && !is_temp_name(s)
-}
-
-/// Temporary files of unfinished uploads: `.<basename>.partial-<hex>`.
-fn is_temp_name(file_name: &str) -> bool {
-    file_name.starts_with('.') && file_name.contains(".partial-")
-}
-
-/// A fresh temporary file name for `base`.
-fn temp_name(base: &str) -> Result<String> {
-    let mut random = [0u8; 8];
-    getrandom::getrandom(&mut random).map_err(|e| Error::Other {
-        what: format!("drawing a random temporary file name: {e}"),
-        source: None,
-    })?;
-    let mut end = base.len().min(200);
-    while !base.is_char_boundary(end) {
-        end -= 1;
-    }
-    Ok(format!(
-        ".{}.partial-{:016x}",
-        &base[..end],
-        u64::from_ne_bytes(random)
-    ))
-}
 
 /// `("a/b", "c")` for `"a/b/c"`, `("", "c")` for `"c"`.
 fn split_name(name: &str) -> (&str, &str) {

@@ -26,6 +26,7 @@ mod ext;
 #[cfg(feature = "ftp")]
 mod ftp;
 mod local;
+mod names;
 mod nfs;
 mod open;
 mod retry;

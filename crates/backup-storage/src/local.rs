@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
+use crate::names::{is_valid_name, is_valid_segment, temp_name};
 use crate::open::file_url;
 use crate::{
     Capabilities, Capacity, Error, GetResult, ListResult, ObjectMeta, PutMode, PutOptions, Result,
@@ -105,40 +106,6 @@ impl fmt::Display for LocalStorage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&file_url(&self.root))
     }
-}
-
-/// Whether an object name is relative, `/`-separated, without empty, `.` or
-/// `..` segments, and not the name of an upload's temporary file.
-fn is_valid_name(name: &str) -> bool {
-    !name.is_empty() && !name.contains(['\0', '\\']) && name.split('/').all(is_valid_segment)
-}
-
-fn is_valid_segment(s: &str) -> bool {
-    !s.is_empty() && s != "." && s != ".." && !is_temp_name(s)
-}
-
-/// Temporary files of unfinished uploads: `.<basename>.partial-<hex>`.
-fn is_temp_name(file_name: &str) -> bool {
-    file_name.starts_with('.') && file_name.contains(".partial-")
-}
-
-/// A fresh temporary file name next to `target`'s base name.
-fn temp_name(base: &str) -> Result<String> {
-    let mut random = [0u8; 8];
-    getrandom::getrandom(&mut random).map_err(|e| Error::Other {
-        what: format!("drawing a random temporary file name: {e}"),
-        source: None,
-    })?;
-    // Keep room for the decoration within NAME_MAX (255 bytes).
-    let mut end = base.len().min(200);
-    while !base.is_char_boundary(end) {
-        end -= 1;
-    }
-    Ok(format!(
-        ".{}.partial-{:016x}",
-        &base[..end],
-        u64::from_ne_bytes(random)
-    ))
 }
 
 /// Runs blocking file-system work off the async threads.
