@@ -149,27 +149,24 @@ impl Default for StorageConfig {
 }
 
 /// `[image]`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImageConfig {
     /// Payload compression.
     #[serde(default)]
     pub compression: Compression,
-    /// Compression level (gzip: 0–9).
-    #[serde(default = "default_level")]
-    pub level: u32,
+    /// Compression level: gzip 0–9 (default 6), zstd 1–19 (default 3);
+    /// ignored with `none`. Unset means the codec's default, see
+    /// [`ImageConfig::effective_level`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<u32>,
 }
 
-fn default_level() -> u32 {
-    6
-}
-
-impl Default for ImageConfig {
-    fn default() -> Self {
-        ImageConfig {
-            compression: Compression::default(),
-            level: default_level(),
-        }
+impl ImageConfig {
+    /// The level the codec runs at: the configured one, else the codec's default.
+    pub fn effective_level(&self) -> u32 {
+        self.level
+            .unwrap_or_else(|| self.compression.default_level())
     }
 }
 
@@ -180,8 +177,41 @@ pub enum Compression {
     /// A standard `.tar.gz` payload.
     #[default]
     Gzip,
+    /// A `.tar.zst` payload, compressed by zstd's multithreaded mode.
+    Zstd,
     /// A plain `.tar` payload.
     None,
+}
+
+impl Compression {
+    /// The name used in the config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+            Compression::None => "none",
+        }
+    }
+
+    /// The level used when `[image] level` is not set.
+    pub fn default_level(self) -> u32 {
+        match self {
+            Compression::Gzip => 6,
+            Compression::Zstd => 3,
+            Compression::None => 0,
+        }
+    }
+
+    /// The levels this codec accepts.
+    pub fn levels(self) -> std::ops::RangeInclusive<u32> {
+        match self {
+            Compression::Gzip => 0..=9,
+            // 20–22 ("ultra") need windows of 32 MiB and more per worker,
+            // which breaks the backup's memory bound.
+            Compression::Zstd => 1..=19,
+            Compression::None => 0..=u32::MAX,
+        }
+    }
 }
 
 /// `[encryption]`: Argon2id cost for the keyslot written at `backup init`.
@@ -431,11 +461,18 @@ impl Config {
                 a.state_dir
             ));
         }
-        if self.image.compression == Compression::Gzip && self.image.level > 9 {
-            return Err(format!(
-                "[image] level {} is out of range for gzip (0–9)",
-                self.image.level
-            ));
+        if let Some(level) = self.image.level {
+            let codec = self.image.compression;
+            let levels = codec.levels();
+            if !levels.contains(&level) {
+                return Err(format!(
+                    "[image] level {level} is out of range for {} ({}–{}); leave it out for the default, {}",
+                    codec.name(),
+                    levels.start(),
+                    levels.end(),
+                    codec.default_level()
+                ));
+            }
         }
         self.encryption
             .kdf_params()
@@ -522,4 +559,47 @@ pub(crate) fn is_safe_name(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         && s != "."
         && s != ".."
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_image(image: &str) -> std::result::Result<Config, String> {
+        let text = format!(
+            "[appliance]\nproduct = \"p\"\nversion = \"1\"\nnode = \"n\"\nstate_dir = \"/var/lib/backup\"\n\n[image]\n{image}\n"
+        );
+        Config::parse(&text, Path::new("test.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn level_defaults_follow_the_codec() {
+        assert_eq!(with_image("").unwrap().image.effective_level(), 6);
+        let zstd = with_image("compression = \"zstd\"").unwrap();
+        assert_eq!(zstd.image.compression, Compression::Zstd);
+        assert_eq!(zstd.image.effective_level(), 3);
+        let set = with_image("compression = \"zstd\"\nlevel = 19").unwrap();
+        assert_eq!(set.image.effective_level(), 19);
+    }
+
+    #[test]
+    fn level_is_validated_per_codec() {
+        for ok in [
+            "compression = \"gzip\"\nlevel = 0",
+            "compression = \"gzip\"\nlevel = 9",
+            "compression = \"zstd\"\nlevel = 1",
+            "compression = \"none\"\nlevel = 42",
+        ] {
+            with_image(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for (bad, says) in [
+            ("compression = \"gzip\"\nlevel = 10", "gzip (0–9)"),
+            ("compression = \"zstd\"\nlevel = 0", "zstd (1–19)"),
+            ("compression = \"zstd\"\nlevel = 20", "zstd (1–19)"),
+        ] {
+            let err = with_image(bad).expect_err(bad);
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+        assert!(with_image("compression = \"lz4\"").is_err());
+    }
 }

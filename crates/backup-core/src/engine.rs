@@ -15,6 +15,7 @@ use crate::component::{
     Applicability, CommandComponent, Component, FilesComponent, SnapshotError, SqliteComponent,
 };
 use crate::config::{ComponentKind, Config};
+use crate::image::pipe;
 use crate::image::reader::{self, Visitor, WalkResult};
 use crate::image::writer::{ChannelWriter, Encoder, TarWriter, CHANNEL_DEPTH};
 use crate::image::{
@@ -505,7 +506,10 @@ impl Engine {
         };
         let scratch = self.scratch_dir()?;
         let producer_info = info.clone();
-        let (compression, level) = (self.config.image.compression, self.config.image.level);
+        let (compression, level) = (
+            self.config.image.compression,
+            self.config.image.effective_level(),
+        );
         let producer_progress = progress.clone();
         let halt = opts.halt;
         let scratch_for_producer = scratch.clone();
@@ -520,9 +524,9 @@ impl Engine {
             created,
             move |out| {
                 let progress = producer_progress;
-                let encoder = Encoder::new(out, compression, level);
-                let mut tar = TarWriter::new(encoder, progress.clone());
                 let io_err = |e| Error::from_pipeline_io("writing the image", e);
+                let encoder = Encoder::new(out, compression, level).map_err(io_err)?;
+                let mut tar = TarWriter::new(encoder, progress.clone());
                 tar.json(BACKUP_JSON, &producer_info).map_err(io_err)?;
                 let mut records = Vec::new();
                 for item in &items {
@@ -950,10 +954,13 @@ fn local_destination(path: &Path) -> Result<(Arc<dyn Storage>, String)> {
     Ok((Arc::new(LocalStorage::new(&parent)?), name))
 }
 
-/// Streams an encrypted image into `storage` under `name` (never overwriting):
-/// `produce` writes the payload on a blocking thread; its bytes are encrypted
-/// and handed in bounded buffers to the async upload. On any failure the
-/// upload is aborted, so nothing appears under `name`.
+/// Streams an encrypted image into `storage` under `name` (never overwriting).
+///
+/// Three stages run at once, joined by bounded queues, so the slowest sets
+/// the pace and memory stays fixed: `produce` writes the payload on a
+/// blocking thread (tar, and the codec, which fans out to its own compression
+/// threads); a second blocking thread encrypts; the async upload sends.
+/// On any failure the upload is aborted, so nothing appears under `name`.
 pub(crate) async fn write_sealed<T, F>(
     storage: Arc<dyn Storage>,
     name: String,
@@ -970,15 +977,34 @@ where
         .put_opts(&name, PutOptions::mode(PutMode::Create))
         .await?;
     let (tx, mut rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
-    let producer = tokio::task::spawn_blocking(move || -> Result<(T, u64)> {
+    let (plain_tx, mut plain_rx) = pipe::pipe(pipe::PIPE_DEPTH);
+    // `Ok(None)`: the payload ended without its end marker, i.e. the
+    // producer failed (its own error says why); the image is then *not*
+    // finished, so no valid-looking truncated image can be sealed.
+    let encryptor = tokio::task::spawn_blocking(move || -> Result<Option<u64>> {
+        let io_err = |e| Error::from_pipeline_io("encrypting the image", e);
         let mut sealed =
             EncryptWriter::new(ChannelWriter::new(tx), &mk, &slot, created.timestamp())?;
-        let value = produce(&mut sealed)?;
-        let size = sealed
-            .finish()?
+        loop {
+            match plain_rx.recv_chunk() {
+                Ok(Some(chunk)) => {
+                    sealed.write_all(&chunk).map_err(io_err)?;
+                    plain_rx.recycle(chunk);
+                }
+                Ok(None) => break,
+                Err(_) => return Ok(None),
+            }
+        }
+        let size = sealed.finish()?.finish().map_err(io_err)?;
+        Ok(Some(size))
+    });
+    let producer = tokio::task::spawn_blocking(move || -> Result<T> {
+        let mut plain = plain_tx;
+        let value = produce(&mut plain)?;
+        plain
             .finish()
             .map_err(|e| Error::from_pipeline_io("writing the image", e))?;
-        Ok((value, size))
+        Ok(value)
     });
     let mut upload_error = None;
     while let Some(chunk) = rx.recv().await {
@@ -989,18 +1015,27 @@ where
     }
     drop(rx);
     let produced = producer.await.map_err(join_error).and_then(|r| r);
-    match (upload_error, produced) {
-        (Some(e), _) => {
-            let _ = upload.abort().await;
-            Err(e.into())
+    let sealed = encryptor.await.map_err(join_error).and_then(|r| r);
+    // The first cause wins: the storage, then the encryption stage (whose
+    // failure makes the producer's writes fail), then the producer.
+    let outcome = match (upload_error, sealed, produced) {
+        (Some(e), _, _) => Err(e.into()),
+        (None, Err(e), _) => Err(e),
+        (None, Ok(_), Err(e)) => Err(e),
+        (None, Ok(None), Ok(_)) => Err(Error::from_pipeline_io(
+            "writing the image",
+            std::io::Error::other("the payload stream stopped before its end"),
+        )),
+        (None, Ok(Some(size)), Ok(value)) => Ok((value, size)),
+    };
+    match outcome {
+        Ok(done) => {
+            upload.complete().await?;
+            Ok(done)
         }
-        (None, Err(e)) => {
+        Err(e) => {
             let _ = upload.abort().await;
             Err(e)
-        }
-        (None, Ok(value)) => {
-            upload.complete().await?;
-            Ok(value)
         }
     }
 }

@@ -1,8 +1,10 @@
 //! The image: an encrypted tar stream with `backup.json`, `components/<name>/…`
 //! and `manifest.json`, plus the encrypted sidecar manifest.
+pub mod codec;
 mod digest;
 mod meta;
 mod name;
+pub(crate) mod pipe;
 pub(crate) mod reader;
 pub(crate) mod writer;
 

@@ -1,8 +1,9 @@
 //! Reading the payload: codec detection, tar entries, digests, manifest checks.
 use std::collections::BTreeMap;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, Read};
 use std::path::{Component as PathPart, Path, PathBuf};
 
+use super::pipe;
 use super::{
     BackupInfo, EntryDigest, EntryKind, Manifest, Outcome, BACKUP_JSON, COMPONENTS_DIR,
     MANIFEST_JSON,
@@ -12,16 +13,10 @@ use crate::{Error, Result};
 /// Largest `backup.json` / `manifest.json` accepted.
 const MAX_JSON: u64 = 16 << 20;
 
-/// Opens the codec of a decrypted payload by its magic bytes (gzip or plain
-/// tar), so restore needs no configuration to know it.
+/// Opens the codec of a decrypted payload by its magic bytes (gzip, zstd or
+/// plain tar), so restore needs no configuration to know it.
 pub(crate) fn decoder<'a, R: Read + 'a>(payload: R) -> io::Result<Box<dyn Read + 'a>> {
-    let mut buffered = BufReader::with_capacity(64 * 1024, payload);
-    let head = buffered.fill_buf()?;
-    if head.starts_with(&[0x1f, 0x8b]) {
-        Ok(Box::new(flate2::bufread::MultiGzDecoder::new(buffered)))
-    } else {
-        Ok(Box::new(buffered))
-    }
+    super::codec::decoder(payload)
 }
 
 /// One component entry as seen by a visitor.
@@ -57,9 +52,25 @@ pub(crate) struct WalkResult {
 /// Reads a whole payload, checking its structure and every component's digest
 /// against the manifest, and drains the stream to its end so the final
 /// encrypted chunk is authenticated.
-pub(crate) fn walk<R: Read>(payload: R, visitor: &mut dyn Visitor) -> Result<WalkResult> {
+///
+/// Three stages overlap, each on its own thread with bounded pipes between
+/// them: reading and decrypting `payload`, decompressing, and the walk itself
+/// (tar parsing and whatever the visitor does — extraction, on restore).
+/// Errors of the earlier stages reach the walk unchanged, in stream order.
+pub(crate) fn walk<R: Read + Send>(payload: R, visitor: &mut dyn Visitor) -> Result<WalkResult> {
     let pipeline_err = |e: io::Error| Error::from_pipeline_io("reading the image", e);
-    let mut archive = tar::Archive::new(decoder(payload).map_err(pipeline_err)?);
+    std::thread::scope(|s| {
+        let plain =
+            pipe::read_ahead(s, "backup-decrypt", move || Ok(payload)).map_err(pipeline_err)?;
+        let tar_stream = pipe::read_ahead(s, "backup-decompress", move || decoder(plain))
+            .map_err(pipeline_err)?;
+        walk_tar(tar_stream, visitor)
+    })
+}
+
+fn walk_tar<R: Read>(tar_stream: R, visitor: &mut dyn Visitor) -> Result<WalkResult> {
+    let pipeline_err = |e: io::Error| Error::from_pipeline_io("reading the image", e);
+    let mut archive = tar::Archive::new(tar_stream);
     let entries = archive.entries().map_err(pipeline_err)?;
     let mut info: Option<BackupInfo> = None;
     let mut manifest: Option<Manifest> = None;

@@ -8,7 +8,6 @@ use tokio::sync::mpsc;
 
 use super::{EntryDigest, EntryKind};
 use crate::component::{EntryMeta, EntrySink, SnapshotError};
-use crate::config::Compression;
 use crate::progress::{Event, Progress};
 
 /// Size of the buffers handed to the uploader.
@@ -68,45 +67,8 @@ impl Write for ChannelWriter {
     }
 }
 
-/// The payload codec on the writing side.
-pub(crate) enum Encoder<W: Write> {
-    Gzip(Box<flate2::write::GzEncoder<W>>),
-    Plain(W),
-}
-
-impl<W: Write> Encoder<W> {
-    pub(crate) fn new(inner: W, compression: Compression, level: u32) -> Encoder<W> {
-        match compression {
-            Compression::Gzip => Encoder::Gzip(Box::new(flate2::write::GzEncoder::new(
-                inner,
-                flate2::Compression::new(level),
-            ))),
-            Compression::None => Encoder::Plain(inner),
-        }
-    }
-
-    pub(crate) fn finish(self) -> io::Result<W> {
-        match self {
-            Encoder::Gzip(g) => g.finish(),
-            Encoder::Plain(w) => Ok(w),
-        }
-    }
-}
-
-impl<W: Write> Write for Encoder<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Encoder::Gzip(g) => g.write(buf),
-            Encoder::Plain(w) => w.write(buf),
-        }
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Encoder::Gzip(g) => g.flush(),
-            Encoder::Plain(w) => w.flush(),
-        }
-    }
-}
+/// The payload codec on the writing side (parallel gzip, zstd or none).
+pub(crate) use super::codec::Encoder;
 
 /// Writes the tar stream of an image and records each component's digest.
 pub(crate) struct TarWriter<W: Write> {

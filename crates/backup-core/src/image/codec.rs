@@ -1,0 +1,814 @@
+//! Payload codecs.
+//!
+//! Writing: **gzip** compressed in independent 1 MiB blocks on all cores, each
+//! block one member of a standard multi-member gzip stream (RFC 1952 §2.2:
+//! `gzip -d`, GNU tar, zlib's `inflate`, Python and Go all read it as one
+//! file); **zstd** in libzstd's own multithreaded mode; or **none**.
+//! Reading: the codec is recognised by the payload's magic bytes, so restore
+//! needs no configuration.
+//!
+//! Independent gzip members cost about 0.5% of size against one serial
+//! stream (each block starts with an empty 32 KiB window) and buy a linear
+//! speed-up with cores. Blocks that would not shrink — random data,
+//! already-compressed files — are detected from a small byte-histogram sample
+//! and stored instead of deflated: deflating 1 MiB of random data costs as
+//! much as deflating 1 MiB of text (about 70 ms at level 6 on the reference
+//! machine), the sample costs about 0.05 ms.
+use std::collections::VecDeque;
+use std::io::{self, BufReader, Read, Write};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use crate::config::Compression;
+
+/// Input bytes per gzip member: large enough that the member framing (18
+/// bytes) and the cold window at each start cost little, small enough that
+/// `2 × threads` blocks in flight stay a few MiB.
+pub const GZIP_BLOCK: usize = 1 << 20;
+/// First bytes of a gzip member.
+pub const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+/// First bytes of a zstd frame.
+pub const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// Largest run of a deflate stored block.
+const STORED_MAX: usize = 65_535;
+/// gzip member header: magic, CM = deflate, no flags, no mtime (the tar
+/// entries carry the times), XFL filled in per level, OS = Unix.
+const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3];
+/// Size of the zstd jobs handed to its workers. libzstd's default at level 3
+/// is 8 MiB (4 × the window), and it keeps about two jobs per worker in
+/// flight plus their output; 2 MiB keeps the encoder near 20 MiB on two
+/// workers for well under 1% of size.
+const ZSTD_JOB_SIZE: u32 = 2 << 20;
+
+/// The number of compression threads used by default: every core this
+/// process may run on (respects CPU affinity and cgroup quotas).
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// Compresses a payload with one of the codecs; finish it explicitly with
+/// [`Encoder::finish`] (a dropped encoder has not written its end).
+pub struct Encoder<W: Write> {
+    inner: Inner<W>,
+}
+
+enum Inner<W: Write> {
+    Gzip(ParallelGzip<W>),
+    Zstd(Box<zstd::stream::write::Encoder<'static, W>>),
+    Plain(W),
+}
+
+impl<W: Write> Encoder<W> {
+    /// An encoder for `compression` at `level` using [`default_threads`].
+    pub fn new(inner: W, compression: Compression, level: u32) -> io::Result<Encoder<W>> {
+        Encoder::with_threads(inner, compression, level, default_threads())
+    }
+
+    /// An encoder with an explicit number of compression threads (at least 1).
+    pub fn with_threads(
+        inner: W,
+        compression: Compression,
+        level: u32,
+        threads: usize,
+    ) -> io::Result<Encoder<W>> {
+        let threads = threads.max(1);
+        let inner = match compression {
+            Compression::Gzip => {
+                if level > 9 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("gzip level {level} is out of range (0–9)"),
+                    ));
+                }
+                Inner::Gzip(ParallelGzip::new(inner, level, threads)?)
+            }
+            Compression::Zstd => {
+                let level = i32::try_from(level).unwrap_or(i32::MAX);
+                let mut z = zstd::stream::write::Encoder::new(inner, level)?;
+                z.multithread(u32::try_from(threads).unwrap_or(u32::MAX))?;
+                z.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB_SIZE))?;
+                // Cheap (xxHash64) and lets `zstd -t` vouch for a payload on its own.
+                z.include_checksum(true)?;
+                Inner::Zstd(Box::new(z))
+            }
+            Compression::None => Inner::Plain(inner),
+        };
+        Ok(Encoder { inner })
+    }
+
+    /// Writes everything still buffered and the codec's end; returns the
+    /// inner writer.
+    pub fn finish(self) -> io::Result<W> {
+        match self.inner {
+            Inner::Gzip(g) => g.finish(),
+            Inner::Zstd(z) => z.finish(),
+            Inner::Plain(w) => Ok(w),
+        }
+    }
+}
+
+impl<W: Write> Write for Encoder<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match &mut self.inner {
+            Inner::Gzip(g) => g.write(buf),
+            Inner::Zstd(z) => z.write(buf),
+            Inner::Plain(w) => w.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut self.inner {
+            Inner::Gzip(g) => g.flush(),
+            Inner::Zstd(z) => z.flush(),
+            Inner::Plain(w) => w.flush(),
+        }
+    }
+}
+
+/// Opens the codec of a decrypted payload by its magic bytes: gzip (one or
+/// many members), zstd (one or many frames), else a plain tar.
+pub fn decoder<'a, R: Read + 'a>(mut payload: R) -> io::Result<Box<dyn Read + 'a>> {
+    // Read the magic in full even if the source hands out bytes one at a
+    // time, then put it back in front of the rest.
+    let mut magic = [0u8; 4];
+    let mut have = 0;
+    while have < magic.len() {
+        match payload.read(&mut magic[have..]) {
+            Ok(0) => break,
+            Ok(n) => have += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    let head = &magic[..have];
+    let stream = BufReader::with_capacity(64 * 1024, io::Cursor::new(head.to_vec()).chain(payload));
+    Ok(if head.starts_with(&GZIP_MAGIC) {
+        Box::new(flate2::bufread::MultiGzDecoder::new(stream))
+    } else if head == ZSTD_MAGIC {
+        // Reads every frame; libzstd's default window limit (128 MiB) holds,
+        // and images written here use 8 MiB windows at most (level 19).
+        Box::new(zstd::stream::read::Decoder::with_buffer(stream)?)
+    } else {
+        Box::new(stream)
+    })
+}
+
+/// A finished (or failed) block, and the buffers to reuse.
+struct Done {
+    input: Vec<u8>,
+    member: Vec<u8>,
+}
+
+struct Job {
+    input: Vec<u8>,
+    member: Vec<u8>,
+    reply: SyncSender<io::Result<Done>>,
+}
+
+/// gzip on all cores: the writer's thread fills 1 MiB blocks and hands them
+/// to a pool of workers; each worker turns a block into a complete gzip
+/// member; members are written to `inner` in block order, on the writer's
+/// thread. At most `2 × threads` blocks are in flight, which bounds memory
+/// (about `4 × threads` MiB) and gives every worker a queued block.
+struct ParallelGzip<W: Write> {
+    inner: W,
+    block: Vec<u8>,
+    pool: Pool,
+    pending: VecDeque<Receiver<io::Result<Done>>>,
+    spare_inputs: Vec<Vec<u8>>,
+    spare_members: Vec<Vec<u8>>,
+    max_in_flight: usize,
+    members: u64,
+}
+
+impl<W: Write> ParallelGzip<W> {
+    fn new(inner: W, level: u32, threads: usize) -> io::Result<ParallelGzip<W>> {
+        Ok(ParallelGzip {
+            inner,
+            block: Vec::with_capacity(GZIP_BLOCK),
+            pool: Pool::start(level, threads)?,
+            pending: VecDeque::new(),
+            spare_inputs: Vec::new(),
+            spare_members: Vec::new(),
+            max_in_flight: 2 * threads,
+            members: 0,
+        })
+    }
+
+    /// Hands the current block to the pool (waiting for the oldest block
+    /// first if too many are in flight), then writes whatever members are
+    /// ready, in order.
+    fn submit(&mut self) -> io::Result<()> {
+        while self.pending.len() >= self.max_in_flight {
+            self.write_oldest()?;
+        }
+        let next = self
+            .spare_inputs
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(GZIP_BLOCK));
+        let input = std::mem::replace(&mut self.block, next);
+        let member = self.spare_members.pop().unwrap_or_default();
+        let (reply, done) = mpsc::sync_channel(1);
+        self.pool.send(Job {
+            input,
+            member,
+            reply,
+        })?;
+        self.pending.push_back(done);
+        self.members += 1;
+        while let Some(front) = self.pending.front() {
+            match front.try_recv() {
+                Ok(done) => {
+                    self.pending.pop_front();
+                    self.emit(done)?;
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => return Err(worker_died()),
+            }
+        }
+        Ok(())
+    }
+
+    fn write_oldest(&mut self) -> io::Result<()> {
+        let Some(front) = self.pending.pop_front() else {
+            return Ok(());
+        };
+        let done = front.recv().map_err(|_| worker_died())?;
+        self.emit(done)
+    }
+
+    fn emit(&mut self, done: io::Result<Done>) -> io::Result<()> {
+        let mut done = done?;
+        self.inner.write_all(&done.member)?;
+        done.input.clear();
+        self.spare_inputs.push(done.input);
+        self.spare_members.push(done.member);
+        Ok(())
+    }
+
+    fn drain(&mut self) -> io::Result<()> {
+        while !self.pending.is_empty() {
+            self.write_oldest()?;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> io::Result<W> {
+        // An empty payload still gets one (empty) member: a zero-byte file
+        // is not a valid gzip stream.
+        if !self.block.is_empty() || self.members == 0 {
+            self.submit()?;
+        }
+        self.drain()?;
+        Ok(self.inner)
+    }
+}
+
+impl<W: Write> Write for ParallelGzip<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(GZIP_BLOCK - self.block.len());
+        self.block.extend_from_slice(&data[..n]);
+        if self.block.len() == GZIP_BLOCK {
+            self.submit()?;
+        }
+        Ok(n)
+    }
+
+    /// Ends the current member early and writes every member so far.
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.block.is_empty() {
+            self.submit()?;
+        }
+        self.drain()?;
+        self.inner.flush()
+    }
+}
+
+/// The compression threads; they stop (after their current block) when the
+/// pool is dropped, whether the stream finished or failed.
+struct Pool {
+    jobs: Option<Sender<Job>>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl Pool {
+    fn start(level: u32, threads: usize) -> io::Result<Pool> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        let mut pool = Pool {
+            jobs: Some(tx),
+            workers: Vec::with_capacity(threads),
+        };
+        for i in 0..threads {
+            let rx = rx.clone();
+            pool.workers.push(
+                std::thread::Builder::new()
+                    .name(format!("backup-gzip-{i}"))
+                    .spawn(move || gzip_worker(&rx, level))?,
+            );
+        }
+        Ok(pool)
+    }
+
+    fn send(&self, job: Job) -> io::Result<()> {
+        self.jobs
+            .as_ref()
+            .ok_or_else(worker_died)?
+            .send(job)
+            .map_err(|_| worker_died())
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // Closing the queue ends each worker once its current block is done.
+        self.jobs = None;
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+fn worker_died() -> io::Error {
+    io::Error::other("a gzip compression thread stopped unexpectedly")
+}
+
+fn gzip_worker(jobs: &Mutex<Receiver<Job>>, level: u32) {
+    // One deflate state per worker, reset per block: it is ~300 KiB, worth
+    // keeping rather than allocating per member.
+    let mut deflate = flate2::Compress::new(flate2::Compression::new(level), false);
+    loop {
+        let job = match jobs.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return,
+        };
+        let Ok(Job {
+            input,
+            mut member,
+            reply,
+        }) = job
+        else {
+            return;
+        };
+        let result =
+            gzip_member(&mut deflate, level, &input, &mut member).map(|()| Done { input, member });
+        // The writer may have gone (an error elsewhere): nothing to tell.
+        let _ = reply.send(result);
+    }
+}
+
+/// Writes `input` as one complete gzip member into `out`: deflated, or
+/// stored when it would not shrink.
+fn gzip_member(
+    deflate: &mut flate2::Compress,
+    level: u32,
+    input: &[u8],
+    out: &mut Vec<u8>,
+) -> io::Result<()> {
+    out.clear();
+    out.extend_from_slice(&GZIP_HEADER);
+    out[8] = match level {
+        9 => 2,
+        1 => 4,
+        _ => 0,
+    };
+    let stored_len = stored_size(input.len());
+    let deflated = level > 0 && !looks_incompressible(input) && {
+        deflate_into(deflate, input, out)?;
+        // Rarely, the sample misjudges: never emit more than storing would.
+        out.len() - GZIP_HEADER.len() < stored_len
+    };
+    if !deflated {
+        out.truncate(GZIP_HEADER.len());
+        store_into(input, out);
+    }
+    let mut crc = flate2::Crc::new();
+    crc.update(input);
+    out.extend_from_slice(&crc.sum().to_le_bytes());
+    // ISIZE is the length modulo 2^32 (blocks are 1 MiB anyway).
+    out.extend_from_slice(&(input.len() as u32).to_le_bytes());
+    Ok(())
+}
+
+/// Raw deflate of a whole block, appended to `out`.
+fn deflate_into(deflate: &mut flate2::Compress, input: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+    deflate.reset();
+    // deflateBound is n + n/4096 + n/16384 + 13 or so: one reservation is
+    // nearly always enough, the loop covers the rest.
+    out.reserve(input.len() + input.len() / 64 + 1024);
+    let start_in = deflate.total_in();
+    loop {
+        let consumed = (deflate.total_in() - start_in) as usize;
+        let status = deflate
+            .compress_vec(&input[consumed..], out, flate2::FlushCompress::Finish)
+            .map_err(io::Error::other)?;
+        match status {
+            flate2::Status::StreamEnd => return Ok(()),
+            flate2::Status::Ok | flate2::Status::BufError => out.reserve(64 * 1024),
+        }
+    }
+}
+
+/// Size of `n` bytes as deflate stored blocks (5 bytes of header per block).
+fn stored_size(n: usize) -> usize {
+    n + 5 * n.div_ceil(STORED_MAX).max(1)
+}
+
+/// Appends `input` as deflate stored blocks (RFC 1951 §3.2.4). The stream
+/// starts byte-aligned after the gzip header, so each block header is one
+/// byte (BFINAL, BTYPE = 00, padding) followed by LEN and NLEN.
+fn store_into(input: &[u8], out: &mut Vec<u8>) {
+    out.reserve(stored_size(input.len()));
+    let mut chunks = input.chunks(STORED_MAX).peekable();
+    if chunks.peek().is_none() {
+        out.extend_from_slice(&[1, 0, 0, 0xff, 0xff]);
+        return;
+    }
+    while let Some(chunk) = chunks.next() {
+        let last = chunks.peek().is_none();
+        let len = chunk.len() as u16;
+        out.push(u8::from(last));
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(chunk);
+    }
+}
+
+/// Samples taken from a block to judge it.
+const SAMPLES: usize = 8;
+/// Bytes per sample.
+const SAMPLE_LEN: usize = 8 * 1024;
+/// Order-0 entropy (bits per byte) above which a sample counts as random.
+/// Uniformly random 8 KiB samples measure about 7.98 (a finite sample falls
+/// short of 8); deflate or zstd output and encrypted data about 7.97–7.98;
+/// text, logs, SQLite pages and executables 4–6.5.
+const RANDOM_BITS: f64 = 7.9;
+
+/// True when every sample of `block` looks random, i.e. deflate would gain
+/// nothing. A block with any compressible sample is deflated in full (and
+/// stored afterwards if that did not pay), so mixed blocks keep their gain.
+fn looks_incompressible(block: &[u8]) -> bool {
+    if block.len() < SAMPLES * SAMPLE_LEN {
+        // Small blocks (the last of a stream) are cheap to just try.
+        return false;
+    }
+    let stride = (block.len() - SAMPLE_LEN) / (SAMPLES - 1);
+    (0..SAMPLES).all(|i| {
+        let at = i * stride;
+        entropy_bits(&block[at..at + SAMPLE_LEN]) >= RANDOM_BITS
+    })
+}
+
+fn entropy_bits(sample: &[u8]) -> f64 {
+    let mut counts = [0u32; 256];
+    for &b in sample {
+        counts[usize::from(b)] += 1;
+    }
+    let n = sample.len() as f64;
+    counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = f64::from(c) / n;
+            -p * p.log2()
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+    use std::process::{Command, Stdio};
+
+    /// Log-like lines: compressible, but not trivially.
+    fn text(n: usize, seed: u64) -> Vec<u8> {
+        const WORDS: &[&str] = &[
+            "accept",
+            "deny",
+            "tcp",
+            "udp",
+            "10.0.3.17",
+            "192.168.1.1",
+            "policy",
+            "rule",
+            "session",
+            "established",
+            "closed",
+            "admin",
+            "login",
+            "gateway",
+            "\"ok\"",
+            "443",
+        ];
+        let mut out = Vec::with_capacity(n + 64);
+        let mut s = seed | 1;
+        let mut line = 0u64;
+        while out.len() < n {
+            line += 1;
+            out.extend_from_slice(format!("{{\"seq\":{line},\"msg\":\"").as_bytes());
+            for _ in 0..8 {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                out.extend_from_slice(WORDS[(s % WORDS.len() as u64) as usize].as_bytes());
+                out.push(b' ');
+            }
+            out.extend_from_slice(format!("\",\"id\":{}}}\n", s % 100_000).as_bytes());
+        }
+        out.truncate(n);
+        out
+    }
+
+    fn random(n: usize, seed: u64) -> Vec<u8> {
+        let mut s = seed | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 24) as u8
+            })
+            .collect()
+    }
+
+    fn encode(data: &[u8], codec: Compression, level: u32, threads: usize) -> Vec<u8> {
+        let mut e = Encoder::with_threads(Vec::new(), codec, level, threads).unwrap();
+        // Odd-sized writes, as the tar builder does.
+        for piece in data.chunks(7919) {
+            e.write_all(piece).unwrap();
+        }
+        e.finish().unwrap()
+    }
+
+    fn decode(payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        decoder(payload).unwrap().read_to_end(&mut out).unwrap();
+        out
+    }
+
+    /// The members of a gzip stream, each checked by flate2's single-member
+    /// decoder; returns their uncompressed sizes.
+    fn members(mut stream: &[u8]) -> Vec<usize> {
+        let mut sizes = Vec::new();
+        while !stream.is_empty() {
+            let mut d = flate2::bufread::GzDecoder::new(stream);
+            let mut out = Vec::new();
+            d.read_to_end(&mut out).unwrap();
+            stream = d.into_inner();
+            sizes.push(out.len());
+        }
+        sizes
+    }
+
+    fn tool(name: &str, args: &[&str], input: &[u8]) -> Vec<u8> {
+        let mut child = Command::new(name)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run {name} (install it: apt-get install {name}): {e}")
+            });
+        let mut stdin = child.stdin.take().unwrap();
+        let input = input.to_vec();
+        let feeder = std::thread::spawn(move || stdin.write_all(&input));
+        let out = child.wait_with_output().unwrap();
+        feeder.join().unwrap().unwrap();
+        assert!(out.status.success(), "{name} {args:?} failed");
+        out.stdout
+    }
+
+    const SIZES: &[usize] = &[
+        0,
+        1,
+        GZIP_BLOCK - 1,
+        GZIP_BLOCK,
+        GZIP_BLOCK + 1,
+        3 * GZIP_BLOCK + 4321,
+    ];
+
+    #[test]
+    fn gzip_round_trips_at_block_boundaries_with_one_member_per_block() {
+        for &n in SIZES {
+            let data = text(n, n as u64);
+            for threads in [1, 3] {
+                let gz = encode(&data, Compression::Gzip, 6, threads);
+                assert_eq!(decode(&gz), data, "{n} bytes, {threads} threads");
+                let mut d = flate2::read::MultiGzDecoder::new(&gz[..]);
+                let mut via_flate2 = Vec::new();
+                d.read_to_end(&mut via_flate2).unwrap();
+                assert_eq!(via_flate2, data);
+                let expected: Vec<usize> = if n == 0 {
+                    vec![0]
+                } else {
+                    data.chunks(GZIP_BLOCK).map(<[u8]>::len).collect()
+                };
+                assert_eq!(members(&gz), expected, "{n} bytes");
+            }
+        }
+    }
+
+    #[test]
+    fn gzip_every_level_round_trips() {
+        let data = [text(GZIP_BLOCK + 10, 1), random(100_000, 2)].concat();
+        let sizes: Vec<usize> = (0..=9)
+            .map(|level| {
+                let gz = encode(&data, Compression::Gzip, level, 2);
+                assert_eq!(decode(&gz), data, "level {level}");
+                gz.len()
+            })
+            .collect();
+        assert!(sizes[0] > data.len(), "level 0 stores");
+        assert!(sizes[1] < sizes[0] && sizes[9] < sizes[1], "{sizes:?}");
+        assert!(Encoder::with_threads(Vec::new(), Compression::Gzip, 10, 1).is_err());
+    }
+
+    #[test]
+    fn gzip_output_is_read_by_gzip_and_gnu_tar() {
+        let data = [text(2 * GZIP_BLOCK + 99, 7), random(GZIP_BLOCK, 8)].concat();
+        let gz = encode(&data, Compression::Gzip, 6, 2);
+        assert_eq!(tool("gzip", &["-dc"], &gz), data);
+        assert_eq!(
+            tool("gzip", &["-dc"], &encode(b"", Compression::Gzip, 6, 2)),
+            b""
+        );
+        assert_eq!(
+            tool("gzip", &["-dc"], &encode(b"x", Compression::Gzip, 6, 2)),
+            b"x"
+        );
+        tar_extracts(Compression::Gzip, &["-xzf", "-"]);
+    }
+
+    #[test]
+    fn zstd_output_is_read_by_zstd_and_gnu_tar() {
+        for &n in SIZES {
+            let data = text(n, 3);
+            for threads in [1, 2] {
+                let z = encode(&data, Compression::Zstd, 3, threads);
+                assert!(z.starts_with(&ZSTD_MAGIC));
+                assert_eq!(decode(&z), data, "{n} bytes");
+                assert_eq!(tool("zstd", &["-dcq"], &z), data, "{n} bytes");
+            }
+        }
+        let z = encode(&text(5 * GZIP_BLOCK, 4), Compression::Zstd, 19, 2);
+        assert_eq!(decode(&z), text(5 * GZIP_BLOCK, 4));
+        tar_extracts(Compression::Zstd, &["--zstd", "-xf", "-"]);
+    }
+
+    /// A tar written through the encoder extracts with GNU tar.
+    fn tar_extracts(codec: Compression, args: &[&str]) {
+        let dir = tempfile::tempdir().unwrap();
+        let big = random(GZIP_BLOCK + 5, 11);
+        let log = text(3 * GZIP_BLOCK, 12);
+        let mut b = tar::Builder::new(Encoder::with_threads(Vec::new(), codec, 6, 2).unwrap());
+        for (name, data) in [
+            ("a/big.bin", &big[..]),
+            ("a/audit.log", &log[..]),
+            ("empty", b""),
+        ] {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, name, data).unwrap();
+        }
+        let payload = b.into_inner().unwrap().finish().unwrap();
+        let mut child = Command::new("tar")
+            .args(args)
+            .current_dir(dir.path())
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("GNU tar");
+        child.stdin.take().unwrap().write_all(&payload).unwrap();
+        assert!(child.wait().unwrap().success(), "tar {args:?}");
+        let read = |p: &str| std::fs::read(dir.path().join(Path::new(p))).unwrap();
+        assert_eq!(read("a/big.bin"), big);
+        assert_eq!(read("a/audit.log"), log);
+        assert_eq!(read("empty"), b"");
+    }
+
+    #[test]
+    fn incompressible_blocks_are_stored() {
+        let data = random(3 * GZIP_BLOCK, 5);
+        let gz = encode(&data, Compression::Gzip, 6, 2);
+        assert_eq!(decode(&gz), data);
+        // Stored: 5 bytes per 64 KiB run plus 18 per member, nothing more.
+        let overhead = gz.len() - data.len();
+        assert_eq!(overhead, 3 * (18 + 5 * GZIP_BLOCK.div_ceil(STORED_MAX)));
+        // The first deflate block header after the gzip header: not final, stored.
+        assert_eq!(gz[10], 0);
+        assert_eq!(tool("gzip", &["-dc"], &gz), data);
+    }
+
+    #[test]
+    fn a_block_with_any_compressible_part_is_deflated() {
+        let data = [random(GZIP_BLOCK / 2, 6), text(GZIP_BLOCK / 2, 6)].concat();
+        assert!(!looks_incompressible(&data));
+        let gz = encode(&data, Compression::Gzip, 6, 1);
+        assert!(
+            gz.len() < data.len() * 3 / 4,
+            "{} of {}",
+            gz.len(),
+            data.len()
+        );
+        assert_eq!(decode(&gz), data);
+        // Compressed data looks random; text does not.
+        let deflated = encode(&text(8 * GZIP_BLOCK, 9), Compression::Gzip, 9, 2);
+        assert!(deflated.len() > SAMPLES * SAMPLE_LEN);
+        assert!(looks_incompressible(&deflated));
+        assert!(!looks_incompressible(&text(GZIP_BLOCK, 10)));
+    }
+
+    #[test]
+    fn gzip_size_stays_within_two_percent_of_a_single_stream() {
+        let data = text(8 * GZIP_BLOCK, 13);
+        let ours = encode(&data, Compression::Gzip, 6, 2).len();
+        let mut serial = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+        serial.write_all(&data).unwrap();
+        let serial = serial.finish().unwrap().len();
+        assert!(
+            (ours as f64) <= serial as f64 * 1.02,
+            "parallel {ours} vs serial {serial}"
+        );
+    }
+
+    #[test]
+    fn none_passes_bytes_through_and_plain_tar_is_detected() {
+        let data = text(1000, 14);
+        let plain = encode(&data, Compression::None, 0, 1);
+        assert_eq!(plain, data);
+        assert_eq!(decode(&plain), data);
+        assert_eq!(decode(b""), b"");
+        assert_eq!(decode(b"\x1f"), b"\x1f");
+    }
+
+    #[test]
+    fn detection_survives_one_byte_reads() {
+        struct Trickle<'a>(&'a [u8]);
+        impl Read for Trickle<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                let Some((&b, rest)) = self.0.split_first() else {
+                    return Ok(0);
+                };
+                if buf.is_empty() {
+                    return Ok(0);
+                }
+                buf[0] = b;
+                self.0 = rest;
+                Ok(1)
+            }
+        }
+        let data = text(50_000, 15);
+        for codec in [Compression::Gzip, Compression::Zstd, Compression::None] {
+            let payload = encode(&data, codec, 3, 2);
+            let mut out = Vec::new();
+            decoder(Trickle(&payload))
+                .unwrap()
+                .read_to_end(&mut out)
+                .unwrap();
+            assert_eq!(out, data, "{codec:?}");
+        }
+    }
+
+    #[test]
+    fn a_failing_destination_fails_the_encoder_without_hanging() {
+        struct Full(usize);
+        impl Write for Full {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                if self.0 < buf.len() {
+                    return Err(io::Error::new(io::ErrorKind::StorageFull, "disk full"));
+                }
+                self.0 -= buf.len();
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let data = text(6 * GZIP_BLOCK, 16);
+        for codec in [Compression::Gzip, Compression::Zstd] {
+            let mut e = Encoder::with_threads(Full(100_000), codec, 3, 2).unwrap();
+            let err = e
+                .write_all(&data)
+                .and_then(|()| e.finish().map(|_| ()))
+                .unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::StorageFull, "{codec:?}");
+        }
+    }
+
+    #[test]
+    fn flush_ends_a_member_early() {
+        let mut e = Encoder::with_threads(Vec::new(), Compression::Gzip, 6, 2).unwrap();
+        e.write_all(b"first").unwrap();
+        e.flush().unwrap();
+        e.write_all(b"second").unwrap();
+        let gz = e.finish().unwrap();
+        assert_eq!(members(&gz), vec![5, 6]);
+        assert_eq!(decode(&gz), b"firstsecond");
+    }
+}
