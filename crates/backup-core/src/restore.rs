@@ -463,10 +463,13 @@ impl Visitor for RestoreVisitor {
 /// Extracts one component's entries into its staging directory, refusing
 /// anything that could land outside it.
 ///
-/// Files are not fsynced one by one (on ext4 each fsync of a new file waits
-/// for its own journal commit, which dominated restores of many small
-/// files); [`Stager::finish`] syncs the staging file system once, files and
-/// directories alike, before anything is renamed into place.
+/// Small files are not fsynced one by one (on ext4 each fsync of a new file
+/// waits for its own journal commit, which dominated restores of many small
+/// files); large ones are fsynced by a background thread while extraction
+/// goes on, so their data reaches the disk during the restore rather than
+/// all at the end; [`Stager::finish`] waits for that thread and then syncs
+/// the staging file system once (small files and directories), before
+/// anything is renamed into place.
 struct Stager {
     root: PathBuf,
     /// Archive-relative roots entries must live under (empty: flat names only).
@@ -483,6 +486,50 @@ struct Stager {
     /// Reused for file contents: larger than `io::copy`'s 8 KiB, so a large
     /// file costs a few hundred writes per 100 MiB rather than thousands.
     copy_buf: Vec<u8>,
+    /// Flushes large files in the background (started at the first one).
+    syncer: Option<Syncer>,
+}
+
+/// Files at least this large are fsynced in the background as soon as they
+/// are written.
+const BACKGROUND_SYNC_MIN: u64 = 1 << 20;
+/// Large files waiting for their fsync (bounds the open descriptors).
+const BACKGROUND_SYNC_QUEUE: usize = 16;
+
+/// A thread that fsyncs the files handed to it, in order, and reports the
+/// first failure when joined.
+struct Syncer {
+    tx: std::sync::mpsc::SyncSender<(std::fs::File, PathBuf)>,
+    thread: std::thread::JoinHandle<std::result::Result<(), (PathBuf, std::io::Error)>>,
+}
+
+impl Syncer {
+    fn start() -> std::io::Result<Syncer> {
+        let (tx, rx) =
+            std::sync::mpsc::sync_channel::<(std::fs::File, PathBuf)>(BACKGROUND_SYNC_QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("backup-fsync".into())
+            .spawn(move || {
+                for (file, path) in rx {
+                    file.sync_all().map_err(|e| (path, e))?;
+                }
+                Ok(())
+            })?;
+        Ok(Syncer { tx, thread })
+    }
+
+    /// Waits until every file handed over is durable.
+    fn finish(self) -> Result<()> {
+        drop(self.tx);
+        match self.thread.join() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err((path, e))) => Err(Error::io(format!("flushing {}", path.display()), e)),
+            Err(_) => Err(Error::io(
+                "flushing the restored files",
+                std::io::Error::other("the fsync thread panicked"),
+            )),
+        }
+    }
 }
 
 impl Stager {
@@ -496,6 +543,7 @@ impl Stager {
             owner,
             entries: 0,
             copy_buf: Vec::new(),
+            syncer: None,
         }
     }
 
@@ -628,6 +676,20 @@ impl Stager {
                 let t = filetime::FileTime::from_unix_time(e.mtime as i64, 0);
                 filetime::set_file_handle_times(&file, Some(t), Some(t))
                     .map_err(|err| io("setting the time of", err))?;
+                if e.size >= BACKGROUND_SYNC_MIN {
+                    if self.syncer.is_none() {
+                        self.syncer = Some(
+                            Syncer::start()
+                                .map_err(|err| io("starting the fsync thread for", err))?,
+                        );
+                    }
+                    let syncer = self.syncer.as_ref().expect("started above");
+                    if let Err(back) = syncer.tx.send((file, path.clone())) {
+                        // The thread stopped at a failed fsync: `finish`
+                        // reports that; this file is left to the syncfs.
+                        drop(back);
+                    }
+                }
             }
             EntryKind::Symlink => {
                 let target = e.link.as_ref().expect("walker checked");
@@ -699,6 +761,9 @@ impl Stager {
             let t = filetime::FileTime::from_unix_time(mtime as i64, 0);
             filetime::set_file_times(&path, t, t)
                 .map_err(|e| Error::io(format!("setting the time of {}", path.display()), e))?;
+        }
+        if let Some(syncer) = self.syncer.take() {
+            syncer.finish()?;
         }
         let root = std::fs::File::open(&self.root)
             .map_err(|e| Error::io(format!("opening {}", self.root.display()), e))?;
