@@ -86,8 +86,28 @@ pub(crate) fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// A file whose data is flushed in the background as it grows.
+struct WritebackFile {
+    file: std::fs::File,
+    writeback: Option<backup_storage::Writeback>,
+}
+
+impl std::io::Write for WritebackFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        if let Some(wb) = &mut self.writeback {
+            wb.wrote(n as u64);
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
 /// Writes a stream to `path` atomically: a hidden temporary file beside it,
-/// fsync, rename. On error the temporary file is removed and `path` untouched.
+/// written back while it grows, fsync, rename. On error the temporary file is removed and `path` untouched.
 pub(crate) fn write_stream_atomic<F>(path: &Path, mode: u32, fill: F) -> crate::Result<u64>
 where
     F: FnOnce(&mut dyn std::io::Write) -> crate::Result<u64>,
@@ -110,9 +130,14 @@ where
             .mode(mode)
             .open(&tmp)
             .map_err(|e| io("creating a temporary file for", e))?;
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+        let writeback = file.try_clone().ok().map(backup_storage::Writeback::new);
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, WritebackFile { file, writeback });
         let n = fill(&mut w)?;
-        let file = w.into_inner().map_err(|e| io("writing", e.into_error()))?;
+        let WritebackFile { file, writeback } =
+            w.into_inner().map_err(|e| io("writing", e.into_error()))?;
+        if let Some(wb) = writeback {
+            wb.finish();
+        }
         file.sync_all().map_err(|e| io("flushing", e))?;
         std::fs::rename(&tmp, path).map_err(|e| io("publishing", e))?;
         Ok(n)

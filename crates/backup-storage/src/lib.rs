@@ -33,6 +33,7 @@ mod retry;
 #[cfg(feature = "s3")]
 mod s3;
 mod types;
+mod writeback;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -51,6 +52,7 @@ pub use types::{
     ByteReader, Capabilities, Capacity, GetResult, ListResult, ObjectMeta, PutMode, PutOptions,
     Storage, Upload,
 };
+pub use writeback::{Writeback, WRITEBACK_INTERVAL};
 
 /// Result alias of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -14,7 +14,7 @@ use crate::names::{is_valid_name, is_valid_segment, temp_name};
 use crate::open::file_url;
 use crate::{
     Capabilities, Capacity, Error, GetResult, ListResult, ObjectMeta, PutMode, PutOptions, Result,
-    Storage, Upload,
+    Storage, Upload, Writeback,
 };
 
 /// A local directory (`file:///path`). Uploads go to a hidden temporary name,
@@ -208,8 +208,10 @@ impl Storage for LocalStorage {
                     Ok(file) => break file,
                 }
             };
+            let writeback = file.try_clone().ok().map(Writeback::new);
             let upload = LocalUpload {
                 file: Arc::new(file),
+                writeback,
                 temp: Some(temp),
                 target,
                 name,
@@ -470,6 +472,8 @@ fn holds_object(dir: &Path) -> io::Result<bool> {
 struct LocalUpload {
     /// Shared with the blocking task of the write in progress.
     file: Arc<File>,
+    /// Flushes the data written so far while the backup goes on.
+    writeback: Option<Writeback>,
     /// The temporary file, until it is published or removed.
     temp: Option<PathBuf>,
     target: PathBuf,
@@ -499,6 +503,9 @@ impl Upload for LocalUpload {
         match written {
             Ok(Ok(())) => {
                 self.written += len;
+                if let Some(wb) = &mut self.writeback {
+                    wb.wrote(len);
+                }
                 Ok(())
             }
             Ok(Err(e)) => Err(Error::from_io(
@@ -532,8 +539,12 @@ impl Upload for LocalUpload {
             .expect("an upload is completed or aborted once");
         let (file, target, mode) = (Arc::clone(&self.file), self.target.clone(), self.mode);
         let (name, location, size) = (self.name.clone(), self.location.clone(), self.written);
+        let writeback = self.writeback.take();
         let meta = blocking(move || {
             let io_err = |doing: &str, e| Error::from_io(format!("{doing} {name} in {location}"), e);
+            if let Some(wb) = writeback {
+                wb.finish();
+            }
             file.sync_all().map_err(|e| io_err("writing", e))?;
             let modified = file.metadata().and_then(|m| m.modified()).ok();
             match mode {
