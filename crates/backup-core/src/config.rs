@@ -148,6 +148,9 @@ impl Default for StorageConfig {
     }
 }
 
+/// The most compression threads `[image] threads` accepts.
+const MAX_THREADS: usize = 256;
+
 /// `[image]`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -160,6 +163,11 @@ pub struct ImageConfig {
     /// [`ImageConfig::effective_level`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub level: Option<u32>,
+    /// Compression threads (1–256). Unset means every core this process may
+    /// run on; set it lower to leave cores to the appliance's own services
+    /// during a backup. See [`ImageConfig::effective_threads`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<usize>,
 }
 
 impl ImageConfig {
@@ -167,6 +175,13 @@ impl ImageConfig {
     pub fn effective_level(&self) -> u32 {
         self.level
             .unwrap_or_else(|| self.compression.default_level())
+    }
+
+    /// The number of compression threads: the configured one, else every
+    /// core this process may run on.
+    pub fn effective_threads(&self) -> usize {
+        self.threads
+            .unwrap_or_else(crate::image::codec::default_threads)
     }
 }
 
@@ -474,6 +489,13 @@ impl Config {
                 ));
             }
         }
+        if let Some(threads) = self.image.threads {
+            if !(1..=MAX_THREADS).contains(&threads) {
+                return Err(format!(
+                    "[image] threads = {threads} is out of range (1–{MAX_THREADS}); leave it out to use every core"
+                ));
+            }
+        }
         self.encryption
             .kdf_params()
             .validate()
@@ -580,6 +602,20 @@ mod tests {
         assert_eq!(zstd.image.effective_level(), 3);
         let set = with_image("compression = \"zstd\"\nlevel = 19").unwrap();
         assert_eq!(set.image.effective_level(), 19);
+    }
+
+    #[test]
+    fn threads_default_to_the_cores_and_are_bounded() {
+        let cores = crate::image::codec::default_threads();
+        assert_eq!(with_image("").unwrap().image.effective_threads(), cores);
+        assert_eq!(
+            with_image("threads = 3").unwrap().image.effective_threads(),
+            3
+        );
+        for bad in ["threads = 0", "threads = 257"] {
+            let err = with_image(bad).expect_err(bad);
+            assert!(err.contains("[image] threads"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -506,9 +506,10 @@ impl Engine {
         };
         let scratch = self.scratch_dir()?;
         let producer_info = info.clone();
-        let (compression, level) = (
+        let (compression, level, threads) = (
             self.config.image.compression,
             self.config.image.effective_level(),
+            self.config.image.effective_threads(),
         );
         let producer_progress = progress.clone();
         let halt = opts.halt;
@@ -525,7 +526,8 @@ impl Engine {
             move |out| {
                 let progress = producer_progress;
                 let io_err = |e| Error::from_pipeline_io("writing the image", e);
-                let encoder = Encoder::new(out, compression, level).map_err(io_err)?;
+                let encoder =
+                    Encoder::with_threads(out, compression, level, threads).map_err(io_err)?;
                 let mut tar = TarWriter::new(encoder, progress.clone());
                 tar.json(BACKUP_JSON, &producer_info).map_err(io_err)?;
                 let mut records = Vec::new();

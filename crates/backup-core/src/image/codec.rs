@@ -22,10 +22,12 @@ use std::thread::JoinHandle;
 
 use crate::config::Compression;
 
-/// Input bytes per gzip member: large enough that the member framing (18
+/// Input bytes per gzip member: large enough that the member framing (28
 /// bytes) and the cold window at each start cost little, small enough that
 /// `2 × threads` blocks in flight stay a few MiB.
 pub const GZIP_BLOCK: usize = 1 << 20;
+/// Most threads a restore inflates gzip members on.
+const MAX_DECODE_THREADS: usize = 4;
 /// First bytes of a gzip member.
 pub const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 /// First bytes of a zstd frame.
@@ -33,9 +35,19 @@ pub const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
 /// Largest run of a deflate stored block.
 const STORED_MAX: usize = 65_535;
-/// gzip member header: magic, CM = deflate, no flags, no mtime (the tar
-/// entries carry the times), XFL filled in per level, OS = Unix.
-const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3];
+/// gzip member header: magic, CM = deflate, FLG = FEXTRA, no mtime (the tar
+/// entries carry the times), XFL filled in per level, OS = Unix; then one
+/// extra subfield (RFC 1952 §2.3.1.1), `Ab` with four bytes: the member's
+/// total length, little-endian, filled in once it is known. Readers that do
+/// not know the subfield skip it (gzip, GNU tar, zlib); ours uses it to hand
+/// whole members to parallel decompression threads.
+const GZIP_HEADER: [u8; MEMBER_HEADER_LEN] = [
+    0x1f, 0x8b, 8, 4, 0, 0, 0, 0, 0, 3, 8, 0, b'A', b'b', 4, 0, 0, 0, 0, 0,
+];
+/// Length of [`GZIP_HEADER`].
+pub(crate) const MEMBER_HEADER_LEN: usize = 20;
+/// Where the member length sits in [`GZIP_HEADER`].
+const MEMBER_LEN_AT: usize = 16;
 /// Size of the zstd jobs handed to its workers. libzstd's default at level 3
 /// is 8 MiB (4 × the window), and it keeps about two jobs per worker in
 /// flight plus their output; 2 MiB keeps the encoder near 20 MiB on two
@@ -130,11 +142,13 @@ impl<W: Write> Write for Encoder<W> {
 }
 
 /// Opens the codec of a decrypted payload by its magic bytes: gzip (one or
-/// many members), zstd (one or many frames), else a plain tar.
+/// many members; decompressed on all cores when the members carry their
+/// lengths, as this engine writes them), zstd (one or many frames), else a
+/// plain tar.
 pub fn decoder<'a, R: Read + 'a>(mut payload: R) -> io::Result<Box<dyn Read + 'a>> {
     // Read the magic in full even if the source hands out bytes one at a
     // time, then put it back in front of the rest.
-    let mut magic = [0u8; 4];
+    let mut magic = [0u8; MEMBER_HEADER_LEN];
     let mut have = 0;
     while have < magic.len() {
         match payload.read(&mut magic[have..]) {
@@ -146,9 +160,14 @@ pub fn decoder<'a, R: Read + 'a>(mut payload: R) -> io::Result<Box<dyn Read + 'a
     }
     let head = &magic[..have];
     let stream = BufReader::with_capacity(64 * 1024, io::Cursor::new(head.to_vec()).chain(payload));
-    Ok(if head.starts_with(&GZIP_MAGIC) {
+    Ok(if super::gunzip::member_len(head).is_some() {
+        Box::new(super::gunzip::ParallelGunzip::new(
+            stream,
+            default_threads(),
+        )?)
+    } else if head.starts_with(&GZIP_MAGIC) {
         Box::new(flate2::bufread::MultiGzDecoder::new(stream))
-    } else if head == ZSTD_MAGIC {
+    } else if head.starts_with(&ZSTD_MAGIC) {
         // Reads every frame; libzstd's default window limit (128 MiB) holds,
         // and images written here use 8 MiB windows at most (level 19).
         Box::new(zstd::stream::read::Decoder::with_buffer(stream)?)
@@ -177,7 +196,7 @@ struct Job {
 struct ParallelGzip<W: Write> {
     inner: W,
     block: Vec<u8>,
-    pool: Pool,
+    pool: Pool<Job>,
     pending: VecDeque<Receiver<io::Result<Done>>>,
     spare_inputs: Vec<Vec<u8>>,
     spare_members: Vec<Vec<u8>>,
@@ -190,7 +209,7 @@ impl<W: Write> ParallelGzip<W> {
         Ok(ParallelGzip {
             inner,
             block: Vec::with_capacity(GZIP_BLOCK),
-            pool: Pool::start(level, threads)?,
+            pool: Pool::start("backup-gzip", threads, move |rx| gzip_worker(rx, level))?,
             pending: VecDeque::new(),
             spare_inputs: Vec::new(),
             spare_members: Vec::new(),
@@ -288,33 +307,39 @@ impl<W: Write> Write for ParallelGzip<W> {
     }
 }
 
-/// The compression threads; they stop (after their current block) when the
-/// pool is dropped, whether the stream finished or failed.
-struct Pool {
-    jobs: Option<Sender<Job>>,
+/// Worker threads taking jobs from one queue; they stop (after their
+/// current job) when the pool is dropped, whether the stream finished or
+/// failed.
+pub(crate) struct Pool<J> {
+    jobs: Option<Sender<J>>,
     workers: Vec<JoinHandle<()>>,
 }
 
-impl Pool {
-    fn start(level: u32, threads: usize) -> io::Result<Pool> {
-        let (tx, rx) = mpsc::channel::<Job>();
+impl<J: Send + 'static> Pool<J> {
+    /// Starts `threads` threads named `{name}-{i}`, each running `work` on
+    /// the shared queue until it closes.
+    pub(crate) fn start<F>(name: &str, threads: usize, work: F) -> io::Result<Pool<J>>
+    where
+        F: Fn(&Mutex<Receiver<J>>) + Send + Clone + 'static,
+    {
+        let (tx, rx) = mpsc::channel::<J>();
         let rx = Arc::new(Mutex::new(rx));
         let mut pool = Pool {
             jobs: Some(tx),
             workers: Vec::with_capacity(threads),
         };
         for i in 0..threads {
-            let rx = rx.clone();
+            let (rx, work) = (rx.clone(), work.clone());
             pool.workers.push(
                 std::thread::Builder::new()
-                    .name(format!("backup-gzip-{i}"))
-                    .spawn(move || gzip_worker(&rx, level))?,
+                    .name(format!("{name}-{i}"))
+                    .spawn(move || work(&rx))?,
             );
         }
         Ok(pool)
     }
 
-    fn send(&self, job: Job) -> io::Result<()> {
+    pub(crate) fn send(&self, job: J) -> io::Result<()> {
         self.jobs
             .as_ref()
             .ok_or_else(worker_died)?
@@ -323,7 +348,7 @@ impl Pool {
     }
 }
 
-impl Drop for Pool {
+impl<J> Drop for Pool<J> {
     fn drop(&mut self) {
         // Closing the queue ends each worker once its current block is done.
         self.jobs = None;
@@ -391,6 +416,8 @@ fn gzip_member(
     out.extend_from_slice(&crc.sum().to_le_bytes());
     // ISIZE is the length modulo 2^32 (blocks are 1 MiB anyway).
     out.extend_from_slice(&(input.len() as u32).to_le_bytes());
+    let total = u32::try_from(out.len()).expect("a member of a 1 MiB block fits in u32");
+    out[MEMBER_LEN_AT..MEMBER_LEN_AT + 4].copy_from_slice(&total.to_le_bytes());
     Ok(())
 }
 
@@ -697,11 +724,11 @@ mod tests {
         let data = random(3 * GZIP_BLOCK, 5);
         let gz = encode(&data, Compression::Gzip, 6, 2);
         assert_eq!(decode(&gz), data);
-        // Stored: 5 bytes per 64 KiB run plus 18 per member, nothing more.
+        // Stored: 5 bytes per 64 KiB run plus 28 per member, nothing more.
         let overhead = gz.len() - data.len();
-        assert_eq!(overhead, 3 * (18 + 5 * GZIP_BLOCK.div_ceil(STORED_MAX)));
+        assert_eq!(overhead, 3 * (28 + 5 * GZIP_BLOCK.div_ceil(STORED_MAX)));
         // The first deflate block header after the gzip header: not final, stored.
-        assert_eq!(gz[10], 0);
+        assert_eq!(gz[MEMBER_HEADER_LEN], 0);
         assert_eq!(tool("gzip", &["-dc"], &gz), data);
     }
 

@@ -2,6 +2,7 @@
 //! and `manifest.json`, plus the encrypted sidecar manifest.
 pub mod codec;
 mod digest;
+mod gunzip;
 mod meta;
 mod name;
 pub(crate) mod pipe;
