@@ -95,7 +95,12 @@ def ensure_tools():
         sys.exit(f"still missing after apt-get: {' '.join(still)}")
 
 
-def build_engine(skip_build):
+def build_engine(skip_build, given=None):
+    if given is not None:
+        binary = given.resolve()
+        if not binary.exists():
+            sys.exit(f"{binary} is missing")
+        return binary
     binary = REPO / "target" / "release" / "backup"
     if not skip_build:
         log("building the engine: cargo build --release -p backup-cli")
@@ -605,7 +610,7 @@ def markdown(title, meta, rows, chart_name):
                 peer = row.get(phase)
                 cells.append(f"{peer['wall'] / ours['wall']:.2f}×" if ours and peer else "–")
         out.append(f"| {cell(name)} | " + " | ".join(cells) + " |")
-    out += targets(rows)
+    out += [""] + targets(rows)
     out += ["", "Peak RSS of a pipeline is the sum of its processes' peaks (they run at once). "
             "The engine's restore includes making the restored tree durable (one `syncfs` before "
             "the swap) and its backup an fsync of the image; the pipelines and restic do neither.",
@@ -715,6 +720,7 @@ def main():
     ap.add_argument("--name", help="results name (default: from the dataset)")
     ap.add_argument("--only", help="comma-separated tool names to run (default all)")
     ap.add_argument("--no-build", action="store_true", help="use target/release/backup as it is")
+    ap.add_argument("--engine", type=Path, help="use this `backup` binary (no build; e.g. a debug build for a smoke run)")
     ap.add_argument("--settle", type=int, default=65,
                     help="seconds to wait after deleting restored trees, between rounds (default %(default)s)")
     ap.add_argument("--install-rustic", action="store_true",
@@ -725,7 +731,7 @@ def main():
     if args.install_rustic and shutil.which("rustic") is None:
         log("installing rustic: cargo install rustic-rs --locked")
         subprocess.run(["cargo", "install", "rustic-rs", "--locked"], check=True)
-    engine = build_engine(args.no_build)
+    engine = build_engine(args.no_build, args.engine)
     args.work.mkdir(parents=True, exist_ok=True)
     work = args.work.resolve()
 

@@ -161,10 +161,10 @@ pub fn decoder<'a, R: Read + 'a>(mut payload: R) -> io::Result<Box<dyn Read + 'a
     let head = &magic[..have];
     let stream = BufReader::with_capacity(64 * 1024, io::Cursor::new(head.to_vec()).chain(payload));
     Ok(if super::gunzip::member_len(head).is_some() {
-        Box::new(super::gunzip::ParallelGunzip::new(
-            stream,
-            default_threads(),
-        )?)
+        // Beyond a few threads extraction sets the pace of a restore, and
+        // every thread adds two members in flight (up to 4 MiB).
+        let threads = default_threads().min(MAX_DECODE_THREADS);
+        Box::new(super::gunzip::ParallelGunzip::new(stream, threads)?)
     } else if head.starts_with(&GZIP_MAGIC) {
         Box::new(flate2::bufread::MultiGzDecoder::new(stream))
     } else if head.starts_with(&ZSTD_MAGIC) {
