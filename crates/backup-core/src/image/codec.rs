@@ -41,13 +41,13 @@ const STORED_MAX: usize = 65_535;
 /// total length, little-endian, filled in once it is known. Readers that do
 /// not know the subfield skip it (gzip, GNU tar, zlib); ours uses it to hand
 /// whole members to parallel decompression threads.
-const GZIP_HEADER: [u8; MEMBER_HEADER_LEN] = [
+pub(crate) const GZIP_HEADER: [u8; MEMBER_HEADER_LEN] = [
     0x1f, 0x8b, 8, 4, 0, 0, 0, 0, 0, 3, 8, 0, b'A', b'b', 4, 0, 0, 0, 0, 0,
 ];
 /// Length of [`GZIP_HEADER`].
 pub(crate) const MEMBER_HEADER_LEN: usize = 20;
 /// Where the member length sits in [`GZIP_HEADER`].
-const MEMBER_LEN_AT: usize = 16;
+pub(crate) const MEMBER_LEN_AT: usize = 16;
 /// Size of the zstd jobs handed to its workers. libzstd's default at level 3
 /// is 8 MiB (4 × the window), and it keeps about two jobs per worker in
 /// flight plus their output; 2 MiB keeps the encoder near 20 MiB on two
@@ -149,15 +149,7 @@ pub fn decoder<'a, R: Read + 'a>(mut payload: R) -> io::Result<Box<dyn Read + 'a
     // Read the magic in full even if the source hands out bytes one at a
     // time, then put it back in front of the rest.
     let mut magic = [0u8; MEMBER_HEADER_LEN];
-    let mut have = 0;
-    while have < magic.len() {
-        match payload.read(&mut magic[have..]) {
-            Ok(0) => break,
-            Ok(n) => have += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-    }
+    let have = read_full(&mut payload, &mut magic)?;
     let head = &magic[..have];
     let stream = BufReader::with_capacity(64 * 1024, io::Cursor::new(head.to_vec()).chain(payload));
     Ok(if super::gunzip::member_len(head).is_some() {
@@ -174,6 +166,20 @@ pub fn decoder<'a, R: Read + 'a>(mut payload: R) -> io::Result<Box<dyn Read + 'a
     } else {
         Box::new(stream)
     })
+}
+
+/// Reads until `buf` is full or the source ends; returns the bytes read.
+pub(crate) fn read_full<R: Read + ?Sized>(source: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+    let mut have = 0;
+    while have < buf.len() {
+        match source.read(&mut buf[have..]) {
+            Ok(0) => break,
+            Ok(n) => have += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(have)
 }
 
 /// A finished (or failed) block, and the buffers to reuse.
@@ -348,6 +354,11 @@ impl<J: Send + 'static> Pool<J> {
     }
 }
 
+/// A worker's next job; `None` once the pool's queue is closed.
+pub(crate) fn next_job<J>(jobs: &Mutex<Receiver<J>>) -> Option<J> {
+    jobs.lock().ok()?.recv().ok()
+}
+
 impl<J> Drop for Pool<J> {
     fn drop(&mut self) {
         // Closing the queue ends each worker once its current block is done.
@@ -366,19 +377,12 @@ fn gzip_worker(jobs: &Mutex<Receiver<Job>>, level: u32) {
     // One deflate state per worker, reset per block: it is ~300 KiB, worth
     // keeping rather than allocating per member.
     let mut deflate = flate2::Compress::new(flate2::Compression::new(level), false);
-    loop {
-        let job = match jobs.lock() {
-            Ok(rx) => rx.recv(),
-            Err(_) => return,
-        };
-        let Ok(Job {
-            input,
-            mut member,
-            reply,
-        }) = job
-        else {
-            return;
-        };
+    while let Some(Job {
+        input,
+        mut member,
+        reply,
+    }) = next_job(jobs)
+    {
         let result =
             gzip_member(&mut deflate, level, &input, &mut member).map(|()| Done { input, member });
         // The writer may have gone (an error elsewhere): nothing to tell.

@@ -12,35 +12,25 @@ use std::io::{self, Read};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Mutex;
 
-use super::codec::{Pool, GZIP_BLOCK, MEMBER_HEADER_LEN};
+use super::codec::{
+    next_job, read_full, Pool, GZIP_BLOCK, GZIP_HEADER, MEMBER_HEADER_LEN, MEMBER_LEN_AT,
+};
 
-/// The header prefix of a member with the length field: magic, CM = deflate,
-/// FLG = FEXTRA (bytes 4..10, mtime, XFL and OS, may be anything), then
-/// XLEN = 8 and the `Ab` subfield of length 4.
-const FIXED: [(usize, u8); 9] = [
-    (0, 0x1f),
-    (1, 0x8b),
-    (2, 8),
-    (3, 4),
-    (10, 8),
-    (11, 0),
-    (12, b'A'),
-    (13, b'b'),
-    (14, 4),
-];
 /// Largest member accepted: a stored 1 MiB block and its framing, with room.
 const MAX_MEMBER: usize = 2 * GZIP_BLOCK;
 /// Largest decompressed member accepted (the encoder writes 1 MiB blocks).
 const MAX_OUTPUT: usize = 2 * GZIP_BLOCK;
 
 /// The total length of the member whose header is `head`, if it carries the
-/// length field.
+/// length field: the encoder's header, where only the mtime, XFL and OS
+/// (bytes 4..10) may differ, and the length itself.
 pub(crate) fn member_len(head: &[u8]) -> Option<usize> {
-    if head.len() < MEMBER_HEADER_LEN || FIXED.iter().any(|&(at, b)| head[at] != b) {
+    let fixed = |r: std::ops::Range<usize>| head.get(r.clone()) == GZIP_HEADER.get(r);
+    if !fixed(0..4) || !fixed(10..MEMBER_LEN_AT) {
         return None;
     }
-    let len = u32::from_le_bytes(head[16..20].try_into().expect("four bytes"));
-    Some(len as usize)
+    let len = head.get(MEMBER_LEN_AT..MEMBER_LEN_AT + 4)?;
+    Some(u32::from_le_bytes(len.try_into().expect("four bytes")) as usize)
 }
 
 /// A member and its content, inflated (the buffers go back for reuse).
@@ -183,36 +173,15 @@ impl<R: Read> Read for ParallelGunzip<R> {
     }
 }
 
-/// Reads until `buf` is full or the source ends; returns the bytes read.
-fn read_full<R: Read>(source: &mut R, buf: &mut [u8]) -> io::Result<usize> {
-    let mut have = 0;
-    while have < buf.len() {
-        match source.read(&mut buf[have..]) {
-            Ok(0) => break,
-            Ok(n) => have += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(have)
-}
-
 fn gunzip_worker(jobs: &Mutex<Receiver<Job>>) {
     let mut inflate = flate2::Decompress::new(false);
-    loop {
-        let job = match jobs.lock() {
-            Ok(rx) => rx.recv(),
-            Err(_) => return,
-        };
-        let Ok(Job {
-            member,
-            mut out,
-            index,
-            reply,
-        }) = job
-        else {
-            return;
-        };
+    while let Some(Job {
+        member,
+        mut out,
+        index,
+        reply,
+    }) = next_job(jobs)
+    {
         let result = inflate_member(&mut inflate, &member, &mut out)
             .map_err(|what| {
                 io::Error::new(
