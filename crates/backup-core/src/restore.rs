@@ -487,7 +487,7 @@ struct Stager {
     /// file costs a few hundred writes per 100 MiB rather than thousands.
     copy_buf: Vec<u8>,
     /// Flushes large files in the background (started at the first one).
-    syncer: Option<Syncer>,
+    syncer: Option<backup_storage::SyncThread>,
 }
 
 /// Files at least this large are fsynced in the background as soon as they
@@ -495,42 +495,6 @@ struct Stager {
 const BACKGROUND_SYNC_MIN: u64 = 1 << 20;
 /// Large files waiting for their fsync (bounds the open descriptors).
 const BACKGROUND_SYNC_QUEUE: usize = 16;
-
-/// A thread that fsyncs the files handed to it, in order, and reports the
-/// first failure when joined.
-struct Syncer {
-    tx: std::sync::mpsc::SyncSender<(std::fs::File, PathBuf)>,
-    thread: std::thread::JoinHandle<std::result::Result<(), (PathBuf, std::io::Error)>>,
-}
-
-impl Syncer {
-    fn start() -> std::io::Result<Syncer> {
-        let (tx, rx) =
-            std::sync::mpsc::sync_channel::<(std::fs::File, PathBuf)>(BACKGROUND_SYNC_QUEUE);
-        let thread = std::thread::Builder::new()
-            .name("backup-fsync".into())
-            .spawn(move || {
-                for (file, path) in rx {
-                    file.sync_all().map_err(|e| (path, e))?;
-                }
-                Ok(())
-            })?;
-        Ok(Syncer { tx, thread })
-    }
-
-    /// Waits until every file handed over is durable.
-    fn finish(self) -> Result<()> {
-        drop(self.tx);
-        match self.thread.join() {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err((path, e))) => Err(Error::io(format!("flushing {}", path.display()), e)),
-            Err(_) => Err(Error::io(
-                "flushing the restored files",
-                std::io::Error::other("the fsync thread panicked"),
-            )),
-        }
-    }
-}
 
 impl Stager {
     fn new(root: PathBuf, allowed: Vec<PathBuf>, owner: bool) -> Stager {
@@ -677,18 +641,19 @@ impl Stager {
                 filetime::set_file_handle_times(&file, Some(t), Some(t))
                     .map_err(|err| io("setting the time of", err))?;
                 if e.size >= BACKGROUND_SYNC_MIN {
-                    if self.syncer.is_none() {
-                        self.syncer = Some(
-                            Syncer::start()
-                                .map_err(|err| io("starting the fsync thread for", err))?,
-                        );
-                    }
-                    let syncer = self.syncer.as_ref().expect("started above");
-                    if let Err(back) = syncer.tx.send((file, path.clone())) {
-                        // The thread stopped at a failed fsync: `finish`
-                        // reports that; this file is left to the syncfs.
-                        drop(back);
-                    }
+                    let syncer = match &mut self.syncer {
+                        Some(syncer) => syncer,
+                        none => none.insert(
+                            backup_storage::SyncThread::start(
+                                "backup-fsync",
+                                BACKGROUND_SYNC_QUEUE,
+                            )
+                            .map_err(|err| io("starting the fsync thread for", err))?,
+                        ),
+                    };
+                    // If the thread stopped at a failed fsync, `finish`
+                    // reports that; this file is left to the syncfs.
+                    syncer.send(file, path.clone());
                 }
             }
             EntryKind::Symlink => {
@@ -763,7 +728,13 @@ impl Stager {
                 .map_err(|e| Error::io(format!("setting the time of {}", path.display()), e))?;
         }
         if let Some(syncer) = self.syncer.take() {
-            syncer.finish()?;
+            syncer.finish().map_err(|(path, e)| {
+                let what = match path.as_os_str().is_empty() {
+                    true => "the restored files".to_string(),
+                    false => path.display().to_string(),
+                };
+                Error::io(format!("flushing {what}"), e)
+            })?;
         }
         let root = std::fs::File::open(&self.root)
             .map_err(|e| Error::io(format!("opening {}", self.root.display()), e))?;

@@ -11,11 +11,60 @@
 
 use std::fs::File;
 use std::io;
-use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::path::PathBuf;
+use std::sync::mpsc::{self, SyncSender};
 use std::thread::JoinHandle;
 
 /// Bytes written between two background flushes.
 pub const WRITEBACK_INTERVAL: u64 = 32 << 20;
+
+/// A thread that fsyncs the files handed to it, in order, and reports the
+/// first failure when finished (it stops at that failure).
+pub struct SyncThread {
+    tx: SyncSender<(File, PathBuf)>,
+    thread: JoinHandle<Result<(), (PathBuf, io::Error)>>,
+}
+
+impl SyncThread {
+    /// Starts a thread named `name` with room for `queue` waiting files
+    /// (which bounds the open descriptors).
+    pub fn start(name: &str, queue: usize) -> io::Result<SyncThread> {
+        let (tx, rx) = mpsc::sync_channel::<(File, PathBuf)>(queue);
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                for (file, path) in rx {
+                    file.sync_all().map_err(|e| (path, e))?;
+                }
+                Ok(())
+            })?;
+        Ok(SyncThread { tx, thread })
+    }
+
+    /// Hands `file` over, waiting for room in the queue. A file handed to a
+    /// thread that has stopped at a failure is dropped: [`SyncThread::finish`]
+    /// reports that failure.
+    pub fn send(&self, file: File, path: PathBuf) {
+        let _ = self.tx.send((file, path));
+    }
+
+    /// Hands `file` over if there is room right now; false otherwise.
+    pub fn try_send(&self, file: File, path: PathBuf) -> bool {
+        self.tx.try_send((file, path)).is_ok()
+    }
+
+    /// Waits until every file handed over is durable; the first failure,
+    /// with the path it was handed with.
+    pub fn finish(self) -> Result<(), (PathBuf, io::Error)> {
+        drop(self.tx);
+        self.thread.join().unwrap_or_else(|_| {
+            Err((
+                PathBuf::new(),
+                io::Error::other("the fsync thread panicked"),
+            ))
+        })
+    }
+}
 
 /// Flushes a file in the background as it grows; see the module docs.
 ///
@@ -25,7 +74,7 @@ pub const WRITEBACK_INTERVAL: u64 = 32 << 20;
 pub struct Writeback {
     file: File,
     since: u64,
-    worker: Option<(SyncSender<()>, JoinHandle<()>)>,
+    worker: Option<SyncThread>,
 }
 
 impl Writeback {
@@ -47,7 +96,7 @@ impl Writeback {
         }
         self.since = 0;
         if self.worker.is_none() {
-            match self.start() {
+            match SyncThread::start("backup-writeback", 1) {
                 Ok(w) => self.worker = Some(w),
                 // No thread: everything is left to the final fsync.
                 Err(e) => {
@@ -56,36 +105,18 @@ impl Writeback {
                 }
             }
         }
-        if let Some((tx, _)) = &self.worker {
-            match tx.try_send(()) {
-                Ok(()) | Err(TrySendError::Full(())) => {}
-                Err(TrySendError::Disconnected(())) => self.worker = None,
-            }
+        if let (Some(worker), Ok(handle)) = (&self.worker, self.file.try_clone()) {
+            worker.try_send(handle, PathBuf::new());
         }
-    }
-
-    fn start(&self) -> io::Result<(SyncSender<()>, JoinHandle<()>)> {
-        let file = self.file.try_clone()?;
-        let (tx, rx) = mpsc::sync_channel::<()>(1);
-        let thread = std::thread::Builder::new()
-            .name("backup-writeback".into())
-            .spawn(move || {
-                for () in rx {
-                    if let Err(e) = file.sync_data() {
-                        // The final sync_all of the writer reports it.
-                        tracing::debug!(error = %e, "background flush failed");
-                        return;
-                    }
-                }
-            })?;
-        Ok((tx, thread))
     }
 
     /// Stops the flusher, waiting for a flush in progress.
     pub fn finish(mut self) {
-        if let Some((tx, thread)) = self.worker.take() {
-            drop(tx);
-            let _ = thread.join();
+        if let Some(worker) = self.worker.take() {
+            if let Err((_, e)) = worker.finish() {
+                // The final sync_all of the writer reports it.
+                tracing::debug!(error = %e, "background flush failed");
+            }
         }
     }
 }
