@@ -16,8 +16,8 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use backup_storage::{
-    conformance, Capabilities, Capacity, Error, GetResult, ListResult, ObjectMeta, PutMode,
-    PutOptions, Result, Storage, Upload,
+    conformance, resolve_range, Capabilities, Capacity, Error, GetResult, ListResult, ObjectMeta,
+    PutMode, PutOptions, Result, Storage, Upload,
 };
 use bytes::Bytes;
 
@@ -84,16 +84,7 @@ impl Storage for MemoryStorage {
             .cloned()
             .ok_or_else(|| not_found(name))?;
         let size = data.len() as u64;
-        let range = match range {
-            None => 0..size,
-            Some(r) if r.start <= r.end && r.start <= size => r.start..r.end.min(size),
-            Some(r) => {
-                return Err(Error::Other {
-                    what: format!("bytes {r:?} of {name}: it has {size} bytes"),
-                    source: None,
-                })
-            }
-        };
+        let range = resolve_range(range, size, name, &"memory://")?;
         let part = data.slice(range.start as usize..range.end as usize);
         Ok(GetResult {
             meta: meta(name, &data, modified),

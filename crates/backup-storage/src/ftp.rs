@@ -37,8 +37,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadBuf};
 use crate::names::is_temp_name;
 use crate::names::{is_valid_name, is_valid_segment, temp_name};
 use crate::{
-    Capabilities, Capacity, Error, GetResult, ListResult, ObjectMeta, PutMode, PutOptions, Result,
-    Storage, Upload,
+    resolve_range, Capabilities, Capacity, Error, GetResult, ListResult, ObjectMeta, PutMode,
+    PutOptions, Result, Storage, Upload,
 };
 
 /// One control connection; plain FTP uses the same type without TLS.
@@ -1685,18 +1685,7 @@ impl Storage for FtpStorage {
             _ => return Err(self.not_found(name)),
         };
         let size = entry.size;
-        let range = match range {
-            None => 0..size,
-            Some(r) if r.start <= r.end && r.start <= size => r.start..r.end.min(size),
-            Some(r) => {
-                return Err(Error::Other {
-                    what: format!(
-                        "cannot read bytes {r:?} of {name} in {self}: the object has {size} bytes"
-                    ),
-                    source: None,
-                })
-            }
-        };
+        let range = resolve_range(range, size, name, self)?;
         let meta = ObjectMeta {
             name: name.to_owned(),
             size,

@@ -13,8 +13,8 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use crate::names::{is_valid_name, is_valid_segment, temp_name};
 use crate::open::file_url;
 use crate::{
-    Capabilities, Capacity, Error, GetResult, ListResult, ObjectMeta, PutMode, PutOptions, Result,
-    Storage, Upload, Writeback,
+    resolve_range, Capabilities, Capacity, Error, GetResult, ListResult, ObjectMeta, PutMode,
+    PutOptions, Result, Storage, Upload, Writeback,
 };
 
 /// A local directory (`file:///path`). Uploads go to a hidden temporary name,
@@ -237,18 +237,7 @@ impl Storage for LocalStorage {
             return Err(self.not_found(name, None));
         }
         let size = meta.len();
-        let range = match range {
-            None => 0..size,
-            Some(r) if r.start <= r.end && r.start <= size => r.start..r.end.min(size),
-            Some(r) => {
-                return Err(Error::Other {
-                    what: format!(
-                        "cannot read bytes {r:?} of {name} in {self}: the object has {size} bytes"
-                    ),
-                    source: None,
-                })
-            }
-        };
+        let range = resolve_range(range, size, name, self)?;
         if range.start > 0 {
             file.seek(io::SeekFrom::Start(range.start))
                 .await

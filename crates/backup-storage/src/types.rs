@@ -119,6 +119,29 @@ pub trait Upload: Send {
     async fn abort(self: Box<Self>) -> Result<()>;
 }
 
+/// The bytes a `get_opts` with `range` reads of an object of `size` bytes:
+/// everything for `None`, the range cut at the end of the object otherwise.
+/// A range that starts beyond the end (or runs backwards) is an error naming
+/// `name` in `location`. Backends call this rather than judging ranges
+/// themselves, so all of them answer alike.
+pub fn resolve_range(
+    range: Option<Range<u64>>,
+    size: u64,
+    name: &str,
+    location: &dyn fmt::Display,
+) -> Result<Range<u64>> {
+    match range {
+        None => Ok(0..size),
+        Some(r) if r.start <= r.end && r.start <= size => Ok(r.start..r.end.min(size)),
+        Some(r) => Err(crate::Error::Other {
+            what: format!(
+                "cannot read bytes {r:?} of {name} in {location}: the object has {size} bytes"
+            ),
+            source: None,
+        }),
+    }
+}
+
 /// The result of [`Storage::get_opts`].
 pub struct GetResult {
     /// The object's metadata.
