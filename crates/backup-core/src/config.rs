@@ -192,7 +192,8 @@ pub enum Compression {
     /// A standard `.tar.gz` payload.
     #[default]
     Gzip,
-    /// A `.tar.zst` payload, compressed by zstd's multithreaded mode.
+    /// A `.tar.zst` payload: one zstd frame per 2 MiB block, compressed and
+    /// decompressed on several cores.
     Zstd,
     /// A plain `.tar` payload.
     None,

@@ -364,3 +364,45 @@ async fn identity_and_version_are_checked_before_anything_is_written() -> Result
     engine(&other_node)?.restore(&report.image, &ropts).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn zstd_and_uncompressed_images_restore_and_gnu_tar_reads_their_payloads() -> Result<()> {
+    for (codec, tar_flag) in [
+        (backup_core::Compression::Zstd, "--zstd"),
+        (backup_core::Compression::None, "--no-auto-compress"),
+    ] {
+        let (d, demo) = demo()?;
+        let mut config = demo.config.clone();
+        config.image.compression = codec;
+        // Small blocks would not change the format; two threads exercise
+        // the parallel paths both ways.
+        config.image.threads = Some(2);
+        let e = engine(&config)?;
+        let report = e.create(&CreateOptions::default()).await?;
+        assert_eq!(report.outcome, Outcome::Success);
+        e.verify(&report.image).await?;
+
+        let plain = d.path().join("payload");
+        e.decrypt(&report.image, &plain).await?;
+        let listing = std::process::Command::new("tar")
+            .args([tar_flag, "-tf"])
+            .arg(&plain)
+            .output()?;
+        assert!(listing.status.success(), "GNU tar {tar_flag} -t");
+        let names = String::from_utf8(listing.stdout)?;
+        assert!(names.starts_with("backup.json\n"), "{names}");
+        assert!(names.trim_end().ends_with("manifest.json"), "{names}");
+
+        let target = d.path().join("restored");
+        let mut ropts = RestoreOptions::default();
+        ropts.target = Some(target.clone());
+        e.restore(&report.image, &ropts).await?;
+        let diffs = tree_diff(
+            &demo.config_dir(),
+            &under(&target, &demo.config_dir()),
+            &["scratch.tmp"],
+        )?;
+        assert!(diffs.is_empty(), "{codec:?}: {diffs:#?}");
+    }
+    Ok(())
+}

@@ -3,9 +3,12 @@
 //! Writing: **gzip** compressed in independent 1 MiB blocks on all cores, each
 //! block one member of a standard multi-member gzip stream (RFC 1952 §2.2:
 //! `gzip -d`, GNU tar, zlib's `inflate`, Python and Go all read it as one
-//! file); **zstd** in libzstd's own multithreaded mode; or **none**.
+//! file); **zstd** likewise in independent 2 MiB blocks, each one standard
+//! zstd frame (RFC 8878 §3.1: `zstd -d` and GNU tar read the concatenation
+//! as one file); or **none**.
 //! Reading: the codec is recognised by the payload's magic bytes, so restore
-//! needs no configuration.
+//! needs no configuration; the frames of either codec are decompressed on
+//! several threads at once ([`super::parallel`]).
 //!
 //! Independent gzip members cost about 0.5% of size against one serial
 //! stream (each block starts with an empty 32 KiB window) and buy a linear
@@ -20,6 +23,7 @@ use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use super::parallel::ParallelDecoder;
 use crate::config::Compression;
 
 /// Input bytes per gzip member: large enough that the member framing (28
@@ -48,11 +52,12 @@ pub(crate) const GZIP_HEADER: [u8; MEMBER_HEADER_LEN] = [
 pub(crate) const MEMBER_HEADER_LEN: usize = 20;
 /// Where the member length sits in [`GZIP_HEADER`].
 pub(crate) const MEMBER_LEN_AT: usize = 16;
-/// Size of the zstd jobs handed to its workers. libzstd's default at level 3
-/// is 8 MiB (4 × the window), and it keeps about two jobs per worker in
-/// flight plus their output; 2 MiB keeps the encoder near 20 MiB on two
-/// workers for well under 1% of size.
-const ZSTD_JOB_SIZE: u32 = 2 << 20;
+/// Input bytes per zstd frame. Independent frames let restore decompress on
+/// every core (zstd's own multithreaded mode writes one frame that only one
+/// thread can read); at 2 MiB — the window of levels 1–5 — they cost about
+/// 0.5% of size against one stream, and `2 × threads` blocks in flight keep
+/// the encoder near 20 MiB on two threads.
+pub const ZSTD_BLOCK: usize = 2 << 20;
 
 /// The number of compression threads used by default: every core this
 /// process may run on (respects CPU affinity and cgroup quotas).
@@ -69,8 +74,7 @@ pub struct Encoder<W: Write> {
 }
 
 enum Inner<W: Write> {
-    Gzip(ParallelGzip<W>),
-    Zstd(Box<zstd::stream::write::Encoder<'static, W>>),
+    Blocks(ParallelBlocks<W>),
     Plain(W),
 }
 
@@ -96,16 +100,36 @@ impl<W: Write> Encoder<W> {
                         format!("gzip level {level} is out of range (0–9)"),
                     ));
                 }
-                Inner::Gzip(ParallelGzip::new(inner, level, threads)?)
+                Inner::Blocks(ParallelBlocks::new(
+                    inner,
+                    GZIP_BLOCK,
+                    threads,
+                    Pool::start("backup-gzip", threads, move |jobs| {
+                        // One deflate state per worker, reset per block: it is
+                        // ~300 KiB, worth keeping rather than allocating per member.
+                        block_worker(
+                            jobs,
+                            || {
+                                Ok(flate2::Compress::new(
+                                    flate2::Compression::new(level),
+                                    false,
+                                ))
+                            },
+                            |deflate, input, out| gzip_member(deflate, level, input, out),
+                        )
+                    })?,
+                ))
             }
             Compression::Zstd => {
                 let level = i32::try_from(level).unwrap_or(i32::MAX);
-                let mut z = zstd::stream::write::Encoder::new(inner, level)?;
-                z.multithread(u32::try_from(threads).unwrap_or(u32::MAX))?;
-                z.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB_SIZE))?;
-                // Cheap (xxHash64) and lets `zstd -t` vouch for a payload on its own.
-                z.include_checksum(true)?;
-                Inner::Zstd(Box::new(z))
+                Inner::Blocks(ParallelBlocks::new(
+                    inner,
+                    ZSTD_BLOCK,
+                    threads,
+                    Pool::start("backup-zstd", threads, move |jobs| {
+                        block_worker(jobs, || zstd_compressor(level), zstd_frame)
+                    })?,
+                ))
             }
             Compression::None => Inner::Plain(inner),
         };
@@ -116,8 +140,7 @@ impl<W: Write> Encoder<W> {
     /// inner writer.
     pub fn finish(self) -> io::Result<W> {
         match self.inner {
-            Inner::Gzip(g) => g.finish(),
-            Inner::Zstd(z) => z.finish(),
+            Inner::Blocks(b) => b.finish(),
             Inner::Plain(w) => Ok(w),
         }
     }
@@ -126,39 +149,52 @@ impl<W: Write> Encoder<W> {
 impl<W: Write> Write for Encoder<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match &mut self.inner {
-            Inner::Gzip(g) => g.write(buf),
-            Inner::Zstd(z) => z.write(buf),
+            Inner::Blocks(b) => b.write(buf),
             Inner::Plain(w) => w.write(buf),
         }
     }
 
     fn flush(&mut self) -> io::Result<()> {
         match &mut self.inner {
-            Inner::Gzip(g) => g.flush(),
-            Inner::Zstd(z) => z.flush(),
+            Inner::Blocks(b) => b.flush(),
             Inner::Plain(w) => w.flush(),
         }
     }
 }
 
+/// Bytes read to recognise a payload: enough for a whole gzip member header
+/// or zstd frame header.
+const SNIFF_LEN: usize = if MEMBER_HEADER_LEN > super::unzstd::MAX_HEAD {
+    MEMBER_HEADER_LEN
+} else {
+    super::unzstd::MAX_HEAD
+};
+
 /// Opens the codec of a decrypted payload by its magic bytes: gzip (one or
-/// many members; decompressed on all cores when the members carry their
-/// lengths, as this engine writes them), zstd (one or many frames), else a
-/// plain tar.
+/// many members; decompressed on several cores when the members carry their
+/// lengths, as this engine writes them), zstd (one or many frames; on
+/// several cores when the first declares a small content size, as this
+/// engine writes them), else a plain tar.
 pub fn decoder<'a, R: Read + 'a>(mut payload: R) -> io::Result<Box<dyn Read + 'a>> {
     // Read the magic in full even if the source hands out bytes one at a
     // time, then put it back in front of the rest.
-    let mut magic = [0u8; MEMBER_HEADER_LEN];
+    let mut magic = [0u8; SNIFF_LEN];
     let have = read_full(&mut payload, &mut magic)?;
     let head = &magic[..have];
     let stream = BufReader::with_capacity(64 * 1024, io::Cursor::new(head.to_vec()).chain(payload));
+    // Beyond a few threads extraction sets the pace of a restore, and every
+    // thread adds two frames in flight (up to 4 MiB for gzip, 8 for zstd).
+    let threads = default_threads().min(MAX_DECODE_THREADS);
     Ok(if super::gunzip::member_len(head).is_some() {
-        // Beyond a few threads extraction sets the pace of a restore, and
-        // every thread adds two members in flight (up to 4 MiB).
-        let threads = default_threads().min(MAX_DECODE_THREADS);
-        Box::new(super::gunzip::ParallelGunzip::new(stream, threads)?)
+        Box::new(ParallelDecoder::<_, super::gunzip::Gzip>::new(
+            stream, threads,
+        )?)
     } else if head.starts_with(&GZIP_MAGIC) {
         Box::new(flate2::bufread::MultiGzDecoder::new(stream))
+    } else if super::unzstd::bounded_first_frame(head) {
+        Box::new(ParallelDecoder::<_, super::unzstd::Zstd>::new(
+            stream, threads,
+        )?)
     } else if head.starts_with(&ZSTD_MAGIC) {
         // Reads every frame; libzstd's default window limit (128 MiB) holds,
         // and images written here use 8 MiB windows at most (level 19).
@@ -194,14 +230,15 @@ struct Job {
     reply: SyncSender<io::Result<Done>>,
 }
 
-/// gzip on all cores: the writer's thread fills 1 MiB blocks and hands them
+/// Compression on all cores: the writer's thread fills blocks and hands them
 /// to a pool of workers; each worker turns a block into a complete gzip
-/// member; members are written to `inner` in block order, on the writer's
-/// thread. At most `2 × threads` blocks are in flight, which bounds memory
-/// (about `4 × threads` MiB) and gives every worker a queued block.
-struct ParallelGzip<W: Write> {
+/// member or zstd frame; these are written to `inner` in block order, on the
+/// writer's thread. At most `2 × threads` blocks are in flight, which bounds
+/// memory (about `4 × threads` blocks) and gives every worker a queued block.
+struct ParallelBlocks<W: Write> {
     inner: W,
     block: Vec<u8>,
+    block_size: usize,
     pool: Pool<Job>,
     pending: VecDeque<Receiver<io::Result<Done>>>,
     spare_inputs: Vec<Vec<u8>>,
@@ -210,18 +247,19 @@ struct ParallelGzip<W: Write> {
     members: u64,
 }
 
-impl<W: Write> ParallelGzip<W> {
-    fn new(inner: W, level: u32, threads: usize) -> io::Result<ParallelGzip<W>> {
-        Ok(ParallelGzip {
+impl<W: Write> ParallelBlocks<W> {
+    fn new(inner: W, block_size: usize, threads: usize, pool: Pool<Job>) -> ParallelBlocks<W> {
+        ParallelBlocks {
             inner,
-            block: Vec::with_capacity(GZIP_BLOCK),
-            pool: Pool::start("backup-gzip", threads, move |rx| gzip_worker(rx, level))?,
+            block: Vec::with_capacity(block_size),
+            block_size,
+            pool,
             pending: VecDeque::new(),
             spare_inputs: Vec::new(),
             spare_members: Vec::new(),
             max_in_flight: 2 * threads,
             members: 0,
-        })
+        }
     }
 
     /// Hands the current block to the pool (waiting for the oldest block
@@ -234,7 +272,7 @@ impl<W: Write> ParallelGzip<W> {
         let next = self
             .spare_inputs
             .pop()
-            .unwrap_or_else(|| Vec::with_capacity(GZIP_BLOCK));
+            .unwrap_or_else(|| Vec::with_capacity(self.block_size));
         let input = std::mem::replace(&mut self.block, next);
         let member = self.spare_members.pop().unwrap_or_default();
         let (reply, done) = mpsc::sync_channel(1);
@@ -283,8 +321,8 @@ impl<W: Write> ParallelGzip<W> {
     }
 
     fn finish(mut self) -> io::Result<W> {
-        // An empty payload still gets one (empty) member: a zero-byte file
-        // is not a valid gzip stream.
+        // An empty payload still gets one (empty) member or frame: a
+        // zero-byte file is not a valid gzip or zstd stream.
         if !self.block.is_empty() || self.members == 0 {
             self.submit()?;
         }
@@ -293,17 +331,17 @@ impl<W: Write> ParallelGzip<W> {
     }
 }
 
-impl<W: Write> Write for ParallelGzip<W> {
+impl<W: Write> Write for ParallelBlocks<W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let n = data.len().min(GZIP_BLOCK - self.block.len());
+        let n = data.len().min(self.block_size - self.block.len());
         self.block.extend_from_slice(&data[..n]);
-        if self.block.len() == GZIP_BLOCK {
+        if self.block.len() == self.block_size {
             self.submit()?;
         }
         Ok(n)
     }
 
-    /// Ends the current member early and writes every member so far.
+    /// Ends the current block early and writes every block so far.
     fn flush(&mut self) -> io::Result<()> {
         if !self.block.is_empty() {
             self.submit()?;
@@ -370,24 +408,53 @@ impl<J> Drop for Pool<J> {
 }
 
 fn worker_died() -> io::Error {
-    io::Error::other("a gzip compression thread stopped unexpectedly")
+    io::Error::other("a compression thread stopped unexpectedly")
 }
 
-fn gzip_worker(jobs: &Mutex<Receiver<Job>>, level: u32) {
-    // One deflate state per worker, reset per block: it is ~300 KiB, worth
-    // keeping rather than allocating per member.
-    let mut deflate = flate2::Compress::new(flate2::Compression::new(level), false);
+/// A compression worker: takes blocks from the queue and turns each into
+/// `out` with `encode`, using a state made once per thread by `make`.
+fn block_worker<S>(
+    jobs: &Mutex<Receiver<Job>>,
+    make: impl FnOnce() -> io::Result<S>,
+    encode: impl Fn(&mut S, &[u8], &mut Vec<u8>) -> io::Result<()>,
+) {
+    let mut state = make();
     while let Some(Job {
         input,
         mut member,
         reply,
     }) = next_job(jobs)
     {
-        let result =
-            gzip_member(&mut deflate, level, &input, &mut member).map(|()| Done { input, member });
+        let result = match &mut state {
+            Ok(state) => encode(state, &input, &mut member).map(|()| Done { input, member }),
+            Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+        };
         // The writer may have gone (an error elsewhere): nothing to tell.
         let _ = reply.send(result);
     }
+}
+
+/// A zstd compression state at `level`: every frame declares its content
+/// size (the reader needs it to decompress frames in parallel) and carries
+/// an XXH64 checksum (cheap, and lets `zstd -t` vouch for a payload alone).
+fn zstd_compressor(level: i32) -> io::Result<zstd::bulk::Compressor<'static>> {
+    use zstd::zstd_safe::CParameter;
+    let mut z = zstd::bulk::Compressor::new(level)?;
+    z.set_parameter(CParameter::ChecksumFlag(true))?;
+    z.set_parameter(CParameter::ContentSizeFlag(true))?;
+    Ok(z)
+}
+
+/// Writes `input` as one complete zstd frame into `out`.
+fn zstd_frame(
+    z: &mut zstd::bulk::Compressor<'static>,
+    input: &[u8],
+    out: &mut Vec<u8>,
+) -> io::Result<()> {
+    out.clear();
+    out.reserve(zstd::zstd_safe::compress_bound(input.len()));
+    z.compress_to_buffer(input, out)?;
+    Ok(())
 }
 
 /// Writes `input` as one complete gzip member into `out`: deflated, or

@@ -1,20 +1,16 @@
-//! Parallel decompression of the gzip payloads this engine writes.
+//! The gzip members this engine writes, as frames for parallel
+//! decompression ([`super::parallel`]).
 //!
 //! Every member the encoder writes carries its own total length in an `Ab`
 //! extra subfield (see [`super::codec`]), so the reader can cut the stream
-//! into members without inflating it and hand each one to a pool of threads;
-//! the members come back in order. Each member's CRC-32 and length are
+//! into members without inflating it. Each member's CRC-32 and length are
 //! checked. Streams whose first member has no such field (a payload
 //! re-packed with `gzip` or `pigz`) are read serially by
 //! [`super::codec::decoder`] instead.
-use std::collections::VecDeque;
 use std::io::{self, Read};
-use std::sync::mpsc::{self, Receiver, SyncSender};
-use std::sync::Mutex;
 
-use super::codec::{
-    next_job, read_full, Pool, GZIP_BLOCK, GZIP_HEADER, MEMBER_HEADER_LEN, MEMBER_LEN_AT,
-};
+use super::codec::{read_full, GZIP_BLOCK, GZIP_HEADER, MEMBER_HEADER_LEN, MEMBER_LEN_AT};
+use super::parallel::{corrupt, truncated, Frames};
 
 /// Largest member accepted: a stored 1 MiB block and its framing, with room.
 const MAX_MEMBER: usize = 2 * GZIP_BLOCK;
@@ -33,165 +29,51 @@ pub(crate) fn member_len(head: &[u8]) -> Option<usize> {
     Some(u32::from_le_bytes(len.try_into().expect("four bytes")) as usize)
 }
 
-/// A member and its content, inflated (the buffers go back for reuse).
-type Inflated = io::Result<(Vec<u8>, Vec<u8>)>;
+/// Length-tagged gzip members.
+pub(crate) struct Gzip;
 
-struct Job {
-    member: Vec<u8>,
-    out: Vec<u8>,
-    index: u64,
-    reply: SyncSender<Inflated>,
-}
+impl Frames for Gzip {
+    type State = flate2::Decompress;
+    const CODEC: &'static str = "gzip";
+    const UNIT: &'static str = "member";
 
-/// Reads a stream of length-tagged gzip members, inflating up to
-/// `2 × threads` members at once on `threads` threads.
-pub(crate) struct ParallelGunzip<R: Read> {
-    source: R,
-    pool: Pool<Job>,
-    pending: VecDeque<Receiver<Inflated>>,
-    /// The source's end or error, once reached; reported after the members
-    /// read before it.
-    source_end: Option<io::Result<()>>,
-    out: Vec<u8>,
-    pos: usize,
-    spare: Vec<(Vec<u8>, Vec<u8>)>,
-    members: u64,
-    max_in_flight: usize,
-}
-
-impl<R: Read> ParallelGunzip<R> {
-    pub(crate) fn new(source: R, threads: usize) -> io::Result<ParallelGunzip<R>> {
-        let threads = threads.max(1);
-        Ok(ParallelGunzip {
-            source,
-            pool: Pool::start("backup-gunzip", threads, gunzip_worker)?,
-            pending: VecDeque::new(),
-            source_end: None,
-            out: Vec::new(),
-            pos: 0,
-            spare: Vec::new(),
-            members: 0,
-            max_in_flight: 2 * threads,
-        })
-    }
-
-    /// Reads the next member from the source and queues it; `Ok(false)` at
-    /// the end of the stream.
-    fn queue_next(&mut self) -> io::Result<bool> {
+    fn read_frame(source: &mut dyn Read, index: u64, member: &mut Vec<u8>) -> io::Result<bool> {
         let mut head = [0u8; MEMBER_HEADER_LEN];
-        let got = read_full(&mut self.source, &mut head)?;
+        let got = read_full(source, &mut head)?;
         if got == 0 {
             return Ok(false);
         }
-        let index = self.members;
-        let corrupt = |what: String| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("the gzip payload is corrupt at member {index}: {what}"),
-            )
-        };
         if got < head.len() {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("the gzip payload ends inside the header of member {index}"),
+            return Err(truncated::<Gzip>(index, "the header of "));
+        }
+        let len = member_len(&head)
+            .ok_or_else(|| corrupt::<Gzip>(index, "its header has no length field"))?;
+        if !(MEMBER_HEADER_LEN + 8..=MAX_MEMBER).contains(&len) {
+            return Err(corrupt::<Gzip>(
+                index,
+                format!("a member length of {len} bytes"),
             ));
         }
-        let len =
-            member_len(&head).ok_or_else(|| corrupt("its header has no length field".into()))?;
-        if !(MEMBER_HEADER_LEN + 8..=MAX_MEMBER).contains(&len) {
-            return Err(corrupt(format!("a member length of {len} bytes")));
-        }
-        let (mut member, out) = self.spare.pop().unwrap_or_default();
         member.clear();
         member.extend_from_slice(&head);
         member.resize(len, 0);
-        let got = read_full(&mut self.source, &mut member[MEMBER_HEADER_LEN..])?;
+        let got = read_full(source, &mut member[MEMBER_HEADER_LEN..])?;
         if got < len - MEMBER_HEADER_LEN {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("the gzip payload ends inside member {index}"),
-            ));
+            return Err(truncated::<Gzip>(index, ""));
         }
-        let (reply, done) = mpsc::sync_channel(1);
-        self.pool.send(Job {
-            member,
-            out,
-            index,
-            reply,
-        })?;
-        self.pending.push_back(done);
-        self.members += 1;
         Ok(true)
     }
 
-    /// Keeps the pool busy: reads members until enough are in flight or the
-    /// source ends (its end or error is kept for after the queued members).
-    fn fill(&mut self) {
-        while self.source_end.is_none() && self.pending.len() < self.max_in_flight {
-            match self.queue_next() {
-                Ok(true) => {}
-                Ok(false) => self.source_end = Some(Ok(())),
-                Err(e) => self.source_end = Some(Err(e)),
-            }
-        }
+    fn state() -> io::Result<flate2::Decompress> {
+        Ok(flate2::Decompress::new(false))
     }
-}
 
-impl<R: Read> Read for ParallelGunzip<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            if self.pos < self.out.len() {
-                let n = buf.len().min(self.out.len() - self.pos);
-                buf[..n].copy_from_slice(&self.out[self.pos..self.pos + n]);
-                self.pos += n;
-                return Ok(n);
-            }
-            if buf.is_empty() {
-                return Ok(0);
-            }
-            self.fill();
-            let Some(front) = self.pending.pop_front() else {
-                return match self.source_end.take() {
-                    Some(Err(e)) => Err(e),
-                    _ if self.members == 0 => Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the gzip payload is empty",
-                    )),
-                    _ => {
-                        self.source_end = Some(Ok(()));
-                        Ok(0)
-                    }
-                };
-            };
-            let (member, out) = front.recv().map_err(|_| {
-                io::Error::other("a gzip decompression thread stopped unexpectedly")
-            })??;
-            let previous = std::mem::replace(&mut self.out, out);
-            self.spare.push((member, previous));
-            self.pos = 0;
-        }
-    }
-}
-
-fn gunzip_worker(jobs: &Mutex<Receiver<Job>>) {
-    let mut inflate = flate2::Decompress::new(false);
-    while let Some(Job {
-        member,
-        mut out,
-        index,
-        reply,
-    }) = next_job(jobs)
-    {
-        let result = inflate_member(&mut inflate, &member, &mut out)
-            .map_err(|what| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("the gzip payload is corrupt at member {index}: {what}"),
-                )
-            })
-            .map(|()| (member, out));
-        // The reader may have gone (an error elsewhere): nothing to tell.
-        let _ = reply.send(result);
+    fn decode(
+        inflate: &mut flate2::Decompress,
+        member: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), String> {
+        inflate_member(inflate, member, out)
     }
 }
 
@@ -250,34 +132,20 @@ mod tests {
     use super::*;
     use crate::config::Compression;
     use crate::image::codec::{decoder, Encoder};
+    use crate::image::parallel::testing::{mixed, read_all};
+    use crate::image::parallel::ParallelDecoder;
     use std::io::Write;
 
+    type ParallelGunzip<R> = ParallelDecoder<R, Gzip>;
+
     fn data(n: usize) -> Vec<u8> {
-        let mut s = 0x9e37_79b9_7f4a_7c15u64;
-        (0..n)
-            .map(|i| {
-                if (i / 300_000) % 3 == 2 {
-                    s ^= s << 13;
-                    s ^= s >> 7;
-                    s ^= s << 17;
-                    s as u8
-                } else {
-                    b"policy accept tcp 443 from admin\n"[i % 33]
-                }
-            })
-            .collect()
+        mixed(n, 300_000, b"policy accept tcp 443 from admin\n")
     }
 
     fn gz(data: &[u8]) -> Vec<u8> {
         let mut e = Encoder::with_threads(Vec::new(), Compression::Gzip, 6, 2).unwrap();
         e.write_all(data).unwrap();
         e.finish().unwrap()
-    }
-
-    fn read_all(r: impl Read) -> io::Result<Vec<u8>> {
-        let mut out = Vec::new();
-        let mut r = r;
-        r.read_to_end(&mut out).map(|_| out)
     }
 
     #[test]

@@ -5,8 +5,10 @@ mod digest;
 mod gunzip;
 mod meta;
 mod name;
+mod parallel;
 pub(crate) mod pipe;
 pub(crate) mod reader;
+mod unzstd;
 pub(crate) mod writer;
 
 pub use digest::{EntryDigest, EntryKind};
