@@ -493,7 +493,7 @@ struct Stager {
     root_fd: std::fs::File,
     /// Syncs the staging file system in the background (started once
     /// [`FLUSH_EVERY`] has been written).
-    flusher: Option<Flusher>,
+    flusher: Option<backup_storage::Flusher>,
     /// Written since the last background flush (content, plus
     /// [`ENTRY_WEIGHT`] per entry).
     unflushed: u64,
@@ -504,50 +504,6 @@ const FLUSH_EVERY: u64 = 32 << 20;
 /// What one entry counts for besides its content: its inode, directory
 /// entry and block (4,000 small files start a flush too).
 const ENTRY_WEIGHT: u64 = 8 << 10;
-
-/// A thread that `syncfs`es a file system each time it is asked (asks
-/// while it is busy are merged into one), keeping its first error.
-struct Flusher {
-    ask: Option<std::sync::mpsc::SyncSender<()>>,
-    thread: std::thread::JoinHandle<std::io::Result<()>>,
-}
-
-impl Flusher {
-    /// Starts the thread; it syncs through its own descriptor of `dir`.
-    fn start(dir: &Path) -> std::io::Result<Flusher> {
-        let fd = std::fs::File::open(dir)?;
-        let (ask, asked) = std::sync::mpsc::sync_channel::<()>(1);
-        let thread = std::thread::Builder::new()
-            .name("backup-flush".into())
-            .spawn(move || {
-                for () in asked {
-                    rustix::fs::syncfs(&fd)?;
-                }
-                Ok(())
-            })?;
-        Ok(Flusher {
-            ask: Some(ask),
-            thread,
-        })
-    }
-
-    /// Asks for a flush unless one is already waiting to start.
-    fn flush(&self) {
-        if let Some(ask) = &self.ask {
-            // Full: a flush is pending and will cover this. Gone: the thread
-            // stopped at an error, which `finish` reports.
-            let _ = ask.try_send(());
-        }
-    }
-
-    /// Waits for a flush in progress; the first error a flush met.
-    fn finish(mut self) -> std::io::Result<()> {
-        self.ask = None;
-        self.thread
-            .join()
-            .unwrap_or_else(|_| Err(std::io::Error::other("the flush thread panicked")))
-    }
-}
 
 impl Stager {
     fn new(root: PathBuf, allowed: Vec<PathBuf>, owner: bool) -> Result<Stager> {
@@ -576,13 +532,23 @@ impl Stager {
             return Ok(());
         }
         self.unflushed = 0;
-        let flusher =
-            match &mut self.flusher {
-                Some(f) => f,
-                none => none.insert(Flusher::start(&self.root).map_err(|e| {
+        let flusher = match &mut self.flusher {
+            Some(f) => f,
+            none => {
+                // Its own descriptor: a syncfs reports a write-back error
+                // once per open file, and the final one must still see it.
+                let started = std::fs::File::open(&self.root).and_then(|dir| {
+                    backup_storage::Flusher::start(
+                        "backup-flush",
+                        dir,
+                        backup_storage::FlushScope::FileSystem,
+                    )
+                });
+                none.insert(started.map_err(|e| {
                     Error::io(format!("starting to flush {}", self.root.display()), e)
-                })?),
-            };
+                })?)
+            }
+        };
         flusher.flush();
         Ok(())
     }

@@ -11,58 +11,66 @@
 
 use std::fs::File;
 use std::io;
-use std::path::PathBuf;
 use std::sync::mpsc::{self, SyncSender};
 use std::thread::JoinHandle;
 
 /// Bytes written between two background flushes.
 pub const WRITEBACK_INTERVAL: u64 = 32 << 20;
 
-/// A thread that fsyncs the files handed to it, in order, and reports the
-/// first failure when finished (it stops at that failure).
-pub struct SyncThread {
-    tx: SyncSender<(File, PathBuf)>,
-    thread: JoinHandle<Result<(), (PathBuf, io::Error)>>,
+/// What a [`Flusher`] makes durable each time it is asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushScope {
+    /// The data of one file (`fdatasync`).
+    FileData,
+    /// The whole file system holding the file or directory (`syncfs`).
+    FileSystem,
 }
 
-impl SyncThread {
-    /// Starts a thread named `name` with room for `queue` waiting files
-    /// (which bounds the open descriptors).
-    pub fn start(name: &str, queue: usize) -> io::Result<SyncThread> {
-        let (tx, rx) = mpsc::sync_channel::<(File, PathBuf)>(queue);
+/// A thread that flushes one open file (or its file system) each time it is
+/// asked. Asks while a flush is pending merge into it; the thread stops at
+/// its first error, which [`Flusher::finish`] returns.
+pub struct Flusher {
+    ask: Option<SyncSender<()>>,
+    thread: JoinHandle<io::Result<()>>,
+}
+
+impl Flusher {
+    /// Starts a thread named `name` flushing `scope` of `file` (a handle of
+    /// its own: a `try_clone` or a fresh open).
+    pub fn start(name: &str, file: File, scope: FlushScope) -> io::Result<Flusher> {
+        let (ask, asked) = mpsc::sync_channel::<()>(1);
         let thread = std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
-                for (file, path) in rx {
-                    file.sync_all().map_err(|e| (path, e))?;
+                for () in asked {
+                    match scope {
+                        FlushScope::FileData => file.sync_data()?,
+                        FlushScope::FileSystem => rustix::fs::syncfs(&file)?,
+                    }
                 }
                 Ok(())
             })?;
-        Ok(SyncThread { tx, thread })
-    }
-
-    /// Hands `file` over, waiting for room in the queue. A file handed to a
-    /// thread that has stopped at a failure is dropped: [`SyncThread::finish`]
-    /// reports that failure.
-    pub fn send(&self, file: File, path: PathBuf) {
-        let _ = self.tx.send((file, path));
-    }
-
-    /// Hands `file` over if there is room right now; false otherwise.
-    pub fn try_send(&self, file: File, path: PathBuf) -> bool {
-        self.tx.try_send((file, path)).is_ok()
-    }
-
-    /// Waits until every file handed over is durable; the first failure,
-    /// with the path it was handed with.
-    pub fn finish(self) -> Result<(), (PathBuf, io::Error)> {
-        drop(self.tx);
-        self.thread.join().unwrap_or_else(|_| {
-            Err((
-                PathBuf::new(),
-                io::Error::other("the fsync thread panicked"),
-            ))
+        Ok(Flusher {
+            ask: Some(ask),
+            thread,
         })
+    }
+
+    /// Asks for a flush unless one is already waiting to start.
+    pub fn flush(&self) {
+        if let Some(ask) = &self.ask {
+            // Full: a pending flush covers this one. Gone: the thread
+            // stopped at an error, which `finish` returns.
+            let _ = ask.try_send(());
+        }
+    }
+
+    /// Waits for a flush in progress; the first error a flush met.
+    pub fn finish(mut self) -> io::Result<()> {
+        self.ask = None;
+        self.thread
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the flush thread panicked")))
     }
 }
 
@@ -72,16 +80,16 @@ impl SyncThread {
 /// before the final fsync. A failed background flush is not reported by the
 /// flusher: the final `sync_all` of the same file reports it.
 pub struct Writeback {
-    file: File,
+    file: Option<File>,
     since: u64,
-    worker: Option<SyncThread>,
+    worker: Option<Flusher>,
 }
 
 impl Writeback {
     /// A flusher for `file` (a handle to it: a `try_clone` of the writer's).
     pub fn new(file: File) -> Writeback {
         Writeback {
-            file,
+            file: Some(file),
             since: 0,
             worker: None,
         }
@@ -95,25 +103,22 @@ impl Writeback {
             return;
         }
         self.since = 0;
-        if self.worker.is_none() {
-            match SyncThread::start("backup-writeback", 1) {
+        if let Some(file) = self.file.take() {
+            match Flusher::start("backup-writeback", file, FlushScope::FileData) {
                 Ok(w) => self.worker = Some(w),
                 // No thread: everything is left to the final fsync.
-                Err(e) => {
-                    tracing::debug!(error = %e, "no background flush thread");
-                    return;
-                }
+                Err(e) => tracing::debug!(error = %e, "no background flush thread"),
             }
         }
-        if let (Some(worker), Ok(handle)) = (&self.worker, self.file.try_clone()) {
-            worker.try_send(handle, PathBuf::new());
+        if let Some(worker) = &self.worker {
+            worker.flush();
         }
     }
 
     /// Stops the flusher, waiting for a flush in progress.
     pub fn finish(mut self) {
         if let Some(worker) = self.worker.take() {
-            if let Err((_, e)) = worker.finish() {
+            if let Err(e) = worker.finish() {
                 // The final sync_all of the writer reports it.
                 tracing::debug!(error = %e, "background flush failed");
             }
