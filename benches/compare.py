@@ -105,6 +105,18 @@ def ensure_tools():
         sys.exit(f"still missing after apt-get: {' '.join(still)}")
 
 
+def mount_fresh_ext4(image, mnt, size, mkfs_args=()):
+    """Makes an ext4 file system of `size` bytes in the sparse file `image`
+    and loop-mounts it on `mnt`; tool errors are captured for the caller."""
+    with open(image, "wb") as f:
+        f.truncate(size)
+    subprocess.run(["mkfs.ext4", "-q", "-F", *mkfs_args, str(image)], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    mnt.mkdir(exist_ok=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
 def choose_restore_fs(wanted, work):
     """`loop` when a fresh ext4 can be made and mounted here, else `dir`
     (or an exit, when `loop` was asked for and cannot be had)."""
@@ -118,13 +130,7 @@ def choose_restore_fs(wanted, work):
     else:
         image, mnt = work / "probe-fs.img", work / "probe-fs"
         try:
-            with open(image, "wb") as f:
-                f.truncate(64 << 20)
-            subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            mnt.mkdir(exist_ok=True)
-            subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            mount_fresh_ext4(image, mnt, 64 << 20)
             subprocess.run(["umount", str(mnt)], check=True)
         except (OSError, subprocess.CalledProcessError) as e:
             detail = e.stderr.decode(errors="replace").strip() if getattr(e, "stderr", None) else str(e)
@@ -465,15 +471,10 @@ paths = ["{self.dataset}"]
         self.restore_count += 1
         if self.restore_fs == "loop":
             self.drop_fs()
-            with open(self.fs_image, "wb") as f:
-                f.truncate(self.fs_bytes)
             # Inode tables and journal written now, not lazily in the
             # background while a tool is timed.
-            subprocess.run(["mkfs.ext4", "-q", "-F", "-N", str(self.fs_inodes),
-                            "-E", "lazy_itable_init=0,lazy_journal_init=0", str(self.fs_image)],
-                           check=True, stdout=subprocess.DEVNULL)
-            self.fs_mount.mkdir(exist_ok=True)
-            subprocess.run(["mount", "-o", "loop", str(self.fs_image), str(self.fs_mount)], check=True)
+            mount_fresh_ext4(self.fs_image, self.fs_mount, self.fs_bytes,
+                             ["-N", str(self.fs_inodes), "-E", "lazy_itable_init=0,lazy_journal_init=0"])
             target = self.fs_mount / "restored"
         else:
             target = self.restored / f"{self.restore_count:03d}"
