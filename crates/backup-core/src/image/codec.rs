@@ -292,7 +292,7 @@ impl<W: Write> ParallelBlocks<W> {
                     self.emit(done)?;
                 }
                 Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => return Err(worker_died()),
+                Err(TryRecvError::Disconnected) => return Err(self.pool.died()),
             }
         }
         Ok(())
@@ -302,7 +302,7 @@ impl<W: Write> ParallelBlocks<W> {
         let Some(front) = self.pending.pop_front() else {
             return Ok(());
         };
-        let done = front.recv().map_err(|_| worker_died())?;
+        let done = front.recv().map_err(|_| self.pool.died())?;
         self.emit(done)
     }
 
@@ -357,6 +357,7 @@ impl<W: Write> Write for ParallelBlocks<W> {
 /// current job) when the pool is dropped, whether the stream finished or
 /// failed.
 pub(crate) struct Pool<J> {
+    name: String,
     jobs: Option<Sender<J>>,
     workers: Vec<JoinHandle<()>>,
 }
@@ -371,6 +372,7 @@ impl<J: Send + 'static> Pool<J> {
         let (tx, rx) = mpsc::channel::<J>();
         let rx = Arc::new(Mutex::new(rx));
         let mut pool = Pool {
+            name: name.to_string(),
             jobs: Some(tx),
             workers: Vec::with_capacity(threads),
         };
@@ -388,9 +390,14 @@ impl<J: Send + 'static> Pool<J> {
     pub(crate) fn send(&self, job: J) -> io::Result<()> {
         self.jobs
             .as_ref()
-            .ok_or_else(worker_died)?
+            .ok_or_else(|| self.died())?
             .send(job)
-            .map_err(|_| worker_died())
+            .map_err(|_| self.died())
+    }
+
+    /// The error for a worker that went away without replying.
+    pub(crate) fn died(&self) -> io::Error {
+        io::Error::other(format!("a {} thread stopped unexpectedly", self.name))
     }
 }
 
@@ -407,10 +414,6 @@ impl<J> Drop for Pool<J> {
             let _ = w.join();
         }
     }
-}
-
-fn worker_died() -> io::Error {
-    io::Error::other("a compression thread stopped unexpectedly")
 }
 
 /// A compression worker: takes blocks from the queue and turns each into

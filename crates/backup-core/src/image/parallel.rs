@@ -141,12 +141,7 @@ impl<R: Read, F: Frames> Read for ParallelDecoder<R, F> {
                     }
                 };
             };
-            let (frame, out) = front.recv().map_err(|_| {
-                io::Error::other(format!(
-                    "a {} decompression thread stopped unexpectedly",
-                    F::CODEC
-                ))
-            })??;
+            let (frame, out) = front.recv().map_err(|_| self.pool.died())??;
             let previous = std::mem::replace(&mut self.out, out);
             self.spare.push((frame, previous));
             self.pos = 0;
