@@ -466,11 +466,12 @@ impl Visitor for RestoreVisitor {
 /// Files are not fsynced one by one (on ext4 each fsync of a new file waits
 /// for its own journal commit, which dominated restores of many small
 /// files). Instead a background thread syncs the staging file system every
-/// [`FLUSH_EVERY`] written, so the data reaches the disk while extraction
-/// goes on rather than all at the end (a restore of 47,000 small files:
-/// 3.8 s → 3.1 s median, the same for large files as the per-file fsync it
-/// replaced); [`Stager::finish`] stops that thread and syncs once more, so
-/// everything staged is durable before anything is renamed into place.
+/// [`backup_storage::WRITEBACK_INTERVAL`] written, so the data reaches the
+/// disk while extraction goes on rather than all at the end (a restore of
+/// 47,000 small files: 3.8 s → 3.1 s median, the same for large files as the
+/// per-file fsync it replaced); [`Stager::finish`] stops that thread and
+/// syncs once more, so everything staged is durable before anything is
+/// renamed into place.
 struct Stager {
     root: PathBuf,
     /// Archive-relative roots entries must live under (empty: flat names only).
@@ -491,24 +492,26 @@ struct Stager {
     /// its final `syncfs` reports any write-back error since then, including
     /// those the background flushes met.
     root_fd: std::fs::File,
-    /// Syncs the staging file system in the background (started once
-    /// [`FLUSH_EVERY`] has been written).
-    flusher: Option<backup_storage::Flusher>,
-    /// Written since the last background flush (content, plus
-    /// [`ENTRY_WEIGHT`] per entry).
-    unflushed: u64,
+    /// Syncs the staging file system in the background, through a
+    /// descriptor of its own: a syncfs reports a write-back error once per
+    /// open file, and the final one must still see it. Taken by `finish`.
+    writeback: Option<backup_storage::Writeback>,
 }
 
-/// Written between two background flushes of the staging file system.
-const FLUSH_EVERY: u64 = 32 << 20;
-/// What one entry counts for besides its content: its inode, directory
-/// entry and block (4,000 small files start a flush too).
+/// What one entry counts for towards a background flush besides its
+/// content: its inode, directory entry and block (4,000 small files start a
+/// flush too).
 const ENTRY_WEIGHT: u64 = 8 << 10;
 
 impl Stager {
     fn new(root: PathBuf, allowed: Vec<PathBuf>, owner: bool) -> Result<Stager> {
-        let root_fd = std::fs::File::open(&root)
-            .map_err(|e| Error::io(format!("opening {}", root.display()), e))?;
+        let open = || {
+            std::fs::File::open(&root)
+                .map_err(|e| Error::io(format!("opening {}", root.display()), e))
+        };
+        let root_fd = open()?;
+        let writeback =
+            backup_storage::Writeback::new(open()?, backup_storage::FlushScope::FileSystem);
         Ok(Stager {
             root,
             allowed,
@@ -519,38 +522,16 @@ impl Stager {
             entries: 0,
             copy_buf: Vec::new(),
             root_fd,
-            flusher: None,
-            unflushed: 0,
+            writeback: Some(writeback),
         })
     }
 
-    /// Counts an entry of `size` bytes just written; every [`FLUSH_EVERY`]
-    /// asks the flusher (started the first time) to sync.
-    fn wrote(&mut self, size: u64) -> Result<()> {
-        self.unflushed += ENTRY_WEIGHT + size;
-        if self.unflushed < FLUSH_EVERY {
-            return Ok(());
+    /// Counts an entry of `size` bytes just written towards the next
+    /// background flush.
+    fn wrote(&mut self, size: u64) {
+        if let Some(writeback) = &mut self.writeback {
+            writeback.wrote(ENTRY_WEIGHT + size);
         }
-        self.unflushed = 0;
-        let flusher = match &mut self.flusher {
-            Some(f) => f,
-            none => {
-                // Its own descriptor: a syncfs reports a write-back error
-                // once per open file, and the final one must still see it.
-                let started = std::fs::File::open(&self.root).and_then(|dir| {
-                    backup_storage::Flusher::start(
-                        "backup-flush",
-                        dir,
-                        backup_storage::FlushScope::FileSystem,
-                    )
-                });
-                none.insert(started.map_err(|e| {
-                    Error::io(format!("starting to flush {}", self.root.display()), e)
-                })?)
-            }
-        };
-        flusher.flush();
-        Ok(())
     }
 
     fn unsafe_entry(rel: &Path, reason: impl Into<String>) -> Error {
@@ -682,7 +663,7 @@ impl Stager {
                 let t = filetime::FileTime::from_unix_time(e.mtime as i64, 0);
                 filetime::set_file_handle_times(&file, Some(t), Some(t))
                     .map_err(|err| io("setting the time of", err))?;
-                self.wrote(e.size)?;
+                self.wrote(e.size);
             }
             EntryKind::Symlink => {
                 let target = e.link.as_ref().expect("walker checked");
@@ -761,8 +742,8 @@ impl Stager {
                 e,
             )
         };
-        if let Some(flusher) = self.flusher.take() {
-            flusher.finish().map_err(flushing)?;
+        if let Some(writeback) = self.writeback.take() {
+            writeback.finish().map_err(flushing)?;
         }
         rustix::fs::syncfs(&self.root_fd).map_err(|e| flushing(e.into()))
     }
@@ -800,18 +781,19 @@ mod tests {
 
     #[test]
     fn a_stager_flushes_in_the_background_every_so_often() {
+        use backup_storage::WRITEBACK_INTERVAL;
         let dir = tempfile::tempdir().unwrap();
         let mut stager = Stager::new(dir.path().to_path_buf(), Vec::new(), false).unwrap();
-        stager.wrote(FLUSH_EVERY - ENTRY_WEIGHT - 1).unwrap();
-        assert!(stager.flusher.is_none(), "nothing to flush yet");
-        stager.wrote(1).unwrap();
-        assert!(stager.flusher.is_some(), "the flusher started");
-        assert_eq!(stager.unflushed, 0);
+        let started = |s: &Stager| s.writeback.as_ref().is_some_and(|w| w.started());
+        stager.wrote(WRITEBACK_INTERVAL - ENTRY_WEIGHT - 1);
+        assert!(!started(&stager), "nothing to flush yet");
+        stager.wrote(1);
+        assert!(started(&stager), "the flusher started");
         // Asks while one is pending merge; finishing waits and reports.
         for _ in 0..5 {
-            stager.wrote(FLUSH_EVERY).unwrap();
+            stager.wrote(WRITEBACK_INTERVAL);
         }
         stager.finish().unwrap();
-        assert!(stager.flusher.is_none());
+        assert!(stager.writeback.is_none());
     }
 }

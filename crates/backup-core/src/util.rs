@@ -130,13 +130,15 @@ where
             .mode(mode)
             .open(&tmp)
             .map_err(|e| io("creating a temporary file for", e))?;
-        let writeback = file.try_clone().ok().map(backup_storage::Writeback::new);
+        let writeback = (file.try_clone().ok())
+            .map(|f| backup_storage::Writeback::new(f, backup_storage::FlushScope::FileData));
         let mut w = std::io::BufWriter::with_capacity(1 << 20, WritebackFile { file, writeback });
         let n = fill(&mut w)?;
         let WritebackFile { file, writeback } =
             w.into_inner().map_err(|e| io("writing", e.into_error()))?;
         if let Some(wb) = writeback {
-            wb.finish();
+            // A failed background flush: the sync_all below reports it.
+            let _ = wb.finish();
         }
         file.sync_all().map_err(|e| io("flushing", e))?;
         std::fs::rename(&tmp, path).map_err(|e| io("publishing", e))?;

@@ -52,7 +52,7 @@ pub use types::{
     resolve_range, ByteReader, Capabilities, Capacity, GetResult, ListResult, ObjectMeta, PutMode,
     PutOptions, Storage, Upload,
 };
-pub use writeback::{FlushScope, Flusher, Writeback, WRITEBACK_INTERVAL};
+pub use writeback::{FlushScope, Writeback, WRITEBACK_INTERVAL};
 
 /// Result alias of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

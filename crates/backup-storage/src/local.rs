@@ -13,8 +13,8 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use crate::names::{is_valid_name, is_valid_segment, temp_name};
 use crate::open::file_url;
 use crate::{
-    resolve_range, Capabilities, Capacity, Error, GetResult, ListResult, ObjectMeta, PutMode,
-    PutOptions, Result, Storage, Upload, Writeback,
+    resolve_range, Capabilities, Capacity, Error, FlushScope, GetResult, ListResult, ObjectMeta,
+    PutMode, PutOptions, Result, Storage, Upload, Writeback,
 };
 
 /// A local directory (`file:///path`). Uploads go to a hidden temporary name,
@@ -208,7 +208,8 @@ impl Storage for LocalStorage {
                     Ok(file) => break file,
                 }
             };
-            let writeback = file.try_clone().ok().map(Writeback::new);
+            let writeback =
+                (file.try_clone().ok()).map(|f| Writeback::new(f, FlushScope::FileData));
             let upload = LocalUpload {
                 file: Arc::new(file),
                 writeback,
@@ -532,7 +533,8 @@ impl Upload for LocalUpload {
         let meta = blocking(move || {
             let io_err = |doing: &str, e| Error::from_io(format!("{doing} {name} in {location}"), e);
             if let Some(wb) = writeback {
-                wb.finish();
+                // A failed background flush: the sync_all below reports it.
+                let _ = wb.finish();
             }
             file.sync_all().map_err(|e| io_err("writing", e))?;
             let modified = file.metadata().and_then(|m| m.modified()).ok();

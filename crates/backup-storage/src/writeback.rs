@@ -1,4 +1,5 @@
-//! Early write-back of a file being written.
+//! Early write-back of a file being written, or of a file system being
+//! filled.
 //!
 //! An image is written once and then fsynced before it gets its final name.
 //! Left alone, the kernel holds most of it as dirty pages until that fsync,
@@ -8,6 +9,8 @@
 //! pages. [`Writeback`] asks a helper thread to `fdatasync` the file every
 //! [`WRITEBACK_INTERVAL`] bytes, so the data reaches the disk while
 //! compression and encryption go on, and the final fsync has little left.
+//! A restore does the same for the file system it stages a tree in
+//! ([`FlushScope::FileSystem`]: `syncfs`).
 
 use std::fs::File;
 use std::io;
@@ -17,7 +20,7 @@ use std::thread::JoinHandle;
 /// Bytes written between two background flushes.
 pub const WRITEBACK_INTERVAL: u64 = 32 << 20;
 
-/// What a [`Flusher`] makes durable each time it is asked.
+/// What a [`Writeback`] makes durable each time it flushes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlushScope {
     /// The data of one file (`fdatasync`).
@@ -29,7 +32,7 @@ pub enum FlushScope {
 /// A thread that flushes one open file (or its file system) each time it is
 /// asked. Asks while a flush is pending merge into it; the thread stops at
 /// its first error, which [`Flusher::finish`] returns.
-pub struct Flusher {
+struct Flusher {
     ask: Option<SyncSender<()>>,
     thread: JoinHandle<io::Result<()>>,
 }
@@ -37,7 +40,7 @@ pub struct Flusher {
 impl Flusher {
     /// Starts a thread named `name` flushing `scope` of `file` (a handle of
     /// its own: a `try_clone` or a fresh open).
-    pub fn start(name: &str, file: File, scope: FlushScope) -> io::Result<Flusher> {
+    fn start(name: &str, file: File, scope: FlushScope) -> io::Result<Flusher> {
         let (ask, asked) = mpsc::sync_channel::<()>(1);
         let thread = std::thread::Builder::new()
             .name(name.into())
@@ -57,7 +60,7 @@ impl Flusher {
     }
 
     /// Asks for a flush unless one is already waiting to start.
-    pub fn flush(&self) {
+    fn flush(&self) {
         if let Some(ask) = &self.ask {
             // Full: a pending flush covers this one. Gone: the thread
             // stopped at an error, which `finish` returns.
@@ -66,7 +69,7 @@ impl Flusher {
     }
 
     /// Waits for a flush in progress; the first error a flush met.
-    pub fn finish(mut self) -> io::Result<()> {
+    fn finish(mut self) -> io::Result<()> {
         self.ask = None;
         self.thread
             .join()
@@ -74,29 +77,36 @@ impl Flusher {
     }
 }
 
-/// Flushes a file in the background as it grows; see the module docs.
+/// Flushes a file (or its file system) in the background as it grows; see
+/// the module docs.
 ///
 /// Call [`Writeback::wrote`] after each write and [`Writeback::finish`]
-/// before the final fsync. A failed background flush is not reported by the
-/// flusher: the final `sync_all` of the same file reports it.
+/// before the final fsync or syncfs. Without a thread (none could be
+/// started) everything is left to that final sync.
 pub struct Writeback {
+    /// The handle to flush, until the thread takes it.
     file: Option<File>,
+    scope: FlushScope,
     since: u64,
     worker: Option<Flusher>,
 }
 
 impl Writeback {
-    /// A flusher for `file` (a handle to it: a `try_clone` of the writer's).
-    pub fn new(file: File) -> Writeback {
+    /// A flusher for `scope` of `file`: a handle of its own (a `try_clone`
+    /// of the writer's, or a fresh open), since a write-back error is
+    /// reported once per open file and the final sync must still see it.
+    pub fn new(file: File, scope: FlushScope) -> Writeback {
         Writeback {
             file: Some(file),
+            scope,
             since: 0,
             worker: None,
         }
     }
 
     /// Records `n` more bytes written; every [`WRITEBACK_INTERVAL`] bytes it
-    /// asks for a flush (skipped if the previous one is still running).
+    /// asks for a flush (merged into the previous one if that has not
+    /// started yet). The thread starts at the first flush.
     pub fn wrote(&mut self, n: u64) {
         self.since += n;
         if self.since < WRITEBACK_INTERVAL {
@@ -104,9 +114,13 @@ impl Writeback {
         }
         self.since = 0;
         if let Some(file) = self.file.take() {
-            match Flusher::start("backup-writeback", file, FlushScope::FileData) {
+            let name = match self.scope {
+                FlushScope::FileData => "backup-writeback",
+                FlushScope::FileSystem => "backup-flush",
+            };
+            match Flusher::start(name, file, self.scope) {
                 Ok(w) => self.worker = Some(w),
-                // No thread: everything is left to the final fsync.
+                // No thread: everything is left to the final sync.
                 Err(e) => tracing::debug!(error = %e, "no background flush thread"),
             }
         }
@@ -115,13 +129,20 @@ impl Writeback {
         }
     }
 
-    /// Stops the flusher, waiting for a flush in progress.
-    pub fn finish(mut self) {
-        if let Some(worker) = self.worker.take() {
-            if let Err(e) = worker.finish() {
-                // The final sync_all of the writer reports it.
+    /// Whether a background flush thread has been started.
+    pub fn started(&self) -> bool {
+        self.worker.is_some()
+    }
+
+    /// Stops the flusher, waiting for a flush in progress; the first error a
+    /// background flush met (also logged at debug level). A caller about to
+    /// `sync_all` the same file may ignore it: that sync reports it again.
+    pub fn finish(mut self) -> io::Result<()> {
+        match self.worker.take() {
+            Some(worker) => worker.finish().inspect_err(|e| {
                 tracing::debug!(error = %e, "background flush failed");
-            }
+            }),
+            None => Ok(()),
         }
     }
 }
@@ -136,14 +157,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         let mut file = File::create(&path).unwrap();
-        let mut wb = Writeback::new(file.try_clone().unwrap());
+        let mut wb = Writeback::new(file.try_clone().unwrap(), FlushScope::FileData);
         let block = vec![7u8; 1 << 20];
         for _ in 0..((2 * WRITEBACK_INTERVAL) >> 20) + 1 {
             file.write_all(&block).unwrap();
             wb.wrote(block.len() as u64);
         }
         assert!(wb.worker.is_some(), "a flush thread was started");
-        wb.finish();
+        wb.finish().unwrap();
         file.sync_all().unwrap();
         let expected = (2 * WRITEBACK_INTERVAL) + (1 << 20);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), expected);
@@ -153,9 +174,9 @@ mod tests {
     fn small_files_start_no_thread() {
         let dir = tempfile::tempdir().unwrap();
         let file = File::create(dir.path().join("f")).unwrap();
-        let mut wb = Writeback::new(file);
+        let mut wb = Writeback::new(file, FlushScope::FileData);
         wb.wrote(WRITEBACK_INTERVAL - 1);
         assert!(wb.worker.is_none());
-        wb.finish();
+        wb.finish().unwrap();
     }
 }
