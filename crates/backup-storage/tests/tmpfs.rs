@@ -4,6 +4,12 @@
 //! These mount tmpfs file systems, which needs root (as on the development
 //! machines and in CI). A mount that fails fails the test: these behaviours
 //! are not checked anywhere else.
+//!
+//! The tests take turns ([`serial`]). Each spawns processes (mount, umount,
+//! df), and a child holds a copy of every open descriptor of the test
+//! process from fork until exec: an upload another test has just aborted or
+//! dropped then keeps its blocks on the full file system for that moment,
+//! and "the space came back" would fail at random.
 
 use std::fs;
 use std::path::Path;
@@ -13,6 +19,13 @@ use anyhow::{bail, ensure, Context, Result};
 use backup_storage::{Error, LocalStorage, PutMode, PutOptions, Storage, StorageExt};
 use bytes::Bytes;
 use tempfile::TempDir;
+use tokio::sync::{Mutex, MutexGuard};
+
+/// Held for the whole of each test; see the module docs.
+async fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::const_new(());
+    SERIAL.lock().await
+}
 
 /// A tmpfs mounted on a temporary directory for the life of the value.
 struct Tmpfs {
@@ -106,6 +119,7 @@ fn assert_no_space(err: &Error) {
 
 #[tokio::test]
 async fn a_full_disk_fails_the_upload_with_no_space_and_leaves_nothing() -> Result<()> {
+    let _serial = serial().await;
     let fs = Tmpfs::mount("size=1m")?;
     let store = LocalStorage::new(fs.path())?;
 
@@ -139,6 +153,7 @@ async fn a_full_disk_fails_the_upload_with_no_space_and_leaves_nothing() -> Resu
 
 #[tokio::test]
 async fn a_read_only_mount_is_permission_denied() -> Result<()> {
+    let _serial = serial().await;
     let fs = Tmpfs::mount("ro,size=1m")?;
     let store = LocalStorage::new(fs.path())?;
     let err = store
@@ -179,6 +194,7 @@ fn df(dir: &Path) -> Result<[u64; 3]> {
 
 #[tokio::test]
 async fn capacity_is_what_df_reports() -> Result<()> {
+    let _serial = serial().await;
     // On a file system of our own nothing else writes: equal to the byte.
     let fs = Tmpfs::mount("size=4m")?;
     let store = LocalStorage::new(fs.path())?;
