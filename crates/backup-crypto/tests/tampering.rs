@@ -2,8 +2,6 @@
 //! operator can act on, and no plaintext of a failing chunk is released.
 mod common;
 
-use std::time::{Duration, Instant};
-
 use backup_crypto::{
     Error, Header, ImageReader, KdfParams, Keyslot, MasterKey, CHUNK_SIZE, HEADER_LEN,
     STREAM_PREFIX_LEN, TAG_LEN,
@@ -241,7 +239,8 @@ fn crafted_kdf_parameters_are_refused_before_argon2_runs() {
         let mut bad = img.clone();
         bad[KEYSLOT_AT..KEYSLOT_AT + slot.len()].copy_from_slice(&slot);
         reseal_header(&mut bad);
-        let started = Instant::now();
+        // The message is the bounds check's own wording, which runs before
+        // any Argon2 setup (no timing: the machines are shared).
         match ImageReader::new(&bad[..]) {
             Err(Error::KdfParamsOutOfBounds(msg)) => {
                 assert!(msg.contains(why), "m={m} t={t} p={p}: {msg}")
@@ -251,17 +250,13 @@ fn crafted_kdf_parameters_are_refused_before_argon2_runs() {
         }
         assert!(matches!(
             Keyslot::from_bytes(&slot),
-            Err(Error::KdfParamsOutOfBounds(_))
+            Err(Error::KdfParamsOutOfBounds(msg)) if msg.contains(why)
         ));
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "m={m}: took {:?}",
-            started.elapsed()
-        );
     }
 }
 
-/// Argon2 over 4 GiB would take seconds and the memory; refusing takes none.
+/// Argon2 over 4 GiB would take seconds and the memory: the refusal must
+/// come from the bounds check (its wording, "above the cap"), before Argon2.
 #[test]
 fn oversized_parameters_never_reach_argon2() {
     let pass = &domain().pass;
@@ -282,22 +277,14 @@ fn oversized_parameters_never_reach_argon2() {
             parallelism: 1,
         },
     ] {
-        let started = Instant::now();
+        let refused = |r: Result<_, Error>| matches!(r, Err(Error::KdfParamsOutOfBounds(msg)) if msg.contains("above the cap"));
         assert!(
-            matches!(
-                params.derive(pass, &[0; 16]),
-                Err(Error::KdfParamsOutOfBounds(_))
-            ),
+            refused(params.derive(pass, &[0; 16]).map(drop)),
             "{params:?}"
         );
-        assert!(matches!(
-            Keyslot::seal(&domain().mk, pass, params),
-            Err(Error::KdfParamsOutOfBounds(_))
-        ));
         assert!(
-            started.elapsed() < Duration::from_millis(500),
-            "{params:?}: took {:?}",
-            started.elapsed()
+            refused(Keyslot::seal(&domain().mk, pass, params).map(drop)),
+            "{params:?}"
         );
     }
 }
