@@ -16,6 +16,12 @@ kind = "command"
 backup = ["sh", "-c", "sleep 6; echo slow-dump"]
 "#;
 
+/// An after hook long enough for another process to overlap it.
+const SLOW_AFTER_HOOK: &str = r#"
+[hooks]
+after = ["sleep", "10"]
+"#;
+
 /// Polls `status --json` until it reports `in progress` by `pid` (and, if
 /// given, at `component`); returns that status.
 fn wait_in_progress(ops: &Ops, pid: u32, component: Option<&str>) -> Value {
@@ -197,4 +203,37 @@ fn a_backup_killed_with_sigkill_publishes_nothing_and_is_taken_over() {
     let again = ops.run(&["create", "--component", "config"]);
     again.expect(0);
     assert!(!again.stderr().contains("interrupted"), "{}", again.dump());
+}
+
+#[test]
+fn a_backup_in_its_after_hook_is_still_in_progress_and_named_as_a_backup() {
+    let ops = Ops::new(SLOW_AFTER_HOOK);
+    ops.init();
+    let a = ops.spawn(&["create"]);
+    let a_pid = a.pid();
+    // The image is published and recorded; the after hook still holds the
+    // run (and its lock) open.
+    let s = wait_for(
+        Duration::from_secs(60),
+        "the image recorded while the after hook runs",
+        || {
+            let s = ops.status();
+            (s["state"] == "in progress" && s["last_success"]["image"].is_string()).then_some(s)
+        },
+    );
+    assert_eq!(s["current"]["operation"], "backup", "{s:#}");
+    assert_eq!(s["current"]["pid"], a_pid, "{s:#}");
+
+    let b = ops.run(&["create"]);
+    b.expect(4);
+    assert!(
+        b.stderr().contains("a backup has been running since")
+            && b.stderr().contains(&format!("pid {a_pid}")),
+        "B names the running backup as status does\n{}",
+        b.dump()
+    );
+    a.wait(Duration::from_secs(60)).expect(0);
+    let s = ops.status();
+    assert_eq!(s["state"], "not running", "{s:#}");
+    assert_eq!(s["last_skipped"]["operation"], "backup", "{s:#}");
 }

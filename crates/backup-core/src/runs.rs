@@ -137,23 +137,32 @@ impl Engine {
         result
     }
 
-    /// Takes the operation lock; if another operation holds it, records the
-    /// skip (status and audit log) and fails with [`Error::Busy`].
-    fn lock(&self, operation: &str, target: &str, started: Instant) -> Result<OperationLock> {
-        match OperationLock::acquire(self.state_dir(), operation) {
+    /// Takes the operation lock for `run` (the operation as the status names
+    /// it: `backup`, `scheduled backup`, `restore`, `prune`; the lock records
+    /// it, so `status` and a skipped run's message name the holder the same
+    /// way). If another operation holds it, records the skip (status, and the
+    /// audit log as `audit_op`) and fails with [`Error::Busy`].
+    fn lock(
+        &self,
+        run: &str,
+        audit_op: &str,
+        target: &str,
+        started: Instant,
+    ) -> Result<OperationLock> {
+        match OperationLock::acquire(self.state_dir(), run) {
             Ok(l) => Ok(l),
             Err(Error::Busy(who)) => {
-                let reason = format!("{who}; this {operation} was skipped");
+                let reason = format!("{who}; this {run} was skipped");
                 let record = RunRecord {
                     time: Utc::now(),
-                    operation: operation.to_string(),
+                    operation: run.to_string(),
                     outcome: Outcome::Skipped,
                     image: None,
                     size: 0,
                     reason: Some(reason.clone()),
                 };
                 let _ = StatusStore::in_state_dir(self.state_dir()).record_skipped(&record);
-                self.audit(operation, target, SKIPPED, 0, started, Some(reason.clone()));
+                self.audit(audit_op, target, SKIPPED, 0, started, Some(reason.clone()));
                 self.progress.event(&Event::Warning {
                     component: None,
                     message: reason,
@@ -217,7 +226,12 @@ impl Engine {
     /// [`Error::Busy`] (recorded as skipped) if another operation runs.
     pub async fn create(&self, opts: &CreateOptions) -> Result<CreateReport> {
         let started = Instant::now();
-        let lock = self.lock("create", "-", started)?;
+        let run_name = if opts.scheduled {
+            "scheduled backup"
+        } else {
+            "backup"
+        };
+        let lock = self.lock(run_name, "create", "-", started)?;
         let (created, (storage, name)) = match self.unique_destination(opts).await {
             Ok(d) => d,
             Err(e) => {
@@ -236,11 +250,7 @@ impl Engine {
         let mut status = store.load().unwrap_or_default();
         let took_over = self.take_over(&mut status, &lock, started);
         status.current = Some(CurrentRun {
-            operation: if opts.scheduled {
-                "scheduled backup".into()
-            } else {
-                "backup".into()
-            },
+            operation: run_name.into(),
             pid: std::process::id(),
             started: created,
             image: Some(name.clone()),
@@ -472,7 +482,7 @@ impl Engine {
     /// Restores an image under the operation lock (audited, in the status).
     pub async fn restore(&self, image: &str, opts: &RestoreOptions) -> Result<RestoreReport> {
         let started = Instant::now();
-        let lock = self.lock("restore", image, started)?;
+        let lock = self.lock("restore", "restore", image, started)?;
         let store = StatusStore::in_state_dir(self.state_dir());
         let mut status = store.load().unwrap_or_default();
         self.take_over(&mut status, &lock, started);
@@ -516,7 +526,7 @@ impl Engine {
     /// What a retention run would delete (`dry_run`) or deletes, under the lock.
     pub async fn prune(&self, dry_run: bool) -> Result<Vec<RetentionDecision>> {
         let started = Instant::now();
-        let _lock = self.lock("prune", "-", started)?;
+        let _lock = self.lock("prune", "prune", "-", started)?;
         let result = self.apply_retention(dry_run).await;
         if let Err(e) = &result {
             self.audit("prune", "-", outcome_of(e), 0, started, Some(e.to_string()));

@@ -24,7 +24,8 @@ pub struct LockHolder {
     pub pid: u32,
     /// Host name.
     pub host: String,
-    /// `create`, `restore`, …
+    /// What runs, as the status names it: `backup`, `scheduled backup`,
+    /// `restore`, `prune`.
     pub operation: String,
     /// When it took the lock.
     pub started: DateTime<Utc>,

@@ -20,7 +20,7 @@ const SKIPPED_FILE: &str = "skipped.json";
 /// The operation in progress.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CurrentRun {
-    /// `create`, `restore`, …
+    /// `backup`, `scheduled backup`, `restore` or `prune`.
     pub operation: String,
     /// Holder process.
     pub pid: u32,
