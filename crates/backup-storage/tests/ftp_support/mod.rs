@@ -91,13 +91,46 @@ pub(crate) struct FtpServer {
 
 /// Passive port ranges, one per server started by this process, so that
 /// servers of parallel tests do not take each other's ports.
+///
+/// libunftp answers each PASV by binding a random port of its range
+/// (SO_REUSEADDR, nine tries) and then listening on it, which fails the
+/// run at random in two ways this layout keeps rare:
+/// - The ranges lie outside the kernel's ephemeral port range. Inside it, the
+///   client's own data connections (a thousand uploads leave a thousand
+///   sockets in TIME_WAIT, bound without SO_REUSEADDR) took so many ports
+///   that all nine tries could fail: 425 to PASV, in ~8% of runs.
+/// - Each range is wide. A pick that lands on a port whose earlier data
+///   connection is not closed yet binds, but then fails to listen
+///   (EADDRINUSE), and libunftp closes the control connection.
 fn passive_ports() -> RangeInclusive<u16> {
+    const SPAN: u16 = 1_400;
+    const SERVERS: u16 = 20;
     static NEXT: AtomicU64 = AtomicU64::new(0);
+    static BASE: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
+    let base = *BASE.get_or_init(|| {
+        let (low, high) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|s| {
+                let mut it = s.split_whitespace().map(|n| n.parse::<u32>().ok());
+                Some((it.next()??, it.next()??))
+            })
+            .unwrap_or((32_768, 60_999));
+        let need = u32::from(SPAN * SERVERS);
+        if low >= 1024 + need {
+            (low - need) as u16
+        } else if high + need <= 65_535 {
+            (high + 1) as u16
+        } else {
+            panic!(
+                "the ephemeral port range {low}-{high} leaves no {need} ports for FTP passive mode"
+            )
+        }
+    });
     // Different test binaries run one after the other (cargo test runs them
     // serially), so each can start at the same base.
-    let n = NEXT.fetch_add(1, Ordering::Relaxed) as u16 % 20;
-    let start = 40_000 + n * 500;
-    start..=start + 499
+    let n = NEXT.fetch_add(1, Ordering::Relaxed) as u16 % SERVERS;
+    let start = base + n * SPAN;
+    start..=start + SPAN - 1
 }
 
 impl FtpServer {
