@@ -46,5 +46,5 @@ pub use error::Error;
 pub use header::{Header, FORMAT_VERSION, HEADER_LEN, MAGIC, SUITE_COBBLESTONE_256};
 pub use image::{DecryptReader, EncryptWriter, ImageReader};
 pub use kdf::{KdfParams, Passphrase, MIN_PASSPHRASE_CHARS};
-pub use key::{KeyId, MasterKey};
+pub use key::{KeyId, MasterKey, WRAPPED_KEY_LEN};
 pub use keyslot::{Keyslot, KEYSLOT_LEN};
