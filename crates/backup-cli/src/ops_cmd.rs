@@ -13,17 +13,21 @@ use crate::Cli;
 
 #[derive(Subcommand)]
 pub(crate) enum KeyCommand {
-    /// Rewrap the master key under a new secret: asks the current secret
-    /// (--secret-file, BACKUP_SECRET or prompt) and the new one
-    /// (--new-secret-file, BACKUP_NEW_SECRET or prompt, twice). New images
-    /// carry the new key slot; older ones still open with the old secret
+    /// Change the secret and re-key: asks the current secret (--secret-file,
+    /// BACKUP_SECRET or prompt) and the new one (--new-secret-file,
+    /// BACKUP_NEW_SECRET or prompt, twice). New images get a new master key
+    /// that only the new secret (and the key file) opens; the keyring keeps
+    /// earlier master keys under the new secret, so older images still
+    /// restore here. Elsewhere, older images open with the secret they were
+    /// made under until `key rewrap` gives them the new one
     Rotate {
         /// Read the new secret from this file
         #[arg(long, value_name = "FILE")]
         new_secret_file: Option<PathBuf>,
     },
-    /// Give images the current key slot in place (local and NFS storage), so
-    /// they open with the current secret; says which could not be changed
+    /// Give images a key slot under the current secret in place (local and
+    /// NFS storage, image files), so the current secret opens them on a bare
+    /// machine; their master key stays. Says which could not be changed
     Rewrap {
         /// Image names or paths
         #[arg(required = true)]
@@ -252,13 +256,13 @@ fn new_secret(file: &Option<PathBuf>) -> anyhow::Result<Passphrase> {
 pub(crate) async fn key(cli: &Cli, cmd: &KeyCommand) -> anyhow::Result<ExitCode> {
     let config = Config::load(&crate::config_path(cli))?;
     let state = config.appliance.state_dir.clone();
-    let current = || -> anyhow::Result<Passphrase> {
+    let current = || -> backup_core::Result<Passphrase> {
         CliSecret {
             file: cli.secret_file.clone(),
             env: Some(crate::secret::SECRET_ENV),
         }
         .passphrase("confirm the CURRENT domain master secret", false)?
-        .ok_or_else(|| Error::PassphraseRequired("confirm the current secret".into()).into())
+        .ok_or_else(|| Error::PassphraseRequired("confirm the current secret".into()))
     };
     let engine = crate::engine(cli)?;
     let started = std::time::Instant::now();
@@ -275,9 +279,24 @@ pub(crate) async fn key(cli: &Cli, cmd: &KeyCommand) -> anyhow::Result<ExitCode>
             let params = config.encryption.kdf_params();
             let result = backup_core::rotate_keys(&state, &cur, &new, params);
             engine.audit_public("key.rotate", "keyring", &result, started);
-            let id = result?;
-            println!("the master key (key id {id}) is now wrapped under the new secret; new images carry the new key slot");
-            println!("images made before still open with the previous secret: `backup key rewrap IMAGE…` updates them");
+            let rotation = result?;
+            if cli.json {
+                print_json(&rotation)?;
+            } else {
+                println!(
+                    "new master key {} for new images; the previous one ({}) is kept in the keyring",
+                    rotation.key_id, rotation.previous
+                );
+                println!(
+                    "this appliance still opens images of {} earlier key(s) ({}) with the key file or the new secret",
+                    rotation.kept.len(),
+                    rotation.kept.join(", ")
+                );
+                if !rotation.key_file_updated {
+                    println!("no key file in the state directory: backups need the new secret");
+                }
+                println!("the previous secret opens nothing made from now on, but still opens older images wherever their headers carry its key slot: `backup key rewrap IMAGE…` gives them one under the new secret");
+            }
         }
         KeyCommand::Rewrap { images } => {
             let results = engine.rewrap(images).await?;

@@ -1,12 +1,14 @@
-//! The domain master secret: it never leaks into output, files or images,
-//! and rotating it keeps old images readable with the old secret until they
-//! are rewrapped.
+//! The domain master secret: it never leaks into output, files or images;
+//! rotating it re-keys (the old secret opens nothing made afterwards) while
+//! this appliance keeps opening older images; old images keep opening with
+//! the old secret elsewhere until they are rewrapped.
 mod ops_support;
 
 use std::cell::RefCell;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use backup_crypto::{Header, HEADER_LEN};
 use ops_support::{contains_bytes, files_under, records, Ops, Out};
 
 const CANARY: &str = "S3cr3t-Canary-7f3a9";
@@ -223,7 +225,8 @@ fn rotation_keeps_old_images_on_the_old_secret_until_rewrapped() {
     rotate.env("BACKUP_NEW_SECRET", B);
     let out = Ops::run_cmd(rotate, "backup key rotate".into());
     out.expect(0);
-    // Rotation keeps the master key: the key file still works unattended.
+    // The key file now holds the new master key, and opens the old images
+    // through the earlier key the keyring keeps under it.
     let image2 = ops.create();
     assert_ne!(image1, image2);
     ops.run(&["verify", &image1]).expect(0);
@@ -237,7 +240,9 @@ fn rotation_keeps_old_images_on_the_old_secret_until_rewrapped() {
     assert!(none.stderr().contains("BACKUP_SECRET"), "{}", none.dump());
 
     assert_opens(&ops, A, &image1, true);
-    assert_opens(&ops, B, &image1, false);
+    // On this appliance the new secret opens the old image too: the keyring
+    // keeps its master key under the new secret.
+    assert_opens(&ops, B, &image1, true);
     assert_opens(&ops, B, &image2, true);
     assert_opens(&ops, A, &image2, false);
 
@@ -349,4 +354,149 @@ restore = ["sh", "-c", "env > {restore}; cat > /dev/null"]
         leaks.is_empty(),
         "child processes were given the secret in their environment: {leaks:?}"
     );
+}
+
+fn header_of(path: &Path) -> Header {
+    let bytes = fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    Header::parse(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A configuration of a bare replacement machine: the same storage, a state
+/// directory without keys.
+fn bare_machine(ops: &Ops, name: &str) -> PathBuf {
+    let state = ops.dir().join(name);
+    let text = fs::read_to_string(&ops.config).unwrap().replace(
+        &format!("state_dir = {:?}", ops.state.display().to_string()),
+        &format!("state_dir = {:?}", state.display().to_string()),
+    );
+    let path = ops.dir().join(format!("{name}.toml"));
+    fs::write(&path, text).unwrap();
+    path
+}
+
+/// `key rotate` from `current` to `new` (given in `BACKUP_NEW_SECRET`).
+fn rotate(ops: &Ops, current: &str, new: &str) -> Out {
+    let mut cmd = ops.cmd_with(&ops.config, Some(current), &["key", "rotate"]);
+    cmd.env("BACKUP_NEW_SECRET", new);
+    Ops::run_cmd(cmd, format!("backup key rotate ({current} -> {new})"))
+}
+
+/// `verify IMAGE` with `secret` (or none) under `config`, expecting `code`.
+fn verify_expect(ops: &Ops, config: &Path, secret: Option<&str>, image: &str, code: i32) {
+    let out = ops.run_with(config, secret, &["verify", image]);
+    assert_eq!(
+        out.code,
+        code,
+        "verify {image} with {secret:?} under {}\n{}",
+        config.display(),
+        out.dump()
+    );
+}
+
+#[test]
+fn rotation_gives_new_images_a_master_key_the_old_secret_cannot_reach() {
+    const A: &str = "first secret AAAA";
+    const B: &str = "second secret BBBB";
+    const C: &str = "third secret CCCC";
+    let ops = Ops::new("");
+    ops.init_with(A);
+    let image1 = ops.create();
+    rotate(&ops, A, B).expect(0);
+    let image2 = ops.create();
+    let h1 = header_of(&ops.store.join(&image1));
+    let h2 = header_of(&ops.store.join(&image2));
+    assert_ne!(
+        h1.key_id(),
+        h2.key_id(),
+        "a rotation must give new images a new master key"
+    );
+
+    // The old secret plus an old header: image 2 with image 1's key slot
+    // (the old master key under the old secret). The key slot is not bound
+    // into the payload, so if the master key had stayed, A would open it.
+    let forged = ops.dir().join("forged.bkp");
+    let mut bytes = fs::read(ops.store.join(&image2)).unwrap();
+    bytes[..HEADER_LEN].copy_from_slice(&h2.with_keyslot(h1.keyslot().clone()).encode());
+    fs::write(&forged, &bytes).unwrap();
+    let forged = forged.to_str().unwrap();
+    let bare = bare_machine(&ops, "bare-state");
+    verify_expect(&ops, &bare, Some(A), forged, 1);
+    verify_expect(&ops, &bare, Some(A), &image2, 1);
+    verify_expect(&ops, &bare, Some(B), &image2, 0);
+
+    // This appliance opens every image unattended (the key file's new key
+    // opens the earlier one the keyring keeps) and restores the old one.
+    ops.run(&["verify", &image1]).expect(0);
+    ops.run(&["verify", &image2]).expect(0);
+    let target = ops.dir().join("restored");
+    ops.run(&["restore", &image1, "--target", target.to_str().unwrap()])
+        .expect(0);
+    assert!(!files_under(&target).is_empty(), "the restore wrote files");
+
+    // Without the key file: the new secret opens both here (the keyring),
+    // the old one only the image made under it (its own header).
+    let aside = ops.dir().join("master.key.aside");
+    move_file(&key_file(&ops), &aside);
+    assert_opens(&ops, B, &image1, true);
+    assert_opens(&ops, B, &image2, true);
+    assert_opens(&ops, A, &image1, true);
+    assert_opens(&ops, A, &image2, false);
+    assert_opens(&ops, A, forged, false);
+
+    // On a bare machine the old image opens with the secret it was made
+    // under, until a rewrap gives it a key slot under the new one; its master
+    // key stays.
+    verify_expect(&ops, &bare, Some(A), &image1, 0);
+    verify_expect(&ops, &bare, Some(B), &image1, 1);
+    let out = ops.run(&["key", "rewrap", &image1]);
+    out.expect(0);
+    assert!(
+        out.stdout().contains(&format!("{image1}: rewrapped")),
+        "{}",
+        out.dump()
+    );
+    assert_eq!(header_of(&ops.store.join(&image1)).key_id(), h1.key_id());
+    verify_expect(&ops, &bare, Some(B), &image1, 0);
+    verify_expect(&ops, &bare, Some(A), &image1, 1);
+    move_file(&aside, &key_file(&ops));
+
+    // A second rotation keeps both earlier keys, now under the newest secret.
+    rotate(&ops, B, C).expect(0);
+    let image3 = ops.create();
+    let h3 = header_of(&ops.store.join(&image3));
+    assert!(h3.key_id() != h1.key_id() && h3.key_id() != h2.key_id());
+    let ring: serde_json::Value =
+        serde_json::from_slice(&fs::read(ops.state.join("keyring.json")).unwrap()).unwrap();
+    assert_eq!(ring["key_id"], h3.key_id().to_string(), "{ring:#}");
+    let kept: Vec<&str> = ring["earlier"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no earlier keys: {ring:#}"))
+        .iter()
+        .map(|e| e["key_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kept,
+        [h2.key_id().to_string(), h1.key_id().to_string()],
+        "{ring:#}"
+    );
+    for image in [&image1, &image2, &image3] {
+        ops.run(&["verify", image]).expect(0);
+    }
+    move_file(&key_file(&ops), &aside);
+    for image in [&image1, &image2, &image3] {
+        assert_opens(&ops, C, image, true);
+    }
+    assert_opens(&ops, B, &image3, false);
+    verify_expect(&ops, &bare, Some(C), &image2, 1);
+    ops.run(&["key", "rewrap", &image1, &image2, &image3])
+        .expect(0);
+    for image in [&image1, &image2, &image3] {
+        verify_expect(&ops, &bare, Some(C), image, 0);
+        verify_expect(&ops, &bare, Some(B), image, 1);
+    }
+    move_file(&aside, &key_file(&ops));
+
+    let audit = ops.audit();
+    assert_eq!(records(&audit, "key.rotate", "done").len(), 2, "{audit:#?}");
+    assert_eq!(records(&audit, "key.rewrap", "done").len(), 4, "{audit:#?}");
 }

@@ -3,7 +3,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::time::Instant;
 
-use backup_crypto::{Header, Keyslot, HEADER_LEN};
+use backup_crypto::{Header, HEADER_LEN};
 use serde::Serialize;
 
 use crate::engine::{Engine, ImageLoc};
@@ -28,24 +28,26 @@ pub enum RewrapResult {
 
 impl Engine {
     /// Replaces the keyslot in the headers of images (and their sidecars)
-    /// with the keyring's current one, in place, where the storage can
-    /// rewrite objects (local and NFS); says which it could not.
+    /// with the keyring's keyslot of the same master key under the current
+    /// secret — the current key's, or an earlier key's kept since a rotation —
+    /// in place, where the storage can rewrite objects (local and NFS); says
+    /// which it could not. An image keeps its master key: only who can
+    /// unwrap it from the header changes.
     pub async fn rewrap(&self, images: &[String]) -> Result<Vec<(String, RewrapResult)>> {
         let state = &self.config.appliance.state_dir;
         let ring = Keyring::load(state)?.ok_or_else(|| Error::NotInitialized(state.clone()))?;
-        let slot = ring.keyslot()?;
         let mut out = Vec::new();
         for image in images {
             let started = Instant::now();
             let loc = self.locate(image);
-            let mut result = self.rewrap_one(&loc, &ring.key_id, &slot).await;
+            let mut result = self.rewrap_one(&loc, &ring).await;
             if let (
                 Ok(RewrapResult::Rewrapped | RewrapResult::AlreadyCurrent),
                 ImageLoc::Stored(name),
             ) = (&result, &loc)
             {
                 let sidecar = ImageLoc::Stored(sidecar_name(name));
-                if let Err(e) = self.rewrap_one(&sidecar, &ring.key_id, &slot).await {
+                if let Err(e) = self.rewrap_one(&sidecar, &ring).await {
                     if !matches!(e, Error::Storage(backup_storage::Error::NotFound { .. })) {
                         result = Err(e);
                     }
@@ -64,12 +66,7 @@ impl Engine {
         Ok(out)
     }
 
-    async fn rewrap_one(
-        &self,
-        loc: &ImageLoc,
-        key_id: &str,
-        slot: &Keyslot,
-    ) -> Result<RewrapResult> {
+    async fn rewrap_one(&self, loc: &ImageLoc, ring: &Keyring) -> Result<RewrapResult> {
         let header_bytes: Vec<u8> = match loc {
             ImageLoc::File(p) => {
                 let mut buf = vec![0u8; HEADER_LEN];
@@ -95,18 +92,25 @@ impl Engine {
             }
         };
         let header = Header::parse(&header_bytes)?;
-        if header.key_id().to_string() != key_id {
+        let Some(slot) = ring.keyslot_of(&header.key_id().to_string())? else {
             return Ok(RewrapResult::NotRewrapped {
                 reason: format!(
-                    "made under another master key (key id {}); this appliance's is {key_id}",
-                    header.key_id()
+                    "made under master key {}, which this appliance's keyring does not hold (its current key is {}{})",
+                    header.key_id(),
+                    ring.key_id,
+                    if ring.earlier.is_empty() {
+                        String::new()
+                    } else {
+                        let ids: Vec<&str> = ring.earlier.iter().map(|e| e.key_id.as_str()).collect();
+                        format!(", earlier ones {}", ids.join(", "))
+                    }
                 ),
             });
-        }
-        if header.keyslot() == slot {
+        };
+        if *header.keyslot() == slot {
             return Ok(RewrapResult::AlreadyCurrent);
         }
-        let encoded = header.with_keyslot(slot.clone()).encode();
+        let encoded = header.with_keyslot(slot).encode();
         match loc {
             ImageLoc::File(p) => write_header(p, &encoded)?,
             ImageLoc::Stored(name) => {

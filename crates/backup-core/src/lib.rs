@@ -57,8 +57,8 @@ pub use error::{Error, Result};
 pub use image::Outcome;
 pub use keyops::RewrapResult;
 pub use keys::{
-    check_passphrase, init_keys, rotate_keys, KeyFile, KeySource, Keyring, NoPassphrase,
-    PassphraseProvider, KEYRING_FILE, KEY_FILE,
+    check_passphrase, init_keys, rotate_keys, EarlierKey, KeyFile, KeySource, Keyring,
+    NoPassphrase, PassphraseProvider, Rotation, KEYRING_FILE, KEY_FILE,
 };
 pub use progress::{Event, NoProgress, Progress};
 pub use restore::{RestoreOptions, RestoreReport};
