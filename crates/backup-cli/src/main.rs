@@ -329,24 +329,33 @@ fn init(cli: &Cli) -> anyhow::Result<ExitCode> {
     let config = Config::load(&config_path(cli))?;
     let state = &config.appliance.state_dir;
     let keyring = state.join(backup_core::KEYRING_FILE);
-    if keyring.exists() {
-        return Err(Error::AlreadyInitialized(keyring).into());
+    let started = std::time::Instant::now();
+    let result = (|| -> backup_core::Result<backup_crypto::KeyId> {
+        // Before asking for a secret that could not be used anyway.
+        backup_core::ensure_not_initialized(state)?;
+        let secret = CliSecret {
+            file: cli.secret_file.clone(),
+            env: Some(secret::SECRET_ENV),
+        };
+        let pass = secret
+            .passphrase("set the domain master secret (at least 8 characters)", true)?
+            .ok_or_else(|| Error::PassphraseRequired("set the domain master secret".into()))?;
+        let params: KdfParams = config.encryption.kdf_params();
+        eprintln!(
+            "deriving the key slot (Argon2id, {} MiB, {} passes, {} lanes)…",
+            params.memory_kib / 1024,
+            params.iterations,
+            params.parallelism
+        );
+        backup_core::init_keys(state, &pass, params)
+    })();
+    let actor = backup_core::ops::audit::current_actor();
+    if let Err(e) =
+        backup_core::audit_key_operation(state, &actor, "key.init", "keyring", &result, started)
+    {
+        eprintln!("warning: the audit log could not be written: {e}");
     }
-    let secret = CliSecret {
-        file: cli.secret_file.clone(),
-        env: Some(secret::SECRET_ENV),
-    };
-    let pass = secret
-        .passphrase("set the domain master secret (at least 8 characters)", true)?
-        .ok_or_else(|| Error::PassphraseRequired("set the domain master secret".into()))?;
-    let params: KdfParams = config.encryption.kdf_params();
-    eprintln!(
-        "deriving the key slot (Argon2id, {} MiB, {} passes, {} lanes)…",
-        params.memory_kib / 1024,
-        params.iterations,
-        params.parallelism
-    );
-    let id = backup_core::init_keys(state, &pass, params)?;
+    let id = result?;
     if cli.json {
         print_json(&serde_json::json!({ "key_id": id.to_string(), "state_dir": state }))?;
     } else {

@@ -1,7 +1,8 @@
 //! The domain master secret: it never leaks into output, files or images;
 //! rotating it re-keys (the old secret opens nothing made afterwards) while
 //! this appliance keeps opening older images; old images keep opening with
-//! the old secret elsewhere until they are rewrapped.
+//! the old secret elsewhere until they are rewrapped; init never replaces keys
+//! and is audited.
 mod ops_support;
 
 use std::cell::RefCell;
@@ -499,4 +500,79 @@ fn rotation_gives_new_images_a_master_key_the_old_secret_cannot_reach() {
     let audit = ops.audit();
     assert_eq!(records(&audit, "key.rotate", "done").len(), 2, "{audit:#?}");
     assert_eq!(records(&audit, "key.rewrap", "done").len(), 4, "{audit:#?}");
+}
+
+#[test]
+fn init_never_replaces_a_key_file_or_a_keyring_and_is_audited() {
+    const A: &str = "first secret AAAA";
+    const B: &str = "second secret BBBB";
+    let ops = Ops::new("");
+    ops.init_with(A);
+    let image = ops.create();
+    let keyring = ops.state.join("keyring.json");
+    let key = fs::read(key_file(&ops)).unwrap();
+    let ring = fs::read(&keyring).unwrap();
+
+    // The keyring is gone (lost, or not restored yet): the key file may be the
+    // only key to the images, so a new init must not replace it.
+    let ring_aside = ops.dir().join("keyring.json.aside");
+    move_file(&keyring, &ring_aside);
+    let out = ops.run_secret(B, &["init"]);
+    out.expect(2);
+    let err = out.stderr();
+    assert!(
+        err.contains(&key_file(&ops).display().to_string()) && err.contains("keyring"),
+        "the refusal names the key file and the missing keyring\n{}",
+        out.dump()
+    );
+    assert_eq!(
+        fs::read(key_file(&ops)).unwrap(),
+        key,
+        "init replaced the key file"
+    );
+    assert!(!keyring.exists(), "init wrote a keyring");
+    move_file(&ring_aside, &keyring);
+
+    // A keyring without a key file (a passphrase-only appliance): refused too.
+    let key_aside = ops.dir().join("master.key.aside");
+    move_file(&key_file(&ops), &key_aside);
+    let out = ops.run_secret(B, &["init"]);
+    out.expect(2);
+    assert!(out.stderr().contains("already set"), "{}", out.dump());
+    assert!(!key_file(&ops).exists(), "init wrote a key file");
+    assert_eq!(
+        fs::read(&keyring).unwrap(),
+        ring,
+        "init replaced the keyring"
+    );
+    move_file(&key_aside, &key_file(&ops));
+    ops.run(&["verify", &image]).expect(0);
+
+    // A short secret on a fresh appliance: refused, and audited there.
+    let fresh = bare_machine(&ops, "fresh-state");
+    ops.run_with(&fresh, Some("short"), &["init"]).expect(2);
+    let fresh_audit = fs::read_to_string(ops.dir().join("fresh-state/audit.log")).unwrap();
+    assert!(
+        fresh_audit.contains("\"key.init\"") && fresh_audit.contains("\"refused\""),
+        "{fresh_audit}"
+    );
+
+    let audit = ops.audit();
+    assert_eq!(records(&audit, "key.init", "done").len(), 1, "{audit:#?}");
+    let refused = records(&audit, "key.init", "refused");
+    assert_eq!(refused.len(), 2, "{audit:#?}");
+    assert!(
+        refused[0]["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("master.key"),
+        "{audit:#?}"
+    );
+    let log = fs::read(ops.state.join("audit.log")).unwrap();
+    for secret in [A, B] {
+        assert!(
+            !contains_bytes(&log, secret.as_bytes()),
+            "{secret} in the audit log"
+        );
+    }
 }

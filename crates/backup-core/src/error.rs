@@ -66,10 +66,9 @@ pub enum Error {
     /// Every selected component failed: nothing was published.
     #[error("every selected component failed, nothing was published: {0}")]
     AllComponentsFailed(String),
-    /// The domain master secret was already set.
-    #[error(
-        "the domain master secret is already set (keyring {0}); use key rotation to change it"
-    )]
+    /// The domain master secret was already set: the state directory holds a
+    /// keyring or a master key file (the path names which).
+    #[error("{}", already_initialized(.0))]
     AlreadyInitialized(PathBuf),
     /// No keyring/master key: `backup init` has not run.
     #[error("no master key in {0}: run `backup init` first to set the domain master secret")]
@@ -160,6 +159,20 @@ impl Error {
             return Error::Crypto(backup_crypto::Error::Truncated);
         }
         Error::io(what, e)
+    }
+}
+
+fn already_initialized(path: &std::path::Path) -> String {
+    if path.file_name() == Some(std::ffi::OsStr::new(crate::KEY_FILE)) {
+        format!(
+            "the domain master secret is already set: the master key file {} exists, though the keyring next to it is missing; it may be the only key to existing images, so it is not replaced — put keyring.json back from a copy of the state directory, or, only if no image made with that key is needed, move the key file out of the state directory (keep it) and initialise again",
+            path.display()
+        )
+    } else {
+        format!(
+            "the domain master secret is already set (keyring {}); use key rotation to change it",
+            path.display()
+        )
     }
 }
 

@@ -2,6 +2,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use backup_crypto::{DecryptReader, ImageReader, KdfParams, KeyId, Keyslot, MasterKey, Passphrase};
 use chrono::{DateTime, Utc};
@@ -207,14 +208,26 @@ impl Keyring {
     }
 }
 
+/// Refuses when the state directory already holds a keyring or a master key
+/// file: either may be the only way to open existing images, so setting a new
+/// secret must never replace it (rotation is the way to change the secret).
+pub fn ensure_not_initialized(state_dir: &Path) -> Result<()> {
+    for name in [KEYRING_FILE, KEY_FILE] {
+        let path = state_dir.join(name);
+        match std::fs::symlink_metadata(&path) {
+            Ok(_) => return Err(Error::AlreadyInitialized(path)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(format!("checking {}", path.display()), e)),
+        }
+    }
+    Ok(())
+}
+
 /// Sets the domain master secret: creates a master key, its keyslot under
 /// `passphrase` (runs Argon2id once), the keyring and the 0600 key file.
-/// Refuses if a keyring exists.
+/// Refuses if a keyring or a key file exists ([`ensure_not_initialized`]).
 pub fn init_keys(state_dir: &Path, passphrase: &Passphrase, params: KdfParams) -> Result<KeyId> {
-    let keyring_path = state_dir.join(KEYRING_FILE);
-    if keyring_path.exists() {
-        return Err(Error::AlreadyInitialized(keyring_path));
-    }
+    ensure_not_initialized(state_dir)?;
     crate::util::create_private_dir(state_dir).map_err(|e| {
         Error::io(
             format!("creating the state directory {}", state_dir.display()),
@@ -242,6 +255,34 @@ fn write_key_file(state_dir: &Path, mk: &MasterKey) -> Result<()> {
             format!("writing the master key file {}", key_path.display()),
             e,
         )
+    })
+}
+
+/// Appends the audit record of a key operation that runs without an
+/// [`Engine`](crate::Engine) — `init`, which comes before the appliance's keys
+/// (and perhaps its storage) exist — to the state directory's audit log: the
+/// record [`Engine::audit_public`](crate::Engine::audit_public) writes.
+pub fn audit_key_operation<T>(
+    state_dir: &Path,
+    actor: &str,
+    operation: &str,
+    target: &str,
+    result: &Result<T>,
+    started: Instant,
+) -> Result<()> {
+    let (outcome, error) = match result {
+        Ok(_) => ("done", None),
+        Err(e) => (crate::runs::outcome_of(e), Some(e.to_string())),
+    };
+    crate::ops::audit::AuditLog::in_state_dir(state_dir).append(&crate::ops::audit::AuditRecord {
+        time: Utc::now(),
+        actor: actor.to_string(),
+        operation: operation.to_string(),
+        target: target.to_string(),
+        outcome: outcome.to_string(),
+        bytes: 0,
+        duration_ms: started.elapsed().as_millis() as u64,
+        error,
     })
 }
 
@@ -696,5 +737,26 @@ mod tests {
         assert!(open(&middle, &images[0]).is_err());
         assert!(open(&middle, &images[2]).is_err());
         assert_eq!(open(&middle, &images[1]).unwrap(), b"image 1");
+    }
+
+    #[test]
+    fn init_refuses_a_state_directory_holding_either_file() {
+        for existing in [KEYRING_FILE, KEY_FILE] {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join(existing), b"kept").unwrap();
+            let err = init_keys(dir.path(), &pass("a new secret"), KdfParams::MINIMUM).unwrap_err();
+            assert!(
+                matches!(&err, Error::AlreadyInitialized(p) if p.ends_with(existing)),
+                "{err}"
+            );
+            assert!(err.to_string().contains(existing), "{err}");
+            assert_eq!(std::fs::read(dir.path().join(existing)).unwrap(), b"kept");
+            let other = if existing == KEY_FILE {
+                KEYRING_FILE
+            } else {
+                KEY_FILE
+            };
+            assert!(!dir.path().join(other).exists(), "{other} was written");
+        }
     }
 }

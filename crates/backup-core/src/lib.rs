@@ -57,8 +57,9 @@ pub use error::{Error, Result};
 pub use image::Outcome;
 pub use keyops::RewrapResult;
 pub use keys::{
-    check_passphrase, init_keys, rotate_keys, EarlierKey, KeyFile, KeySource, Keyring,
-    NoPassphrase, PassphraseProvider, Rotation, KEYRING_FILE, KEY_FILE,
+    audit_key_operation, check_passphrase, ensure_not_initialized, init_keys, rotate_keys,
+    EarlierKey, KeyFile, KeySource, Keyring, NoPassphrase, PassphraseProvider, Rotation,
+    KEYRING_FILE, KEY_FILE,
 };
 pub use progress::{Event, NoProgress, Progress};
 pub use restore::{RestoreOptions, RestoreReport};
