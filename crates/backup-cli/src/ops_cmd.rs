@@ -230,9 +230,10 @@ pub(crate) async fn daemon(engine: Engine) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn new_secret(file: &Option<PathBuf>) -> anyhow::Result<Passphrase> {
+fn new_secret(file: &Option<PathBuf>) -> backup_core::Result<Passphrase> {
     if file.is_none() {
         if let Ok(v) = std::env::var("BACKUP_NEW_SECRET") {
+            // As the engine's error, so a short secret is an input error (exit 2).
             return Ok(Passphrase::new(zeroize::Zeroizing::new(v).to_string())?);
         }
     }
@@ -249,7 +250,6 @@ fn new_secret(file: &Option<PathBuf>) -> anyhow::Result<Passphrase> {
             Error::PassphraseRequired(
                 "set the new secret (BACKUP_NEW_SECRET or --new-secret-file)".into(),
             )
-            .into()
         })
 }
 
@@ -274,10 +274,14 @@ pub(crate) async fn key(cli: &Cli, cmd: &KeyCommand) -> anyhow::Result<ExitCode>
             println!("the secret opens the keyring (key id {id})");
         }
         KeyCommand::Rotate { new_secret_file } => {
-            let cur = current()?;
-            let new = new_secret(new_secret_file)?;
-            let params = config.encryption.kdf_params();
-            let result = backup_core::rotate_keys(&state, &cur, &new, params);
+            // Every attempt is audited, refused ones (a short new secret, none
+            // given, a wrong current one) included.
+            let result = (|| -> backup_core::Result<backup_core::Rotation> {
+                let cur = current()?;
+                let new = new_secret(new_secret_file)?;
+                let params = config.encryption.kdf_params();
+                backup_core::rotate_keys(&state, &cur, &new, params)
+            })();
             engine.audit_public("key.rotate", "keyring", &result, started);
             let rotation = result?;
             if cli.json {

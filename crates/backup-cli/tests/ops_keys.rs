@@ -576,3 +576,42 @@ fn init_never_replaces_a_key_file_or_a_keyring_and_is_audited() {
         );
     }
 }
+
+#[test]
+fn a_short_new_secret_is_an_input_error_and_changes_nothing() {
+    const A: &str = "first secret AAAA";
+    let ops = Ops::new("");
+    ops.init_with(A);
+    let ring = fs::read(ops.state.join("keyring.json")).unwrap();
+    let key = fs::read(key_file(&ops)).unwrap();
+
+    let out = rotate(&ops, A, "short");
+    out.expect(2);
+    assert!(out.stderr().contains("too short"), "{}", out.dump());
+    let short = ops.dir().join("short-secret");
+    fs::write(&short, "short\n").unwrap();
+    let out = ops.run_secret(
+        A,
+        &[
+            "key",
+            "rotate",
+            "--new-secret-file",
+            short.to_str().unwrap(),
+        ],
+    );
+    out.expect(2);
+    assert!(out.stderr().contains("too short"), "{}", out.dump());
+
+    assert_eq!(fs::read(ops.state.join("keyring.json")).unwrap(), ring);
+    assert_eq!(fs::read(key_file(&ops)).unwrap(), key);
+    let audit = ops.audit();
+    assert_eq!(
+        records(&audit, "key.rotate", "refused").len(),
+        2,
+        "{audit:#?}"
+    );
+    assert!(
+        records(&audit, "key.rotate", "done").is_empty(),
+        "{audit:#?}"
+    );
+}
