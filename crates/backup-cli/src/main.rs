@@ -68,7 +68,7 @@ pub(crate) struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Set the domain master secret once: creates the master key, its keyring
-    /// and the 0600 key file in the state directory (refuses if already set)
+    /// and the 0600 key file in the state directory (refuses if either already exists)
     Init,
     /// Take a backup: a standard one (every applicable default component), or
     /// a custom one with --component
