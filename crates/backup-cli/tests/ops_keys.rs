@@ -438,6 +438,14 @@ fn rotation_gives_new_images_a_master_key_the_old_secret_cannot_reach() {
     // the old one only the image made under it (its own header).
     let aside = ops.dir().join("master.key.aside");
     move_file(&key_file(&ops), &aside);
+    let none = ops.run(&["verify", &image1]);
+    none.expect(2);
+    assert!(
+        none.stderr().contains("the keyring holds its key")
+            && none.stderr().contains("BACKUP_SECRET"),
+        "without the key file the secret is asked for, and the reason is not a missing key\n{}",
+        none.dump()
+    );
     assert_opens(&ops, B, &image1, true);
     assert_opens(&ops, B, &image2, true);
     assert_opens(&ops, A, &image1, true);

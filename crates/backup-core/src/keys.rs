@@ -393,7 +393,13 @@ impl Keys {
             .passphrase
             .passphrase(&format!("open {what}"), false)?
             .ok_or_else(|| {
-                Error::PassphraseRequired(format!("open {what} (its key is not on this appliance)"))
+                let why = match Keyring::load(&self.state_dir) {
+                    Ok(Some(ring)) if ring.knows(&id) => {
+                        "the keyring holds its key, but no key file holds the current master key"
+                    }
+                    _ => "its key is not on this appliance",
+                };
+                Error::PassphraseRequired(format!("open {what} ({why})"))
             })?;
         let mk = self.open_with_passphrase(&id, reader.header().keyslot(), &pass)?;
         Ok(reader.unlock(&mk)?)
