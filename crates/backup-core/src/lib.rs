@@ -61,7 +61,7 @@ pub use keys::{
     PassphraseProvider, KEYRING_FILE, KEY_FILE,
 };
 pub use progress::{Event, NoProgress, Progress};
-pub use restore::{RestoreOptions, RestoreReport};
+pub use restore::{ComponentPlan, RestoreApproval, RestoreOptions, RestorePlan, RestoreReport};
 pub use runs::{StatusView, LOGS_DIR};
 pub use storage_ops::{Access, Browse, BrowseImage, BrowseView, DownloadLink};
 
