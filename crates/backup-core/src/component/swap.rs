@@ -309,3 +309,81 @@ pub(crate) fn excluded_under(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(path: &Path, text: &str) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    fn read(path: &Path) -> Option<String> {
+        std::fs::read_to_string(path).ok()
+    }
+
+    #[test]
+    fn a_swap_carries_kept_paths_over_the_staged_ones_and_rollback_brings_them_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("etc");
+        let staged = dir.path().join("staging");
+        write(&dest.join("a/x"), "old x");
+        write(&dest.join("a/keep.tmp"), "live");
+        write(&dest.join("cache/f"), "live cache");
+        write(
+            &dest.join("new/deeper/keep.tmp"),
+            "live, in a directory the image lacks",
+        );
+        write(&staged.join("a/x"), "new x");
+        write(&staged.join("a/keep.tmp"), "the image's copy");
+        write(&staged.join("cache/g"), "the image's cache");
+        let keep: Vec<PathBuf> = ["a/keep.tmp", "cache", "new/deeper/keep.tmp"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+
+        let mut swapped = Swapped::default();
+        swapped.swap(&staged, &dest, &keep).unwrap();
+        assert_eq!(read(&dest.join("a/x")).as_deref(), Some("new x"));
+        assert_eq!(read(&dest.join("a/keep.tmp")).as_deref(), Some("live"));
+        assert_eq!(read(&dest.join("cache/f")).as_deref(), Some("live cache"));
+        assert_eq!(read(&dest.join("cache/g")), None);
+        assert_eq!(
+            read(&dest.join("new/deeper/keep.tmp")).as_deref(),
+            Some("live, in a directory the image lacks")
+        );
+
+        Box::new(swapped).rollback().unwrap();
+        assert_eq!(read(&dest.join("a/x")).as_deref(), Some("old x"));
+        assert_eq!(read(&dest.join("a/keep.tmp")).as_deref(), Some("live"));
+        assert_eq!(read(&dest.join("cache/f")).as_deref(), Some("live cache"));
+        assert_eq!(
+            read(&dest.join("new/deeper/keep.tmp")).as_deref(),
+            Some("live, in a directory the image lacks")
+        );
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["etc"], "leftovers beside the destination");
+    }
+
+    #[test]
+    fn excluded_under_gives_the_topmost_matches_by_original_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("restored/etc/app");
+        write(&root.join("a.conf"), "");
+        write(&root.join("cache/inner.tmp"), "");
+        write(&root.join("sub/b.tmp"), "");
+        let original = Path::new("/etc/app");
+        let excluded = |p: &Path| {
+            p == Path::new("/etc/app/cache") || p.extension().is_some_and(|e| e == "tmp")
+        };
+        let found = excluded_under(&root, original, &excluded).unwrap();
+        assert_eq!(found, [PathBuf::from("cache"), PathBuf::from("sub/b.tmp")]);
+        assert!(excluded_under(&root.join("missing"), original, &excluded)
+            .unwrap()
+            .is_empty());
+    }
+}

@@ -279,3 +279,50 @@ impl Visitor for PlanVisitor {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::component::FilesComponent;
+
+    #[test]
+    fn a_plan_lists_replaced_added_removed_and_kept_and_ignores_what_is_excluded_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("etc/app");
+        let write = |rel: &str| {
+            let p = root.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, rel).unwrap();
+        };
+        write("a.conf");
+        write("extra.conf");
+        write("cache/live");
+        write("old.d/note.tmp");
+        let rel_root = rel_of(&root).to_path_buf();
+        let mut tree = ImageTree::new();
+        tree.insert(rel_root.clone(), true);
+        tree.insert(rel_root.join("a.conf"), false);
+        tree.insert(rel_root.join("new.conf"), false);
+        tree.insert(rel_root.join("cache"), true);
+        tree.insert(rel_root.join("cache/from-the-image"), false);
+        let component = FilesComponent::new(
+            "config",
+            vec![root.clone()],
+            &["cache".to_string(), "*.tmp".to_string()],
+            None,
+        )
+        .unwrap();
+        let planned = PlannedComponent {
+            name: "config".into(),
+            kind: "files".into(),
+            roots: vec![root.display().to_string()],
+        };
+        let plan = plan_component(&planned, &tree, &component, None).unwrap();
+        let at = |rels: &[&str]| rels.iter().map(|r| root.join(r)).collect::<Vec<_>>();
+        assert_eq!(plan.replaced, at(&["a.conf"]));
+        assert_eq!(plan.added, at(&["new.conf"]));
+        // old.d holds a kept file, so it stays.
+        assert_eq!(plan.removed, at(&["extra.conf"]));
+        assert_eq!(plan.kept, at(&["cache", "old.d/note.tmp"]));
+    }
+}
