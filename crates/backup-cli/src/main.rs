@@ -572,13 +572,15 @@ async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<ExitCode> {
     if let Some(what) = overwrites(args.target.as_deref()) {
         if !args.yes {
             if !std::io::stdin().is_terminal() {
-                return Err(Error::Input(format!(
+                let refused: Result<ExitCode, Error> = Err(Error::Input(format!(
                     "restoring {what} replaces files and removes those the image does not hold, \
                      and there is no terminal to confirm on: see the plan with \
                      `backup restore {} --dry-run`, then pass --yes",
                     args.image
-                ))
-                .into());
+                )));
+                let target = opts.audit_target(&args.image, None);
+                engine.audit_public("restore", &target, &refused, std::time::Instant::now());
+                return refused.map_err(Into::into);
             }
             opts.approval = Some(Arc::new(report::AskOnTerminal));
         }

@@ -662,6 +662,14 @@ fn in_place_restore_plans_needs_yes_and_keeps_excluded_files() {
         .mentions("--yes")
         .mentions("--dry-run");
     unchanged("a refused restore");
+    let audit = run(fx.cmd().args(["--json", "audit"])).expect(0).json();
+    let last = audit.as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["operation"], "restore", "{last:#}");
+    assert_eq!(last["outcome"], "refused", "{last:#}");
+    assert!(
+        last["target"].as_str().unwrap().contains("in place"),
+        "{last:#}"
+    );
 
     let out = fx.backup(&["restore", &name, "--dry-run"]);
     out.expect(0).mentions("dry run");

@@ -58,8 +58,10 @@ impl std::fmt::Debug for RestoreOptions {
 
 impl RestoreOptions {
     /// How the audit log names a restore of `image`: where it went and which
-    /// components (those put into place, once known; else those asked for).
-    pub(crate) fn audit_target(&self, image: &str, restored: Option<&[String]>) -> String {
+    /// components (those put into place, once known; else those asked for),
+    /// e.g. `IMAGE (in place; config, maindb)`. For frontends that audit a
+    /// restore they refused themselves ([`crate::Engine::audit_public`]).
+    pub fn audit_target(&self, image: &str, restored: Option<&[String]>) -> String {
         let place = match &self.target {
             Some(t) => format!("--target {}", t.display()),
             None => "in place".to_string(),
