@@ -166,12 +166,7 @@ const ASK_LIST_LIMIT: usize = 20;
 pub(crate) fn plan_counts(c: &ComponentPlan) -> String {
     let mut line = format!(
         "{} ({}): {} replaced, {} added, {} removed, {} kept (excluded)",
-        c.name,
-        c.kind,
-        c.replaced.len(),
-        c.added.len(),
-        c.removed.len(),
-        c.kept.len()
+        c.name, c.kind, c.replaced.count, c.added.count, c.removed.count, c.kept.count
     );
     if let Some(action) = &c.action {
         line.push_str("; ");
@@ -198,21 +193,21 @@ pub(crate) fn print_plan(
     }
     for c in &plan.components {
         writeln!(out, "  {}", plan_counts(c))?;
-        for (label, paths) in [
+        for (label, list) in [
             ("remove ", &c.removed),
             ("add    ", &c.added),
             ("replace", &c.replaced),
             ("keep   ", &c.kept),
         ] {
-            let shown = limit.unwrap_or(usize::MAX).min(paths.len());
-            for p in &paths[..shown] {
+            let shown = limit.unwrap_or(usize::MAX).min(list.paths.len());
+            for p in &list.paths[..shown] {
                 writeln!(out, "    {label} {}", p.display())?;
             }
-            if shown < paths.len() {
+            if (shown as u64) < list.count {
                 writeln!(
                     out,
                     "    … and {} more to {} (--dry-run lists them all)",
-                    paths.len() - shown,
+                    list.count - shown as u64,
                     label.trim_end()
                 )?;
             }

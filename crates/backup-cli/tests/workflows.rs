@@ -692,11 +692,11 @@ fn in_place_restore_plans_needs_yes_and_keeps_excluded_files() {
     assert_eq!(config["name"], "config");
     assert_eq!(
         config["removed"],
-        serde_json::json!([fx.etc.join("added-since.conf")])
+        serde_json::json!({"count": 1, "paths": [fx.etc.join("added-since.conf")]})
     );
     assert_eq!(
         config["kept"],
-        serde_json::json!([fx.etc.join("cache.tmp")])
+        serde_json::json!({"count": 1, "paths": [fx.etc.join("cache.tmp")]})
     );
     unchanged("--json --dry-run");
 

@@ -61,7 +61,10 @@ pub use keys::{
     PassphraseProvider, KEYRING_FILE, KEY_FILE,
 };
 pub use progress::{Event, NoProgress, Progress};
-pub use restore::{ComponentPlan, RestoreApproval, RestoreOptions, RestorePlan, RestoreReport};
+pub use restore::{
+    ComponentPlan, PathList, RestoreApproval, RestoreOptions, RestorePlan, RestoreReport,
+    PLAN_PATHS_KEPT,
+};
 pub use runs::{StatusView, LOGS_DIR};
 pub use storage_ops::{Access, Browse, BrowseImage, BrowseView, DownloadLink};
 

@@ -18,8 +18,8 @@ use crate::{Error, Result};
 
 mod plan;
 
-use plan::{plan_component, staged_tree, ImageTree, PlanVisitor};
-pub use plan::{ComponentPlan, RestoreApproval, RestorePlan};
+use plan::{plan_component, ImageSide, PlanVisitor};
+pub use plan::{ComponentPlan, PathList, RestoreApproval, RestorePlan, PLAN_PATHS_KEPT};
 
 /// What `restore` should do.
 #[derive(Clone, Default)]
@@ -220,14 +220,19 @@ impl Engine {
         };
         let committed = tokio::task::spawn_blocking(move || {
             // Planned from the staged trees, right before the first change.
+            let nothing = Default::default();
             for (p, staged, c) in &plan {
-                let tree = match staged {
-                    Some(s) => staged_tree(s)?,
-                    None => ImageTree::new(),
+                let image = match staged {
+                    Some(s) => ImageSide::Staged(s),
+                    None => ImageSide::Listed(&nothing),
                 };
-                shown
-                    .components
-                    .push(plan_component(p, &tree, &**c, target.as_deref())?);
+                shown.components.push(plan_component(
+                    p,
+                    image,
+                    &**c,
+                    target.as_deref(),
+                    PLAN_PATHS_KEPT,
+                )?);
             }
             if let Some(approval) = &approval {
                 progress.event(&Event::Step {
@@ -297,7 +302,14 @@ impl Engine {
             let mut components = Vec::new();
             for (p, c) in &steps {
                 let tree = trees.remove(&p.name).unwrap_or_default();
-                components.push(plan_component(p, &tree, &**c, target.as_deref())?);
+                let image = ImageSide::Listed(&tree);
+                components.push(plan_component(
+                    p,
+                    image,
+                    &**c,
+                    target.as_deref(),
+                    usize::MAX,
+                )?);
             }
             Ok(RestorePlan {
                 image,

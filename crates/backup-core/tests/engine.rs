@@ -498,8 +498,14 @@ async fn a_dry_run_plans_what_a_restore_does_and_writes_nothing() -> Result<()> 
     let names: Vec<_> = plan.components.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names, ["config", "maindb"]);
     let cfg = &plan.components[0];
-    let set = |v: &[PathBuf]| {
-        v.iter()
+    let set = |v: &backup_core::PathList| {
+        assert_eq!(
+            v.count as usize,
+            v.paths.len(),
+            "a dry run lists every path"
+        );
+        v.paths
+            .iter()
             .map(|p| p.strip_prefix(&config).unwrap().display().to_string())
             .collect::<Vec<_>>()
     };
@@ -510,7 +516,7 @@ async fn a_dry_run_plans_what_a_restore_does_and_writes_nothing() -> Result<()> 
         "{cfg:#?}"
     );
     assert!(set(&cfg.replaced).contains(&"gateway.conf".to_string()));
-    assert!(cfg.added.is_empty(), "{cfg:#?}");
+    assert_eq!(cfg.added.count, 0, "{cfg:#?}");
     // Nothing changed: the live tree, its parent (no staging), the state
     // directory (but for the audit log).
     let diffs = tree_diff(&before, &config, &[])?;
@@ -586,7 +592,10 @@ async fn audits_are_restored_only_when_asked() -> Result<()> {
     only.components = vec!["audits".into()];
     let plan = e.restore_plan(&report.image, &only).await?;
     assert_eq!(plan.components.len(), 1);
-    assert_eq!(plan.components[0].removed, std::slice::from_ref(&later));
+    assert_eq!(
+        plan.components[0].removed.paths,
+        std::slice::from_ref(&later)
+    );
 
     let mut opts = RestoreOptions::default();
     opts.include_audits = true;
@@ -635,7 +644,10 @@ async fn a_declined_restore_changes_nothing() -> Result<()> {
         .unwrap()
         .clone()
         .expect("the plan was shown");
-    assert_eq!(shown.components[0].removed, [config.join("new-junk.conf")]);
+    assert_eq!(
+        shown.components[0].removed.paths,
+        [config.join("new-junk.conf")]
+    );
     let diffs = tree_diff(&before, &config, &[])?;
     assert!(
         diffs.is_empty(),

@@ -2,7 +2,7 @@
 //! paths the image's version replaces, the paths it adds, the live paths it
 //! removes (the component goes back to its backed-up state), and the excluded
 //! live paths it keeps as they are.
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -44,17 +44,42 @@ pub struct ComponentPlan {
     /// Component kind.
     pub kind: String,
     /// Paths that exist and are replaced by the image's version.
-    pub replaced: Vec<PathBuf>,
+    pub replaced: PathList,
     /// Paths of the image that do not exist yet.
-    pub added: Vec<PathBuf>,
+    pub added: PathList,
     /// Existing paths under the component's roots that the image does not
     /// hold and the component does not exclude: the restore removes them.
-    pub removed: Vec<PathBuf>,
+    pub removed: PathList,
     /// Existing paths the component excludes: kept exactly as they are.
-    pub kept: Vec<PathBuf>,
+    pub kept: PathList,
     /// What else happens, for components that are not file trees (a restore
     /// command runs).
     pub action: Option<String>,
+}
+
+/// The paths of one kind of change: how many there are, and the paths
+/// themselves — all of them in [`crate::Engine::restore_plan`], the first
+/// [`PLAN_PATHS_KEPT`] in the plan a restore computes for itself (so a
+/// restore of millions of files does not hold millions of paths).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct PathList {
+    /// How many paths.
+    pub count: u64,
+    /// The paths, in tree order (up to the limit of the plan).
+    pub paths: Vec<PathBuf>,
+}
+
+/// How many paths of each list a restore's own plan keeps.
+pub const PLAN_PATHS_KEPT: usize = 1_000;
+
+impl PathList {
+    fn push(&mut self, path: impl FnOnce() -> PathBuf, limit: usize) {
+        self.count += 1;
+        if self.paths.len() < limit {
+            self.paths.push(path());
+        }
+    }
 }
 
 /// Lets a frontend decide whether a restore goes ahead once its plan is
@@ -67,42 +92,36 @@ pub trait RestoreApproval: Send + Sync {
     fn approve(&self, plan: &RestorePlan) -> bool;
 }
 
-/// One component's entries: archive-relative path → whether it is a directory.
+/// One component's entries as listed by the image: archive-relative path →
+/// whether it is a directory.
 pub(crate) type ImageTree = BTreeMap<PathBuf, bool>;
 
-/// A staged component read back as an [`ImageTree`].
-pub(super) fn staged_tree(staged: &Path) -> Result<ImageTree> {
-    let mut tree = ImageTree::new();
-    for entry in walkdir::WalkDir::new(staged)
-        .follow_links(false)
-        .min_depth(1)
-    {
-        let entry =
-            entry.map_err(|e| Error::io(format!("reading back {}", staged.display()), e.into()))?;
-        let rel = entry
-            .path()
-            .strip_prefix(staged)
-            .expect("under the staging root");
-        tree.insert(rel.to_path_buf(), entry.file_type().is_dir());
-    }
-    Ok(tree)
+/// Where a plan finds a component's entries.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum ImageSide<'a> {
+    /// Extracted into this staging directory (archive-relative paths).
+    Staged(&'a Path),
+    /// Listed while reading the image.
+    Listed(&'a ImageTree),
 }
 
-/// The plan of one component: its image tree against what is at its
-/// destinations now.
+/// The plan of one component: its entries in the image against what is at
+/// its destinations now. Both trees are walked side by side in path order,
+/// so only the lists (up to `limit` paths each) take memory.
 pub(super) fn plan_component(
     planned: &PlannedComponent,
-    tree: &ImageTree,
+    image: ImageSide<'_>,
     component: &dyn Component,
     target: Option<&Path>,
+    limit: usize,
 ) -> Result<ComponentPlan> {
     let mut plan = ComponentPlan {
         name: planned.name.clone(),
         kind: planned.kind.clone(),
-        replaced: Vec::new(),
-        added: Vec::new(),
-        removed: Vec::new(),
-        kept: Vec::new(),
+        replaced: PathList::default(),
+        added: PathList::default(),
+        removed: PathList::default(),
+        kept: PathList::default(),
         action: None,
     };
     match planned.kind.as_str() {
@@ -112,9 +131,9 @@ pub(super) fn plan_component(
                 Some(t) => {
                     let dump = t.join(format!("{}.dump", planned.name));
                     if std::fs::symlink_metadata(&dump).is_ok() {
-                        plan.replaced.push(dump);
+                        plan.replaced.push(|| dump, limit);
                     } else {
-                        plan.added.push(dump);
+                        plan.added.push(|| dump, limit);
                     }
                     plan.action = Some("its dump is written as a file, not loaded".into());
                 }
@@ -138,22 +157,48 @@ pub(super) fn plan_component(
     for root in &planned.roots {
         let root = Path::new(root);
         let rel_root = rel_of(root);
-        if !tree.contains_key(rel_root) {
-            // Not in the image (it did not exist at backup time): left alone.
-            continue;
-        }
         let dest = match target {
             Some(t) => t.join(rel_root),
             None => root.to_path_buf(),
         };
-        plan_root(root, rel_root, &dest, tree, component, &mut plan)?;
+        let mut entries = match image {
+            ImageSide::Staged(staged) => {
+                let top = staged.join(rel_root);
+                if std::fs::symlink_metadata(&top).is_err() {
+                    // Not in the image (it did not exist at backup time): left alone.
+                    continue;
+                }
+                Entries::walk(&top)
+            }
+            ImageSide::Listed(tree) => {
+                if !tree.contains_key(rel_root) {
+                    continue;
+                }
+                Entries::Listed(Box::new(tree.range(rel_root.to_path_buf()..).map_while(
+                    move |(path, dir)| {
+                        path.strip_prefix(rel_root)
+                            .ok()
+                            .map(|rel| (rel.to_path_buf(), *dir))
+                    },
+                )))
+            }
+        };
+        let mut walk = Planner {
+            root,
+            dest: &dest,
+            component,
+            plan: &mut plan,
+            limit,
+            pending: Vec::new(),
+        };
+        walk.merge(&mut entries)?;
         if planned.kind == "sqlite" {
             for suffix in JOURNAL_SUFFIXES {
                 let mut journal = dest.clone().into_os_string();
                 journal.push(suffix);
                 let journal = PathBuf::from(journal);
                 if std::fs::symlink_metadata(&journal).is_ok() {
-                    plan.removed.push(journal);
+                    plan.removed.push(|| journal, limit);
                 }
             }
         }
@@ -161,71 +206,167 @@ pub(super) fn plan_component(
     Ok(plan)
 }
 
-/// Compares one root's image entries with the tree at `dest`.
-fn plan_root(
-    root: &Path,
-    rel_root: &Path,
-    dest: &Path,
-    tree: &ImageTree,
-    component: &dyn Component,
-    plan: &mut ComponentPlan,
-) -> Result<()> {
-    let excluded = |rel: &Path| {
-        // An entry is excluded if it or a directory above it (below the root) is.
-        let mut partial = PathBuf::new();
-        rel.components().any(|part| {
-            partial.push(part);
-            component.is_excluded(&root.join(&partial))
-        })
-    };
-    let mut live = BTreeSet::new();
-    let mut removed = BTreeSet::new();
-    let mut kept = Vec::new();
-    if std::fs::symlink_metadata(dest).is_ok() {
-        let mut it = walkdir::WalkDir::new(dest)
+/// A tree's entries relative to its top, in path order (a directory before
+/// what it holds, siblings by name), without following symlinks.
+enum Entries<'a> {
+    Walk(PathBuf, walkdir::IntoIter),
+    Listed(Box<dyn Iterator<Item = (PathBuf, bool)> + 'a>),
+}
+
+impl Entries<'_> {
+    fn walk(top: &Path) -> Entries<'static> {
+        let it = walkdir::WalkDir::new(top)
             .follow_links(false)
             .sort_by_file_name()
             .into_iter();
-        while let Some(next) = it.next() {
-            let entry =
-                next.map_err(|e| Error::io(format!("reading {}", dest.display()), e.into()))?;
-            let rel = entry.path().strip_prefix(dest).expect("under the root");
-            let is_dir = entry.file_type().is_dir();
-            if entry.depth() > 0 && component.is_excluded(&root.join(rel)) {
-                if is_dir {
-                    it.skip_current_dir();
+        Entries::Walk(top.to_path_buf(), it)
+    }
+
+    fn next_entry(&mut self) -> Result<Option<(PathBuf, bool)>> {
+        match self {
+            Entries::Listed(it) => Ok(it.next()),
+            Entries::Walk(top, it) => match it.next() {
+                None => Ok(None),
+                Some(Err(e)) => Err(Error::io(format!("reading {}", top.display()), e.into())),
+                Some(Ok(entry)) => {
+                    let rel = entry.path().strip_prefix(&*top).expect("under the top");
+                    Ok(Some((rel.to_path_buf(), entry.file_type().is_dir())))
                 }
-                kept.push(rel.to_path_buf());
-                continue;
-            }
-            live.insert(rel.to_path_buf());
-            match tree.get(&rel_root.join(rel)) {
-                Some(true) if is_dir => {}
-                Some(_) => plan.replaced.push(entry.path().to_path_buf()),
-                None => {
-                    removed.insert(rel.to_path_buf());
-                }
-            }
+            },
         }
     }
-    // A directory the image lacks stays if it holds something kept.
-    for k in &kept {
-        for ancestor in k.ancestors().skip(1) {
-            removed.remove(ancestor);
+
+    /// Does not descend into the directory just returned.
+    fn skip_current_dir(&mut self) {
+        if let Entries::Walk(_, it) = self {
+            it.skip_current_dir();
         }
     }
-    for (path, _) in tree.range(rel_root.to_path_buf()..) {
-        let Ok(rel) = path.strip_prefix(rel_root) else {
-            break;
+}
+
+/// Walks one root's image entries and its destination side by side.
+struct Planner<'a> {
+    root: &'a Path,
+    dest: &'a Path,
+    component: &'a dyn Component,
+    plan: &'a mut ComponentPlan,
+    limit: usize,
+    /// Directories only the destination has, enclosing the current path:
+    /// removed unless something kept turns up inside (then they stay).
+    pending: Vec<(PathBuf, bool)>,
+}
+
+impl Planner<'_> {
+    fn merge(&mut self, image: &mut Entries<'_>) -> Result<()> {
+        let mut live = if std::fs::symlink_metadata(self.dest).is_ok() {
+            Entries::walk(self.dest)
+        } else {
+            Entries::Listed(Box::new(std::iter::empty()))
         };
-        let kept_as_is = !rel.as_os_str().is_empty() && excluded(rel);
-        if !live.contains(rel) && !kept_as_is {
-            plan.added.push(dest.join(rel));
+        let mut next_live = self.next_live(&mut live)?;
+        let mut next_image = self.next_image(image)?;
+        loop {
+            let order = match (&next_image, &next_live) {
+                (None, None) => break,
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (Some((i, _)), Some((l, _))) => i.cmp(l),
+            };
+            match order {
+                std::cmp::Ordering::Less => {
+                    let (rel, _) = next_image.take().expect("some");
+                    self.plan.added.push(|| self.dest.join(&rel), self.limit);
+                    next_image = self.next_image(image)?;
+                }
+                std::cmp::Ordering::Greater => {
+                    let (rel, dir) = next_live.take().expect("some");
+                    self.settle(&rel);
+                    if dir {
+                        self.pending.push((rel, false));
+                    } else {
+                        self.plan.removed.push(|| self.dest.join(&rel), self.limit);
+                    }
+                    next_live = self.next_live(&mut live)?;
+                }
+                std::cmp::Ordering::Equal => {
+                    let (rel, image_dir) = next_image.take().expect("some");
+                    let (_, live_dir) = next_live.take().expect("some");
+                    self.settle(&rel);
+                    if !(image_dir && live_dir) {
+                        self.plan.replaced.push(|| self.dest.join(&rel), self.limit);
+                    }
+                    next_image = self.next_image(image)?;
+                    next_live = self.next_live(&mut live)?;
+                }
+            }
+        }
+        self.settle(Path::new(""));
+        Ok(())
+    }
+
+    /// The next destination entry the component owns; excluded ones are
+    /// listed as kept on the way (and not descended into).
+    fn next_live(&mut self, live: &mut Entries<'_>) -> Result<Option<(PathBuf, bool)>> {
+        while let Some((rel, dir)) = live.next_entry()? {
+            if !self.excluded(&rel) {
+                return Ok(Some((rel, dir)));
+            }
+            if dir {
+                live.skip_current_dir();
+            }
+            self.settle(&rel);
+            for (_, holds_kept) in &mut self.pending {
+                *holds_kept = true;
+            }
+            self.plan.kept.push(|| self.dest.join(&rel), self.limit);
+        }
+        Ok(None)
+    }
+
+    /// The next image entry the component owns now (what it excludes now is
+    /// not restored: the destination's own stays).
+    fn next_image(&self, image: &mut Entries<'_>) -> Result<Option<(PathBuf, bool)>> {
+        while let Some((rel, dir)) = image.next_entry()? {
+            let excluded = match image {
+                // Excluded directories are not descended into: only the entry itself.
+                Entries::Walk(..) => self.excluded(&rel),
+                // A listing may lack the directory entries above an entry.
+                Entries::Listed(_) => {
+                    let mut above = PathBuf::new();
+                    rel.components().any(|part| {
+                        above.push(part);
+                        self.excluded(&above)
+                    })
+                }
+            };
+            if !excluded {
+                return Ok(Some((rel, dir)));
+            }
+            if dir {
+                image.skip_current_dir();
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether the component excludes `rel` (never its root).
+    fn excluded(&self, rel: &Path) -> bool {
+        !rel.as_os_str().is_empty() && self.component.is_excluded(&self.root.join(rel))
+    }
+
+    /// Pending directories that do not enclose `rel` are done: removed,
+    /// unless they hold something kept.
+    fn settle(&mut self, rel: &Path) {
+        while let Some((top, _)) = self.pending.last() {
+            if rel != top.as_path() && rel.starts_with(top) {
+                break;
+            }
+            let (top, holds_kept) = self.pending.pop().expect("some");
+            if !holds_kept {
+                self.plan.removed.push(|| self.dest.join(&top), self.limit);
+            }
         }
     }
-    plan.removed.extend(removed.iter().map(|r| dest.join(r)));
-    plan.kept.extend(kept.iter().map(|r| dest.join(r)));
-    Ok(())
 }
 
 /// Reads an image for a plan, writing nothing: the same pre-checks as a
@@ -298,6 +439,7 @@ mod tests {
         write("extra.conf");
         write("cache/live");
         write("old.d/note.tmp");
+        write("gone.d/x");
         let rel_root = rel_of(&root).to_path_buf();
         let mut tree = ImageTree::new();
         tree.insert(rel_root.clone(), true);
@@ -317,12 +459,47 @@ mod tests {
             kind: "files".into(),
             roots: vec![root.display().to_string()],
         };
-        let plan = plan_component(&planned, &tree, &component, None).unwrap();
-        let at = |rels: &[&str]| rels.iter().map(|r| root.join(r)).collect::<Vec<_>>();
-        assert_eq!(plan.replaced, at(&["a.conf"]));
-        assert_eq!(plan.added, at(&["new.conf"]));
-        // old.d holds a kept file, so it stays.
-        assert_eq!(plan.removed, at(&["extra.conf"]));
-        assert_eq!(plan.kept, at(&["cache", "old.d/note.tmp"]));
+        let at = |rels: &[&str]| PathList {
+            count: rels.len() as u64,
+            paths: rels.iter().map(|r| root.join(r)).collect(),
+        };
+        let listed = plan_component(
+            &planned,
+            ImageSide::Listed(&tree),
+            &component,
+            None,
+            usize::MAX,
+        )
+        .unwrap();
+        // The same image staged on disk gives the same plan.
+        let staging = dir.path().join("staging");
+        for (rel, is_dir) in &tree {
+            let p = staging.join(rel);
+            if *is_dir {
+                std::fs::create_dir_all(&p).unwrap();
+            } else {
+                std::fs::write(&p, "from the image").unwrap();
+            }
+        }
+        let staged = plan_component(
+            &planned,
+            ImageSide::Staged(&staging),
+            &component,
+            None,
+            usize::MAX,
+        )
+        .unwrap();
+        for plan in [listed, staged] {
+            assert_eq!(plan.replaced, at(&["a.conf"]));
+            assert_eq!(plan.added, at(&["new.conf"]));
+            // old.d holds a kept file, so it stays; gone.d does not.
+            assert_eq!(plan.removed, at(&["extra.conf", "gone.d/x", "gone.d"]));
+            assert_eq!(plan.kept, at(&["cache", "old.d/note.tmp"]));
+        }
+        // A limit keeps the counts and fewer paths.
+        let limited =
+            plan_component(&planned, ImageSide::Listed(&tree), &component, None, 1).unwrap();
+        assert_eq!(limited.removed.count, 3);
+        assert_eq!(limited.removed.paths, [root.join("extra.conf")]);
     }
 }
