@@ -2,6 +2,7 @@
 //!
 //! Exit codes: 0 success, 1 failure, 2 usage or input error, 3 partial
 //! success, 4 skipped (another backup or restore is running).
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -195,9 +196,20 @@ struct RestoreArgs {
     /// Restore only this component (repeatable)
     #[arg(long = "component", short = 'C', value_name = "NAME")]
     components: Vec<String>,
+    /// Also restore the image's audit components (left out by default: audit
+    /// records written since the backup would be lost)
+    #[arg(long)]
+    include_audits: bool,
     /// Restore under this directory instead of the live paths (for inspection)
     #[arg(long, value_name = "DIR")]
     target: Option<PathBuf>,
+    /// Print what the restore would replace, add, remove and keep, and change nothing
+    #[arg(long)]
+    dry_run: bool,
+    /// Go ahead without asking (needed without a terminal when restoring in
+    /// place or into a non-empty --target directory)
+    #[arg(long, short = 'y')]
+    yes: bool,
     /// Accept an image made by another product version
     #[arg(long)]
     force_version: bool,
@@ -549,9 +561,39 @@ async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<ExitCode> {
     let engine = engine(cli)?;
     let mut opts = RestoreOptions::default();
     opts.components = args.components.clone();
+    opts.include_audits = args.include_audits;
     opts.target = args.target.clone();
     opts.force_version = args.force_version;
     opts.force_identity = args.force_identity;
+    if args.dry_run {
+        let plan = engine
+            .restore_plan(&args.image, &opts)
+            .await
+            .with_context(|| format!("planning the restore of {} failed", args.image))?;
+        if cli.json {
+            print_json(&plan)?;
+        } else {
+            report::print_plan(&mut std::io::stdout().lock(), &plan, None)?;
+            println!("dry run: nothing was changed");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(what) = overwrites(args.target.as_deref()) {
+        if !args.yes {
+            if !std::io::stdin().is_terminal() {
+                let refused: Result<ExitCode, Error> = Err(Error::Input(format!(
+                    "restoring {what} replaces files and removes those the image does not hold, \
+                     and there is no terminal to confirm on: see the plan with \
+                     `backup restore {} --dry-run`, then pass --yes",
+                    args.image
+                )));
+                let target = opts.audit_target(&args.image, None);
+                engine.audit_public("restore", &target, &refused, std::time::Instant::now());
+                return refused.map_err(Into::into);
+            }
+            opts.approval = Some(Arc::new(report::AskOnTerminal));
+        }
+    }
     let report = engine
         .restore(&args.image, &opts)
         .await
@@ -572,9 +614,33 @@ async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<ExitCode> {
                 report.image
             ),
         }
+        for c in &report.plan.components {
+            println!("  {}", report::plan_counts(c));
+        }
         for s in &report.skipped_failed {
             println!("  skipped {s}: it failed when the image was made");
         }
+        for s in &report.left_out {
+            println!("  not restored: {s} (audit records; pass --include-audits to restore them)");
+        }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if report.skipped_failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_PARTIAL)
+    })
+}
+
+/// What a restore would overwrite and so needs confirming: the live paths,
+/// or a `--target` directory that already holds something. `None` for a new
+/// or empty target directory.
+fn overwrites(target: Option<&std::path::Path>) -> Option<String> {
+    let Some(t) = target else {
+        return Some("in place".into());
+    };
+    match std::fs::read_dir(t).map(|mut entries| entries.next().is_none()) {
+        Ok(true) => None,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        _ => Some(format!("into {}, which is not empty,", t.display())),
+    }
 }

@@ -142,6 +142,8 @@ pub(crate) async fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let target = dir.join("restored");
     let mut ropts = RestoreOptions::default();
     ropts.target = Some(target.clone());
+    // A replacement machine takes everything, audit records included.
+    ropts.include_audits = true;
     let restored = bare
         .restore(&report.image, &ropts)
         .await

@@ -1,10 +1,10 @@
 //! How results and progress are shown: bars on a terminal, plain lines
 //! otherwise, JSON lines with `--json`.
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use backup_core::{Event, Progress};
+use backup_core::{ComponentPlan, Event, Progress, RestoreApproval, RestorePlan};
 use indicatif::{ProgressBar, ProgressStyle};
 
 enum Mode {
@@ -69,7 +69,17 @@ impl Progress for Reporter {
                 Some(c) => self.say(format!("warning: {c}: {message}")),
                 None => self.say(format!("warning: {message}")),
             },
-            Event::Step { message } if self.verbose => self.say(message.clone()),
+            Event::Step { message } => {
+                // A new step ends the current bar (a prompt may follow).
+                if let Mode::Bars(bar) = &self.mode {
+                    if let Some(b) = bar.lock().expect("bar").take() {
+                        b.finish_and_clear();
+                    }
+                }
+                if self.verbose {
+                    self.say(message.clone());
+                }
+            }
             Event::ComponentStarted { component, kind } => {
                 *self.started.lock().expect("reporter") = Some(Instant::now());
                 match &self.mode {
@@ -147,4 +157,91 @@ pub(crate) fn human(n: u64) -> String {
 pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
+}
+
+/// Lines of a list shown when asking for confirmation; `--dry-run` shows all.
+const ASK_LIST_LIMIT: usize = 20;
+
+/// One line per component: what the restore does to it, in counts.
+pub(crate) fn plan_counts(c: &ComponentPlan) -> String {
+    let mut line = format!(
+        "{} ({}): {} replaced, {} added, {} removed, {} kept (excluded)",
+        c.name, c.kind, c.replaced.count, c.added.count, c.removed.count, c.kept.count
+    );
+    if let Some(action) = &c.action {
+        line.push_str("; ");
+        line.push_str(action);
+    }
+    line
+}
+
+/// Writes a restore plan for people: per component its counts, then the
+/// removed, added, replaced and kept paths (at most `limit` of each).
+pub(crate) fn print_plan(
+    out: &mut dyn std::io::Write,
+    plan: &RestorePlan,
+    limit: Option<usize>,
+) -> std::io::Result<()> {
+    match &plan.target {
+        Some(t) => writeln!(
+            out,
+            "restore plan for {} under {}:",
+            plan.image,
+            t.display()
+        )?,
+        None => writeln!(out, "restore plan for {} (in place):", plan.image)?,
+    }
+    for c in &plan.components {
+        writeln!(out, "  {}", plan_counts(c))?;
+        for (label, list) in [
+            ("remove ", &c.removed),
+            ("add    ", &c.added),
+            ("replace", &c.replaced),
+            ("keep   ", &c.kept),
+        ] {
+            let shown = limit.unwrap_or(usize::MAX).min(list.paths.len());
+            for p in &list.paths[..shown] {
+                writeln!(out, "    {label} {}", p.display())?;
+            }
+            if (shown as u64) < list.count {
+                writeln!(
+                    out,
+                    "    … and {} more to {} (--dry-run lists them all)",
+                    list.count - shown as u64,
+                    label.trim_end()
+                )?;
+            }
+        }
+    }
+    for s in &plan.skipped_failed {
+        writeln!(out, "  skipped {s}: it failed when the image was made")?;
+    }
+    for s in &plan.left_out {
+        writeln!(
+            out,
+            "  not restored: {s} (audit records; pass --include-audits to restore them)"
+        )?;
+    }
+    Ok(())
+}
+
+/// Shows the plan on standard error and asks on the terminal whether to go
+/// ahead; anything but `y`/`yes` declines.
+pub(crate) struct AskOnTerminal;
+
+impl RestoreApproval for AskOnTerminal {
+    fn approve(&self, plan: &RestorePlan) -> bool {
+        let mut err = std::io::stderr().lock();
+        if print_plan(&mut err, plan, Some(ASK_LIST_LIMIT)).is_err() {
+            return false;
+        }
+        let _ = write!(err, "Go ahead with this restore? [y/N] ");
+        let _ = err.flush();
+        drop(err);
+        let mut answer = String::new();
+        if std::io::stdin().read_line(&mut answer).is_err() {
+            return false;
+        }
+        matches!(answer.trim().to_lowercase().as_str(), "y" | "yes")
+    }
 }

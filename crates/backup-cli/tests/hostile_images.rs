@@ -110,7 +110,7 @@ fn wrong_passphrase_is_refused_and_writes_nothing() {
         let out = run(fx
             .cmd_with(&bare)
             .env("BACKUP_SECRET", wrong)
-            .args(["restore", image]));
+            .args(["restore", image, "--yes"]));
         out.expect(1).mentions("wrong passphrase");
         assert_live_untouched(&fx, &before, "wrong passphrase, live restore");
     }
@@ -220,7 +220,7 @@ fn flipped_and_truncated_images_are_refused_and_the_live_tree_is_untouched() {
         let out = fx.backup(&["verify", &name]);
         assert_eq!(out.code, 1, "verify, {case}: wanted exit 1\n{}", out.dump());
         out.mentions_any(&clear);
-        let out = fx.backup(&["restore", &name]);
+        let out = fx.backup(&["restore", &name, "--yes"]);
         assert_eq!(
             out.code,
             1,
@@ -230,7 +230,7 @@ fn flipped_and_truncated_images_are_refused_and_the_live_tree_is_untouched() {
         out.mentions_any(&clear);
         assert_live_untouched(&fx, &before, case);
         // The same image by file path (no sidecar pre-check).
-        let out = fx.backup(&["restore", img.to_str().unwrap()]);
+        let out = fx.backup(&["restore", img.to_str().unwrap(), "--yes"]);
         assert_eq!(
             out.code,
             1,
@@ -244,7 +244,7 @@ fn flipped_and_truncated_images_are_refused_and_the_live_tree_is_untouched() {
     fs::write(&img, &original).unwrap();
     fx.backup(&["verify", &name]).expect(0);
     let rows = backup_core::demo::sqlite_rows(&fx.db).unwrap();
-    fx.backup(&["restore", &name]).expect(0);
+    fx.backup(&["restore", &name, "--yes"]).expect(0);
     // The database comes back as a VACUUM INTO snapshot: same rows, other bytes.
     assert_same_tree(&before.etc, &fx.etc, &[]);
     assert_eq!(backup_core::demo::sqlite_rows(&fx.db).unwrap(), rows);
@@ -566,6 +566,7 @@ fn crafted_payloads_with_unsafe_entries_are_rejected() {
             image.to_str().unwrap(),
             "--target",
             target.to_str().unwrap(),
+            "--yes",
         ]);
         assert_eq!(
             out.code,
@@ -618,7 +619,7 @@ fn crafted_payloads_with_unsafe_entries_are_rejected() {
 
         // And onto the live paths.
         let before = snapshot_live(&fx, &format!("before-crafted-{i}"));
-        let out = fx.backup(&["restore", image.to_str().unwrap()]);
+        let out = fx.backup(&["restore", image.to_str().unwrap(), "--yes"]);
         assert_eq!(
             out.code,
             1,
@@ -707,6 +708,7 @@ fn refused_restore_leaves_nothing_under_the_target() {
             image.to_str().unwrap(),
             "--target",
             target.to_str().unwrap(),
+            "--yes",
         ]);
         assert_eq!(out.code, 1, "{case}\n{}", out.dump());
         let extra: Vec<PathBuf> = all_paths(&target)

@@ -331,8 +331,11 @@ restore = ["sh", "-c", "env > {restore}; cat > /dev/null"]
     let out = ops.run_secret(CANARY, &["create", "--json"]);
     out.expect(0);
     let image = out.json()["image"].as_str().unwrap().to_string();
-    ops.run_secret(CANARY, &["restore", &image, "--component", "envdump"])
-        .expect(0);
+    ops.run_secret(
+        CANARY,
+        &["restore", &image, "--component", "envdump", "--yes"],
+    )
+    .expect(0);
 
     let mut leaks = Vec::new();
     for name in ["before.env", "after.env", "backup.env", "restore.env"] {

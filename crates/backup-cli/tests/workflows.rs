@@ -363,7 +363,7 @@ fn failing_component_gives_a_partial_image_or_nothing_with_halt() {
     // The partial image restores what it holds and says what it skipped.
     let target = fx.fresh_dir("partial-restore");
     fx.backup(&["restore", &name, "--target", target.to_str().unwrap()])
-        .expect(0)
+        .expect(3)
         .mentions("skipped flaky");
     assert_same_tree(&fx.etc, &under(&target, &fx.etc), &[]);
     // Asking for the failed component is refused.
@@ -622,4 +622,226 @@ fn json_outputs_parse_with_the_expected_fields() {
     assert_eq!(restore["restored"], serde_json::json!(["config", "maindb"]));
     assert_eq!(restore["skipped_failed"], serde_json::json!([]));
     assert_eq!(Path::new(restore["target"].as_str().unwrap()), target);
+}
+
+/// A fixture whose config component excludes `*.tmp`, backed up, then
+/// changed: an edited file, a file the image lacks, an edited excluded file.
+/// Gives the image name.
+fn fixture_changed_after_backup() -> (Fixture, String) {
+    let fx = Fixture::custom(|fx| {
+        fx.spec.components[0] = files_component("config", &[&fx.etc], "exclude = [\"*.tmp\"]\n");
+        fs::write(fx.etc.join("cache.tmp"), "excluded at backup time\n").unwrap();
+    });
+    let (name, _) = fx.create(&[]);
+    fs::write(fx.etc.join("cache.tmp"), "excluded, edited since\n").unwrap();
+    fs::write(fx.etc.join("added-since.conf"), "not in the image\n").unwrap();
+    fs::write(fx.etc.join("gateway.conf"), "edited since\n").unwrap();
+    (fx, name)
+}
+
+/// Case 13: An in-place restore without a terminal needs --yes; --dry-run
+/// prints the plan and changes nothing; the restore keeps excluded files as
+/// they are and removes what the image lacks; the audit log says where and what.
+#[test]
+fn in_place_restore_plans_needs_yes_and_keeps_excluded_files() {
+    let (fx, name) = fixture_changed_after_backup();
+    let before = fx.dir.join("before");
+    copy_tree(&fx.etc, &before);
+    let unchanged = |what: &str| {
+        assert_same_tree(&before, &fx.etc, &[]);
+        assert_eq!(
+            leftovers(fx.etc.parent().unwrap()),
+            Vec::<String>::new(),
+            "{what} left staging behind"
+        );
+    };
+
+    fx.backup(&["restore", &name])
+        .expect(2)
+        .mentions("no terminal")
+        .mentions("--yes")
+        .mentions("--dry-run");
+    unchanged("a refused restore");
+    let audit = run(fx.cmd().args(["--json", "audit"])).expect(0).json();
+    let last = audit.as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["operation"], "restore", "{last:#}");
+    assert_eq!(last["outcome"], "refused", "{last:#}");
+    assert!(
+        last["target"].as_str().unwrap().contains("in place"),
+        "{last:#}"
+    );
+
+    let out = fx.backup(&["restore", &name, "--dry-run"]);
+    out.expect(0).mentions("dry run");
+    let line = |verb: &str, file: &str| format!("{verb} {}", fx.etc.join(file).display());
+    for expected in [
+        line("remove ", "added-since.conf"),
+        line("keep   ", "cache.tmp"),
+        line("replace", "gateway.conf"),
+    ] {
+        assert!(
+            out.stdout.contains(&expected),
+            "the plan lacks {expected:?}\n{}",
+            out.dump()
+        );
+    }
+    unchanged("--dry-run");
+    let plan = run(fx.cmd().args(["--json", "restore", &name, "--dry-run"]));
+    let plan = plan.expect(0).json();
+    let config = &plan["components"][0];
+    assert_eq!(config["name"], "config");
+    assert_eq!(
+        config["removed"],
+        serde_json::json!({"count": 1, "paths": [fx.etc.join("added-since.conf")]})
+    );
+    assert_eq!(
+        config["kept"],
+        serde_json::json!({"count": 1, "paths": [fx.etc.join("cache.tmp")]})
+    );
+    unchanged("--json --dry-run");
+
+    fx.backup(&["restore", &name, "--yes"])
+        .expect(0)
+        .mentions("1 removed")
+        .mentions("1 kept");
+    assert_eq!(
+        fs::read_to_string(fx.etc.join("cache.tmp")).unwrap(),
+        "excluded, edited since\n",
+        "the excluded file was not kept as it was"
+    );
+    assert!(!fx.etc.join("added-since.conf").exists());
+    assert_eq!(
+        fs::read_to_string(fx.etc.join("gateway.conf")).unwrap(),
+        "hostname = gw-e2e\nport = 8443\n"
+    );
+    assert_eq!(leftovers(fx.etc.parent().unwrap()), Vec::<String>::new());
+
+    // A non-empty --target needs confirming too; a new one does not.
+    let busy = fx.dir.join("busy-target");
+    fs::create_dir(&busy).unwrap();
+    fs::write(busy.join("mine.txt"), "mine\n").unwrap();
+    fx.backup(&["restore", &name, "--target", busy.to_str().unwrap()])
+        .expect(2)
+        .mentions("not empty");
+    assert_eq!(non_dirs(&busy).len(), 1);
+    let fresh = fx.fresh_dir("fresh-target");
+    fx.backup(&["restore", &name, "--target", fresh.to_str().unwrap()])
+        .expect(0);
+
+    let audit = run(fx.cmd().args(["--json", "audit"])).expect(0).json();
+    let restores: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["operation"] == "restore" && r["outcome"] == "done")
+        .map(|r| r["target"].as_str().unwrap())
+        .collect();
+    assert_eq!(restores.len(), 2, "{audit:#}");
+    assert!(
+        restores[0].contains(&name)
+            && restores[0].contains("in place")
+            && restores[0].contains("config, maindb"),
+        "{restores:?}"
+    );
+    assert!(
+        restores[1].contains(&format!("--target {}", fresh.display())),
+        "{restores:?}"
+    );
+}
+
+/// Case 14: On a terminal an in-place restore shows its plan and asks: `n`
+/// changes nothing, `y` restores.
+#[test]
+fn on_a_terminal_restore_asks_before_changing_anything() {
+    let (fx, name) = fixture_changed_after_backup();
+    let before = fx.dir.join("before");
+    copy_tree(&fx.etc, &before);
+    // `script` (util-linux) runs the binary on a pseudo-terminal.
+    let on_terminal = |answer: &str| {
+        let line = format!("{BIN} --config {} restore {name}", fx.config.display());
+        let mut child = Command::new("script")
+            .args(["-qec", &line, "/dev/null"])
+            .env("BACKUP_SECRET", SECRET)
+            .env_remove("BACKUP_CONFIG")
+            .current_dir(&fx.dir)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("this test needs `script` (util-linux): {e}"));
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(answer.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        Out {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            what: format!("script -qec '{line}' (answering {answer:?})"),
+        }
+    };
+    let out = on_terminal("n\n");
+    out.expect(2)
+        .mentions("restore plan")
+        .mentions(&format!(
+            "remove  {}",
+            fx.etc.join("added-since.conf").display()
+        ))
+        .mentions("go ahead")
+        .mentions("not confirmed");
+    assert_same_tree(&before, &fx.etc, &[]);
+
+    on_terminal("y\n")
+        .expect(0)
+        .mentions("restored config, maindb");
+    assert!(!fx.etc.join("added-since.conf").exists());
+    assert_eq!(
+        fs::read_to_string(fx.etc.join("cache.tmp")).unwrap(),
+        "excluded, edited since\n"
+    );
+}
+
+/// Case 15: Audit records come back only when asked: a default restore of an
+/// image that holds them leaves them out and says so; --include-audits
+/// restores them.
+#[test]
+fn restore_leaves_audits_out_unless_asked() {
+    let fx = Fixture::custom(|fx| {
+        let dir = fx.root.join("var/log/app/audit");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("audit-1.jsonl"), "{\"seq\":1}\n").unwrap();
+        fx.spec.components.push(files_component(
+            "audits",
+            &[&dir],
+            "default = false\nrequires = [\"maindb\"]\n",
+        ));
+    });
+    let audit = fx.root.join("var/log/app/audit");
+    let (name, _) = fx.create(&["--include-audits"]);
+    let since = audit.join("audit-2.jsonl");
+    fs::write(&since, "{\"seq\":2}\n").unwrap();
+    fx.backup(&["restore", &name, "--yes"])
+        .expect(0)
+        .mentions("not restored: audits")
+        .mentions("--include-audits");
+    assert!(
+        since.exists(),
+        "a default restore replaced the audit records"
+    );
+    let json = run(fx.cmd().args(["--json", "restore", &name, "--yes"]))
+        .expect(0)
+        .json();
+    assert_eq!(json["restored"], serde_json::json!(["config", "maindb"]));
+    assert_eq!(json["left_out"], serde_json::json!(["audits"]));
+    fx.backup(&["restore", &name, "--yes", "--include-audits"])
+        .expect(0)
+        .mentions("restored config, maindb, audits");
+    assert!(
+        !since.exists(),
+        "--include-audits did not restore the audit records"
+    );
 }

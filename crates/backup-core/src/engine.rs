@@ -335,6 +335,13 @@ impl Engine {
             .collect()
     }
 
+    /// Whether a registered component holds audit records.
+    pub(crate) fn is_audit_component(&self, name: &str) -> bool {
+        self.components
+            .iter()
+            .any(|c| c.component.name() == name && c.options.audit)
+    }
+
     pub(crate) fn component(&self, name: &str) -> Option<&Arc<dyn Component>> {
         self.components
             .iter()

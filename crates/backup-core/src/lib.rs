@@ -62,7 +62,10 @@ pub use keys::{
     KEYRING_FILE, KEY_FILE,
 };
 pub use progress::{Event, NoProgress, Progress};
-pub use restore::{RestoreOptions, RestoreReport};
+pub use restore::{
+    ComponentPlan, PathList, RestoreApproval, RestoreOptions, RestorePlan, RestoreReport,
+    PLAN_PATHS_KEPT,
+};
 pub use runs::{StatusView, LOGS_DIR};
 pub use storage_ops::{Access, Browse, BrowseImage, BrowseView, DownloadLink};
 

@@ -11,23 +11,79 @@ use crate::component::{
     CommandComponent, Committed, Component, FilesComponent, RestoreContext, SqliteComponent,
 };
 use crate::engine::{join_error, Engine, ImageLoc};
-use crate::image::reader::{EntryView, Visitor};
+use crate::image::reader::{EntryView, Visitor, WalkResult};
 use crate::image::{BackupInfo, EntryKind, Outcome, PlannedComponent};
 use crate::progress::{Event, Progress};
 use crate::{Error, Result};
 
+mod plan;
+
+use plan::{plan_component, ImageSide, PlanVisitor};
+pub use plan::{ComponentPlan, PathList, RestoreApproval, RestorePlan, PLAN_PATHS_KEPT};
+
 /// What `restore` should do.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 #[non_exhaustive]
 pub struct RestoreOptions {
-    /// Restore only these components (default: every successful one).
+    /// Restore only these components (default: every successful one except
+    /// audit components).
     pub components: Vec<String>,
+    /// Also restore the image's audit components (left out by default, like
+    /// a standard backup leaves them out: audit records written since the
+    /// backup would be lost).
+    pub include_audits: bool,
     /// Restore under this directory instead of the live locations.
     pub target: Option<PathBuf>,
     /// Accept an image of another product version.
     pub force_version: bool,
     /// Accept an image of another node.
     pub force_identity: bool,
+    /// Asked with the plan before anything at the destination changes
+    /// (default: none, the restore goes ahead).
+    pub approval: Option<Arc<dyn RestoreApproval>>,
+}
+
+impl std::fmt::Debug for RestoreOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RestoreOptions")
+            .field("components", &self.components)
+            .field("include_audits", &self.include_audits)
+            .field("target", &self.target)
+            .field("force_version", &self.force_version)
+            .field("force_identity", &self.force_identity)
+            .field("approval", &self.approval.is_some())
+            .finish()
+    }
+}
+
+impl RestoreOptions {
+    /// How the audit log names a restore of `image`: where it went and which
+    /// components (those put into place, once known; else those asked for),
+    /// e.g. `IMAGE (in place; config, maindb)`. For frontends that audit a
+    /// restore they refused themselves ([`crate::Engine::audit_public`]).
+    pub fn audit_target(&self, image: &str, restored: Option<&[String]>) -> String {
+        let place = match &self.target {
+            Some(t) => format!("--target {}", t.display()),
+            None => "in place".to_string(),
+        };
+        let components = match restored {
+            Some([]) => "no components".to_string(),
+            Some(names) => names.join(", "),
+            None => {
+                let asked = if self.components.is_empty() {
+                    "default components".to_string()
+                } else {
+                    self.components.join(", ")
+                };
+                if self.include_audits {
+                    format!("{asked} and audit components")
+                } else {
+                    asked
+                }
+            }
+        };
+        format!("{image} ({place}; {components})")
+    }
 }
 
 /// The result of a restore.
@@ -39,8 +95,44 @@ pub struct RestoreReport {
     pub restored: Vec<String>,
     /// Components of the image left alone because they failed at backup time.
     pub skipped_failed: Vec<String>,
+    /// Audit components of the image not restored because they were not asked for.
+    pub left_out: Vec<String>,
     /// `--target`, if given.
     pub target: Option<PathBuf>,
+    /// What the restore replaced, added, removed and kept.
+    pub plan: RestorePlan,
+}
+
+/// Which components of an image a restore takes.
+#[derive(Debug, Clone)]
+struct Selector {
+    requested: Vec<String>,
+    include_audits: bool,
+    /// Audit components as this appliance knows them (configured as such, or
+    /// named `audits`).
+    audits: Vec<String>,
+}
+
+impl Selector {
+    /// The selected components and the audit components left out, in image order.
+    fn select(&self, info: &BackupInfo) -> (Vec<String>, Vec<String>) {
+        let mut selected = Vec::new();
+        let mut left_out = Vec::new();
+        for c in &info.components {
+            let audit = self.audits.contains(&c.name);
+            let wanted = if self.requested.is_empty() {
+                !audit || self.include_audits
+            } else {
+                self.requested.contains(&c.name) || (audit && self.include_audits)
+            };
+            if wanted {
+                selected.push(c.name.clone());
+            } else if self.requested.is_empty() {
+                left_out.push(c.name.clone());
+            }
+        }
+        (selected, left_out)
+    }
 }
 
 impl Engine {
@@ -72,6 +164,7 @@ impl Engine {
             committed: false,
             config: PrecheckConfig::of(self, opts),
             requested: opts.components.clone(),
+            selector: self.selector(opts),
             target: opts.target.clone(),
             scratch: self.config.appliance.state_dir.join("tmp"),
             stagers: BTreeMap::new(),
@@ -88,36 +181,13 @@ impl Engine {
             Err(e) => return Err(e),
         };
         // The walk verified every component; decide what goes into place.
+        let left_out = visitor.selector.select(&walked.info).1;
         let result = (|| {
-            let mut to_commit = Vec::new();
-            let mut skipped_failed = Vec::new();
-            for planned in &walked.info.components {
-                if !visitor.selected.contains(&planned.name) {
-                    continue;
-                }
-                let record = walked
-                    .manifest
-                    .components
-                    .iter()
-                    .find(|r| r.name == planned.name)
-                    .expect("checked");
-                if record.outcome != Outcome::Success {
-                    if opts.components.contains(&planned.name) {
-                        return Err(Error::Input(format!(
-                            "component {} failed when this image was made ({}); it cannot be restored from it",
-                            planned.name,
-                            record.error.as_deref().unwrap_or("no reason recorded")
-                        )));
-                    }
-                    skipped_failed.push(planned.name.clone());
-                    continue;
-                }
-                to_commit.push(planned.clone());
-            }
+            let decided = decide(&walked, &visitor.selected, &opts.components)?;
             for stager in visitor.stagers.values_mut() {
                 stager.finish()?;
             }
-            Ok((to_commit, skipped_failed))
+            Ok(decided)
         })();
         let (to_commit, skipped_failed) = match result {
             Ok(r) => r,
@@ -140,19 +210,136 @@ impl Engine {
         }
         let progress = self.progress.clone();
         let target = opts.target.clone();
-        let committed =
-            tokio::task::spawn_blocking(move || commit(plan, target.as_deref(), &*progress))
-                .await
-                .map_err(join_error)
-                .and_then(|r| r);
+        let approval = opts.approval.clone();
+        let mut shown = RestorePlan {
+            image: loc.shown(),
+            target: target.clone(),
+            components: Vec::new(),
+            skipped_failed: skipped_failed.clone(),
+            left_out: left_out.clone(),
+        };
+        let committed = tokio::task::spawn_blocking(move || {
+            // Planned from the staged trees, right before the first change.
+            let nothing = Default::default();
+            for (p, staged, c) in &plan {
+                let image = match staged {
+                    Some(s) => ImageSide::Staged(s),
+                    None => ImageSide::Listed(&nothing),
+                };
+                shown.components.push(plan_component(
+                    p,
+                    image,
+                    &**c,
+                    target.as_deref(),
+                    PLAN_PATHS_KEPT,
+                )?);
+            }
+            if let Some(approval) = &approval {
+                progress.event(&Event::Step {
+                    message: "asking for approval of the restore plan".into(),
+                });
+                if !approval.approve(&shown) {
+                    return Err(Error::Input(
+                        "the restore was not confirmed; nothing was changed".into(),
+                    ));
+                }
+            }
+            let restored = commit(plan, target.as_deref(), &*progress)?;
+            Ok((restored, shown))
+        })
+        .await
+        .map_err(join_error)
+        .and_then(|r| r);
         visitor.committed = committed.is_ok();
         visitor.cleanup();
+        let (restored, plan) = committed?;
         Ok(RestoreReport {
             image: loc.shown(),
-            restored: committed?,
+            restored,
             skipped_failed,
+            left_out,
             target: opts.target.clone(),
+            plan,
         })
+    }
+
+    /// What restoring `image` would do, writing nothing: reads the image with
+    /// the same pre-checks and manifest checks as a restore and compares each
+    /// selected component with what is at its destination now.
+    pub(crate) async fn plan_restore(
+        &self,
+        image: &str,
+        opts: &RestoreOptions,
+    ) -> Result<RestorePlan> {
+        let loc = self.locate(image);
+        if let ImageLoc::Stored(name) = &loc {
+            if let Some(s) = self.sidecar(name).await? {
+                self.precheck(&s.info, opts)?;
+                check_selection(&s.info, Some(&s.manifest.components), &opts.components)?;
+            }
+        }
+        let visitor = PlanVisitor {
+            config: PrecheckConfig::of(self, opts),
+            requested: opts.components.clone(),
+            selector: self.selector(opts),
+            selected: Vec::new(),
+            trees: BTreeMap::new(),
+        };
+        self.progress.event(&Event::Step {
+            message: format!("reading {} to plan the restore", loc.shown()),
+        });
+        let (walked, _, visitor) = self.walk_image(&loc, visitor).await?;
+        let (to_commit, skipped_failed) = decide(&walked, &visitor.selected, &opts.components)?;
+        let mut steps = Vec::new();
+        for p in ordered_for_commit(&to_commit) {
+            steps.push((p.clone(), self.restorer_for(p, opts.target.as_deref())?));
+        }
+        let left_out = visitor.selector.select(&walked.info).1;
+        let mut trees = visitor.trees;
+        let target = opts.target.clone();
+        let image = loc.shown();
+        tokio::task::spawn_blocking(move || {
+            let mut components = Vec::new();
+            for (p, c) in &steps {
+                let tree = trees.remove(&p.name).unwrap_or_default();
+                let image = ImageSide::Listed(&tree);
+                components.push(plan_component(
+                    p,
+                    image,
+                    &**c,
+                    target.as_deref(),
+                    usize::MAX,
+                )?);
+            }
+            Ok(RestorePlan {
+                image,
+                target,
+                components,
+                skipped_failed,
+                left_out,
+            })
+        })
+        .await
+        .map_err(join_error)?
+    }
+
+    /// The selection rules of a restore, with the audit components this
+    /// appliance knows.
+    fn selector(&self, opts: &RestoreOptions) -> Selector {
+        let mut audits: Vec<String> = self
+            .component_names()
+            .into_iter()
+            .filter(|n| self.is_audit_component(n))
+            .collect();
+        if self.component("audits").is_none() {
+            // An image from elsewhere: its audit component by the usual name.
+            audits.push("audits".into());
+        }
+        Selector {
+            requested: opts.components.clone(),
+            include_audits: opts.include_audits,
+            audits,
+        }
     }
 
     fn precheck(&self, info: &BackupInfo, opts: &RestoreOptions) -> Result<()> {
@@ -183,6 +370,41 @@ impl Engine {
             ))),
         }
     }
+}
+
+/// Of the selected components, those to put into place and those skipped
+/// because they failed at backup time (an error if one was asked for by name).
+fn decide(
+    walked: &WalkResult,
+    selected: &[String],
+    requested: &[String],
+) -> Result<(Vec<PlannedComponent>, Vec<String>)> {
+    let mut to_commit = Vec::new();
+    let mut skipped_failed = Vec::new();
+    for planned in &walked.info.components {
+        if !selected.contains(&planned.name) {
+            continue;
+        }
+        let record = walked
+            .manifest
+            .components
+            .iter()
+            .find(|r| r.name == planned.name)
+            .expect("checked");
+        if record.outcome != Outcome::Success {
+            if requested.contains(&planned.name) {
+                return Err(Error::Input(format!(
+                    "component {} failed when this image was made ({}); it cannot be restored from it",
+                    planned.name,
+                    record.error.as_deref().unwrap_or("no reason recorded")
+                )));
+            }
+            skipped_failed.push(planned.name.clone());
+            continue;
+        }
+        to_commit.push(planned.clone());
+    }
+    Ok((to_commit, skipped_failed))
 }
 
 /// File trees and databases first, restore commands last (they cannot be undone).
@@ -326,6 +548,7 @@ struct RestoreVisitor {
     committed: bool,
     config: PrecheckConfig,
     requested: Vec<String>,
+    selector: Selector,
     target: Option<PathBuf>,
     scratch: PathBuf,
     stagers: BTreeMap<String, Stager>,
@@ -382,11 +605,7 @@ impl Visitor for RestoreVisitor {
     fn info(&mut self, info: &BackupInfo) -> Result<()> {
         self.config.check(info)?;
         check_selection(info, None, &self.requested)?;
-        self.selected = if self.requested.is_empty() {
-            info.components.iter().map(|c| c.name.clone()).collect()
-        } else {
-            self.requested.clone()
-        };
+        self.selected = self.selector.select(info).0;
         for planned in info
             .components
             .iter()

@@ -19,7 +19,7 @@ use crate::ops::lock::{self, LockHolder, OperationLock};
 use crate::ops::retention::{self, RetentionDecision, RetentionItem};
 use crate::ops::status::{CurrentRun, RunRecord, StatusFile, StatusStore};
 use crate::progress::{Event, Progress};
-use crate::restore::{RestoreOptions, RestoreReport};
+use crate::restore::{RestoreOptions, RestorePlan, RestoreReport};
 use crate::{Error, Result};
 
 /// Directory of per-backup log files in the state directory.
@@ -508,11 +508,13 @@ impl Engine {
             });
         }
         let _ = store.store(&status);
+        let restored = result.as_ref().ok().map(|r| r.restored.as_slice());
+        let audited = opts.audit_target(image, restored);
         match &result {
-            Ok(_) => self.audit("restore", image, "done", 0, started, None),
+            Ok(_) => self.audit("restore", &audited, "done", 0, started, None),
             Err(e) => self.audit(
                 "restore",
-                image,
+                &audited,
                 outcome_of(e),
                 0,
                 started,
@@ -520,6 +522,26 @@ impl Engine {
             ),
         }
         drop(lock);
+        result
+    }
+
+    /// What restoring `image` with `opts` would replace, add, remove and
+    /// keep, writing nothing but the audit record (`restore.dry-run`).
+    pub async fn restore_plan(&self, image: &str, opts: &RestoreOptions) -> Result<RestorePlan> {
+        let started = Instant::now();
+        let result = self.plan_restore(image, opts).await;
+        let audited = opts.audit_target(image, None);
+        match &result {
+            Ok(_) => self.audit("restore.dry-run", &audited, "done", 0, started, None),
+            Err(e) => self.audit(
+                "restore.dry-run",
+                &audited,
+                outcome_of(e),
+                0,
+                started,
+                Some(e.to_string()),
+            ),
+        }
         result
     }
 

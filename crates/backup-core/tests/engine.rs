@@ -406,3 +406,278 @@ async fn zstd_and_uncompressed_images_restore_and_gnu_tar_reads_their_payloads()
     }
     Ok(())
 }
+
+/// `cp -a` of a directory into a fresh `<into>/<name>` (for before/after comparisons).
+fn copy_aside(from: &Path, into: &Path) -> PathBuf {
+    std::fs::create_dir_all(into).unwrap();
+    let ok = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(into)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "cp -a {} failed", from.display());
+    into.join(from.file_name().unwrap())
+}
+
+/// Live changes made after a backup of the demo: an edited file, a new
+/// file the component owns, and excluded files (an edited one, a new one, a
+/// new one in a new directory).
+fn change_config_after_backup(config: &Path) {
+    std::fs::write(config.join("gateway.conf"), "edited after the backup\n").unwrap();
+    std::fs::write(config.join("new-junk.conf"), "not in the image\n").unwrap();
+    std::fs::write(
+        config.join("scratch.tmp"),
+        "excluded, edited after the backup\n",
+    )
+    .unwrap();
+    std::fs::write(config.join("policies/later.tmp"), "excluded, new\n").unwrap();
+    std::fs::create_dir(config.join("work")).unwrap();
+    std::fs::write(
+        config.join("work/cache.tmp"),
+        "excluded, in a new directory\n",
+    )
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_place_restore_keeps_excluded_paths_as_they_are() -> Result<()> {
+    let (_d, demo) = demo()?;
+    let e = engine(&demo.config)?;
+    let config = demo.config_dir();
+    let pristine = copy_aside(&config, &demo.dir.join("pristine"));
+    let report = e.create(&CreateOptions::default()).await?;
+    change_config_after_backup(&config);
+
+    e.restore(&report.image, &RestoreOptions::default()).await?;
+    let read = |rel: &str| std::fs::read_to_string(config.join(rel)).ok();
+    assert_eq!(
+        read("scratch.tmp").as_deref(),
+        Some("excluded, edited after the backup\n"),
+        "an excluded file was replaced by the image's copy"
+    );
+    assert_eq!(
+        read("policies/later.tmp").as_deref(),
+        Some("excluded, new\n")
+    );
+    assert_eq!(
+        read("work/cache.tmp").as_deref(),
+        Some("excluded, in a new directory\n")
+    );
+    // Everything the component owns is back to its backed-up state.
+    assert_eq!(
+        read("new-junk.conf"),
+        None,
+        "a file the image lacks survived"
+    );
+    let diffs = tree_diff(
+        &pristine,
+        &config,
+        &["scratch.tmp", "later.tmp", "work", "cache.tmp"],
+    )?;
+    assert!(diffs.is_empty(), "{diffs:#?}");
+    assert_no_leftovers(config.parent().unwrap());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dry_run_plans_what_a_restore_does_and_writes_nothing() -> Result<()> {
+    let (_d, demo) = demo()?;
+    let e = engine(&demo.config)?;
+    let config = demo.config_dir();
+    let report = e.create(&CreateOptions::default()).await?;
+    change_config_after_backup(&config);
+    let before = copy_aside(&config, &demo.dir.join("before"));
+    let state = &demo.config.appliance.state_dir;
+    let state_before = dir_listing(state);
+
+    let plan = e
+        .restore_plan(&report.image, &RestoreOptions::default())
+        .await?;
+    let names: Vec<_> = plan.components.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["config", "maindb"]);
+    let cfg = &plan.components[0];
+    let set = |v: &backup_core::PathList| {
+        assert_eq!(
+            v.count as usize,
+            v.paths.len(),
+            "a dry run lists every path"
+        );
+        v.paths
+            .iter()
+            .map(|p| p.strip_prefix(&config).unwrap().display().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(set(&cfg.removed), ["new-junk.conf"], "{cfg:#?}");
+    assert_eq!(
+        set(&cfg.kept),
+        ["policies/later.tmp", "scratch.tmp", "work/cache.tmp"],
+        "{cfg:#?}"
+    );
+    assert!(set(&cfg.replaced).contains(&"gateway.conf".to_string()));
+    assert_eq!(cfg.added.count, 0, "{cfg:#?}");
+    // Nothing changed: the live tree, its parent (no staging), the state
+    // directory (but for the audit log).
+    let diffs = tree_diff(&before, &config, &[])?;
+    assert!(
+        diffs.is_empty(),
+        "a dry run changed the live tree: {diffs:#?}"
+    );
+    assert_no_leftovers(config.parent().unwrap());
+    assert_no_leftovers(demo.database().parent().unwrap());
+    let mut state_after = dir_listing(state);
+    state_after.retain(|p| p != Path::new("audit.log"));
+    let mut expected = state_before;
+    expected.retain(|p| p != Path::new("audit.log"));
+    assert_eq!(
+        state_after, expected,
+        "a dry run wrote in the state directory"
+    );
+    let audited = e.audit_records(None)?;
+    let last = audited.last().unwrap();
+    assert_eq!(last.operation, "restore.dry-run");
+    assert!(last.target.contains("in place"), "{last:?}");
+
+    // The restore itself reports the same plan, and does it.
+    let done = e.restore(&report.image, &RestoreOptions::default()).await?;
+    let cfg_done = &done.plan.components[0];
+    assert_eq!(cfg_done.removed, cfg.removed);
+    assert_eq!(cfg_done.kept, cfg.kept);
+    assert_eq!(cfg_done.replaced, cfg.replaced);
+    assert!(!config.join("new-junk.conf").exists());
+    Ok(())
+}
+
+fn dir_listing(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = walk_paths(dir);
+    out.sort();
+    out
+}
+
+fn walk_paths(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_dir() {
+                stack.push(p.clone());
+            }
+            out.push(p.strip_prefix(dir).unwrap().to_path_buf());
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn audits_are_restored_only_when_asked() -> Result<()> {
+    let (_d, demo) = demo()?;
+    let e = engine(&demo.config)?;
+    let mut with_audits = CreateOptions::default();
+    with_audits.include_audits = true;
+    let report = e.create(&with_audits).await?;
+    let later = demo.audit_dir().join("audit-2026-11-04.jsonl");
+    std::fs::write(&later, "{\"seq\":0,\"written\":\"after the backup\"}\n")?;
+
+    let done = e.restore(&report.image, &RestoreOptions::default()).await?;
+    assert_eq!(done.restored, ["config", "maindb"]);
+    assert_eq!(done.left_out, ["audits"]);
+    assert!(
+        later.exists(),
+        "a default restore replaced the audit records"
+    );
+
+    let mut only = RestoreOptions::default();
+    only.components = vec!["audits".into()];
+    let plan = e.restore_plan(&report.image, &only).await?;
+    assert_eq!(plan.components.len(), 1);
+    assert_eq!(
+        plan.components[0].removed.paths,
+        std::slice::from_ref(&later)
+    );
+
+    let mut opts = RestoreOptions::default();
+    opts.include_audits = true;
+    let done = e.restore(&report.image, &opts).await?;
+    assert_eq!(done.restored, ["config", "maindb", "audits"]);
+    assert!(done.left_out.is_empty());
+    assert!(
+        !later.exists(),
+        "--include-audits did not restore the audit records"
+    );
+    let last = e.audit_records(None)?.pop().unwrap();
+    assert_eq!(last.operation, "restore");
+    assert!(
+        last.target.contains("in place") && last.target.contains("config, maindb, audits"),
+        "{last:?}"
+    );
+    Ok(())
+}
+
+/// Says no, after recording the plan it was shown.
+struct Decline(std::sync::Mutex<Option<backup_core::RestorePlan>>);
+impl backup_core::RestoreApproval for Decline {
+    fn approve(&self, plan: &backup_core::RestorePlan) -> bool {
+        *self.0.lock().unwrap() = Some(plan.clone());
+        false
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_declined_restore_changes_nothing() -> Result<()> {
+    let (_d, demo) = demo()?;
+    let e = engine(&demo.config)?;
+    let config = demo.config_dir();
+    let report = e.create(&CreateOptions::default()).await?;
+    change_config_after_backup(&config);
+    let before = copy_aside(&config, &demo.dir.join("before"));
+    let decline = Arc::new(Decline(std::sync::Mutex::new(None)));
+    let mut opts = RestoreOptions::default();
+    opts.approval = Some(decline.clone());
+    let err = e.restore(&report.image, &opts).await.unwrap_err();
+    assert!(err.is_input_error(), "{err}");
+    assert!(err.to_string().contains("not confirmed"), "{err}");
+    let shown = decline
+        .0
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("the plan was shown");
+    assert_eq!(
+        shown.components[0].removed.paths,
+        [config.join("new-junk.conf")]
+    );
+    let diffs = tree_diff(&before, &config, &[])?;
+    assert!(
+        diffs.is_empty(),
+        "a declined restore changed the tree: {diffs:#?}"
+    );
+    assert_no_leftovers(config.parent().unwrap());
+    assert_no_leftovers(demo.database().parent().unwrap());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rolled_back_restore_puts_excluded_paths_back() -> Result<()> {
+    let (_d, demo) = demo()?;
+    let e = Engine::builder(demo.config.clone())
+        .component(Arc::new(Failing), ComponentOptions::default())
+        .build()?;
+    let config = demo.config_dir();
+    let report = e.create(&CreateOptions::default()).await?;
+    change_config_after_backup(&config);
+    let before = copy_aside(&config, &demo.dir.join("before"));
+    let err = e
+        .restore(&report.image, &RestoreOptions::default())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("rolled back"), "{err}");
+    let diffs = tree_diff(&before, &config, &[])?;
+    assert!(
+        diffs.is_empty(),
+        "rollback did not restore the tree: {diffs:#?}"
+    );
+    assert_no_leftovers(config.parent().unwrap());
+    Ok(())
+}

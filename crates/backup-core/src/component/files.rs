@@ -3,6 +3,7 @@ use std::path::{Path, PathBuf};
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
+use super::swap::excluded_under;
 use super::{
     rel_of, Applicability, Committed, Component, EntryMeta, EntrySink, RestoreContext,
     SnapshotError, Swapped,
@@ -159,13 +160,22 @@ impl Component for FilesComponent {
         Ok(())
     }
 
+    fn is_excluded(&self, original: &Path) -> bool {
+        self.excluded(original)
+    }
+
     fn restore(&self, ctx: &RestoreContext<'_>) -> Result<Box<dyn Committed>, String> {
-        restore_roots(ctx)
+        restore_roots(ctx, &|p| self.excluded(p))
     }
 }
 
-/// Swaps every planned root from staging into place (shared with SQLite).
-pub(super) fn restore_roots(ctx: &RestoreContext<'_>) -> Result<Box<dyn Committed>, String> {
+/// Swaps every planned root from staging into place (shared with SQLite),
+/// carrying the live paths `excluded` matches (given their original
+/// absolute paths) into the new trees untouched.
+pub(super) fn restore_roots(
+    ctx: &RestoreContext<'_>,
+    excluded: &dyn Fn(&Path) -> bool,
+) -> Result<Box<dyn Committed>, String> {
     let mut swapped = Swapped::default();
     for root in &ctx.planned.roots {
         let root = Path::new(root);
@@ -174,7 +184,16 @@ pub(super) fn restore_roots(ctx: &RestoreContext<'_>) -> Result<Box<dyn Committe
             // The root did not exist at backup time; nothing to put back.
             continue;
         }
-        if let Err(e) = swapped.swap(&staged, &ctx.destination(root)) {
+        let dest = ctx.destination(root);
+        let swapped_in = excluded_under(&dest, root, excluded)
+            .map_err(|e| {
+                format!(
+                    "cannot look for excluded paths under {}: {e}",
+                    dest.display()
+                )
+            })
+            .and_then(|keep| swapped.swap(&staged, &dest, &keep));
+        if let Err(e) = swapped_in {
             let undo = Box::new(swapped).rollback();
             return Err(match undo {
                 Ok(()) => e,

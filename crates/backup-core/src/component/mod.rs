@@ -10,6 +10,7 @@ mod swap;
 pub use command::CommandComponent;
 pub use files::FilesComponent;
 pub use sqlite::SqliteComponent;
+pub(crate) use sqlite::JOURNAL_SUFFIXES;
 pub use swap::Committed;
 pub(crate) use swap::{NothingToUndo, Swapped};
 
@@ -140,6 +141,14 @@ pub trait Component: Send + Sync {
     /// Writes the component's entries. `scratch` is a private directory for
     /// temporary files (removed afterwards).
     fn snapshot(&self, sink: &mut dyn EntrySink, scratch: &Path) -> Result<(), SnapshotError>;
+    /// Whether the live path at `original` (an absolute path under one of
+    /// [`Component::roots`], never a root itself) is one this component
+    /// leaves out of its snapshots. An in-place restore keeps such paths as
+    /// they are and restore plans list them as kept. Default: none.
+    fn is_excluded(&self, original: &Path) -> bool {
+        let _ = original;
+        false
+    }
     /// Puts verified, staged entries into place. Called only after every
     /// selected component of the image was extracted and verified. The
     /// returned handle finalises (drops the old state) or rolls back.

@@ -94,6 +94,10 @@ impl Component for SqliteComponent {
     }
 }
 
+/// Files SQLite keeps beside a database (`<path><suffix>`): they belong to
+/// the content being replaced, so restore moves them aside.
+pub(crate) const JOURNAL_SUFFIXES: [&str; 3] = ["-wal", "-shm", "-journal"];
+
 /// Checks each staged database, moves stale `-wal`/`-shm` files of the live
 /// database aside (they belong to the old content), then swaps.
 pub(crate) fn restore_sqlite(ctx: &RestoreContext<'_>) -> Result<Box<dyn Committed>, String> {
@@ -103,12 +107,12 @@ pub(crate) fn restore_sqlite(ctx: &RestoreContext<'_>) -> Result<Box<dyn Committ
             check_integrity(&staged)?;
         }
     }
-    let committed = restore_roots(ctx)?;
+    let committed = restore_roots(ctx, &|_| false)?;
     // restore_roots returned a Swapped; extend it with the journal files.
     let mut extra = super::Swapped::default();
     for root in &ctx.planned.roots {
         let dest = ctx.destination(Path::new(root));
-        for suffix in ["-wal", "-shm", "-journal"] {
+        for suffix in JOURNAL_SUFFIXES {
             let mut p = dest.clone().into_os_string();
             p.push(suffix);
             if let Err(e) = extra.set_aside(Path::new(&p)) {
