@@ -29,9 +29,15 @@
 //!   effort for large objects, and [`Capabilities::conditional_create`] is
 //!   false.
 //! - **Time**: connecting is bounded (10 s by default), so is waiting for any
-//!   response or body bytes (5 min by default, which a part upload must fit in);
-//!   `object_store` retries a few times within one minute; callers add their
-//!   own retry on [`Error::Transient`].
+//!   response or body bytes (5 min by default, which a part upload must fit in).
+//!   `object_store`'s own retries are off by default: one retry layer
+//!   ([`crate::RetryStorage`], which [`crate::open_url`] puts around every
+//!   backend) retries [`Error::Transient`], so a failure is tried a known
+//!   number of times and reported once.
+//! - **Errors** say in one line what was being done to which object and what
+//!   to do; their source names the S3 error code, the HTTP status and the
+//!   server's own message (or the connection failure) instead of
+//!   `object_store`'s nested chain, which is logged at debug level.
 
 use std::fmt;
 use std::io;
@@ -245,7 +251,7 @@ impl S3StorageBuilder {
             allow_http: None,
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(300),
-            max_retries: 3,
+            max_retries: 0,
         }
     }
 
@@ -360,8 +366,9 @@ impl S3StorageBuilder {
         self
     }
 
-    /// How many times the client itself retries a failed request (default 3,
-    /// all within one minute of the first attempt).
+    /// How many times the client itself retries a failed request, within one
+    /// minute of the first attempt (default 0: leave retrying to one layer,
+    /// [`crate::RetryStorage`]; retries here multiply with its attempts).
     pub fn max_retries(mut self, retries: usize) -> S3StorageBuilder {
         self.max_retries = retries;
         self
@@ -981,7 +988,13 @@ impl Shared {
     /// object and this storage); the message says what the operator can do.
     fn error(&self, doing: String, e: object_store::Error) -> Error {
         let meaning = Meaning::of(&e);
-        let source = Some(Box::new(e) as crate::BoxError);
+        let failure = S3Failure::of(&e);
+        tracing::debug!(operation = %doing, error = %chain(&e), "S3 request failed");
+        // The server answered: say what to do about its answer.
+        let hint = failure
+            .answered()
+            .map(|_| self.hint(failure.code.as_deref()));
+        let source = Some(Box::new(failure) as crate::BoxError);
         match meaning {
             Meaning::NotFound => Error::NotFound {
                 what: doing,
@@ -1032,11 +1045,124 @@ impl Shared {
                 what: format!("{doing}: the S3 server or client does not support this"),
             },
             Meaning::Other => Error::Other {
-                what: doing,
+                what: match hint {
+                    Some(hint) => format!("{doing}: {hint}"),
+                    None => doing,
+                },
                 source,
             },
         }
     }
+
+    /// What to do about an S3 error that has no meaning of its own.
+    fn hint(&self, code: Option<&str>) -> String {
+        if code == Some("InvalidBucketName") {
+            format!(
+                "{:?} is not a valid S3 bucket name (3-63 lowercase letters, digits, dots and \
+                 hyphens); fix the bucket in [storage] url",
+                self.bucket
+            )
+        } else {
+            format!(
+                "check [storage] url and the S3 server's log at {}",
+                self.where_()
+            )
+        }
+    }
+}
+
+/// What an S3 request ended with, kept short: the S3 error code, the HTTP
+/// status and the server's message, or the connection failure. It stands
+/// as the source of our error instead of `object_store`'s error, whose text
+/// nests the same failure several times (request, retry and client layers).
+#[derive(Debug)]
+struct S3Failure {
+    code: Option<String>,
+    status: Option<u16>,
+    /// The server's `<Message>`, or the innermost cause.
+    detail: String,
+}
+
+/// Longest detail kept from a failure.
+const MAX_DETAIL: usize = 200;
+
+impl S3Failure {
+    fn of(e: &object_store::Error) -> S3Failure {
+        let text = chain(e);
+        let code = s3_code(&text).map(str::to_owned);
+        let status = http_status(&text);
+        let detail = match s3_message(&text) {
+            Some(m) => m.to_owned(),
+            None => {
+                let mut innermost: &(dyn std::error::Error + 'static) = e;
+                while let Some(next) = innermost.source() {
+                    innermost = next;
+                }
+                let cause = innermost.to_string();
+                match transport_kind(e) {
+                    Some(kind) => format!("{}: {cause}", transport_words(kind)),
+                    // Without a body the innermost text is object_store's
+                    // whole status line; the status says it.
+                    None if status.is_some() => String::new(),
+                    None => cause,
+                }
+            }
+        };
+        let mut detail = detail.trim().to_owned();
+        if detail.len() > MAX_DETAIL {
+            let mut cut = MAX_DETAIL;
+            while !detail.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            detail.truncate(cut);
+            detail.push('…');
+        }
+        S3Failure {
+            code,
+            status,
+            detail,
+        }
+    }
+
+    /// "S3 error CODE (HTTP STATUS)", or what is known of it.
+    fn answered(&self) -> Option<String> {
+        match (&self.code, self.status) {
+            (Some(c), Some(s)) => Some(format!("S3 error {c} (HTTP {s})")),
+            (Some(c), None) => Some(format!("S3 error {c}")),
+            (None, Some(s)) => Some(format!("HTTP {s}")),
+            (None, None) => None,
+        }
+    }
+}
+
+impl fmt::Display for S3Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.answered(), self.detail.is_empty()) {
+            (Some(answered), true) => f.write_str(&answered),
+            (Some(answered), false) => write!(f, "{answered}: {}", self.detail),
+            (None, false) => f.write_str(&self.detail),
+            (None, true) => f.write_str("the S3 request failed"),
+        }
+    }
+}
+
+impl std::error::Error for S3Failure {}
+
+fn transport_words(kind: HttpErrorKind) -> &'static str {
+    match kind {
+        HttpErrorKind::Connect => "could not connect",
+        HttpErrorKind::Timeout => "timed out",
+        HttpErrorKind::Interrupted => "the connection broke",
+        HttpErrorKind::Decode => "the answer could not be read",
+        _ => "the request failed",
+    }
+}
+
+/// The `<Message>` of an S3 XML error body quoted in an error message.
+fn s3_message(text: &str) -> Option<&str> {
+    let start = text.find("<Message>")? + "<Message>".len();
+    let len = text[start..].find("</Message>")?;
+    Some(text[start..start + len].trim()).filter(|m| !m.is_empty())
 }
 
 /// The I/O error a reader reports for a failed download: its kind carries the
