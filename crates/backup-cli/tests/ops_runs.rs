@@ -7,6 +7,62 @@ use std::time::Duration;
 
 use ops_support::{image_time, records, Ops};
 
+/// Every file and directory under `dir`, relative, sorted.
+fn tree(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let path = e.unwrap().path();
+            out.push(path.strip_prefix(dir).unwrap().display().to_string());
+            if path.is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn browsing_creates_and_removes_nothing_and_lists_empty_directories() {
+    let ops = Ops::new("");
+    ops.init();
+    let image = ops.create();
+    fs::create_dir_all(ops.store.join("site/empty")).unwrap();
+    let before = tree(&ops.store);
+
+    let top = ops.run(&["browse"]);
+    top.expect(0);
+    for wanted in ["site/", image.as_str(), "read yes, write yes"] {
+        assert!(top.stdout().contains(wanted), "{wanted}: {}", top.dump());
+    }
+    let site = ops.run(&["browse", "site/"]);
+    site.expect(0);
+    assert!(site.stdout().contains("site/empty/"), "{}", site.dump());
+    let empty = ops.run(&["browse", "site/empty"]);
+    empty.expect(0);
+    assert!(
+        empty.stdout().contains("read yes, write yes"),
+        "{}",
+        empty.dump()
+    );
+
+    let missing = ops.run(&["browse", "nowhere/"]);
+    missing.expect(0);
+    assert!(
+        missing.stdout().contains("missing: no such directory")
+            && !missing.stdout().contains("read yes"),
+        "{}",
+        missing.dump()
+    );
+    let json = ops.run(&["browse", "nowhere/", "--json"]).expect(0).json();
+    assert_eq!(json["access"]["exists"], false, "{json:#}");
+    assert_eq!(json["access"]["read"], false, "{json:#}");
+
+    assert_eq!(tree(&ops.store), before, "browsing changed the storage");
+}
+
 #[test]
 fn retention_keeps_the_newest_images_with_their_sidecars_and_logs() {
     let ops = Ops::new("[retention]\nkeep_last = 2\n");
