@@ -7,6 +7,73 @@ use std::time::Duration;
 
 use ops_support::{image_time, records, Ops};
 
+#[test]
+fn a_damaged_or_swapped_sidecar_never_blocks_an_intact_image() {
+    let ops = Ops::new("");
+    ops.init();
+    let image = ops.create();
+    let other = ops.create();
+    let sidecar = ops.store.join(format!("{image}.manifest"));
+    let good = fs::read(&sidecar).unwrap();
+    let other_sidecar = fs::read(ops.store.join(format!("{other}.manifest"))).unwrap();
+    let mut flipped = good.clone();
+    let middle = flipped.len() / 2;
+    for b in &mut flipped[middle..middle + 8] {
+        *b ^= 0x5a;
+    }
+    let mut bad_header = good.clone();
+    bad_header[20] ^= 0x01;
+    let damages: [(&str, Vec<u8>); 5] = [
+        ("bytes flipped", flipped),
+        ("header bit flipped", bad_header),
+        ("cut short", good[..good.len() - 100].to_vec()),
+        ("a few bytes left", good[..10].to_vec()),
+        ("another image's sidecar", other_sidecar),
+    ];
+    for (i, (damage, bytes)) in damages.into_iter().enumerate() {
+        fs::write(&sidecar, bytes).unwrap();
+        let shown = ops.run(&["show", &image]);
+        shown.expect(0);
+        assert!(
+            shown
+                .stdout()
+                .contains(&format!("image:           {image}")),
+            "{damage}: {}",
+            shown.dump()
+        );
+        assert!(
+            shown.stderr().contains("sidecar manifest")
+                && shown.stderr().contains("reading the image itself"),
+            "{damage}: no warning\n{}",
+            shown.dump()
+        );
+        let verified = ops.run(&["verify", &image]);
+        verified.expect(0);
+        let target = ops.dir().join(format!("restored-{i}"));
+        let restored = ops.run(&["restore", &image, "--target", target.to_str().unwrap()]);
+        restored.expect(0);
+        assert!(
+            fs::read_dir(&target).unwrap().next().is_some(),
+            "{damage}: nothing restored\n{}",
+            restored.dump()
+        );
+        let listed = ops.run(&["list"]);
+        listed.expect(0);
+        for out in [&shown, &verified, &restored, &listed] {
+            assert!(
+                !out.stdout().contains("truncated") && !out.stderr().contains("truncated"),
+                "{damage}: a good image called truncated\n{}",
+                out.dump()
+            );
+        }
+        assert!(
+            listed.stdout().contains("its sidecar manifest"),
+            "{damage}: {}",
+            listed.dump()
+        );
+    }
+}
+
 /// Every file and directory under `dir`, relative, sorted.
 fn tree(dir: &std::path::Path) -> Vec<String> {
     let mut out = Vec::new();
