@@ -7,6 +7,95 @@ use std::time::Duration;
 
 use ops_support::{image_time, records, Ops};
 
+/// The row of `list` that names `image`.
+fn list_row(ops: &Ops, image: &str) -> String {
+    let out = ops.run(&["list"]);
+    out.expect(0);
+    out.stdout()
+        .lines()
+        .find(|l| l.starts_with(image))
+        .unwrap_or_else(|| panic!("{image} not listed\n{}", out.dump()))
+        .to_string()
+}
+
+#[test]
+fn custom_backups_never_push_out_the_newest_full_image() {
+    let ops = Ops::new("");
+    let db = ops.dir().join("appliance/db");
+    let audit = ops.dir().join("appliance/audit");
+    for dir in [&db, &audit] {
+        fs::create_dir_all(dir).unwrap();
+        fs::write(dir.join("data"), "rows\n").unwrap();
+    }
+    ops.write_config(
+        &ops.config,
+        &format!(
+            "[retention]\nkeep_last = 2\n\n\
+             [[component]]\nname = \"db\"\nkind = \"files\"\npaths = [{db:?}]\n\n\
+             [[component]]\nname = \"audits\"\nkind = \"files\"\npaths = [{audit:?}]\ndefault = false\n",
+            db = db.display().to_string(),
+            audit = audit.display().to_string(),
+        ),
+    );
+    ops.init();
+    let full = ops.create();
+    let custom1 = ops.create_expect(&["-C", "config"], 0);
+    let custom2 = ops.create_expect(&["-C", "config"], 0);
+    assert_eq!(
+        ops.images(),
+        [full.clone(), custom1.clone(), custom2.clone()],
+        "two custom backups under keep_last = 2 must leave the full image"
+    );
+
+    // list and show name each image's selection.
+    assert!(
+        list_row(&ops, &full).ends_with("  standard"),
+        "{}",
+        list_row(&ops, &full)
+    );
+    assert!(list_row(&ops, &custom1).ends_with("  custom: config"));
+    let shown = ops.run(&["show", &custom2]);
+    shown.expect(0);
+    assert!(
+        shown
+            .stdout()
+            .lines()
+            .any(|l| l == "selection:       custom: config"),
+        "{}",
+        shown.dump()
+    );
+    let listed = ops.run(&["list", "--json"]).expect(0).json();
+    let entry = |name: &str| {
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(entry(&full)["selection"]["kind"], "standard");
+    assert_eq!(entry(&full)["coverage"], "full");
+    assert_eq!(entry(&custom1)["selection"]["components"][0], "config");
+    assert_eq!(entry(&custom1)["coverage"], "partial");
+
+    // A third custom backup: the oldest custom one goes, the full one stays.
+    let custom3 = ops.create_expect(&["-C", "config"], 0);
+    assert_eq!(
+        ops.images(),
+        [full.clone(), custom2.clone(), custom3.clone()]
+    );
+
+    // A custom backup of every standard component is a full one too, and an
+    // image with the audits is still a standard one.
+    let with_audits = ops.create_expect(&["--include-audits"], 0);
+    assert!(list_row(&ops, &with_audits).ends_with("  standard+audits"));
+    let both = ops.create_expect(&["-C", "config", "-C", "db"], 0);
+    assert_eq!(ops.images(), [with_audits.clone(), both.clone()]);
+    let custom4 = ops.create_expect(&["-C", "db"], 0);
+    assert_eq!(ops.images(), [both, custom4]);
+}
+
 #[test]
 fn a_damaged_or_swapped_sidecar_never_blocks_an_intact_image() {
     let ops = Ops::new("");

@@ -24,6 +24,7 @@ use crate::image::{
     PAYLOAD_FORMAT,
 };
 use crate::keys::{KeyFile, KeySource, Keys, NoPassphrase, PassphraseProvider};
+use crate::ops::retention::Coverage;
 use crate::progress::{Event, NoProgress, Progress};
 use crate::{Error, Result};
 
@@ -231,6 +232,39 @@ pub struct ImageSummary {
     pub sidecar: Option<Sidecar>,
     /// Why the sidecar could not be read.
     pub sidecar_error: Option<String>,
+    /// Which components it set out to hold (from the sidecar).
+    pub selection: Option<ImageSelection>,
+    /// How much of a standard backup it holds, as retention judges it.
+    pub coverage: Coverage,
+}
+
+/// Which components an image set out to hold, as `list` and `show` name it:
+/// `standard`, `standard+audits`, or `custom: NAME, …`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ImageSelection {
+    /// A standard backup: every applicable default component.
+    Standard {
+        /// With the audit components (`--include-audits`).
+        audits: bool,
+    },
+    /// A custom backup of these components.
+    Custom {
+        /// The components it set out to take, in archive order.
+        components: Vec<String>,
+    },
+}
+
+impl std::fmt::Display for ImageSelection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ImageSelection::Standard { audits: false } => f.write_str("standard"),
+            ImageSelection::Standard { audits: true } => f.write_str("standard+audits"),
+            ImageSelection::Custom { components } => {
+                write!(f, "custom: {}", components.join(", "))
+            }
+        }
+    }
 }
 
 /// Details of one image.
@@ -246,6 +280,8 @@ pub struct ImageDetails {
     pub manifest: Manifest,
     /// `sidecar` (read from the sidecar manifest) or `image` (read from the image itself).
     pub source: &'static str,
+    /// Which components it set out to hold.
+    pub selection: ImageSelection,
 }
 
 /// The result of a full verification.
@@ -771,6 +807,59 @@ impl Engine {
         Ok(None)
     }
 
+    /// The component names a standard backup takes now (`None` when no
+    /// standard backup could run: then no image counts as full).
+    fn standard_set(&self) -> Option<BTreeSet<String>> {
+        let (_, items, _) = self.plan(&CreateOptions::default()).ok()?;
+        Some(
+            items
+                .iter()
+                .map(|i| i.component.name().to_string())
+                .collect(),
+        )
+    }
+
+    /// Which components an image set out to hold.
+    pub(crate) fn selection_of(&self, info: &BackupInfo) -> ImageSelection {
+        match info.selection {
+            Selection::Standard => ImageSelection::Standard {
+                audits: info.components.iter().any(|c| self.is_audit(&c.name)),
+            },
+            Selection::Custom => ImageSelection::Custom {
+                components: info.components.iter().map(|c| c.name.clone()).collect(),
+            },
+        }
+    }
+
+    /// Whether `name` holds audit records: as registered, or (for a component
+    /// this appliance no longer has) by the configuration's default rule.
+    fn is_audit(&self, name: &str) -> bool {
+        match self.components.iter().find(|c| c.component.name() == name) {
+            Some(c) => c.options.audit,
+            None => name == "audits",
+        }
+    }
+
+    /// How much of a standard backup an image holds.
+    fn coverage_of(sidecar: &Sidecar, standard: Option<&BTreeSet<String>>) -> Coverage {
+        let captured = |name: &String| {
+            sidecar
+                .manifest
+                .components
+                .iter()
+                .any(|r| &r.name == name && r.outcome == Outcome::Success)
+        };
+        if standard.is_some_and(|set| set.iter().all(captured)) {
+            Coverage::Full
+        } else if sidecar.info.selection == Selection::Standard
+            && sidecar.manifest.outcome == Outcome::Success
+        {
+            Coverage::EarlierStandard
+        } else {
+            Coverage::Partial
+        }
+    }
+
     /// Lists the images in the storage (newest last) with their sidecars.
     pub async fn list(&self) -> Result<Vec<ImageSummary>> {
         let storage = self
@@ -778,27 +867,42 @@ impl Engine {
             .as_ref()
             .ok_or_else(|| Error::NoStorage("there is nothing to list".into()))?;
         let listing = storage.list(&self.config.storage.prefix, false).await?;
+        let standard = self.standard_set();
         let mut out = Vec::new();
         for obj in listing
             .objects
             .into_iter()
             .filter(|o| o.name.ends_with(IMAGE_EXT))
         {
-            let (sidecar, sidecar_error) = match self.read_sidecar(&obj.name).await {
-                Ok(SidecarRead::Found(s, _)) => (Some(*s), None),
-                Ok(SidecarRead::Missing) => (None, None),
-                Ok(SidecarRead::Unusable(why)) => {
-                    (None, Some(format!("its sidecar manifest {why}")))
+            let (sidecar, sidecar_error, coverage) = match self.read_sidecar(&obj.name).await {
+                Ok(SidecarRead::Found(s, size)) => {
+                    // A size other than the recorded one: the image is cut
+                    // short (or the sidecar is another's); not a full image.
+                    let coverage = if s.image_size == size {
+                        Self::coverage_of(&s, standard.as_ref())
+                    } else {
+                        Coverage::Unknown
+                    };
+                    (Some(*s), None, coverage)
                 }
-                Err(e) => (None, Some(e.to_string())),
+                Ok(SidecarRead::Missing) => (None, None, Coverage::Unknown),
+                Ok(SidecarRead::Unusable(why)) => (
+                    None,
+                    Some(format!("its sidecar manifest {why}")),
+                    Coverage::Unknown,
+                ),
+                Err(e) => (None, Some(e.to_string()), Coverage::Unknown),
             };
             let parsed = parse_image_name(&self.config.storage.prefix, &obj.name);
+            let selection = sidecar.as_ref().map(|s| self.selection_of(&s.info));
             out.push(ImageSummary {
                 name: obj.name,
                 size: obj.size,
                 parsed,
                 sidecar,
                 sidecar_error,
+                selection,
+                coverage,
             });
         }
         Ok(out)
@@ -886,6 +990,7 @@ impl Engine {
                 return Ok(ImageDetails {
                     image: name.clone(),
                     size: Some(s.image_size),
+                    selection: self.selection_of(&s.info),
                     info: s.info,
                     manifest: s.manifest,
                     source: "sidecar",
@@ -896,6 +1001,7 @@ impl Engine {
         Ok(ImageDetails {
             image: loc.shown(),
             size: Some(size),
+            selection: self.selection_of(&walked.info),
             info: walked.info,
             manifest: walked.manifest,
             source: "image",
