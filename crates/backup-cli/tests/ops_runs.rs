@@ -112,12 +112,20 @@ fn a_damaged_or_swapped_sidecar_never_blocks_an_intact_image() {
     }
     let mut bad_header = good.clone();
     bad_header[20] ^= 0x01;
-    let damages: [(&str, Vec<u8>); 5] = [
+    // Another appliance (another master key): opening its sidecar here
+    // would ask for a passphrase, which this run does not have.
+    let foreign = Ops::new("");
+    foreign.init();
+    let foreign_image = foreign.create();
+    let foreign_sidecar =
+        fs::read(foreign.store.join(format!("{foreign_image}.manifest"))).unwrap();
+    let damages: [(&str, Vec<u8>); 6] = [
         ("bytes flipped", flipped),
         ("header bit flipped", bad_header),
         ("cut short", good[..good.len() - 100].to_vec()),
         ("a few bytes left", good[..10].to_vec()),
         ("another image's sidecar", other_sidecar),
+        ("another appliance's sidecar", foreign_sidecar),
     ];
     for (i, (damage, bytes)) in damages.into_iter().enumerate() {
         fs::write(&sidecar, bytes).unwrap();
