@@ -30,10 +30,14 @@
 //!   false.
 //! - **Time**: connecting is bounded (10 s by default), so is waiting for any
 //!   response or body bytes (5 min by default, which a part upload must fit in).
-//!   `object_store`'s own retries are off by default: one retry layer
+//! - **Retries**: each request is retried by one layer only, so a failure is
+//!   tried a known number of times and reported once. Listing, reading,
+//!   HEAD and DELETE are retried by the shared layer
 //!   ([`crate::RetryStorage`], which [`crate::open_url`] puts around every
-//!   backend) retries [`Error::Transient`], so a failure is tried a known
-//!   number of times and reported once.
+//!   backend), and `object_store` does not retry them. Upload requests (the
+//!   single PUT, each part, the completion) cannot be replayed by the shared
+//!   layer, which never has the data again; `object_store`, which holds the
+//!   part in memory, retries those (3 times within one minute by default).
 //! - **Errors** say in one line what was being done to which object and what
 //!   to do; their source names the S3 error code, the HTTP status and the
 //!   server's own message (or the connection failure) instead of
@@ -126,7 +130,11 @@ pub struct S3Storage {
 
 /// What the storage and its uploads share.
 struct Shared {
+    /// For requests the shared retry layer retries: no retries of its own.
     store: AmazonS3,
+    /// For upload requests, which only the client can retry (it still holds
+    /// the data).
+    uploads: AmazonS3,
     bucket: String,
     /// Without leading or trailing `/`; empty for the whole bucket.
     prefix: String,
@@ -251,7 +259,7 @@ impl S3StorageBuilder {
             allow_http: None,
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(300),
-            max_retries: 0,
+            max_retries: 3,
         }
     }
 
@@ -366,9 +374,11 @@ impl S3StorageBuilder {
         self
     }
 
-    /// How many times the client itself retries a failed request, within one
-    /// minute of the first attempt (default 0: leave retrying to one layer,
-    /// [`crate::RetryStorage`]; retries here multiply with its attempts).
+    /// How many times the client itself retries a failed upload request (a
+    /// part, a single PUT, the completion), within one minute of the first
+    /// attempt (default 3). Other requests are never retried by the client:
+    /// the shared retry layer ([`crate::RetryStorage`]) retries those, and
+    /// retries in both would multiply.
     pub fn max_retries(mut self, retries: usize) -> S3StorageBuilder {
         self.max_retries = retries;
         self
@@ -444,9 +454,9 @@ impl S3StorageBuilder {
             // the wait for any response (reqwest starts it with the request).
             .with_timeout_disabled()
             .with_read_timeout(self.request_timeout);
-        let retry = RetryConfig {
+        let retry = |max_retries| RetryConfig {
             backoff: BackoffConfig::default(),
-            max_retries: self.max_retries,
+            max_retries,
             retry_timeout: Duration::from_secs(60),
         };
         let mut builder = AmazonS3Builder::new()
@@ -455,8 +465,7 @@ impl S3StorageBuilder {
             .with_access_key_id(&credentials.key_id)
             .with_secret_access_key(&credentials.secret)
             .with_allow_http(allow_http)
-            .with_client_options(client)
-            .with_retry(retry);
+            .with_client_options(client);
         if let Some(token) = &credentials.token {
             builder = builder.with_token(token);
         }
@@ -470,10 +479,18 @@ impl S3StorageBuilder {
             // which would not match the wildcard TLS certificate.
             None => builder.with_virtual_hosted_style_request(!bucket.contains('.')),
         };
-        let store = builder.build().map_err(|e| Error::Other {
-            what: format!("setting up the S3 client for {shown}"),
-            source: Some(Box::new(e)),
-        })?;
+        let build = |max_retries| {
+            builder
+                .clone()
+                .with_retry(retry(max_retries))
+                .build()
+                .map_err(|e| Error::Other {
+                    what: format!("setting up the S3 client for {shown}"),
+                    source: Some(Box::new(e)),
+                })
+        };
+        let store = build(0)?;
+        let uploads = build(self.max_retries)?;
         let location = Shown {
             bucket: &bucket,
             prefix: &prefix,
@@ -484,6 +501,7 @@ impl S3StorageBuilder {
         Ok(S3Storage {
             shared: Arc::new(Shared {
                 store,
+                uploads,
                 bucket,
                 prefix,
                 endpoint,
@@ -1472,7 +1490,7 @@ impl S3Upload {
         if self.multipart.is_none() {
             let upload = self
                 .shared
-                .store
+                .uploads
                 .put_multipart_opts(&self.path, PutMultipartOptions::default())
                 .await
                 .map_err(|e| self.shared.error(self.doing(), e))?;
@@ -1565,7 +1583,7 @@ impl S3Upload {
             };
             let result = self
                 .shared
-                .store
+                .uploads
                 .put_opts(&self.path, payload, mode.into())
                 .await;
             return result

@@ -692,6 +692,28 @@ async fn a_transient_s3_error_is_retried_by_one_layer_only() -> Result<()> {
     );
     ensure!(msg.matches("SlowDown").count() == 1, "{msg}");
     ensure!(msg.contains("HTTP 503") && msg.contains(&endpoint), "{msg}");
+
+    // An upload request cannot be replayed by the retry layer (the data is
+    // gone); the client, which still holds it, retries it 3 times instead.
+    let (endpoint, requests, server) = slow_down_server().await?;
+    let s3 = S3Storage::builder()
+        .bucket(BUCKET)
+        .endpoint(&endpoint)
+        .credentials(ACCESS_KEY, SECRET_KEY)
+        .build()?;
+    let store = with_retries(Arc::new(s3), 3);
+    let err = store
+        .put_bytes("gw.bkp", Bytes::from_static(b"x"), PutMode::Overwrite)
+        .await
+        .expect_err("always 503");
+    server.abort();
+    ensure!(err.is_transient(), "{err:?}");
+    ensure!(
+        requests.load(Ordering::SeqCst) == 4,
+        "{} requests for one PUT",
+        requests.load(Ordering::SeqCst)
+    );
+    ensure!(full_message(&err).len() < SHORT, "{err}");
     Ok(())
 }
 
