@@ -1226,7 +1226,7 @@ impl Storage for S3Storage {
         let path = self.key(name)?;
         if opts.mode == PutMode::Create {
             // Refuse before any byte is sent (and again at the end).
-            check_absent(&self.shared, name, &path).await?;
+            check_absent(&self.shared, &self.shared.store, name, &path).await?;
         }
         let part_size = part_size(opts.size_hint);
         Ok(Box::new(S3Upload {
@@ -1410,9 +1410,10 @@ impl Storage for S3Storage {
     }
 }
 
-/// `AlreadyExists` if `path` exists.
-async fn check_absent(shared: &Shared, name: &str, path: &Path) -> Result<()> {
-    match shared.store.head(path).await {
+/// `AlreadyExists` if `path` exists, asked through `client` (the one without
+/// retries where the caller's retry layer can retry, else the upload client).
+async fn check_absent(shared: &Shared, client: &AmazonS3, name: &str, path: &Path) -> Result<()> {
+    match client.head(path).await {
         Ok(_) => Err(Error::AlreadyExists {
             what: format!("object {name} in {}", shared.location),
         }),
@@ -1596,7 +1597,8 @@ impl S3Upload {
         }
         self.wait_in_flight().await?;
         if self.mode == PutMode::Create {
-            check_absent(&self.shared, &self.name, &self.path).await?;
+            // Inside the upload: nothing above retries this HEAD.
+            check_absent(&self.shared, &self.shared.uploads, &self.name, &self.path).await?;
         }
         let upload = self.multipart.as_mut().expect("multipart upload started");
         upload
