@@ -439,7 +439,7 @@ async fn list(cli: &Cli) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<48} {:<20} {:<10} {:<10} {:<8} {:>10}",
+        "{:<48} {:<20} {:<10} {:<10} {:<8} {:>10}  SELECTION",
         "IMAGE", "CREATED", "NODE", "ROLE", "OUTCOME", "SIZE"
     );
     for i in &images {
@@ -461,8 +461,13 @@ async fn list(cli: &Cli) -> anyhow::Result<ExitCode> {
             .as_ref()
             .map(|s| s.manifest.outcome.as_str())
             .unwrap_or("?");
+        let selection = i
+            .selection
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_else(|| "?".into());
         println!(
-            "{:<48} {:<20} {:<10} {:<10} {:<8} {:>10}",
+            "{:<48} {:<20} {:<10} {:<10} {:<8} {:>10}  {selection}",
             i.name,
             created,
             node,
@@ -491,7 +496,7 @@ fn print_details(d: &ImageDetails) {
     if let Some(c) = &d.info.cluster {
         println!("cluster:         {c}");
     }
-    println!("selection:       {:?}", d.info.selection);
+    println!("selection:       {}", d.selection);
     println!("compression:     {:?}", d.info.compression);
     println!("outcome:         {}", d.manifest.outcome);
     println!("components:");

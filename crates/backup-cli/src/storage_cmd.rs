@@ -74,10 +74,21 @@ pub(crate) async fn browse(engine: &Engine, path: &str, json: bool) -> anyhow::R
         }
         Browse::Level(v) => {
             println!("{} /{}", v.location, v.path);
+            let access = if v.access.exists == Some(false) {
+                "missing: no such directory".to_string()
+            } else {
+                format!(
+                    "read {}, write {}",
+                    if v.access.read { "yes" } else { "NO" },
+                    match v.access.write {
+                        Some(true) => "yes",
+                        Some(false) => "NO",
+                        None => "unknown",
+                    }
+                )
+            };
             println!(
-                "  access: read {}, write {}   space: {} used, {} free, {} total",
-                if v.access.read { "yes" } else { "NO" },
-                if v.access.write { "yes" } else { "NO" },
+                "  access: {access}   space: {} used, {} free, {} total",
                 space(v.used),
                 space(v.free),
                 space(v.total)

@@ -7,6 +7,226 @@ use std::time::Duration;
 
 use ops_support::{image_time, records, Ops};
 
+/// The row of `list` that names `image`.
+fn list_row(ops: &Ops, image: &str) -> String {
+    let out = ops.run(&["list"]);
+    out.expect(0);
+    out.stdout()
+        .lines()
+        .find(|l| l.starts_with(image))
+        .unwrap_or_else(|| panic!("{image} not listed\n{}", out.dump()))
+        .to_string()
+}
+
+#[test]
+fn custom_backups_never_push_out_the_newest_full_image() {
+    let ops = Ops::new("");
+    let db = ops.dir().join("appliance/db");
+    let audit = ops.dir().join("appliance/audit");
+    for dir in [&db, &audit] {
+        fs::create_dir_all(dir).unwrap();
+        fs::write(dir.join("data"), "rows\n").unwrap();
+    }
+    ops.write_config(
+        &ops.config,
+        &format!(
+            "[retention]\nkeep_last = 2\n\n\
+             [[component]]\nname = \"db\"\nkind = \"files\"\npaths = [{db:?}]\n\n\
+             [[component]]\nname = \"audits\"\nkind = \"files\"\npaths = [{audit:?}]\ndefault = false\n",
+            db = db.display().to_string(),
+            audit = audit.display().to_string(),
+        ),
+    );
+    ops.init();
+    let full = ops.create();
+    let custom1 = ops.create_expect(&["-C", "config"], 0);
+    let custom2 = ops.create_expect(&["-C", "config"], 0);
+    assert_eq!(
+        ops.images(),
+        [full.clone(), custom1.clone(), custom2.clone()],
+        "two custom backups under keep_last = 2 must leave the full image"
+    );
+
+    // list and show name each image's selection.
+    assert!(
+        list_row(&ops, &full).ends_with("  standard"),
+        "{}",
+        list_row(&ops, &full)
+    );
+    assert!(list_row(&ops, &custom1).ends_with("  custom: config"));
+    let shown = ops.run(&["show", &custom2]);
+    shown.expect(0);
+    assert!(
+        shown
+            .stdout()
+            .lines()
+            .any(|l| l == "selection:       custom: config"),
+        "{}",
+        shown.dump()
+    );
+    let listed = ops.run(&["list", "--json"]).expect(0).json();
+    let entry = |name: &str| {
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(entry(&full)["selection"]["kind"], "standard");
+    assert_eq!(entry(&full)["coverage"], "full");
+    assert_eq!(entry(&custom1)["selection"]["components"][0], "config");
+    assert_eq!(entry(&custom1)["coverage"], "partial");
+
+    // A third custom backup: the oldest custom one goes, the full one stays.
+    let custom3 = ops.create_expect(&["-C", "config"], 0);
+    assert_eq!(
+        ops.images(),
+        [full.clone(), custom2.clone(), custom3.clone()]
+    );
+
+    // A custom backup of every standard component is a full one too, and an
+    // image with the audits is still a standard one.
+    let with_audits = ops.create_expect(&["--include-audits"], 0);
+    assert!(list_row(&ops, &with_audits).ends_with("  standard+audits"));
+    let both = ops.create_expect(&["-C", "config", "-C", "db"], 0);
+    assert_eq!(ops.images(), [with_audits.clone(), both.clone()]);
+    let custom4 = ops.create_expect(&["-C", "db"], 0);
+    assert_eq!(ops.images(), [both, custom4]);
+}
+
+#[test]
+fn a_damaged_or_swapped_sidecar_never_blocks_an_intact_image() {
+    let ops = Ops::new("");
+    ops.init();
+    let image = ops.create();
+    let other = ops.create();
+    let sidecar = ops.store.join(format!("{image}.manifest"));
+    let good = fs::read(&sidecar).unwrap();
+    let other_sidecar = fs::read(ops.store.join(format!("{other}.manifest"))).unwrap();
+    let mut flipped = good.clone();
+    let middle = flipped.len() / 2;
+    for b in &mut flipped[middle..middle + 8] {
+        *b ^= 0x5a;
+    }
+    let mut bad_header = good.clone();
+    bad_header[20] ^= 0x01;
+    // Another appliance (another master key): opening its sidecar here
+    // would ask for a passphrase, which this run does not have.
+    let foreign = Ops::new("");
+    foreign.init();
+    let foreign_image = foreign.create();
+    let foreign_sidecar =
+        fs::read(foreign.store.join(format!("{foreign_image}.manifest"))).unwrap();
+    let damages: [(&str, Vec<u8>); 6] = [
+        ("bytes flipped", flipped),
+        ("header bit flipped", bad_header),
+        ("cut short", good[..good.len() - 100].to_vec()),
+        ("a few bytes left", good[..10].to_vec()),
+        ("another image's sidecar", other_sidecar),
+        ("another appliance's sidecar", foreign_sidecar),
+    ];
+    for (i, (damage, bytes)) in damages.into_iter().enumerate() {
+        fs::write(&sidecar, bytes).unwrap();
+        let shown = ops.run(&["show", &image]);
+        shown.expect(0);
+        assert!(
+            shown
+                .stdout()
+                .contains(&format!("image:           {image}")),
+            "{damage}: {}",
+            shown.dump()
+        );
+        assert!(
+            shown.stderr().contains("sidecar manifest")
+                && shown.stderr().contains("reading the image itself"),
+            "{damage}: no warning\n{}",
+            shown.dump()
+        );
+        let verified = ops.run(&["verify", &image]);
+        verified.expect(0);
+        let target = ops.dir().join(format!("restored-{i}"));
+        let restored = ops.run(&["restore", &image, "--target", target.to_str().unwrap()]);
+        restored.expect(0);
+        assert!(
+            fs::read_dir(&target).unwrap().next().is_some(),
+            "{damage}: nothing restored\n{}",
+            restored.dump()
+        );
+        let listed = ops.run(&["list"]);
+        listed.expect(0);
+        for out in [&shown, &verified, &restored, &listed] {
+            assert!(
+                !out.stdout().contains("truncated") && !out.stderr().contains("truncated"),
+                "{damage}: a good image called truncated\n{}",
+                out.dump()
+            );
+        }
+        assert!(
+            listed.stdout().contains("its sidecar manifest"),
+            "{damage}: {}",
+            listed.dump()
+        );
+    }
+}
+
+/// Every file and directory under `dir`, relative, sorted.
+fn tree(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let path = e.unwrap().path();
+            out.push(path.strip_prefix(dir).unwrap().display().to_string());
+            if path.is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn browsing_creates_and_removes_nothing_and_lists_empty_directories() {
+    let ops = Ops::new("");
+    ops.init();
+    let image = ops.create();
+    fs::create_dir_all(ops.store.join("site/empty")).unwrap();
+    let before = tree(&ops.store);
+
+    let top = ops.run(&["browse"]);
+    top.expect(0);
+    for wanted in ["site/", image.as_str(), "read yes, write yes"] {
+        assert!(top.stdout().contains(wanted), "{wanted}: {}", top.dump());
+    }
+    let site = ops.run(&["browse", "site/"]);
+    site.expect(0);
+    assert!(site.stdout().contains("site/empty/"), "{}", site.dump());
+    let empty = ops.run(&["browse", "site/empty"]);
+    empty.expect(0);
+    assert!(
+        empty.stdout().contains("read yes, write yes"),
+        "{}",
+        empty.dump()
+    );
+
+    let missing = ops.run(&["browse", "nowhere/"]);
+    missing.expect(0);
+    assert!(
+        missing.stdout().contains("missing: no such directory")
+            && !missing.stdout().contains("read yes"),
+        "{}",
+        missing.dump()
+    );
+    let json = ops.run(&["browse", "nowhere/", "--json"]).expect(0).json();
+    assert_eq!(json["access"]["exists"], false, "{json:#}");
+    assert_eq!(json["access"]["read"], false, "{json:#}");
+
+    assert_eq!(tree(&ops.store), before, "browsing changed the storage");
+}
+
 #[test]
 fn retention_keeps_the_newest_images_with_their_sidecars_and_logs() {
     let ops = Ops::new("[retention]\nkeep_last = 2\n");

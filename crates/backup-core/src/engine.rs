@@ -4,7 +4,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use backup_crypto::{EncryptWriter, ImageReader, Keyslot, MasterKey};
+use backup_crypto::{EncryptWriter, Header, ImageReader, Keyslot, MasterKey, HEADER_LEN};
 use backup_storage::{LocalStorage, PutMode, PutOptions, Storage, StorageExt};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -24,6 +24,7 @@ use crate::image::{
     PAYLOAD_FORMAT,
 };
 use crate::keys::{KeyFile, KeySource, Keys, NoPassphrase, PassphraseProvider};
+use crate::ops::retention::Coverage;
 use crate::progress::{Event, NoProgress, Progress};
 use crate::{Error, Result};
 
@@ -231,6 +232,39 @@ pub struct ImageSummary {
     pub sidecar: Option<Sidecar>,
     /// Why the sidecar could not be read.
     pub sidecar_error: Option<String>,
+    /// Which components it set out to hold (from the sidecar).
+    pub selection: Option<ImageSelection>,
+    /// How much of a standard backup it holds, as retention judges it.
+    pub coverage: Coverage,
+}
+
+/// Which components an image set out to hold, as `list` and `show` name it:
+/// `standard`, `standard+audits`, or `custom: NAME, …`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ImageSelection {
+    /// A standard backup: every applicable default component.
+    Standard {
+        /// With the audit components (`--include-audits`).
+        audits: bool,
+    },
+    /// A custom backup of these components.
+    Custom {
+        /// The components it set out to take, in archive order.
+        components: Vec<String>,
+    },
+}
+
+impl std::fmt::Display for ImageSelection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ImageSelection::Standard { audits: false } => f.write_str("standard"),
+            ImageSelection::Standard { audits: true } => f.write_str("standard+audits"),
+            ImageSelection::Custom { components } => {
+                write!(f, "custom: {}", components.join(", "))
+            }
+        }
+    }
 }
 
 /// Details of one image.
@@ -246,6 +280,8 @@ pub struct ImageDetails {
     pub manifest: Manifest,
     /// `sidecar` (read from the sidecar manifest) or `image` (read from the image itself).
     pub source: &'static str,
+    /// Which components it set out to hold.
+    pub selection: ImageSelection,
 }
 
 /// The result of a full verification.
@@ -673,37 +709,162 @@ impl Engine {
         Ok(())
     }
 
-    /// Reads and decrypts an image's sidecar manifest (`None` if it has none).
-    pub(crate) async fn sidecar(&self, name: &str) -> Result<Option<Sidecar>> {
+    /// Reads an image's sidecar manifest and checks it against the image
+    /// itself: the same key id in both headers (checked before anything is
+    /// decrypted, so a foreign sidecar never asks for a passphrase), and the
+    /// image's name inside. The image's size is returned with it; whether a
+    /// size that differs from the recorded one disqualifies the sidecar is
+    /// the caller's call. Fails only where reading the image would fail too
+    /// (storage errors, a passphrase that is needed and not given).
+    async fn read_sidecar(&self, name: &str) -> Result<SidecarRead> {
         let Some(storage) = &self.storage else {
-            return Ok(None);
+            return Ok(SidecarRead::Missing);
         };
         let sealed = match storage.get_bytes(&sidecar_name(name), MAX_SIDECAR).await {
             Ok(b) => b,
-            Err(backup_storage::Error::NotFound { .. }) => return Ok(None),
+            Err(backup_storage::Error::NotFound { .. }) => return Ok(SidecarRead::Missing),
             Err(e) => return Err(e.into()),
         };
+        let (image_size, image_header) = self.image_header(name).await?;
         let keys = self.keys.clone();
         let what = format!("the manifest of {name}");
-        let sidecar = tokio::task::spawn_blocking(move || -> Result<Sidecar> {
-            let reader = ImageReader::new(&sealed[..])?;
+        let opened = tokio::task::spawn_blocking(move || -> Result<SidecarRead> {
+            let reader = match ImageReader::new(&sealed[..]) {
+                Ok(r) => r,
+                Err(e) => return Ok(SidecarRead::Unusable(sidecar_damage(&Error::Crypto(e)))),
+            };
+            if let Some(image) = image_header {
+                let (ours, theirs) = (reader.header().key_id(), image.key_id());
+                if ours != theirs {
+                    return Ok(SidecarRead::Unusable(format!(
+                        "was sealed under another master key (key id {ours}) than the image \
+                         (key id {theirs}): it belongs to another image"
+                    )));
+                }
+            }
             let mut plain = Vec::new();
-            keys.unlock(reader, &what)?
-                .read_to_end(&mut plain)
-                .map_err(|e| Error::from_pipeline_io("reading the sidecar manifest", e))?;
-            serde_json::from_slice(&plain).map_err(|e| {
-                Error::InvalidImage(format!("the sidecar manifest of {what} is not valid: {e}"))
+            let read = keys.unlock(reader, &what).and_then(|mut r| {
+                r.read_to_end(&mut plain)
+                    .map_err(|e| Error::from_pipeline_io("reading the sidecar manifest", e))
+            });
+            match read {
+                Ok(_) => {}
+                Err(e @ (Error::PassphraseRequired(_) | Error::Storage(_))) => return Err(e),
+                Err(e @ Error::Crypto(backup_crypto::Error::WrongPassphrase)) => return Err(e),
+                Err(e) => return Ok(SidecarRead::Unusable(sidecar_damage(&e))),
+            }
+            Ok(match serde_json::from_slice::<Sidecar>(&plain) {
+                Ok(sidecar) => SidecarRead::Found(Box::new(sidecar), image_size),
+                Err(e) => SidecarRead::Unusable(format!("does not hold a valid manifest ({e})")),
             })
         })
         .await
         .map_err(join_error)??;
-        if sidecar.image != name.rsplit('/').next().unwrap_or(name) && sidecar.image != name {
-            return Err(Error::InvalidImage(format!(
-                "the sidecar manifest of {name} describes another image ({})",
-                sidecar.image
-            )));
+        Ok(match opened {
+            SidecarRead::Found(sidecar, _)
+                if sidecar.image != name.rsplit('/').next().unwrap_or(name)
+                    && sidecar.image != name =>
+            {
+                SidecarRead::Unusable(format!("describes another image ({})", sidecar.image))
+            }
+            other => other,
+        })
+    }
+
+    /// The size of an image and its encryption header (`None` when the
+    /// header does not parse: reading the image reports that, truthfully).
+    async fn image_header(&self, name: &str) -> Result<(u64, Option<Header>)> {
+        let storage = self.storage.as_ref().expect("stored images need a storage");
+        let got = storage.get_opts(name, Some(0..HEADER_LEN as u64)).await?;
+        let size = got.meta.size;
+        let mut bytes = Vec::with_capacity(HEADER_LEN);
+        let mut reader = got.reader;
+        tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut bytes)
+            .await
+            .map_err(|e| {
+                Error::Storage(backup_storage::Error::from_io(
+                    format!("reading the header of {name}"),
+                    e,
+                ))
+            })?;
+        Ok((size, Header::parse(&bytes).ok()))
+    }
+
+    /// An image's sidecar manifest used as what it is, an index: `None` when
+    /// the image has none, and also when the sidecar does not open or does
+    /// not match the image (key id, name, size), after a warning saying so,
+    /// so that the caller reads the image itself instead.
+    pub(crate) async fn sidecar(&self, name: &str) -> Result<Option<Sidecar>> {
+        let why = match self.read_sidecar(name).await? {
+            SidecarRead::Missing => return Ok(None),
+            SidecarRead::Found(s, size) if s.image_size == size => return Ok(Some(*s)),
+            SidecarRead::Found(s, size) => format!(
+                "records {} bytes for the image, which has {size}",
+                s.image_size
+            ),
+            SidecarRead::Unusable(why) => why,
+        };
+        self.progress.event(&Event::Warning {
+            component: None,
+            message: format!(
+                "the sidecar manifest {} {why}; reading the image itself instead",
+                sidecar_name(name)
+            ),
+        });
+        Ok(None)
+    }
+
+    /// The component names a standard backup takes now (`None` when no
+    /// standard backup could run: then no image counts as full).
+    fn standard_set(&self) -> Option<BTreeSet<String>> {
+        let (_, items, _) = self.plan(&CreateOptions::default()).ok()?;
+        Some(
+            items
+                .iter()
+                .map(|i| i.component.name().to_string())
+                .collect(),
+        )
+    }
+
+    /// Which components an image set out to hold.
+    pub(crate) fn selection_of(&self, info: &BackupInfo) -> ImageSelection {
+        match info.selection {
+            Selection::Standard => ImageSelection::Standard {
+                audits: info.components.iter().any(|c| self.is_audit(&c.name)),
+            },
+            Selection::Custom => ImageSelection::Custom {
+                components: info.components.iter().map(|c| c.name.clone()).collect(),
+            },
         }
-        Ok(Some(sidecar))
+    }
+
+    /// Whether `name` holds audit records: as registered, or (for a component
+    /// this appliance no longer has) by the configuration's default rule.
+    fn is_audit(&self, name: &str) -> bool {
+        match self.components.iter().find(|c| c.component.name() == name) {
+            Some(c) => c.options.audit,
+            None => name == "audits",
+        }
+    }
+
+    /// How much of a standard backup an image holds.
+    fn coverage_of(sidecar: &Sidecar, standard: Option<&BTreeSet<String>>) -> Coverage {
+        let captured = |name: &String| {
+            sidecar
+                .manifest
+                .components
+                .iter()
+                .any(|r| &r.name == name && r.outcome == Outcome::Success)
+        };
+        if standard.is_some_and(|set| set.iter().all(captured)) {
+            Coverage::Full
+        } else if sidecar.info.selection == Selection::Standard
+            && sidecar.manifest.outcome == Outcome::Success
+        {
+            Coverage::EarlierStandard
+        } else {
+            Coverage::Partial
+        }
     }
 
     /// Lists the images in the storage (newest last) with their sidecars.
@@ -713,23 +874,42 @@ impl Engine {
             .as_ref()
             .ok_or_else(|| Error::NoStorage("there is nothing to list".into()))?;
         let listing = storage.list(&self.config.storage.prefix, false).await?;
+        let standard = self.standard_set();
         let mut out = Vec::new();
         for obj in listing
             .objects
             .into_iter()
             .filter(|o| o.name.ends_with(IMAGE_EXT))
         {
-            let (sidecar, sidecar_error) = match self.sidecar(&obj.name).await {
-                Ok(s) => (s, None),
-                Err(e) => (None, Some(e.to_string())),
+            let (sidecar, sidecar_error, coverage) = match self.read_sidecar(&obj.name).await {
+                Ok(SidecarRead::Found(s, size)) => {
+                    // A size other than the recorded one: the image is cut
+                    // short (or the sidecar is another's); not a full image.
+                    let coverage = if s.image_size == size {
+                        Self::coverage_of(&s, standard.as_ref())
+                    } else {
+                        Coverage::Unknown
+                    };
+                    (Some(*s), None, coverage)
+                }
+                Ok(SidecarRead::Missing) => (None, None, Coverage::Unknown),
+                Ok(SidecarRead::Unusable(why)) => (
+                    None,
+                    Some(format!("its sidecar manifest {why}")),
+                    Coverage::Unknown,
+                ),
+                Err(e) => (None, Some(e.to_string()), Coverage::Unknown),
             };
             let parsed = parse_image_name(&self.config.storage.prefix, &obj.name);
+            let selection = sidecar.as_ref().map(|s| self.selection_of(&s.info));
             out.push(ImageSummary {
                 name: obj.name,
                 size: obj.size,
                 parsed,
                 sidecar,
                 sidecar_error,
+                selection,
+                coverage,
             });
         }
         Ok(out)
@@ -817,6 +997,7 @@ impl Engine {
                 return Ok(ImageDetails {
                     image: name.clone(),
                     size: Some(s.image_size),
+                    selection: self.selection_of(&s.info),
                     info: s.info,
                     manifest: s.manifest,
                     source: "sidecar",
@@ -827,6 +1008,7 @@ impl Engine {
         Ok(ImageDetails {
             image: loc.shown(),
             size: Some(size),
+            selection: self.selection_of(&walked.info),
             info: walked.info,
             manifest: walked.manifest,
             source: "image",
@@ -843,10 +1025,17 @@ impl Engine {
         let (walked, size, _) = self.walk_image(&loc, NullVisitor).await?;
         if let ImageLoc::Stored(name) = &loc {
             if let Some(s) = self.sidecar(name).await? {
+                // The image is what restores; a wrong index is worth a
+                // warning, not a failed verification.
                 if s.manifest != walked.manifest || s.info != walked.info {
-                    return Err(Error::InvalidImage(format!(
-                        "the sidecar manifest of {name} does not match the image's own manifest"
-                    )));
+                    self.progress.event(&Event::Warning {
+                        component: None,
+                        message: format!(
+                            "the sidecar manifest {} does not match the image's own manifest; \
+                             the image verified, list and show may describe it wrongly",
+                            sidecar_name(name)
+                        ),
+                    });
                 }
             }
         }
@@ -910,6 +1099,34 @@ impl Engine {
         )
         .await?;
         Ok(size)
+    }
+}
+
+/// What reading a sidecar manifest found.
+enum SidecarRead {
+    /// The image has none.
+    Missing,
+    /// It opened and names the image; with the image's actual size.
+    Found(Box<Sidecar>, u64),
+    /// It cannot serve as the image's index (a clause saying why).
+    Unusable(String),
+}
+
+/// Why a sidecar did not open, said of the sidecar (the crypto errors speak
+/// of "the image", which here is fine).
+fn sidecar_damage(e: &Error) -> String {
+    use backup_crypto::Error as C;
+    match e {
+        Error::Crypto(C::Truncated) => "is damaged: it is cut short".into(),
+        Error::Crypto(C::DecryptionFailed) => {
+            "is damaged: it fails authentication (modified or corrupted)".into()
+        }
+        Error::Crypto(C::HeaderCorrupted) => "is damaged: its header is corrupted".into(),
+        Error::Crypto(C::UnsupportedFormat(why)) => format!("is not a sidecar manifest ({why})"),
+        Error::Crypto(C::KeyMismatch { image, ours }) => {
+            format!("was sealed under another master key (key id {image}, ours {ours})")
+        }
+        other => format!("does not open ({other})"),
     }
 }
 

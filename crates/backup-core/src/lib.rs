@@ -51,7 +51,7 @@ pub use config::{
 pub use daemon::{DaemonInfo, DAEMON_FILE};
 pub use engine::{
     ComponentOptions, CreateOptions, CreateReport, Engine, EngineBuilder, ImageDetails,
-    ImageSummary, VerifyReport,
+    ImageSelection, ImageSummary, VerifyReport,
 };
 pub use error::{Error, Result};
 pub use image::Outcome;

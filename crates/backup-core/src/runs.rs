@@ -587,6 +587,7 @@ impl Engine {
                     name: i.name.clone(),
                     created,
                     outcome: i.sidecar.map(|s| s.manifest.outcome),
+                    coverage: i.coverage,
                 })
             })
             .collect();

@@ -6,8 +6,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use backup_storage::{
-    Capabilities, Capacity, GetResult, ListResult, ObjectMeta, PutMode, PutOptions, Storage,
-    StorageExt, Upload,
+    Capabilities, Capacity, GetResult, ListResult, ObjectMeta, PutOptions, Storage, Upload,
 };
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -18,13 +17,17 @@ use crate::engine::{Engine, ImageDetails, ImageLoc};
 use crate::image::{parse_image_name, Sidecar, IMAGE_EXT, SIDECAR_SUFFIX};
 use crate::{Error, Result};
 
-/// Access to a storage location, as probed.
+/// Access to a storage location, found without writing anything.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Access {
-    /// Listing worked.
+    /// The location exists (`None`: the backend cannot tell, as on object
+    /// stores, where a prefix exists only while objects lie under it).
+    pub exists: Option<bool>,
+    /// Listing worked (false for a location that does not exist).
     pub read: bool,
-    /// A probe object could be written and deleted.
-    pub write: bool,
+    /// Objects may be created here, as the backend judges from permissions
+    /// (`None`: it cannot tell without writing, which browsing never does).
+    pub write: Option<bool>,
 }
 
 /// One directory level of the storage, as `backup browse` shows it.
@@ -42,7 +45,7 @@ pub struct BrowseView {
     pub images: Vec<BrowseImage>,
     /// Other objects (sidecars excluded).
     pub others: Vec<String>,
-    /// Permissions, probed.
+    /// Existence and permissions.
     pub access: Access,
     /// Total bytes, where the backend knows it.
     pub total: Option<u64>,
@@ -149,21 +152,33 @@ impl Engine {
         } else {
             format!("{path}/")
         };
+        // Browsing only looks: no probe object is written, so nothing is
+        // created, and no directory emptied by deleting a probe disappears.
         let listing: std::result::Result<ListResult, _> = storage.list(&prefix, true).await;
-        let read = listing.is_ok();
-        let listing = match listing {
+        let listed = listing.is_ok();
+        let mut listing = match listing {
             Ok(l) => l,
             Err(backup_storage::Error::NotFound { .. }) => ListResult::default(),
             Err(e) => return Err(e.into()),
         };
-        let probe = format!("{prefix}.backup-probe-{}", crate::util::random_tag());
-        let write = storage
-            .put_bytes(&probe, Bytes::from_static(b"probe"), PutMode::Create)
-            .await
-            .is_ok();
-        if write {
-            let _ = storage.delete(&probe).await;
+        let dir = storage.inspect_dir(&prefix).await?;
+        let holds_objects = !listing.objects.is_empty() || !listing.prefixes.is_empty();
+        let exists = if holds_objects {
+            Some(true)
+        } else {
+            dir.exists
+        };
+        for sub in dir.subdirs {
+            if !listing.prefixes.contains(&sub) {
+                listing.prefixes.push(sub);
+            }
         }
+        listing.prefixes.sort();
+        let access = Access {
+            exists,
+            read: listed && exists != Some(false),
+            write: dir.writable,
+        };
         let capacity = storage.capacity().await.unwrap_or_default();
         let mut images = Vec::new();
         let mut others = Vec::new();
@@ -193,7 +208,7 @@ impl Engine {
             dirs: listing.prefixes,
             images,
             others,
-            access: Access { read, write },
+            access,
             total: capacity.total,
             used: capacity.used,
             free: capacity.free,

@@ -49,8 +49,8 @@ pub use retry::{RetryPolicy, RetryStorage};
 #[cfg(feature = "s3")]
 pub use s3::{S3Storage, S3StorageBuilder};
 pub use types::{
-    resolve_range, ByteReader, Capabilities, Capacity, GetResult, ListResult, ObjectMeta, PutMode,
-    PutOptions, Storage, Upload,
+    resolve_range, ByteReader, Capabilities, Capacity, DirInfo, GetResult, ListResult, ObjectMeta,
+    PutMode, PutOptions, Storage, Upload,
 };
 pub use writeback::{FlushScope, Writeback, WRITEBACK_INTERVAL};
 

@@ -13,8 +13,8 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use crate::names::{is_valid_name, is_valid_segment, temp_name};
 use crate::open::file_url;
 use crate::{
-    resolve_range, Capabilities, Capacity, Error, FlushScope, GetResult, ListResult, ObjectMeta,
-    PutMode, PutOptions, Result, Storage, Upload, Writeback,
+    resolve_range, Capabilities, Capacity, DirInfo, Error, FlushScope, GetResult, ListResult,
+    ObjectMeta, PutMode, PutOptions, Result, Storage, Upload, Writeback,
 };
 
 /// A local directory (`file:///path`). Uploads go to a hidden temporary name,
@@ -332,6 +332,81 @@ impl Storage for LocalStorage {
                 total: Some(st.f_blocks * st.f_frsize),
                 used: Some(st.f_blocks.saturating_sub(st.f_bfree) * st.f_frsize),
                 free: Some(st.f_bavail * st.f_frsize),
+            })
+        })
+        .await
+    }
+
+    async fn inspect_dir(&self, prefix: &str) -> Result<DirInfo> {
+        let dir = match prefix.strip_suffix('/') {
+            None if prefix.is_empty() => self.root.clone(),
+            Some(d) if is_valid_name(d) => self.root.join(d),
+            _ => {
+                return Err(Error::Other {
+                    what: format!(
+                        "invalid directory {prefix:?}: give a relative, '/'-separated path ending in '/'"
+                    ),
+                    source: None,
+                })
+            }
+        };
+        let (prefix, location) = (prefix.to_owned(), self.to_string());
+        blocking(move || {
+            let meta = match fs::symlink_metadata(&dir) {
+                Ok(meta) => meta,
+                Err(e)
+                    if e.kind() == io::ErrorKind::NotFound
+                        || e.raw_os_error() == Some(libc::ENOTDIR) =>
+                {
+                    return Ok(DirInfo {
+                        exists: Some(false),
+                        ..DirInfo::default()
+                    })
+                }
+                Err(e) => {
+                    return Err(Error::from_io(
+                        format!("inspecting {prefix} in {location}"),
+                        e,
+                    ))
+                }
+            };
+            if !meta.is_dir() {
+                return Ok(DirInfo {
+                    exists: Some(false),
+                    ..DirInfo::default()
+                });
+            }
+            // access(2) answers for this process (root included) and knows
+            // read-only mounts; creating an object needs write and search.
+            let writable = match rustix::fs::access(
+                &dir,
+                rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK,
+            ) {
+                Ok(()) => Some(true),
+                Err(
+                    rustix::io::Errno::ACCESS | rustix::io::Errno::ROFS | rustix::io::Errno::PERM,
+                ) => Some(false),
+                Err(_) => None,
+            };
+            let mut subdirs = Vec::new();
+            for entry in fs::read_dir(&dir)
+                .map_err(|e| Error::from_io(format!("listing {prefix} in {location}"), e))?
+            {
+                let Ok(entry) = entry else { continue };
+                let Ok(name) = entry.file_name().into_string() else {
+                    continue;
+                };
+                // Symlinked directories are not followed, as in `list`.
+                let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+                if is_dir && is_valid_segment(&name) && !name.contains('\\') {
+                    subdirs.push(format!("{prefix}{name}/"));
+                }
+            }
+            subdirs.sort();
+            Ok(DirInfo {
+                exists: Some(true),
+                writable,
+                subdirs,
             })
         })
         .await

@@ -15,8 +15,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::{
-    Capabilities, Capacity, Error, GetResult, ListResult, LocalStorage, ObjectMeta, PutOptions,
-    Result, Storage, Upload,
+    Capabilities, Capacity, DirInfo, Error, GetResult, ListResult, LocalStorage, ObjectMeta,
+    PutOptions, Result, Storage, Upload,
 };
 
 /// What the mount check found.
@@ -222,6 +222,9 @@ impl Storage for NfsStorage {
     }
     async fn write_at(&self, name: &str, offset: u64, data: Bytes) -> Result<()> {
         self.local.write_at(name, offset, data).await
+    }
+    async fn inspect_dir(&self, prefix: &str) -> Result<DirInfo> {
+        self.local.inspect_dir(prefix).await
     }
 }
 

@@ -19,8 +19,8 @@ use async_trait::async_trait;
 use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::{
-    Capabilities, Capacity, Error, GetResult, ListResult, ObjectMeta, PutOptions, Result, Storage,
-    Upload,
+    Capabilities, Capacity, DirInfo, Error, GetResult, ListResult, ObjectMeta, PutOptions, Result,
+    Storage, Upload,
 };
 
 /// How often and how patiently to retry.
@@ -157,6 +157,12 @@ impl Storage for RetryStorage {
 
     async fn capacity(&self) -> Result<Capacity> {
         self.policy.run("capacity", || self.inner.capacity()).await
+    }
+
+    async fn inspect_dir(&self, prefix: &str) -> Result<DirInfo> {
+        self.policy
+            .run("inspect", || self.inner.inspect_dir(prefix))
+            .await
     }
 
     async fn presign_get(&self, name: &str, expires: Duration) -> Result<String> {

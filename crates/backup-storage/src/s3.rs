@@ -29,9 +29,19 @@
 //!   effort for large objects, and [`Capabilities::conditional_create`] is
 //!   false.
 //! - **Time**: connecting is bounded (10 s by default), so is waiting for any
-//!   response or body bytes (5 min by default, which a part upload must fit in);
-//!   `object_store` retries a few times within one minute; callers add their
-//!   own retry on [`Error::Transient`].
+//!   response or body bytes (5 min by default, which a part upload must fit in).
+//! - **Retries**: each request is retried by one layer only, so a failure is
+//!   tried a known number of times and reported once. Listing, reading,
+//!   HEAD and DELETE are retried by the shared layer
+//!   ([`crate::RetryStorage`], which [`crate::open_url`] puts around every
+//!   backend), and `object_store` does not retry them. Upload requests (the
+//!   single PUT, each part, the completion) cannot be replayed by the shared
+//!   layer, which never has the data again; `object_store`, which holds the
+//!   part in memory, retries those (3 times within one minute by default).
+//! - **Errors** say in one line what was being done to which object and what
+//!   to do; their source names the S3 error code, the HTTP status and the
+//!   server's own message (or the connection failure) instead of
+//!   `object_store`'s nested chain, which is logged at debug level.
 
 use std::fmt;
 use std::io;
@@ -120,7 +130,11 @@ pub struct S3Storage {
 
 /// What the storage and its uploads share.
 struct Shared {
+    /// For requests the shared retry layer retries: no retries of its own.
     store: AmazonS3,
+    /// For upload requests, which only the client can retry (it still holds
+    /// the data).
+    uploads: AmazonS3,
     bucket: String,
     /// Without leading or trailing `/`; empty for the whole bucket.
     prefix: String,
@@ -360,8 +374,11 @@ impl S3StorageBuilder {
         self
     }
 
-    /// How many times the client itself retries a failed request (default 3,
-    /// all within one minute of the first attempt).
+    /// How many times the client itself retries a failed upload request (a
+    /// part, a single PUT, the completion), within one minute of the first
+    /// attempt (default 3). Other requests are never retried by the client:
+    /// the shared retry layer ([`crate::RetryStorage`]) retries those, and
+    /// retries in both would multiply.
     pub fn max_retries(mut self, retries: usize) -> S3StorageBuilder {
         self.max_retries = retries;
         self
@@ -437,9 +454,9 @@ impl S3StorageBuilder {
             // the wait for any response (reqwest starts it with the request).
             .with_timeout_disabled()
             .with_read_timeout(self.request_timeout);
-        let retry = RetryConfig {
+        let retry = |max_retries| RetryConfig {
             backoff: BackoffConfig::default(),
-            max_retries: self.max_retries,
+            max_retries,
             retry_timeout: Duration::from_secs(60),
         };
         let mut builder = AmazonS3Builder::new()
@@ -448,8 +465,7 @@ impl S3StorageBuilder {
             .with_access_key_id(&credentials.key_id)
             .with_secret_access_key(&credentials.secret)
             .with_allow_http(allow_http)
-            .with_client_options(client)
-            .with_retry(retry);
+            .with_client_options(client);
         if let Some(token) = &credentials.token {
             builder = builder.with_token(token);
         }
@@ -463,10 +479,18 @@ impl S3StorageBuilder {
             // which would not match the wildcard TLS certificate.
             None => builder.with_virtual_hosted_style_request(!bucket.contains('.')),
         };
-        let store = builder.build().map_err(|e| Error::Other {
-            what: format!("setting up the S3 client for {shown}"),
-            source: Some(Box::new(e)),
-        })?;
+        let build = |max_retries| {
+            builder
+                .clone()
+                .with_retry(retry(max_retries))
+                .build()
+                .map_err(|e| Error::Other {
+                    what: format!("setting up the S3 client for {shown}"),
+                    source: Some(Box::new(e)),
+                })
+        };
+        let store = build(0)?;
+        let uploads = build(self.max_retries)?;
         let location = Shown {
             bucket: &bucket,
             prefix: &prefix,
@@ -477,6 +501,7 @@ impl S3StorageBuilder {
         Ok(S3Storage {
             shared: Arc::new(Shared {
                 store,
+                uploads,
                 bucket,
                 prefix,
                 endpoint,
@@ -981,7 +1006,13 @@ impl Shared {
     /// object and this storage); the message says what the operator can do.
     fn error(&self, doing: String, e: object_store::Error) -> Error {
         let meaning = Meaning::of(&e);
-        let source = Some(Box::new(e) as crate::BoxError);
+        let failure = S3Failure::of(&e);
+        tracing::debug!(operation = %doing, error = %chain(&e), "S3 request failed");
+        // The server answered: say what to do about its answer.
+        let hint = failure
+            .answered()
+            .map(|_| self.hint(failure.code.as_deref()));
+        let source = Some(Box::new(failure) as crate::BoxError);
         match meaning {
             Meaning::NotFound => Error::NotFound {
                 what: doing,
@@ -1032,11 +1063,124 @@ impl Shared {
                 what: format!("{doing}: the S3 server or client does not support this"),
             },
             Meaning::Other => Error::Other {
-                what: doing,
+                what: match hint {
+                    Some(hint) => format!("{doing}: {hint}"),
+                    None => doing,
+                },
                 source,
             },
         }
     }
+
+    /// What to do about an S3 error that has no meaning of its own.
+    fn hint(&self, code: Option<&str>) -> String {
+        if code == Some("InvalidBucketName") {
+            format!(
+                "{:?} is not a valid S3 bucket name (3-63 lowercase letters, digits, dots and \
+                 hyphens); fix the bucket in [storage] url",
+                self.bucket
+            )
+        } else {
+            format!(
+                "check [storage] url and the S3 server's log at {}",
+                self.where_()
+            )
+        }
+    }
+}
+
+/// What an S3 request ended with, kept short: the S3 error code, the HTTP
+/// status and the server's message, or the connection failure. It stands
+/// as the source of our error instead of `object_store`'s error, whose text
+/// nests the same failure several times (request, retry and client layers).
+#[derive(Debug)]
+struct S3Failure {
+    code: Option<String>,
+    status: Option<u16>,
+    /// The server's `<Message>`, or the innermost cause.
+    detail: String,
+}
+
+/// Longest detail kept from a failure.
+const MAX_DETAIL: usize = 200;
+
+impl S3Failure {
+    fn of(e: &object_store::Error) -> S3Failure {
+        let text = chain(e);
+        let code = s3_code(&text).map(str::to_owned);
+        let status = http_status(&text);
+        let detail = match s3_message(&text) {
+            Some(m) => m.to_owned(),
+            None => {
+                let mut innermost: &(dyn std::error::Error + 'static) = e;
+                while let Some(next) = innermost.source() {
+                    innermost = next;
+                }
+                let cause = innermost.to_string();
+                match transport_kind(e) {
+                    Some(kind) => format!("{}: {cause}", transport_words(kind)),
+                    // Without a body the innermost text is object_store's
+                    // whole status line; the status says it.
+                    None if status.is_some() => String::new(),
+                    None => cause,
+                }
+            }
+        };
+        let mut detail = detail.trim().to_owned();
+        if detail.len() > MAX_DETAIL {
+            let mut cut = MAX_DETAIL;
+            while !detail.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            detail.truncate(cut);
+            detail.push('…');
+        }
+        S3Failure {
+            code,
+            status,
+            detail,
+        }
+    }
+
+    /// "S3 error CODE (HTTP STATUS)", or what is known of it.
+    fn answered(&self) -> Option<String> {
+        match (&self.code, self.status) {
+            (Some(c), Some(s)) => Some(format!("S3 error {c} (HTTP {s})")),
+            (Some(c), None) => Some(format!("S3 error {c}")),
+            (None, Some(s)) => Some(format!("HTTP {s}")),
+            (None, None) => None,
+        }
+    }
+}
+
+impl fmt::Display for S3Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.answered(), self.detail.is_empty()) {
+            (Some(answered), true) => f.write_str(&answered),
+            (Some(answered), false) => write!(f, "{answered}: {}", self.detail),
+            (None, false) => f.write_str(&self.detail),
+            (None, true) => f.write_str("the S3 request failed"),
+        }
+    }
+}
+
+impl std::error::Error for S3Failure {}
+
+fn transport_words(kind: HttpErrorKind) -> &'static str {
+    match kind {
+        HttpErrorKind::Connect => "could not connect",
+        HttpErrorKind::Timeout => "timed out",
+        HttpErrorKind::Interrupted => "the connection broke",
+        HttpErrorKind::Decode => "the answer could not be read",
+        _ => "the request failed",
+    }
+}
+
+/// The `<Message>` of an S3 XML error body quoted in an error message.
+fn s3_message(text: &str) -> Option<&str> {
+    let start = text.find("<Message>")? + "<Message>".len();
+    let len = text[start..].find("</Message>")?;
+    Some(text[start..start + len].trim()).filter(|m| !m.is_empty())
 }
 
 /// The I/O error a reader reports for a failed download: its kind carries the
@@ -1082,7 +1226,7 @@ impl Storage for S3Storage {
         let path = self.key(name)?;
         if opts.mode == PutMode::Create {
             // Refuse before any byte is sent (and again at the end).
-            check_absent(&self.shared, name, &path).await?;
+            check_absent(&self.shared, &self.shared.store, name, &path).await?;
         }
         let part_size = part_size(opts.size_hint);
         Ok(Box::new(S3Upload {
@@ -1266,9 +1410,10 @@ impl Storage for S3Storage {
     }
 }
 
-/// `AlreadyExists` if `path` exists.
-async fn check_absent(shared: &Shared, name: &str, path: &Path) -> Result<()> {
-    match shared.store.head(path).await {
+/// `AlreadyExists` if `path` exists, asked through `client` (the one without
+/// retries where the caller's retry layer can retry, else the upload client).
+async fn check_absent(shared: &Shared, client: &AmazonS3, name: &str, path: &Path) -> Result<()> {
+    match client.head(path).await {
         Ok(_) => Err(Error::AlreadyExists {
             what: format!("object {name} in {}", shared.location),
         }),
@@ -1346,7 +1491,7 @@ impl S3Upload {
         if self.multipart.is_none() {
             let upload = self
                 .shared
-                .store
+                .uploads
                 .put_multipart_opts(&self.path, PutMultipartOptions::default())
                 .await
                 .map_err(|e| self.shared.error(self.doing(), e))?;
@@ -1439,7 +1584,7 @@ impl S3Upload {
             };
             let result = self
                 .shared
-                .store
+                .uploads
                 .put_opts(&self.path, payload, mode.into())
                 .await;
             return result
@@ -1452,7 +1597,8 @@ impl S3Upload {
         }
         self.wait_in_flight().await?;
         if self.mode == PutMode::Create {
-            check_absent(&self.shared, &self.name, &self.path).await?;
+            // Inside the upload: nothing above retries this HEAD.
+            check_absent(&self.shared, &self.shared.uploads, &self.name, &self.path).await?;
         }
         let upload = self.multipart.as_mut().expect("multipart upload started");
         upload

@@ -79,6 +79,23 @@ pub struct Capacity {
     pub free: Option<u64>,
 }
 
+/// What a backend knows of one "directory" level without writing anything
+/// (see [`Storage::inspect_dir`]). `None` means it cannot tell.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DirInfo {
+    /// Whether the directory exists. Object stores cannot tell: there a
+    /// prefix exists only while objects lie under it.
+    pub exists: Option<bool>,
+    /// Whether objects may be created in it, as the backend judges from
+    /// permissions (never by writing a probe).
+    pub writable: Option<bool>,
+    /// Sub-directories directly below it, each ending in `/`, empty ones
+    /// included (a delimited [`Storage::list`] shows only those that hold
+    /// objects), sorted.
+    pub subdirs: Vec<String>,
+}
+
 /// What a backend can do. Callers check this instead of matching on backends.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -196,6 +213,14 @@ pub trait Storage: Send + Sync + fmt::Debug + fmt::Display {
     /// A URL that lets anyone holding it GET the object until `expires` passes;
     /// [`crate::Error::Unsupported`] where the backend cannot presign.
     async fn presign_get(&self, name: &str, expires: Duration) -> Result<String>;
+
+    /// What the backend knows of the directory `prefix` (`""` for the top,
+    /// else ending in `/`), found without creating or removing anything.
+    /// Backends without directories keep this default, which knows nothing.
+    async fn inspect_dir(&self, prefix: &str) -> Result<DirInfo> {
+        let _ = prefix;
+        Ok(DirInfo::default())
+    }
 
     /// Overwrites bytes of an existing object in place, durably (used to
     /// replace an image header's keyslot after key rotation). Backends that

@@ -354,3 +354,35 @@ fn open_url_opens_file_urls_and_explains_the_rest() -> Result<()> {
     assert!(err.to_string().contains("mkdir -p"), "{err}");
     Ok(())
 }
+
+#[tokio::test]
+async fn inspecting_a_directory_finds_empty_ones_and_writes_nothing() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = LocalStorage::new(dir.path())?;
+    store
+        .put_bytes("site/gw.bkp", Bytes::from_static(b"x"), PutMode::Create)
+        .await?;
+    fs::create_dir_all(dir.path().join("site/empty/deeper"))?;
+    fs::write(dir.path().join("plain"), "x")?;
+    let before = tree(dir.path());
+
+    let top = store.inspect_dir("").await?;
+    assert_eq!(top.exists, Some(true));
+    assert_eq!(top.writable, Some(true));
+    assert_eq!(top.subdirs, ["site/"]);
+    let site = store.inspect_dir("site/").await?;
+    assert_eq!(site.subdirs, ["site/empty/"], "empty directories count");
+    assert_eq!(
+        store.list("site/", true).await?.prefixes,
+        Vec::<String>::new(),
+        "a listing shows only directories that hold objects"
+    );
+    for missing in ["nowhere/", "site/nowhere/", "plain/"] {
+        let info = store.inspect_dir(missing).await?;
+        assert_eq!(info.exists, Some(false), "{missing}");
+        assert_eq!(info.writable, None, "{missing}");
+    }
+    assert!(store.inspect_dir("../").await.is_err());
+    assert_eq!(tree(dir.path()), before, "inspecting changed the directory");
+    Ok(())
+}

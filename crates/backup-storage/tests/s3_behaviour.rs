@@ -5,13 +5,17 @@
 
 mod s3_support;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use backup_storage::{Error, PutMode, PutOptions, S3Storage, Storage, StorageExt};
+use backup_storage::{
+    Error, PutMode, PutOptions, RetryPolicy, RetryStorage, S3Storage, Storage, StorageExt,
+};
 use bytes::Bytes;
 use s3_support::{closed_port, pattern, S3Server, ACCESS_KEY, BUCKET, SECRET_KEY};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const MIB: usize = 1 << 20;
 
@@ -566,5 +570,235 @@ async fn empty_and_out_of_range_reads() -> Result<()> {
         .expect_err("past the end")
         .to_string()
         .contains("the object has 10 bytes"));
+    Ok(())
+}
+
+/// An error as an operator sees it: the message and its sources on one line.
+fn full_message(e: &Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
+/// The shared retry layer, with short delays.
+fn with_retries(inner: Arc<dyn Storage>, attempts: u32) -> RetryStorage {
+    RetryStorage::new(
+        inner,
+        RetryPolicy {
+            attempts,
+            base: Duration::from_millis(1),
+            max: Duration::from_millis(5),
+        },
+    )
+}
+
+/// The longest message an operator should have to read for one failure.
+const SHORT: usize = 400;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s3_error_is_sent_once_and_told_in_one_short_line() -> Result<()> {
+    let server = S3Server::start()?;
+    let bucket = "Not_A_Valid_Bucket";
+    let store = with_retries(
+        Arc::new(storage_with(&server, ACCESS_KEY, SECRET_KEY, bucket)?),
+        4,
+    );
+    let before = server.requests();
+    let err = store
+        .list("", false)
+        .await
+        .expect_err("invalid bucket name");
+    ensure!(
+        server.requests() - before == 1,
+        "a refused request was sent {} times",
+        server.requests() - before
+    );
+    let msg = full_message(&err);
+    ensure!(
+        msg.len() < SHORT && !msg.contains('\n'),
+        "{} characters: {msg}",
+        msg.len()
+    );
+    ensure!(msg.matches("InvalidBucketName").count() == 1, "{msg}");
+    ensure!(
+        msg.starts_with("listing") && msg.contains("HTTP 400") && msg.contains("[storage] url"),
+        "{msg}"
+    );
+    Ok(())
+}
+
+/// A server on 127.0.0.1 that answers every request with `503 SlowDown`
+/// and counts the requests.
+async fn slow_down_server() -> Result<(String, Arc<AtomicUsize>, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let count = Arc::new(AtomicUsize::new(0));
+    let counter = count.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                counter.fetch_add(1, Ordering::SeqCst);
+                let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code>\
+                            <Message>Please reduce your request rate.</Message></Error>";
+                let answer = format!(
+                    "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/xml\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+                let _ = socket.shutdown().await;
+            });
+        }
+    });
+    Ok((format!("http://{addr}"), count, task))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transient_s3_error_is_retried_by_one_layer_only() -> Result<()> {
+    let (endpoint, requests, server) = slow_down_server().await?;
+    let s3 = S3Storage::builder()
+        .bucket(BUCKET)
+        .endpoint(&endpoint)
+        .credentials(ACCESS_KEY, SECRET_KEY)
+        .build()?;
+    let store = with_retries(Arc::new(s3), 3);
+    let err = store.list("", false).await.expect_err("always 503");
+    server.abort();
+    ensure!(err.is_transient(), "{err:?}");
+    ensure!(
+        requests.load(Ordering::SeqCst) == 3,
+        "{} requests for 3 attempts",
+        requests.load(Ordering::SeqCst)
+    );
+    let msg = full_message(&err);
+    ensure!(
+        msg.len() < SHORT && !msg.contains('\n'),
+        "{} characters: {msg}",
+        msg.len()
+    );
+    ensure!(msg.matches("SlowDown").count() == 1, "{msg}");
+    ensure!(msg.contains("HTTP 503") && msg.contains(&endpoint), "{msg}");
+
+    // An upload request cannot be replayed by the retry layer (the data is
+    // gone); the client, which still holds it, retries it 3 times instead.
+    let (endpoint, requests, server) = slow_down_server().await?;
+    let s3 = S3Storage::builder()
+        .bucket(BUCKET)
+        .endpoint(&endpoint)
+        .credentials(ACCESS_KEY, SECRET_KEY)
+        .build()?;
+    let store = with_retries(Arc::new(s3), 3);
+    let err = store
+        .put_bytes("gw.bkp", Bytes::from_static(b"x"), PutMode::Overwrite)
+        .await
+        .expect_err("always 503");
+    server.abort();
+    ensure!(err.is_transient(), "{err:?}");
+    ensure!(
+        requests.load(Ordering::SeqCst) == 4,
+        "{} requests for one PUT",
+        requests.load(Ordering::SeqCst)
+    );
+    ensure!(full_message(&err).len() < SHORT, "{err}");
+    Ok(())
+}
+
+/// Counts the listings that reach the storage it wraps.
+#[derive(Debug)]
+struct CountingLists {
+    inner: S3Storage,
+    lists: AtomicUsize,
+}
+
+impl std::fmt::Display for CountingLists {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+#[async_trait::async_trait]
+impl Storage for CountingLists {
+    fn capabilities(&self) -> backup_storage::Capabilities {
+        self.inner.capabilities()
+    }
+    async fn put_opts(
+        &self,
+        name: &str,
+        opts: PutOptions,
+    ) -> backup_storage::Result<Box<dyn backup_storage::Upload>> {
+        self.inner.put_opts(name, opts).await
+    }
+    async fn get_opts(
+        &self,
+        name: &str,
+        range: Option<std::ops::Range<u64>>,
+    ) -> backup_storage::Result<backup_storage::GetResult> {
+        self.inner.get_opts(name, range).await
+    }
+    async fn head(&self, name: &str) -> backup_storage::Result<backup_storage::ObjectMeta> {
+        self.inner.head(name).await
+    }
+    async fn list(
+        &self,
+        prefix: &str,
+        delimited: bool,
+    ) -> backup_storage::Result<backup_storage::ListResult> {
+        self.lists.fetch_add(1, Ordering::SeqCst);
+        self.inner.list(prefix, delimited).await
+    }
+    async fn delete(&self, name: &str) -> backup_storage::Result<()> {
+        self.inner.delete(name).await
+    }
+    async fn capacity(&self) -> backup_storage::Result<backup_storage::Capacity> {
+        self.inner.capacity().await
+    }
+    async fn presign_get(&self, name: &str, expires: Duration) -> backup_storage::Result<String> {
+        self.inner.presign_get(name, expires).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_is_retried_and_told_in_one_short_line() -> Result<()> {
+    let endpoint = format!("http://127.0.0.1:{}", closed_port()?);
+    let counting = Arc::new(CountingLists {
+        inner: S3Storage::builder()
+            .bucket(BUCKET)
+            .endpoint(&endpoint)
+            .credentials(ACCESS_KEY, SECRET_KEY)
+            .build()?,
+        lists: AtomicUsize::new(0),
+    });
+    let store = with_retries(counting.clone(), 3);
+    let err = store.list("", false).await.expect_err("nothing listens");
+    ensure!(err.is_transient(), "{err:?}");
+    ensure!(
+        counting.lists.load(Ordering::SeqCst) == 3,
+        "{} attempts",
+        counting.lists.load(Ordering::SeqCst)
+    );
+    let msg = full_message(&err);
+    ensure!(
+        msg.len() < SHORT && !msg.contains('\n'),
+        "{} characters: {msg}",
+        msg.len()
+    );
+    ensure!(
+        msg.contains("could not connect") && msg.contains(&endpoint),
+        "{msg}"
+    );
     Ok(())
 }

@@ -31,6 +31,26 @@ impl RetentionPolicy {
     }
 }
 
+/// How much of a standard backup an image holds: a custom or partial backup
+/// cannot stand in for a full one when older images are deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Coverage {
+    /// Every component a standard backup of this appliance takes now, each
+    /// captured successfully (whether the backup was standard or custom).
+    Full,
+    /// A successful standard backup that lacks a component the standard set
+    /// has gained since (a component added to the configuration, or one that
+    /// became applicable): the fullest image there is until the next
+    /// standard backup.
+    EarlierStandard,
+    /// Less than that: a custom backup of some components, or a backup in
+    /// which a component failed.
+    Partial,
+    /// Not known: the image's sidecar manifest could not be read.
+    Unknown,
+}
+
 /// An image as retention sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetentionItem {
@@ -40,6 +60,8 @@ pub struct RetentionItem {
     pub created: DateTime<Utc>,
     /// Outcome, if its manifest could be read.
     pub outcome: Option<Outcome>,
+    /// How much of a standard backup it holds.
+    pub coverage: Coverage,
 }
 
 /// The verdict on one image.
@@ -56,7 +78,10 @@ pub struct RetentionDecision {
 }
 
 /// Applies a policy. Never deletes the newest successful image, nor a partial
-/// (or unreadable) image younger than the newest success.
+/// (or unreadable) image younger than the newest success; never deletes the
+/// newest full image (the newest that holds every standard component, or,
+/// when none does, the newest successful standard backup), nor an unreadable
+/// image younger than it, which might be a full one.
 pub fn plan(items: &[RetentionItem], policy: &RetentionPolicy) -> Vec<RetentionDecision> {
     let mut sorted: Vec<&RetentionItem> = items.iter().collect();
     sorted.sort_by(|a, b| b.created.cmp(&a.created).then(b.name.cmp(&a.name)));
@@ -98,6 +123,24 @@ pub fn plan(items: &[RetentionItem], policy: &RetentionPolicy) -> Vec<RetentionD
             reasons[i].push("newer than the newest success".into());
         }
     }
+    let newest_full = sorted
+        .iter()
+        .position(|i| i.coverage == Coverage::Full)
+        .or_else(|| {
+            sorted
+                .iter()
+                .position(|i| i.coverage == Coverage::EarlierStandard)
+        });
+    for (i, item) in sorted.iter().enumerate() {
+        if Some(i) == newest_full {
+            reasons[i].push("newest full".into());
+        } else if item.coverage == Coverage::Unknown
+            && newest_full.is_none_or(|n| i < n)
+            && reasons[i].is_empty()
+        {
+            reasons[i].push("contents unknown, newer than the newest full".into());
+        }
+    }
     sorted
         .iter()
         .zip(reasons)
@@ -116,11 +159,28 @@ mod tests {
     use chrono::TimeZone;
 
     fn item(day: u32, hour: u32, outcome: Outcome) -> RetentionItem {
+        let coverage = if outcome == Outcome::Success {
+            Coverage::Full
+        } else {
+            Coverage::Partial
+        };
+        covering(day, hour, outcome, coverage)
+    }
+
+    fn covering(day: u32, hour: u32, outcome: Outcome, coverage: Coverage) -> RetentionItem {
         let created = Utc.with_ymd_and_hms(2026, 10, day, hour, 0, 0).unwrap();
         RetentionItem {
             name: format!("gw-{day:02}-{hour:02}"),
             created,
-            outcome: Some(outcome),
+            outcome: (coverage != Coverage::Unknown).then_some(outcome),
+            coverage,
+        }
+    }
+
+    fn keep_last(n: u32) -> RetentionPolicy {
+        RetentionPolicy {
+            keep_last: Some(n),
+            ..Default::default()
         }
     }
 
@@ -181,6 +241,77 @@ mod tests {
                 .iter()
                 .all(|d| d.keep),
             "off keeps everything"
+        );
+    }
+
+    #[test]
+    fn custom_backups_never_push_out_the_newest_full_image() {
+        let items = vec![
+            item(1, 0, Outcome::Success),
+            item(2, 0, Outcome::Success),
+            covering(3, 0, Outcome::Success, Coverage::Partial),
+            covering(4, 0, Outcome::Success, Coverage::Partial),
+        ];
+        let d = plan(&items, &keep_last(2));
+        assert_eq!(kept(&d), ["gw-02-00", "gw-03-00", "gw-04-00"]);
+        let full = d.iter().find(|d| d.name == "gw-02-00").unwrap();
+        assert_eq!(full.reasons, ["newest full"]);
+    }
+
+    #[test]
+    fn a_partial_standard_image_is_not_the_full_one() {
+        // A standard backup in which a component failed, then a custom one.
+        let items = vec![
+            item(1, 0, Outcome::Success),
+            item(2, 0, Outcome::Partial),
+            covering(3, 0, Outcome::Success, Coverage::Partial),
+        ];
+        assert_eq!(kept(&plan(&items, &keep_last(1))), ["gw-01-00", "gw-03-00"]);
+    }
+
+    #[test]
+    fn unreadable_images_newer_than_the_newest_full_are_kept() {
+        let items = vec![
+            covering(1, 0, Outcome::Success, Coverage::Unknown),
+            item(2, 0, Outcome::Success),
+            covering(3, 0, Outcome::Success, Coverage::Unknown),
+            covering(4, 0, Outcome::Success, Coverage::Partial),
+            covering(5, 0, Outcome::Success, Coverage::Partial),
+        ];
+        // Day 3 might be a full image; day 1 is older than a known full one.
+        assert_eq!(
+            kept(&plan(&items, &keep_last(1))),
+            ["gw-02-00", "gw-03-00", "gw-05-00"]
+        );
+        // With no full image known, no unreadable image goes.
+        let unknown_only = vec![
+            covering(1, 0, Outcome::Success, Coverage::Unknown),
+            covering(2, 0, Outcome::Success, Coverage::Partial),
+            covering(3, 0, Outcome::Success, Coverage::Partial),
+        ];
+        assert_eq!(
+            kept(&plan(&unknown_only, &keep_last(1))),
+            ["gw-01-00", "gw-03-00"]
+        );
+    }
+
+    #[test]
+    fn without_a_full_image_the_newest_earlier_standard_one_stays() {
+        // The standard set gained a component after days 1 and 2.
+        let items = vec![
+            covering(1, 0, Outcome::Success, Coverage::EarlierStandard),
+            covering(2, 0, Outcome::Success, Coverage::EarlierStandard),
+            covering(3, 0, Outcome::Success, Coverage::Partial),
+            covering(4, 0, Outcome::Success, Coverage::Partial),
+        ];
+        assert_eq!(kept(&plan(&items, &keep_last(1))), ["gw-02-00", "gw-04-00"]);
+        // Once a full image exists, it is the one kept.
+        let mut with_full = items.clone();
+        with_full.push(item(5, 0, Outcome::Success));
+        with_full.push(covering(6, 0, Outcome::Success, Coverage::Partial));
+        assert_eq!(
+            kept(&plan(&with_full, &keep_last(1))),
+            ["gw-05-00", "gw-06-00"]
         );
     }
 }

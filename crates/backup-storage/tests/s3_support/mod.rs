@@ -8,6 +8,8 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -29,6 +31,8 @@ pub(crate) struct S3Server {
     _dir: Option<tempfile::TempDir>,
     /// `None` once killed.
     runtime: Option<tokio::runtime::Runtime>,
+    /// HTTP requests received so far.
+    requests: Arc<AtomicUsize>,
 }
 
 impl S3Server {
@@ -67,6 +71,8 @@ impl S3Server {
             let _guard = runtime.enter();
             tokio::net::TcpListener::from_std(listener)?
         };
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counter = requests.clone();
         runtime.spawn(async move {
             loop {
                 let Ok((socket, _)) = listener.accept().await else {
@@ -75,9 +81,14 @@ impl S3Server {
                     continue;
                 };
                 let service = service.clone();
+                let counter = counter.clone();
+                let counted = hyper::service::service_fn(move |req| {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    hyper::service::Service::call(&service, req)
+                });
                 tokio::spawn(async move {
                     let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(socket), service)
+                        .serve_connection(TokioIo::new(socket), counted)
                         .await;
                 });
             }
@@ -87,7 +98,13 @@ impl S3Server {
             root: root.to_owned(),
             _dir: None,
             runtime: Some(runtime),
+            requests,
         })
+    }
+
+    /// How many HTTP requests the server has received.
+    pub(crate) fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
     }
 
     pub(crate) fn endpoint(&self) -> String {
