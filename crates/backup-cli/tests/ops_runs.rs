@@ -401,3 +401,37 @@ fn create_names_the_images_retention_deleted() {
     );
     assert_eq!(ops.images().len(), 1);
 }
+
+#[test]
+fn a_backup_to_an_s3_endpoint_that_is_down_is_the_last_failure() {
+    // A port nothing listens on: every connection is refused.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let ops = Ops::new("");
+    ops.init();
+    let s3 = ops.dir().join("s3.toml");
+    let text = ops.config_text("").replace(
+        &format!("url = \"file://{}\"", ops.store.display()),
+        &format!("url = \"s3://backups/gw?endpoint=http://127.0.0.1:{port}&region=us-east-1\""),
+    );
+    assert!(text.contains("s3://"), "{text}");
+    fs::write(&s3, text).unwrap();
+    let mut cmd = ops.cmd_with(&s3, None, &["create"]);
+    cmd.env("AWS_ACCESS_KEY_ID", "ops-test")
+        .env("AWS_SECRET_ACCESS_KEY", "ops-test-secret-key")
+        .env_remove("AWS_PROFILE");
+    let out = Ops::run_cmd(cmd, "backup create (S3 down)".into());
+    out.expect_failure();
+
+    let s = ops.status();
+    let reason = s["last_failure"]["reason"].as_str().unwrap_or_default();
+    assert!(!reason.is_empty(), "{s:#}");
+    assert_eq!(s["last_backup"]["outcome"], "failed", "{s:#}");
+    let human = ops.run(&["status"]).expect(0).stdout();
+    assert!(!human.contains("last failure:   none"), "{human}");
+    let audit = ops.audit();
+    assert_eq!(audit.last().unwrap()["operation"], "create", "{audit:#?}");
+}
