@@ -259,11 +259,11 @@ impl Engine {
         // missing requirement) is refused before the run starts: recorded,
         // but no hook runs for it.
         if let Err(e) = self.plan_only(opts) {
-            return Err(self.backup_failed(&store, status, "-", e, started, false));
+            return Err(self.backup_failed(&store, status, None, e, started, false));
         }
         let (created, (storage, name)) = match self.unique_destination(opts).await {
             Ok(d) => d,
-            Err(e) => return Err(self.backup_failed(&store, status, "-", e, started, true)),
+            Err(e) => return Err(self.backup_failed(&store, status, None, e, started, true)),
         };
         status.current = Some(CurrentRun {
             operation: run_name.into(),
@@ -366,7 +366,7 @@ impl Engine {
                 }
                 Ok(report)
             }
-            Err(e) => Err(self.backup_failed(&store, status, &name, e, started, true)),
+            Err(e) => Err(self.backup_failed(&store, status, Some(&name), e, started, true)),
         };
         drop(lock);
         result
@@ -378,7 +378,7 @@ impl Engine {
         &self,
         store: &StatusStore,
         mut status: StatusFile,
-        image: &str,
+        image: Option<&str>,
         e: Error,
         started: Instant,
         run_hooks: bool,
@@ -402,7 +402,7 @@ impl Engine {
         }
         self.audit(
             "create",
-            image,
+            image.unwrap_or("-"),
             outcome_of(&e),
             0,
             started,
@@ -411,11 +411,7 @@ impl Engine {
         if run_hooks {
             let env = HookEnv {
                 outcome: "failed".into(),
-                image: if image == "-" {
-                    String::new()
-                } else {
-                    image.to_string()
-                },
+                image: image.unwrap_or_default().to_string(),
                 failed: vec![],
                 node: self.config.appliance.node.clone(),
             };
