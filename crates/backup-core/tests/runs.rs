@@ -265,7 +265,13 @@ async fn images_and_outputs_are_private_or_group_readable() -> Result<()> {
     engine.encrypt(&payload, &sealed).await?;
     assert_eq!(mode(&sealed), 0o600, "encrypt -o");
 
-    // With a group: 0640 and that group, by name or by id.
+    // With a group (`[storage] group`): 0640 and that group, by name or by id.
+    let text = std::fs::read_to_string(&demo.config_path)?.replace(
+        "prefix = \"demo-\"",
+        "prefix = \"demo-\"\ngroup = \"backup\"",
+    );
+    let parsed = backup_core::Config::parse(&text, &demo.config_path)?;
+    assert_eq!(parsed.storage.group.as_deref(), Some("backup"));
     let (group, gid) = std::fs::read_to_string("/etc/group")?
         .lines()
         .filter_map(|l| {
