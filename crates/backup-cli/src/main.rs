@@ -417,6 +417,9 @@ async fn create(cli: &Cli, args: &CreateArgs) -> anyhow::Result<ExitCode> {
         for n in &report.not_applicable {
             println!("  not applicable: {n}");
         }
+        for n in &report.pruned {
+            println!("  deleted by retention: {n}");
+        }
     }
     Ok(match report.outcome {
         Outcome::Success => ExitCode::SUCCESS,

@@ -80,6 +80,20 @@ impl Progress for Reporter {
                     self.say(message.clone());
                 }
             }
+            Event::RunFinished {
+                time,
+                image,
+                outcome,
+                reason,
+            } => self.say(format!(
+                "{} scheduled backup {}: {outcome}{}",
+                time.format("%Y-%m-%d %H:%M:%S UTC"),
+                image.as_deref().unwrap_or("-"),
+                reason
+                    .as_ref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
+            )),
             Event::ComponentStarted { component, kind } => {
                 *self.started.lock().expect("reporter") = Some(Instant::now());
                 match &self.mode {

@@ -504,3 +504,154 @@ fn schedule_previews_runs_and_a_bad_cron_is_a_usage_error() {
         }
     }
 }
+
+#[test]
+fn local_commands_and_the_daemon_work_while_the_storage_is_missing() {
+    let ops = Ops::new("[schedule]\ncron = [\"0 3 * * *\"]\n");
+    ops.init();
+    fs::remove_dir(&ops.store).unwrap();
+    let s = ops.status();
+    assert_eq!(s["state"], "not running", "{s:#}");
+    ops.run(&["audit"]).expect(0);
+    ops.run(&["schedule", "-n", "2"]).expect(0);
+    ops.run_secret(ops_support::SECRET, &["key", "check"])
+        .expect(0);
+
+    let out = ops.run(&["create"]);
+    out.expect_failure();
+    assert!(out.stderr().contains("mkdir -p"), "{}", out.dump());
+    let human = ops.run(&["status"]).expect(0).stdout();
+    let failure = human
+        .lines()
+        .find(|l| l.starts_with("last failure:"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(failure.contains("mkdir -p"), "{human}");
+
+    let mut daemon = ops.spawn(&["daemon"]);
+    let pid = daemon.pid();
+    ops_support::wait_for(Duration::from_secs(30), "the daemon's heartbeat", || {
+        assert!(
+            daemon.try_code().is_none(),
+            "the daemon stopped: {}",
+            daemon.stderr_so_far()
+        );
+        let d: serde_json::Value =
+            serde_json::from_slice(&fs::read(ops.state.join("daemon.json")).ok()?).ok()?;
+        (d["pid"] == pid && !d["next_run"].is_null()).then_some(())
+    });
+    ops_support::signal(pid, "-TERM");
+    daemon.wait(Duration::from_secs(20)).expect(0);
+}
+
+/// Whether a process is gone (or a zombie nobody reaped yet).
+fn is_gone(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+#[test]
+fn a_killed_backup_leaves_no_plaintext_and_its_dump_command_dies_with_it() {
+    let pidfile = "dump.pid";
+    let ops = Ops::new(&format!(
+        r#"[[component]]
+name = "pgdb"
+kind = "command"
+backup = ["sh", "-c", "echo $$ > {pidfile}.tmp && mv {pidfile}.tmp {pidfile}; echo plaintext-canary; exec sleep 300"]
+"#
+    ));
+    ops.init();
+    let pidfile = ops.dir().join(pidfile);
+    let tmp = ops.state.join("tmp");
+    let running = ops.spawn(&["create"]);
+    let dump_pid: u32 = ops_support::wait_for(
+        Duration::from_secs(60),
+        "the dump command to start and write",
+        || {
+            let pid = fs::read_to_string(&pidfile).ok()?.trim().parse().ok()?;
+            ops_support::files_under(&tmp)
+                .iter()
+                .any(|f| {
+                    ops_support::contains_bytes(
+                        &fs::read(f).unwrap_or_default(),
+                        b"plaintext-canary",
+                    )
+                })
+                .then_some(pid)
+        },
+    );
+    ops_support::signal(running.pid(), "-9");
+    running.wait(Duration::from_secs(20));
+    ops_support::wait_for(Duration::from_secs(20), "the dump command to die", || {
+        is_gone(dump_pid).then_some(())
+    });
+
+    // A local command does not clean up; the next backup does.
+    ops.run(&["status"]).expect(0);
+    ops.create_expect(&["-C", "config"], 0);
+    let left = ops_support::files_under(&tmp);
+    assert!(
+        left.is_empty(),
+        "scratch left in {}: {left:?}",
+        tmp.display()
+    );
+    assert!(
+        fs::read_dir(&tmp).unwrap().next().is_none(),
+        "no directory of the killed run is left either"
+    );
+}
+
+#[test]
+fn create_names_the_images_retention_deleted() {
+    let ops = Ops::new("[retention]\nkeep_last = 1\n");
+    ops.init();
+    let first = ops.create();
+    let out = ops.run(&["create"]);
+    out.expect(0);
+    assert!(
+        out.stdout()
+            .lines()
+            .any(|l| l.contains("deleted by retention") && l.contains(&first)),
+        "{}",
+        out.dump()
+    );
+    assert_eq!(ops.images().len(), 1);
+}
+
+#[test]
+fn a_backup_to_an_s3_endpoint_that_is_down_is_the_last_failure() {
+    // A port nothing listens on: every connection is refused.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let ops = Ops::new("");
+    ops.init();
+    let s3 = ops.dir().join("s3.toml");
+    let text = ops.config_text("").replace(
+        &format!("url = \"file://{}\"", ops.store.display()),
+        &format!("url = \"s3://backups/gw?endpoint=http://127.0.0.1:{port}&region=us-east-1\""),
+    );
+    assert!(text.contains("s3://"), "{text}");
+    fs::write(&s3, text).unwrap();
+    let mut cmd = ops.cmd_with(&s3, None, &["create"]);
+    cmd.env("AWS_ACCESS_KEY_ID", "ops-test")
+        .env("AWS_SECRET_ACCESS_KEY", "ops-test-secret-key")
+        .env_remove("AWS_PROFILE");
+    let out = Ops::run_cmd(cmd, "backup create (S3 down)".into());
+    out.expect_failure();
+
+    let s = ops.status();
+    let reason = s["last_failure"]["reason"].as_str().unwrap_or_default();
+    assert!(!reason.is_empty(), "{s:#}");
+    assert_eq!(s["last_backup"]["outcome"], "failed", "{s:#}");
+    let human = ops.run(&["status"]).expect(0).stdout();
+    assert!(!human.contains("last failure:   none"), "{human}");
+    let audit = ops.audit();
+    assert_eq!(audit.last().unwrap()["operation"], "create", "{audit:#?}");
+}

@@ -132,6 +132,11 @@ pub struct StorageConfig {
     /// For `nfs://`: the local mount point of the export.
     #[serde(default)]
     pub mount: Option<PathBuf>,
+    /// Group (name or numeric id) image files on local and NFS storage, and
+    /// `create -o` / `encrypt -o` files, belong to; they are then 0640
+    /// instead of 0600.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 fn default_storage_url() -> String {
@@ -144,6 +149,7 @@ impl Default for StorageConfig {
             url: default_storage_url(),
             prefix: String::new(),
             mount: None,
+            group: None,
         }
     }
 }

@@ -131,16 +131,23 @@ impl Engine {
                 ..Default::default()
             };
             // Outcomes (success, partial, skipped, failed) are recorded by
-            // `create` in the status and the audit log.
-            match self.create(&opts).await {
-                Ok(r) => self.progress.event(&Event::Step {
-                    message: format!("scheduled backup {}: {}", r.image, r.outcome),
-                }),
-                Err(e) => self.progress.event(&Event::Warning {
-                    component: None,
-                    message: format!("scheduled backup: {e}"),
-                }),
-            }
+            // `create` in the status and the audit log; the frontend gets one
+            // event per run.
+            let finished = match self.create(&opts).await {
+                Ok(r) => Event::RunFinished {
+                    time: Utc::now(),
+                    reason: crate::runs::failed_components(&r),
+                    image: Some(r.image),
+                    outcome: r.outcome.as_str().to_string(),
+                },
+                Err(e) => Event::RunFinished {
+                    time: Utc::now(),
+                    image: None,
+                    outcome: crate::runs::outcome_of(&e).to_string(),
+                    reason: Some(e.to_string()),
+                },
+            };
+            self.progress.event(&finished);
             if *shutdown.borrow() {
                 break;
             }

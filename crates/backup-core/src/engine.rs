@@ -106,15 +106,28 @@ impl EngineBuilder {
         self
     }
 
-    /// Opens the storage (unless given) and builds the configured components.
+    /// Builds the configured components. The storage `[storage] url` names
+    /// (unless one is given) is opened when an operation first uses it, so
+    /// commands that do not need it work while it is unreachable.
     pub fn build(self) -> Result<Engine> {
         let config = self.config;
+        let file_group = match &config.storage.group {
+            Some(g) => Some(crate::util::group_id(g).map_err(|reason| Error::Config {
+                path: PathBuf::from("(config)"),
+                reason: format!("[storage] group: {reason}"),
+            })?),
+            None => None,
+        };
         let storage = match self.storage {
             Some(s) => Some(s),
             None if config.has_storage() => {
                 let mut opts = backup_storage::OpenOptions::default();
                 opts.mount = config.storage.mount.clone();
-                Some(backup_storage::open_url(config.storage.url.trim(), &opts)?)
+                opts.group = file_group;
+                Some(Arc::new(crate::lazy_storage::LazyStorage::new(
+                    config.storage.url.trim(),
+                    opts,
+                )) as Arc<dyn Storage>)
             }
             None => None,
         };
@@ -171,6 +184,7 @@ impl EngineBuilder {
         Ok(Engine {
             config,
             storage,
+            file_group,
             components,
             actor,
             keys,
@@ -319,6 +333,8 @@ impl ImageLoc {
 pub struct Engine {
     pub(crate) config: Config,
     storage: Option<Arc<dyn Storage>>,
+    /// The group image files are given (`[storage] group`), as an id.
+    file_group: Option<u32>,
     components: Vec<Registered>,
     pub(crate) actor: String,
     pub(crate) keys: Arc<Keys>,
@@ -461,15 +477,13 @@ impl Engine {
     }
 
     fn scratch_dir(&self) -> Result<PathBuf> {
-        let dir = self
-            .config
-            .appliance
-            .state_dir
-            .join("tmp")
-            .join(crate::util::random_tag());
-        crate::util::create_private_dir(&dir)
-            .map_err(|e| Error::io(format!("creating scratch directory {}", dir.display()), e))?;
-        Ok(dir)
+        let state = &self.config.appliance.state_dir;
+        crate::util::run_scratch_dir(state).map_err(|e| {
+            Error::io(
+                format!("creating scratch space in {}", state.join("tmp").display()),
+                e,
+            )
+        })
     }
 
     /// Where a backup goes: the `--output` file, or a new name in the storage.
@@ -483,7 +497,7 @@ impl Engine {
             Some(path) if path.as_os_str() == "-" => {
                 Ok((Arc::new(crate::storage_ops::StdoutSink), "-".into()))
             }
-            Some(path) => local_destination(path),
+            Some(path) => local_destination(path, self.file_group),
             None => {
                 let storage = self.storage.clone().ok_or_else(|| {
                     Error::NoStorage("pass --output FILE or set [storage] url".into())
@@ -494,6 +508,11 @@ impl Engine {
                 ))
             }
         }
+    }
+
+    /// Checks a backup's selection (input errors) without running anything.
+    pub(crate) fn plan_only(&self, opts: &CreateOptions) -> Result<()> {
+        self.plan(opts).map(|_| ())
     }
 
     /// The selected components' estimated total size (unknown sizes count as 0).
@@ -1082,7 +1101,7 @@ impl Engine {
         let (mk, slot) = self.keys.for_writing()?;
         let mut file = std::fs::File::open(input)
             .map_err(|e| Error::io(format!("opening {}", input.display()), e))?;
-        let (storage, name) = local_destination(out)?;
+        let (storage, name) = local_destination(out, self.file_group)?;
         let created = Utc::now().timestamp();
         let what = input.display().to_string();
         let ((), size) = write_sealed(
@@ -1166,8 +1185,9 @@ pub(crate) fn join_error(e: tokio::task::JoinError) -> Error {
     )
 }
 
-/// A local file as a storage destination (temp name, fsync, rename).
-fn local_destination(path: &Path) -> Result<(Arc<dyn Storage>, String)> {
+/// A local file as a storage destination (temp name, fsync, rename; mode
+/// 0600, or 0640 with the configured group).
+fn local_destination(path: &Path, group: Option<u32>) -> Result<(Arc<dyn Storage>, String)> {
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -1177,7 +1197,10 @@ fn local_destination(path: &Path) -> Result<(Arc<dyn Storage>, String)> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    Ok((Arc::new(LocalStorage::new(&parent)?), name))
+    Ok((
+        Arc::new(LocalStorage::new(&parent)?.with_group(group)),
+        name,
+    ))
 }
 
 /// Streams an encrypted image into `storage` under `name` (never overwriting).

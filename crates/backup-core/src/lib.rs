@@ -33,6 +33,7 @@ mod error;
 pub mod image;
 mod keyops;
 mod keys;
+mod lazy_storage;
 pub mod ops;
 mod progress;
 mod restore;

@@ -40,6 +40,17 @@ pub enum Event {
         /// Why it failed, if it did.
         error: Option<String>,
     },
+    /// A run started by the scheduler ended (one per run, whatever its outcome).
+    RunFinished {
+        /// When it ended.
+        time: chrono::DateTime<chrono::Utc>,
+        /// The image it published, if any.
+        image: Option<String>,
+        /// `success`, `partial`, `failed`, `refused` or `skipped`.
+        outcome: String,
+        /// Why it did not succeed.
+        reason: Option<String>,
+    },
     /// A non-fatal warning.
     Warning {
         /// The component concerned, if any.

@@ -24,6 +24,9 @@ use crate::{Error, Result};
 
 /// Directory of per-backup log files in the state directory.
 pub const LOGS_DIR: &str = "logs";
+/// Age after which `prune` removes an unfinished upload's temporary object:
+/// no upload runs that long without writing, so it belongs to a killed run.
+const STALE_UPLOAD_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 /// Exit-code-worthy outcome of a skipped run, for frontends.
 pub(crate) const SKIPPED: &str = "skipped";
 
@@ -122,6 +125,7 @@ impl Engine {
         F: Future<Output = Result<T>>,
     {
         let started = Instant::now();
+        self.remove_stale_scratch(false);
         let result = fut.await;
         match &result {
             Ok(v) => self.audit(operation, target, "done", bytes(v), started, None),
@@ -150,7 +154,10 @@ impl Engine {
         started: Instant,
     ) -> Result<OperationLock> {
         match OperationLock::acquire(self.state_dir(), run) {
-            Ok(l) => Ok(l),
+            Ok(l) => {
+                self.remove_stale_scratch(true);
+                Ok(l)
+            }
             Err(Error::Busy(who)) => {
                 let reason = format!("{who}; this {run} was skipped");
                 let record = RunRecord {
@@ -170,6 +177,19 @@ impl Engine {
                 Err(Error::Busy(who))
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// Removes scratch space left by runs that are gone (see
+    /// [`crate::util::remove_stale_scratch`]), saying so.
+    fn remove_stale_scratch(&self, holding_lock: bool) {
+        for path in crate::util::remove_stale_scratch(self.state_dir(), holding_lock) {
+            self.progress.event(&Event::Step {
+                message: format!(
+                    "removed the scratch space of a run that is gone: {}",
+                    path.display()
+                ),
+            });
         }
     }
 
@@ -232,23 +252,19 @@ impl Engine {
             "backup"
         };
         let lock = self.lock(run_name, "create", "-", started)?;
-        let (created, (storage, name)) = match self.unique_destination(opts).await {
-            Ok(d) => d,
-            Err(e) => {
-                self.audit(
-                    "create",
-                    "-",
-                    outcome_of(&e),
-                    0,
-                    started,
-                    Some(e.to_string()),
-                );
-                return Err(e);
-            }
-        };
         let store = StatusStore::in_state_dir(self.state_dir());
         let mut status = store.load().unwrap_or_default();
         let took_over = self.take_over(&mut status, &lock, started);
+        // A selection that cannot be backed up (an unknown component, a
+        // missing requirement) is refused before the run starts: recorded,
+        // but no hook runs for it.
+        if let Err(e) = self.plan_only(opts) {
+            return Err(self.backup_failed(&store, status, None, e, started, false));
+        }
+        let (created, (storage, name)) = match self.unique_destination(opts).await {
+            Ok(d) => d,
+            Err(e) => return Err(self.backup_failed(&store, status, None, e, started, true)),
+        };
         status.current = Some(CurrentRun {
             operation: run_name.into(),
             pid: std::process::id(),
@@ -350,41 +366,63 @@ impl Engine {
                 }
                 Ok(report)
             }
-            Err(e) => {
-                let record = RunRecord {
-                    time: Utc::now(),
-                    operation: "backup".into(),
-                    outcome: Outcome::Failed,
-                    image: None,
-                    size: 0,
-                    reason: Some(e.to_string()),
-                };
-                status.last_failure = Some(record.clone());
-                status.last_backup = Some(record);
-                let _ = store.store(&status);
-                self.audit(
-                    "create",
-                    &name,
-                    outcome_of(&e),
-                    0,
-                    started,
-                    Some(e.to_string()),
-                );
-                if let Err(h) = run_hook(
-                    "on_failure",
-                    &self.config.hooks.on_failure,
-                    &hook_env("failed", vec![]),
-                ) {
-                    self.progress.event(&Event::Warning {
-                        component: None,
-                        message: h.to_string(),
-                    });
-                }
-                Err(e)
-            }
+            Err(e) => Err(self.backup_failed(&store, status, Some(&name), e, started, true)),
         };
         drop(lock);
         result
+    }
+
+    /// Records a backup that failed or was refused (status, audit log) and
+    /// runs the `on_failure` hook if the run had started; returns the error.
+    fn backup_failed(
+        &self,
+        store: &StatusStore,
+        mut status: StatusFile,
+        image: Option<&str>,
+        e: Error,
+        started: Instant,
+        run_hooks: bool,
+    ) -> Error {
+        let record = RunRecord {
+            time: Utc::now(),
+            operation: "backup".into(),
+            outcome: Outcome::Failed,
+            image: None,
+            size: 0,
+            reason: Some(e.to_string()),
+        };
+        status.current = None;
+        status.last_failure = Some(record.clone());
+        status.last_backup = Some(record);
+        if let Err(s) = store.store(&status) {
+            self.progress.event(&Event::Warning {
+                component: None,
+                message: format!("the status could not be written: {s}"),
+            });
+        }
+        self.audit(
+            "create",
+            image.unwrap_or("-"),
+            outcome_of(&e),
+            0,
+            started,
+            Some(e.to_string()),
+        );
+        if run_hooks {
+            let env = HookEnv {
+                outcome: "failed".into(),
+                image: image.unwrap_or_default().to_string(),
+                failed: vec![],
+                node: self.config.appliance.node.clone(),
+            };
+            if let Err(h) = run_hook("on_failure", &self.config.hooks.on_failure, &env) {
+                self.progress.event(&Event::Warning {
+                    component: None,
+                    message: h.to_string(),
+                });
+            }
+        }
+        e
     }
 
     /// A creation time whose image name is free: names carry the second, so
@@ -549,11 +587,38 @@ impl Engine {
     pub async fn prune(&self, dry_run: bool) -> Result<Vec<RetentionDecision>> {
         let started = Instant::now();
         let _lock = self.lock("prune", "prune", "-", started)?;
+        if !dry_run {
+            self.remove_stale_uploads().await;
+        }
         let result = self.apply_retention(dry_run).await;
         if let Err(e) = &result {
             self.audit("prune", "-", outcome_of(e), 0, started, Some(e.to_string()));
         }
         result
+    }
+
+    /// Removes the hidden temporary objects of uploads killed more than a
+    /// day ago (audited as `prune.partial`); a failure is a warning, not the
+    /// prune's failure.
+    async fn remove_stale_uploads(&self) {
+        let Some(storage) = self.storage() else {
+            return;
+        };
+        let started = Instant::now();
+        match storage.remove_stale_uploads(STALE_UPLOAD_AGE).await {
+            Ok(removed) => {
+                for name in removed {
+                    self.progress.event(&Event::Step {
+                        message: format!("removed an unfinished upload: {name}"),
+                    });
+                    self.audit("prune.partial", &name, "done", 0, started, None);
+                }
+            }
+            Err(e) => self.progress.event(&Event::Warning {
+                component: None,
+                message: format!("unfinished uploads could not be removed: {e}"),
+            }),
+        }
     }
 
     /// Applies the retention policy to this node's images (caller holds the lock).
@@ -686,6 +751,18 @@ pub(crate) fn outcome_of(e: &Error) -> &'static str {
         e if e.is_input_error() => "refused",
         _ => "failed",
     }
+}
+
+/// The components a published backup lacks, for messages (`None` if none).
+pub(crate) fn failed_components(report: &CreateReport) -> Option<String> {
+    let failed: Vec<&str> = report
+        .manifest
+        .components
+        .iter()
+        .filter(|c| c.outcome != Outcome::Success)
+        .map(|c| c.name.as_str())
+        .collect();
+    (!failed.is_empty()).then(|| format!("components failed: {}", failed.join(", ")))
 }
 
 fn record_error(report: &CreateReport) -> Option<String> {

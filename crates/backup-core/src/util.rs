@@ -77,6 +77,109 @@ pub(crate) fn create_private_dir(path: &Path) -> io::Result<()> {
         .create(path)
 }
 
+/// The id of a group given by name (looked up in `/etc/group`) or number.
+pub(crate) fn group_id(group: &str) -> std::result::Result<u32, String> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    let table = std::fs::read_to_string("/etc/group")
+        .map_err(|e| format!("cannot read /etc/group to look up {group:?}: {e}"))?;
+    table
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split(':');
+            let name = fields.next()?;
+            let gid = fields.nth(1)?.parse::<u32>().ok()?;
+            (name == group).then_some(gid)
+        })
+        .next()
+        .ok_or_else(|| {
+            format!("no group {group:?} in /etc/group; create it or give its numeric id")
+        })
+}
+
+/// Directory of scratch space in the state directory.
+pub(crate) const SCRATCH_DIR: &str = "tmp";
+
+/// A new private scratch directory for this process's run,
+/// `state_dir/tmp/run-<pid>-<tag>`: the pid ties it to the run, so a later
+/// run can tell a dead run's leftovers from a live one's.
+pub(crate) fn run_scratch_dir(state_dir: &Path) -> io::Result<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = state_dir.join(SCRATCH_DIR);
+    create_private_dir(&tmp)?;
+    // Made by an older version, or by hand: it holds plaintext snapshots.
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o700))?;
+    let dir = tmp.join(format!("run-{}-{}", std::process::id(), random_tag()));
+    create_private_dir(&dir)?;
+    Ok(dir)
+}
+
+/// Removes what runs that are gone left in `state_dir/tmp` (a killed run's
+/// database snapshots and dumps, in clear); returns what it removed.
+///
+/// A `run-<pid>-…` directory is stale once its process is gone. With
+/// `holding_lock` (only lock holders make scratch space, and we hold the lock)
+/// everything not made by this process is stale, whatever its name — which
+/// also covers a reused pid.
+pub(crate) fn remove_stale_scratch(
+    state_dir: &Path,
+    holding_lock: bool,
+) -> Vec<std::path::PathBuf> {
+    let tmp = state_dir.join(SCRATCH_DIR);
+    let Ok(entries) = std::fs::read_dir(&tmp) else {
+        return Vec::new();
+    };
+    let me = std::process::id();
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let owner = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("run-"))
+            .and_then(|n| n.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok());
+        let stale = match owner {
+            Some(pid) if pid == me => false,
+            Some(_) if holding_lock => true,
+            Some(pid) => !Path::new(&format!("/proc/{pid}")).exists(),
+            None => holding_lock,
+        };
+        if stale && remove_any(&entry.path()).is_ok() {
+            removed.push(entry.path());
+        }
+    }
+    removed.sort();
+    removed
+}
+
+/// Makes a child process die with the engine (`PR_SET_PDEATHSIG`): a killed
+/// engine must not leave a dump command running, writing into scratch space
+/// nobody removes.
+///
+/// The signal follows the *thread* that spawned the child; call this only for
+/// children that thread waits for.
+#[allow(unsafe_code)]
+pub(crate) fn die_with_engine(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    let engine = libc::pid_t::try_from(std::process::id()).unwrap_or(0);
+    // SAFETY: the closure runs in the child between fork and exec; it only
+    // makes async-signal-safe system calls (prctl, getppid) and allocates
+    // nothing (errors are built from raw OS error numbers).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The engine died before the request took effect.
+            if libc::getppid() != engine {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Whether this process runs as root (then owners are restored too).
 pub(crate) fn is_root() -> bool {
     // /proc/self belongs to the effective user; this avoids an unsafe libc call.

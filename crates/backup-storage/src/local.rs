@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use crate::names::{is_valid_name, is_valid_segment, temp_name};
+use crate::names::{is_temp_name, is_valid_name, is_valid_segment, temp_name};
 use crate::open::file_url;
 use crate::{
     resolve_range, Capabilities, Capacity, DirInfo, Error, FlushScope, GetResult, ListResult,
@@ -20,9 +20,15 @@ use crate::{
 /// A local directory (`file:///path`). Uploads go to a hidden temporary name,
 /// are fsynced, renamed into place and the directory fsynced, so a crash never
 /// leaves a partial object under a final name.
+///
+/// Objects are created readable by their owner only (0600): an image's header
+/// holds the wrapped master key, a target for offline guessing. With
+/// [`LocalStorage::with_group`] they belong to that group and are
+/// group-readable (0640).
 #[derive(Debug, Clone)]
 pub struct LocalStorage {
     root: PathBuf,
+    group: Option<u32>,
 }
 
 impl LocalStorage {
@@ -48,7 +54,7 @@ impl LocalStorage {
             }
         };
         match fs::metadata(&root) {
-            Ok(meta) if meta.is_dir() => Ok(LocalStorage { root }),
+            Ok(meta) if meta.is_dir() => Ok(LocalStorage { root, group: None }),
             Ok(_) => Err(Error::NotFound {
                 what: format!("storage path {shown} is not a directory; fix [storage] url"),
                 source: None,
@@ -60,9 +66,68 @@ impl LocalStorage {
         }
     }
 
+    /// Objects created from now on belong to group `gid` and are readable by
+    /// it (0640); `None` (the default) keeps them owner-only (0600).
+    pub fn with_group(mut self, gid: Option<u32>) -> LocalStorage {
+        self.group = gid;
+        self
+    }
+
     /// The root directory.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Removes the hidden temporary files of uploads that never finished (a
+    /// killed run) and were last written more than `older_than` ago, anywhere
+    /// below the root; returns their paths relative to the root. Younger ones
+    /// may belong to an upload still running, so they stay.
+    pub fn remove_stale_uploads_blocking(&self, older_than: Duration) -> Result<Vec<String>> {
+        let cutoff = std::time::SystemTime::now()
+            .checked_sub(older_than)
+            .unwrap_or(std::time::UNIX_EPOCH);
+        let mut removed = Vec::new();
+        let mut dirs = vec![String::new()];
+        while let Some(dir) = dirs.pop() {
+            let entries = match fs::read_dir(self.root.join(&dir)) {
+                Ok(e) => e,
+                // Deleted meanwhile.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::from_io(format!("listing {dir} in {self}"), e)),
+            };
+            for entry in entries {
+                let entry =
+                    entry.map_err(|e| Error::from_io(format!("listing {dir} in {self}"), e))?;
+                let Ok(file_name) = entry.file_name().into_string() else {
+                    continue;
+                };
+                let Ok(kind) = entry.file_type() else {
+                    continue;
+                };
+                let rel = format!("{dir}{file_name}");
+                if kind.is_dir() {
+                    dirs.push(format!("{rel}/"));
+                    continue;
+                }
+                if !kind.is_file() || !is_temp_name(&file_name) {
+                    continue;
+                }
+                let stale = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t < cutoff);
+                if !stale {
+                    continue;
+                }
+                match fs::remove_file(entry.path()) {
+                    Ok(()) => removed.push(rel),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::from_io(format!("removing {rel} from {self}"), e)),
+                }
+            }
+        }
+        removed.sort();
+        Ok(removed)
     }
 
     /// The path of a validated object name.
@@ -180,6 +245,7 @@ impl Storage for LocalStorage {
         let root = self.root.clone();
         let (name, location) = (name.to_owned(), self.to_string());
         let mode = opts.mode;
+        let group = self.group;
         blocking(move || {
             if mode == PutMode::Create && target.symlink_metadata().is_ok() {
                 return Err(Error::AlreadyExists {
@@ -192,9 +258,11 @@ impl Storage for LocalStorage {
             let file = loop {
                 attempts -= 1;
                 let created = create_dirs(&root, &dir).and_then(|()| {
+                    use std::os::unix::fs::OpenOptionsExt;
                     fs::OpenOptions::new()
                         .write(true)
                         .create_new(true)
+                        .mode(0o600)
                         .open(&temp)
                 });
                 match created {
@@ -208,6 +276,19 @@ impl Storage for LocalStorage {
                     Ok(file) => break file,
                 }
             };
+            if let Some(gid) = group {
+                let shared = rustix::fs::fchown(&file, None, Some(rustix::fs::Gid::from_raw(gid)))
+                    .and_then(|()| {
+                        rustix::fs::fchmod(&file, rustix::fs::Mode::from_raw_mode(0o640))
+                    });
+                if let Err(e) = shared {
+                    let _ = fs::remove_file(&temp);
+                    return Err(Error::from_io(
+                        format!("giving the temporary file of {name} in {location} to group {gid}"),
+                        e.into(),
+                    ));
+                }
+            }
             let writeback =
                 (file.try_clone().ok()).map(|f| Writeback::new(f, FlushScope::FileData));
             let upload = LocalUpload {
@@ -440,6 +521,11 @@ impl Storage for LocalStorage {
         Err(Error::Unsupported {
             what: "presigned URLs: file:// storage cannot presign; use `backup fetch` or an S3 backend".to_owned(),
         })
+    }
+
+    async fn remove_stale_uploads(&self, older_than: Duration) -> Result<Vec<String>> {
+        let this = self.clone();
+        blocking(move || this.remove_stale_uploads_blocking(older_than)).await
     }
 }
 

@@ -164,6 +164,13 @@ impl NfsStorage {
         })
     }
 
+    /// Objects created from now on belong to group `gid`, mode 0640 (see
+    /// [`LocalStorage::with_group`]).
+    pub fn with_group(mut self, gid: Option<u32>) -> NfsStorage {
+        self.local = self.local.with_group(gid);
+        self
+    }
+
     /// What the mount check found.
     pub fn mount_info(&self) -> &NfsMount {
         &self.info
@@ -225,6 +232,9 @@ impl Storage for NfsStorage {
     }
     async fn inspect_dir(&self, prefix: &str) -> Result<DirInfo> {
         self.local.inspect_dir(prefix).await
+    }
+    async fn remove_stale_uploads(&self, older_than: Duration) -> Result<Vec<String>> {
+        self.local.remove_stale_uploads(older_than).await
     }
 }
 

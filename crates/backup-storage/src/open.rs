@@ -11,6 +11,9 @@ use crate::{Error, LocalStorage, Result, Storage};
 pub struct OpenOptions {
     /// For `nfs://`: where the export is mounted locally.
     pub mount: Option<PathBuf>,
+    /// For `file://` and `nfs://`: the group (id) new objects belong to,
+    /// then group-readable (0640); `None` keeps them owner-only (0600).
+    pub group: Option<u32>,
 }
 
 /// What this build can open, for error messages.
@@ -48,13 +51,15 @@ fn open_backend(url: &str, opts: &OpenOptions) -> Result<Arc<dyn Storage>> {
                 tracing::debug!(url, "ignoring the mount option: it is for nfs:// URLs");
             }
             let path = file_url_path(rest).map_err(invalid)?;
-            Ok(Arc::new(LocalStorage::new(path)?))
+            Ok(Arc::new(LocalStorage::new(path)?.with_group(opts.group)))
         }
         "nfs" => {
             let mount = opts.mount.as_deref().ok_or_else(|| {
                 invalid("nfs:// needs the local mount point of the export: set [storage] mount = \"/mnt/backups\"".into())
             })?;
-            Ok(Arc::new(crate::NfsStorage::open(url, mount)?))
+            Ok(Arc::new(
+                crate::NfsStorage::open(url, mount)?.with_group(opts.group),
+            ))
         }
         #[cfg(feature = "s3")]
         "s3" => crate::s3::open(url),

@@ -178,6 +178,14 @@ impl Storage for RetryStorage {
             })
             .await
     }
+
+    async fn remove_stale_uploads(&self, older_than: Duration) -> Result<Vec<String>> {
+        self.policy
+            .run("remove stale uploads", || {
+                self.inner.remove_stale_uploads(older_than)
+            })
+            .await
+    }
 }
 
 type Reopen = Pin<Box<dyn Future<Output = Result<GetResult>> + Send>>;

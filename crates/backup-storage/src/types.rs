@@ -232,4 +232,13 @@ pub trait Storage: Send + Sync + fmt::Debug + fmt::Display {
             what: format!("rewriting {name} in place on {self}"),
         })
     }
+
+    /// Removes the hidden temporary objects of uploads that never finished
+    /// (a killed run) and were last written more than `older_than` ago;
+    /// returns their names. Backends that leave no such objects (or cannot
+    /// tell them) keep this default, which removes nothing; wrappers forward it.
+    async fn remove_stale_uploads(&self, older_than: Duration) -> Result<Vec<String>> {
+        let _ = older_than;
+        Ok(Vec::new())
+    }
 }

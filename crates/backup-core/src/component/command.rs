@@ -46,7 +46,10 @@ impl CommandComponent {
 fn run(argv: &[String], stdin: Stdio, stdout: Stdio) -> Result<(), String> {
     let (program, args) = argv.split_first().ok_or("empty command")?;
     let shown = argv.join(" ");
-    let mut child = Command::new(program)
+    let mut cmd = Command::new(program);
+    // `run` waits for the child on the thread that spawns it (see die_with_engine).
+    crate::util::die_with_engine(&mut cmd);
+    let mut child = cmd
         .args(args)
         // Dump and restore commands never need the domain secret.
         .env_remove("BACKUP_SECRET")
@@ -104,12 +107,18 @@ impl Component for CommandComponent {
     fn snapshot(&self, sink: &mut dyn EntrySink, scratch: &Path) -> Result<(), SnapshotError> {
         let spool = scratch.join(format!("{}.dump-{}", self.name, crate::util::random_tag()));
         let result = (|| {
-            let out = std::fs::File::create(&spool).map_err(|e| {
-                SnapshotError::Failed(format!(
-                    "cannot create scratch file {}: {e}",
-                    spool.display()
-                ))
-            })?;
+            use std::os::unix::fs::OpenOptionsExt;
+            let out = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&spool)
+                .map_err(|e| {
+                    SnapshotError::Failed(format!(
+                        "cannot create scratch file {}: {e}",
+                        spool.display()
+                    ))
+                })?;
             run(&self.backup, Stdio::null(), Stdio::from(out)).map_err(SnapshotError::Failed)?;
             let mut file = std::fs::File::open(&spool).map_err(|e| {
                 SnapshotError::Failed(format!("cannot reopen {}: {e}", spool.display()))

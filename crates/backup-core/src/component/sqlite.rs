@@ -66,6 +66,17 @@ impl Component for SqliteComponent {
             crate::util::random_tag()
         ));
         let result = (|| {
+            // SQLite would create the file world-readable (0644); VACUUM INTO
+            // accepts an empty file, made here owner-only.
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&snapshot)
+                    .map_err(|e| failed("cannot create the scratch file for", &e))?;
+            }
             let db = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY)
                 .map_err(|e| failed("cannot open database", &e))?;
             db.busy_timeout(std::time::Duration::from_secs(30))
