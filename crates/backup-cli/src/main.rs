@@ -95,7 +95,7 @@ backup --secret-file /root/backup.secret init"
 backup create -C config -C maindb        a custom backup of two components\n  \
 backup create --include-audits --halt\n  \
 backup create -o /tmp/gw.bkp             to a file instead of the storage\n  \
-backup create -o - | ssh vault 'cat > gw.bkp'   to standard output (never a terminal); reports go to stderr"
+backup create -o - > gw.bkp               to standard output (never a terminal); reports go to stderr"
     )]
     Create(CreateArgs),
     /// List the images in the configured storage

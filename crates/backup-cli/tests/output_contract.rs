@@ -379,6 +379,46 @@ fn every_command_prints_one_json_document_with_json_errors_included() {
 }
 
 #[test]
+fn the_daemon_with_json_ends_with_one_json_document() {
+    let fx = Fixture::new();
+    let text = fs::read_to_string(&fx.config).unwrap()
+        + "\n[schedule]\ncron = [\"0 2 * * *\"]\ntimezone = \"UTC\"\n";
+    let cfg = fx.dir.join("scheduled.toml");
+    fs::write(&cfg, text).unwrap();
+    let mut child = fx
+        .cmd_with(&cfg)
+        .args(["--json", "daemon"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Running once it has announced itself in the state directory.
+    let daemon_file = fx.state.join("daemon.json");
+    for _ in 0..600 {
+        if daemon_file.exists() || child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(daemon_file.exists(), "the daemon did not start");
+    let kill = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    let out = Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        what: "backup --json daemon".into(),
+    };
+    out.expect(0);
+    assert_eq!(one_json_document(&out)["daemon"], "stopped");
+}
+
+#[test]
 fn quickstart_and_init_with_json() {
     let tmp = tempfile::tempdir().unwrap();
     let out = run(bare_cmd()
