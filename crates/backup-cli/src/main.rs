@@ -733,7 +733,7 @@ async fn verify(cli: &Cli, image: &str) -> anyhow::Result<ExitCode> {
         if !cli.quiet {
             outln!(
                 "verified {} ({}): decrypted, decompressed and checked {} against the manifest",
-                report.image,
+                escape_control(&report.image),
                 human(report.size),
                 report.verified.join(", ")
             )?;
@@ -772,13 +772,13 @@ async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<ExitCode> {
             Some(t) => outln!(
                 "restored {} from {} under {}",
                 report.restored.join(", "),
-                report.image,
-                t.display()
+                escape_control(&report.image),
+                escape_control(&t.display().to_string())
             )?,
             None => outln!(
                 "restored {} from {}",
                 report.restored.join(", "),
-                report.image
+                escape_control(&report.image)
             )?,
         }
         for s in &report.skipped_failed {

@@ -22,11 +22,11 @@ pub(crate) async fn fetch(
     if cli.json {
         print_json(&serde_json::json!({ "image": image, "output": out, "bytes": n }))?;
     } else if !cli.quiet {
+        let out = escape_control(&out.display().to_string()).into_owned();
         outln!(
-            "fetched {image} to {} ({}); restore it with `backup restore {}`",
-            out.display(),
+            "fetched {} to {out} ({}); restore it with `backup restore {out}`",
+            escape_control(image),
             human(n),
-            out.display()
         )?;
     }
     Ok(ExitCode::SUCCESS)
