@@ -504,15 +504,17 @@ fn init(cli: &Cli) -> anyhow::Result<ExitCode> {
         .passphrase("set the domain master secret (at least 8 characters)", true)?
         .ok_or_else(|| Error::PassphraseRequired("set the domain master secret".into()))?;
     let params: KdfParams = config.encryption.kdf_params();
-    report::notice(
-        cli.json,
-        &format!(
-            "deriving the key slot (Argon2id, {} MiB, {} passes, {} lanes)…",
-            params.memory_kib / 1024,
-            params.iterations,
-            params.parallelism
-        ),
-    );
+    if !cli.quiet {
+        report::notice(
+            cli.json,
+            &format!(
+                "deriving the key slot (Argon2id, {} MiB, {} passes, {} lanes)…",
+                params.memory_kib / 1024,
+                params.iterations,
+                params.parallelism
+            ),
+        );
+    }
     let id = backup_core::init_keys(state, &pass, params)?;
     if cli.json {
         print_json(&serde_json::json!({ "key_id": id.to_string(), "state_dir": state }))?;

@@ -647,6 +647,17 @@ fn quiet_prints_nothing_on_success_and_component_lines_need_verbose() {
         out.dump()
     );
 
+    let fresh = fx.dir.join("state-quiet");
+    let cfg = fx.config_variant("quiet.toml", |s| s.state_dir = fresh.clone());
+    let out = run(fx.cmd_with(&cfg).args(["-q", "init"]));
+    out.expect(0);
+    assert_eq!(
+        (out.stdout.as_str(), out.stderr.as_str()),
+        ("", ""),
+        "{}",
+        out.dump()
+    );
+
     // Without -v: the result on stdout, no per-component lines on stderr.
     let plain = fx.backup(&["create"]);
     plain.expect(0);
