@@ -360,6 +360,27 @@ fn every_command_prints_one_json_document_with_json_errors_included() {
     err(&["schedule", "-n", "many"]);
     err(&["no-such-command"]);
     err(&["list", "--no-such-flag"]);
+    let short = run(fx
+        .cmd()
+        .env("BACKUP_NEW_SECRET", "short")
+        .args(["--json", "key", "rotate"]));
+    short.expect(2);
+    assert_eq!(
+        one_json_document(&short)["error"]["kind"],
+        "passphrase_too_short"
+    );
+    // prune with a [retention] policy.
+    let kept = fs::read_to_string(&fx.config).unwrap() + "\n[retention]\nkeep_last = 5\n";
+    let kept_cfg = fx.dir.join("retention.toml");
+    fs::write(&kept_cfg, kept).unwrap();
+    for args in [
+        &["--json", "prune", "--dry-run"][..],
+        &["--json", "prune"][..],
+    ] {
+        let out = run(fx.cmd_with(&kept_cfg).args(args));
+        out.expect(0);
+        assert!(one_json_document(&out).is_array(), "{}", out.dump());
+    }
     let wrong = run(fx
         .cmd()
         .env("BACKUP_SECRET", "not the domain secret")
