@@ -2,17 +2,17 @@
 //!
 //! Exit codes: 0 success, 1 failure, 2 usage or input error, 3 partial
 //! success, 4 skipped (another backup or restore is running).
-use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
 use backup_core::{
-    Config, CreateOptions, Engine, Error, ImageDetails, KdfParams, Outcome, PassphraseProvider,
-    RestoreOptions,
+    Compression, Config, CreateOptions, Engine, Error, ImageDetails, KdfParams, Outcome,
+    PassphraseProvider, RestoreOptions,
 };
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 mod ops_cmd;
 mod quickstart;
@@ -20,7 +20,7 @@ mod report;
 mod secret;
 mod storage_cmd;
 
-use report::{human, print_json, Reporter};
+use report::{escape_control, human, outln, print_json, Reporter};
 use secret::CliSecret;
 
 /// Exit code of a partial success.
@@ -37,14 +37,21 @@ const EXIT_SKIPPED: u8 = 4;
     about = "Point-in-time backup and restore of an appliance's state into encrypted images",
     long_about = "Point-in-time backup and restore of an appliance's state (configuration files, \
 internal database, audit records, …) into encrypted images on local disk or remote storage.\n\n\
-The domain master secret is never accepted on the command line: it comes from --secret-file FILE, \
-the BACKUP_SECRET environment variable, or a prompt on a terminal. Unattended backups use the \
-master key file in the state directory and need no secret.",
+The domain master secret is never accepted on the command line: it comes from --secret-file FILE \
+(or BACKUP_SECRET_FILE), the BACKUP_SECRET environment variable, or a prompt on a terminal. \
+Unattended backups use the master key file in the state directory and need no secret.\n\n\
+The configuration file is --config FILE, else $BACKUP_CONFIG, else ./backup.toml if it exists, \
+else /etc/backup/backup.toml.",
     after_help = "Exit codes: 0 success, 1 failure, 2 usage or input error, 3 partial success \
-(some components failed; the image holds the rest), 4 skipped (another backup or restore is running).\n\nStart with `backup quickstart` to see a demo appliance backed up and restored."
+(some components failed; the image holds the rest), 4 skipped (another backup or restore is running).\n\n\
+Examples:\n  backup quickstart                 a demo appliance backed up and restored\n  \
+backup create                     a standard backup into the configured storage\n  \
+backup -q create                  the same for cron: prints nothing unless something is wrong\n  \
+backup list\n  backup restore IMAGE --target /tmp/inspect\n\n\
+Run `backup COMMAND --help` for a command's options and examples."
 )]
 pub(crate) struct Cli {
-    /// Configuration file [default: ./backup.toml]
+    /// Configuration file [default: ./backup.toml if it exists, else /etc/backup/backup.toml]
     #[arg(
         long,
         short = 'c',
@@ -53,15 +60,21 @@ pub(crate) struct Cli {
         value_name = "FILE"
     )]
     config: Option<PathBuf>,
-    /// Read the domain master secret from this file (first line; mode 0600 recommended)
-    #[arg(long, global = true, value_name = "FILE")]
+    /// Read the domain master secret from this file: its first line, without
+    /// the line end; the rest is ignored (mode 0600 recommended)
+    #[arg(long, global = true, value_name = "FILE", env = "BACKUP_SECRET_FILE")]
     pub(crate) secret_file: Option<PathBuf>,
-    /// Machine-readable output: JSON on stdout, JSON-lines events on stderr
+    /// Machine-readable output: one JSON document on stdout (errors too, as
+    /// {"error": {"kind", "message"}}), JSON-lines events on stderr
     #[arg(long, global = true)]
     pub(crate) json: bool,
     /// Per-component progress on stderr
-    #[arg(long, short = 'v', global = true)]
+    #[arg(long, short = 'v', global = true, conflicts_with = "quiet")]
     verbose: bool,
+    /// Print nothing on success (commands that only show something still
+    /// show it); warnings and errors still go to stderr. For cron
+    #[arg(long, short = 'q', global = true)]
+    pub(crate) quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -70,35 +83,67 @@ pub(crate) struct Cli {
 enum Command {
     /// Set the domain master secret once: creates the master key, its keyring
     /// and the 0600 key file in the state directory (refuses if either already exists)
+    #[command(
+        after_help = "Examples:\n  backup init                              asks for the secret twice\n  \
+backup --secret-file /root/backup.secret init"
+    )]
     Init,
     /// Take a backup: a standard one (every applicable default component), or
     /// a custom one with --component
+    #[command(
+        after_help = "Examples:\n  backup create                            a standard backup into the configured storage\n  \
+backup create -C config -C maindb        a custom backup of two components\n  \
+backup create --include-audits --halt\n  \
+backup create -o /tmp/gw.bkp             to a file instead of the storage\n  \
+backup create -o - > gw.bkp               to standard output (never a terminal); reports go to stderr"
+    )]
     Create(CreateArgs),
     /// List the images in the configured storage
+    #[command(after_help = "Examples:\n  backup list\n  backup --json list | jq -r '.[].name'")]
     List,
     /// Show an image's details (from its sidecar manifest, or by reading it)
+    #[command(
+        after_help = "Examples:\n  backup show gw-20261122T020000Z_gw-1_standalone.bkp\n  backup show ./carried/gw.bkp"
+    )]
     Show {
         /// Image name in the storage, or a path to an image file
         image: String,
     },
     /// Decrypt, decompress and check every component against the manifest, writing nothing
+    #[command(
+        after_help = "Examples:\n  backup verify gw-20261122T020000Z_gw-1_standalone.bkp\n  \
+backup create -o - > gw.bkp && backup verify ./gw.bkp"
+    )]
     Verify {
         /// Image name in the storage, or a path to an image file
         image: String,
     },
     /// Restore an image onto this appliance (or under --target DIR)
+    #[command(
+        after_help = "Examples:\n  backup restore gw-20261122T020000Z_gw-1_standalone.bkp --target /tmp/inspect\n  \
+backup restore ./carried/gw.bkp -C config      only the config component"
+    )]
     Restore(RestoreArgs),
-    /// Write the decrypted payload (a standard .tar.gz) for standard tools.
-    /// The output holds the appliance's secrets in clear
+    /// Write the decrypted payload (a standard .tar.gz, .tar.zst or .tar, as
+    /// the image was compressed) for standard tools. The output holds the
+    /// appliance's secrets in clear
+    #[command(
+        after_help = "Examples:\n  backup decrypt IMAGE -o payload.tar.gz && tar -tzvf payload.tar.gz\n  \
+backup decrypt IMAGE -o payload         named payload.tar.gz, .tar.zst or .tar after the image's codec"
+    )]
     Decrypt {
         /// Image name in the storage, or a path to an image file
         image: String,
-        /// Output file (created atomically, mode 0600)
+        /// Output file (created atomically, mode 0600); without an extension,
+        /// `.tar.gz`, `.tar.zst` or `.tar` is added after the image's codec
         #[arg(short, long, value_name = "FILE")]
         output: PathBuf,
     },
     /// Seal a payload (.tar.gz, e.g. edited after `backup decrypt`) into an image
     /// under this appliance's key; restore still checks everything inside
+    #[command(
+        after_help = "Examples:\n  backup encrypt payload.tar.gz -o edited.bkp && backup verify ./edited.bkp"
+    )]
     Encrypt {
         /// The payload file
         input: PathBuf,
@@ -107,6 +152,9 @@ enum Command {
         output: PathBuf,
     },
     /// Download an image from the storage to a local file (to carry it to a replacement machine)
+    #[command(
+        after_help = "Examples:\n  backup fetch gw-20261122T020000Z_gw-1_standalone.bkp -o /media/usb/gw.bkp"
+    )]
     Fetch {
         /// Image name in the storage
         image: String,
@@ -116,12 +164,17 @@ enum Command {
     },
     /// Browse the storage one level at a time: permissions, space, and the
     /// backups with their details; give an image name for its details table
+    #[command(after_help = "Examples:\n  backup browse\n  backup browse ..\n  \
+backup browse gw-20261122T020000Z_gw-1_standalone.bkp")]
     Browse {
         /// A directory level (`..` for the parent) or an image name [default: the top]
         #[arg(default_value = "")]
         path: String,
     },
     /// Time-limited download links (presigned URLs, S3) for images, as a table or CSV
+    #[command(
+        after_help = "Examples:\n  backup links --expires 90m\n  backup links IMAGE --csv links.csv"
+    )]
     Links {
         /// Images [default: every image in the storage]
         images: Vec<String>,
@@ -133,8 +186,12 @@ enum Command {
         csv: Option<PathBuf>,
     },
     /// Show whether a backup runs now, the last success and failure, and the next scheduled run
+    #[command(after_help = "Examples:\n  backup status\n  backup --json status")]
     Status,
     /// Show the audit log (every create, restore, verify, key and prune operation)
+    #[command(
+        after_help = "Examples:\n  backup audit --since 3d\n  backup audit --since 2026-11-01"
+    )]
     Audit {
         /// Only records at or after this time (RFC 3339, a date YYYY-MM-DD, or a
         /// duration ago such as 2h, 3d)
@@ -142,34 +199,59 @@ enum Command {
         since: Option<String>,
     },
     /// Print the log lines kept for a backup
+    #[command(after_help = "Examples:\n  backup log gw-20261122T020000Z_gw-1_standalone.bkp")]
     Log {
         /// Image name
         image: String,
     },
     /// Delete images the [retention] policy does not keep (audited)
+    #[command(after_help = "Examples:\n  backup prune --dry-run\n  backup prune")]
     Prune {
         /// Only list what would be deleted
         #[arg(long)]
         dry_run: bool,
     },
     /// Print the next scheduled run times
+    #[command(after_help = "Examples:\n  backup schedule -n 10")]
     Schedule {
         /// How many
         #[arg(short = 'n', long, default_value_t = 5)]
         count: usize,
     },
     /// Run scheduled backups until SIGTERM/SIGINT (a running backup finishes first)
+    #[command(
+        after_help = "Examples:\n  backup daemon                 usually started by a service manager"
+    )]
     Daemon,
     /// Domain master secret operations
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  backup key check\n  backup key rotate --new-secret-file /root/new.secret\n  \
+backup key rewrap IMAGE..."
+    )]
     Key(ops_cmd::KeyCommand),
     /// Build a demo appliance in a fresh directory, back it up, verify it,
     /// restore it elsewhere and prove the restore is identical
+    #[command(after_help = "Examples:\n  backup quickstart\n  backup quickstart --dir /tmp/demo")]
     Quickstart {
         /// Directory for the demo [default: a new directory under the system temp dir]
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
+    /// Print a shell completion script on stdout
+    #[command(
+        after_help = "Examples:\n  backup completions bash > /etc/bash_completion.d/backup\n  \
+backup completions zsh > \"${fpath[1]}/_backup\""
+    )]
+    Completions {
+        /// The shell
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) on stdout
+    #[command(
+        after_help = "Examples:\n  backup man > /usr/local/share/man/man1/backup.1\n  backup man | man -l -"
+    )]
+    Man,
 }
 
 #[derive(Args)]
@@ -219,43 +301,143 @@ struct RestoreArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    let log = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("BACKUP_LOG")
                 .unwrap_or_else(|_| "warn".into()),
         )
-        .with_writer(std::io::stderr)
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .with_writer(std::io::stderr);
+    if cli.json {
+        log.event_format(report::JsonLog).init();
+    } else {
+        log.with_ansi(report::colour()).init();
+    }
+    let json = cli.json;
+    let code = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
+        .context("cannot start the runtime")
     {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Ok(runtime) => runtime.block_on(run(cli)),
+        Err(e) => Err(e),
     };
-    match runtime.block_on(run(cli)) {
+    report::clear_progress();
+    match code {
         Ok(code) => code,
+        // The reader of our output went away (`backup list | head -1`):
+        // nothing is wrong, and there is nobody left to tell.
+        Err(e) if e.chain().any(|c| c.is::<report::StdoutClosed>()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            let core = e.chain().find_map(|c| c.downcast_ref::<Error>());
-            ExitCode::from(match core {
-                Some(Error::Busy(_)) => EXIT_SKIPPED,
-                Some(c) if c.is_input_error() => EXIT_USAGE,
-                _ => 1,
-            })
+            let message = format!("{e:#}");
+            if json {
+                let doc = serde_json::json!({
+                    "error": { "kind": error_kind(&e), "message": message }
+                });
+                if print_json(&doc).is_err() {
+                    let _ = writeln!(std::io::stderr(), "{doc}");
+                }
+            } else {
+                let _ = writeln!(std::io::stderr(), "error: {}", escape_control(&message));
+            }
+            ExitCode::from(exit_code(&e))
         }
     }
 }
 
-pub(crate) fn config_path(cli: &Cli) -> PathBuf {
-    cli.config
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("backup.toml"))
+/// A command line clap refused. With `--json` anywhere before `--`, the
+/// error is a JSON document too; help and version print as usual.
+fn usage_error(e: clap::Error) -> ExitCode {
+    let json = std::env::args_os()
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json");
+    if !json || !e.use_stderr() {
+        e.exit();
+    }
+    let text = e.render().to_string();
+    let message = text.trim().trim_start_matches("error: ");
+    let doc = serde_json::json!({ "error": { "kind": "usage", "message": message } });
+    let _ = print_json(&doc);
+    ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(EXIT_USAGE))
 }
+
+/// The exit code of a failed command (see the top of this file).
+fn exit_code(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if let Some(core) = cause.downcast_ref::<Error>() {
+            return match core {
+                Error::Busy(_) => EXIT_SKIPPED,
+                // A storage URL is configuration: the operator's to fix.
+                Error::Storage(backup_storage::Error::InvalidUrl { .. }) => EXIT_USAGE,
+                c if c.is_input_error() => EXIT_USAGE,
+                _ => 1,
+            };
+        }
+        if let Some(backup_storage::Error::InvalidUrl { .. }) = cause.downcast_ref() {
+            return EXIT_USAGE;
+        }
+        if let Some(backup_crypto::Error::PassphraseTooShort { .. }) = cause.downcast_ref() {
+            return EXIT_USAGE;
+        }
+    }
+    1
+}
+
+/// The `kind` of a JSON error: the name of the engine's error variant in
+/// snake case (`wrong_passphrase`, `not_found`, `version_mismatch`, …;
+/// crypto and storage errors by their own variant), or `other`.
+fn error_kind(e: &anyhow::Error) -> String {
+    fn variant(debug: String) -> String {
+        let name: String = debug
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric())
+            .collect();
+        let mut out = String::new();
+        for (i, c) in name.chars().enumerate() {
+            if c.is_ascii_uppercase() && i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        }
+        out
+    }
+    for cause in e.chain() {
+        if let Some(core) = cause.downcast_ref::<Error>() {
+            return match core {
+                Error::Crypto(c) => variant(format!("{c:?}")),
+                Error::Storage(s) => variant(format!("{s:?}")),
+                other => variant(format!("{other:?}")),
+            };
+        }
+        if let Some(c) = cause.downcast_ref::<backup_crypto::Error>() {
+            return variant(format!("{c:?}"));
+        }
+        if let Some(s) = cause.downcast_ref::<backup_storage::Error>() {
+            return variant(format!("{s:?}"));
+        }
+    }
+    "other".into()
+}
+
+/// `--config`, else `$BACKUP_CONFIG` (both through clap), else
+/// `./backup.toml` if it exists, else `/etc/backup/backup.toml`.
+pub(crate) fn config_path(cli: &Cli) -> PathBuf {
+    if let Some(c) = &cli.config {
+        return c.clone();
+    }
+    let local = PathBuf::from("backup.toml");
+    if local.exists() {
+        local
+    } else {
+        PathBuf::from(SYSTEM_CONFIG)
+    }
+}
+
+/// The configuration file when there is no other.
+const SYSTEM_CONFIG: &str = "/etc/backup/backup.toml";
 
 pub(crate) fn engine(cli: &Cli) -> anyhow::Result<Engine> {
     let config = Config::load(&config_path(cli))?;
@@ -265,7 +447,7 @@ pub(crate) fn engine(cli: &Cli) -> anyhow::Result<Engine> {
     });
     Ok(Engine::builder(config)
         .passphrase_provider(secret)
-        .progress(Arc::new(Reporter::new(cli.verbose, cli.json)))
+        .progress(Arc::new(Reporter::new(cli.verbose, cli.quiet, cli.json)))
         .build()?)
 }
 
@@ -277,28 +459,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Show { image } => show(&cli, image).await,
         Command::Verify { image } => verify(&cli, image).await,
         Command::Restore(args) => restore(&cli, args).await,
-        Command::Decrypt { image, output } => {
-            let engine = engine(&cli)?;
-            eprintln!(
-                "warning: {} will hold this appliance's configuration and secrets in clear; delete it when done",
-                output.display()
-            );
-            let n = engine
-                .decrypt(image, output)
-                .await
-                .with_context(|| format!("decrypting {image}"))?;
-            if cli.json {
-                print_json(&serde_json::json!({ "output": output, "bytes": n }))?;
-            } else {
-                println!(
-                    "wrote {} ({}): list it with `tar -tzvf {}`",
-                    output.display(),
-                    human(n),
-                    output.display()
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Decrypt { image, output } => decrypt(&cli, image, output).await,
         Command::Encrypt { input, output } => {
             let engine = engine(&cli)?;
             let n = engine
@@ -307,19 +468,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("sealing {}", input.display()))?;
             if cli.json {
                 print_json(&serde_json::json!({ "output": output, "bytes": n }))?;
-            } else {
-                println!(
+            } else if !cli.quiet {
+                outln!(
                     "sealed {} into {} ({})",
                     input.display(),
                     output.display(),
                     human(n)
-                );
+                )?;
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Quickstart { dir } => quickstart::run(dir.clone()).await,
+        Command::Quickstart { dir } => quickstart::run(dir.clone(), cli.json).await,
+        Command::Completions { shell } => completions(*shell, cli.json),
+        Command::Man => manpage(cli.json),
         Command::Fetch { image, output } => {
-            storage_cmd::fetch(&engine(&cli)?, image, output, cli.json).await
+            storage_cmd::fetch(&engine(&cli)?, image, output, &cli).await
         }
         Command::Browse { path } => storage_cmd::browse(&engine(&cli)?, path, cli.json).await,
         Command::Links {
@@ -329,10 +492,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => storage_cmd::links(&engine(&cli)?, images, expires, csv.as_deref(), cli.json).await,
         Command::Status => ops_cmd::status(&engine(&cli)?, cli.json),
         Command::Audit { since } => ops_cmd::audit(&engine(&cli)?, since.as_deref(), cli.json),
-        Command::Log { image } => ops_cmd::log(&engine(&cli)?, image),
-        Command::Prune { dry_run } => ops_cmd::prune(&engine(&cli)?, *dry_run, cli.json).await,
+        Command::Log { image } => ops_cmd::log(&engine(&cli)?, image, cli.json),
+        Command::Prune { dry_run } => ops_cmd::prune(&engine(&cli)?, *dry_run, &cli).await,
         Command::Schedule { count } => ops_cmd::schedule(&engine(&cli)?, *count, cli.json),
-        Command::Daemon => ops_cmd::daemon(engine(&cli)?).await,
+        Command::Daemon => ops_cmd::daemon(engine(&cli)?, cli.json).await,
         Command::Key(k) => ops_cmd::key(&cli, k).await,
     }
 }
@@ -353,40 +516,75 @@ fn init(cli: &Cli) -> anyhow::Result<ExitCode> {
             .passphrase("set the domain master secret (at least 8 characters)", true)?
             .ok_or_else(|| Error::PassphraseRequired("set the domain master secret".into()))?;
         let params: KdfParams = config.encryption.kdf_params();
-        eprintln!(
-            "deriving the key slot (Argon2id, {} MiB, {} passes, {} lanes)…",
-            params.memory_kib / 1024,
-            params.iterations,
-            params.parallelism
-        );
+        if !cli.quiet {
+            report::notice(
+                cli.json,
+                &format!(
+                    "deriving the key slot (Argon2id, {} MiB, {} passes, {} lanes)…",
+                    params.memory_kib / 1024,
+                    params.iterations,
+                    params.parallelism
+                ),
+            );
+        }
         backup_core::init_keys(state, &pass, params)
     })();
     let actor = backup_core::ops::audit::current_actor();
     if let Err(e) =
         backup_core::audit_key_operation(state, &actor, "key.init", "keyring", &result, started)
     {
-        eprintln!("warning: the audit log could not be written: {e}");
+        report::warn(
+            cli.json,
+            &format!("the audit log could not be written: {e}"),
+        );
     }
     let id = result?;
     if cli.json {
         print_json(&serde_json::json!({ "key_id": id.to_string(), "state_dir": state }))?;
-    } else {
-        println!("domain master secret set (key id {id})");
-        println!("  keyring:         {}", keyring.display());
-        println!(
+    } else if !cli.quiet {
+        outln!("domain master secret set (key id {id})")?;
+        outln!("  keyring:         {}", keyring.display())?;
+        outln!(
             "  master key file: {} (mode 0600, for unattended backups)",
             state.join(backup_core::KEY_FILE).display()
-        );
-        println!(
-            "Keep the secret safe: an image plus the secret restores this appliance anywhere."
-        );
+        )?;
+        outln!("Keep the secret safe: an image plus the secret restores this appliance anywhere.")?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
+/// Keeps standard output for the image alone (`create -o -`): gives a
+/// duplicate of it for the image and points standard output at standard
+/// error, so that the report, and anything else that would print there,
+/// cannot end up inside the image.
+fn stdout_for_image() -> anyhow::Result<std::fs::File> {
+    use std::os::fd::AsFd;
+    if std::io::stdout().is_terminal() {
+        return Err(Error::Input(
+            "-o - writes the image to standard output, which is a terminal: redirect it \
+             (`backup create -o - > image.bkp`, or into a pipe) or pass -o FILE"
+                .into(),
+        )
+        .into());
+    }
+    let mut stdout = std::io::stdout().lock();
+    stdout.flush().context("writing to standard output")?;
+    let image = stdout
+        .as_fd()
+        .try_clone_to_owned()
+        .context("duplicating standard output")?;
+    rustix::stdio::dup2_stdout(std::io::stderr())
+        .context("pointing standard output at standard error")?;
+    report::results_on_stderr();
+    Ok(std::fs::File::from(image))
+}
+
 async fn create(cli: &Cli, args: &CreateArgs) -> anyhow::Result<ExitCode> {
-    let engine = engine(cli)?;
     let mut opts = CreateOptions::default();
+    if args.output.as_deref() == Some(Path::new("-")) {
+        opts.output_stream = Some(Arc::new(stdout_for_image()?));
+    }
+    let engine = engine(cli)?;
     opts.components = args.components.clone();
     opts.include_audits = args.include_audits;
     opts.halt = args.halt;
@@ -394,31 +592,36 @@ async fn create(cli: &Cli, args: &CreateArgs) -> anyhow::Result<ExitCode> {
     let report = engine.create(&opts).await.context("backup failed")?;
     if cli.json {
         print_json(&report)?;
-    } else {
-        println!(
+    } else if !cli.quiet || report.outcome != Outcome::Success {
+        outln!(
             "{}: {} ({}) in {}",
             report.outcome,
-            report.image,
+            escape_control(&report.image),
             human(report.size),
             report.location
-        );
+        )?;
         for c in &report.manifest.components {
             match &c.error {
-                Some(e) => println!("  {:<12} {:<8} {e}", c.name, c.outcome.as_str()),
-                None => println!(
+                Some(e) => outln!(
+                    "  {:<12} {:<8} {}",
+                    c.name,
+                    c.outcome.as_str(),
+                    escape_control(e)
+                )?,
+                None => outln!(
                     "  {:<12} {:<8} {} entries, {}",
                     c.name,
                     c.outcome.as_str(),
                     c.entries,
                     human(c.bytes)
-                ),
+                )?,
             }
         }
         for n in &report.not_applicable {
-            println!("  not applicable: {n}");
+            outln!("  not applicable: {n}")?;
         }
         for n in &report.pruned {
-            println!("  deleted by retention: {n}");
+            outln!("  deleted by retention: {}", escape_control(n))?;
         }
     }
     Ok(match report.outcome {
@@ -435,16 +638,21 @@ async fn list(cli: &Cli) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if images.is_empty() {
-        println!(
+        outln!(
             "no images in {}",
             engine.storage().map(|s| s.to_string()).unwrap_or_default()
-        );
+        )?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    outln!(
         "{:<48} {:<20} {:<10} {:<10} {:<8} {:>10}  SELECTION",
-        "IMAGE", "CREATED", "NODE", "ROLE", "OUTCOME", "SIZE"
-    );
+        "IMAGE",
+        "CREATED",
+        "NODE",
+        "ROLE",
+        "OUTCOME",
+        "SIZE"
+    )?;
     for i in &images {
         let (created, node, role) = match (&i.sidecar, &i.parsed) {
             (Some(s), _) => (
@@ -469,56 +677,58 @@ async fn list(cli: &Cli) -> anyhow::Result<ExitCode> {
             .as_ref()
             .map(ToString::to_string)
             .unwrap_or_else(|| "?".into());
-        println!(
+        outln!(
             "{:<48} {:<20} {:<10} {:<10} {:<8} {:>10}  {selection}",
-            i.name,
+            escape_control(&i.name),
             created,
             node,
             role,
             outcome,
             human(i.size)
-        );
+        )?;
         if let Some(e) = &i.sidecar_error {
-            println!("    (details unavailable: {e})");
+            outln!("    (details unavailable: {})", escape_control(e))?;
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_details(d: &ImageDetails) {
-    println!("image:           {}", d.image);
+fn print_details(d: &ImageDetails) -> anyhow::Result<()> {
+    outln!("image:           {}", escape_control(&d.image))?;
     if let Some(size) = d.size {
-        println!("size:            {} ({size} bytes)", human(size));
+        outln!("size:            {} ({size} bytes)", human(size))?;
     }
-    println!("created:         {}", d.info.created.to_rfc3339());
-    println!(
+    outln!("created:         {}", d.info.created.to_rfc3339())?;
+    outln!(
         "product:         {} {}",
-        d.info.product, d.info.product_version
-    );
-    println!("node:            {} ({})", d.info.node, d.info.role);
+        d.info.product,
+        d.info.product_version
+    )?;
+    outln!("node:            {} ({})", d.info.node, d.info.role)?;
     if let Some(c) = &d.info.cluster {
-        println!("cluster:         {c}");
+        outln!("cluster:         {c}")?;
     }
-    println!("selection:       {}", d.selection);
-    println!("compression:     {:?}", d.info.compression);
-    println!("outcome:         {}", d.manifest.outcome);
-    println!("components:");
+    outln!("selection:       {}", d.selection)?;
+    outln!("compression:     {}", d.info.compression.name())?;
+    outln!("outcome:         {}", d.manifest.outcome)?;
+    outln!("components:")?;
     for c in &d.manifest.components {
-        println!(
+        outln!(
             "  {:<12} {:<8} {:>6} entries {:>10}  sha256 {}",
             c.name,
             c.outcome.as_str(),
             c.entries,
             human(c.bytes),
             &c.sha256[..16.min(c.sha256.len())]
-        );
+        )?;
         if let Some(e) = &c.error {
-            println!("      error: {e}");
+            outln!("      error: {}", escape_control(e))?;
         }
         for w in &c.warnings {
-            println!("      warning: {w}");
+            outln!("      warning: {}", escape_control(w))?;
         }
     }
+    Ok(())
 }
 
 async fn show(cli: &Cli, image: &str) -> anyhow::Result<ExitCode> {
@@ -530,7 +740,7 @@ async fn show(cli: &Cli, image: &str) -> anyhow::Result<ExitCode> {
     if cli.json {
         print_json(&details)?;
     } else {
-        print_details(&details);
+        print_details(&details)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -544,22 +754,25 @@ async fn verify(cli: &Cli, image: &str) -> anyhow::Result<ExitCode> {
     if cli.json {
         print_json(&report)?;
     } else {
-        println!(
-            "verified {} ({}): decrypted, decompressed and checked {} against the manifest",
-            report.image,
-            human(report.size),
-            report.verified.join(", ")
-        );
+        if !cli.quiet {
+            outln!(
+                "verified {} ({}): decrypted, decompressed and checked {} against the manifest",
+                escape_control(&report.image),
+                human(report.size),
+                report.verified.join(", ")
+            )?;
+        }
         for c in report
             .manifest
             .components
             .iter()
             .filter(|c| c.outcome != Outcome::Success)
         {
-            println!(
+            outln!(
                 "  note: component {} is recorded as {} in this image",
-                c.name, c.outcome
-            );
+                c.name,
+                c.outcome
+            )?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -581,8 +794,10 @@ async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<ExitCode> {
         if cli.json {
             print_json(&plan)?;
         } else {
-            report::print_plan(&mut std::io::stdout().lock(), &plan, None)?;
-            println!("dry run: nothing was changed");
+            let mut text = Vec::new();
+            report::print_plan(&mut text, &plan, None)?;
+            report::write_raw(&String::from_utf8_lossy(&text))?;
+            outln!("dry run: nothing was changed")?;
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -608,28 +823,28 @@ async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("restore of {} failed", args.image))?;
     if cli.json {
         print_json(&report)?;
-    } else {
+    } else if !cli.quiet {
         match &report.target {
-            Some(t) => println!(
+            Some(t) => outln!(
                 "restored {} from {} under {}",
                 report.restored.join(", "),
-                report.image,
-                t.display()
-            ),
-            None => println!(
+                escape_control(&report.image),
+                escape_control(&t.display().to_string())
+            )?,
+            None => outln!(
                 "restored {} from {}",
                 report.restored.join(", "),
-                report.image
-            ),
+                escape_control(&report.image)
+            )?,
         }
         for c in &report.plan.components {
-            println!("  {}", report::plan_counts(c));
+            outln!("  {}", report::plan_counts(c))?;
         }
         for s in &report.skipped_failed {
-            println!("  skipped {s}: it failed when the image was made");
+            outln!("  skipped {s}: it failed when the image was made")?;
         }
         for s in &report.left_out {
-            println!("  not restored: {s} (audit records; pass --include-audits to restore them)");
+            outln!("  not restored: {s} (audit records; pass --include-audits to restore them)")?;
         }
     }
     Ok(if report.skipped_failed.is_empty() {
@@ -651,4 +866,109 @@ fn overwrites(target: Option<&std::path::Path>) -> Option<String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         _ => Some(format!("into {}, which is not empty,", t.display())),
     }
+}
+
+async fn decrypt(cli: &Cli, image: &str, output: &Path) -> anyhow::Result<ExitCode> {
+    let engine = engine(cli)?;
+    let n = engine
+        .decrypt(image, output)
+        .await
+        .with_context(|| format!("decrypting {image}"))?;
+    let codec = payload_codec(output)?;
+    // Without an extension, the file is named for what it holds, so that
+    // tar and file managers pick the right decompressor.
+    let output = if output.extension().is_none() {
+        let mut named = output.as_os_str().to_owned();
+        named.push(match codec {
+            Compression::Gzip => ".tar.gz",
+            Compression::Zstd => ".tar.zst",
+            _ => ".tar",
+        });
+        let named = PathBuf::from(named);
+        std::fs::rename(output, &named)
+            .with_context(|| format!("renaming {} to {}", output.display(), named.display()))?;
+        named
+    } else {
+        output.to_path_buf()
+    };
+    report::warn(
+        cli.json,
+        &format!(
+            "{} holds this appliance's configuration and secrets in clear; delete it when done",
+            output.display()
+        ),
+    );
+    if cli.json {
+        print_json(&serde_json::json!({
+            "output": output,
+            "bytes": n,
+            "compression": codec.name(),
+        }))?;
+    } else if !cli.quiet {
+        let file = shell_word(&output.display().to_string());
+        let list = match codec {
+            Compression::Gzip => format!("tar -tzvf {file}"),
+            Compression::Zstd => format!("tar --zstd -tvf {file}"),
+            _ => format!("tar -tvf {file}"),
+        };
+        outln!(
+            "wrote {} ({}): list it with `{list}`",
+            escape_control(&output.display().to_string()),
+            human(n)
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The codec of a decrypted payload, from its first bytes (the gzip and zstd
+/// magic numbers; anything else is a plain tar).
+fn payload_codec(path: &Path) -> anyhow::Result<Compression> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(4);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(4).read_to_end(&mut head))
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(match head.as_slice() {
+        [0x1f, 0x8b, ..] => Compression::Gzip,
+        [0x28, 0xb5, 0x2f, 0xfd] => Compression::Zstd,
+        _ => Compression::None,
+    })
+}
+
+/// A path as one shell word, for commands the operator may paste.
+fn shell_word(s: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+:,=@%".contains(c);
+    if !s.is_empty() && s.chars().all(plain) {
+        s.to_string()
+    } else {
+        format!("'{}'", escape_control(&s.replace('\'', "'\\''")))
+    }
+}
+
+/// `backup completions SHELL`: the script on stdout (in a JSON document with `--json`).
+fn completions(shell: clap_complete::Shell, json: bool) -> anyhow::Result<ExitCode> {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "backup", &mut script);
+    let script = String::from_utf8(script).context("the completion script is not UTF-8")?;
+    if json {
+        print_json(&serde_json::json!({ "shell": shell.to_string(), "script": script }))?;
+    } else {
+        report::write_raw(&script)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `backup man`: the manual page as roff on stdout (in a JSON document with `--json`).
+fn manpage(json: bool) -> anyhow::Result<ExitCode> {
+    let mut roff = Vec::new();
+    clap_mangen::Man::new(Cli::command())
+        .render(&mut roff)
+        .context("rendering the manual page")?;
+    let roff = String::from_utf8(roff).context("the manual page is not UTF-8")?;
+    if json {
+        print_json(&serde_json::json!({ "manpage": roff }))?;
+    } else {
+        report::write_raw(&roff)?;
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -7,7 +7,7 @@ use backup_core::{Config, Engine, Error, Passphrase, PassphraseProvider, RewrapR
 use chrono::{DateTime, NaiveDate, Utc};
 use clap::Subcommand;
 
-use crate::report::{human, print_json};
+use crate::report::{escape_control, escape_control_lines, human, notice, outln, print_json};
 use crate::secret::CliSecret;
 use crate::Cli;
 
@@ -20,20 +20,30 @@ pub(crate) enum KeyCommand {
     /// earlier master keys under the new secret, so older images still
     /// restore here. Elsewhere, older images open with the secret they were
     /// made under until `key rewrap` gives them the new one
+    #[command(
+        after_help = "Examples:\n  backup --secret-file /root/old.secret key rotate --new-secret-file /root/new.secret"
+    )]
     Rotate {
-        /// Read the new secret from this file
+        /// Read the new secret from this file (its first line, without the line end)
         #[arg(long, value_name = "FILE")]
         new_secret_file: Option<PathBuf>,
     },
     /// Give images a key slot under the current secret in place (local and
     /// NFS storage, image files), so the current secret opens them on a bare
     /// machine; their master key stays. Says which could not be changed
+    #[command(
+        after_help = "Examples:\n  backup key rewrap gw-20261122T020000Z_gw-1_standalone.bkp ./carried/gw.bkp"
+    )]
     Rewrap {
         /// Image names or paths
         #[arg(required = true)]
         images: Vec<String>,
     },
     /// Check a secret against the keyring without changing anything
+    #[command(
+        after_help = "Examples:\n  backup key check                         asks for the secret on a terminal\n  \
+backup --secret-file /root/backup.secret key check"
+    )]
     Check,
 }
 
@@ -75,7 +85,7 @@ pub(crate) fn status(engine: &Engine, json: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     match (&s.state[..], &s.current) {
-        ("in progress", Some(c)) => println!(
+        ("in progress", Some(c)) => outln!(
             "state:          in progress: {} of {} (pid {}), component {}, {} done, {}s elapsed",
             c.operation,
             c.image.as_deref().unwrap_or("-"),
@@ -83,54 +93,54 @@ pub(crate) fn status(engine: &Engine, json: bool) -> anyhow::Result<ExitCode> {
             c.component.as_deref().unwrap_or("-"),
             human(c.bytes_done),
             s.elapsed_secs.unwrap_or(0)
-        ),
-        ("interrupted", Some(c)) => println!(
+        )?,
+        ("interrupted", Some(c)) => outln!(
             "state:          interrupted: the {} of {} started {} (pid {}) never finished; the next run takes over",
             c.operation,
             c.image.as_deref().unwrap_or("-"),
             when(&c.started),
             c.pid
-        ),
-        (state, _) => println!("state:          {state}"),
+        )?,
+        (state, _) => outln!("state:          {state}")?,
     }
     match &s.last_success {
-        Some(r) => println!(
+        Some(r) => outln!(
             "last success:   {} {} ({})",
             when(&r.time),
             r.image.as_deref().unwrap_or("-"),
             human(r.size)
-        ),
-        None => println!("last success:   never"),
+        )?,
+        None => outln!("last success:   never")?,
     }
     match &s.last_failure {
-        Some(r) => println!(
+        Some(r) => outln!(
             "last failure:   {} {}: {}",
             when(&r.time),
             r.operation,
-            r.reason.as_deref().unwrap_or("no reason recorded")
-        ),
-        None => println!("last failure:   none"),
+            escape_control(r.reason.as_deref().unwrap_or("no reason recorded"))
+        )?,
+        None => outln!("last failure:   none")?,
     }
     if let Some(r) = &s.last_skipped {
-        println!(
+        outln!(
             "last skipped:   {} {}",
             when(&r.time),
             r.reason.as_deref().unwrap_or("")
-        );
+        )?;
     }
     match (&s.next_run, &s.daemon) {
-        (Some(t), Some(d)) => println!(
+        (Some(t), Some(d)) => outln!(
             "next backup:    {} — {} (daemon pid {})",
             when(t),
             s.schedule,
             d.pid
-        ),
-        (Some(t), None) => println!(
+        )?,
+        (Some(t), None) => outln!(
             "next backup:    {} — {} (no daemon is running: start `backup daemon`)",
             when(t),
             s.schedule
-        ),
-        (None, _) => println!("next backup:    {}", s.schedule),
+        )?,
+        (None, _) => outln!("next backup:    {}", s.schedule)?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -143,28 +153,40 @@ pub(crate) fn audit(engine: &Engine, since: Option<&str>, json: bool) -> anyhow:
         return Ok(ExitCode::SUCCESS);
     }
     for r in records {
-        println!(
+        outln!(
             "{}  {:<10} {:<14} {:<9} {}{}",
             when(&r.time),
             r.actor,
             r.operation,
             r.outcome,
-            r.target,
-            r.error.map(|e| format!("  ({e})")).unwrap_or_default()
-        );
+            escape_control(&r.target),
+            r.error
+                .map(|e| format!("  ({})", escape_control(&e)))
+                .unwrap_or_default()
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-pub(crate) fn log(engine: &Engine, image: &str) -> anyhow::Result<ExitCode> {
-    print!("{}", engine.backup_log(image)?);
+pub(crate) fn log(engine: &Engine, image: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let text = engine.backup_log(image)?;
+    if json {
+        print_json(
+            &serde_json::json!({ "image": image, "lines": text.lines().collect::<Vec<_>>() }),
+        )?;
+    } else {
+        crate::report::write_raw(&escape_control_lines(&text))?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-pub(crate) async fn prune(engine: &Engine, dry_run: bool, json: bool) -> anyhow::Result<ExitCode> {
+pub(crate) async fn prune(engine: &Engine, dry_run: bool, cli: &Cli) -> anyhow::Result<ExitCode> {
     let decisions = engine.prune(dry_run).await.context("prune failed")?;
-    if json {
+    if cli.json {
         print_json(&decisions)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if cli.quiet && !dry_run {
         return Ok(ExitCode::SUCCESS);
     }
     for d in &decisions {
@@ -173,7 +195,11 @@ pub(crate) async fn prune(engine: &Engine, dry_run: bool, json: bool) -> anyhow:
             (false, true) => "would delete".to_string(),
             (false, false) => "deleted".to_string(),
         };
-        println!("{:<48} {}  {verdict}", d.name, when(&d.created));
+        outln!(
+            "{:<48} {}  {verdict}",
+            escape_control(&d.name),
+            when(&d.created)
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -183,7 +209,7 @@ pub(crate) fn schedule(engine: &Engine, count: usize, json: bool) -> anyhow::Res
         if json {
             print_json(&serde_json::json!({ "schedule": "disabled", "next": [] }))?;
         } else {
-            println!("schedule disabled (no [schedule] in the configuration)");
+            outln!("schedule disabled (no [schedule] in the configuration)")?;
         }
         return Ok(ExitCode::SUCCESS);
     };
@@ -194,19 +220,19 @@ pub(crate) fn schedule(engine: &Engine, count: usize, json: bool) -> anyhow::Res
         )?;
     } else {
         let tz = cfg.parse()?.timezone();
-        println!("{} ({})", cfg.cron.join(", "), cfg.timezone);
+        outln!("{} ({})", cfg.cron.join(", "), cfg.timezone)?;
         for t in next {
-            println!(
+            outln!(
                 "  {}  ({} local)",
                 when(&t),
                 t.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z")
-            );
+            )?;
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-pub(crate) async fn daemon(engine: Engine) -> anyhow::Result<ExitCode> {
+pub(crate) async fn daemon(engine: Engine, json: bool) -> anyhow::Result<ExitCode> {
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -215,18 +241,27 @@ pub(crate) async fn daemon(engine: Engine) -> anyhow::Result<ExitCode> {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
         }
-        eprintln!("stop requested: exiting now if idle, or after the running backup finishes");
+        notice(
+            json,
+            "stop requested: exiting now if idle, or after the running backup finishes",
+        );
         let _ = tx.send(true);
     });
     if let Some(cfg) = &engine.config().schedule {
-        eprintln!(
-            "backup daemon: schedule {} ({})",
-            cfg.cron.join(", "),
-            cfg.timezone
+        notice(
+            json,
+            &format!(
+                "backup daemon: schedule {} ({})",
+                cfg.cron.join(", "),
+                cfg.timezone
+            ),
         );
     }
     engine.run_daemon(rx).await?;
-    eprintln!("backup daemon stopped");
+    notice(json, "backup daemon stopped");
+    if json {
+        print_json(&serde_json::json!({ "daemon": "stopped" }))?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -271,7 +306,13 @@ pub(crate) async fn key(cli: &Cli, cmd: &KeyCommand) -> anyhow::Result<ExitCode>
             let result = backup_core::check_passphrase(&state, &current()?);
             engine.audit_public("key.check", "keyring", &result, started);
             let id = result?;
-            println!("the secret opens the keyring (key id {id})");
+            if cli.json {
+                print_json(
+                    &serde_json::json!({ "key_id": id.to_string(), "opens_keyring": true }),
+                )?;
+            } else if !cli.quiet {
+                outln!("the secret opens the keyring (key id {id})")?;
+            }
         }
         KeyCommand::Rotate { new_secret_file } => {
             // Every attempt is audited, refused ones (a short new secret, none
@@ -286,37 +327,46 @@ pub(crate) async fn key(cli: &Cli, cmd: &KeyCommand) -> anyhow::Result<ExitCode>
             let rotation = result?;
             if cli.json {
                 print_json(&rotation)?;
-            } else {
-                println!(
+            } else if !cli.quiet {
+                outln!(
                     "new master key {} for new images; the previous one ({}) is kept in the keyring",
-                    rotation.key_id, rotation.previous
-                );
-                println!(
+                    rotation.key_id,
+                    rotation.previous
+                )?;
+                outln!(
                     "this appliance still opens images of {} earlier key(s) ({}) with the key file or the new secret",
                     rotation.kept.len(),
                     rotation.kept.join(", ")
-                );
+                )?;
                 if !rotation.key_file_updated {
-                    println!("no key file in the state directory: backups need the new secret");
+                    outln!("no key file in the state directory: backups need the new secret")?;
                 }
-                println!("the previous secret opens nothing made from now on, but still opens older images wherever their headers carry its key slot: `backup key rewrap IMAGE…` gives them one under the new secret");
+                outln!("the previous secret opens nothing made from now on, but still opens older images wherever their headers carry its key slot: `backup key rewrap IMAGE…` gives them one under the new secret")?;
             }
         }
         KeyCommand::Rewrap { images } => {
             let results = engine.rewrap(images).await?;
             let mut failed = false;
-            if cli.json {
-                print_json(&results)?;
-            }
             for (image, r) in &results {
+                let image = escape_control(image);
                 match r {
-                    RewrapResult::Rewrapped => println!("{image}: rewrapped"),
-                    RewrapResult::AlreadyCurrent => println!("{image}: already current"),
+                    RewrapResult::Rewrapped if !cli.json && !cli.quiet => {
+                        outln!("{image}: rewrapped")?
+                    }
+                    RewrapResult::AlreadyCurrent if !cli.json && !cli.quiet => {
+                        outln!("{image}: already current")?
+                    }
                     RewrapResult::NotRewrapped { reason } => {
                         failed = true;
-                        println!("{image}: NOT rewrapped: {reason}");
+                        if !cli.json {
+                            outln!("{image}: NOT rewrapped: {}", escape_control(reason))?;
+                        }
                     }
+                    _ => {}
                 }
+            }
+            if cli.json {
+                print_json(&results)?;
             }
             if failed {
                 return Ok(ExitCode::FAILURE);

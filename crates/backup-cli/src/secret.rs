@@ -9,6 +9,21 @@ use zeroize::Zeroizing;
 /// Environment variable holding the secret for unattended use.
 pub(crate) const SECRET_ENV: &str = "BACKUP_SECRET";
 
+/// The secret in a secret file: its first line without the line end (`\n`
+/// or `\r\n`); the rest of the file is ignored, so a trailing blank line or
+/// a comment below does not change the secret.
+fn first_line<'a>(text: &'a str, path: &Path) -> backup_core::Result<&'a str> {
+    let line = text.split('\n').next().unwrap_or_default();
+    let line = line.strip_suffix('\r').unwrap_or(line);
+    if line.is_empty() {
+        return Err(backup_core::Error::Input(format!(
+            "the secret file {} has no secret on its first line: write the secret on the first line",
+            path.display()
+        )));
+    }
+    Ok(line)
+}
+
 pub(crate) struct CliSecret {
     pub(crate) file: Option<PathBuf>,
     /// The environment variable consulted when there is no file.
@@ -23,11 +38,7 @@ impl CliSecret {
                 path.display()
             ))
         })?);
-        let trimmed = text
-            .strip_suffix('\n')
-            .map(|t| t.strip_suffix('\r').unwrap_or(t))
-            .unwrap_or(&text);
-        Ok(Passphrase::new(trimmed.to_string())?)
+        Ok(Passphrase::new(first_line(&text, path)?.to_string())?)
     }
 
     fn prompt(&self, purpose: &str, confirm: bool) -> backup_core::Result<Passphrase> {
@@ -67,5 +78,31 @@ impl PassphraseProvider for CliSecret {
             return self.prompt(purpose, confirm).map(Some);
         }
         Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_file_gives_its_first_line_without_the_line_end() {
+        let p = Path::new("secret");
+        for text in [
+            "s3cret pass",
+            "s3cret pass\n",
+            "s3cret pass\r\n",
+            "s3cret pass\n\n",
+            "s3cret pass\nsecond line\n",
+            "s3cret pass\r\n# a comment\r\n",
+        ] {
+            assert_eq!(first_line(text, p).unwrap(), "s3cret pass", "{text:?}");
+        }
+        // Only the line end goes: other white space is part of the secret.
+        assert_eq!(first_line(" padded \t\n", p).unwrap(), " padded \t");
+        for text in ["", "\n", "\r\n", "\nthe secret on line two\n"] {
+            let e = first_line(text, p).unwrap_err().to_string();
+            assert!(e.contains("first line"), "{text:?}: {e}");
+        }
     }
 }

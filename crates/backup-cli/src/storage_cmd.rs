@@ -6,27 +6,28 @@ use std::time::Duration;
 use anyhow::Context;
 use backup_core::{Browse, Engine};
 
-use crate::report::{human, print_json};
+use crate::report::{escape_control, human, outln, print_json};
+use crate::Cli;
 
 pub(crate) async fn fetch(
     engine: &Engine,
     image: &str,
     out: &Path,
-    json: bool,
+    cli: &Cli,
 ) -> anyhow::Result<ExitCode> {
     let n = engine
         .fetch(image, out)
         .await
         .with_context(|| format!("fetching {image}"))?;
-    if json {
+    if cli.json {
         print_json(&serde_json::json!({ "image": image, "output": out, "bytes": n }))?;
-    } else {
-        println!(
-            "fetched {image} to {} ({}); restore it with `backup restore {}`",
-            out.display(),
+    } else if !cli.quiet {
+        let out = escape_control(&out.display().to_string()).into_owned();
+        outln!(
+            "fetched {} to {out} ({}); restore it with `backup restore {out}`",
+            escape_control(image),
             human(n),
-            out.display()
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -46,34 +47,38 @@ pub(crate) async fn browse(engine: &Engine, path: &str, json: bool) -> anyhow::R
     }
     match browse {
         Browse::Backup(d) => {
-            println!("backup {}", d.image);
-            println!("  created          {}", d.info.created.to_rfc3339());
-            println!("  node / role      {} / {}", d.info.node, d.info.role);
-            println!(
+            outln!("backup {}", escape_control(&d.image))?;
+            outln!("  created          {}", d.info.created.to_rfc3339())?;
+            outln!("  node / role      {} / {}", d.info.node, d.info.role)?;
+            outln!(
                 "  product version  {} {}",
-                d.info.product, d.info.product_version
-            );
-            println!(
+                d.info.product,
+                d.info.product_version
+            )?;
+            outln!(
                 "  image size       {}",
                 d.size.map(human).unwrap_or_else(|| "?".into())
-            );
-            println!("  outcome          {}", d.manifest.outcome);
-            println!(
+            )?;
+            outln!("  outcome          {}", d.manifest.outcome)?;
+            outln!(
                 "  {:<14} {:<8} {:>8} {:>10}",
-                "COMPONENT", "OUTCOME", "ENTRIES", "SIZE"
-            );
+                "COMPONENT",
+                "OUTCOME",
+                "ENTRIES",
+                "SIZE"
+            )?;
             for c in &d.manifest.components {
-                println!(
+                outln!(
                     "  {:<14} {:<8} {:>8} {:>10}",
                     c.name,
                     c.outcome.as_str(),
                     c.entries,
                     human(c.bytes)
-                );
+                )?;
             }
         }
         Browse::Level(v) => {
-            println!("{} /{}", v.location, v.path);
+            outln!("{} /{}", v.location, v.path)?;
             let access = if v.access.exists == Some(false) {
                 "missing: no such directory".to_string()
             } else {
@@ -87,30 +92,30 @@ pub(crate) async fn browse(engine: &Engine, path: &str, json: bool) -> anyhow::R
                     }
                 )
             };
-            println!(
+            outln!(
                 "  access: {access}   space: {} used, {} free, {} total",
                 space(v.used),
                 space(v.free),
                 space(v.total)
-            );
+            )?;
             if let Some(parent) = &v.parent {
-                println!(
+                outln!(
                     "  ..{}",
                     if parent.is_empty() {
                         String::new()
                     } else {
                         format!("  ({parent})")
                     }
-                );
+                )?;
             }
             for d in &v.dirs {
-                println!("  {d}");
+                outln!("  {}", escape_control(d))?;
             }
             for i in &v.images {
                 match &i.sidecar {
-                    Some(s) => println!(
+                    Some(s) => outln!(
                         "  {:<48} {:>10}  {}  {} {}  {} {}  {}",
-                        i.name,
+                        escape_control(&i.name),
                         human(i.size),
                         s.info.created.format("%Y-%m-%d %H:%M"),
                         s.info.node,
@@ -118,16 +123,16 @@ pub(crate) async fn browse(engine: &Engine, path: &str, json: bool) -> anyhow::R
                         s.info.product,
                         s.info.product_version,
                         s.manifest.outcome
-                    ),
-                    None => println!(
+                    )?,
+                    None => outln!(
                         "  {:<48} {:>10}  (details unavailable)",
-                        i.name,
+                        escape_control(&i.name),
                         human(i.size)
-                    ),
+                    )?,
                 }
             }
             for o in &v.others {
-                println!("  {o}");
+                outln!("  {}", escape_control(o))?;
             }
         }
     }
@@ -199,16 +204,16 @@ pub(crate) async fn links(
         print_json(&links)?;
     } else {
         for l in &links {
-            println!(
+            outln!(
                 "{}  ({}, expires {})\n  {}",
                 l.image,
                 human(l.size),
                 l.expires.format("%Y-%m-%d %H:%M UTC"),
                 l.url
-            );
+            )?;
         }
         if let Some(path) = csv {
-            println!("wrote {} links to {}", links.len(), path.display());
+            outln!("wrote {} links to {}", links.len(), path.display())?;
         }
     }
     Ok(ExitCode::SUCCESS)

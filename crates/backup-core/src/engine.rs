@@ -203,8 +203,14 @@ pub struct CreateOptions {
     pub include_audits: bool,
     /// Fail at the first failing component and publish nothing.
     pub halt: bool,
-    /// Write the image to this file instead of the configured storage.
+    /// Write the image to this file instead of the configured storage
+    /// (`-`: standard output, or `output_stream` if set).
     pub output: Option<PathBuf>,
+    /// With `output` = `-`: the stream the image goes to instead of this
+    /// process's standard output. A frontend that must keep everything but
+    /// the image off standard output passes a duplicate of it here and then
+    /// points standard output elsewhere.
+    pub output_stream: Option<Arc<std::fs::File>>,
     /// Started by the schedule (recorded in status and audit log).
     pub scheduled: bool,
 }
@@ -495,7 +501,10 @@ impl Engine {
         let a = &self.config.appliance;
         match &opts.output {
             Some(path) if path.as_os_str() == "-" => {
-                Ok((Arc::new(crate::storage_ops::StdoutSink), "-".into()))
+                let sink = crate::storage_ops::StdoutSink {
+                    stream: opts.output_stream.clone(),
+                };
+                Ok((Arc::new(sink), "-".into()))
             }
             Some(path) => local_destination(path, self.file_group),
             None => {

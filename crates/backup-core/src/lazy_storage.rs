@@ -130,6 +130,10 @@ impl Storage for LazyStorage {
     async fn remove_stale_uploads(&self, older_than: Duration) -> Result<Vec<String>> {
         self.backend()?.remove_stale_uploads(older_than).await
     }
+
+    async fn inspect_dir(&self, prefix: &str) -> Result<backup_storage::DirInfo> {
+        self.backend()?.inspect_dir(prefix).await
+    }
 }
 
 #[cfg(test)]

@@ -274,7 +274,11 @@ impl Engine {
 /// Writes one image to standard output (`backup create --output -`): the
 /// "storage" of an appliance that has none.
 #[derive(Debug)]
-pub(crate) struct StdoutSink;
+pub(crate) struct StdoutSink {
+    /// Written instead of this process's standard output when set
+    /// ([`crate::CreateOptions::output_stream`]).
+    pub(crate) stream: Option<std::sync::Arc<std::fs::File>>,
+}
 
 impl std::fmt::Display for StdoutSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -283,7 +287,7 @@ impl std::fmt::Display for StdoutSink {
 }
 
 struct StdoutUpload {
-    out: tokio::io::Stdout,
+    out: Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
     written: u64,
 }
 
@@ -324,10 +328,13 @@ impl Storage for StdoutSink {
         _name: &str,
         _opts: PutOptions,
     ) -> backup_storage::Result<Box<dyn Upload>> {
-        Ok(Box::new(StdoutUpload {
-            out: tokio::io::stdout(),
-            written: 0,
-        }))
+        let out: Box<dyn tokio::io::AsyncWrite + Send + Unpin> = match &self.stream {
+            Some(file) => Box::new(tokio::fs::File::from_std(file.try_clone().map_err(
+                |e| backup_storage::Error::from_io("duplicating the output stream", e),
+            )?)),
+            None => Box::new(tokio::io::stdout()),
+        };
+        Ok(Box::new(StdoutUpload { out, written: 0 }))
     }
     async fn get_opts(
         &self,

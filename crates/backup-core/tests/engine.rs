@@ -225,6 +225,22 @@ async fn a_failing_restore_rolls_back_what_was_placed() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_image_for_standard_output_goes_to_the_given_stream() -> Result<()> {
+    let (d, demo) = demo()?;
+    let e = engine(&demo.config)?;
+    let path = d.path().join("streamed.bkp");
+    let mut opts = CreateOptions::default();
+    opts.output = Some("-".into());
+    opts.output_stream = Some(Arc::new(std::fs::File::create(&path)?));
+    let report = e.create(&opts).await?;
+    assert_eq!(report.location, "standard output");
+    assert_eq!(report.size, std::fs::metadata(&path)?.len());
+    let verified = e.verify(path.to_str().unwrap()).await?;
+    assert_eq!(verified.size, report.size);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_lone_image_restores_on_a_bare_machine_with_the_passphrase() -> Result<()> {
     let (d, demo) = demo()?;
     let e = engine(&demo.config)?;

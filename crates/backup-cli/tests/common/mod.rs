@@ -105,6 +105,7 @@ impl Out {
 pub fn bare_cmd() -> Command {
     let mut c = Command::new(BIN);
     c.env_remove("BACKUP_SECRET")
+        .env_remove("BACKUP_SECRET_FILE")
         .env_remove("BACKUP_CONFIG")
         .env_remove("BACKUP_LOG")
         .env_remove("RUST_LOG")
