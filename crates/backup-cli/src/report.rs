@@ -380,24 +380,6 @@ impl tracing::field::Visit for JsonFields<'_> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn control_characters_are_escaped_and_plain_text_is_not_copied() {
-        assert!(matches!(escape_control("a b/é.conf"), Cow::Borrowed(_)));
-        assert_eq!(
-            escape_control("evil\x1b[2Jname\nwarning: forged\r\x7f"),
-            "evil\\u{1b}[2Jname\\nwarning: forged\\r\\u{7f}"
-        );
-        assert_eq!(
-            escape_control_lines("one\x1b]0;x\x07\n\ttwo\n"),
-            "one\\u{1b}]0;x\\u{7}\n\ttwo\n"
-        );
-    }
-}
-
 /// Lines of a list shown when asking for confirmation; `--dry-run` shows all.
 const ASK_LIST_LIMIT: usize = 20;
 
@@ -486,5 +468,23 @@ impl RestoreApproval for AskOnTerminal {
             return false;
         }
         matches!(answer.trim().to_lowercase().as_str(), "y" | "yes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_escaped_and_plain_text_is_not_copied() {
+        assert!(matches!(escape_control("a b/é.conf"), Cow::Borrowed(_)));
+        assert_eq!(
+            escape_control("evil\x1b[2Jname\nwarning: forged\r\x7f"),
+            "evil\\u{1b}[2Jname\\nwarning: forged\\r\\u{7f}"
+        );
+        assert_eq!(
+            escape_control_lines("one\x1b]0;x\x07\n\ttwo\n"),
+            "one\\u{1b}]0;x\\u{7}\n\ttwo\n"
+        );
     }
 }
