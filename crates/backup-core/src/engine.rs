@@ -387,6 +387,15 @@ impl Engine {
                 applicability,
             });
         }
+        for item in &items {
+            // Restore refuses a whole image naming such a root, so no image gets one.
+            crate::image::check::EntryRules::new(&item.component.roots()).map_err(|reason| {
+                Error::Input(format!(
+                    "component {}: {reason}; give it absolute paths without '.' or '..' parts",
+                    item.component.name()
+                ))
+            })?;
+        }
         let selected: BTreeSet<&str> = items.iter().map(|i| i.component.name()).collect();
         for reg in &self.components {
             if !selected.contains(reg.component.name()) {
@@ -531,19 +540,22 @@ impl Engine {
                 let mut tar = TarWriter::new(encoder, progress.clone());
                 tar.json(BACKUP_JSON, &producer_info).map_err(io_err)?;
                 let mut records = Vec::new();
-                for item in &items {
+                for (item, planned) in items.iter().zip(&producer_info.components) {
                     let c = &item.component;
                     let name = c.name().to_string();
                     progress.event(&Event::ComponentStarted {
                         component: name.clone(),
                         kind: c.kind().to_string(),
                     });
-                    tar.begin_component(&name);
-                    let result = match &item.applicability {
-                        Applicability::NotApplicable(why) => Err(SnapshotError::Failed(format!(
-                            "not applicable on this node: {why}"
-                        ))),
-                        Applicability::Applicable => c.snapshot(&mut tar, &scratch_for_producer),
+                    let begun = tar.begin_component(&name, &planned.roots);
+                    let result = match (&item.applicability, begun) {
+                        (_, Err(reason)) => Err(SnapshotError::Failed(reason)),
+                        (Applicability::NotApplicable(why), _) => Err(SnapshotError::Failed(
+                            format!("not applicable on this node: {why}"),
+                        )),
+                        (Applicability::Applicable, Ok(())) => {
+                            c.snapshot(&mut tar, &scratch_for_producer)
+                        }
                     };
                     let (digest, warnings) = tar.end_component();
                     let error = match result {

@@ -10,6 +10,9 @@ use backup_core::{
     RestoreContext, RestoreOptions, SnapshotError,
 };
 
+#[path = "engine_awkward/mod.rs"]
+mod awkward;
+
 const SECRET: &str = "engine test secret";
 
 fn demo() -> Result<(tempfile::TempDir, DemoAppliance)> {

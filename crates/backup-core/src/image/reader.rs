@@ -3,6 +3,7 @@ use std::collections::BTreeMap;
 use std::io::{self, Read};
 use std::path::{Component as PathPart, Path, PathBuf};
 
+use super::check::EntryRules;
 use super::pipe;
 use super::{
     BackupInfo, EntryDigest, EntryKind, Manifest, Outcome, BACKUP_JSON, COMPONENTS_DIR,
@@ -75,6 +76,9 @@ fn walk_tar<R: Read>(tar_stream: R, visitor: &mut dyn Visitor) -> Result<WalkRes
     let mut info: Option<BackupInfo> = None;
     let mut manifest: Option<Manifest> = None;
     let mut digests: BTreeMap<String, EntryDigest> = BTreeMap::new();
+    // The archive-safety rules of each component: every walk checks every
+    // entry, so verify refuses exactly what restore would.
+    let mut rules: BTreeMap<String, EntryRules> = BTreeMap::new();
 
     for next in entries {
         let mut entry = next.map_err(pipeline_err)?;
@@ -97,6 +101,14 @@ fn walk_tar<R: Read>(tar_stream: R, visitor: &mut dyn Visitor) -> Result<WalkRes
                     parsed.format,
                     super::PAYLOAD_FORMAT
                 )));
+            }
+            for planned in &parsed.components {
+                let checks =
+                    EntryRules::new(&planned.roots).map_err(|reason| Error::UnsafeArchive {
+                        entry: BACKUP_JSON.into(),
+                        reason: format!("component {}: {reason}", planned.name),
+                    })?;
+                rules.insert(planned.name.clone(), checks);
             }
             visitor.info(&parsed)?;
             info = Some(parsed);
@@ -177,6 +189,15 @@ fn walk_tar<R: Read>(tar_stream: R, visitor: &mut dyn Visitor) -> Result<WalkRes
             }
             _ => None,
         };
+        let hardlink_target = link.as_deref().filter(|_| kind == EntryKind::Hardlink);
+        rules
+            .get_mut(&component)
+            .expect("a rule set per listed component")
+            .check(&rel, kind, hardlink_target)
+            .map_err(|reason| Error::UnsafeArchive {
+                entry: shown.clone(),
+                reason,
+            })?;
         let link_bytes = link.as_deref().map(path_bytes).unwrap_or_default().to_vec();
         let digest = digests.entry(component.clone()).or_default();
         digest.entry(path_bytes(&rel), kind, mode, mtime, &link_bytes, size);
@@ -193,9 +214,16 @@ fn walk_tar<R: Read>(tar_stream: R, visitor: &mut dyn Visitor) -> Result<WalkRes
         let mut hashing = HashingReader {
             inner: &mut entry,
             digest,
+            read: 0,
         };
         visitor.entry(&component, &view, &mut hashing)?;
         io::copy(&mut hashing, &mut io::sink()).map_err(pipeline_err)?;
+        if hashing.read != size {
+            return Err(Error::InvalidImage(format!(
+                "{shown} is shorter than its header says ({} of {size} bytes)",
+                hashing.read
+            )));
+        }
     }
     // The tar end marker was reached: drain the rest (padding, gzip trailer,
     // and the final encrypted chunk, which authenticates the stream's length).
@@ -332,12 +360,15 @@ fn split_component(path: &Path) -> Option<(String, PathBuf)> {
 struct HashingReader<'a, R: Read> {
     inner: &'a mut R,
     digest: &'a mut EntryDigest,
+    /// Content bytes read so far.
+    read: u64,
 }
 
 impl<R: Read> Read for HashingReader<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.digest.content(&buf[..n]);
+        self.read += n as u64;
         Ok(n)
     }
 }
