@@ -97,13 +97,17 @@ enum Command {
         output: PathBuf,
     },
     /// Seal a payload (.tar.gz, e.g. edited after `backup decrypt`) into an image
-    /// under this appliance's key; restore still checks everything inside
+    /// under this appliance's key, after checking it as restore would
     Encrypt {
         /// The payload file
         input: PathBuf,
         /// The image file to write
         #[arg(short, long, value_name = "IMAGE")]
         output: PathBuf,
+        /// Record the payload's current content in its manifest (after an
+        /// edit made on purpose): the sealed image then vouches for the edit
+        #[arg(long)]
+        rehash: bool,
     },
     /// Download an image from the storage to a local file (to carry it to a replacement machine)
     Fetch {
@@ -287,20 +291,33 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Encrypt { input, output } => {
+        Command::Encrypt {
+            input,
+            output,
+            rehash,
+        } => {
             let engine = engine(&cli)?;
-            let n = engine
-                .encrypt(input, output)
-                .await
-                .with_context(|| format!("sealing {}", input.display()))?;
+            let sealed = if *rehash {
+                engine.encrypt_rehash(input, output).await
+            } else {
+                engine.encrypt(input, output).await
+            };
+            let n = sealed.with_context(|| format!("sealing {}", input.display()))?;
             if cli.json {
-                print_json(&serde_json::json!({ "output": output, "bytes": n }))?;
+                print_json(
+                    &serde_json::json!({ "output": output, "bytes": n, "rehashed": rehash }),
+                )?;
             } else {
                 println!(
-                    "sealed {} into {} ({})",
+                    "sealed {} into {} ({}){}",
                     input.display(),
                     output.display(),
-                    human(n)
+                    human(n),
+                    if *rehash {
+                        "; its manifest now records the edited content"
+                    } else {
+                        ""
+                    }
                 );
             }
             Ok(ExitCode::SUCCESS)

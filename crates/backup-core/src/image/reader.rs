@@ -59,6 +59,41 @@ pub(crate) struct WalkResult {
 /// (tar parsing and whatever the visitor does — extraction, on restore).
 /// Errors of the earlier stages reach the walk unchanged, in stream order.
 pub(crate) fn walk<R: Read + Send>(payload: R, visitor: &mut dyn Visitor) -> Result<WalkResult> {
+    walk_entries(payload, visitor)?.checked()
+}
+
+/// What a walk saw, before the manifest is compared with it.
+pub(crate) struct Walked {
+    pub(crate) info: BackupInfo,
+    /// `manifest.json`, if the payload has one.
+    pub(crate) manifest: Option<Manifest>,
+    /// Each component's digest as computed from its entries.
+    pub(crate) digests: BTreeMap<String, EntryDigest>,
+}
+
+impl Walked {
+    /// The manifest must be there and match every successful component.
+    pub(crate) fn checked(self) -> Result<WalkResult> {
+        let manifest = self.manifest.ok_or_else(|| {
+            Error::InvalidImage(
+                "the payload ends without manifest.json: the backup did not finish writing it"
+                    .into(),
+            )
+        })?;
+        check_manifest(&self.info, &manifest, &self.digests)?;
+        Ok(WalkResult {
+            info: self.info,
+            manifest,
+        })
+    }
+}
+
+/// [`walk`] without the final comparison with the manifest: every other
+/// check runs, and the digests are returned (to recompute a manifest).
+pub(crate) fn walk_entries<R: Read + Send>(
+    payload: R,
+    visitor: &mut dyn Visitor,
+) -> Result<Walked> {
     let pipeline_err = |e: io::Error| Error::from_pipeline_io("reading the image", e);
     std::thread::scope(|s| {
         let plain =
@@ -69,7 +104,7 @@ pub(crate) fn walk<R: Read + Send>(payload: R, visitor: &mut dyn Visitor) -> Res
     })
 }
 
-fn walk_tar<R: Read>(tar_stream: R, visitor: &mut dyn Visitor) -> Result<WalkResult> {
+fn walk_tar<R: Read>(tar_stream: R, visitor: &mut dyn Visitor) -> Result<Walked> {
     let pipeline_err = |e: io::Error| Error::from_pipeline_io("reading the image", e);
     let mut archive = tar::Archive::new(tar_stream);
     let entries = archive.entries().map_err(pipeline_err)?;
@@ -232,13 +267,11 @@ fn walk_tar<R: Read>(tar_stream: R, visitor: &mut dyn Visitor) -> Result<WalkRes
 
     let info =
         info.ok_or_else(|| Error::InvalidImage("the payload holds no backup.json".into()))?;
-    let manifest = manifest.ok_or_else(|| {
-        Error::InvalidImage(
-            "the payload ends without manifest.json: the backup did not finish writing it".into(),
-        )
-    })?;
-    check_manifest(&info, &manifest, &digests)?;
-    Ok(WalkResult { info, manifest })
+    Ok(Walked {
+        info,
+        manifest,
+        digests,
+    })
 }
 
 /// Every successful component's entries must match the manifest exactly, and
