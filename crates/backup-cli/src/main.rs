@@ -457,8 +457,16 @@ async fn list(cli: &Cli) -> anyhow::Result<ExitCode> {
             .as_ref()
             .map(|s| s.manifest.outcome.as_str())
             .unwrap_or("?");
+        // The stored size is not the one written: it will not verify.
+        let damaged = match i.expected_size {
+            Some(e) if i.size_mismatch && i.size < e => {
+                format!("  TRUNCATED: {} of {e} bytes", i.size)
+            }
+            Some(e) if i.size_mismatch => format!("  SIZE: {} bytes, {e} written", i.size),
+            _ => String::new(),
+        };
         println!(
-            "{:<48} {:<20} {:<10} {:<10} {:<8} {:>10}",
+            "{:<48} {:<20} {:<10} {:<10} {:<8} {:>10}{damaged}",
             i.name,
             created,
             node,

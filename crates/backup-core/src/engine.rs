@@ -231,6 +231,11 @@ pub struct ImageSummary {
     pub sidecar: Option<Sidecar>,
     /// Why the sidecar could not be read.
     pub sidecar_error: Option<String>,
+    /// The size the image was written with, from its sidecar.
+    pub expected_size: Option<u64>,
+    /// The stored size differs from `expected_size`: the image is truncated
+    /// (or grew) and will not verify or restore.
+    pub size_mismatch: bool,
 }
 
 /// Details of one image.
@@ -729,12 +734,15 @@ impl Engine {
                 Err(e) => (None, Some(e.to_string())),
             };
             let parsed = parse_image_name(&self.config.storage.prefix, &obj.name);
+            let expected_size = sidecar.as_ref().map(|s| s.image_size);
             out.push(ImageSummary {
                 name: obj.name,
                 size: obj.size,
                 parsed,
                 sidecar,
                 sidecar_error,
+                expected_size,
+                size_mismatch: expected_size.is_some_and(|e| e != obj.size),
             });
         }
         Ok(out)
@@ -795,7 +803,20 @@ impl Engine {
         loc: &ImageLoc,
         mut visitor: V,
     ) -> Result<(WalkResult, u64, V)> {
-        let (raw, _) = self.open_raw(loc).await?;
+        let (raw, size) = self.open_raw(loc).await?;
+        // A stored image whose size is not the one it was written with would
+        // fail authentication somewhere; say what happened instead, before
+        // downloading it.
+        if let (ImageLoc::Stored(name), Some(size)) = (loc, size) {
+            if let Ok(Some(s)) = self.sidecar(name).await {
+                if s.image_size != size {
+                    return Err(Error::ImageSize {
+                        size,
+                        expected: s.image_size,
+                    });
+                }
+            }
+        }
         let keys = self.keys.clone();
         let shown = loc.shown();
         tokio::task::spawn_blocking(move || {

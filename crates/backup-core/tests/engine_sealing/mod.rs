@@ -301,3 +301,55 @@ async fn verify_refuses_exactly_what_restore_refuses() -> Result<()> {
     }
     Ok(())
 }
+
+/// A stored image cut short is reported as truncated, with both sizes, by
+/// verify and restore (not as tampering), and `list` marks it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_truncated_image_says_truncated_with_both_sizes() -> Result<()> {
+    let (d, demo) = demo()?;
+    let e = engine(&demo.config)?;
+    let report = e.create(&CreateOptions::default()).await?;
+    let stored = demo.store().join(&report.image);
+    let full = std::fs::read(&stored)?;
+    // Inside a chunk: the crypto layer alone can only call that tampering.
+    let cut = full.len() - 5000;
+    std::fs::write(&stored, &full[..cut])?;
+    let want = format!("truncated: {cut} of {} bytes", full.len());
+
+    let err = e.verify(&report.image).await.unwrap_err();
+    assert!(err.to_string().contains(&want), "{err}");
+    assert!(matches!(err, Error::ImageSize { .. }), "{err:?}");
+    let mut opts = RestoreOptions::default();
+    opts.target = Some(d.path().join("t"));
+    let err = e.restore(&report.image, &opts).await.unwrap_err();
+    assert!(err.to_string().contains(&want), "{err}");
+
+    let listed = e.list().await?;
+    let summary = listed
+        .iter()
+        .find(|s| s.name == report.image)
+        .context("listed")?;
+    assert!(summary.size_mismatch);
+    assert_eq!(summary.expected_size, Some(full.len() as u64));
+    assert_eq!(summary.size, cut as u64);
+
+    // Longer than written: said as such, not as truncation.
+    let mut longer = full.clone();
+    longer.extend_from_slice(b"appended");
+    std::fs::write(&stored, &longer)?;
+    let err = e.verify(&report.image).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!(
+            "{} bytes, but {} were written",
+            longer.len(),
+            full.len()
+        )),
+        "{msg}"
+    );
+    // The intact image is fine and not marked.
+    std::fs::write(&stored, &full)?;
+    e.verify(&report.image).await?;
+    assert!(!e.list().await?.iter().any(|s| s.size_mismatch));
+    Ok(())
+}
