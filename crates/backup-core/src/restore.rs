@@ -456,7 +456,7 @@ impl Visitor for RestoreVisitor {
 /// per-file fsync it replaced); [`Stager::finish`] stops that thread and
 /// syncs once more, so everything staged is durable before anything is
 /// renamed into place.
-struct Stager {
+pub(crate) struct Stager {
     root: PathBuf,
     /// Relative paths already known to be real directories of the staging
     /// tree (created or checked by us). Nothing else writes there, and no
@@ -485,7 +485,7 @@ struct Stager {
 const ENTRY_WEIGHT: u64 = 8 << 10;
 
 impl Stager {
-    fn new(root: PathBuf, owner: bool) -> Result<Stager> {
+    pub(crate) fn new(root: PathBuf, owner: bool) -> Result<Stager> {
         let open = || {
             std::fs::File::open(&root)
                 .map_err(|e| Error::io(format!("opening {}", root.display()), e))
@@ -557,7 +557,7 @@ impl Stager {
         Ok(())
     }
 
-    fn extract(&mut self, e: &EntryView<'_>, data: &mut dyn Read) -> Result<()> {
+    pub(crate) fn extract(&mut self, e: &EntryView<'_>, data: &mut dyn Read) -> Result<()> {
         use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         self.entries += 1;
         self.prepare_parents(e.rel)?;
@@ -671,7 +671,7 @@ impl Stager {
     /// directory's mtime, and a read-only directory would block them. Then
     /// everything staged is made durable in one `syncfs`, before the caller
     /// renames anything into place.
-    fn finish(&mut self) -> Result<()> {
+    pub(crate) fn finish(&mut self) -> Result<()> {
         use std::os::unix::fs::PermissionsExt;
         let mut dirs = std::mem::take(&mut self.dirs);
         dirs.sort_by_key(|(p, _, _)| std::cmp::Reverse(p.components().count()));
