@@ -96,6 +96,13 @@ impl EntryRules {
         kind: EntryKind,
         link: Option<&Path>,
     ) -> Result<(), String> {
+        if rel.as_os_str().is_empty()
+            && kind == EntryKind::Dir
+            && self.roots.iter().any(|r| r.as_os_str().is_empty())
+        {
+            // The root `/` itself: readers skip it as a structural directory.
+            return Ok(());
+        }
         let plain = !rel.as_os_str().is_empty()
             && rel.components().all(|c| matches!(c, PathPart::Normal(_)))
             && !has_dot_segment(rel);
@@ -326,6 +333,14 @@ mod tests {
                 "{case}: {path} accepted"
             );
         }
+    }
+
+    #[test]
+    fn the_root_directory_may_be_a_root() {
+        let mut r = EntryRules::new(&["/"]).unwrap();
+        r.check(p(""), EntryKind::Dir, None).unwrap();
+        r.check(p("etc/x"), EntryKind::File, None).unwrap();
+        assert!(rules().check(p(""), EntryKind::Dir, None).is_err());
     }
 
     #[test]
