@@ -744,3 +744,41 @@ fn refused_restore_leaves_nothing_under_the_target() {
         problems.join("\n  ")
     );
 }
+
+/// A stored image cut inside a chunk (an interrupted copy): `list` marks it,
+/// and verify and restore say it is truncated, with both sizes, rather than
+/// tampered with.
+#[test]
+fn a_truncated_stored_image_is_marked_by_list_and_reported_as_truncated() {
+    let fx = Fixture::new();
+    let (name, _) = fx.create(&[]);
+    let img = fx.image_path(&name);
+    let original = fs::read(&img).unwrap();
+    let cut = original.len() - 5000;
+    fs::write(&img, &original[..cut]).unwrap();
+    let sizes = format!("{cut} of {} bytes", original.len());
+
+    let before = snapshot_live(&fx, "before-truncated");
+    let out = fx.backup(&["list"]);
+    out.expect(0);
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&name))
+        .unwrap_or_else(|| panic!("{name} not listed\n{}", out.dump()))
+        .to_string();
+    assert!(line.contains(&format!("TRUNCATED: {sizes}")), "{line}");
+    for args in [
+        vec!["verify", name.as_str()],
+        vec!["restore", name.as_str()],
+    ] {
+        fx.backup(&args)
+            .expect(1)
+            .mentions(&format!("truncated: {sizes}"));
+    }
+    assert_live_untouched(&fx, &before, "truncated image");
+    fs::write(&img, &original).unwrap();
+    let out = fx.backup(&["list"]);
+    out.expect(0);
+    assert!(!out.stdout.contains("TRUNCATED"), "{}", out.dump());
+}
