@@ -509,7 +509,10 @@ async fn unreadable_files_fail_their_component_as_a_normal_user() -> Result<()> 
     std::fs::create_dir(&dir)?;
     std::os::unix::fs::chown(&dir, Some(65534), Some(65534))?;
     std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755))?;
-    let exe = std::env::current_exe()?;
+    // A copy nobody can run, wherever the build directory lies.
+    let exe = d.path().join("engine-tests");
+    std::fs::copy(std::env::current_exe()?, &exe)?;
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755))?;
     let out = std::process::Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
         .arg(&exe)
