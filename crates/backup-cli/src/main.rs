@@ -140,9 +140,10 @@ backup decrypt IMAGE -o payload         named payload.tar.gz, .tar.zst or .tar a
         output: PathBuf,
     },
     /// Seal a payload (.tar.gz, e.g. edited after `backup decrypt`) into an image
-    /// under this appliance's key; restore still checks everything inside
+    /// under this appliance's key, after checking it as restore would
     #[command(
-        after_help = "Examples:\n  backup encrypt payload.tar.gz -o edited.bkp && backup verify ./edited.bkp"
+        after_help = "Examples:\n  backup encrypt payload.tar.gz -o edited.bkp && backup verify ./edited.bkp\n  \
+backup encrypt --rehash edited-payload.tar.gz -o edited.bkp    after editing files in the payload"
     )]
     Encrypt {
         /// The payload file
@@ -150,6 +151,10 @@ backup decrypt IMAGE -o payload         named payload.tar.gz, .tar.zst or .tar a
         /// The image file to write
         #[arg(short, long, value_name = "IMAGE")]
         output: PathBuf,
+        /// Record the payload's current content in its manifest (after an
+        /// edit made on purpose): the sealed image then vouches for the edit
+        #[arg(long)]
+        rehash: bool,
     },
     /// Download an image from the storage to a local file (to carry it to a replacement machine)
     #[command(
@@ -460,20 +465,33 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Verify { image } => verify(&cli, image).await,
         Command::Restore(args) => restore(&cli, args).await,
         Command::Decrypt { image, output } => decrypt(&cli, image, output).await,
-        Command::Encrypt { input, output } => {
+        Command::Encrypt {
+            input,
+            output,
+            rehash,
+        } => {
             let engine = engine(&cli)?;
-            let n = engine
-                .encrypt(input, output)
-                .await
-                .with_context(|| format!("sealing {}", input.display()))?;
+            let sealed = if *rehash {
+                engine.encrypt_rehash(input, output).await
+            } else {
+                engine.encrypt(input, output).await
+            };
+            let n = sealed.with_context(|| format!("sealing {}", input.display()))?;
             if cli.json {
-                print_json(&serde_json::json!({ "output": output, "bytes": n }))?;
+                print_json(
+                    &serde_json::json!({ "output": output, "bytes": n, "rehashed": rehash }),
+                )?;
             } else if !cli.quiet {
                 outln!(
-                    "sealed {} into {} ({})",
-                    input.display(),
-                    output.display(),
-                    human(n)
+                    "sealed {} into {} ({}){}",
+                    escape_control(&input.display().to_string()),
+                    escape_control(&output.display().to_string()),
+                    human(n),
+                    if *rehash {
+                        "; its manifest now records the edited content"
+                    } else {
+                        ""
+                    }
                 )?;
             }
             Ok(ExitCode::SUCCESS)
@@ -672,13 +690,21 @@ async fn list(cli: &Cli) -> anyhow::Result<ExitCode> {
             .as_ref()
             .map(|s| s.manifest.outcome.as_str())
             .unwrap_or("?");
+        // The stored size is not the one written: it will not verify.
+        let damaged = match i.expected_size {
+            Some(e) if i.size_mismatch && i.size < e => {
+                format!("  TRUNCATED: {} of {e} bytes", i.size)
+            }
+            Some(e) if i.size_mismatch => format!("  SIZE: {} bytes, {e} written", i.size),
+            _ => String::new(),
+        };
         let selection = i
             .selection
             .as_ref()
             .map(ToString::to_string)
             .unwrap_or_else(|| "?".into());
         outln!(
-            "{:<48} {:<20} {:<10} {:<10} {:<8} {:>10}  {selection}",
+            "{:<48} {:<20} {:<10} {:<10} {:<8} {:>10}  {selection}{damaged}",
             escape_control(&i.name),
             created,
             node,

@@ -549,13 +549,17 @@ fn crafted_payloads_with_unsafe_entries_are_rejected() {
         let tgz = fx.dir.join(format!("crafted-{i}.tar.gz"));
         write_payload(&crafted, &tgz);
         let image = fx.dir.join(format!("crafted-{i}.bkp"));
+        // `encrypt` reads a payload as restore would and seals none of these.
         fx.backup(&[
             "encrypt",
             tgz.to_str().unwrap(),
             "-o",
             image.to_str().unwrap(),
         ])
-        .expect(0);
+        .expect(2)
+        .mentions("not sealed");
+        assert!(!image.exists(), "{case}: encrypt left {}", image.display());
+        seal_unchecked(&fx, &tgz, &image);
 
         // Under a target holding one file of its own.
         let target = fx.dir.join(format!("t-crafted-{i}"));
@@ -651,6 +655,26 @@ fn crafted_payloads_with_unsafe_entries_are_rejected() {
     }
 }
 
+/// Seals a payload under the fixture's key straight through the crypto
+/// layer, checking nothing (`backup encrypt` refuses unsafe payloads): how a
+/// hostile image reaches an appliance.
+fn seal_unchecked(fx: &Fixture, payload: &Path, out: &Path) {
+    use backup_core::KeySource;
+    let mk = backup_core::KeyFile::in_state_dir(&fx.state)
+        .master_key()
+        .unwrap()
+        .expect("a master key");
+    let slot = backup_core::Keyring::load(&fx.state)
+        .unwrap()
+        .expect("a keyring")
+        .keyslot()
+        .unwrap();
+    let file = fs::File::create(out).unwrap();
+    let mut w = backup_crypto::EncryptWriter::new(file, &mk, &slot, 0).unwrap();
+    w.write_all(&fs::read(payload).unwrap()).unwrap();
+    w.finish().unwrap().sync_all().unwrap();
+}
+
 fn dev(kind: tar::EntryType, path: &str, major: u32, minor: u32) -> RawEntry {
     let mut e = evil(kind, path, None, b"");
     e.header.set_device_major(major).unwrap();
@@ -682,13 +706,7 @@ fn refused_restore_leaves_nothing_under_the_target() {
     let tgz = fx.dir.join("crafted.tar.gz");
     write_payload(&crafted, &tgz);
     let crafted_image = fx.dir.join("crafted.bkp");
-    fx.backup(&[
-        "encrypt",
-        tgz.to_str().unwrap(),
-        "-o",
-        crafted_image.to_str().unwrap(),
-    ])
-    .expect(0);
+    seal_unchecked(&fx, &tgz, &crafted_image);
     // A copy of the real image that lost its final chunk.
     let original = fs::read(fx.image_path(&name)).unwrap();
     let cut = STREAM_START + (original.len() - STREAM_START) / CHUNK * CHUNK;
@@ -727,4 +745,42 @@ fn refused_restore_leaves_nothing_under_the_target() {
         "refused restores changed the target:\n  {}",
         problems.join("\n  ")
     );
+}
+
+/// A stored image cut inside a chunk (an interrupted copy): `list` marks it,
+/// and verify and restore say it is truncated, with both sizes, rather than
+/// tampered with.
+#[test]
+fn a_truncated_stored_image_is_marked_by_list_and_reported_as_truncated() {
+    let fx = Fixture::new();
+    let (name, _) = fx.create(&[]);
+    let img = fx.image_path(&name);
+    let original = fs::read(&img).unwrap();
+    let cut = original.len() - 5000;
+    fs::write(&img, &original[..cut]).unwrap();
+    let sizes = format!("{cut} of {} bytes", original.len());
+
+    let before = snapshot_live(&fx, "before-truncated");
+    let out = fx.backup(&["list"]);
+    out.expect(0);
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&name))
+        .unwrap_or_else(|| panic!("{name} not listed\n{}", out.dump()))
+        .to_string();
+    assert!(line.contains(&format!("TRUNCATED: {sizes}")), "{line}");
+    for args in [
+        vec!["verify", name.as_str()],
+        vec!["restore", name.as_str()],
+    ] {
+        fx.backup(&args)
+            .expect(1)
+            .mentions(&format!("truncated: {sizes}"));
+    }
+    assert_live_untouched(&fx, &before, "truncated image");
+    fs::write(&img, &original).unwrap();
+    let out = fx.backup(&["list"]);
+    out.expect(0);
+    assert!(!out.stdout.contains("TRUNCATED"), "{}", out.dump());
 }

@@ -256,6 +256,11 @@ pub struct ImageSummary {
     pub selection: Option<ImageSelection>,
     /// How much of a standard backup it holds, as retention judges it.
     pub coverage: Coverage,
+    /// The size the image was written with, from its sidecar.
+    pub expected_size: Option<u64>,
+    /// The stored size differs from `expected_size`: the image is truncated
+    /// (or grew) and will not verify or restore.
+    pub size_mismatch: bool,
 }
 
 /// Which components an image set out to hold, as `list` and `show` name it:
@@ -452,6 +457,15 @@ impl Engine {
                 applicability,
             });
         }
+        for item in &items {
+            // Restore refuses a whole image naming such a root, so no image gets one.
+            crate::image::check::EntryRules::new(&item.component.roots()).map_err(|reason| {
+                Error::Input(format!(
+                    "component {}: {reason}; give it absolute paths without '.' or '..' parts",
+                    item.component.name()
+                ))
+            })?;
+        }
         let selected: BTreeSet<&str> = items.iter().map(|i| i.component.name()).collect();
         for reg in &self.components {
             if !selected.contains(reg.component.name()) {
@@ -602,19 +616,22 @@ impl Engine {
                 let mut tar = TarWriter::new(encoder, progress.clone());
                 tar.json(BACKUP_JSON, &producer_info).map_err(io_err)?;
                 let mut records = Vec::new();
-                for item in &items {
+                for (item, planned) in items.iter().zip(&producer_info.components) {
                     let c = &item.component;
                     let name = c.name().to_string();
                     progress.event(&Event::ComponentStarted {
                         component: name.clone(),
                         kind: c.kind().to_string(),
                     });
-                    tar.begin_component(&name);
-                    let result = match &item.applicability {
-                        Applicability::NotApplicable(why) => Err(SnapshotError::Failed(format!(
-                            "not applicable on this node: {why}"
-                        ))),
-                        Applicability::Applicable => c.snapshot(&mut tar, &scratch_for_producer),
+                    let begun = tar.begin_component(&name, &planned.roots);
+                    let result = match (&item.applicability, begun) {
+                        (_, Err(reason)) => Err(SnapshotError::Failed(reason)),
+                        (Applicability::NotApplicable(why), _) => Err(SnapshotError::Failed(
+                            format!("not applicable on this node: {why}"),
+                        )),
+                        (Applicability::Applicable, Ok(())) => {
+                            c.snapshot(&mut tar, &scratch_for_producer)
+                        }
                     };
                     let (digest, warnings) = tar.end_component();
                     let error = match result {
@@ -930,6 +947,7 @@ impl Engine {
             };
             let parsed = parse_image_name(&self.config.storage.prefix, &obj.name);
             let selection = sidecar.as_ref().map(|s| self.selection_of(&s.info));
+            let expected_size = sidecar.as_ref().map(|s| s.image_size);
             out.push(ImageSummary {
                 name: obj.name,
                 size: obj.size,
@@ -938,6 +956,8 @@ impl Engine {
                 sidecar_error,
                 selection,
                 coverage,
+                expected_size,
+                size_mismatch: expected_size.is_some_and(|e| e != obj.size),
             });
         }
         Ok(out)
@@ -998,7 +1018,23 @@ impl Engine {
         loc: &ImageLoc,
         mut visitor: V,
     ) -> Result<(WalkResult, u64, V)> {
-        let (raw, _) = self.open_raw(loc).await?;
+        let (raw, size) = self.open_raw(loc).await?;
+        // A stored image whose size is not the one it was written with would
+        // fail authentication somewhere; say what happened instead, before
+        // downloading it.
+        // The sidecar is authenticated and names this image, so a size that
+        // differs from the one it records is the image's doing; a sidecar
+        // that does not open or names another image proves nothing.
+        if let (ImageLoc::Stored(name), Some(size)) = (loc, size) {
+            if let Ok(SidecarRead::Found(s, _)) = self.read_sidecar(name).await {
+                if s.image_size != size {
+                    return Err(Error::ImageSize {
+                        size,
+                        expected: s.image_size,
+                    });
+                }
+            }
+        }
         let keys = self.keys.clone();
         let shown = loc.shown();
         tokio::task::spawn_blocking(move || {
@@ -1106,23 +1142,45 @@ impl Engine {
 
     /// Seals a payload file (a `.tar.gz` as written by [`Engine::decrypt`])
     /// into an image at `out`, under this appliance's master key.
-    pub(crate) async fn encrypt_file(&self, input: &Path, out: &Path) -> Result<u64> {
+    ///
+    /// The payload is first read as restore would read it, and refused if
+    /// restore would refuse it. With `rehash`, the manifest is recomputed
+    /// from the payload's entries instead of checked against them — for a
+    /// payload edited on purpose; the image then vouches for the edit.
+    pub(crate) async fn encrypt_file(&self, input: &Path, out: &Path, rehash: bool) -> Result<u64> {
         let (mk, slot) = self.keys.for_writing()?;
+        let path = input.to_path_buf();
+        let rewrite = tokio::task::spawn_blocking(move || check_payload(&path, rehash))
+            .await
+            .map_err(join_error)??;
         let mut file = std::fs::File::open(input)
             .map_err(|e| Error::io(format!("opening {}", input.display()), e))?;
         let (storage, name) = local_destination(out, self.file_group)?;
         let created = Utc::now().timestamp();
         let what = input.display().to_string();
+        let image = &self.config.image;
+        let (level, threads) = (image.effective_level(), image.effective_threads());
+        let configured = image.compression;
         let ((), size) = write_sealed(
             storage,
             name,
             mk,
             slot,
             DateTime::from_timestamp(created, 0).unwrap_or_default(),
-            move |w| {
-                std::io::copy(&mut file, w)
+            move |w| match rewrite {
+                None => std::io::copy(&mut file, w)
                     .map(|_| ())
-                    .map_err(|e| Error::io(format!("reading {what}"), e))
+                    .map_err(|e| Error::io(format!("reading {what}"), e)),
+                Some((info, manifest)) => {
+                    let level = if info.compression == configured {
+                        level
+                    } else {
+                        info.compression.default_level()
+                    };
+                    let encoder = Encoder::with_threads(w, info.compression, level, threads)
+                        .map_err(|e| Error::from_pipeline_io("writing the image", e))?;
+                    rewrite_payload(&mut file, encoder, &manifest, &what)
+                }
             },
         )
         .await?;
@@ -1156,6 +1214,103 @@ fn sidecar_damage(e: &Error) -> String {
         }
         other => format!("does not open ({other})"),
     }
+}
+
+/// Reads a payload file as restore would. Without `rehash`, anything restore
+/// would refuse is refused; with it, everything but the comparison with the
+/// manifest is checked, and the manifest with the digests the payload's
+/// entries have now is returned.
+fn check_payload(path: &Path, rehash: bool) -> Result<Option<(BackupInfo, Manifest)>> {
+    let shown = path.display();
+    let file = std::fs::File::open(path).map_err(|e| Error::io(format!("opening {shown}"), e))?;
+    let refused = |e: Error, hint: &str| {
+        Error::Input(format!(
+            "{shown} was not sealed, because restore would refuse it: {e}{hint}"
+        ))
+    };
+    let walked = reader::walk_entries(std::io::BufReader::new(file), &mut NullVisitor)
+        .map_err(|e| refused(e, ""))?;
+    if !rehash {
+        walked.checked().map_err(|e| {
+            refused(
+                e,
+                "; if the payload was edited on purpose, pass --rehash to record its new content in its manifest",
+            )
+        })?;
+        return Ok(None);
+    }
+    let mut manifest = walked.manifest.clone().ok_or_else(|| {
+        refused(
+            Error::InvalidImage("it has no manifest.json to recompute".into()),
+            "",
+        )
+    })?;
+    for record in &mut manifest.components {
+        if record.outcome != Outcome::Success {
+            continue;
+        }
+        let digest = walked
+            .digests
+            .get(&record.name)
+            .cloned()
+            .unwrap_or_default();
+        record.entries = digest.entries();
+        record.bytes = digest.bytes();
+        record.sha256 = digest.hex();
+    }
+    reader::check_manifest(&walked.info, &manifest, &walked.digests).map_err(|e| refused(e, ""))?;
+    Ok(Some((walked.info, manifest)))
+}
+
+/// Copies a payload's tar entries into `out` with `manifest` in place of its
+/// `manifest.json`, keeping every field the digests cover.
+fn rewrite_payload<W: Write>(
+    input: &mut std::fs::File,
+    out: Encoder<W>,
+    manifest: &Manifest,
+    what: &str,
+) -> Result<()> {
+    let read_err = |e| Error::io(format!("reading {what}"), e);
+    let write_err = |e| Error::from_pipeline_io("writing the image", e);
+    let decoded = reader::decoder(std::io::BufReader::new(input)).map_err(read_err)?;
+    let mut archive = tar::Archive::new(decoded);
+    let mut builder = tar::Builder::new(out);
+    for entry in archive.entries().map_err(read_err)? {
+        let mut entry = entry.map_err(read_err)?;
+        let path = entry.path().map_err(read_err)?.into_owned();
+        // The walk read these fields of every component entry already; the
+        // JSON entries the engine writes leave owner fields empty.
+        let old = entry.header();
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(old.entry_type());
+        h.set_mode(old.mode().unwrap_or(0o600));
+        h.set_mtime(old.mtime().unwrap_or(0));
+        h.set_uid(old.uid().unwrap_or(0));
+        h.set_gid(old.gid().unwrap_or(0));
+        if path == Path::new(MANIFEST_JSON) {
+            let data = serde_json::to_vec_pretty(manifest).expect("a manifest serialises");
+            h.set_size(data.len() as u64);
+            builder
+                .append_data(&mut h, &path, &data[..])
+                .map_err(write_err)?;
+        } else if let Some(link) = entry.link_name().map_err(read_err)? {
+            let link = link.into_owned();
+            h.set_size(0);
+            builder
+                .append_link(&mut h, &path, &link)
+                .map_err(write_err)?;
+        } else {
+            h.set_size(entry.size());
+            builder
+                .append_data(&mut h, &path, &mut entry)
+                .map_err(write_err)?;
+        }
+    }
+    builder
+        .into_inner()
+        .and_then(|e| e.finish())
+        .map_err(write_err)?;
+    Ok(())
 }
 
 /// A visitor that only lets the walk check things.

@@ -55,6 +55,16 @@ pub enum Error {
     /// mismatching manifest, checksum mismatch, unexpected entries).
     #[error("invalid image: {0}")]
     InvalidImage(String),
+    /// The stored image's size differs from the size its sidecar manifest
+    /// recorded when it was written: cut short by an incomplete upload or
+    /// copy, or grown.
+    #[error("{}", image_size_message(*size, *expected))]
+    ImageSize {
+        /// Bytes stored now.
+        size: u64,
+        /// Bytes written when the image was made.
+        expected: u64,
+    },
     /// A component failed and `--halt` was requested: nothing was published.
     #[error("component {component} failed: {reason}; --halt was given, so nothing was published")]
     Halted {
@@ -172,6 +182,18 @@ fn already_initialized(path: &std::path::Path) -> String {
         format!(
             "the domain master secret is already set (keyring {}); use key rotation to change it",
             path.display()
+        )
+    }
+}
+
+fn image_size_message(size: u64, expected: u64) -> String {
+    if size < expected {
+        format!(
+            "the image is truncated: {size} of {expected} bytes (its sidecar manifest records the size it was written with); the upload or copy was incomplete — copy it again from a good source, or use another image"
+        )
+    } else {
+        format!(
+            "the image has {size} bytes, but {expected} were written (its sidecar manifest says so): it was modified after it was written (bytes added, or the image replaced) — use another image"
         )
     }
 }

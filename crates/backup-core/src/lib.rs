@@ -30,6 +30,9 @@ mod daemon;
 pub mod demo;
 mod engine;
 mod error;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod image;
 mod keyops;
 mod keys;

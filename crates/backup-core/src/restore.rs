@@ -611,24 +611,8 @@ impl Visitor for RestoreVisitor {
             .iter()
             .filter(|c| self.selected.contains(&c.name))
         {
+            // The walk checked the roots (plain absolute paths) before this call.
             let roots: Vec<PathBuf> = planned.roots.iter().map(PathBuf::from).collect();
-            if roots.iter().any(|r| {
-                !r.is_absolute()
-                    || r.components().any(|c| {
-                        !matches!(
-                            c,
-                            std::path::Component::RootDir | std::path::Component::Normal(_)
-                        )
-                    })
-            }) {
-                return Err(Error::UnsafeArchive {
-                    entry: "backup.json".into(),
-                    reason: format!(
-                        "component {} has a root that is not a plain absolute path",
-                        planned.name
-                    ),
-                });
-            }
             // Stage next to the first destination so the final move is a rename.
             let base = match roots.first() {
                 Some(r) => self
@@ -648,11 +632,7 @@ impl Visitor for RestoreVisitor {
             crate::util::create_private_dir(&root).map_err(|e| {
                 Error::io(format!("creating staging directory {}", root.display()), e)
             })?;
-            let allowed = roots
-                .iter()
-                .map(|r| crate::component::rel_of(r).to_path_buf())
-                .collect();
-            let stager = Stager::new(root, allowed, self.owner)?;
+            let stager = Stager::new(root, self.owner)?;
             self.stagers.insert(planned.name.clone(), stager);
         }
         Ok(())
@@ -679,8 +659,12 @@ impl Visitor for RestoreVisitor {
     }
 }
 
-/// Extracts one component's entries into its staging directory, refusing
-/// anything that could land outside it.
+/// Extracts one component's entries into its staging directory.
+///
+/// Whether an entry may be extracted is decided before it gets here, by the
+/// walk's archive-safety rules (`image::check`), the same ones verify runs.
+/// The stager only carries that out, and still refuses to write through
+/// anything in staging that is not a directory it made or checked.
 ///
 /// Files are not fsynced one by one (on ext4 each fsync of a new file waits
 /// for its own journal commit, which dominated restores of many small
@@ -691,11 +675,8 @@ impl Visitor for RestoreVisitor {
 /// per-file fsync it replaced); [`Stager::finish`] stops that thread and
 /// syncs once more, so everything staged is durable before anything is
 /// renamed into place.
-struct Stager {
+pub(crate) struct Stager {
     root: PathBuf,
-    /// Archive-relative roots entries must live under (empty: flat names only).
-    allowed: Vec<PathBuf>,
-    symlinks: HashSet<PathBuf>,
     /// Relative paths already known to be real directories of the staging
     /// tree (created or checked by us). Nothing else writes there, and no
     /// later entry can turn a directory into something else (every create is
@@ -723,7 +704,7 @@ struct Stager {
 const ENTRY_WEIGHT: u64 = 8 << 10;
 
 impl Stager {
-    fn new(root: PathBuf, allowed: Vec<PathBuf>, owner: bool) -> Result<Stager> {
+    pub(crate) fn new(root: PathBuf, owner: bool) -> Result<Stager> {
         let open = || {
             std::fs::File::open(&root)
                 .map_err(|e| Error::io(format!("opening {}", root.display()), e))
@@ -733,8 +714,6 @@ impl Stager {
             backup_storage::Writeback::new(open()?, backup_storage::FlushScope::FileSystem);
         Ok(Stager {
             root,
-            allowed,
-            symlinks: HashSet::new(),
             known_dirs: HashSet::new(),
             dirs: Vec::new(),
             owner,
@@ -760,22 +739,6 @@ impl Stager {
         }
     }
 
-    fn check_allowed(&self, rel: &Path) -> Result<()> {
-        let ok = if self.allowed.is_empty() {
-            rel.components().count() == 1
-        } else {
-            self.allowed.iter().any(|root| rel.starts_with(root))
-        };
-        if ok {
-            Ok(())
-        } else {
-            Err(Self::unsafe_entry(
-                rel,
-                "it lies outside the component's recorded roots",
-            ))
-        }
-    }
-
     /// Every ancestor must be a real directory we created, never a symlink.
     fn prepare_parents(&mut self, rel: &Path) -> Result<()> {
         // A known parent implies known ancestors: they are checked (and
@@ -792,15 +755,6 @@ impl Stager {
             prefix.push(part);
             if self.known_dirs.contains(&prefix) {
                 continue;
-            }
-            if self.symlinks.contains(&prefix) {
-                return Err(Self::unsafe_entry(
-                    rel,
-                    format!(
-                        "it would be written through the symlink {}",
-                        prefix.display()
-                    ),
-                ));
             }
             let path = self.root.join(&prefix);
             match std::fs::symlink_metadata(&path) {
@@ -822,17 +776,10 @@ impl Stager {
         Ok(())
     }
 
-    fn extract(&mut self, e: &EntryView<'_>, data: &mut dyn Read) -> Result<()> {
+    pub(crate) fn extract(&mut self, e: &EntryView<'_>, data: &mut dyn Read) -> Result<()> {
         use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         self.entries += 1;
-        self.check_allowed(e.rel)?;
         self.prepare_parents(e.rel)?;
-        if self.symlinks.contains(e.rel) {
-            return Err(Self::unsafe_entry(
-                e.rel,
-                "it replaces a symlink of the same archive",
-            ));
-        }
         let path = self.root.join(e.rel);
         let io = |what: &str, err| Error::io(format!("{what} {}", path.display()), err);
         match e.kind {
@@ -893,7 +840,6 @@ impl Stager {
                         io("creating symlink", err)
                     }
                 })?;
-                self.symlinks.insert(e.rel.to_path_buf());
                 self.chown(&path, e)?;
                 let t = filetime::FileTime::from_unix_time(e.mtime as i64, 0);
                 filetime::set_symlink_file_times(&path, t, t)
@@ -901,16 +847,16 @@ impl Stager {
             }
             EntryKind::Hardlink => {
                 let target_rel = e.link.as_ref().expect("walker checked");
-                self.check_allowed(target_rel)?;
-                let mut prefix = PathBuf::new();
-                for part in target_rel.components() {
-                    prefix.push(part);
-                    if self.symlinks.contains(&prefix) {
-                        return Err(Self::unsafe_entry(
-                            e.rel,
-                            "its hard link target goes through a symlink",
-                        ));
-                    }
+                // The target was extracted here, so its parent is a directory
+                // this stager made or checked; anything else is not ours.
+                let parent_known = target_rel
+                    .parent()
+                    .is_some_and(|p| p.as_os_str().is_empty() || self.known_dirs.contains(p));
+                if !parent_known {
+                    return Err(Self::unsafe_entry(
+                        e.rel,
+                        "its hard link target is not an earlier file of the component",
+                    ));
                 }
                 let target = self.root.join(target_rel);
                 match std::fs::symlink_metadata(&target) {
@@ -944,7 +890,7 @@ impl Stager {
     /// directory's mtime, and a read-only directory would block them. Then
     /// everything staged is made durable in one `syncfs`, before the caller
     /// renames anything into place.
-    fn finish(&mut self) -> Result<()> {
+    pub(crate) fn finish(&mut self) -> Result<()> {
         use std::os::unix::fs::PermissionsExt;
         let mut dirs = std::mem::take(&mut self.dirs);
         dirs.sort_by_key(|(p, _, _)| std::cmp::Reverse(p.components().count()));
@@ -1002,7 +948,7 @@ mod tests {
     fn a_stager_flushes_in_the_background_every_so_often() {
         use backup_storage::WRITEBACK_INTERVAL;
         let dir = tempfile::tempdir().unwrap();
-        let mut stager = Stager::new(dir.path().to_path_buf(), Vec::new(), false).unwrap();
+        let mut stager = Stager::new(dir.path().to_path_buf(), false).unwrap();
         let started = |s: &Stager| s.writeback.as_ref().is_some_and(|w| w.started());
         stager.wrote(WRITEBACK_INTERVAL - ENTRY_WEIGHT - 1);
         assert!(!started(&stager), "nothing to flush yet");

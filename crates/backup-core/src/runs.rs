@@ -510,11 +510,31 @@ impl Engine {
             .await
     }
 
-    /// Seals a payload file into an image (audited).
+    /// Seals a payload file into an image (audited), after reading it as
+    /// restore would: a payload restore would refuse is not sealed.
     pub async fn encrypt(&self, input: &Path, out: &Path) -> Result<u64> {
         let target = out.display().to_string();
-        self.audited("encrypt", &target, |n| *n, self.encrypt_file(input, out))
-            .await
+        self.audited(
+            "encrypt",
+            &target,
+            |n| *n,
+            self.encrypt_file(input, out, false),
+        )
+        .await
+    }
+
+    /// Seals an edited payload into an image (audited as `encrypt`),
+    /// recording the payload's current content in its manifest: the image
+    /// then vouches for the edit. Everything else restore checks is checked.
+    pub async fn encrypt_rehash(&self, input: &Path, out: &Path) -> Result<u64> {
+        let target = out.display().to_string();
+        self.audited(
+            "encrypt",
+            &target,
+            |n| *n,
+            self.encrypt_file(input, out, true),
+        )
+        .await
     }
 
     /// Restores an image under the operation lock (audited, in the status).

@@ -95,9 +95,19 @@ impl Component for FilesComponent {
         // First path seen for each (device, inode) with more than one link.
         let mut linked: HashMap<(u64, u64), PathBuf> = HashMap::new();
         for root in &self.paths {
-            if let Err(e) = std::fs::symlink_metadata(root) {
+            // A root that is a symlink is followed (like `tar -h`, for the
+            // root only): the image records it as the directory or file it
+            // names, so restore writes a tree, never a path through a link.
+            if let Err(e) = std::fs::metadata(root) {
+                let how = match std::fs::read_link(root) {
+                    Ok(target) => format!(
+                        "it is a symlink to {}, which cannot be read ({e})",
+                        target.display()
+                    ),
+                    Err(_) => e.to_string(),
+                };
                 return Err(SnapshotError::Failed(format!(
-                    "cannot read {}: {e}",
+                    "cannot read {}: {how}",
                     root.display()
                 )));
             }
@@ -113,7 +123,12 @@ impl Component for FilesComponent {
                     }
                     continue;
                 }
-                let md = entry.metadata().map_err(|e| {
+                let md = if entry.depth() == 0 {
+                    std::fs::metadata(path)
+                } else {
+                    entry.metadata().map_err(Into::into)
+                }
+                .map_err(|e| {
                     SnapshotError::Failed(format!("cannot stat {}: {e}", path.display()))
                 })?;
                 let meta = EntryMeta::from_metadata(&md);
@@ -138,7 +153,12 @@ impl Component for FilesComponent {
                         SnapshotError::Failed(format!("cannot open {}: {e}", path.display()))
                     })?;
                     sink.file(rel, &meta, md.len(), &mut file)?;
-                    if let Ok(after) = std::fs::symlink_metadata(path) {
+                    let after = if entry.depth() == 0 {
+                        std::fs::metadata(path)
+                    } else {
+                        std::fs::symlink_metadata(path)
+                    };
+                    if let Ok(after) = after {
                         if after.len() != md.len()
                             || after.mtime() != md.mtime()
                             || after.mtime_nsec() != md.mtime_nsec()
@@ -184,7 +204,11 @@ pub(super) fn restore_roots(
             // The root did not exist at backup time; nothing to put back.
             continue;
         }
-        let dest = ctx.destination(root);
+        let dest = match ctx.target {
+            // Under --target nothing is followed out of the target.
+            Some(_) => ctx.destination(root),
+            None => follow_root_link(root.to_path_buf()),
+        };
         let swapped_in = excluded_under(&dest, root, excluded)
             .map_err(|e| {
                 format!(
@@ -202,6 +226,17 @@ pub(super) fn restore_roots(
         }
     }
     Ok(Box::new(swapped))
+}
+
+/// Where a root goes when its live path is a symlink: to what it names,
+/// as the backup read it, so the link stays and the tree behind it is
+/// replaced. A dangling link is replaced by the restored tree.
+fn follow_root_link(dest: PathBuf) -> PathBuf {
+    let is_link = std::fs::symlink_metadata(&dest).is_ok_and(|m| m.file_type().is_symlink());
+    if !is_link {
+        return dest;
+    }
+    std::fs::canonicalize(&dest).unwrap_or(dest)
 }
 
 pub(super) fn applicable_if(path: &Option<PathBuf>) -> Applicability {

@@ -1,5 +1,6 @@
 //! The image: an encrypted tar stream with `backup.json`, `components/<name>/…`
 //! and `manifest.json`, plus the encrypted sidecar manifest.
+pub(crate) mod check;
 pub mod codec;
 mod digest;
 mod gunzip;

@@ -3,6 +3,7 @@ use std::collections::BTreeMap;
 use std::io::{self, Read};
 use std::path::{Component as PathPart, Path, PathBuf};
 
+use super::check::EntryRules;
 use super::pipe;
 use super::{
     BackupInfo, EntryDigest, EntryKind, Manifest, Outcome, BACKUP_JSON, COMPONENTS_DIR,
@@ -58,6 +59,41 @@ pub(crate) struct WalkResult {
 /// (tar parsing and whatever the visitor does — extraction, on restore).
 /// Errors of the earlier stages reach the walk unchanged, in stream order.
 pub(crate) fn walk<R: Read + Send>(payload: R, visitor: &mut dyn Visitor) -> Result<WalkResult> {
+    walk_entries(payload, visitor)?.checked()
+}
+
+/// What a walk saw, before the manifest is compared with it.
+pub(crate) struct Walked {
+    pub(crate) info: BackupInfo,
+    /// `manifest.json`, if the payload has one.
+    pub(crate) manifest: Option<Manifest>,
+    /// Each component's digest as computed from its entries.
+    pub(crate) digests: BTreeMap<String, EntryDigest>,
+}
+
+impl Walked {
+    /// The manifest must be there and match every successful component.
+    pub(crate) fn checked(self) -> Result<WalkResult> {
+        let manifest = self.manifest.ok_or_else(|| {
+            Error::InvalidImage(
+                "the payload ends without manifest.json: the backup did not finish writing it"
+                    .into(),
+            )
+        })?;
+        check_manifest(&self.info, &manifest, &self.digests)?;
+        Ok(WalkResult {
+            info: self.info,
+            manifest,
+        })
+    }
+}
+
+/// [`walk`] without the final comparison with the manifest: every other
+/// check runs, and the digests are returned (to recompute a manifest).
+pub(crate) fn walk_entries<R: Read + Send>(
+    payload: R,
+    visitor: &mut dyn Visitor,
+) -> Result<Walked> {
     let pipeline_err = |e: io::Error| Error::from_pipeline_io("reading the image", e);
     std::thread::scope(|s| {
         let plain =
@@ -68,13 +104,16 @@ pub(crate) fn walk<R: Read + Send>(payload: R, visitor: &mut dyn Visitor) -> Res
     })
 }
 
-fn walk_tar<R: Read>(tar_stream: R, visitor: &mut dyn Visitor) -> Result<WalkResult> {
+fn walk_tar<R: Read>(tar_stream: R, visitor: &mut dyn Visitor) -> Result<Walked> {
     let pipeline_err = |e: io::Error| Error::from_pipeline_io("reading the image", e);
     let mut archive = tar::Archive::new(tar_stream);
     let entries = archive.entries().map_err(pipeline_err)?;
     let mut info: Option<BackupInfo> = None;
     let mut manifest: Option<Manifest> = None;
     let mut digests: BTreeMap<String, EntryDigest> = BTreeMap::new();
+    // The archive-safety rules of each component: every walk checks every
+    // entry, so verify refuses exactly what restore would.
+    let mut rules: BTreeMap<String, EntryRules> = BTreeMap::new();
 
     for next in entries {
         let mut entry = next.map_err(pipeline_err)?;
@@ -97,6 +136,14 @@ fn walk_tar<R: Read>(tar_stream: R, visitor: &mut dyn Visitor) -> Result<WalkRes
                     parsed.format,
                     super::PAYLOAD_FORMAT
                 )));
+            }
+            for planned in &parsed.components {
+                let checks =
+                    EntryRules::new(&planned.roots).map_err(|reason| Error::UnsafeArchive {
+                        entry: BACKUP_JSON.into(),
+                        reason: format!("component {}: {reason}", planned.name),
+                    })?;
+                rules.insert(planned.name.clone(), checks);
             }
             visitor.info(&parsed)?;
             info = Some(parsed);
@@ -177,6 +224,15 @@ fn walk_tar<R: Read>(tar_stream: R, visitor: &mut dyn Visitor) -> Result<WalkRes
             }
             _ => None,
         };
+        let hardlink_target = link.as_deref().filter(|_| kind == EntryKind::Hardlink);
+        rules
+            .get_mut(&component)
+            .expect("a rule set per listed component")
+            .check(&rel, kind, hardlink_target)
+            .map_err(|reason| Error::UnsafeArchive {
+                entry: shown.clone(),
+                reason,
+            })?;
         let link_bytes = link.as_deref().map(path_bytes).unwrap_or_default().to_vec();
         let digest = digests.entry(component.clone()).or_default();
         digest.entry(path_bytes(&rel), kind, mode, mtime, &link_bytes, size);
@@ -193,9 +249,16 @@ fn walk_tar<R: Read>(tar_stream: R, visitor: &mut dyn Visitor) -> Result<WalkRes
         let mut hashing = HashingReader {
             inner: &mut entry,
             digest,
+            read: 0,
         };
         visitor.entry(&component, &view, &mut hashing)?;
         io::copy(&mut hashing, &mut io::sink()).map_err(pipeline_err)?;
+        if hashing.read != size {
+            return Err(Error::InvalidImage(format!(
+                "{shown} is shorter than its header says ({} of {size} bytes)",
+                hashing.read
+            )));
+        }
     }
     // The tar end marker was reached: drain the rest (padding, gzip trailer,
     // and the final encrypted chunk, which authenticates the stream's length).
@@ -204,13 +267,11 @@ fn walk_tar<R: Read>(tar_stream: R, visitor: &mut dyn Visitor) -> Result<WalkRes
 
     let info =
         info.ok_or_else(|| Error::InvalidImage("the payload holds no backup.json".into()))?;
-    let manifest = manifest.ok_or_else(|| {
-        Error::InvalidImage(
-            "the payload ends without manifest.json: the backup did not finish writing it".into(),
-        )
-    })?;
-    check_manifest(&info, &manifest, &digests)?;
-    Ok(WalkResult { info, manifest })
+    Ok(Walked {
+        info,
+        manifest,
+        digests,
+    })
 }
 
 /// Every successful component's entries must match the manifest exactly, and
@@ -332,12 +393,15 @@ fn split_component(path: &Path) -> Option<(String, PathBuf)> {
 struct HashingReader<'a, R: Read> {
     inner: &'a mut R,
     digest: &'a mut EntryDigest,
+    /// Content bytes read so far.
+    read: u64,
 }
 
 impl<R: Read> Read for HashingReader<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.digest.content(&buf[..n]);
+        self.read += n as u64;
         Ok(n)
     }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 
+use super::check::EntryRules;
 use super::{EntryDigest, EntryKind};
 use crate::component::{EntryMeta, EntrySink, SnapshotError};
 use crate::progress::{Event, Progress};
@@ -76,6 +77,9 @@ pub(crate) struct TarWriter<W: Write> {
     prefix: String,
     component: String,
     digest: EntryDigest,
+    /// The rules restore applies to the current component's entries: an
+    /// entry they refuse fails the component instead of being written.
+    rules: EntryRules,
     warnings: Vec<String>,
     progress: Arc<dyn Progress>,
 }
@@ -90,6 +94,7 @@ impl<W: Write> TarWriter<W> {
             prefix: String::new(),
             component: String::new(),
             digest: EntryDigest::default(),
+            rules: EntryRules::new::<&Path>(&[]).expect("no roots are valid roots"),
             warnings: Vec::new(),
             progress,
         }
@@ -106,12 +111,30 @@ impl<W: Write> TarWriter<W> {
         self.builder.append_data(&mut h, path, &data[..])
     }
 
-    /// Starts the entries of a component.
-    pub(crate) fn begin_component(&mut self, name: &str) {
+    /// Starts the entries of a component recorded with these `roots`
+    /// (refused if restore would refuse them).
+    pub(crate) fn begin_component(&mut self, name: &str, roots: &[String]) -> Result<(), String> {
         self.prefix = format!("{}/{name}/", super::COMPONENTS_DIR);
         self.component = name.to_string();
         self.digest = EntryDigest::default();
         self.warnings.clear();
+        self.rules = EntryRules::new(roots)?;
+        Ok(())
+    }
+
+    /// Refuses an entry restore would refuse, before anything of it is written.
+    fn check(
+        &mut self,
+        rel: &Path,
+        kind: EntryKind,
+        link: Option<&Path>,
+    ) -> Result<(), SnapshotError> {
+        self.rules.check(rel, kind, link).map_err(|reason| {
+            SnapshotError::Failed(format!(
+                "{} cannot be restored: {reason}",
+                Path::new("/").join(rel).display()
+            ))
+        })
     }
 
     /// Ends the current component, giving its digest and warnings.
@@ -156,6 +179,7 @@ fn bytes_of(p: &Path) -> &[u8] {
 
 impl<W: Write> EntrySink for TarWriter<W> {
     fn dir(&mut self, rel: &Path, meta: &EntryMeta) -> Result<(), SnapshotError> {
+        self.check(rel, EntryKind::Dir, None)?;
         self.digest
             .entry(bytes_of(rel), EntryKind::Dir, meta.mode, meta.mtime, b"", 0);
         let mut h = Self::header(tar::EntryType::Directory, meta, 0);
@@ -171,6 +195,7 @@ impl<W: Write> EntrySink for TarWriter<W> {
         size: u64,
         data: &mut dyn Read,
     ) -> Result<(), SnapshotError> {
+        self.check(rel, EntryKind::File, None)?;
         self.digest.entry(
             bytes_of(rel),
             EntryKind::File,
@@ -215,6 +240,7 @@ impl<W: Write> EntrySink for TarWriter<W> {
         meta: &EntryMeta,
         target: &Path,
     ) -> Result<(), SnapshotError> {
+        self.check(rel, EntryKind::Symlink, None)?;
         self.digest.entry(
             bytes_of(rel),
             EntryKind::Symlink,
@@ -235,6 +261,7 @@ impl<W: Write> EntrySink for TarWriter<W> {
         meta: &EntryMeta,
         target_rel: &Path,
     ) -> Result<(), SnapshotError> {
+        self.check(rel, EntryKind::Hardlink, Some(target_rel))?;
         self.digest.entry(
             bytes_of(rel),
             EntryKind::Hardlink,
