@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use super::netrc::find_password;
 use super::tls::{pem_roots, system_roots, tls_config};
-use super::url::{encode, normalize_dir, parse_url, redact};
+use super::url::{normalize_dir, parse_url};
 use super::{FtpStorage, Inner, Password, Tls, CONNECT_TIMEOUT, IO_TIMEOUT};
+use crate::url::{percent_encode, redact};
 use crate::{Error, Result};
 
 /// Settings of an [`FtpStorage`].
@@ -168,15 +169,15 @@ impl FtpStorageBuilder {
         let scheme = if self.tls { "ftps" } else { "ftp" };
         let shown = format!(
             "{scheme}://{}@{}:{port}/{}",
-            encode(&user, false),
+            percent_encode(user.as_bytes(), false),
             if host.contains(':') {
                 format!("[{host}]")
             } else {
                 host.clone()
             },
             match dir.strip_prefix('/') {
-                Some(abs) => format!("%2F{}", encode(abs, true)),
-                None => encode(&dir, true),
+                Some(abs) => format!("%2F{}", percent_encode(abs.as_bytes(), true)),
+                None => percent_encode(dir.as_bytes(), true),
             }
         );
         let password = match self.password {

@@ -1,6 +1,7 @@
 //! `ftp://` and `ftps://` URLs: parsing, and the form shown in messages.
 
 use super::PASSWORD_VAR;
+use crate::url::percent_decode_utf8;
 
 /// What an `ftp://` or `ftps://` URL says.
 #[derive(Debug, PartialEq, Eq)]
@@ -40,7 +41,7 @@ pub(super) fn parse_url(url: &str) -> std::result::Result<FtpUrl, String> {
              remove it and put it in ~/.netrc (machine HOST login USER password …) or {PASSWORD_VAR}"
         ));
     }
-    let user = decode_utf8(userinfo, "user")?;
+    let user = percent_decode_utf8(userinfo, "user")?;
     if user.is_empty() {
         return Err(format!("the URL names no FTP user; {FORM}"));
     }
@@ -76,7 +77,7 @@ pub(super) fn parse_url(url: &str) -> std::result::Result<FtpUrl, String> {
         },
     };
     let path = path.strip_prefix('/').unwrap_or(path);
-    let dir = decode_utf8(path, "path")?;
+    let dir = percent_decode_utf8(path, "path")?;
     if [&user, &dir].iter().any(|s| s.contains(['\r', '\n', '\0'])) {
         return Err("the user and path may not contain line breaks or NUL".to_owned());
     }
@@ -96,38 +97,6 @@ pub(super) fn normalize_dir(dir: &str) -> String {
         "/".to_owned()
     } else {
         trimmed.to_owned()
-    }
-}
-
-fn decode_utf8(s: &str, what: &str) -> std::result::Result<String, String> {
-    crate::open::percent_decode_utf8(s, what)
-}
-
-/// Percent-encodes all but unreserved characters (and '/' in paths).
-pub(super) fn encode(s: &str, path: bool) -> String {
-    let mut out = String::with_capacity(s.len());
-    for &b in s.as_bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) || (path && b == b'/') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// The URL with a password replaced, for the message that refuses it.
-pub(super) fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    match authority
-        .rsplit_once('@')
-        .and_then(|(userinfo, host)| Some((userinfo.split_once(':')?.0, host)))
-    {
-        Some((user, host)) => format!("{scheme}://{user}:***@{host}{path}"),
-        None => url.to_owned(),
     }
 }
 

@@ -1,6 +1,7 @@
 //! `s3://bucket/prefix?endpoint=…&region=…&profile=…` URLs and the names and
 //! prefixes they carry.
 
+use crate::url::percent_decode_utf8;
 use crate::{Error, Result};
 
 /// The parts of an `s3://` URL.
@@ -34,15 +35,15 @@ pub(super) fn parse_url(url: &str) -> Result<ParsedUrl> {
         ));
     }
     let mut parsed = ParsedUrl {
-        bucket: percent_decode(bucket).map_err(|r| invalid(&r))?,
-        prefix: percent_decode(prefix).map_err(|r| invalid(&r))?,
+        bucket: percent_decode_utf8(bucket, "URL").map_err(|r| invalid(&r))?,
+        prefix: percent_decode_utf8(prefix, "URL").map_err(|r| invalid(&r))?,
         endpoint: None,
         region: None,
         profile: None,
     };
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let value = percent_decode(value).map_err(|r| invalid(&r))?;
+        let value = percent_decode_utf8(value, "URL").map_err(|r| invalid(&r))?;
         if value.is_empty() {
             return Err(invalid(&format!(
                 "the query parameter {key:?} has no value"
@@ -90,10 +91,6 @@ fn redact_url(url: &str) -> String {
     }
     out.push_str(rest);
     out
-}
-
-fn percent_decode(s: &str) -> std::result::Result<String, String> {
-    crate::open::percent_decode_utf8(s, "URL")
 }
 
 /// Bucket names as S3-compatible servers accept them (AWS is stricter).
