@@ -4,10 +4,10 @@ use std::fmt;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use super::core::{FtpStorage, Inner, Password, Tls, CONNECT_TIMEOUT, IO_TIMEOUT};
 use super::netrc::find_password;
 use super::tls::{pem_roots, system_roots, tls_config};
 use super::url::{normalize_dir, parse_url};
-use super::{FtpStorage, Inner, Password, Tls, CONNECT_TIMEOUT, IO_TIMEOUT};
 use crate::url::{percent_encode, redact};
 use crate::{Error, Result};
 

@@ -9,9 +9,9 @@ use bytes::{Bytes, BytesMut};
 use futures::Stream;
 use tokio::io::AsyncReadExt;
 
+use super::core::{Transfer, IO_TIMEOUT, READ_CHUNK};
 use super::error::{in_step, timed_out};
 use super::pool::Session;
-use super::{Transfer, IO_TIMEOUT, READ_CHUNK};
 
 /// A RETR in progress, read in chunks by the caller's reader.
 pub(super) struct Download {

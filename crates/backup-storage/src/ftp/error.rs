@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use suppaftp::FtpError;
 
-use super::{Inner, PASSWORD_VAR};
+use super::core::{Inner, PASSWORD_VAR};
 use crate::Error;
 
 /// What was being done, for mapping a reply code to a meaning.

@@ -15,6 +15,7 @@
 
 mod builder;
 mod commands;
+mod core;
 mod download;
 mod error;
 mod list;
@@ -24,16 +25,14 @@ mod tls;
 mod upload;
 mod url;
 
-use std::fmt;
 use std::ops::Range;
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
-use suppaftp::tokio::{AsyncRustlsStream, ImplAsyncFtpStream, TransferStream};
-use suppaftp::tokio_rustls::rustls;
 
-pub use builder::FtpStorageBuilder;
+pub use self::builder::FtpStorageBuilder;
+pub use self::core::FtpStorage;
 use commands::{join, split_name, walk};
 use download::Download;
 use error::{reply_code, Op};
@@ -46,97 +45,6 @@ use crate::{
     resolve_range, Capabilities, Capacity, Error, GetResult, ListResult, ObjectMeta, PutMode,
     PutOptions, Result, Storage, Upload,
 };
-
-/// One control connection; plain FTP uses the same type without TLS.
-type Client = ImplAsyncFtpStream<AsyncRustlsStream>;
-/// The data connection of one transfer.
-type Transfer = TransferStream<AsyncRustlsStream>;
-
-/// Connecting, TLS and login together: an unreachable or silent server fails
-/// in bounded time.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// One command's reply, or progress on a data connection.
-const IO_TIMEOUT: Duration = Duration::from_secs(60);
-/// Idle control connections kept for reuse.
-const MAX_IDLE: usize = 8;
-/// An idle connection older than this is checked with NOOP before reuse:
-/// servers drop idle sessions (pure-ftpd after 15 minutes, some much sooner).
-const CHECK_AFTER_IDLE: Duration = Duration::from_secs(15);
-/// Bytes read from a data connection at a time.
-const READ_CHUNK: usize = 64 * 1024;
-/// The environment variable that holds the password.
-pub(crate) const PASSWORD_VAR: &str = "BACKUP_FTP_PASSWORD";
-
-/// An FTP server directory (`ftp://user@host:port/path`, or `ftps://` for
-/// explicit TLS).
-///
-/// Build it from a URL with [`FtpStorage::from_url`] (password from
-/// `BACKUP_FTP_PASSWORD` or `~/.netrc`), or with [`FtpStorage::builder`].
-/// Operations run concurrently, each on a control connection of its own from a
-/// small pool; an upload or a download holds its connection until it ends.
-#[derive(Clone)]
-pub struct FtpStorage {
-    inner: Arc<Inner>,
-}
-
-/// A password that never shows in `Debug` output.
-#[derive(Clone)]
-struct Password(String);
-
-impl fmt::Debug for Password {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-struct Inner {
-    host: String,
-    port: u16,
-    user: String,
-    password: Password,
-    /// `CWD` argument of the storage directory; empty for the login directory.
-    dir: String,
-    /// `ftp://user@host:port/path`, for messages.
-    shown: String,
-    tls: Option<Tls>,
-    force_list: bool,
-    connect_timeout: Duration,
-    io_timeout: Duration,
-    /// Whether the server has MLST/MLSD, learnt from FEAT on the first login.
-    mlst: OnceLock<bool>,
-    /// The storage directory's absolute path with a trailing '/', from PWD
-    /// on the first login; empty where PWD says no absolute path. Commands
-    /// name absolute paths, as some servers resolve a relative argument
-    /// against the root instead of the working directory (libunftp's MLST).
-    prefix: OnceLock<String>,
-    idle: Mutex<Vec<Idle>>,
-}
-
-struct Tls {
-    config: Arc<rustls::ClientConfig>,
-    /// The name the server's certificate must carry (the URL's host).
-    server_name: String,
-}
-
-struct Idle {
-    client: Client,
-    since: Instant,
-}
-
-impl fmt::Display for FtpStorage {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.inner.shown)
-    }
-}
-
-impl fmt::Debug for FtpStorage {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FtpStorage")
-            .field("url", &self.inner.shown)
-            .field("tls", &self.inner.tls.is_some())
-            .finish_non_exhaustive()
-    }
-}
 
 impl FtpStorage {
     /// Opens `ftp://user@host[:port]/path` or `ftps://…` (explicit TLS,
@@ -158,12 +66,6 @@ impl FtpStorage {
 
 pub(crate) fn open(url: &str) -> Result<Arc<dyn Storage>> {
     Ok(Arc::new(FtpStorage::from_url(url)?))
-}
-
-impl Inner {
-    fn url(&self) -> &str {
-        &self.shown
-    }
 }
 
 impl FtpStorage {

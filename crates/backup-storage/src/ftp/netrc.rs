@@ -3,7 +3,7 @@
 use std::io;
 use std::path::Path;
 
-use super::{Password, PASSWORD_VAR};
+use super::core::{Password, PASSWORD_VAR};
 use crate::{Error, Result};
 
 /// `BACKUP_FTP_PASSWORD`, or else the `~/.netrc` entry of `host` and `user`.

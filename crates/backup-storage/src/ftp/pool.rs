@@ -12,8 +12,8 @@ use suppaftp::types::FileType;
 use suppaftp::{FtpError, Mode};
 use tokio::io::ReadBuf;
 
+use super::core::{Client, Idle, Inner, CHECK_AFTER_IDLE, MAX_IDLE};
 use super::error::{connection_error, Op};
-use super::{Client, Idle, Inner, CHECK_AFTER_IDLE, MAX_IDLE};
 use crate::{Error, Result};
 
 /// A control connection lent by the pool; it goes back on drop unless a

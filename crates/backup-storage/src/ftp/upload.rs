@@ -9,9 +9,9 @@ use bytes::Bytes;
 use suppaftp::FtpError;
 use tokio::io::AsyncWriteExt;
 
+use super::core::{Inner, Transfer};
 use super::error::{in_step, reply_code, timed_out, Op};
 use super::pool::{ftp, Session};
-use super::{Inner, Transfer};
 use crate::{Error, ObjectMeta, PutMode, Result, Upload};
 
 pub(super) struct FtpUpload {

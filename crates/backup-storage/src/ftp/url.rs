@@ -1,6 +1,6 @@
 //! `ftp://` and `ftps://` URLs: parsing, and the form shown in messages.
 
-use super::PASSWORD_VAR;
+use super::core::PASSWORD_VAR;
 use crate::url::percent_decode_utf8;
 
 /// What an `ftp://` or `ftps://` URL says.

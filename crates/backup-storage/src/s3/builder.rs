@@ -8,9 +8,9 @@ use std::time::Duration;
 use object_store::aws::AmazonS3Builder;
 use object_store::{BackoffConfig, ClientOptions, RetryConfig};
 
-use super::credential::AwsEnv;
+use super::core::{S3Storage, Shared};
+use super::credential::{AwsEnv, Credentials};
 use super::url::{check_bucket, check_endpoint, normalize_prefix, parse_url};
-use super::{S3Storage, Shared};
 use crate::{Error, Result};
 
 /// Settings of an [`S3Storage`]. Start from [`S3StorageBuilder::new`] (nothing
@@ -28,13 +28,6 @@ pub struct S3StorageBuilder {
     connect_timeout: Duration,
     request_timeout: Duration,
     max_retries: usize,
-}
-
-#[derive(Clone)]
-pub(super) struct Credentials {
-    pub(super) key_id: String,
-    pub(super) secret: String,
-    pub(super) token: Option<String>,
 }
 
 impl fmt::Debug for S3StorageBuilder {

@@ -2,8 +2,15 @@
 
 use std::path::PathBuf;
 
-use super::builder::Credentials;
 use crate::{Error, Result};
+
+/// Explicit credentials: an access key, its secret and a session token.
+#[derive(Clone)]
+pub(super) struct Credentials {
+    pub(super) key_id: String,
+    pub(super) secret: String,
+    pub(super) token: Option<String>,
+}
 
 /// Credentials and region from the AWS environment variables and files.
 pub(super) struct AwsEnv {

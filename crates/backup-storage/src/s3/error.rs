@@ -6,7 +6,7 @@ use std::io;
 
 use object_store::client::{HttpError, HttpErrorKind};
 
-use super::Shared;
+use super::core::Shared;
 use crate::Error;
 
 /// What an `object_store` error means here.

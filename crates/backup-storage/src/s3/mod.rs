@@ -44,28 +44,27 @@
 //!   `object_store`'s nested chain, which is logged at debug level.
 
 mod builder;
+mod core;
 mod credential;
 mod error;
 mod upload;
 mod url;
 
-use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use futures::TryStreamExt;
-use object_store::aws::AmazonS3;
 use object_store::list::{PaginatedListOptions, PaginatedListStore};
 use object_store::path::Path;
 use object_store::signer::Signer;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
 
-pub use builder::S3StorageBuilder;
+pub use self::builder::S3StorageBuilder;
+pub use self::core::S3Storage;
 use error::{io_error, Meaning};
-use upload::{new_part_buffer, part_size, S3Upload};
-use url::is_valid_name;
+use upload::{check_absent, new_part_buffer, part_size, S3Upload};
 
 use crate::{
     Capabilities, Capacity, Error, GetResult, ListResult, ObjectMeta, PutMode, PutOptions, Result,
@@ -74,48 +73,6 @@ use crate::{
 
 /// The longest validity S3 accepts for a presigned URL (SigV4: 7 days).
 const MAX_PRESIGN: Duration = Duration::from_secs(7 * 24 * 3600);
-
-/// An S3 bucket (or a prefix in one) on AWS or any S3-compatible server.
-///
-/// ```no_run
-/// # fn main() -> Result<(), backup_storage::Error> {
-/// use backup_storage::S3Storage;
-///
-/// // Credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or ~/.aws/credentials.
-/// let store = S3Storage::from_url("s3://backups/site-1?endpoint=https://s3.example.net&region=eu-1")?;
-/// assert_eq!(store.to_string(), "s3://backups/site-1?endpoint=https://s3.example.net&region=eu-1");
-///
-/// // Explicit settings, as tests use them.
-/// let store = S3Storage::builder()
-///     .bucket("backups")
-///     .prefix("site-1")
-///     .endpoint("http://127.0.0.1:9000")
-///     .credentials("AKIDEXAMPLE", "secret")
-///     .build()?;
-/// # Ok(()) }
-/// ```
-pub struct S3Storage {
-    shared: Arc<Shared>,
-}
-
-/// What the storage and its uploads share.
-struct Shared {
-    /// For requests the shared retry layer retries: no retries of its own.
-    store: AmazonS3,
-    /// For upload requests, which only the client can retry (it still holds
-    /// the data).
-    uploads: AmazonS3,
-    bucket: String,
-    /// Without leading or trailing `/`; empty for the whole bucket.
-    prefix: String,
-    /// As given, for messages and `Display`.
-    endpoint: Option<String>,
-    /// Only when given explicitly (URL or builder), so that `Display` gives
-    /// back a URL that opens the same place.
-    region: Option<String>,
-    /// `Display` of the storage, computed once.
-    location: String,
-}
 
 impl S3Storage {
     /// A builder that takes nothing from the environment: tests and embedders
@@ -144,68 +101,6 @@ impl S3Storage {
     /// The key of a validated object name.
     fn key(&self, name: &str) -> Result<Path> {
         self.shared.key(name)
-    }
-}
-
-impl fmt::Display for S3Storage {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.shared.location)
-    }
-}
-
-impl fmt::Debug for S3Storage {
-    // By hand: the client's own Debug would show its credential provider.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("S3Storage")
-            .field("bucket", &self.shared.bucket)
-            .field("prefix", &self.shared.prefix)
-            .field("endpoint", &self.shared.endpoint)
-            .field("region", &self.shared.region)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Shared {
-    fn key(&self, name: &str) -> Result<Path> {
-        if !is_valid_name(name) {
-            return Err(Error::Other {
-                what: format!(
-                    "invalid object name {name:?}: names are relative and '/'-separated, without empty, \
-                     '.' or '..' segments, backslashes or NUL bytes"
-                ),
-                source: None,
-            });
-        }
-        let key = if self.prefix.is_empty() {
-            name.to_owned()
-        } else {
-            format!("{}/{name}", self.prefix)
-        };
-        Path::parse(&key).map_err(|e| Error::Other {
-            what: format!("invalid object name {name:?}"),
-            source: Some(Box::new(e)),
-        })
-    }
-
-    /// The object name of a key of ours (`None` for a key outside the prefix).
-    fn name<'k>(&self, key: &'k str) -> Option<&'k str> {
-        if self.prefix.is_empty() {
-            Some(key)
-        } else {
-            key.strip_prefix(self.prefix.as_str())?.strip_prefix('/')
-        }
-    }
-
-    fn where_(&self) -> String {
-        match &self.endpoint {
-            Some(e) => e.clone(),
-            None => format!(
-                "AWS S3 ({})",
-                self.region
-                    .as_deref()
-                    .unwrap_or("region from the environment")
-            ),
-        }
     }
 }
 
@@ -419,31 +314,6 @@ impl Storage for S3Storage {
             .await
             .map_err(|e| self.shared.error(format!("presigning {name} in {self}"), e))?;
         Ok(url.to_string())
-    }
-}
-
-/// `AlreadyExists` if `path` exists, asked through `client` (the one without
-/// retries where the caller's retry layer can retry, else the upload client).
-async fn check_absent(shared: &Shared, client: &AmazonS3, name: &str, path: &Path) -> Result<()> {
-    match client.head(path).await {
-        Ok(_) => Err(Error::AlreadyExists {
-            what: format!("object {name} in {}", shared.location),
-        }),
-        // A missing bucket also answers a HEAD with a bare 404: the upload
-        // itself will say which it is.
-        Err(e) if Meaning::of(&e) == Meaning::NotFound => Ok(()),
-        // Write-only credentials (a common backup policy) may not HEAD; and
-        // a HEAD's 403 has no body to tell rejected credentials apart. The
-        // upload's own requests say which; Create then rests on If-None-Match.
-        Err(e) if Meaning::of(&e) == Meaning::PermissionDenied => {
-            tracing::debug!(%name, storage = %shared.location, error = %e,
-                "cannot check whether the object exists before a Create upload");
-            Ok(())
-        }
-        Err(e) => Err(shared.error(
-            format!("checking whether {name} exists in {}", shared.location),
-            e,
-        )),
     }
 }
 

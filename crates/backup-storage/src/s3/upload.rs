@@ -6,10 +6,15 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use object_store::path::Path;
-use object_store::{MultipartUpload, ObjectStore, PutMultipartOptions, PutPayload, PutPayloadMut};
+use object_store::{
+    MultipartUpload, ObjectStore, ObjectStoreExt, PutMultipartOptions, PutPayload, PutPayloadMut,
+};
 use tokio::task::JoinHandle;
 
-use super::{check_absent, Shared};
+use object_store::aws::AmazonS3;
+
+use super::core::Shared;
+use super::error::Meaning;
 use crate::{Error, ObjectMeta, PutMode, Result, Upload};
 
 const MIB: u64 = 1 << 20;
@@ -44,6 +49,36 @@ pub(crate) fn part_size(size_hint: Option<u64>) -> u64 {
         .div_ceil(MIB)
         .saturating_mul(MIB);
     part.clamp(MIN_PART, MAX_PART)
+}
+
+/// `AlreadyExists` if `path` exists, asked through `client` (the one without
+/// retries where the caller's retry layer can retry, else the upload client).
+pub(super) async fn check_absent(
+    shared: &Shared,
+    client: &AmazonS3,
+    name: &str,
+    path: &Path,
+) -> Result<()> {
+    match client.head(path).await {
+        Ok(_) => Err(Error::AlreadyExists {
+            what: format!("object {name} in {}", shared.location),
+        }),
+        // A missing bucket also answers a HEAD with a bare 404: the upload
+        // itself will say which it is.
+        Err(e) if Meaning::of(&e) == Meaning::NotFound => Ok(()),
+        // Write-only credentials (a common backup policy) may not HEAD; and
+        // a HEAD's 403 has no body to tell rejected credentials apart. The
+        // upload's own requests say which; Create then rests on If-None-Match.
+        Err(e) if Meaning::of(&e) == Meaning::PermissionDenied => {
+            tracing::debug!(%name, storage = %shared.location, error = %e,
+                "cannot check whether the object exists before a Create upload");
+            Ok(())
+        }
+        Err(e) => Err(shared.error(
+            format!("checking whether {name} exists in {}", shared.location),
+            e,
+        )),
+    }
 }
 
 pub(super) fn new_part_buffer() -> PutPayloadMut {
