@@ -189,8 +189,9 @@ fn parse_unix_list(line: &str, now: SystemTime) -> Option<Entry> {
         }
         None => utc(time_or_year.parse().ok()?, month, day, 0, 0, 0),
     };
-    let name_start = words[at + 2].1;
-    let mut name = line[name_start..].trim_start_matches([' ', '\t']);
+    // One blank separates the name, as ls prints it; more belong to the name.
+    let after_date = &line[words[at + 2].1..];
+    let mut name = after_date.strip_prefix([' ', '\t']).unwrap_or(after_date);
     if kind == Kind::Other {
         // "link -> target"
         name = name.split(" -> ").next().unwrap_or(name);
@@ -240,8 +241,7 @@ fn parse_dos_list(line: &str) -> Option<Entry> {
         (Kind::File, size_or_dir.replace(',', "").parse().ok()?)
     };
     // The name is everything after the size column, spaces included.
-    let after = line.find(size_or_dir)? + size_or_dir.len();
-    let name = line[after..].trim_start();
+    let name = line[word_end(line, 3)?..].trim_start();
     if name.is_empty() {
         return None;
     }
@@ -251,6 +251,23 @@ fn parse_dos_list(line: &str) -> Option<Entry> {
         size,
         modified: utc(y, m, d, h, mi, 0),
     })
+}
+
+/// Where the `n`th whitespace-separated word of `line` ends (a byte offset).
+fn word_end(line: &str, n: usize) -> Option<usize> {
+    let mut end = 0;
+    for _ in 0..n {
+        let rest = &line[end..];
+        let start = end + (rest.len() - rest.trim_start().len());
+        let len = line[start..]
+            .find(char::is_whitespace)
+            .unwrap_or(line.len() - start);
+        if len == 0 {
+            return None;
+        }
+        end = start + len;
+    }
+    Some(end)
 }
 
 pub(super) fn unix_time(secs: i64) -> Option<SystemTime> {
@@ -382,5 +399,136 @@ mod tests {
             assert_eq!(year_of_days(days_from_civil(y, m, d)), y);
         }
         assert_eq!(utc(2024, 13, 1, 0, 0, 0), None);
+    }
+
+    /// Listings of real servers (and of documented formats), each line with
+    /// what it parses to: see the head of the file for its form.
+    const LISTINGS: &str = include_str!("testdata/listings.txt");
+
+    /// What a line of [`LISTINGS`] must parse to.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Expected {
+        Entry(Entry),
+        Ignored,
+        Unparsable,
+    }
+
+    /// `YYYY-MM-DDTHH:MM:SS[.fraction]Z`, or `-` for none.
+    fn time(text: &str) -> Option<SystemTime> {
+        if text == "-" {
+            return None;
+        }
+        let bad = || -> ! { panic!("bad time {text:?} in the listings file") };
+        let (date, clock) = text
+            .strip_suffix('Z')
+            .and_then(|t| t.split_once('T'))
+            .unwrap_or_else(|| bad());
+        let (clock, fraction) = clock.split_once('.').unwrap_or((clock, ""));
+        let n = |s: &str| s.parse::<u32>().unwrap_or_else(|_| bad());
+        let d: Vec<u32> = date.split('-').map(n).collect();
+        let c: Vec<u32> = clock.split(':').map(n).collect();
+        if d.len() != 3 || c.len() != 3 {
+            bad();
+        }
+        let mut t = utc(i64::from(d[0]), d[1], d[2], c[0], c[1], c[2]).unwrap_or_else(|| bad());
+        if !fraction.is_empty() {
+            let scale = 10u64.pow(9 - fraction.len() as u32);
+            t += Duration::from_nanos(u64::from(n(fraction)) * scale);
+        }
+        Some(t)
+    }
+
+    fn expected(spec: &str) -> Expected {
+        match spec {
+            "ignored" => return Expected::Ignored,
+            "unparsable" => return Expected::Unparsable,
+            _ => {}
+        }
+        let mut fields = spec.splitn(4, ' ');
+        let mut field = || {
+            fields
+                .next()
+                .unwrap_or_else(|| panic!("short expectation {spec:?}"))
+        };
+        let kind = match field() {
+            "file" => Kind::File,
+            "dir" => Kind::Dir,
+            "other" => Kind::Other,
+            k => panic!("unknown kind {k:?} in {spec:?}"),
+        };
+        let size = field()
+            .parse()
+            .unwrap_or_else(|_| panic!("bad size in {spec:?}"));
+        let modified = time(field());
+        Expected::Entry(Entry {
+            name: field().to_owned(),
+            kind,
+            size,
+            modified,
+        })
+    }
+
+    #[test]
+    fn recorded_listings_parse_to_their_expectations() {
+        let mut server = "";
+        let mut servers = Vec::new();
+        let mut now = None;
+        let mut reply: Option<(&str, &str)> = None;
+        let mut checked = 0;
+        let mut wrong = Vec::new();
+        for (i, line) in LISTINGS.lines().enumerate() {
+            if line.starts_with('#') || line.is_empty() {
+                continue;
+            }
+            if let Some(s) = line.strip_prefix("@ ") {
+                (server, reply) = (s, None);
+                servers.push(s);
+            } else if let Some(t) = line.strip_prefix("now ") {
+                now = time(t);
+            } else if let Some(l) = line.strip_prefix("mlsd ") {
+                reply = Some(("mlsd", l));
+            } else if let Some(l) = line.strip_prefix("list ") {
+                reply = Some(("list", l));
+            } else if let Some(spec) = line.strip_prefix("= ") {
+                let (command, text) = reply
+                    .take()
+                    .unwrap_or_else(|| panic!("line {}: an expectation without a reply", i + 1));
+                let parsed = if command == "mlsd" {
+                    parse_mlsx(text).map_or(Expected::Unparsable, Expected::Entry)
+                } else {
+                    let now = now.unwrap_or_else(|| panic!("line {}: LIST before `now`", i + 1));
+                    match parse_list_line(text, now) {
+                        ListLine::Entry(e) => Expected::Entry(e),
+                        ListLine::Ignored => Expected::Ignored,
+                        ListLine::Unparsable => Expected::Unparsable,
+                    }
+                };
+                if parsed != expected(spec) {
+                    wrong.push(format!(
+                        "line {} ({server}):\n  {command} {text:?}\n  expected {spec}\n  parsed   {parsed:?}",
+                        i + 1
+                    ));
+                }
+                checked += 1;
+            } else {
+                panic!("line {}: unknown line {line:?}", i + 1);
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+        // The file was read, and every kind of server is in it.
+        assert!(checked >= 45, "only {checked} lines checked");
+        for name in [
+            "pure-ftpd",
+            "vsftpd",
+            "libunftp",
+            "ProFTPD",
+            "IIS",
+            "RFC 3659",
+        ] {
+            assert!(
+                servers.iter().any(|s| s.contains(name)),
+                "no listing of {name}"
+            );
+        }
     }
 }
