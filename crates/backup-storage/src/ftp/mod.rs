@@ -12,6 +12,14 @@
 //! starting with `%2F` is absolute (`ftp://u@nas/%2Fsrv/backups`). The password
 //! never comes from the URL: `BACKUP_FTP_PASSWORD`, or else the `~/.netrc`
 //! entry for the host and user.
+//!
+//! Layout: this file opens the storage and implements [`Storage`] on it;
+//! `core` holds what everything shares (settings, idle connections, limits),
+//! `builder` the settings, `url` and `netrc` where they come from, `tls` the
+//! FTPS trust roots, `pool` the logged-in connections, `commands` what runs
+//! on one of them, `list` the MLSD/LIST parsers, `error` the reply codes'
+//! meaning, and `upload` and `download` the transfers. Imports point from
+//! here down to `core`, never back.
 
 mod builder;
 mod commands;
@@ -32,13 +40,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use self::builder::FtpStorageBuilder;
+use self::commands::{join, split_name, walk};
 pub use self::core::FtpStorage;
-use commands::{join, split_name, walk};
-use download::Download;
-use error::{reply_code, Op};
-use list::Kind;
-use pool::ftp;
-use upload::FtpUpload;
+use self::download::Download;
+use self::error::{reply_code, Op};
+use self::list::Kind;
+use self::pool::ftp;
+use self::upload::FtpUpload;
 
 use crate::names::{is_valid_name, temp_name};
 use crate::{

@@ -42,6 +42,12 @@
 //!   to do; their source names the S3 error code, the HTTP status and the
 //!   server's own message (or the connection failure) instead of
 //!   `object_store`'s nested chain, which is logged at debug level.
+//!
+//! Layout: this file opens the storage and implements [`Storage`] on it;
+//! `core` holds what everything shares (the clients, bucket and prefix, the
+//! name-to-key mapping), `builder` the settings, `url` and `credential` where
+//! they come from, `error` what a failure means, and `upload` the single PUT
+//! and multipart uploads. Imports point from here down to `core`, never back.
 
 mod builder;
 mod core;
@@ -63,8 +69,8 @@ use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
 
 pub use self::builder::S3StorageBuilder;
 pub use self::core::S3Storage;
-use error::{io_error, Meaning};
-use upload::{check_absent, new_part_buffer, part_size, S3Upload};
+use self::error::{io_error, Meaning};
+use self::upload::{check_absent, new_part_buffer, part_size, S3Upload};
 
 use crate::{
     Capabilities, Capacity, Error, GetResult, ListResult, ObjectMeta, PutMode, PutOptions, Result,
