@@ -33,6 +33,7 @@ mod retry;
 #[cfg(feature = "s3")]
 mod s3;
 mod types;
+mod url;
 mod writeback;
 
 #[cfg(feature = "conformance")]

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::names::{is_temp_name, is_valid_name, is_valid_segment, temp_name};
-use crate::open::file_url;
+use crate::url::file_url;
 use crate::{
     resolve_range, Capabilities, Capacity, DirInfo, Error, FlushScope, GetResult, ListResult,
     ObjectMeta, PutMode, PutOptions, Result, Storage, Upload, Writeback,
