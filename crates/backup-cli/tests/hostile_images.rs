@@ -1,13 +1,13 @@
 //! Images an attacker or a bad disk hands us: a wrong passphrase, flipped
 //! and truncated bytes, and payloads crafted to write outside their place.
 //! Every one must be refused with a clear message and nothing written.
-mod common;
 
 use std::fs;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use common::*;
+use backup_testkit::hostile::{self, dev, evil, read_payload, write_payload, RawEntry};
+
+use crate::util::*;
 
 /// Header (202) + stream prefix (56); then encrypted chunks of 16 KiB + 16.
 const HEADER_LEN: usize = 202;
@@ -34,13 +34,13 @@ fn snapshot_live(fx: &Fixture, name: &str) -> Before {
 /// The live component roots equal the snapshot, and no staging/swap leftovers
 /// sit beside them or in the state directory.
 fn assert_live_untouched(fx: &Fixture, before: &Before, case: &str) {
-    let diffs = backup_core::demo::tree_diff(&before.etc, &fx.etc, &[]).unwrap();
+    let diffs = backup_testkit::demo::tree_diff(&before.etc, &fx.etc, &[]).unwrap();
     assert!(
         diffs.is_empty(),
         "{case}: the live config tree changed:\n  {}",
         diffs.join("\n  ")
     );
-    let diffs = backup_core::demo::tree_diff(&before.db, &fx.db, &[]).unwrap();
+    let diffs = backup_testkit::demo::tree_diff(&before.db, &fx.db, &[]).unwrap();
     assert!(
         diffs.is_empty(),
         "{case}: the live database changed:\n  {}",
@@ -243,11 +243,11 @@ fn flipped_and_truncated_images_are_refused_and_the_live_tree_is_untouched() {
     // refused because of the damage, not for another reason.
     fs::write(&img, &original).unwrap();
     fx.backup(&["verify", &name]).expect(0);
-    let rows = backup_core::demo::sqlite_rows(&fx.db).unwrap();
+    let rows = backup_testkit::demo::sqlite_rows(&fx.db).unwrap();
     fx.backup(&["restore", &name, "--yes"]).expect(0);
     // The database comes back as a VACUUM INTO snapshot: same rows, other bytes.
     assert_same_tree(&before.etc, &fx.etc, &[]);
-    assert_eq!(backup_core::demo::sqlite_rows(&fx.db).unwrap(), rows);
+    assert_eq!(backup_testkit::demo::sqlite_rows(&fx.db).unwrap(), rows);
     for dir in [fx.etc.parent().unwrap(), fx.db.parent().unwrap()] {
         assert_eq!(
             leftovers(dir),
@@ -256,91 +256,6 @@ fn flipped_and_truncated_images_are_refused_and_the_live_tree_is_untouched() {
             dir.display()
         );
     }
-}
-
-/// One raw tar entry, for payload surgery.
-#[derive(Clone)]
-struct RawEntry {
-    path: Vec<u8>,
-    link: Option<Vec<u8>>,
-    header: tar::Header,
-    data: Vec<u8>,
-}
-
-fn read_payload(path: &Path) -> Vec<RawEntry> {
-    let f = fs::File::open(path).unwrap();
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(f));
-    let mut out = Vec::new();
-    for e in archive.entries().unwrap() {
-        let mut e = e.unwrap();
-        let mut data = Vec::new();
-        e.read_to_end(&mut data).unwrap();
-        out.push(RawEntry {
-            path: e.path_bytes().into_owned(),
-            link: e.link_name_bytes().map(|l| l.into_owned()),
-            header: e.header().clone(),
-            data,
-        });
-    }
-    out
-}
-
-/// An entry whose name and link name are written byte for byte (the tar
-/// crate's path setters refuse `..` and absolute paths).
-fn evil(kind: tar::EntryType, path: &str, link: Option<&str>, data: &[u8]) -> RawEntry {
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(kind);
-    h.set_mode(if kind == tar::EntryType::Directory {
-        0o755
-    } else {
-        0o644
-    });
-    h.set_mtime(1_600_000_000);
-    h.set_size(data.len() as u64);
-    h.set_uid(0);
-    h.set_gid(0);
-    RawEntry {
-        path: path.as_bytes().to_vec(),
-        link: link.map(|l| l.as_bytes().to_vec()),
-        header: h,
-        data: data.to_vec(),
-    }
-}
-
-fn write_payload(entries: &[RawEntry], out: &Path) {
-    let mut b = tar::Builder::new(Vec::new());
-    for e in entries {
-        let mut h = e.header.clone();
-        let raw = e.path.len() < 100 && e.link.as_ref().is_none_or(|l| l.len() < 100);
-        if raw {
-            let gnu = h.as_gnu_mut().expect("GNU headers");
-            gnu.name = [0; 100];
-            gnu.name[..e.path.len()].copy_from_slice(&e.path);
-            gnu.linkname = [0; 100];
-            if let Some(l) = &e.link {
-                gnu.linkname[..l.len()].copy_from_slice(l);
-            }
-            h.set_size(e.data.len() as u64);
-            h.set_cksum();
-            b.append(&h, &e.data[..]).unwrap();
-        } else {
-            // Long, benign names of the original payload: let the crate write
-            // GNU long-name records.
-            use std::os::unix::ffi::OsStrExt;
-            let path = Path::new(std::ffi::OsStr::from_bytes(&e.path));
-            match &e.link {
-                Some(l) => b
-                    .append_link(&mut h, path, Path::new(std::ffi::OsStr::from_bytes(l)))
-                    .unwrap(),
-                None => b.append_data(&mut h, path, &e.data[..]).unwrap(),
-            }
-        }
-    }
-    let tar = b.into_inner().unwrap();
-    let mut gz =
-        flate2::write::GzEncoder::new(fs::File::create(out).unwrap(), flate2::Compression::fast());
-    gz.write_all(&tar).unwrap();
-    gz.finish().unwrap();
 }
 
 /// Case 6: Crafted payloads re-sealed under the appliance's own key (so they
@@ -659,27 +574,7 @@ fn crafted_payloads_with_unsafe_entries_are_rejected() {
 /// layer, checking nothing (`backup encrypt` refuses unsafe payloads): how a
 /// hostile image reaches an appliance.
 fn seal_unchecked(fx: &Fixture, payload: &Path, out: &Path) {
-    use backup_core::KeySource;
-    let mk = backup_core::KeyFile::in_state_dir(&fx.state)
-        .master_key()
-        .unwrap()
-        .expect("a master key");
-    let slot = backup_core::Keyring::load(&fx.state)
-        .unwrap()
-        .expect("a keyring")
-        .keyslot()
-        .unwrap();
-    let file = fs::File::create(out).unwrap();
-    let mut w = backup_crypto::EncryptWriter::new(file, &mk, &slot, 0).unwrap();
-    w.write_all(&fs::read(payload).unwrap()).unwrap();
-    w.finish().unwrap().sync_all().unwrap();
-}
-
-fn dev(kind: tar::EntryType, path: &str, major: u32, minor: u32) -> RawEntry {
-    let mut e = evil(kind, path, None, b"");
-    e.header.set_device_major(major).unwrap();
-    e.header.set_device_minor(minor).unwrap();
-    e
+    hostile::seal_unchecked(&fx.state, payload, out);
 }
 
 /// A restore under --target that is refused after the image started to be

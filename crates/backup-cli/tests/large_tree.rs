@@ -2,12 +2,11 @@
 //! bytes scattered through it): create, restore under --target, and prove the
 //! restore byte-identical with the same modes, mtimes and symlink targets.
 //! Slow by nature (2 GiB through gzip, encryption and back).
-mod common;
 
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::time::Instant;
 
-use common::*;
+use crate::util::*;
 
 #[test]
 fn tree_with_a_file_over_2_gib_round_trips_byte_identical() {

@@ -1,12 +1,11 @@
 //! A SQLite database in WAL mode written continuously while it is backed up:
 //! the snapshot is consistent and complete up to a point in time.
-mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::util::*;
 use rusqlite::Connection;
 
 /// Each writer transaction inserts one row into `events` and one into

@@ -3,13 +3,12 @@
 //! time). (`verify` of such an image was measured by hand at the same order of
 //! peak RSS; it is left out because decryption in the unoptimised test build
 //! runs at a few MiB/s and would add ~10 minutes.)
-mod common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::util::*;
 
 /// Generous: the pipeline holds a few 256 KiB buffers and 16 KiB chunks.
 const LIMIT_KIB: u64 = 200 * 1024;

@@ -1,11 +1,10 @@
 //! One operation at a time: a second backup is skipped (exit 4) while one
 //! runs, and a backup killed with SIGKILL leaves nothing published, shows as
 //! interrupted, and is taken over by the next run.
-mod ops_support;
 
 use std::time::Duration;
 
-use ops_support::{records, signal, wait_for, Ops};
+use crate::util::{records, signal, wait_for, Ops};
 use serde_json::Value;
 
 /// A `command` component slow enough for another process to overlap it.

@@ -2,12 +2,11 @@
 //! records a scheduled run that finds another backup running as skipped,
 //! shows itself and its next run in `status`, and stops at once on SIGTERM
 //! when idle.
-mod ops_support;
 
 use std::time::{Duration, Instant};
 
+use crate::util::{image_time, records, signal, Ops, Running};
 use chrono::{DateTime, Timelike, Utc};
-use ops_support::{image_time, records, signal, Ops, Running};
 use serde_json::Value;
 
 /// Every minute, each scheduled backup held ~5 s by its before hook.

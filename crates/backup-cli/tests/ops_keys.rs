@@ -3,14 +3,13 @@
 //! this appliance keeps opening older images; old images keep opening with
 //! the old secret elsewhere until they are rewrapped; init never replaces keys
 //! and is audited.
-mod ops_support;
 
 use std::cell::RefCell;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use crate::util::{contains_bytes, files_under, records, Ops, Out};
 use backup_crypto::{Header, HEADER_LEN};
-use ops_support::{contains_bytes, files_under, records, Ops, Out};
 
 const CANARY: &str = "S3cr3t-Canary-7f3a9";
 const NEW_CANARY: &str = "N3w-Canary-b41e";
@@ -152,7 +151,9 @@ fn the_secret_never_appears_in_output_state_store_or_restored_files() {
     for canary in [CANARY, NEW_CANARY] {
         let needle = canary.as_bytes();
         for o in &outs {
-            if contains_bytes(&o.stdout, needle) || contains_bytes(&o.stderr, needle) {
+            if contains_bytes(o.stdout.as_bytes(), needle)
+                || contains_bytes(o.stderr.as_bytes(), needle)
+            {
                 leaks.push(format!("output of `{}`:\n{}", o.what, o.dump()));
             }
         }

@@ -1,11 +1,10 @@
 //! Operations around single backups: retention, status and per-backup logs
 //! after a partial backup, hooks, and the schedule preview.
-mod ops_support;
 
 use std::fs;
 use std::time::Duration;
 
-use ops_support::{image_time, records, Ops};
+use crate::util::{image_time, records, Ops};
 
 /// The row of `list` that names `image`.
 fn list_row(ops: &Ops, image: &str) -> String {
@@ -514,7 +513,7 @@ fn local_commands_and_the_daemon_work_while_the_storage_is_missing() {
     assert_eq!(s["state"], "not running", "{s:#}");
     ops.run(&["audit"]).expect(0);
     ops.run(&["schedule", "-n", "2"]).expect(0);
-    ops.run_secret(ops_support::SECRET, &["key", "check"])
+    ops.run_secret(crate::util::SECRET, &["key", "check"])
         .expect(0);
 
     let out = ops.run(&["create"]);
@@ -530,7 +529,7 @@ fn local_commands_and_the_daemon_work_while_the_storage_is_missing() {
 
     let mut daemon = ops.spawn(&["daemon"]);
     let pid = daemon.pid();
-    ops_support::wait_for(Duration::from_secs(30), "the daemon's heartbeat", || {
+    crate::util::wait_for(Duration::from_secs(30), "the daemon's heartbeat", || {
         assert!(
             daemon.try_code().is_none(),
             "the daemon stopped: {}",
@@ -540,7 +539,7 @@ fn local_commands_and_the_daemon_work_while_the_storage_is_missing() {
             serde_json::from_slice(&fs::read(ops.state.join("daemon.json")).ok()?).ok()?;
         (d["pid"] == pid && !d["next_run"].is_null()).then_some(())
     });
-    ops_support::signal(pid, "-TERM");
+    crate::util::signal(pid, "-TERM");
     daemon.wait(Duration::from_secs(20)).expect(0);
 }
 
@@ -568,15 +567,15 @@ backup = ["sh", "-c", "echo $$ > {pidfile}.tmp && mv {pidfile}.tmp {pidfile}; ec
     let pidfile = ops.dir().join(pidfile);
     let tmp = ops.state.join("tmp");
     let running = ops.spawn(&["create"]);
-    let dump_pid: u32 = ops_support::wait_for(
+    let dump_pid: u32 = crate::util::wait_for(
         Duration::from_secs(60),
         "the dump command to start and write",
         || {
             let pid = fs::read_to_string(&pidfile).ok()?.trim().parse().ok()?;
-            ops_support::files_under(&tmp)
+            crate::util::files_under(&tmp)
                 .iter()
                 .any(|f| {
-                    ops_support::contains_bytes(
+                    crate::util::contains_bytes(
                         &fs::read(f).unwrap_or_default(),
                         b"plaintext-canary",
                     )
@@ -584,16 +583,16 @@ backup = ["sh", "-c", "echo $$ > {pidfile}.tmp && mv {pidfile}.tmp {pidfile}; ec
                 .then_some(pid)
         },
     );
-    ops_support::signal(running.pid(), "-9");
+    crate::util::signal(running.pid(), "-9");
     running.wait(Duration::from_secs(20));
-    ops_support::wait_for(Duration::from_secs(20), "the dump command to die", || {
+    crate::util::wait_for(Duration::from_secs(20), "the dump command to die", || {
         is_gone(dump_pid).then_some(())
     });
 
     // A local command does not clean up; the next backup does.
     ops.run(&["status"]).expect(0);
     ops.create_expect(&["-C", "config"], 0);
-    let left = ops_support::files_under(&tmp);
+    let left = crate::util::files_under(&tmp);
     assert!(
         left.is_empty(),
         "scratch left in {}: {left:?}",

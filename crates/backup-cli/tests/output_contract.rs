@@ -1,14 +1,13 @@
 //! The CLI's output contract: what goes to stdout and stderr, in which form
 //! (`--json`, `-q`, `-v`, terminal or not), secret files, exit codes, help,
 //! completions and the manual page.
-mod common;
 
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::*;
+use crate::util::*;
 
 /// Runs `cmd` with standard output going to `file`.
 fn run_to_file(cmd: &mut Command, file: &Path) -> Out {

@@ -1,13 +1,12 @@
 //! End-to-end workflows of the `backup` binary: quickstart, round trips,
 //! standard tools on the decrypted payload, identity/version checks,
 //! partial backups, custom selections, init, secrets on argv, JSON output.
-mod common;
 
 use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use common::*;
+use crate::util::*;
 
 /// Case 1: A fresh machine: `quickstart` builds, backs up, verifies, restores and
 /// proves the restore identical.
@@ -95,8 +94,8 @@ fn decrypted_payload_is_a_standard_tar_gz_for_gnu_tar() {
     // The database entry is a consistent SQLite snapshot with the same rows.
     let extracted_db = x.join("components/maindb").join(&db_rel);
     assert_eq!(
-        backup_core::demo::sqlite_rows(&extracted_db).unwrap(),
-        backup_core::demo::sqlite_rows(&fx.db).unwrap()
+        backup_testkit::demo::sqlite_rows(&extracted_db).unwrap(),
+        backup_testkit::demo::sqlite_rows(&fx.db).unwrap()
     );
 }
 
@@ -155,8 +154,8 @@ fn payload_repacked_with_gnu_tar_seals_verifies_and_restores() {
     assert_same_tree(&tree, &under(&target, &tree), &[]);
     assert_hard_link_kept(&under(&target, &tree));
     assert_eq!(
-        backup_core::demo::sqlite_rows(&under(&target, &fx.db)).unwrap(),
-        backup_core::demo::sqlite_rows(&fx.db).unwrap()
+        backup_testkit::demo::sqlite_rows(&under(&target, &fx.db)).unwrap(),
+        backup_testkit::demo::sqlite_rows(&fx.db).unwrap()
     );
     // An edited file is caught: the manifest no longer matches.
     let etc_rel = fx.etc.strip_prefix("/").unwrap();

@@ -1,14 +1,13 @@
 //! A stream past 2 GiB, generated on the fly and checked on the fly: the
-//! counter and length paths past 2^31 bytes, in bounded memory. Alone in its
-//! test binary so that the peak-memory check measures only this stream.
-mod common;
-
+//! counter and length paths past 2^31 bytes, in bounded memory. Run alone in
+//! a process of its own so that the peak-memory check measures only this
+//! stream.
 use std::io::{self, Read, Write};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread;
 
+use crate::util::{alone, domain, CREATED};
 use backup_crypto::{EncryptWriter, Error, ImageReader};
-use common::{domain, CREATED};
 
 const TOTAL: u64 = (2 << 30) + 1;
 const BLOCK: usize = 1 << 20;
@@ -70,11 +69,18 @@ impl Read for PipeReader {
 }
 
 fn pattern() -> Vec<u8> {
-    common::pattern(BLOCK)
+    crate::util::pattern(BLOCK)
 }
 
 #[test]
 fn two_gib_plus_one_byte_streams_through_in_bounded_memory() {
+    alone(
+        "large_stream::two_gib_plus_one_byte_streams_through_in_bounded_memory",
+        stream_two_gib_plus_one_byte,
+    );
+}
+
+fn stream_two_gib_plus_one_byte() {
     let (tx, rx) = sync_channel(4);
     let writer = thread::spawn(move || -> Result<u64, Error> {
         let d = domain();

@@ -1,13 +1,14 @@
 //! Images written by `EncryptWriter` read back through both unlock paths.
-mod common;
 
 use std::io::{Read, Write};
 
+use crate::util::{
+    domain, image, passphrase, pattern, read_with_key, read_with_passphrase, CREATED,
+};
 use backup_crypto::{
     ChunkedReader, ChunkedWriter, EncryptWriter, Error, Header, ImageReader, KdfParams, Keyslot,
     MasterKey, CHUNK_SIZE, HEADER_LEN, STREAM_PREFIX_LEN, TAG_LEN,
 };
-use common::{domain, image, passphrase, pattern, read_with_key, read_with_passphrase, CREATED};
 
 const SIZES: [usize; 14] = [
     0,

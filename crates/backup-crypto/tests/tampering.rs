@@ -1,6 +1,5 @@
 //! Damaged, crafted and mismatched images: each is refused with the error an
 //! operator can act on, and no plaintext of a failing chunk is released.
-mod common;
 
 use backup_crypto::{
     Error, Header, ImageReader, KdfParams, Keyslot, MasterKey, CHUNK_SIZE, HEADER_LEN,
@@ -8,7 +7,7 @@ use backup_crypto::{
 };
 use sha2::{Digest, Sha256};
 
-use common::{
+use crate::util::{
     domain, image, passphrase, pattern, read_with_key, read_with_passphrase, reseal_header, Outcome,
 };
 
@@ -510,7 +509,10 @@ fn an_edited_creation_time_fails_the_commitment() {
     let mut bad = img.clone();
     bad[35] ^= 0x01;
     reseal_header(&mut bad);
-    assert_eq!(Header::parse(&bad).unwrap().created(), common::CREATED ^ 1);
+    assert_eq!(
+        Header::parse(&bad).unwrap().created(),
+        crate::util::CREATED ^ 1
+    );
     assert_refused(
         &read_with_key(&bad, &domain().mk),
         tampered,

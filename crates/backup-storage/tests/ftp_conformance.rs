@@ -2,13 +2,11 @@
 //! (libunftp, in-process on 127.0.0.1): plain FTP with MLSD, the LIST
 //! fallback, and explicit FTPS.
 
-mod ftp_support;
-
 use std::time::{Duration, Instant};
 
+use crate::util::ftp::{files, FaultProxy, FtpServer, TestCa};
 use anyhow::{ensure, Result};
 use backup_storage::{conformance, FtpStorage, Storage};
-use ftp_support::{files, FaultProxy, FtpServer, TestCa};
 
 /// Runs the suite on a multi-threaded runtime (the suite's future must be
 /// Send), then checks that no file is left on the server's disk.

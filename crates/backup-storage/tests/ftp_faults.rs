@@ -3,17 +3,15 @@
 //! that dies mid-upload, a reset download, servers that cannot be reached;
 //! and what lies on the server's disk meanwhile.
 
-mod ftp_support;
-
 use std::time::{Duration, Instant};
 
+use crate::util::ftp::{files, FaultProxy, FtpServer, PASSWORD, USER};
 use anyhow::Result;
 use backup_storage::{
     open_url, Error, FtpStorage, FtpStorageBuilder, OpenOptions, PutMode, PutOptions, Storage,
     StorageExt,
 };
 use bytes::Bytes;
-use ftp_support::{files, FaultProxy, FtpServer, PASSWORD, USER};
 use tokio::io::AsyncReadExt;
 
 /// Bytes that tell where they come from: byte i is i mod 251.

@@ -3,18 +3,16 @@
 //! servers, presigned URLs, where keys land. Against a real S3 server (s3s-fs
 //! on 127.0.0.1), never a mock.
 
-mod s3_support;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::util::s3::{closed_port, pattern, S3Server, ACCESS_KEY, BUCKET, SECRET_KEY};
 use anyhow::{ensure, Context, Result};
 use backup_storage::{
     Error, PutMode, PutOptions, RetryPolicy, RetryStorage, S3Storage, Storage, StorageExt,
 };
 use bytes::Bytes;
-use s3_support::{closed_port, pattern, S3Server, ACCESS_KEY, BUCKET, SECRET_KEY};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const MIB: usize = 1 << 20;
@@ -376,6 +374,9 @@ async fn connecting_is_bounded_when_syns_go_unanswered() -> Result<()> {
 
 /// Fetches a URL with curl; returns the HTTP status and the body.
 fn curl(url: &str) -> Result<(u16, Vec<u8>)> {
+    // A child holds this process's descriptors from fork to exec: not while
+    // the tmpfs tests count free space.
+    let _turn = crate::util::FORKS.blocking_lock();
     let out = std::process::Command::new("curl")
         .args([
             "--silent",

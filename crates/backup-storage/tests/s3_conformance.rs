@@ -1,10 +1,8 @@
 //! The conformance suite against the S3 backend, on a real S3 server
 //! (s3s-fs, in-process on 127.0.0.1).
 
-mod s3_support;
-
+use crate::util::s3::S3Server;
 use backup_storage::{conformance, Storage};
-use s3_support::S3Server;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_storage_passes_the_conformance_suite() -> anyhow::Result<()> {

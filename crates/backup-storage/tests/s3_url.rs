@@ -1,17 +1,17 @@
 //! `s3://` URLs through `open_url` and `S3Storage::from_url`, with credentials
 //! from the process environment and AWS profile files.
 //!
-//! One test in a binary of its own: it changes environment variables, which
-//! would race with any other test in the same process.
-
-mod s3_support;
+//! One test in a process of its own ([`alone`]): it changes environment
+//! variables, which would race with any other test in the same process.
 
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use backup_storage::{open_url, Error, OpenOptions, PutMode, S3Storage, Storage, StorageExt};
 use bytes::Bytes;
-use s3_support::{S3Server, ACCESS_KEY, BUCKET, SECRET_KEY};
+
+use crate::util::alone;
+use crate::util::s3::{S3Server, ACCESS_KEY, BUCKET, SECRET_KEY};
 
 const AWS_VARS: [&str; 9] = [
     "AWS_ACCESS_KEY_ID",
@@ -27,6 +27,13 @@ const AWS_VARS: [&str; 9] = [
 
 #[test]
 fn urls_take_credentials_from_the_environment_and_never_from_the_url() -> Result<()> {
+    alone(
+        "s3_url::urls_take_credentials_from_the_environment_and_never_from_the_url",
+        credentials_from_the_environment_and_never_from_the_url,
+    )
+}
+
+fn credentials_from_the_environment_and_never_from_the_url() -> Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     let server = S3Server::start()?;
     let home = tempfile::tempdir()?;

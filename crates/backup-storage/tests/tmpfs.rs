@@ -5,7 +5,8 @@
 //! machines and in CI). A mount that fails fails the test: these behaviours
 //! are not checked anywhere else.
 //!
-//! The tests take turns ([`serial`]). Each spawns processes (mount, umount,
+//! The tests take turns ([`serial`]), with every other test that starts a
+//! process ([`crate::util::FORKS`]). Each spawns processes (mount, umount,
 //! df), and a child holds a copy of every open descriptor of the test
 //! process from fork until exec: an upload another test has just aborted or
 //! dropped then keeps its blocks on the full file system for that moment,
@@ -19,12 +20,13 @@ use anyhow::{bail, ensure, Context, Result};
 use backup_storage::{Error, LocalStorage, PutMode, PutOptions, Storage, StorageExt};
 use bytes::Bytes;
 use tempfile::TempDir;
-use tokio::sync::{Mutex, MutexGuard};
+use tokio::sync::MutexGuard;
+
+use crate::util::FORKS;
 
 /// Held for the whole of each test; see the module docs.
 async fn serial() -> MutexGuard<'static, ()> {
-    static SERIAL: Mutex<()> = Mutex::const_new(());
-    SERIAL.lock().await
+    FORKS.lock().await
 }
 
 /// A tmpfs mounted on a temporary directory for the life of the value.

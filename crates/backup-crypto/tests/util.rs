@@ -2,6 +2,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::io::{Read, Write};
+use std::process::Command;
 use std::sync::OnceLock;
 
 use backup_crypto::{EncryptWriter, Error, KdfParams, Keyslot, MasterKey, Passphrase, HEADER_LEN};
@@ -11,7 +12,7 @@ pub const PASSPHRASE: &str = "correct horse battery staple";
 pub const CREATED: i64 = 1_700_000_000;
 
 /// One domain: master key, passphrase and keyslot (Argon2 at the floor, run
-/// once per test binary).
+/// once per test process).
 pub struct Domain {
     pub mk: MasterKey,
     pub pass: Passphrase,
@@ -117,4 +118,30 @@ fn drain<R: Read>(opened: Result<R, Error>) -> Outcome {
             }
         }
     }
+}
+
+/// Runs `body` as the test named `test` (its full libtest name) in a process of
+/// its own, this test binary started again with only that test selected: for a
+/// test that measures its process (peak RSS), which the other tests of the
+/// binary would distort. Fails unless the child ran exactly that one test and
+/// it passed.
+pub fn alone(test: &str, body: impl FnOnce()) {
+    const VAR: &str = "BACKUP_CRYPTO_TEST_ALONE";
+    if std::env::var_os(VAR).is_some_and(|v| v == test) {
+        body();
+        return;
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let out = Command::new(&exe)
+        .args([test, "--exact", "--test-threads=1", "--nocapture"])
+        .env(VAR, test)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {} {test}: {e}", exe.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("test result: ok. 1 passed"),
+        "{test} in a process of its own: {}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
+        out.status
+    );
 }

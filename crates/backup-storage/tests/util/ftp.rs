@@ -2,7 +2,6 @@
 //! directory on 127.0.0.1, with a password check, on a runtime of its own so
 //! that a test can kill it mid-transfer; and a TCP proxy that resets
 //! connections on demand.
-#![allow(dead_code)] // each test file uses a part
 
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
@@ -126,8 +125,7 @@ fn passive_ports() -> RangeInclusive<u16> {
             )
         }
     });
-    // Different test binaries run one after the other (cargo test runs them
-    // serially), so each can start at the same base.
+    // All FTP tests share this process: each server takes the next range.
     let n = NEXT.fetch_add(1, Ordering::Relaxed) as u16 % SERVERS;
     let start = base + n * SPAN;
     start..=start + SPAN - 1

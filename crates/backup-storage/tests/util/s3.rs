@@ -4,7 +4,6 @@
 //!
 //! Starting it never fails quietly: every step returns an error that fails
 //! the test.
-#![allow(dead_code)] // each test binary uses a part
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
