@@ -10,7 +10,7 @@ async fn s3_storage_passes_the_conformance_suite() -> anyhow::Result<()> {
     let store = server.storage("appliances/site-1")?;
     assert!(
         !store.capabilities().conditional_create,
-        "see s3.rs: best effort for multipart"
+        "see s3/mod.rs: create-only is best effort for multipart uploads"
     );
     // Spawned: the suite's future must be Send, as the engine's are.
     let suite = tokio::spawn(async move {
