@@ -212,6 +212,62 @@ fn payload_repacked_with_gnu_tar_seals_verifies_and_restores() {
     );
 }
 
+/// `encrypt` refuses what is not a payload with a message an operator can
+/// act on: junk is named as such (the tar reader's complaint quoted the junk's
+/// bytes), and a payload re-packed from inside its directory as `.` (entries
+/// `./backup.json`, …) gets the command that re-packs it right.
+#[test]
+fn encrypt_says_what_is_wrong_with_junk_and_with_a_dot_repack() {
+    require_gnu_tar();
+    let fx = Fixture::new();
+    let junk = fx.dir.join("junk.bin");
+    let bytes: Vec<u8> = (0u32..5000)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    fs::write(&junk, &bytes).unwrap();
+    let sealed = fx.dir.join("junk.bkp");
+    let out = fx.backup(&[
+        "encrypt",
+        junk.to_str().unwrap(),
+        "-o",
+        sealed.to_str().unwrap(),
+    ]);
+    out.expect(2).mentions("not a backup payload");
+    assert!(!out.stderr.contains("\\u{"), "{}", out.dump());
+    assert!(!sealed.exists(), "junk was sealed");
+
+    let (name, _) = fx.create(&[]);
+    let payload = fx.dir.join("payload.tar.gz");
+    fx.backup(&["decrypt", &name, "-o", payload.to_str().unwrap()])
+        .expect(0);
+    let x = fx.fresh_dir("x");
+    fs::create_dir(&x).unwrap();
+    run(Command::new("tar")
+        .arg("-xzf")
+        .arg(&payload)
+        .arg("-C")
+        .arg(&x))
+    .expect(0);
+    let dotted = fx.dir.join("dotted.tar.gz");
+    run(Command::new("tar")
+        .arg("-czf")
+        .arg(&dotted)
+        .arg("-C")
+        .arg(&x)
+        .arg("."))
+    .expect(0);
+    let sealed = fx.dir.join("dotted.bkp");
+    fx.backup(&[
+        "encrypt",
+        dotted.to_str().unwrap(),
+        "-o",
+        sealed.to_str().unwrap(),
+    ])
+    .expect(2)
+    .mentions("backup.json components manifest.json");
+    assert!(!sealed.exists(), "a refused payload was sealed");
+}
+
 /// Case 7a: Another product version: refused by default naming both versions,
 /// accepted with --force-version (by storage name and by file path).
 #[test]
