@@ -872,6 +872,33 @@ fn on_a_terminal_restore_asks_before_changing_anything() {
     );
 }
 
+/// An excluded file the restore cannot keep — it lies under a directory
+/// where the image holds a symlink — fails the restore with nothing changed,
+/// and the message names the live paths (not the staging directory's) and
+/// what to do.
+#[test]
+fn an_excluded_file_that_cannot_be_kept_names_the_live_path_and_the_way_out() {
+    let fx = Fixture::custom(|fx| {
+        fx.spec.components[0] = files_component("config", &[&fx.etc], "exclude = [\"*.tmp\"]\n");
+    });
+    let (name, _) = fx.create(&[]);
+    // active.conf is a symlink in the image; here it became a directory
+    // holding an excluded file.
+    let dir = fx.etc.join("active.conf");
+    fs::remove_file(&dir).unwrap();
+    fs::create_dir(&dir).unwrap();
+    fs::write(dir.join("keep.tmp"), "excluded\n").unwrap();
+    let out = fx.backup(&["restore", &name, "--yes"]);
+    out.expect(1)
+        .mentions(&format!("holds a symlink at {}", dir.display()))
+        .mentions("move");
+    assert!(!out.stderr.contains(".restore-"), "{}", out.dump());
+    assert_eq!(
+        fs::read_to_string(dir.join("keep.tmp")).unwrap(),
+        "excluded\n"
+    );
+}
+
 /// Case 15: Audit records come back only when asked: a default restore of an
 /// image that holds them leaves them out and says so; --include-audits
 /// restores them.
