@@ -873,9 +873,10 @@ fn on_a_terminal_restore_asks_before_changing_anything() {
 }
 
 /// An excluded file the restore cannot keep — it lies under a directory
-/// where the image holds a symlink — fails the restore with nothing changed,
-/// and the message names the live paths (not the staging directory's) and
-/// what to do.
+/// where the image holds a symlink — fails the plan (the dry run said all
+/// was well, then the restore failed), so the restore is refused with
+/// nothing changed; the message names the live paths (not the staging
+/// directory's) and what to do.
 #[test]
 fn an_excluded_file_that_cannot_be_kept_names_the_live_path_and_the_way_out() {
     let fx = Fixture::custom(|fx| {
@@ -888,15 +889,24 @@ fn an_excluded_file_that_cannot_be_kept_names_the_live_path_and_the_way_out() {
     fs::remove_file(&dir).unwrap();
     fs::create_dir(&dir).unwrap();
     fs::write(dir.join("keep.tmp"), "excluded\n").unwrap();
-    let out = fx.backup(&["restore", &name, "--yes"]);
-    out.expect(1)
-        .mentions(&format!("holds a symlink at {}", dir.display()))
-        .mentions("move");
-    assert!(!out.stderr.contains(".restore-"), "{}", out.dump());
-    assert_eq!(
-        fs::read_to_string(dir.join("keep.tmp")).unwrap(),
-        "excluded\n"
-    );
+    for args in [["restore", &name, "--dry-run"], ["restore", &name, "--yes"]] {
+        let out = fx.backup(&args);
+        out.expect(2)
+            .mentions(&format!(
+                "{}: the image holds",
+                dir.join("keep.tmp").display()
+            ))
+            .mentions(&format!(
+                "at {}, where this appliance has a directory",
+                dir.display()
+            ))
+            .mentions("move");
+        assert!(!out.stderr.contains(".restore-"), "{}", out.dump());
+        assert_eq!(
+            fs::read_to_string(dir.join("keep.tmp")).unwrap(),
+            "excluded\n"
+        );
+    }
 }
 
 /// Case 15: Audit records come back only when asked: a default restore of an
