@@ -112,10 +112,11 @@ backup create -o - > gw.bkp               to standard output (never a terminal);
     /// Decrypt, decompress and check every component against the manifest, writing nothing
     #[command(
         after_help = "Examples:\n  backup verify gw-20261122T020000Z_gw-1_standalone.bkp\n  \
-backup create -o - > gw.bkp && backup verify ./gw.bkp"
+backup create -o - > gw.bkp && backup verify ./gw.bkp\n  \
+backup create -o - | tee gw.bkp | backup verify -"
     )]
     Verify {
-        /// Image name in the storage, or a path to an image file
+        /// Image name in the storage, a path to an image file, or - for standard input
         image: String,
     },
     /// Restore an image onto this appliance (or under --target DIR)
@@ -772,6 +773,20 @@ async fn show(cli: &Cli, image: &str) -> anyhow::Result<ExitCode> {
 }
 
 async fn verify(cli: &Cli, image: &str) -> anyhow::Result<ExitCode> {
+    // `-` is the image on standard input (`backup create -o - | backup verify -`).
+    let image = if image == "-" {
+        if std::io::stdin().is_terminal() {
+            return Err(Error::Input(
+                "verify - reads the image from standard input, which is a terminal: pipe or \
+                 redirect the image into it (`backup verify - < image.bkp`)"
+                    .into(),
+            )
+            .into());
+        }
+        "/dev/stdin"
+    } else {
+        image
+    };
     let engine = engine(cli)?;
     let report = engine
         .verify(image)

@@ -268,6 +268,27 @@ fn encrypt_says_what_is_wrong_with_junk_and_with_a_dot_repack() {
     assert!(!sealed.exists(), "a refused payload was sealed");
 }
 
+/// `verify -` reads the image from standard input, so a stream checks in a
+/// pipe (`backup create -o - | backup verify -`); "-" was looked up as a
+/// name in the storage ("not found: object -").
+#[test]
+fn verify_dash_reads_the_image_from_standard_input() {
+    let fx = Fixture::new();
+    let (name, _) = fx.create(&[]);
+    let image = fs::File::open(fx.image_path(&name)).unwrap();
+    run(fx.cmd().args(["verify", "-"]).stdin(image))
+        .expect(0)
+        .mentions("verified");
+    // Not an image: refused as such.
+    let junk = fx.dir.join("junk-in");
+    fs::write(&junk, b"not an image at all").unwrap();
+    run(fx
+        .cmd()
+        .args(["verify", "-"])
+        .stdin(fs::File::open(&junk).unwrap()))
+    .expect_failure();
+}
+
 /// Case 7a: Another product version: refused by default naming both versions,
 /// accepted with --force-version (by storage name and by file path).
 #[test]
