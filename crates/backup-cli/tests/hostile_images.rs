@@ -772,7 +772,7 @@ fn a_truncated_stored_image_is_marked_by_list_and_reported_as_truncated() {
     assert!(line.contains(&format!("TRUNCATED: {sizes}")), "{line}");
     for args in [
         vec!["verify", name.as_str()],
-        vec!["restore", name.as_str()],
+        vec!["restore", name.as_str(), "--yes"],
     ] {
         fx.backup(&args)
             .expect(1)
