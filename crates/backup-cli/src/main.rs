@@ -848,8 +848,8 @@ async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<ExitCode> {
                 let refused: Result<ExitCode, Error> = Err(Error::Input(format!(
                     "restoring {what} replaces files and removes those the image does not hold, \
                      and there is no terminal to confirm on: see the plan with \
-                     `backup restore {} --dry-run`, then pass --yes",
-                    args.image
+                     `{}`, then pass --yes",
+                    dry_run_command(args)
                 )));
                 let target = opts.audit_target(&args.image, None);
                 engine.audit_public("restore", &target, &refused, std::time::Instant::now());
@@ -974,6 +974,28 @@ fn payload_codec(path: &Path) -> anyhow::Result<Compression> {
         [0x28, 0xb5, 0x2f, 0xfd] => Compression::Zstd,
         _ => Compression::None,
     })
+}
+
+/// `backup restore … --dry-run` for the same image, selection and target.
+fn dry_run_command(args: &RestoreArgs) -> String {
+    let mut words = vec!["backup restore".to_string(), shell_word(&args.image)];
+    for c in &args.components {
+        words.push(format!("-C {}", shell_word(c)));
+    }
+    if args.include_audits {
+        words.push("--include-audits".into());
+    }
+    if let Some(t) = &args.target {
+        words.push(format!("--target {}", shell_word(&t.display().to_string())));
+    }
+    if args.force_version {
+        words.push("--force-version".into());
+    }
+    if args.force_identity {
+        words.push("--force-identity".into());
+    }
+    words.push("--dry-run".into());
+    words.join(" ")
 }
 
 /// A path as one shell word, for commands the operator may paste.

@@ -930,6 +930,29 @@ fn an_excluded_file_that_cannot_be_kept_names_the_live_path_and_the_way_out() {
     }
 }
 
+/// A restore refused for want of a terminal points to the dry run of the
+/// same restore: with its --target and its selection (the suggested command
+/// showed the in-place plan of every component).
+#[test]
+fn the_refusal_without_a_terminal_names_the_dry_run_of_the_same_restore() {
+    let fx = Fixture::new();
+    let (name, _) = fx.create(&[]);
+    let busy = fx.dir.join("busy target");
+    fs::create_dir(&busy).unwrap();
+    fs::write(busy.join("mine.txt"), "mine\n").unwrap();
+    let busy_arg = busy.to_str().unwrap();
+    fx.backup(&["restore", &name, "-C", "config", "--target", busy_arg])
+        .expect(2)
+        .mentions(&format!(
+            "`backup restore {name} -C config --target '{busy_arg}' --dry-run`"
+        ));
+    fx.backup(&["restore", &name, "--include-audits"])
+        .expect(2)
+        .mentions(&format!(
+            "`backup restore {name} --include-audits --dry-run`"
+        ));
+}
+
 /// Case 15: Audit records come back only when asked: a default restore of an
 /// image that holds them leaves them out and says so; --include-audits
 /// restores them.
