@@ -112,10 +112,11 @@ backup create -o - > gw.bkp               to standard output (never a terminal);
     /// Decrypt, decompress and check every component against the manifest, writing nothing
     #[command(
         after_help = "Examples:\n  backup verify gw-20261122T020000Z_gw-1_standalone.bkp\n  \
-backup create -o - > gw.bkp && backup verify ./gw.bkp"
+backup create -o - > gw.bkp && backup verify ./gw.bkp\n  \
+backup create -o - | tee gw.bkp | backup verify -"
     )]
     Verify {
-        /// Image name in the storage, or a path to an image file
+        /// Image name in the storage, a path to an image file, or - for standard input
         image: String,
     },
     /// Restore an image onto this appliance (or under --target DIR)
@@ -772,6 +773,20 @@ async fn show(cli: &Cli, image: &str) -> anyhow::Result<ExitCode> {
 }
 
 async fn verify(cli: &Cli, image: &str) -> anyhow::Result<ExitCode> {
+    // `-` is the image on standard input (`backup create -o - | backup verify -`).
+    let image = if image == "-" {
+        if std::io::stdin().is_terminal() {
+            return Err(Error::Input(
+                "verify - reads the image from standard input, which is a terminal: pipe or \
+                 redirect the image into it (`backup verify - < image.bkp`)"
+                    .into(),
+            )
+            .into());
+        }
+        "/dev/stdin"
+    } else {
+        image
+    };
     let engine = engine(cli)?;
     let report = engine
         .verify(image)
@@ -833,8 +848,8 @@ async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<ExitCode> {
                 let refused: Result<ExitCode, Error> = Err(Error::Input(format!(
                     "restoring {what} replaces files and removes those the image does not hold, \
                      and there is no terminal to confirm on: see the plan with \
-                     `backup restore {} --dry-run`, then pass --yes",
-                    args.image
+                     `{}`, then pass --yes",
+                    dry_run_command(args)
                 )));
                 let target = opts.audit_target(&args.image, None);
                 engine.audit_public("restore", &target, &refused, std::time::Instant::now());
@@ -959,6 +974,28 @@ fn payload_codec(path: &Path) -> anyhow::Result<Compression> {
         [0x28, 0xb5, 0x2f, 0xfd] => Compression::Zstd,
         _ => Compression::None,
     })
+}
+
+/// `backup restore … --dry-run` for the same image, selection and target.
+fn dry_run_command(args: &RestoreArgs) -> String {
+    let mut words = vec!["backup restore".to_string(), shell_word(&args.image)];
+    for c in &args.components {
+        words.push(format!("-C {}", shell_word(c)));
+    }
+    if args.include_audits {
+        words.push("--include-audits".into());
+    }
+    if let Some(t) = &args.target {
+        words.push(format!("--target {}", shell_word(&t.display().to_string())));
+    }
+    if args.force_version {
+        words.push("--force-version".into());
+    }
+    if args.force_identity {
+        words.push("--force-identity".into());
+    }
+    words.push("--dry-run".into());
+    words.join(" ")
 }
 
 /// A path as one shell word, for commands the operator may paste.

@@ -211,6 +211,83 @@ fn payload_repacked_with_gnu_tar_seals_verifies_and_restores() {
     );
 }
 
+/// `encrypt` refuses what is not a payload with a message an operator can
+/// act on: junk is named as such (the tar reader's complaint quoted the junk's
+/// bytes), and a payload re-packed from inside its directory as `.` (entries
+/// `./backup.json`, …) gets the command that re-packs it right.
+#[test]
+fn encrypt_says_what_is_wrong_with_junk_and_with_a_dot_repack() {
+    require_gnu_tar();
+    let fx = Fixture::new();
+    let junk = fx.dir.join("junk.bin");
+    let bytes: Vec<u8> = (0u32..5000)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    fs::write(&junk, &bytes).unwrap();
+    let sealed = fx.dir.join("junk.bkp");
+    let out = fx.backup(&[
+        "encrypt",
+        junk.to_str().unwrap(),
+        "-o",
+        sealed.to_str().unwrap(),
+    ]);
+    out.expect(2).mentions("not a backup payload");
+    assert!(!out.stderr.contains("\\u{"), "{}", out.dump());
+    assert!(!sealed.exists(), "junk was sealed");
+
+    let (name, _) = fx.create(&[]);
+    let payload = fx.dir.join("payload.tar.gz");
+    fx.backup(&["decrypt", &name, "-o", payload.to_str().unwrap()])
+        .expect(0);
+    let x = fx.fresh_dir("x");
+    fs::create_dir(&x).unwrap();
+    run(Command::new("tar")
+        .arg("-xzf")
+        .arg(&payload)
+        .arg("-C")
+        .arg(&x))
+    .expect(0);
+    let dotted = fx.dir.join("dotted.tar.gz");
+    run(Command::new("tar")
+        .arg("-czf")
+        .arg(&dotted)
+        .arg("-C")
+        .arg(&x)
+        .arg("."))
+    .expect(0);
+    let sealed = fx.dir.join("dotted.bkp");
+    fx.backup(&[
+        "encrypt",
+        dotted.to_str().unwrap(),
+        "-o",
+        sealed.to_str().unwrap(),
+    ])
+    .expect(2)
+    .mentions("backup.json components manifest.json");
+    assert!(!sealed.exists(), "a refused payload was sealed");
+}
+
+/// `verify -` reads the image from standard input, so a stream checks in a
+/// pipe (`backup create -o - | backup verify -`); "-" was looked up as a
+/// name in the storage ("not found: object -").
+#[test]
+fn verify_dash_reads_the_image_from_standard_input() {
+    let fx = Fixture::new();
+    let (name, _) = fx.create(&[]);
+    let image = fs::File::open(fx.image_path(&name)).unwrap();
+    run(fx.cmd().args(["verify", "-"]).stdin(image))
+        .expect(0)
+        .mentions("verified");
+    // Not an image: refused as such.
+    let junk = fx.dir.join("junk-in");
+    fs::write(&junk, b"not an image at all").unwrap();
+    run(fx
+        .cmd()
+        .args(["verify", "-"])
+        .stdin(fs::File::open(&junk).unwrap()))
+    .expect_failure();
+}
+
 /// Case 7a: Another product version: refused by default naming both versions,
 /// accepted with --force-version (by storage name and by file path).
 #[test]
@@ -813,6 +890,66 @@ fn on_a_terminal_restore_asks_before_changing_anything() {
         fs::read_to_string(fx.etc.join("cache.tmp")).unwrap(),
         "excluded, edited since\n"
     );
+}
+
+/// An excluded file the restore cannot keep — it lies under a directory
+/// where the image holds a symlink — fails the plan (the dry run said all
+/// was well, then the restore failed), so the restore is refused with
+/// nothing changed; the message names the live paths (not the staging
+/// directory's) and what to do.
+#[test]
+fn an_excluded_file_that_cannot_be_kept_names_the_live_path_and_the_way_out() {
+    let fx = Fixture::custom(|fx| {
+        fx.spec.components[0] = files_component("config", &[&fx.etc], "exclude = [\"*.tmp\"]\n");
+    });
+    let (name, _) = fx.create(&[]);
+    // active.conf is a symlink in the image; here it became a directory
+    // holding an excluded file.
+    let dir = fx.etc.join("active.conf");
+    fs::remove_file(&dir).unwrap();
+    fs::create_dir(&dir).unwrap();
+    fs::write(dir.join("keep.tmp"), "excluded\n").unwrap();
+    for args in [["restore", &name, "--dry-run"], ["restore", &name, "--yes"]] {
+        let out = fx.backup(&args);
+        out.expect(2)
+            .mentions(&format!(
+                "{}: the image holds",
+                dir.join("keep.tmp").display()
+            ))
+            .mentions(&format!(
+                "at {}, where this appliance has a directory",
+                dir.display()
+            ))
+            .mentions("move");
+        assert!(!out.stderr.contains(".restore-"), "{}", out.dump());
+        assert_eq!(
+            fs::read_to_string(dir.join("keep.tmp")).unwrap(),
+            "excluded\n"
+        );
+    }
+}
+
+/// A restore refused for want of a terminal points to the dry run of the
+/// same restore: with its --target and its selection (the suggested command
+/// showed the in-place plan of every component).
+#[test]
+fn the_refusal_without_a_terminal_names_the_dry_run_of_the_same_restore() {
+    let fx = Fixture::new();
+    let (name, _) = fx.create(&[]);
+    let busy = fx.dir.join("busy target");
+    fs::create_dir(&busy).unwrap();
+    fs::write(busy.join("mine.txt"), "mine\n").unwrap();
+    let busy_arg = busy.to_str().unwrap();
+    fx.backup(&["restore", &name, "-C", "config", "--target", busy_arg])
+        .expect(2)
+        .mentions(&format!(
+            "`backup restore {name} -C config --target '{busy_arg}' --dry-run`"
+        ));
+    fx.backup(&["restore", &name, "--include-audits"])
+        .expect(2)
+        .mentions(&format!(
+            "`backup restore {name} --include-audits --dry-run`"
+        ));
 }
 
 /// Case 15: Audit records come back only when asked: a default restore of an

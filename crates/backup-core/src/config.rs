@@ -445,7 +445,7 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Config> {
         let config: Config = toml::from_str(text).map_err(|e| Error::Config {
             path: path.to_path_buf(),
-            reason: e.to_string(),
+            reason: toml_error_line(text, &e),
         })?;
         config.validate().map_err(|reason| Error::Config {
             path: path.to_path_buf(),
@@ -590,6 +590,28 @@ pub(crate) fn is_safe_name(s: &str) -> bool {
         && s != ".."
 }
 
+/// A TOML error on one line: where, then what. The parser's own report
+/// spans several lines (a source excerpt with carets), which the CLI, printing
+/// each error as one escaped line, would turn into a run of `\n`s.
+fn toml_error_line(text: &str, e: &toml::de::Error) -> String {
+    let what = e
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(": ");
+    match e.span() {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line}, column {column}: {what}")
+        }
+        None => what,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -644,5 +666,23 @@ mod tests {
             assert!(err.contains(says), "{bad}: {err}");
         }
         assert!(with_image("compression = \"lz4\"").is_err());
+    }
+
+    /// The CLI prints errors on one line and escapes line breaks in them, so
+    /// the TOML parser's multi-line report (a source excerpt with carets)
+    /// came out as one run of `\n`s; the message says where on one line.
+    #[test]
+    fn a_toml_error_is_one_line_naming_line_and_column() {
+        for (image, line, says) in [
+            ("bogus = 1", "line 8, column 1", "unknown field `bogus`"),
+            ("level = \"six\"", "line 8, column 9", "invalid type"),
+            ("level = ", "line 8, column 9", ""),
+        ] {
+            let err = with_image(image).expect_err(image);
+            assert!(!err.contains('\n'), "{image}: {err:?}");
+            assert!(err.contains(line), "{image}: {err:?}");
+            assert!(err.contains(says), "{image}: {err:?}");
+            assert!(!err.contains("TOML parse error"), "{image}: {err:?}");
+        }
     }
 }

@@ -1228,8 +1228,15 @@ fn check_payload(path: &Path, rehash: bool) -> Result<Option<(BackupInfo, Manife
             "{shown} was not sealed, because restore would refuse it: {e}{hint}"
         ))
     };
-    let walked = reader::walk_entries(std::io::BufReader::new(file), &mut NullVisitor)
-        .map_err(|e| refused(e, ""))?;
+    let mut file = std::io::BufReader::new(file);
+    let head = std::io::BufRead::fill_buf(&mut file)
+        .map_err(|e| Error::io(format!("reading {shown}"), e))?;
+    if !could_be_payload(head) {
+        return Err(Error::Input(format!(
+            "{shown} was not sealed: it is not a backup payload (neither gzip, zstd nor tar); seal what `backup decrypt` writes, re-packed with tar if you edited it"
+        )));
+    }
+    let walked = reader::walk_entries(file, &mut NullVisitor).map_err(|e| refused(e, ""))?;
     if !rehash {
         walked.checked().map_err(|e| {
             refused(
@@ -1260,6 +1267,40 @@ fn check_payload(path: &Path, rehash: bool) -> Result<Option<(BackupInfo, Manife
     }
     reader::check_manifest(&walked.info, &manifest, &walked.digests).map_err(|e| refused(e, ""))?;
     Ok(Some((walked.info, manifest)))
+}
+
+/// Whether `head`, the start of a file, could begin a payload: gzip or zstd
+/// magic, or a tar header (the `ustar` magic, or a v7 header whose checksum
+/// holds). Junk read as a tar would be refused with the tar reader's complaint
+/// about the junk's bytes, which tells the operator nothing.
+fn could_be_payload(head: &[u8]) -> bool {
+    if head.starts_with(&crate::image::codec::GZIP_MAGIC)
+        || head.starts_with(&crate::image::codec::ZSTD_MAGIC)
+    {
+        return true;
+    }
+    let Some(header) = head.get(..512) else {
+        return false;
+    };
+    if &header[257..262] == b"ustar" {
+        return true;
+    }
+    let recorded = std::str::from_utf8(&header[148..156])
+        .ok()
+        .map(|f| f.trim_matches(|c: char| c == '\0' || c == ' '))
+        .and_then(|f| u32::from_str_radix(f, 8).ok());
+    let sum: u32 = header
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                u32::from(b)
+            }
+        })
+        .sum();
+    recorded == Some(sum)
 }
 
 /// Copies a payload's tar entries into `out` with `manifest` in place of its

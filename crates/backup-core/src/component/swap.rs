@@ -214,12 +214,17 @@ fn carry(from_root: &Path, to_root: &Path, rel: &Path) -> Result<(), String> {
         let here = to_root.join(&partial);
         match std::fs::symlink_metadata(&here) {
             Ok(md) if md.is_dir() => continue,
-            Ok(_) => {
+            Ok(md) => {
+                let what = if md.file_type().is_symlink() {
+                    "symlink"
+                } else {
+                    "file"
+                };
                 return Err(format!(
-                    "cannot keep the excluded {}: the image holds a file at {}, where this appliance has a directory",
+                    "cannot keep the excluded {}: the image holds a {what} at {}, where this appliance has a directory; move the excluded path out of the way (or restore under --target) and restore again",
                     from.display(),
-                    here.display()
-                ))
+                    from_root.join(&partial).display()
+                ));
             }
             Err(_) => {}
         }

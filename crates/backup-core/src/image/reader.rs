@@ -150,8 +150,14 @@ fn walk_tar<R: Read>(tar_stream: R, visitor: &mut dyn Visitor) -> Result<Walked>
             continue;
         }
         let Some(info) = info.as_ref() else {
+            // `tar -C DIR -czf FILE .` names every entry `./…`.
+            let hint = if shown.starts_with("./") {
+                "; re-pack it naming the three at the top, backup.json first: `tar -C DIR -czf FILE backup.json components manifest.json`"
+            } else {
+                ""
+            };
             return Err(Error::InvalidImage(format!(
-                "the first entry is {shown:?}, not backup.json: this is not a backup image payload"
+                "the first entry is {shown:?}, not backup.json: this is not a backup image payload{hint}"
             )));
         };
         if path == Path::new(MANIFEST_JSON) {

@@ -190,6 +190,7 @@ pub(super) fn plan_component(
             plan: &mut plan,
             limit,
             pending: Vec::new(),
+            shadowed: None,
         };
         walk.merge(&mut entries)?;
         if planned.kind == "sqlite" {
@@ -254,6 +255,9 @@ struct Planner<'a> {
     /// Directories only the destination has, enclosing the current path:
     /// removed unless something kept turns up inside (then they stay).
     pending: Vec<(PathBuf, bool)>,
+    /// The last destination directory where the image holds a file or
+    /// symlink: nothing excluded inside it can be kept.
+    shadowed: Option<PathBuf>,
 }
 
 impl Planner<'_> {
@@ -295,6 +299,9 @@ impl Planner<'_> {
                     if !(image_dir && live_dir) {
                         self.plan.replaced.push(|| self.dest.join(&rel), self.limit);
                     }
+                    if live_dir && !image_dir {
+                        self.shadowed = Some(rel.clone());
+                    }
                     next_image = self.next_image(image)?;
                     next_live = self.next_live(&mut live)?;
                 }
@@ -310,6 +317,14 @@ impl Planner<'_> {
         while let Some((rel, dir)) = live.next_entry()? {
             if !self.excluded(&rel) {
                 return Ok(Some((rel, dir)));
+            }
+            if let Some(shadowed) = self.shadowed.as_ref().filter(|s| rel.starts_with(s)) {
+                // The swap could not carry it into the restored tree.
+                return Err(Error::Input(format!(
+                    "cannot keep the excluded {}: the image holds a file or symlink at {}, where this appliance has a directory; move the excluded path out of the way (or restore under --target) and restore again",
+                    self.dest.join(&rel).display(),
+                    self.dest.join(shadowed).display()
+                )));
             }
             if dir {
                 live.skip_current_dir();
