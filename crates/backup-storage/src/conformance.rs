@@ -29,6 +29,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use tokio::io::AsyncReadExt;
 
+use crate::error::chain;
 use crate::{BoxError, Error, PutMode, PutOptions, Storage, StorageExt};
 
 /// `return Err(format!(..))` unless the condition holds.
@@ -652,18 +653,6 @@ impl<T> Context<T> for crate::Result<T> {
     fn context(self, doing: impl FnOnce() -> String) -> Result<T, BoxError> {
         self.map_err(|e| format!("{}: {}", doing(), chain(&e)).into())
     }
-}
-
-/// An error and its sources, on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
 }
 
 fn describe<T: std::fmt::Debug>(outcome: &crate::Result<T>) -> String {

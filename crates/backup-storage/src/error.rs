@@ -162,6 +162,19 @@ impl IoClass {
     }
 }
 
+/// An error and its sources, on one line (`what: why: root cause`).
+#[cfg_attr(not(any(feature = "s3", feature = "conformance")), allow(dead_code))]
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
 #[cfg(test)]
 mod tests {
     use std::error::Error as _;

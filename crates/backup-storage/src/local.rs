@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use crate::names::{is_temp_name, is_valid_name, is_valid_segment, temp_name};
+use crate::names::{is_temp_name, is_valid_name, is_valid_segment, split_list_prefix, temp_name};
 use crate::url::file_url;
 use crate::{
     resolve_range, Capabilities, Capacity, DirInfo, Error, FlushScope, GetResult, ListResult,
@@ -347,17 +347,9 @@ impl Storage for LocalStorage {
     }
 
     async fn list(&self, prefix: &str, delimited: bool) -> Result<ListResult> {
-        // Only the directory the prefix names can hold matches: "site/gw-"
-        // lists entries of "site" starting with "gw-".
-        let (dir, file_prefix) = match prefix.rfind('/') {
-            Some(i) => prefix.split_at(i + 1),
-            None => ("", prefix),
-        };
-        // No valid name lies below a directory part that is not itself valid
-        // ("../", "/abs", "a//"); refusing to walk it also keeps us in the root.
-        if !dir.is_empty() && !is_valid_name(&dir[..dir.len() - 1]) {
+        let Some((dir, file_prefix)) = split_list_prefix(prefix) else {
             return Ok(ListResult::default());
-        }
+        };
         let (root, dir, file_prefix) = (self.root.clone(), dir.to_owned(), file_prefix.to_owned());
         let location = self.to_string();
         blocking(move || {

@@ -15,6 +15,19 @@ pub(crate) fn is_valid_segment(s: &str) -> bool {
     !s.is_empty() && s != "." && s != ".." && !is_temp_name(s)
 }
 
+/// A list prefix as the directory that can hold its matches and the start
+/// of their names within it: "site/gw-" lists entries of "site/" starting
+/// with "gw-". `None` when the directory part is not itself a valid name
+/// ("../", "/abs", "a//"): no valid name lies below it, and refusing to walk
+/// it also keeps a listing inside the backend's root.
+pub(crate) fn split_list_prefix(prefix: &str) -> Option<(&str, &str)> {
+    let (dir, file_prefix) = match prefix.rfind('/') {
+        Some(i) => prefix.split_at(i + 1),
+        None => ("", prefix),
+    };
+    (dir.is_empty() || is_valid_name(&dir[..dir.len() - 1])).then_some((dir, file_prefix))
+}
+
 /// Temporary files of unfinished uploads: `.<basename>.partial-<hex>`.
 pub(crate) fn is_temp_name(file_name: &str) -> bool {
     file_name.starts_with('.') && file_name.contains(".partial-")

@@ -48,7 +48,7 @@ use self::list::Kind;
 use self::pool::ftp;
 use self::upload::FtpUpload;
 
-use crate::names::{is_valid_name, temp_name};
+use crate::names::{is_valid_name, split_list_prefix, temp_name};
 use crate::{
     resolve_range, Capabilities, Capacity, Error, GetResult, ListResult, ObjectMeta, PutMode,
     PutOptions, Result, Storage, Upload,
@@ -229,15 +229,9 @@ impl Storage for FtpStorage {
     }
 
     async fn list(&self, prefix: &str, delimited: bool) -> Result<ListResult> {
-        // Only the directory the prefix names can hold matches: "site/gw-"
-        // lists entries of "site" starting with "gw-".
-        let (dir, file_prefix) = match prefix.rfind('/') {
-            Some(i) => prefix.split_at(i + 1),
-            None => ("", prefix),
-        };
-        if !dir.is_empty() && !is_valid_name(&dir[..dir.len() - 1]) {
+        let Some((dir, file_prefix)) = split_list_prefix(prefix) else {
             return Ok(ListResult::default());
-        }
+        };
         if file_prefix.contains(['\r', '\n', '\0']) {
             return Ok(ListResult::default());
         }

@@ -7,6 +7,7 @@ use std::io;
 use object_store::client::{HttpError, HttpErrorKind};
 
 use super::core::Shared;
+use crate::error::chain;
 use crate::Error;
 
 /// What an `object_store` error means here.
@@ -87,18 +88,6 @@ impl Meaning {
             _ => Meaning::Other,
         }
     }
-}
-
-/// An error and its sources, on one line.
-pub(super) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
 }
 
 /// The `<Code>` of an S3 XML error body quoted in an error message.
