@@ -984,7 +984,7 @@ impl Engine {
             ImageLoc::File(p) => {
                 let f = std::fs::File::open(p).map_err(|e| {
                     if e.kind() == std::io::ErrorKind::NotFound {
-                        Error::Input(format!(
+                        Error::NotFound(format!(
                             "no image {}: it is neither a file{}",
                             p.display(),
                             if self.storage.is_some() {

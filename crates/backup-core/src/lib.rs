@@ -57,7 +57,7 @@ pub use engine::{
     ComponentOptions, CreateOptions, CreateReport, Engine, EngineBuilder, ImageDetails,
     ImageSelection, ImageSummary, VerifyReport,
 };
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 pub use image::Outcome;
 pub use keyops::RewrapResult;
 pub use keys::{

@@ -483,7 +483,7 @@ impl Engine {
         let path = self.log_path(image);
         std::fs::read_to_string(&path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                Error::Input(format!(
+                Error::NotFound(format!(
                     "no log for {image} on this appliance ({} does not exist)",
                     path.display()
                 ))
@@ -762,15 +762,7 @@ impl Engine {
 
 /// The audit outcome of an error.
 pub(crate) fn outcome_of(e: &Error) -> &'static str {
-    match e {
-        Error::Busy(_) => SKIPPED,
-        Error::VersionMismatch { .. }
-        | Error::IdentityMismatch { .. }
-        | Error::UnsafeArchive { .. }
-        | Error::Preflight(_) => "refused",
-        e if e.is_input_error() => "refused",
-        _ => "failed",
-    }
+    e.kind().audit_outcome()
 }
 
 /// The components a published backup lacks, for messages (`None` if none).

@@ -6,8 +6,8 @@ use anyhow::Result;
 use backup_core::demo::{build_demo, sqlite_rows, tree_diff, DemoAppliance};
 use backup_core::{
     Applicability, Committed, Component, ComponentOptions, Config, CreateOptions, Engine,
-    EntrySink, Error, KdfParams, KeySource, MasterKey, Outcome, Passphrase, PassphraseProvider,
-    RestoreContext, RestoreOptions, SnapshotError,
+    EntrySink, Error, ErrorKind, KdfParams, KeySource, MasterKey, Outcome, Passphrase,
+    PassphraseProvider, RestoreContext, RestoreOptions, SnapshotError,
 };
 
 #[path = "engine_awkward/mod.rs"]
@@ -142,6 +142,72 @@ async fn selection_errors_are_input_errors() -> Result<()> {
     opts.components = vec!["audits".into(), "maindb".into()];
     let report = e.create(&opts).await?;
     assert_eq!(report.info.components.len(), 2);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn errors_are_classified_by_kind_and_audited_by_it() -> Result<()> {
+    let (_d, demo) = demo()?;
+    let e = engine(&demo.config)?;
+    let mut opts = CreateOptions::default();
+    opts.components = vec!["nope".into()];
+    let err = e.create(&opts).await.unwrap_err();
+    assert_eq!(
+        (err.kind(), err.name()),
+        (ErrorKind::Input, "input"),
+        "{err}"
+    );
+
+    // A name that is not there is not a bad request.
+    let err = e.backup_log("nosuch.bkp").unwrap_err();
+    assert_eq!(
+        (err.kind(), err.name()),
+        (ErrorKind::NotFound, "not_found"),
+        "{err}"
+    );
+    let missing = demo.dir.join("no-such-image.bkp");
+    let err = e.verify(missing.to_str().unwrap()).await.unwrap_err();
+    assert_eq!(
+        (err.kind(), err.name()),
+        (ErrorKind::NotFound, "not_found"),
+        "{err}"
+    );
+    let stored = "gw-20000101T000000Z_no-such-node_standalone.bkp";
+    let err = e.verify(stored).await.unwrap_err();
+    assert_eq!(
+        (err.kind(), err.name()),
+        (ErrorKind::NotFound, "not_found"),
+        "{err}"
+    );
+    assert!(err.is_input_error(), "the caller's to fix: {err}");
+
+    let err = backup_core::init_keys(
+        &demo.config.appliance.state_dir,
+        &Passphrase::new(SECRET.into())?,
+        KdfParams::MINIMUM,
+    )
+    .unwrap_err();
+    assert_eq!(
+        (err.kind(), err.name()),
+        (ErrorKind::Conflict, "already_initialized"),
+        "{err}"
+    );
+    let err = Error::from(backup_crypto::Error::WrongPassphrase);
+    assert_eq!(
+        (err.kind(), err.name()),
+        (ErrorKind::Failed, "wrong_passphrase")
+    );
+    let err = Error::from(backup_crypto::Error::PassphraseTooShort { min: 12 });
+    assert_eq!(err.kind(), ErrorKind::Input);
+
+    // The audit log records each outcome by the error's kind.
+    let verifies: Vec<String> = e
+        .audit_records(None)?
+        .into_iter()
+        .filter(|r| r.operation == "verify")
+        .map(|r| r.outcome)
+        .collect();
+    assert_eq!(verifies, ["refused", "refused"]);
     Ok(())
 }
 
