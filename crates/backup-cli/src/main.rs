@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use backup_core::{
-    Compression, Config, CreateOptions, Engine, Error, ErrorKind, ImageDetails, KdfParams, Outcome,
-    PassphraseProvider, RestoreOptions,
+    Compression, Config, CreateOptions, Engine, Error, ErrorKind, ImageDetails, KdfParams,
+    Operation, Outcome, PassphraseProvider, RestoreOptions,
 };
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
@@ -521,9 +521,14 @@ fn init(cli: &Cli) -> anyhow::Result<ExitCode> {
         backup_core::init_keys(state, &pass, params)
     })();
     let actor = backup_core::ops::audit::current_actor();
-    if let Err(e) =
-        backup_core::audit_key_operation(state, &actor, "key.init", "keyring", &result, started)
-    {
+    if let Err(e) = backup_core::audit_key_operation(
+        state,
+        &actor,
+        Operation::KeyInit,
+        "keyring",
+        &result,
+        started,
+    ) {
         report::warn(
             cli.json,
             &format!("the audit log could not be written: {e}"),
@@ -810,7 +815,12 @@ async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<ExitCode> {
                     args.image
                 )));
                 let target = opts.audit_target(&args.image, None);
-                engine.audit_public("restore", &target, &refused, std::time::Instant::now());
+                engine.audit_public(
+                    Operation::Restore,
+                    &target,
+                    &refused,
+                    std::time::Instant::now(),
+                );
                 return refused.map_err(Into::into);
             }
             opts.approval = Some(Arc::new(report::AskOnTerminal));

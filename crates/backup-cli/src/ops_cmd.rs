@@ -304,7 +304,12 @@ pub(crate) async fn key(cli: &Cli, cmd: &KeyCommand) -> anyhow::Result<ExitCode>
     match cmd {
         KeyCommand::Check => {
             let result = backup_core::check_passphrase(&state, &current()?);
-            engine.audit_public("key.check", "keyring", &result, started);
+            engine.audit_public(
+                backup_core::Operation::KeyCheck,
+                "keyring",
+                &result,
+                started,
+            );
             let id = result?;
             if cli.json {
                 print_json(
@@ -323,7 +328,12 @@ pub(crate) async fn key(cli: &Cli, cmd: &KeyCommand) -> anyhow::Result<ExitCode>
                 let params = config.encryption.kdf_params();
                 backup_core::rotate_keys(&state, &cur, &new, params)
             })();
-            engine.audit_public("key.rotate", "keyring", &result, started);
+            engine.audit_public(
+                backup_core::Operation::KeyRotate,
+                "keyring",
+                &result,
+                started,
+            );
             let rotation = result?;
             if cli.json {
                 print_json(&rotation)?;

@@ -265,7 +265,7 @@ fn write_key_file(state_dir: &Path, mk: &MasterKey) -> Result<()> {
 pub fn audit_key_operation<T>(
     state_dir: &Path,
     actor: &str,
-    operation: &str,
+    operation: crate::Operation,
     target: &str,
     result: &Result<T>,
     started: Instant,
@@ -277,7 +277,7 @@ pub fn audit_key_operation<T>(
     crate::ops::audit::AuditLog::in_state_dir(state_dir).append(&crate::ops::audit::AuditRecord {
         time: Utc::now(),
         actor: actor.to_string(),
-        operation: operation.to_string(),
+        operation: operation.audit_name().to_string(),
         target: target.to_string(),
         outcome: outcome.to_string(),
         bytes: 0,

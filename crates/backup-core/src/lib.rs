@@ -33,6 +33,7 @@ mod error;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
+mod guard;
 pub mod image;
 mod keyops;
 mod keys;
@@ -58,6 +59,7 @@ pub use engine::{
     ImageSelection, ImageSummary, VerifyReport,
 };
 pub use error::{Error, ErrorKind, Result};
+pub use guard::Operation;
 pub use image::Outcome;
 pub use keyops::RewrapResult;
 pub use keys::{

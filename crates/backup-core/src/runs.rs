@@ -12,10 +12,10 @@ use chrono::{DateTime, SubsecRound, Utc};
 use serde::Serialize;
 
 use crate::engine::{CreateOptions, CreateReport, Engine, VerifyReport};
+use crate::guard::{Operation, RunGuard};
 use crate::image::{sidecar_name, Outcome};
 use crate::ops::audit::{AuditLog, AuditRecord};
-use crate::ops::hooks::{run_hook, HookEnv};
-use crate::ops::lock::{self, LockHolder, OperationLock};
+use crate::ops::lock::{self, LockHolder};
 use crate::ops::retention::{self, RetentionDecision, RetentionItem};
 use crate::ops::status::{CurrentRun, RunRecord, StatusFile, StatusStore};
 use crate::progress::{Event, Progress};
@@ -27,8 +27,6 @@ pub const LOGS_DIR: &str = "logs";
 /// Age after which `prune` removes an unfinished upload's temporary object:
 /// no upload runs that long without writing, so it belongs to a killed run.
 const STALE_UPLOAD_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
-/// Exit-code-worthy outcome of a skipped run, for frontends.
-pub(crate) const SKIPPED: &str = "skipped";
 
 /// What `backup status` shows.
 #[derive(Debug, Clone, Serialize)]
@@ -56,7 +54,7 @@ pub struct StatusView {
 }
 
 impl Engine {
-    fn state_dir(&self) -> &Path {
+    pub(crate) fn state_dir(&self) -> &Path {
         &self.config.appliance.state_dir
     }
 
@@ -85,38 +83,37 @@ impl Engine {
             error,
         };
         if let Err(e) = self.audit_log().append(&record) {
-            self.progress.event(&Event::Warning {
-                component: None,
-                message: format!("the audit log could not be written: {e}"),
-            });
+            self.warn(format!("the audit log could not be written: {e}"));
         }
+    }
+
+    /// A warning for the operator, through the progress sink.
+    pub(crate) fn warn(&self, message: String) {
+        self.progress.event(&Event::Warning {
+            component: None,
+            message,
+        });
     }
 
     /// Audits an operation a frontend carried out itself (key check/rotate).
     pub fn audit_public<T>(
         &self,
-        operation: &str,
+        operation: Operation,
         target: &str,
         result: &Result<T>,
         started: Instant,
     ) {
-        match result {
-            Ok(_) => self.audit(operation, target, "done", 0, started, None),
-            Err(e) => self.audit(
-                operation,
-                target,
-                outcome_of(e),
-                0,
-                started,
-                Some(e.to_string()),
-            ),
-        }
+        let (outcome, error) = match result {
+            Ok(_) => ("done", None),
+            Err(e) => (outcome_of(e), Some(e.to_string())),
+        };
+        self.audit(operation.audit_name(), target, outcome, 0, started, error);
     }
 
-    /// Runs `fut`, then audits it as `operation` on `target`.
-    async fn audited<T, F>(
+    /// Runs `fut` as `op` on `target` (see [`RunGuard`]), audited.
+    pub(crate) async fn audited<T, F>(
         &self,
-        operation: &str,
+        op: Operation,
         target: &str,
         bytes: impl Fn(&T) -> u64,
         fut: F,
@@ -124,65 +121,15 @@ impl Engine {
     where
         F: Future<Output = Result<T>>,
     {
-        let started = Instant::now();
-        self.remove_stale_scratch(false);
+        let guard = RunGuard::start(self, op, target)?;
         let result = fut.await;
-        match &result {
-            Ok(v) => self.audit(operation, target, "done", bytes(v), started, None),
-            Err(e) => self.audit(
-                operation,
-                target,
-                outcome_of(e),
-                0,
-                started,
-                Some(e.to_string()),
-            ),
-        }
+        guard.audit_result(target, &result, bytes);
         result
-    }
-
-    /// Takes the operation lock for `run` (the operation as the status names
-    /// it: `backup`, `scheduled backup`, `restore`, `prune`; the lock records
-    /// it, so `status` and a skipped run's message name the holder the same
-    /// way). If another operation holds it, records the skip (status, and the
-    /// audit log as `audit_op`) and fails with [`Error::Busy`].
-    fn lock(
-        &self,
-        run: &str,
-        audit_op: &str,
-        target: &str,
-        started: Instant,
-    ) -> Result<OperationLock> {
-        match OperationLock::acquire(self.state_dir(), run) {
-            Ok(l) => {
-                self.remove_stale_scratch(true);
-                Ok(l)
-            }
-            Err(Error::Busy(who)) => {
-                let reason = format!("{who}; this {run} was skipped");
-                let record = RunRecord {
-                    time: Utc::now(),
-                    operation: run.to_string(),
-                    outcome: Outcome::Skipped,
-                    image: None,
-                    size: 0,
-                    reason: Some(reason.clone()),
-                };
-                let _ = StatusStore::in_state_dir(self.state_dir()).record_skipped(&record);
-                self.audit(audit_op, target, SKIPPED, 0, started, Some(reason.clone()));
-                self.progress.event(&Event::Warning {
-                    component: None,
-                    message: reason,
-                });
-                Err(Error::Busy(who))
-            }
-            Err(e) => Err(e),
-        }
     }
 
     /// Removes scratch space left by runs that are gone (see
     /// [`crate::util::remove_stale_scratch`]), saying so.
-    fn remove_stale_scratch(&self, holding_lock: bool) {
+    pub(crate) fn remove_stale_scratch(&self, holding_lock: bool) {
         for path in crate::util::remove_stale_scratch(self.state_dir(), holding_lock) {
             self.progress.event(&Event::Step {
                 message: format!(
@@ -193,109 +140,41 @@ impl Engine {
         }
     }
 
-    /// Notes a previous run that never finished (crash, `kill -9`); returns
-    /// the note, for the new run's log.
-    fn take_over(
-        &self,
-        status: &mut StatusFile,
-        lock: &OperationLock,
-        started: Instant,
-    ) -> Option<String> {
-        let previous = status.current.take();
-        let stale = lock.stale.clone();
-        if previous.is_none() && stale.is_none() {
-            return None;
-        }
-        let (operation, pid, since) = match (&previous, &stale) {
-            (Some(p), _) => (p.operation.clone(), p.pid, p.started),
-            (None, Some(h)) => (h.operation.clone(), h.pid, h.started),
-            _ => unreachable!(),
-        };
-        let reason = format!(
-            "interrupted: the {operation} started at {} by pid {pid} stopped before it finished (crash or kill); its lock was taken over",
-            since.format("%Y-%m-%d %H:%M:%S UTC")
-        );
-        self.progress.event(&Event::Warning {
-            component: None,
-            message: reason.clone(),
-        });
-        self.audit(
-            &operation,
-            previous
-                .as_ref()
-                .and_then(|p| p.image.as_deref())
-                .unwrap_or("-"),
-            "interrupted",
-            0,
-            started,
-            Some(reason.clone()),
-        );
-        status.last_failure = Some(RunRecord {
-            time: Utc::now(),
-            operation,
-            outcome: Outcome::Failed,
-            image: previous.and_then(|p| p.image),
-            size: 0,
-            reason: Some(reason.clone()),
-        });
-        Some(reason)
-    }
-
     /// Takes a backup: under the lock, with status, audit log, hooks, a
     /// capacity preflight, a log file, and retention after success. Fails with
     /// [`Error::Busy`] (recorded as skipped) if another operation runs.
     pub async fn create(&self, opts: &CreateOptions) -> Result<CreateReport> {
-        let started = Instant::now();
-        let run_name = if opts.scheduled {
-            "scheduled backup"
+        let op = if opts.scheduled {
+            Operation::ScheduledBackup
         } else {
-            "backup"
+            Operation::Backup
         };
-        let lock = self.lock(run_name, "create", "-", started)?;
-        let store = StatusStore::in_state_dir(self.state_dir());
-        let mut status = store.load().unwrap_or_default();
-        let took_over = self.take_over(&mut status, &lock, started);
+        let mut guard = RunGuard::start(self, op, "-")?;
+        let took_over = guard.took_over();
         // A selection that cannot be backed up (an unknown component, a
         // missing requirement) is refused before the run starts: recorded,
         // but no hook runs for it.
         if let Err(e) = self.plan_only(opts) {
-            return Err(self.backup_failed(&store, status, None, e, started, false));
+            return Err(backup_failed(&mut guard, None, e, false));
         }
         let (created, (storage, name)) = match self.unique_destination(opts).await {
             Ok(d) => d,
-            Err(e) => return Err(self.backup_failed(&store, status, None, e, started, true)),
+            Err(e) => return Err(backup_failed(&mut guard, None, e, true)),
         };
-        status.current = Some(CurrentRun {
-            operation: run_name.into(),
-            pid: std::process::id(),
-            started: created,
-            image: Some(name.clone()),
-            component: None,
-            bytes_done: 0,
-        });
-        store.store(&status)?;
+        guard.show_running(Some(&name), created)?;
+        let (store, status) = guard.lend_status();
         let run = Arc::new(RunProgress::new(
             self.progress.clone(),
-            store.clone(),
+            store,
             status,
             self.log_path(&name),
         ));
         if let Some(note) = took_over {
             run.line(format!("warning: {note}"));
         }
-        let hook_env = |outcome: &str, failed: Vec<String>| HookEnv {
-            outcome: outcome.to_string(),
-            image: name.clone(),
-            failed,
-            node: self.config.appliance.node.clone(),
-        };
 
         let result = async {
-            run_hook(
-                "before",
-                &self.config.hooks.before,
-                &hook_env("started", vec![]),
-            )?;
+            guard.before_hook(&name)?;
             if opts.output.is_none() {
                 self.preflight(&storage, opts).await?;
             }
@@ -304,9 +183,8 @@ impl Engine {
         }
         .await;
 
-        let mut status = run.finish();
-        status.current = None;
-        let result = match result {
+        guard.give_back_status(run.finish());
+        match result {
             Ok(mut report) => {
                 let failed: Vec<String> = report
                     .manifest
@@ -324,31 +202,14 @@ impl Engine {
                     reason: (!failed.is_empty())
                         .then(|| format!("components failed: {}", failed.join(", "))),
                 };
-                if report.outcome == Outcome::Success {
-                    status.last_success = Some(record.clone());
-                } else {
-                    status.last_failure = Some(record.clone());
-                }
-                status.last_backup = Some(record);
-                store.store(&status)?;
-                self.audit(
-                    "create",
+                guard.record_end(Some(record), true)?;
+                guard.audit(
                     &report.image,
                     report.outcome.as_str(),
                     report.size,
-                    started,
                     record_error(&report),
                 );
-                if let Err(e) = run_hook(
-                    "after",
-                    &self.config.hooks.after,
-                    &hook_env(report.outcome.as_str(), failed),
-                ) {
-                    self.progress.event(&Event::Warning {
-                        component: None,
-                        message: e.to_string(),
-                    });
-                }
+                guard.after_hook(report.outcome, &name, failed);
                 if opts.output.is_none() && self.config.retention.is_enabled() {
                     match self.apply_retention(false).await {
                         Ok(decisions) => {
@@ -358,71 +219,13 @@ impl Engine {
                                 .map(|d| d.name)
                                 .collect()
                         }
-                        Err(e) => self.progress.event(&Event::Warning {
-                            component: None,
-                            message: format!("retention could not run: {e}"),
-                        }),
+                        Err(e) => self.warn(format!("retention could not run: {e}")),
                     }
                 }
                 Ok(report)
             }
-            Err(e) => Err(self.backup_failed(&store, status, Some(&name), e, started, true)),
-        };
-        drop(lock);
-        result
-    }
-
-    /// Records a backup that failed or was refused (status, audit log) and
-    /// runs the `on_failure` hook if the run had started; returns the error.
-    fn backup_failed(
-        &self,
-        store: &StatusStore,
-        mut status: StatusFile,
-        image: Option<&str>,
-        e: Error,
-        started: Instant,
-        run_hooks: bool,
-    ) -> Error {
-        let record = RunRecord {
-            time: Utc::now(),
-            operation: "backup".into(),
-            outcome: Outcome::Failed,
-            image: None,
-            size: 0,
-            reason: Some(e.to_string()),
-        };
-        status.current = None;
-        status.last_failure = Some(record.clone());
-        status.last_backup = Some(record);
-        if let Err(s) = store.store(&status) {
-            self.progress.event(&Event::Warning {
-                component: None,
-                message: format!("the status could not be written: {s}"),
-            });
+            Err(e) => Err(backup_failed(&mut guard, Some(&name), e, true)),
         }
-        self.audit(
-            "create",
-            image.unwrap_or("-"),
-            outcome_of(&e),
-            0,
-            started,
-            Some(e.to_string()),
-        );
-        if run_hooks {
-            let env = HookEnv {
-                outcome: "failed".into(),
-                image: image.unwrap_or_default().to_string(),
-                failed: vec![],
-                node: self.config.appliance.node.clone(),
-            };
-            if let Err(h) = run_hook("on_failure", &self.config.hooks.on_failure, &env) {
-                self.progress.event(&Event::Warning {
-                    component: None,
-                    message: h.to_string(),
-                });
-            }
-        }
-        e
     }
 
     /// A creation time whose image name is free: names carry the second, so
@@ -496,7 +299,7 @@ impl Engine {
     /// Verifies an image (audited).
     pub async fn verify(&self, image: &str) -> Result<VerifyReport> {
         self.audited(
-            "verify",
+            Operation::Verify,
             image,
             |r: &VerifyReport| r.size,
             self.verify_image(image),
@@ -506,8 +309,13 @@ impl Engine {
 
     /// Writes an image's decrypted payload to `out` (audited).
     pub async fn decrypt(&self, image: &str, out: &Path) -> Result<u64> {
-        self.audited("decrypt", image, |n| *n, self.decrypt_image(image, out))
-            .await
+        self.audited(
+            Operation::Decrypt,
+            image,
+            |n| *n,
+            self.decrypt_image(image, out),
+        )
+        .await
     }
 
     /// Seals a payload file into an image (audited), after reading it as
@@ -515,7 +323,7 @@ impl Engine {
     pub async fn encrypt(&self, input: &Path, out: &Path) -> Result<u64> {
         let target = out.display().to_string();
         self.audited(
-            "encrypt",
+            Operation::Encrypt,
             &target,
             |n| *n,
             self.encrypt_file(input, out, false),
@@ -529,7 +337,7 @@ impl Engine {
     pub async fn encrypt_rehash(&self, input: &Path, out: &Path) -> Result<u64> {
         let target = out.display().to_string();
         self.audited(
-            "encrypt",
+            Operation::Encrypt,
             &target,
             |n| *n,
             self.encrypt_file(input, out, true),
@@ -539,80 +347,42 @@ impl Engine {
 
     /// Restores an image under the operation lock (audited, in the status).
     pub async fn restore(&self, image: &str, opts: &RestoreOptions) -> Result<RestoreReport> {
-        let started = Instant::now();
-        let lock = self.lock("restore", "restore", image, started)?;
-        let store = StatusStore::in_state_dir(self.state_dir());
-        let mut status = store.load().unwrap_or_default();
-        self.take_over(&mut status, &lock, started);
-        status.current = Some(CurrentRun {
-            operation: "restore".into(),
-            pid: std::process::id(),
-            started: Utc::now(),
-            image: Some(image.to_string()),
-            component: None,
-            bytes_done: 0,
-        });
-        store.store(&status)?;
+        let mut guard = RunGuard::start(self, Operation::Restore, image)?;
+        guard.show_running(Some(image), Utc::now())?;
         let result = self.restore_image(image, opts).await;
-        status.current = None;
-        if let Err(e) = &result {
-            status.last_failure = Some(RunRecord {
-                time: Utc::now(),
-                operation: "restore".into(),
-                outcome: Outcome::Failed,
-                image: Some(image.to_string()),
-                size: 0,
-                reason: Some(e.to_string()),
-            });
-        }
-        let _ = store.store(&status);
+        let failure = result
+            .as_ref()
+            .err()
+            .map(|e| guard.failure_record(Some(image), e));
+        let _ = guard.record_end(failure, true);
         let restored = result.as_ref().ok().map(|r| r.restored.as_slice());
-        let audited = opts.audit_target(image, restored);
-        match &result {
-            Ok(_) => self.audit("restore", &audited, "done", 0, started, None),
-            Err(e) => self.audit(
-                "restore",
-                &audited,
-                outcome_of(e),
-                0,
-                started,
-                Some(e.to_string()),
-            ),
-        }
-        drop(lock);
+        guard.audit_result(&opts.audit_target(image, restored), &result, |_| 0);
         result
     }
 
     /// What restoring `image` with `opts` would replace, add, remove and
     /// keep, writing nothing but the audit record (`restore.dry-run`).
     pub async fn restore_plan(&self, image: &str, opts: &RestoreOptions) -> Result<RestorePlan> {
-        let started = Instant::now();
-        let result = self.plan_restore(image, opts).await;
         let audited = opts.audit_target(image, None);
-        match &result {
-            Ok(_) => self.audit("restore.dry-run", &audited, "done", 0, started, None),
-            Err(e) => self.audit(
-                "restore.dry-run",
-                &audited,
-                outcome_of(e),
-                0,
-                started,
-                Some(e.to_string()),
-            ),
-        }
-        result
+        self.audited(
+            Operation::RestoreDryRun,
+            &audited,
+            |_| 0,
+            self.plan_restore(image, opts),
+        )
+        .await
     }
 
     /// What a retention run would delete (`dry_run`) or deletes, under the lock.
     pub async fn prune(&self, dry_run: bool) -> Result<Vec<RetentionDecision>> {
-        let started = Instant::now();
-        let _lock = self.lock("prune", "prune", "-", started)?;
+        let guard = RunGuard::start(self, Operation::Prune, "-")?;
         if !dry_run {
             self.remove_stale_uploads().await;
         }
         let result = self.apply_retention(dry_run).await;
-        if let Err(e) = &result {
-            self.audit("prune", "-", outcome_of(e), 0, started, Some(e.to_string()));
+        // A prune that ran is audited by what it deleted (`prune.delete`).
+        if result.is_err() {
+            guard.audit_result("-", &result, |_| 0);
         }
         result
     }
@@ -758,6 +528,29 @@ impl Engine {
     pub fn audit_records(&self, since: Option<DateTime<Utc>>) -> Result<Vec<AuditRecord>> {
         self.audit_log().read(since)
     }
+}
+
+/// Records a backup that failed or was refused (status, audit log) and runs
+/// the `on_failure` hook if the run had started (`run_hooks`); returns the
+/// error.
+fn backup_failed(
+    guard: &mut RunGuard<'_>,
+    image: Option<&str>,
+    e: Error,
+    run_hooks: bool,
+) -> Error {
+    let record = guard.failure_record(None, &e);
+    let _ = guard.record_end(Some(record), false);
+    guard.audit(
+        image.unwrap_or("-"),
+        e.kind().audit_outcome(),
+        0,
+        Some(e.to_string()),
+    );
+    if run_hooks {
+        guard.on_failure_hook(image.unwrap_or_default());
+    }
+    e
 }
 
 /// The audit outcome of an error.

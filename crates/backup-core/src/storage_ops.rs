@@ -2,7 +2,7 @@
 //! writing an image to standard output.
 use std::ops::Range;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use backup_storage::{
@@ -14,6 +14,7 @@ use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 
 use crate::engine::{Engine, ImageDetails, ImageLoc};
+use crate::guard::Operation;
 use crate::image::{parse_image_name, Sidecar, IMAGE_EXT, SIDECAR_SUFFIX};
 use crate::{Error, Result};
 
@@ -104,8 +105,7 @@ impl Engine {
     /// Downloads an image to a local file (atomically), for carrying it to a
     /// replacement machine. Audited.
     pub async fn fetch(&self, image: &str, out: &Path) -> Result<u64> {
-        let started = Instant::now();
-        let result = async {
+        let fetch = async {
             let loc = self.locate(image);
             let ImageLoc::Stored(name) = &loc else {
                 return Err(Error::Input(format!(
@@ -124,20 +124,8 @@ impl Engine {
             })
             .await
             .map_err(crate::engine::join_error)?
-        }
-        .await;
-        match &result {
-            Ok(n) => self.audit("fetch", image, "done", *n, started, None),
-            Err(e) => self.audit(
-                "fetch",
-                image,
-                crate::runs::outcome_of(e),
-                0,
-                started,
-                Some(e.to_string()),
-            ),
-        }
-        result
+        };
+        self.audited(Operation::Fetch, image, |n| *n, fetch).await
     }
 
     /// One level of the storage (or, for an image name, its details).
@@ -219,8 +207,7 @@ impl Engine {
     /// Backends that cannot presign fail with a clear "unsupported" error.
     /// Audited (the URLs themselves are never logged).
     pub async fn links(&self, images: &[String], expires: Duration) -> Result<Vec<DownloadLink>> {
-        let started = Instant::now();
-        let result = async {
+        let links = async {
             let storage = self.need_storage("link to")?.clone();
             if !storage.capabilities().presign {
                 return Err(Error::Storage(backup_storage::Error::Unsupported {
@@ -239,9 +226,20 @@ impl Engine {
                 let parsed = parse_image_name(&self.config.storage.prefix, &name);
                 let url = storage.presign_get(&name, expires).await?;
                 out.push(DownloadLink {
-                    node: sidecar.as_ref().map(|s| s.info.node.clone()).or(parsed.as_ref().map(|p| p.node.clone())).unwrap_or_default(),
-                    role: sidecar.as_ref().map(|s| s.info.role.to_string()).or(parsed.as_ref().map(|p| p.role.clone())).unwrap_or_default(),
-                    created: sidecar.as_ref().map(|s| s.info.created).or(parsed.map(|p| p.created)),
+                    node: sidecar
+                        .as_ref()
+                        .map(|s| s.info.node.clone())
+                        .or(parsed.as_ref().map(|p| p.node.clone()))
+                        .unwrap_or_default(),
+                    role: sidecar
+                        .as_ref()
+                        .map(|s| s.info.role.to_string())
+                        .or(parsed.as_ref().map(|p| p.role.clone()))
+                        .unwrap_or_default(),
+                    created: sidecar
+                        .as_ref()
+                        .map(|s| s.info.created)
+                        .or(parsed.map(|p| p.created)),
                     size: meta.size,
                     image: name,
                     url,
@@ -249,25 +247,14 @@ impl Engine {
                 });
             }
             Ok(out)
-        }
-        .await;
+        };
         let target = if images.is_empty() {
             "all images".to_string()
         } else {
             images.join(", ")
         };
-        match &result {
-            Ok(l) => self.audit("links", &target, "done", l.len() as u64, started, None),
-            Err(e) => self.audit(
-                "links",
-                &target,
-                crate::runs::outcome_of(e),
-                0,
-                started,
-                Some(e.to_string()),
-            ),
-        }
-        result
+        self.audited(Operation::Links, &target, |l| l.len() as u64, links)
+            .await
     }
 }
 
