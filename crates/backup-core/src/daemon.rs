@@ -136,7 +136,7 @@ impl Engine {
             let finished = match self.create(&opts).await {
                 Ok(r) => Event::RunFinished {
                     time: Utc::now(),
-                    reason: crate::runs::failed_components(&r),
+                    reason: crate::backup::failed_components(&r),
                     image: Some(r.image),
                     outcome: r.outcome.as_str().to_string(),
                 },

@@ -11,17 +11,14 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::component::{
-    Applicability, CommandComponent, Component, FilesComponent, SnapshotError, SqliteComponent,
-};
+use crate::component::{CommandComponent, Component, FilesComponent, SqliteComponent};
 use crate::config::{ComponentKind, Config};
 use crate::image::pipe;
 use crate::image::reader::{self, Visitor, WalkResult};
-use crate::image::writer::{ChannelWriter, Encoder, TarWriter, CHANNEL_DEPTH};
+use crate::image::writer::{ChannelWriter, Encoder, CHANNEL_DEPTH};
 use crate::image::{
-    image_name, parse_image_name, sidecar_name, BackupInfo, ComponentRecord, Manifest, Outcome,
-    ParsedName, PlannedComponent, Selection, Sidecar, BACKUP_JSON, IMAGE_EXT, MANIFEST_JSON,
-    PAYLOAD_FORMAT,
+    parse_image_name, sidecar_name, BackupInfo, Manifest, Outcome, ParsedName, Selection, Sidecar,
+    IMAGE_EXT, MANIFEST_JSON,
 };
 use crate::keys::{KeyFile, KeySource, Keys, NoPassphrase, PassphraseProvider};
 use crate::ops::retention::Coverage;
@@ -53,9 +50,9 @@ impl Default for ComponentOptions {
     }
 }
 
-struct Registered {
-    component: Arc<dyn Component>,
-    options: ComponentOptions,
+pub(crate) struct Registered {
+    pub(crate) component: Arc<dyn Component>,
+    pub(crate) options: ComponentOptions,
 }
 
 /// Builds an [`Engine`] from a [`Config`].
@@ -343,10 +340,10 @@ impl ImageLoc {
 /// The backup engine of one appliance.
 pub struct Engine {
     pub(crate) config: Config,
-    storage: Option<Arc<dyn Storage>>,
+    pub(crate) storage: Option<Arc<dyn Storage>>,
     /// The group image files are given (`[storage] group`), as an id.
-    file_group: Option<u32>,
-    components: Vec<Registered>,
+    pub(crate) file_group: Option<u32>,
+    pub(crate) components: Vec<Registered>,
     pub(crate) actor: String,
     pub(crate) keys: Arc<Keys>,
     pub(crate) progress: Arc<dyn Progress>,
@@ -361,11 +358,6 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-struct PlanItem {
-    component: Arc<dyn Component>,
-    applicability: Applicability,
-}
-
 impl Engine {
     /// Starts building an engine for `config`.
     pub fn builder(config: Config) -> EngineBuilder {
@@ -378,6 +370,13 @@ impl Engine {
             extra: Vec::new(),
             actor: None,
         }
+    }
+
+    /// Takes a backup: under the lock, with status, audit log, hooks, a
+    /// capacity preflight, a log file, and retention after success. Fails with
+    /// [`Error::Busy`] (recorded as skipped) if another operation runs.
+    pub async fn create(&self, opts: &CreateOptions) -> Result<CreateReport> {
+        crate::backup::create(self, opts).await
     }
 
     /// The configuration.
@@ -410,348 +409,6 @@ impl Engine {
             .iter()
             .find(|c| c.component.name() == name)
             .map(|c| &c.component)
-    }
-
-    fn plan(&self, opts: &CreateOptions) -> Result<(Selection, Vec<PlanItem>, Vec<String>)> {
-        for name in &opts.components {
-            if self.component(name).is_none() {
-                return Err(Error::Input(format!(
-                    "unknown component {name:?}; this appliance has: {}",
-                    self.component_names().join(", ")
-                )));
-            }
-        }
-        let custom = !opts.components.is_empty();
-        let mut items = Vec::new();
-        let mut not_applicable = Vec::new();
-        for reg in &self.components {
-            let name = reg.component.name();
-            let wanted = if custom {
-                opts.components.iter().any(|n| n == name)
-                    || (opts.include_audits && reg.options.audit)
-            } else {
-                if reg.options.audit {
-                    opts.include_audits
-                } else {
-                    reg.options.default
-                }
-            };
-            if !wanted {
-                continue;
-            }
-            let applicability = reg.component.applicability();
-            if let Applicability::NotApplicable(why) = &applicability {
-                if !custom {
-                    not_applicable.push(format!("{name} ({why})"));
-                    continue;
-                }
-                if opts.halt {
-                    return Err(Error::Halted {
-                        component: name.to_string(),
-                        reason: format!("not applicable: {why}"),
-                    });
-                }
-            }
-            items.push(PlanItem {
-                component: reg.component.clone(),
-                applicability,
-            });
-        }
-        for item in &items {
-            // Restore refuses a whole image naming such a root, so no image gets one.
-            crate::image::check::EntryRules::new(&item.component.roots()).map_err(|reason| {
-                Error::Input(format!(
-                    "component {}: {reason}; give it absolute paths without '.' or '..' parts",
-                    item.component.name()
-                ))
-            })?;
-        }
-        let selected: BTreeSet<&str> = items.iter().map(|i| i.component.name()).collect();
-        for reg in &self.components {
-            if !selected.contains(reg.component.name()) {
-                continue;
-            }
-            for req in &reg.options.requires {
-                if !selected.contains(req.as_str()) {
-                    return Err(Error::Input(format!(
-                        "component {} requires {req}, which is not in this backup; add --component {req}",
-                        reg.component.name()
-                    )));
-                }
-            }
-        }
-        if items.is_empty() {
-            return Err(Error::Input(
-                "nothing to back up: no applicable component is selected".into(),
-            ));
-        }
-        Ok((
-            if custom {
-                Selection::Custom
-            } else {
-                Selection::Standard
-            },
-            items,
-            not_applicable,
-        ))
-    }
-
-    fn scratch_dir(&self) -> Result<PathBuf> {
-        let state = &self.config.appliance.state_dir;
-        crate::util::run_scratch_dir(state).map_err(|e| {
-            Error::io(
-                format!("creating scratch space in {}", state.join("tmp").display()),
-                e,
-            )
-        })
-    }
-
-    /// Where a backup goes: the `--output` file, or a new name in the storage.
-    pub(crate) fn destination(
-        &self,
-        opts: &CreateOptions,
-        created: DateTime<Utc>,
-    ) -> Result<(Arc<dyn Storage>, String)> {
-        let a = &self.config.appliance;
-        match &opts.output {
-            Some(path) if path.as_os_str() == "-" => {
-                let sink = crate::storage_ops::StdoutSink {
-                    stream: opts.output_stream.clone(),
-                };
-                Ok((Arc::new(sink), "-".into()))
-            }
-            Some(path) => local_destination(path, self.file_group),
-            None => {
-                let storage = self.storage.clone().ok_or_else(|| {
-                    Error::NoStorage("pass --output FILE or set [storage] url".into())
-                })?;
-                Ok((
-                    storage,
-                    image_name(&self.config.storage.prefix, created, &a.node, a.role),
-                ))
-            }
-        }
-    }
-
-    /// Checks a backup's selection (input errors) without running anything.
-    pub(crate) fn plan_only(&self, opts: &CreateOptions) -> Result<()> {
-        self.plan(opts).map(|_| ())
-    }
-
-    /// The selected components' estimated total size (unknown sizes count as 0).
-    pub(crate) fn estimate(&self, opts: &CreateOptions) -> Result<u64> {
-        let (_, items, _) = self.plan(opts)?;
-        Ok(items
-            .iter()
-            .filter_map(|i| i.component.estimate_size())
-            .sum())
-    }
-
-    /// The backup pipeline itself, without lock, status or audit (see [`Engine::create`]).
-    pub(crate) async fn create_image(
-        &self,
-        opts: &CreateOptions,
-        progress: Arc<dyn Progress>,
-        (storage, name): (Arc<dyn Storage>, String),
-        created: DateTime<Utc>,
-    ) -> Result<CreateReport> {
-        let (selection, items, not_applicable) = self.plan(opts)?;
-        for n in &not_applicable {
-            progress.event(&Event::Warning {
-                component: None,
-                message: format!("not applicable, skipped: {n}"),
-            });
-        }
-        let (mk, slot) = self.keys.for_writing()?;
-        let a = &self.config.appliance;
-        let info = BackupInfo {
-            format: PAYLOAD_FORMAT,
-            product: a.product.clone(),
-            product_version: a.version.clone(),
-            node: a.node.clone(),
-            role: a.role,
-            cluster: a.cluster.clone(),
-            created,
-            selection,
-            components: items
-                .iter()
-                .map(|i| PlannedComponent {
-                    name: i.component.name().to_string(),
-                    kind: i.component.kind().to_string(),
-                    roots: i
-                        .component
-                        .roots()
-                        .iter()
-                        .map(|p| p.display().to_string())
-                        .collect(),
-                })
-                .collect(),
-            compression: self.config.image.compression,
-            engine_version: env!("CARGO_PKG_VERSION").to_string(),
-        };
-        let scratch = self.scratch_dir()?;
-        let producer_info = info.clone();
-        let (compression, level, threads) = (
-            self.config.image.compression,
-            self.config.image.effective_level(),
-            self.config.image.effective_threads(),
-        );
-        let producer_progress = progress.clone();
-        let halt = opts.halt;
-        let scratch_for_producer = scratch.clone();
-        progress.event(&Event::Step {
-            message: format!("writing {name} to {storage}"),
-        });
-        let result = write_sealed(
-            storage.clone(),
-            name.clone(),
-            mk.clone(),
-            slot.clone(),
-            created,
-            move |out| {
-                let progress = producer_progress;
-                let io_err = |e| Error::from_pipeline_io("writing the image", e);
-                let encoder =
-                    Encoder::with_threads(out, compression, level, threads).map_err(io_err)?;
-                let mut tar = TarWriter::new(encoder, progress.clone());
-                tar.json(BACKUP_JSON, &producer_info).map_err(io_err)?;
-                let mut records = Vec::new();
-                for (item, planned) in items.iter().zip(&producer_info.components) {
-                    let c = &item.component;
-                    let name = c.name().to_string();
-                    progress.event(&Event::ComponentStarted {
-                        component: name.clone(),
-                        kind: c.kind().to_string(),
-                    });
-                    let begun = tar.begin_component(&name, &planned.roots);
-                    let result = match (&item.applicability, begun) {
-                        (_, Err(reason)) => Err(SnapshotError::Failed(reason)),
-                        (Applicability::NotApplicable(why), _) => Err(SnapshotError::Failed(
-                            format!("not applicable on this node: {why}"),
-                        )),
-                        (Applicability::Applicable, Ok(())) => {
-                            c.snapshot(&mut tar, &scratch_for_producer)
-                        }
-                    };
-                    let (digest, warnings) = tar.end_component();
-                    let error = match result {
-                        Ok(()) => None,
-                        Err(SnapshotError::Output(e)) => return Err(io_err(e)),
-                        Err(SnapshotError::Failed(reason)) if halt => {
-                            return Err(Error::Halted {
-                                component: name,
-                                reason,
-                            });
-                        }
-                        Err(SnapshotError::Failed(reason)) => Some(reason),
-                    };
-                    let outcome = if error.is_some() {
-                        Outcome::Failed
-                    } else {
-                        Outcome::Success
-                    };
-                    progress.event(&Event::ComponentFinished {
-                        component: name.clone(),
-                        outcome,
-                        entries: digest.entries(),
-                        bytes: digest.bytes(),
-                        error: error.clone(),
-                    });
-                    records.push(ComponentRecord {
-                        name,
-                        kind: c.kind().to_string(),
-                        outcome,
-                        entries: digest.entries(),
-                        bytes: digest.bytes(),
-                        sha256: digest.hex(),
-                        error,
-                        warnings,
-                    });
-                }
-                if records.iter().all(|r| r.outcome != Outcome::Success) {
-                    let why = records
-                        .iter()
-                        .map(|r| format!("{}: {}", r.name, r.error.as_deref().unwrap_or("?")))
-                        .collect();
-                    return Err(Error::AllComponentsFailed(join(why)));
-                }
-                let outcome = if records.iter().all(|r| r.outcome == Outcome::Success) {
-                    Outcome::Success
-                } else {
-                    Outcome::Partial
-                };
-                let manifest = Manifest {
-                    outcome,
-                    components: records,
-                };
-                tar.json(MANIFEST_JSON, &manifest).map_err(io_err)?;
-                tar.finish().and_then(|e| e.finish()).map_err(io_err)?;
-                Ok(manifest)
-            },
-        )
-        .await;
-        let _ = crate::util::remove_any(&scratch);
-        let (manifest, size) = result?;
-
-        let sidecar = Sidecar {
-            image: name.clone(),
-            image_size: size,
-            info: info.clone(),
-            manifest: manifest.clone(),
-        };
-        let sidecar_error = if opts.output.is_some() {
-            None
-        } else {
-            self.store_sidecar(&storage, &sidecar, &mk, &slot)
-                .await
-                .err()
-                .map(|e| e.to_string())
-        };
-        if let Some(e) = &sidecar_error {
-            progress.event(&Event::Warning {
-                component: None,
-                message: format!(
-                    "the image is complete, but its sidecar manifest could not be stored: {e}"
-                ),
-            });
-        }
-        let image = match &opts.output {
-            Some(p) => p.display().to_string(),
-            None => name,
-        };
-        Ok(CreateReport {
-            image,
-            location: storage.to_string(),
-            outcome: manifest.outcome,
-            size,
-            info,
-            manifest,
-            not_applicable,
-            sidecar_error,
-            pruned: Vec::new(),
-        })
-    }
-
-    async fn store_sidecar(
-        &self,
-        storage: &Arc<dyn Storage>,
-        sidecar: &Sidecar,
-        mk: &MasterKey,
-        slot: &Keyslot,
-    ) -> Result<()> {
-        let json = serde_json::to_vec(sidecar).expect("sidecar serialises");
-        let mut w = EncryptWriter::new(Vec::new(), mk, slot, sidecar.info.created.timestamp())?;
-        w.write_all(&json)
-            .map_err(|e| Error::from_pipeline_io("sealing the sidecar", e))?;
-        let sealed = w.finish()?;
-        storage
-            .put_bytes(
-                &sidecar_name(&sidecar.image),
-                Bytes::from(sealed),
-                PutMode::Overwrite,
-            )
-            .await?;
-        Ok(())
     }
 
     /// Reads an image's sidecar manifest and checks it against the image
@@ -862,13 +519,8 @@ impl Engine {
     /// The component names a standard backup takes now (`None` when no
     /// standard backup could run: then no image counts as full).
     fn standard_set(&self) -> Option<BTreeSet<String>> {
-        let (_, items, _) = self.plan(&CreateOptions::default()).ok()?;
-        Some(
-            items
-                .iter()
-                .map(|i| i.component.name().to_string())
-                .collect(),
-        )
+        let plan = crate::backup::plan(self, &CreateOptions::default()).ok()?;
+        Some(plan.component_names().map(str::to_string).collect())
     }
 
     /// Which components an image set out to hold.
@@ -1338,10 +990,6 @@ impl<R: Read> Read for CountingReader<R> {
     }
 }
 
-fn join(items: Vec<String>) -> String {
-    items.join("; ")
-}
-
 pub(crate) fn join_error(e: tokio::task::JoinError) -> Error {
     Error::io(
         "a worker thread failed",
@@ -1351,7 +999,10 @@ pub(crate) fn join_error(e: tokio::task::JoinError) -> Error {
 
 /// A local file as a storage destination (temp name, fsync, rename; mode
 /// 0600, or 0640 with the configured group).
-fn local_destination(path: &Path, group: Option<u32>) -> Result<(Arc<dyn Storage>, String)> {
+pub(crate) fn local_destination(
+    path: &Path,
+    group: Option<u32>,
+) -> Result<(Arc<dyn Storage>, String)> {
     let name = path
         .file_name()
         .and_then(|n| n.to_str())

@@ -24,6 +24,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod backup;
 mod component;
 mod config;
 mod daemon;

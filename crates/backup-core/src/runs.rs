@@ -2,23 +2,20 @@
 //! accountable (audit log), with hooks, a capacity preflight, retention and a
 //! log file per backup.
 use std::future::Future;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use backup_storage::{PutMode, StorageExt};
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::engine::{CreateOptions, CreateReport, Engine, VerifyReport};
+use crate::engine::{Engine, VerifyReport};
 use crate::guard::{Operation, RunGuard};
-use crate::image::{sidecar_name, Outcome};
+use crate::image::sidecar_name;
 use crate::ops::audit::{AuditLog, AuditRecord};
 use crate::ops::lock::{self, LockHolder};
 use crate::ops::retention::{self, RetentionDecision, RetentionItem};
-use crate::ops::status::{CurrentRun, RunRecord, StatusFile, StatusStore};
-use crate::progress::{Event, Progress};
+use crate::ops::status::{CurrentRun, RunRecord, StatusStore};
+use crate::progress::Event;
 use crate::restore::{RestoreOptions, RestorePlan, RestoreReport};
 use crate::{Error, Result};
 
@@ -140,143 +137,7 @@ impl Engine {
         }
     }
 
-    /// Takes a backup: under the lock, with status, audit log, hooks, a
-    /// capacity preflight, a log file, and retention after success. Fails with
-    /// [`Error::Busy`] (recorded as skipped) if another operation runs.
-    pub async fn create(&self, opts: &CreateOptions) -> Result<CreateReport> {
-        let op = if opts.scheduled {
-            Operation::ScheduledBackup
-        } else {
-            Operation::Backup
-        };
-        let mut guard = RunGuard::start(self, op, "-")?;
-        let took_over = guard.took_over();
-        // A selection that cannot be backed up (an unknown component, a
-        // missing requirement) is refused before the run starts: recorded,
-        // but no hook runs for it.
-        if let Err(e) = self.plan_only(opts) {
-            return Err(backup_failed(&mut guard, None, e, false));
-        }
-        let (created, (storage, name)) = match self.unique_destination(opts).await {
-            Ok(d) => d,
-            Err(e) => return Err(backup_failed(&mut guard, None, e, true)),
-        };
-        guard.show_running(Some(&name), created)?;
-        let (store, status) = guard.lend_status();
-        let run = Arc::new(RunProgress::new(
-            self.progress.clone(),
-            store,
-            status,
-            self.log_path(&name),
-        ));
-        if let Some(note) = took_over {
-            run.line(format!("warning: {note}"));
-        }
-
-        let result = async {
-            guard.before_hook(&name)?;
-            if opts.output.is_none() {
-                self.preflight(&storage, opts).await?;
-            }
-            self.create_image(opts, run.clone(), (storage.clone(), name.clone()), created)
-                .await
-        }
-        .await;
-
-        guard.give_back_status(run.finish());
-        match result {
-            Ok(mut report) => {
-                let failed: Vec<String> = report
-                    .manifest
-                    .components
-                    .iter()
-                    .filter(|c| c.outcome != Outcome::Success)
-                    .map(|c| c.name.clone())
-                    .collect();
-                let record = RunRecord {
-                    time: Utc::now(),
-                    operation: "backup".into(),
-                    outcome: report.outcome,
-                    image: Some(report.image.clone()),
-                    size: report.size,
-                    reason: (!failed.is_empty())
-                        .then(|| format!("components failed: {}", failed.join(", "))),
-                };
-                guard.record_end(Some(record), true)?;
-                guard.audit(
-                    &report.image,
-                    report.outcome.as_str(),
-                    report.size,
-                    record_error(&report),
-                );
-                guard.after_hook(report.outcome, &name, failed);
-                if opts.output.is_none() && self.config.retention.is_enabled() {
-                    match self.apply_retention(false).await {
-                        Ok(decisions) => {
-                            report.pruned = decisions
-                                .into_iter()
-                                .filter(|d| !d.keep)
-                                .map(|d| d.name)
-                                .collect()
-                        }
-                        Err(e) => self.warn(format!("retention could not run: {e}")),
-                    }
-                }
-                Ok(report)
-            }
-            Err(e) => Err(backup_failed(&mut guard, Some(&name), e, true)),
-        }
-    }
-
-    /// A creation time whose image name is free: names carry the second, so
-    /// a second backup within the same second waits for the next one. Called
-    /// under the lock, so no other backup of this appliance races for it.
-    async fn unique_destination(
-        &self,
-        opts: &CreateOptions,
-    ) -> Result<(DateTime<Utc>, (Arc<dyn backup_storage::Storage>, String))> {
-        loop {
-            let created = Utc::now().trunc_subsecs(0);
-            let (storage, name) = self.destination(opts, created)?;
-            if opts.output.is_some() || !storage.exists(&name).await? {
-                return Ok((created, (storage, name)));
-            }
-            let to_next = 1000 - Utc::now().timestamp_subsec_millis().min(999);
-            tokio::time::sleep(std::time::Duration::from_millis(u64::from(to_next) + 5)).await;
-        }
-    }
-
-    /// Refuses a backup before any component is read when the storage is not
-    /// reachable, not writable, or reports less free space than the estimate.
-    async fn preflight(
-        &self,
-        storage: &Arc<dyn backup_storage::Storage>,
-        opts: &CreateOptions,
-    ) -> Result<()> {
-        let probe = format!(".backup-probe-{}", crate::util::random_tag());
-        storage
-            .put_bytes(
-                &probe,
-                bytes::Bytes::from_static(b"probe"),
-                PutMode::Overwrite,
-            )
-            .await
-            .map_err(|e| Error::Preflight(format!("the storage {storage} is not writable: {e}")))?;
-        let _ = storage.delete(&probe).await;
-        let estimate = self.estimate(opts)?;
-        if let Ok(cap) = storage.capacity().await {
-            if let Some(free) = cap.free {
-                if estimate > free {
-                    return Err(Error::Preflight(format!(
-                        "the selected components hold about {estimate} bytes and {storage} has {free} bytes free; free space or prune old images (backup prune)"
-                    )));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn log_path(&self, image: &str) -> PathBuf {
+    pub(crate) fn log_path(&self, image: &str) -> PathBuf {
         let base = image.rsplit('/').next().unwrap_or(image);
         self.state_dir().join(LOGS_DIR).join(format!("{base}.log"))
     }
@@ -412,7 +273,7 @@ impl Engine {
     }
 
     /// Applies the retention policy to this node's images (caller holds the lock).
-    async fn apply_retention(&self, dry_run: bool) -> Result<Vec<RetentionDecision>> {
+    pub(crate) async fn apply_retention(&self, dry_run: bool) -> Result<Vec<RetentionDecision>> {
         let storage = self
             .storage()
             .cloned()
@@ -530,151 +391,7 @@ impl Engine {
     }
 }
 
-/// Records a backup that failed or was refused (status, audit log) and runs
-/// the `on_failure` hook if the run had started (`run_hooks`); returns the
-/// error.
-fn backup_failed(
-    guard: &mut RunGuard<'_>,
-    image: Option<&str>,
-    e: Error,
-    run_hooks: bool,
-) -> Error {
-    let record = guard.failure_record(None, &e);
-    let _ = guard.record_end(Some(record), false);
-    guard.audit(
-        image.unwrap_or("-"),
-        e.kind().audit_outcome(),
-        0,
-        Some(e.to_string()),
-    );
-    if run_hooks {
-        guard.on_failure_hook(image.unwrap_or_default());
-    }
-    e
-}
-
 /// The audit outcome of an error.
 pub(crate) fn outcome_of(e: &Error) -> &'static str {
     e.kind().audit_outcome()
-}
-
-/// The components a published backup lacks, for messages (`None` if none).
-pub(crate) fn failed_components(report: &CreateReport) -> Option<String> {
-    let failed: Vec<&str> = report
-        .manifest
-        .components
-        .iter()
-        .filter(|c| c.outcome != Outcome::Success)
-        .map(|c| c.name.as_str())
-        .collect();
-    (!failed.is_empty()).then(|| format!("components failed: {}", failed.join(", ")))
-}
-
-fn record_error(report: &CreateReport) -> Option<String> {
-    let failed: Vec<String> = report
-        .manifest
-        .components
-        .iter()
-        .filter_map(|c| c.error.as_ref().map(|e| format!("{}: {e}", c.name)))
-        .collect();
-    (!failed.is_empty()).then(|| failed.join("; "))
-}
-
-/// Passes events on, keeps the status file's progress current (at most once
-/// a second) and writes the backup's log file.
-struct RunProgress {
-    inner: Arc<dyn Progress>,
-    store: StatusStore,
-    state: Mutex<(StatusFile, Instant)>,
-    log: Mutex<Option<std::io::BufWriter<std::fs::File>>>,
-}
-
-impl RunProgress {
-    fn new(
-        inner: Arc<dyn Progress>,
-        store: StatusStore,
-        status: StatusFile,
-        log_path: PathBuf,
-    ) -> RunProgress {
-        let log = log_path
-            .parent()
-            .and_then(|d| crate::util::create_private_dir(d).ok())
-            .and_then(|()| {
-                use std::os::unix::fs::OpenOptionsExt;
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .mode(0o600)
-                    .open(&log_path)
-                    .ok()
-            });
-        RunProgress {
-            inner,
-            store,
-            state: Mutex::new((status, Instant::now())),
-            log: Mutex::new(log.map(std::io::BufWriter::new)),
-        }
-    }
-
-    fn line(&self, text: String) {
-        if let Some(w) = self.log.lock().expect("log").as_mut() {
-            let _ = writeln!(w, "{} {text}", Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ"));
-            // Each line reaches the file at once: a crashed or killed run's
-            // log still shows how far it got.
-            let _ = w.flush();
-        }
-    }
-
-    /// Flushes the log and hands back the status for the final write.
-    fn finish(&self) -> StatusFile {
-        if let Some(mut w) = self.log.lock().expect("log").take() {
-            let _ = w.flush();
-        }
-        self.state.lock().expect("status").0.clone()
-    }
-}
-
-impl Progress for RunProgress {
-    fn event(&self, event: &Event) {
-        self.inner.event(event);
-        match event {
-            Event::Step { message } => self.line(message.clone()),
-            Event::ComponentStarted { component, kind } => {
-                self.line(format!("{component} ({kind}): started"))
-            }
-            Event::ComponentFinished {
-                component,
-                outcome,
-                entries,
-                bytes,
-                error,
-            } => self.line(match error {
-                Some(e) => format!("{component}: {outcome}: {e}"),
-                None => format!("{component}: {outcome}, {entries} entries, {bytes} bytes"),
-            }),
-            Event::Warning { component, message } => self.line(format!(
-                "warning: {}{message}",
-                component
-                    .as_ref()
-                    .map(|c| format!("{c}: "))
-                    .unwrap_or_default()
-            )),
-            _ => {}
-        }
-        let mut state = self.state.lock().expect("status");
-        let (status, last) = &mut *state;
-        if let Some(current) = status.current.as_mut() {
-            match event {
-                Event::ComponentStarted { component, .. } => {
-                    current.component = Some(component.clone())
-                }
-                Event::Bytes { bytes, .. } => current.bytes_done += bytes,
-                _ => {}
-            }
-        }
-        if last.elapsed().as_secs() >= 1 || matches!(event, Event::ComponentStarted { .. }) {
-            let _ = self.store.store(status);
-            *last = Instant::now();
-        }
-    }
 }

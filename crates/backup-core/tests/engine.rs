@@ -271,6 +271,57 @@ impl Component for Failing {
     }
 }
 
+/// A component that counts how often its applicability is probed.
+struct Probed(Arc<std::sync::atomic::AtomicUsize>);
+impl Component for Probed {
+    fn name(&self) -> &str {
+        "probed"
+    }
+    fn kind(&self) -> &str {
+        "test"
+    }
+    fn roots(&self) -> Vec<PathBuf> {
+        vec![]
+    }
+    fn applicability(&self) -> Applicability {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Applicability::Applicable
+    }
+    fn estimate_size(&self) -> Option<u64> {
+        Some(1)
+    }
+    fn snapshot(&self, sink: &mut dyn EntrySink, _: &Path) -> Result<(), SnapshotError> {
+        Failing.snapshot(sink, Path::new("/"))
+    }
+    fn restore(&self, _: &RestoreContext<'_>) -> Result<Box<dyn Committed>, String> {
+        Err("not restored in this test".into())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backup_probes_each_component_once_for_preflight_and_pipeline() -> Result<()> {
+    let (_d, demo) = demo()?;
+    let probes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let e = Engine::builder(demo.config.clone())
+        .component(
+            Arc::new(Probed(probes.clone())),
+            ComponentOptions::default(),
+        )
+        .build()?;
+    let report = e.create(&CreateOptions::default()).await?;
+    assert!(
+        report
+            .manifest
+            .components
+            .iter()
+            .any(|c| c.name == "probed"),
+        "{:?}",
+        report.manifest.components
+    );
+    assert_eq!(probes.load(std::sync::atomic::Ordering::SeqCst), 1);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_restore_rolls_back_what_was_placed() -> Result<()> {
     let (_d, demo) = demo()?;
