@@ -492,13 +492,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn init(cli: &Cli) -> anyhow::Result<ExitCode> {
-    let config = Config::load(&config_path(cli))?;
-    let state = &config.appliance.state_dir;
+    let engine = engine(cli)?;
+    let state = &engine.config().appliance.state_dir;
     let keyring = state.join(backup_core::KEYRING_FILE);
-    let started = std::time::Instant::now();
-    let result = (|| -> backup_core::Result<backup_crypto::KeyId> {
-        // Before asking for a secret that could not be used anyway.
-        backup_core::ensure_not_initialized(state)?;
+    let params: KdfParams = engine.config().encryption.kdf_params();
+    // The engine refuses an initialised appliance before asking for a
+    // secret that could not be used anyway.
+    let result = engine.init_keys(|| {
         let secret = CliSecret {
             file: cli.secret_file.clone(),
             env: Some(secret::SECRET_ENV),
@@ -506,7 +506,6 @@ fn init(cli: &Cli) -> anyhow::Result<ExitCode> {
         let pass = secret
             .passphrase("set the domain master secret (at least 8 characters)", true)?
             .ok_or_else(|| Error::PassphraseRequired("set the domain master secret".into()))?;
-        let params: KdfParams = config.encryption.kdf_params();
         if !cli.quiet {
             report::notice(
                 cli.json,
@@ -518,22 +517,8 @@ fn init(cli: &Cli) -> anyhow::Result<ExitCode> {
                 ),
             );
         }
-        backup_core::init_keys(state, &pass, params)
-    })();
-    let actor = backup_core::ops::audit::current_actor();
-    if let Err(e) = backup_core::audit_key_operation(
-        state,
-        &actor,
-        Operation::KeyInit,
-        "keyring",
-        &result,
-        started,
-    ) {
-        report::warn(
-            cli.json,
-            &format!("the audit log could not be written: {e}"),
-        );
-    }
+        Ok(pass)
+    });
     let id = result?;
     if cli.json {
         print_json(&serde_json::json!({ "key_id": id.to_string(), "state_dir": state }))?;

@@ -218,7 +218,7 @@ pub(crate) async fn create(engine: &Engine, opts: &CreateOptions) -> Result<Crea
             );
             guard.after_hook(report.outcome, &name, failed);
             if opts.output.is_none() && engine.config.retention.is_enabled() {
-                match engine.apply_retention(false).await {
+                match crate::retention::apply_retention(engine, false).await {
                     Ok(decisions) => {
                         report.pruned = decisions
                             .into_iter()

@@ -1,8 +1,10 @@
 //! The engine: plans and runs backups, verifies and restores images.
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use backup_crypto::{EncryptWriter, Header, ImageReader, Keyslot, MasterKey, HEADER_LEN};
 use backup_storage::{LocalStorage, PutMode, PutOptions, Storage, StorageExt};
@@ -11,19 +13,26 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+use crate::browse::{Browse, DownloadLink};
 use crate::component::{CommandComponent, Component, FilesComponent, SqliteComponent};
 use crate::config::{ComponentKind, Config};
+use crate::guard::{Operation, RunGuard};
 use crate::image::pipe;
 use crate::image::reader::{self, Visitor, WalkResult};
-use crate::image::writer::{ChannelWriter, Encoder, CHANNEL_DEPTH};
+use crate::image::writer::{ChannelWriter, CHANNEL_DEPTH};
 use crate::image::{
     parse_image_name, sidecar_name, BackupInfo, Manifest, Outcome, ParsedName, Selection, Sidecar,
-    IMAGE_EXT, MANIFEST_JSON,
+    IMAGE_EXT,
 };
-use crate::keys::{KeyFile, KeySource, Keys, NoPassphrase, PassphraseProvider};
-use crate::ops::retention::Coverage;
+use crate::keys::rewrap::RewrapResult;
+use crate::keys::{KeyFile, KeySource, Keys, NoPassphrase, PassphraseProvider, Rotation};
+use crate::ops::audit::{AuditLog, AuditRecord};
+use crate::ops::retention::{Coverage, RetentionDecision};
 use crate::progress::{Event, NoProgress, Progress};
+use crate::restore::{RestoreOptions, RestorePlan, RestoreReport};
+use crate::runs::{StatusView, LOGS_DIR};
 use crate::{Error, Result};
+use backup_crypto::{KeyId, Passphrase};
 
 /// Largest sidecar manifest read.
 const MAX_SIDECAR: u64 = 16 << 20;
@@ -379,6 +388,128 @@ impl Engine {
         crate::backup::create(self, opts).await
     }
 
+    /// What a retention run would delete (`dry_run`) or deletes, under the lock.
+    pub async fn prune(&self, dry_run: bool) -> Result<Vec<RetentionDecision>> {
+        crate::retention::prune(self, dry_run).await
+    }
+
+    /// Verifies an image (audited).
+    pub async fn verify(&self, image: &str) -> Result<VerifyReport> {
+        crate::verify::verify(self, image).await
+    }
+
+    /// Writes an image's decrypted payload to `out` (audited).
+    pub async fn decrypt(&self, image: &str, out: &Path) -> Result<u64> {
+        crate::transfer::decrypt(self, image, out).await
+    }
+
+    /// Seals a payload file into an image (audited), after reading it as
+    /// restore would: a payload restore would refuse is not sealed.
+    pub async fn encrypt(&self, input: &Path, out: &Path) -> Result<u64> {
+        crate::transfer::encrypt(self, input, out, false).await
+    }
+
+    /// Seals an edited payload into an image (audited as `encrypt`),
+    /// recording the payload's current content in its manifest: the image
+    /// then vouches for the edit. Everything else restore checks is checked.
+    pub async fn encrypt_rehash(&self, input: &Path, out: &Path) -> Result<u64> {
+        crate::transfer::encrypt(self, input, out, true).await
+    }
+
+    /// Downloads an image to a local file (atomically), for carrying it to a
+    /// replacement machine. Audited.
+    pub async fn fetch(&self, image: &str, out: &Path) -> Result<u64> {
+        crate::transfer::fetch(self, image, out).await
+    }
+
+    /// One level of the storage (or, for an image name, its details).
+    pub async fn browse(&self, path: &str) -> Result<Browse> {
+        crate::browse::browse(self, path).await
+    }
+
+    /// Presigned GET links for images (all images when `images` is empty).
+    /// Backends that cannot presign fail with a clear "unsupported" error.
+    /// Audited (the URLs themselves are never logged).
+    pub async fn links(&self, images: &[String], expires: Duration) -> Result<Vec<DownloadLink>> {
+        crate::browse::links(self, images, expires).await
+    }
+
+    /// Restores an image under the operation lock (audited, in the status).
+    pub async fn restore(&self, image: &str, opts: &RestoreOptions) -> Result<RestoreReport> {
+        crate::restore::run(self, image, opts).await
+    }
+
+    /// What restoring `image` with `opts` would replace, add, remove and
+    /// keep, writing nothing but the audit record (`restore.dry-run`).
+    pub async fn restore_plan(&self, image: &str, opts: &RestoreOptions) -> Result<RestorePlan> {
+        crate::restore::dry_run(self, image, opts).await
+    }
+
+    /// Replaces the keyslot in the headers of images (and their sidecars)
+    /// with the keyring's keyslot of the same master key under the current
+    /// secret — the current key's, or an earlier key's kept since a rotation —
+    /// in place, where the storage can rewrite objects (local and NFS); says
+    /// which it could not. An image keeps its master key: only who can
+    /// unwrap it from the header changes.
+    pub async fn rewrap(&self, images: &[String]) -> Result<Vec<(String, RewrapResult)>> {
+        crate::keys::rewrap::rewrap(self, images).await
+    }
+
+    /// Runs scheduled backups until `shutdown` turns true. A stop request
+    /// between runs ends at once; during a run, the running backup finishes
+    /// first (it is never left half-published). Runs missed while no daemon
+    /// was running are reported (warning, audit log), not replayed.
+    pub async fn run_daemon(&self, shutdown: tokio::sync::watch::Receiver<bool>) -> Result<()> {
+        crate::daemon::run(self, shutdown).await
+    }
+
+    /// Audits an operation a frontend carried out itself (key check/rotate).
+    pub fn audit_public<T>(
+        &self,
+        operation: Operation,
+        target: &str,
+        result: &Result<T>,
+        started: std::time::Instant,
+    ) {
+        crate::runs::audit_public(self, operation, target, result, started)
+    }
+
+    /// The log lines kept for a backup.
+    pub fn backup_log(&self, image: &str) -> Result<String> {
+        crate::runs::backup_log(self, image)
+    }
+
+    /// The status as an operator sees it.
+    pub fn status(&self) -> Result<StatusView> {
+        crate::runs::status(self)
+    }
+
+    /// Audit records since `since`.
+    pub fn audit_records(&self, since: Option<DateTime<Utc>>) -> Result<Vec<AuditRecord>> {
+        crate::runs::audit_records(self, since)
+    }
+
+    /// Sets the domain master secret of a new appliance (audited as
+    /// `key.init`); `passphrase` is asked only if the appliance has none yet.
+    pub fn init_keys(&self, passphrase: impl FnOnce() -> Result<Passphrase>) -> Result<KeyId> {
+        crate::keys::init(self, passphrase)
+    }
+
+    /// Checks a secret against the keyring (audited as `key.check`).
+    pub fn check_key(&self, current: impl FnOnce() -> Result<Passphrase>) -> Result<KeyId> {
+        crate::keys::check(self, current)
+    }
+
+    /// Replaces the domain master secret, keeping the previous master key in
+    /// the keyring (audited as `key.rotate`, refused attempts included).
+    pub fn rotate_key(
+        &self,
+        current: impl FnOnce() -> Result<Passphrase>,
+        new: impl FnOnce() -> Result<Passphrase>,
+    ) -> Result<Rotation> {
+        crate::keys::rotate(self, current, new)
+    }
+
     /// The configuration.
     pub fn config(&self) -> &Config {
         &self.config
@@ -730,113 +861,79 @@ impl Engine {
             source: "image",
         })
     }
+}
 
-    /// Decrypts and decompresses a whole image and checks every component
-    /// against the manifest (and the sidecar, if any), writing nothing.
-    pub(crate) async fn verify_image(&self, image: &str) -> Result<VerifyReport> {
-        let loc = self.locate(image);
-        self.progress.event(&Event::Step {
-            message: format!("verifying {}", loc.shown()),
-        });
-        let (walked, size, _) = self.walk_image(&loc, NullVisitor).await?;
-        if let ImageLoc::Stored(name) = &loc {
-            if let Some(s) = self.sidecar(name).await? {
-                // The image is what restores; a wrong index is worth a
-                // warning, not a failed verification.
-                if s.manifest != walked.manifest || s.info != walked.info {
-                    self.progress.event(&Event::Warning {
-                        component: None,
-                        message: format!(
-                            "the sidecar manifest {} does not match the image's own manifest; \
-                             the image verified, list and show may describe it wrongly",
-                            sidecar_name(name)
-                        ),
-                    });
-                }
-            }
+/// Services the operation modules share: the state directory, the audit
+/// log, warnings, scratch space and backup logs.
+impl Engine {
+    pub(crate) fn state_dir(&self) -> &Path {
+        &self.config.appliance.state_dir
+    }
+    pub(crate) fn audit_log(&self) -> AuditLog {
+        AuditLog::in_state_dir(self.state_dir())
+    }
+    /// Appends an audit record; a failure to write it is reported, not fatal.
+    pub(crate) fn audit(
+        &self,
+        operation: &str,
+        target: &str,
+        outcome: &str,
+        bytes: u64,
+        started: Instant,
+        error: Option<String>,
+    ) {
+        let record = AuditRecord {
+            time: Utc::now(),
+            actor: self.actor.clone(),
+            operation: operation.to_string(),
+            target: target.to_string(),
+            outcome: outcome.to_string(),
+            bytes,
+            duration_ms: started.elapsed().as_millis() as u64,
+            error,
+        };
+        if let Err(e) = self.audit_log().append(&record) {
+            self.warn(format!("the audit log could not be written: {e}"));
         }
-        let verified = walked
-            .manifest
-            .components
-            .iter()
-            .filter(|r| r.outcome == Outcome::Success)
-            .map(|r| r.name.clone())
-            .collect();
-        Ok(VerifyReport {
-            image: loc.shown(),
-            size,
-            info: walked.info,
-            manifest: walked.manifest,
-            verified,
-        })
     }
-
-    /// Writes the decrypted payload (a standard `.tar.gz`) to `out`. The file
-    /// holds the appliance's secrets in clear. Nothing is left under `out` if
-    /// the image fails authentication.
-    pub(crate) async fn decrypt_image(&self, image: &str, out: &Path) -> Result<u64> {
-        let loc = self.locate(image);
-        let (raw, _) = self.open_raw(&loc).await?;
-        let keys = self.keys.clone();
-        let shown = loc.shown();
-        let out = out.to_path_buf();
-        tokio::task::spawn_blocking(move || {
-            let reader = ImageReader::new(raw)?;
-            let mut payload = keys.unlock(reader, &shown)?;
-            crate::util::write_stream_atomic(&out, 0o600, |w| {
-                std::io::copy(&mut payload, w)
-                    .map_err(|e| Error::from_pipeline_io("decrypting the image", e))
-            })
-        })
-        .await
-        .map_err(join_error)?
+    /// A warning for the operator, through the progress sink.
+    pub(crate) fn warn(&self, message: String) {
+        self.progress.event(&Event::Warning {
+            component: None,
+            message,
+        });
     }
-
-    /// Seals a payload file (a `.tar.gz` as written by [`Engine::decrypt`])
-    /// into an image at `out`, under this appliance's master key.
-    ///
-    /// The payload is first read as restore would read it, and refused if
-    /// restore would refuse it. With `rehash`, the manifest is recomputed
-    /// from the payload's entries instead of checked against them — for a
-    /// payload edited on purpose; the image then vouches for the edit.
-    pub(crate) async fn encrypt_file(&self, input: &Path, out: &Path, rehash: bool) -> Result<u64> {
-        let (mk, slot) = self.keys.for_writing()?;
-        let path = input.to_path_buf();
-        let rewrite = tokio::task::spawn_blocking(move || check_payload(&path, rehash))
-            .await
-            .map_err(join_error)??;
-        let mut file = std::fs::File::open(input)
-            .map_err(|e| Error::io(format!("opening {}", input.display()), e))?;
-        let (storage, name) = local_destination(out, self.file_group)?;
-        let created = Utc::now().timestamp();
-        let what = input.display().to_string();
-        let image = &self.config.image;
-        let (level, threads) = (image.effective_level(), image.effective_threads());
-        let configured = image.compression;
-        let ((), size) = write_sealed(
-            storage,
-            name,
-            mk,
-            slot,
-            DateTime::from_timestamp(created, 0).unwrap_or_default(),
-            move |w| match rewrite {
-                None => std::io::copy(&mut file, w)
-                    .map(|_| ())
-                    .map_err(|e| Error::io(format!("reading {what}"), e)),
-                Some((info, manifest)) => {
-                    let level = if info.compression == configured {
-                        level
-                    } else {
-                        info.compression.default_level()
-                    };
-                    let encoder = Encoder::with_threads(w, info.compression, level, threads)
-                        .map_err(|e| Error::from_pipeline_io("writing the image", e))?;
-                    rewrite_payload(&mut file, encoder, &manifest, &what)
-                }
-            },
-        )
-        .await?;
-        Ok(size)
+    /// Runs `fut` as `op` on `target` (see [`RunGuard`]), audited.
+    pub(crate) async fn audited<T, F>(
+        &self,
+        op: Operation,
+        target: &str,
+        bytes: impl Fn(&T) -> u64,
+        fut: F,
+    ) -> Result<T>
+    where
+        F: Future<Output = Result<T>>,
+    {
+        let guard = RunGuard::start(self, op, target)?;
+        let result = fut.await;
+        guard.audit_result(target, &result, bytes);
+        result
+    }
+    /// Removes scratch space left by runs that are gone (see
+    /// [`crate::util::remove_stale_scratch`]), saying so.
+    pub(crate) fn remove_stale_scratch(&self, holding_lock: bool) {
+        for path in crate::util::remove_stale_scratch(self.state_dir(), holding_lock) {
+            self.progress.event(&Event::Step {
+                message: format!(
+                    "removed the scratch space of a run that is gone: {}",
+                    path.display()
+                ),
+            });
+        }
+    }
+    pub(crate) fn log_path(&self, image: &str) -> PathBuf {
+        let base = image.rsplit('/').next().unwrap_or(image);
+        self.state_dir().join(LOGS_DIR).join(format!("{base}.log"))
     }
 }
 
@@ -866,103 +963,6 @@ fn sidecar_damage(e: &Error) -> String {
         }
         other => format!("does not open ({other})"),
     }
-}
-
-/// Reads a payload file as restore would. Without `rehash`, anything restore
-/// would refuse is refused; with it, everything but the comparison with the
-/// manifest is checked, and the manifest with the digests the payload's
-/// entries have now is returned.
-fn check_payload(path: &Path, rehash: bool) -> Result<Option<(BackupInfo, Manifest)>> {
-    let shown = path.display();
-    let file = std::fs::File::open(path).map_err(|e| Error::io(format!("opening {shown}"), e))?;
-    let refused = |e: Error, hint: &str| {
-        Error::Input(format!(
-            "{shown} was not sealed, because restore would refuse it: {e}{hint}"
-        ))
-    };
-    let walked = reader::walk_entries(std::io::BufReader::new(file), &mut NullVisitor)
-        .map_err(|e| refused(e, ""))?;
-    if !rehash {
-        walked.checked().map_err(|e| {
-            refused(
-                e,
-                "; if the payload was edited on purpose, pass --rehash to record its new content in its manifest",
-            )
-        })?;
-        return Ok(None);
-    }
-    let mut manifest = walked.manifest.clone().ok_or_else(|| {
-        refused(
-            Error::InvalidImage("it has no manifest.json to recompute".into()),
-            "",
-        )
-    })?;
-    for record in &mut manifest.components {
-        if record.outcome != Outcome::Success {
-            continue;
-        }
-        let digest = walked
-            .digests
-            .get(&record.name)
-            .cloned()
-            .unwrap_or_default();
-        record.entries = digest.entries();
-        record.bytes = digest.bytes();
-        record.sha256 = digest.hex();
-    }
-    reader::check_manifest(&walked.info, &manifest, &walked.digests).map_err(|e| refused(e, ""))?;
-    Ok(Some((walked.info, manifest)))
-}
-
-/// Copies a payload's tar entries into `out` with `manifest` in place of its
-/// `manifest.json`, keeping every field the digests cover.
-fn rewrite_payload<W: Write>(
-    input: &mut std::fs::File,
-    out: Encoder<W>,
-    manifest: &Manifest,
-    what: &str,
-) -> Result<()> {
-    let read_err = |e| Error::io(format!("reading {what}"), e);
-    let write_err = |e| Error::from_pipeline_io("writing the image", e);
-    let decoded = reader::decoder(std::io::BufReader::new(input)).map_err(read_err)?;
-    let mut archive = tar::Archive::new(decoded);
-    let mut builder = tar::Builder::new(out);
-    for entry in archive.entries().map_err(read_err)? {
-        let mut entry = entry.map_err(read_err)?;
-        let path = entry.path().map_err(read_err)?.into_owned();
-        // The walk read these fields of every component entry already; the
-        // JSON entries the engine writes leave owner fields empty.
-        let old = entry.header();
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(old.entry_type());
-        h.set_mode(old.mode().unwrap_or(0o600));
-        h.set_mtime(old.mtime().unwrap_or(0));
-        h.set_uid(old.uid().unwrap_or(0));
-        h.set_gid(old.gid().unwrap_or(0));
-        if path == Path::new(MANIFEST_JSON) {
-            let data = serde_json::to_vec_pretty(manifest).expect("a manifest serialises");
-            h.set_size(data.len() as u64);
-            builder
-                .append_data(&mut h, &path, &data[..])
-                .map_err(write_err)?;
-        } else if let Some(link) = entry.link_name().map_err(read_err)? {
-            let link = link.into_owned();
-            h.set_size(0);
-            builder
-                .append_link(&mut h, &path, &link)
-                .map_err(write_err)?;
-        } else {
-            h.set_size(entry.size());
-            builder
-                .append_data(&mut h, &path, &mut entry)
-                .map_err(write_err)?;
-        }
-    }
-    builder
-        .into_inner()
-        .and_then(|e| e.finish())
-        .map_err(write_err)?;
-    Ok(())
 }
 
 /// A visitor that only lets the walk check things.

@@ -43,6 +43,8 @@ pub enum Operation {
     KeyCheck,
     /// Replacing the domain master secret.
     KeyRotate,
+    /// Giving images a keyslot under the current secret.
+    KeyRewrap,
 }
 
 impl Operation {
@@ -72,6 +74,7 @@ impl Operation {
             Operation::KeyInit => "key.init",
             Operation::KeyCheck => "key.check",
             Operation::KeyRotate => "key.rotate",
+            Operation::KeyRewrap => "key.rewrap",
         }
     }
 

@@ -25,6 +25,7 @@
 #![warn(missing_docs)]
 
 mod backup;
+mod browse;
 mod component;
 mod config;
 mod daemon;
@@ -36,16 +37,19 @@ mod error;
 pub mod fuzzing;
 mod guard;
 pub mod image;
-mod keyops;
 mod keys;
 mod lazy_storage;
 pub mod ops;
 mod progress;
 mod restore;
+mod retention;
 mod runs;
 mod storage_ops;
+mod transfer;
 mod util;
+mod verify;
 
+pub use browse::{Access, Browse, BrowseImage, BrowseView, DownloadLink};
 pub use component::{
     Applicability, CommandComponent, Committed, Component, EntryMeta, EntrySink, FilesComponent,
     RestoreContext, SnapshotError, SqliteComponent,
@@ -62,7 +66,7 @@ pub use engine::{
 pub use error::{Error, ErrorKind, Result};
 pub use guard::Operation;
 pub use image::Outcome;
-pub use keyops::RewrapResult;
+pub use keys::rewrap::RewrapResult;
 pub use keys::{
     audit_key_operation, check_passphrase, ensure_not_initialized, init_keys, rotate_keys,
     EarlierKey, KeyFile, KeySource, Keyring, NoPassphrase, PassphraseProvider, Rotation,
@@ -74,6 +78,5 @@ pub use restore::{
     PLAN_PATHS_KEPT,
 };
 pub use runs::{StatusView, LOGS_DIR};
-pub use storage_ops::{Access, Browse, BrowseImage, BrowseView, DownloadLink};
 
 pub use backup_crypto::{KdfParams, MasterKey, Passphrase};

@@ -211,6 +211,41 @@ async fn errors_are_classified_by_kind_and_audited_by_it() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn key_operations_run_through_the_engine_and_are_audited() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let demo = build_demo(&dir.path().join("demo"), 19)?;
+    let e = engine(&demo.config)?;
+    let id = e.init_keys(|| Ok(Passphrase::new(SECRET.into())?))?;
+    assert_eq!(e.check_key(|| Ok(Passphrase::new(SECRET.into())?))?, id);
+    // An initialised appliance is refused before a secret is asked for.
+    let err = e
+        .init_keys(|| panic!("no secret is asked for"))
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    let err = e
+        .rotate_key(
+            || Ok(Passphrase::new(SECRET.into())?),
+            || Ok(Passphrase::new("short".into())?),
+        )
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Input, "{err}");
+    let keys: Vec<(String, String)> = e
+        .audit_records(None)?
+        .into_iter()
+        .filter(|r| r.operation.starts_with("key."))
+        .map(|r| (r.operation, r.outcome))
+        .collect();
+    let want = [
+        ("key.init", "done"),
+        ("key.check", "done"),
+        ("key.init", "refused"),
+        ("key.rotate", "refused"),
+    ];
+    assert_eq!(keys, want.map(|(o, r)| (o.to_string(), r.to_string())));
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn not_applicable_components() -> Result<()> {
     let (_d, demo) = demo()?;
