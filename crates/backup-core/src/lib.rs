@@ -39,6 +39,7 @@ mod guard;
 pub mod image;
 mod keys;
 mod lazy_storage;
+mod model;
 pub mod ops;
 mod progress;
 mod restore;

@@ -2,7 +2,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Compression, Role};
+use crate::model::{Compression, Role};
 
 /// Version of the payload layout (`backup.json` … `manifest.json`).
 pub const PAYLOAD_FORMAT: u32 = 1;
