@@ -209,8 +209,13 @@ backup browse gw-20261122T020000Z_gw-1_standalone.bkp")]
         /// Image name
         image: String,
     },
-    /// Delete images the [retention] policy does not keep (audited)
-    #[command(after_help = "Examples:\n  backup prune --dry-run\n  backup prune")]
+    /// Delete images the retention policy does not keep (audited)
+    // The help names the config section as written, which a doc comment
+    // cannot (rustdoc would take `[retention]` for a link).
+    #[command(
+        about = "Delete images the [retention] policy does not keep (audited)",
+        after_help = "Examples:\n  backup prune --dry-run\n  backup prune"
+    )]
     Prune {
         /// Only list what would be deleted
         #[arg(long)]
