@@ -29,6 +29,7 @@ mod browse;
 mod component;
 mod config;
 mod daemon;
+#[cfg(feature = "demo")]
 pub mod demo;
 mod engine;
 mod error;
@@ -66,13 +67,18 @@ pub use engine::{
 };
 pub use error::{Error, ErrorKind, Result};
 pub use guard::Operation;
-pub use image::Outcome;
+pub use image::{
+    BackupInfo, ComponentRecord, Manifest, Outcome, PlannedComponent, Selection, Sidecar,
+};
 pub use keys::rewrap::RewrapResult;
 pub use keys::{
     audit_key_operation, check_passphrase, ensure_not_initialized, init_keys, rotate_keys,
     EarlierKey, KeyFile, KeySource, Keyring, NoPassphrase, PassphraseProvider, Rotation,
     KEYRING_FILE, KEY_FILE,
 };
+pub use ops::audit::AuditRecord;
+pub use ops::retention::{RetentionDecision, RetentionPolicy};
+pub use ops::status::{CurrentRun, RunRecord};
 pub use progress::{Event, NoProgress, Progress};
 pub use restore::{
     ComponentPlan, PathList, RestoreApproval, RestoreOptions, RestorePlan, RestoreReport,

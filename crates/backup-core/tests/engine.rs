@@ -141,6 +141,9 @@ async fn selection_errors_are_input_errors() -> Result<()> {
     );
     opts.components = vec!["audits".into(), "maindb".into()];
     let report = e.create(&opts).await?;
+    let info: &backup_core::BackupInfo = &report.info;
+    let manifest: &backup_core::Manifest = &report.manifest;
+    assert_eq!(info.components.len(), manifest.components.len());
     assert_eq!(report.info.components.len(), 2);
     Ok(())
 }
@@ -201,8 +204,8 @@ async fn errors_are_classified_by_kind_and_audited_by_it() -> Result<()> {
     assert_eq!(err.kind(), ErrorKind::Input);
 
     // The audit log records each outcome by the error's kind.
-    let verifies: Vec<String> = e
-        .audit_records(None)?
+    let records: Vec<backup_core::AuditRecord> = e.audit_records(None)?;
+    let verifies: Vec<String> = records
         .into_iter()
         .filter(|r| r.operation == "verify")
         .map(|r| r.outcome)
