@@ -103,7 +103,7 @@ pub(crate) async fn browse(engine: &Engine, path: &str) -> Result<Browse> {
     let storage = need_storage(engine, "browse")?.clone();
     let path = path.trim_start_matches('/');
     if path.ends_with(IMAGE_EXT) {
-        return engine.show(path).await.map(Browse::Backup);
+        return crate::images::show(engine, path).await.map(Browse::Backup);
     }
     let prefix = if path.is_empty() || path.ends_with('/') {
         path.to_string()
@@ -142,7 +142,10 @@ pub(crate) async fn browse(engine: &Engine, path: &str) -> Result<Browse> {
     let mut others = Vec::new();
     for obj in listing.objects {
         if obj.name.ends_with(IMAGE_EXT) {
-            let sidecar = engine.sidecar(&obj.name).await.ok().flatten();
+            let sidecar = crate::images::sidecar(engine, &obj.name)
+                .await
+                .ok()
+                .flatten();
             images.push(BrowseImage {
                 name: obj.name,
                 size: obj.size,
@@ -189,14 +192,18 @@ pub(crate) async fn links(
             }));
         }
         let names: Vec<String> = if images.is_empty() {
-            engine.list().await?.into_iter().map(|i| i.name).collect()
+            crate::images::list(engine)
+                .await?
+                .into_iter()
+                .map(|i| i.name)
+                .collect()
         } else {
             images.to_vec()
         };
         let mut out = Vec::new();
         for name in names {
             let meta = storage.head(&name).await?;
-            let sidecar = engine.sidecar(&name).await.ok().flatten();
+            let sidecar = crate::images::sidecar(engine, &name).await.ok().flatten();
             let parsed = parse_image_name(&engine.config.storage.prefix, &name);
             let url = storage.presign_get(&name, expires).await?;
             out.push(DownloadLink {

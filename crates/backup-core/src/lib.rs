@@ -38,6 +38,7 @@ mod error;
 pub mod fuzzing;
 mod guard;
 pub mod image;
+mod images;
 mod keys;
 mod lazy_storage;
 mod model;

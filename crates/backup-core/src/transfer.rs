@@ -17,7 +17,7 @@ use crate::{Error, Result};
 /// replacement machine. Audited.
 pub(crate) async fn fetch(engine: &Engine, image: &str, out: &Path) -> Result<u64> {
     let fetch = async {
-        let loc = engine.locate(image);
+        let loc = crate::images::locate(engine, image);
         let ImageLoc::Stored(name) = &loc else {
             return Err(Error::Input(format!(
                 "{image} is a local file already; copy it with cp"
@@ -76,8 +76,8 @@ pub(crate) async fn encrypt(
 /// holds the appliance's secrets in clear. Nothing is left under `out` if
 /// the image fails authentication.
 async fn decrypt_image(engine: &Engine, image: &str, out: &Path) -> Result<u64> {
-    let loc = engine.locate(image);
-    let (raw, _) = engine.open_raw(&loc).await?;
+    let loc = crate::images::locate(engine, image);
+    let (raw, _) = crate::images::open_raw(engine, &loc).await?;
     let keys = engine.keys.clone();
     let shown = loc.shown();
     let out = out.to_path_buf();

@@ -21,13 +21,13 @@ pub(crate) async fn verify(engine: &Engine, image: &str) -> Result<VerifyReport>
 /// Decrypts and decompresses a whole image and checks every component
 /// against the manifest (and the sidecar, if any), writing nothing.
 async fn verify_image(engine: &Engine, image: &str) -> Result<VerifyReport> {
-    let loc = engine.locate(image);
+    let loc = crate::images::locate(engine, image);
     engine.progress.event(&Event::Step {
         message: format!("verifying {}", loc.shown()),
     });
-    let (walked, size, _) = engine.walk_image(&loc, NullVisitor).await?;
+    let (walked, size, _) = crate::images::walk_image(engine, &loc, NullVisitor).await?;
     if let ImageLoc::Stored(name) = &loc {
-        if let Some(s) = engine.sidecar(name).await? {
+        if let Some(s) = crate::images::sidecar(engine, name).await? {
             // The image is what restores; a wrong index is worth a
             // warning, not a failed verification.
             if s.manifest != walked.manifest || s.info != walked.info {

@@ -42,7 +42,7 @@ pub(crate) async fn rewrap(
     let mut out = Vec::new();
     for image in images {
         let started = Instant::now();
-        let loc = engine.locate(image);
+        let loc = crate::images::locate(engine, image);
         let mut result = rewrap_one(engine, &loc, &ring).await;
         if let (
             Ok(RewrapResult::Rewrapped | RewrapResult::AlreadyCurrent),

@@ -193,10 +193,10 @@ async fn restore_image(
     image: &str,
     opts: &RestoreOptions,
 ) -> Result<RestoreReport> {
-    let loc = engine.locate(image);
+    let loc = crate::images::locate(engine, image);
     // Pre-checks from the sidecar, before downloading anything.
     if let ImageLoc::Stored(name) = &loc {
-        if let Some(s) = engine.sidecar(name).await? {
+        if let Some(s) = crate::images::sidecar(engine, name).await? {
             precheck(engine, &s.info, opts)?;
             check_selection(&s.info, Some(&s.manifest.components), &opts.components)?;
         }
@@ -223,7 +223,7 @@ async fn restore_image(
     engine.progress.event(&Event::Step {
         message: format!("reading and staging {}", loc.shown()),
     });
-    let walked = engine.walk_image(&loc, visitor).await;
+    let walked = crate::images::walk_image(engine, &loc, visitor).await;
     let (walked, _, mut visitor) = match walked {
         Ok(w) => w,
         Err(e) => return Err(e),
@@ -315,9 +315,9 @@ async fn restore_image(
 /// the same pre-checks and manifest checks as a restore and compares each
 /// selected component with what is at its destination now.
 async fn plan_restore(engine: &Engine, image: &str, opts: &RestoreOptions) -> Result<RestorePlan> {
-    let loc = engine.locate(image);
+    let loc = crate::images::locate(engine, image);
     if let ImageLoc::Stored(name) = &loc {
-        if let Some(s) = engine.sidecar(name).await? {
+        if let Some(s) = crate::images::sidecar(engine, name).await? {
             precheck(engine, &s.info, opts)?;
             check_selection(&s.info, Some(&s.manifest.components), &opts.components)?;
         }
@@ -332,7 +332,7 @@ async fn plan_restore(engine: &Engine, image: &str, opts: &RestoreOptions) -> Re
     engine.progress.event(&Event::Step {
         message: format!("reading {} to plan the restore", loc.shown()),
     });
-    let (walked, _, visitor) = engine.walk_image(&loc, visitor).await?;
+    let (walked, _, visitor) = crate::images::walk_image(engine, &loc, visitor).await?;
     let (to_commit, skipped_failed) = decide(&walked, &visitor.selected, &opts.components)?;
     let mut steps = Vec::new();
     for p in ordered_for_commit(&to_commit) {
