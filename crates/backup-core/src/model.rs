@@ -1,5 +1,6 @@
-//! Types shared by the configuration and the image format, below both: a
-//! node's role and the payload codec.
+//! Types shared by the configuration, the image format, components and
+//! progress events, below all of them: a node's role, the payload codec, a
+//! planned component and an outcome.
 use serde::{Deserialize, Serialize};
 
 /// A node's role, carried in image names.
@@ -88,4 +89,48 @@ pub fn default_threads() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
+}
+
+/// A component as planned, with what restore needs to know up front.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedComponent {
+    /// Name.
+    pub name: String,
+    /// Kind (`files`, `sqlite`, `command`, or a custom kind).
+    pub kind: String,
+    /// Absolute paths the component's entries live under (empty for `command`).
+    #[serde(default)]
+    pub roots: Vec<String>,
+}
+
+/// Result of one component, or of a whole backup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Everything was captured.
+    Success,
+    /// Some components failed; the rest were captured.
+    Partial,
+    /// Nothing usable was captured.
+    Failed,
+    /// Not run (another backup was running, or not applicable on this node).
+    Skipped,
+}
+
+impl Outcome {
+    /// Lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Partial => "partial",
+            Outcome::Failed => "failed",
+            Outcome::Skipped => "skipped",
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
