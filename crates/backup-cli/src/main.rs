@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use backup_core::{
-    Compression, Config, CreateOptions, Engine, Error, ImageDetails, KdfParams, Outcome,
-    PassphraseProvider, RestoreOptions,
+    Compression, Config, CreateOptions, Engine, Error, ErrorKind, ImageDetails, KdfParams,
+    Operation, Outcome, PassphraseProvider, RestoreOptions,
 };
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
@@ -210,8 +210,13 @@ backup browse gw-20261122T020000Z_gw-1_standalone.bkp")]
         /// Image name
         image: String,
     },
-    /// Delete images the [retention] policy does not keep (audited)
-    #[command(after_help = "Examples:\n  backup prune --dry-run\n  backup prune")]
+    /// Delete images the retention policy does not keep (audited)
+    // The help names the config section as written, which a doc comment
+    // cannot (rustdoc would take `[retention]` for a link).
+    #[command(
+        about = "Delete images the [retention] policy does not keep (audited)",
+        after_help = "Examples:\n  backup prune --dry-run\n  backup prune"
+    )]
     Prune {
         /// Only list what would be deleted
         #[arg(long)]
@@ -338,15 +343,13 @@ fn main() -> ExitCode {
         // nothing is wrong, and there is nobody left to tell.
         Err(e) if e.chain().any(|c| c.is::<report::StdoutClosed>()) => ExitCode::SUCCESS,
         Err(e) => {
-            let message = format!("{e:#}");
             if json {
-                let doc = serde_json::json!({
-                    "error": { "kind": error_kind(&e), "message": message }
-                });
+                let doc = error_document(&e);
                 if print_json(&doc).is_err() {
                     let _ = writeln!(std::io::stderr(), "{doc}");
                 }
             } else {
+                let message = format!("{e:#}");
                 let _ = writeln!(std::io::stderr(), "error: {}", escape_control(&message));
             }
             ExitCode::from(exit_code(&e))
@@ -365,67 +368,42 @@ fn usage_error(e: clap::Error) -> ExitCode {
     }
     let text = e.render().to_string();
     let message = text.trim().trim_start_matches("error: ");
-    let doc = serde_json::json!({ "error": { "kind": "usage", "message": message } });
+    let doc = serde_json::json!({
+        "error": { "kind": "usage", "class": "input", "message": message }
+    });
     let _ = print_json(&doc);
     ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(EXIT_USAGE))
 }
 
-/// The exit code of a failed command (see the top of this file).
-fn exit_code(e: &anyhow::Error) -> u8 {
-    for cause in e.chain() {
-        if let Some(core) = cause.downcast_ref::<Error>() {
-            return match core {
-                Error::Busy(_) => EXIT_SKIPPED,
-                // A storage URL is configuration: the operator's to fix.
-                Error::Storage(backup_storage::Error::InvalidUrl { .. }) => EXIT_USAGE,
-                c if c.is_input_error() => EXIT_USAGE,
-                _ => 1,
-            };
-        }
-        if let Some(backup_storage::Error::InvalidUrl { .. }) = cause.downcast_ref() {
-            return EXIT_USAGE;
-        }
-        if let Some(backup_crypto::Error::PassphraseTooShort { .. }) = cause.downcast_ref() {
-            return EXIT_USAGE;
-        }
-    }
-    1
+/// The engine's classification of a failed command: the kind and name of
+/// the first error in the chain that the engine, its storage or its
+/// encryption raised; `None` for anything else (exit code 1, kind `other`).
+fn classify(e: &anyhow::Error) -> Option<(ErrorKind, &'static str)> {
+    e.chain().find_map(Error::classify)
 }
 
-/// The `kind` of a JSON error: the name of the engine's error variant in
-/// snake case (`wrong_passphrase`, `not_found`, `version_mismatch`, …;
-/// crypto and storage errors by their own variant), or `other`.
-fn error_kind(e: &anyhow::Error) -> String {
-    fn variant(debug: String) -> String {
-        let name: String = debug
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric())
-            .collect();
-        let mut out = String::new();
-        for (i, c) in name.chars().enumerate() {
-            if c.is_ascii_uppercase() && i > 0 {
-                out.push('_');
-            }
-            out.push(c.to_ascii_lowercase());
-        }
-        out
+/// The exit code of a failed command (see the top of this file): the one
+/// place that maps errors to exit codes.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    match classify(e).map(|(kind, _)| kind) {
+        Some(ErrorKind::Busy) => EXIT_SKIPPED,
+        Some(kind) if kind.is_callers_to_fix() => EXIT_USAGE,
+        _ => 1,
     }
-    for cause in e.chain() {
-        if let Some(core) = cause.downcast_ref::<Error>() {
-            return match core {
-                Error::Crypto(c) => variant(format!("{c:?}")),
-                Error::Storage(s) => variant(format!("{s:?}")),
-                other => variant(format!("{other:?}")),
-            };
-        }
-        if let Some(c) = cause.downcast_ref::<backup_crypto::Error>() {
-            return variant(format!("{c:?}"));
-        }
-        if let Some(s) = cause.downcast_ref::<backup_storage::Error>() {
-            return variant(format!("{s:?}"));
-        }
-    }
-    "other".into()
+}
+
+/// The `--json` error document: `kind` names the specific error
+/// (`wrong_passphrase`, `not_found`, `version_mismatch`, …, or `other`),
+/// `class` its [`ErrorKind`] (`input`, `config`, `not_found`, `conflict`,
+/// `refused`, `busy`, `failed`, or `other`).
+fn error_document(e: &anyhow::Error) -> serde_json::Value {
+    let (class, kind) = match classify(e) {
+        Some((kind, name)) => (kind.as_str(), name),
+        None => ("other", "other"),
+    };
+    serde_json::json!({
+        "error": { "kind": kind, "class": class, "message": format!("{e:#}") }
+    })
 }
 
 /// `--config`, else `$BACKUP_CONFIG` (both through clap), else
@@ -520,13 +498,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn init(cli: &Cli) -> anyhow::Result<ExitCode> {
-    let config = Config::load(&config_path(cli))?;
-    let state = &config.appliance.state_dir;
+    let engine = engine(cli)?;
+    let state = &engine.config().appliance.state_dir;
     let keyring = state.join(backup_core::KEYRING_FILE);
-    let started = std::time::Instant::now();
-    let result = (|| -> backup_core::Result<backup_crypto::KeyId> {
-        // Before asking for a secret that could not be used anyway.
-        backup_core::ensure_not_initialized(state)?;
+    let params: KdfParams = engine.config().encryption.kdf_params();
+    // The engine refuses an initialised appliance before asking for a
+    // secret that could not be used anyway.
+    let result = engine.init_keys(|| {
         let secret = CliSecret {
             file: cli.secret_file.clone(),
             env: Some(secret::SECRET_ENV),
@@ -534,7 +512,6 @@ fn init(cli: &Cli) -> anyhow::Result<ExitCode> {
         let pass = secret
             .passphrase("set the domain master secret (at least 8 characters)", true)?
             .ok_or_else(|| Error::PassphraseRequired("set the domain master secret".into()))?;
-        let params: KdfParams = config.encryption.kdf_params();
         if !cli.quiet {
             report::notice(
                 cli.json,
@@ -546,17 +523,8 @@ fn init(cli: &Cli) -> anyhow::Result<ExitCode> {
                 ),
             );
         }
-        backup_core::init_keys(state, &pass, params)
-    })();
-    let actor = backup_core::ops::audit::current_actor();
-    if let Err(e) =
-        backup_core::audit_key_operation(state, &actor, "key.init", "keyring", &result, started)
-    {
-        report::warn(
-            cli.json,
-            &format!("the audit log could not be written: {e}"),
-        );
-    }
+        Ok(pass)
+    });
     let id = result?;
     if cli.json {
         print_json(&serde_json::json!({ "key_id": id.to_string(), "state_dir": state }))?;
@@ -852,7 +820,12 @@ async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<ExitCode> {
                     dry_run_command(args)
                 )));
                 let target = opts.audit_target(&args.image, None);
-                engine.audit_public("restore", &target, &refused, std::time::Instant::now());
+                engine.audit_public(
+                    Operation::Restore,
+                    &target,
+                    &refused,
+                    std::time::Instant::now(),
+                );
                 return refused.map_err(Into::into);
             }
             opts.approval = Some(Arc::new(report::AskOnTerminal));
@@ -1034,4 +1007,81 @@ fn manpage(json: bool) -> anyhow::Result<ExitCode> {
         report::write_raw(&roff)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_and_json_errors_follow_the_engine_error_kind() {
+        let cases: Vec<(anyhow::Error, u8, &str, &str)> = vec![
+            (Error::Input("bad".into()).into(), 2, "input", "input"),
+            (
+                Error::NotFound("no log".into()).into(),
+                2,
+                "not_found",
+                "not_found",
+            ),
+            (
+                Error::from(backup_storage::Error::NotFound {
+                    what: "x.bkp".into(),
+                    source: None,
+                })
+                .into(),
+                2,
+                "not_found",
+                "not_found",
+            ),
+            (
+                Error::AlreadyInitialized("/state/keyring.json".into()).into(),
+                2,
+                "conflict",
+                "already_initialized",
+            ),
+            (
+                Error::Busy("restore".into()).into(),
+                EXIT_SKIPPED,
+                "busy",
+                "busy",
+            ),
+            (
+                Error::Preflight("no room".into()).into(),
+                1,
+                "refused",
+                "preflight",
+            ),
+            (
+                Error::from(backup_crypto::Error::WrongPassphrase).into(),
+                1,
+                "failed",
+                "wrong_passphrase",
+            ),
+            // Bare storage and crypto errors, and ones under a context.
+            (
+                anyhow::Error::from(backup_storage::Error::InvalidUrl {
+                    url: "ftp://".into(),
+                    reason: "no host".into(),
+                })
+                .context("opening the storage"),
+                2,
+                "config",
+                "invalid_url",
+            ),
+            (
+                anyhow::Error::from(backup_crypto::Error::PassphraseTooShort { min: 12 }),
+                2,
+                "input",
+                "passphrase_too_short",
+            ),
+            (anyhow::anyhow!("something else"), 1, "other", "other"),
+        ];
+        for (e, code, class, kind) in cases {
+            assert_eq!(exit_code(&e), code, "{e:#}");
+            let doc = error_document(&e);
+            assert_eq!(doc["error"]["class"], class, "{doc}");
+            assert_eq!(doc["error"]["kind"], kind, "{doc}");
+            assert_eq!(doc["error"]["message"], format!("{e:#}"), "{doc}");
+        }
+    }
 }

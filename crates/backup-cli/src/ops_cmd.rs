@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use backup_core::{Config, Engine, Error, Passphrase, PassphraseProvider, RewrapResult};
+use backup_core::{Engine, Error, Passphrase, PassphraseProvider, RewrapResult};
 use chrono::{DateTime, NaiveDate, Utc};
 use clap::Subcommand;
 
@@ -289,8 +289,6 @@ fn new_secret(file: &Option<PathBuf>) -> backup_core::Result<Passphrase> {
 }
 
 pub(crate) async fn key(cli: &Cli, cmd: &KeyCommand) -> anyhow::Result<ExitCode> {
-    let config = Config::load(&crate::config_path(cli))?;
-    let state = config.appliance.state_dir.clone();
     let current = || -> backup_core::Result<Passphrase> {
         CliSecret {
             file: cli.secret_file.clone(),
@@ -300,11 +298,9 @@ pub(crate) async fn key(cli: &Cli, cmd: &KeyCommand) -> anyhow::Result<ExitCode>
         .ok_or_else(|| Error::PassphraseRequired("confirm the current secret".into()))
     };
     let engine = crate::engine(cli)?;
-    let started = std::time::Instant::now();
     match cmd {
         KeyCommand::Check => {
-            let result = backup_core::check_passphrase(&state, &current()?);
-            engine.audit_public("key.check", "keyring", &result, started);
+            let result = engine.check_key(current);
             let id = result?;
             if cli.json {
                 print_json(
@@ -317,13 +313,7 @@ pub(crate) async fn key(cli: &Cli, cmd: &KeyCommand) -> anyhow::Result<ExitCode>
         KeyCommand::Rotate { new_secret_file } => {
             // Every attempt is audited, refused ones (a short new secret, none
             // given, a wrong current one) included.
-            let result = (|| -> backup_core::Result<backup_core::Rotation> {
-                let cur = current()?;
-                let new = new_secret(new_secret_file)?;
-                let params = config.encryption.kdf_params();
-                backup_core::rotate_keys(&state, &cur, &new, params)
-            })();
-            engine.audit_public("key.rotate", "keyring", &result, started);
+            let result = engine.rotate_key(current, || new_secret(new_secret_file));
             let rotation = result?;
             if cli.json {
                 print_json(&rotation)?;

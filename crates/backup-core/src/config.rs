@@ -2,6 +2,8 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+pub use crate::model::{Compression, Role};
+
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -84,41 +86,6 @@ fn default_role() -> Role {
     Role::Standalone
 }
 
-/// A node's role, carried in image names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// A single appliance.
-    Standalone,
-    /// HA primary.
-    Primary,
-    /// HA secondary.
-    Secondary,
-    /// Cluster control node.
-    Control,
-    /// Cluster data node.
-    Data,
-}
-
-impl Role {
-    /// The lowercase name used in image names.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Standalone => "standalone",
-            Role::Primary => "primary",
-            Role::Secondary => "secondary",
-            Role::Control => "control",
-            Role::Data => "data",
-        }
-    }
-}
-
-impl std::fmt::Display for Role {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// `[storage]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -186,53 +153,7 @@ impl ImageConfig {
     /// The number of compression threads: the configured one, else every
     /// core this process may run on.
     pub fn effective_threads(&self) -> usize {
-        self.threads
-            .unwrap_or_else(crate::image::codec::default_threads)
-    }
-}
-
-/// Payload codec.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Compression {
-    /// A standard `.tar.gz` payload.
-    #[default]
-    Gzip,
-    /// A `.tar.zst` payload: one zstd frame per 2 MiB block, compressed and
-    /// decompressed on several cores.
-    Zstd,
-    /// A plain `.tar` payload.
-    None,
-}
-
-impl Compression {
-    /// The name used in the config file.
-    pub fn name(self) -> &'static str {
-        match self {
-            Compression::Gzip => "gzip",
-            Compression::Zstd => "zstd",
-            Compression::None => "none",
-        }
-    }
-
-    /// The level used when `[image] level` is not set.
-    pub fn default_level(self) -> u32 {
-        match self {
-            Compression::Gzip => 6,
-            Compression::Zstd => 3,
-            Compression::None => 0,
-        }
-    }
-
-    /// The levels this codec accepts.
-    pub fn levels(self) -> std::ops::RangeInclusive<u32> {
-        match self {
-            Compression::Gzip => 0..=9,
-            // 20–22 ("ultra") need windows of 32 MiB and more per worker,
-            // which breaks the backup's memory bound.
-            Compression::Zstd => 1..=19,
-            Compression::None => 0..=u32::MAX,
-        }
+        self.threads.unwrap_or_else(crate::model::default_threads)
     }
 }
 
@@ -635,7 +556,7 @@ mod tests {
 
     #[test]
     fn threads_default_to_the_cores_and_are_bounded() {
-        let cores = crate::image::codec::default_threads();
+        let cores = crate::model::default_threads();
         assert_eq!(with_image("").unwrap().image.effective_threads(), cores);
         assert_eq!(
             with_image("threads = 3").unwrap().image.effective_threads(),

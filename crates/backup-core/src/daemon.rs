@@ -43,118 +43,116 @@ fn store(path: &Path, info: &DaemonInfo) {
     let _ = crate::util::write_atomic(path, &data, 0o600);
 }
 
-impl Engine {
-    /// Runs scheduled backups until `shutdown` turns true. A stop request
-    /// between runs ends at once; during a run, the running backup finishes
-    /// first (it is never left half-published). Runs missed while no daemon
-    /// was running are reported (warning, audit log), not replayed.
-    pub async fn run_daemon(&self, mut shutdown: watch::Receiver<bool>) -> Result<()> {
-        let sched_cfg = self.config.schedule.clone().ok_or_else(|| {
-            Error::Input(
-                "no [schedule] in the configuration: there is nothing for the daemon to run".into(),
-            )
-        })?;
-        let schedule = sched_cfg.parse()?;
-        let state = self.config.appliance.state_dir.clone();
-        crate::util::create_private_dir(&state)
-            .map_err(|e| Error::io(format!("creating {}", state.display()), e))?;
-        let path = state.join(DAEMON_FILE);
-        let started = Utc::now();
-        if let Some(prev) = DaemonInfo::load(&state) {
-            if prev.is_alive() && prev.pid != std::process::id() {
-                return Err(Error::Busy(format!(
-                    "a backup daemon (pid {}) is already running since {}",
-                    prev.pid, prev.started
-                )));
-            }
-            let missed = schedule.between(prev.last_seen, started, 10_000);
-            if let (Some(first), Some(last)) = (missed.first(), missed.last()) {
-                let msg = format!(
-                    "{} scheduled backup(s) between {} and {} were missed while the daemon was not running; they are not replayed",
-                    missed.len(),
-                    first.format("%Y-%m-%d %H:%M UTC"),
-                    last.format("%Y-%m-%d %H:%M UTC")
-                );
-                self.progress.event(&Event::Warning {
-                    component: None,
-                    message: msg.clone(),
-                });
-                self.audit(
-                    "schedule.missed",
-                    &sched_cfg.cron.join(", "),
-                    "missed",
-                    0,
-                    Instant::now(),
-                    Some(msg),
-                );
-            }
+/// Runs scheduled backups until `shutdown` turns true. A stop request
+/// between runs ends at once; during a run, the running backup finishes
+/// first (it is never left half-published). Runs missed while no daemon
+/// was running are reported (warning, audit log), not replayed.
+pub(crate) async fn run(engine: &Engine, mut shutdown: watch::Receiver<bool>) -> Result<()> {
+    let sched_cfg = engine.config.schedule.clone().ok_or_else(|| {
+        Error::Input(
+            "no [schedule] in the configuration: there is nothing for the daemon to run".into(),
+        )
+    })?;
+    let schedule = sched_cfg.parse()?;
+    let state = engine.config.appliance.state_dir.clone();
+    crate::util::create_private_dir(&state)
+        .map_err(|e| Error::io(format!("creating {}", state.display()), e))?;
+    let path = state.join(DAEMON_FILE);
+    let started = Utc::now();
+    if let Some(prev) = DaemonInfo::load(&state) {
+        if prev.is_alive() && prev.pid != std::process::id() {
+            return Err(Error::Busy(format!(
+                "a backup daemon (pid {}) is already running since {}",
+                prev.pid, prev.started
+            )));
         }
-        let mut info = DaemonInfo {
-            pid: std::process::id(),
-            started,
-            last_seen: started,
-            next_run: None,
-        };
-        loop {
-            let now = Utc::now();
-            let Some(next) = schedule.next_after(now) else {
-                return Err(Error::Input(
-                    "the schedule has no run in the next five years".into(),
-                ));
-            };
-            info.last_seen = now;
-            info.next_run = Some(next);
-            store(&path, &info);
-            let wait = (next - now)
-                .to_std()
-                .unwrap_or_default()
-                .min(std::time::Duration::from_secs(60));
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = shutdown.changed() => break,
-            }
-            if *shutdown.borrow() {
-                break;
-            }
-            if Utc::now() < next {
-                continue; // a heartbeat wake-up
-            }
-            self.progress.event(&Event::Step {
-                message: format!(
-                    "scheduled backup due at {}",
-                    next.format("%Y-%m-%d %H:%M UTC")
-                ),
+        let missed = schedule.between(prev.last_seen, started, 10_000);
+        if let (Some(first), Some(last)) = (missed.first(), missed.last()) {
+            let msg = format!(
+                "{} scheduled backup(s) between {} and {} were missed while the daemon was not running; they are not replayed",
+                missed.len(),
+                first.format("%Y-%m-%d %H:%M UTC"),
+                last.format("%Y-%m-%d %H:%M UTC")
+            );
+            engine.progress.event(&Event::Warning {
+                component: None,
+                message: msg.clone(),
             });
-            let opts = CreateOptions {
-                scheduled: true,
-                include_audits: sched_cfg.include_audits,
-                ..Default::default()
-            };
-            // Outcomes (success, partial, skipped, failed) are recorded by
-            // `create` in the status and the audit log; the frontend gets one
-            // event per run.
-            let finished = match self.create(&opts).await {
-                Ok(r) => Event::RunFinished {
-                    time: Utc::now(),
-                    reason: crate::runs::failed_components(&r),
-                    image: Some(r.image),
-                    outcome: r.outcome.as_str().to_string(),
-                },
-                Err(e) => Event::RunFinished {
-                    time: Utc::now(),
-                    image: None,
-                    outcome: crate::runs::outcome_of(&e).to_string(),
-                    reason: Some(e.to_string()),
-                },
-            };
-            self.progress.event(&finished);
-            if *shutdown.borrow() {
-                break;
-            }
+            engine.audit(
+                "schedule.missed",
+                &sched_cfg.cron.join(", "),
+                "missed",
+                0,
+                Instant::now(),
+                Some(msg),
+            );
         }
-        info.last_seen = Utc::now();
-        info.next_run = None;
-        store(&path, &info);
-        Ok(())
     }
+    let mut info = DaemonInfo {
+        pid: std::process::id(),
+        started,
+        last_seen: started,
+        next_run: None,
+    };
+    loop {
+        let now = Utc::now();
+        let Some(next) = schedule.next_after(now) else {
+            return Err(Error::Input(
+                "the schedule has no run in the next five years".into(),
+            ));
+        };
+        info.last_seen = now;
+        info.next_run = Some(next);
+        store(&path, &info);
+        let wait = (next - now)
+            .to_std()
+            .unwrap_or_default()
+            .min(std::time::Duration::from_secs(60));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => break,
+        }
+        if *shutdown.borrow() {
+            break;
+        }
+        if Utc::now() < next {
+            continue; // a heartbeat wake-up
+        }
+        engine.progress.event(&Event::Step {
+            message: format!(
+                "scheduled backup due at {}",
+                next.format("%Y-%m-%d %H:%M UTC")
+            ),
+        });
+        let opts = CreateOptions {
+            scheduled: true,
+            include_audits: sched_cfg.include_audits,
+            ..Default::default()
+        };
+        // Outcomes (success, partial, skipped, failed) are recorded by
+        // `create` in the status and the audit log; the frontend gets one
+        // event per run.
+        let finished = match crate::backup::create(engine, &opts).await {
+            Ok(r) => Event::RunFinished {
+                time: Utc::now(),
+                reason: crate::backup::failed_components(&r),
+                image: Some(r.image),
+                outcome: r.outcome.as_str().to_string(),
+            },
+            Err(e) => Event::RunFinished {
+                time: Utc::now(),
+                image: None,
+                outcome: crate::runs::outcome_of(&e).to_string(),
+                reason: Some(e.to_string()),
+            },
+        };
+        engine.progress.event(&finished);
+        if *shutdown.borrow() {
+            break;
+        }
+    }
+    info.last_seen = Utc::now();
+    info.next_run = None;
+    store(&path, &info);
+    Ok(())
 }

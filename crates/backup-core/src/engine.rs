@@ -1,35 +1,34 @@
 //! The engine: plans and runs backups, verifies and restores images.
-use std::collections::BTreeSet;
+use std::future::Future;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use backup_crypto::{EncryptWriter, Header, ImageReader, Keyslot, MasterKey, HEADER_LEN};
-use backup_storage::{LocalStorage, PutMode, PutOptions, Storage, StorageExt};
+use backup_crypto::{EncryptWriter, Keyslot, MasterKey};
+use backup_storage::{LocalStorage, PutMode, PutOptions, Storage};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::component::{
-    Applicability, CommandComponent, Component, FilesComponent, SnapshotError, SqliteComponent,
-};
+use crate::browse::{Browse, DownloadLink};
+use crate::component::{CommandComponent, Component, FilesComponent, SqliteComponent};
 use crate::config::{ComponentKind, Config};
+use crate::guard::{Operation, RunGuard};
 use crate::image::pipe;
-use crate::image::reader::{self, Visitor, WalkResult};
-use crate::image::writer::{ChannelWriter, Encoder, TarWriter, CHANNEL_DEPTH};
-use crate::image::{
-    image_name, parse_image_name, sidecar_name, BackupInfo, ComponentRecord, Manifest, Outcome,
-    ParsedName, PlannedComponent, Selection, Sidecar, BACKUP_JSON, IMAGE_EXT, MANIFEST_JSON,
-    PAYLOAD_FORMAT,
-};
-use crate::keys::{KeyFile, KeySource, Keys, NoPassphrase, PassphraseProvider};
-use crate::ops::retention::Coverage;
+use crate::image::reader::{self, Visitor};
+use crate::image::writer::{ChannelWriter, CHANNEL_DEPTH};
+use crate::image::{BackupInfo, Manifest, Outcome, ParsedName, Sidecar};
+use crate::keys::rewrap::RewrapResult;
+use crate::keys::{KeyFile, KeySource, Keys, NoPassphrase, PassphraseProvider, Rotation};
+use crate::ops::audit::{AuditLog, AuditRecord};
+use crate::ops::retention::{Coverage, RetentionDecision};
 use crate::progress::{Event, NoProgress, Progress};
+use crate::restore::{RestoreOptions, RestorePlan, RestoreReport};
+use crate::runs::{StatusView, LOGS_DIR};
 use crate::{Error, Result};
-
-/// Largest sidecar manifest read.
-const MAX_SIDECAR: u64 = 16 << 20;
+use backup_crypto::{KeyId, Passphrase};
 
 /// How a registered component takes part in backups.
 #[derive(Debug, Clone)]
@@ -53,9 +52,9 @@ impl Default for ComponentOptions {
     }
 }
 
-struct Registered {
-    component: Arc<dyn Component>,
-    options: ComponentOptions,
+pub(crate) struct Registered {
+    pub(crate) component: Arc<dyn Component>,
+    pub(crate) options: ComponentOptions,
 }
 
 /// Builds an [`Engine`] from a [`Config`].
@@ -343,10 +342,10 @@ impl ImageLoc {
 /// The backup engine of one appliance.
 pub struct Engine {
     pub(crate) config: Config,
-    storage: Option<Arc<dyn Storage>>,
+    pub(crate) storage: Option<Arc<dyn Storage>>,
     /// The group image files are given (`[storage] group`), as an id.
-    file_group: Option<u32>,
-    components: Vec<Registered>,
+    pub(crate) file_group: Option<u32>,
+    pub(crate) components: Vec<Registered>,
     pub(crate) actor: String,
     pub(crate) keys: Arc<Keys>,
     pub(crate) progress: Arc<dyn Progress>,
@@ -361,11 +360,6 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-struct PlanItem {
-    component: Arc<dyn Component>,
-    applicability: Applicability,
-}
-
 impl Engine {
     /// Starts building an engine for `config`.
     pub fn builder(config: Config) -> EngineBuilder {
@@ -378,6 +372,145 @@ impl Engine {
             extra: Vec::new(),
             actor: None,
         }
+    }
+
+    /// Takes a backup: under the lock, with status, audit log, hooks, a
+    /// capacity preflight, a log file, and retention after success. Fails with
+    /// [`Error::Busy`] (recorded as skipped) if another operation runs.
+    pub async fn create(&self, opts: &CreateOptions) -> Result<CreateReport> {
+        crate::backup::create(self, opts).await
+    }
+
+    /// What a retention run would delete (`dry_run`) or deletes, under the lock.
+    pub async fn prune(&self, dry_run: bool) -> Result<Vec<RetentionDecision>> {
+        crate::retention::prune(self, dry_run).await
+    }
+
+    /// Verifies an image (audited).
+    pub async fn verify(&self, image: &str) -> Result<VerifyReport> {
+        crate::verify::verify(self, image).await
+    }
+
+    /// Writes an image's decrypted payload to `out` (audited).
+    pub async fn decrypt(&self, image: &str, out: &Path) -> Result<u64> {
+        crate::transfer::decrypt(self, image, out).await
+    }
+
+    /// Seals a payload file into an image (audited), after reading it as
+    /// restore would: a payload restore would refuse is not sealed.
+    pub async fn encrypt(&self, input: &Path, out: &Path) -> Result<u64> {
+        crate::transfer::encrypt(self, input, out, false).await
+    }
+
+    /// Seals an edited payload into an image (audited as `encrypt`),
+    /// recording the payload's current content in its manifest: the image
+    /// then vouches for the edit. Everything else restore checks is checked.
+    pub async fn encrypt_rehash(&self, input: &Path, out: &Path) -> Result<u64> {
+        crate::transfer::encrypt(self, input, out, true).await
+    }
+
+    /// Downloads an image to a local file (atomically), for carrying it to a
+    /// replacement machine. Audited.
+    pub async fn fetch(&self, image: &str, out: &Path) -> Result<u64> {
+        crate::transfer::fetch(self, image, out).await
+    }
+
+    /// One level of the storage (or, for an image name, its details).
+    pub async fn browse(&self, path: &str) -> Result<Browse> {
+        crate::browse::browse(self, path).await
+    }
+
+    /// Presigned GET links for images (all images when `images` is empty).
+    /// Backends that cannot presign fail with a clear "unsupported" error.
+    /// Audited (the URLs themselves are never logged).
+    pub async fn links(&self, images: &[String], expires: Duration) -> Result<Vec<DownloadLink>> {
+        crate::browse::links(self, images, expires).await
+    }
+
+    /// Restores an image under the operation lock (audited, in the status).
+    pub async fn restore(&self, image: &str, opts: &RestoreOptions) -> Result<RestoreReport> {
+        crate::restore::run(self, image, opts).await
+    }
+
+    /// What restoring `image` with `opts` would replace, add, remove and
+    /// keep, writing nothing but the audit record (`restore.dry-run`).
+    pub async fn restore_plan(&self, image: &str, opts: &RestoreOptions) -> Result<RestorePlan> {
+        crate::restore::dry_run(self, image, opts).await
+    }
+
+    /// Replaces the keyslot in the headers of images (and their sidecars)
+    /// with the keyring's keyslot of the same master key under the current
+    /// secret — the current key's, or an earlier key's kept since a rotation —
+    /// in place, where the storage can rewrite objects (local and NFS); says
+    /// which it could not. An image keeps its master key: only who can
+    /// unwrap it from the header changes.
+    pub async fn rewrap(&self, images: &[String]) -> Result<Vec<(String, RewrapResult)>> {
+        crate::keys::rewrap::rewrap(self, images).await
+    }
+
+    /// Runs scheduled backups until `shutdown` turns true. A stop request
+    /// between runs ends at once; during a run, the running backup finishes
+    /// first (it is never left half-published). Runs missed while no daemon
+    /// was running are reported (warning, audit log), not replayed.
+    pub async fn run_daemon(&self, shutdown: tokio::sync::watch::Receiver<bool>) -> Result<()> {
+        crate::daemon::run(self, shutdown).await
+    }
+
+    /// Audits an operation a frontend carried out itself (key check/rotate).
+    pub fn audit_public<T>(
+        &self,
+        operation: Operation,
+        target: &str,
+        result: &Result<T>,
+        started: std::time::Instant,
+    ) {
+        crate::runs::audit_public(self, operation, target, result, started)
+    }
+
+    /// The log lines kept for a backup.
+    pub fn backup_log(&self, image: &str) -> Result<String> {
+        crate::runs::backup_log(self, image)
+    }
+
+    /// The status as an operator sees it.
+    pub fn status(&self) -> Result<StatusView> {
+        crate::runs::status(self)
+    }
+
+    /// Audit records since `since`.
+    pub fn audit_records(&self, since: Option<DateTime<Utc>>) -> Result<Vec<AuditRecord>> {
+        crate::runs::audit_records(self, since)
+    }
+
+    /// Sets the domain master secret of a new appliance (audited as
+    /// `key.init`); `passphrase` is asked only if the appliance has none yet.
+    pub fn init_keys(&self, passphrase: impl FnOnce() -> Result<Passphrase>) -> Result<KeyId> {
+        crate::keys::init(self, passphrase)
+    }
+
+    /// Checks a secret against the keyring (audited as `key.check`).
+    pub fn check_key(&self, current: impl FnOnce() -> Result<Passphrase>) -> Result<KeyId> {
+        crate::keys::check(self, current)
+    }
+
+    /// Replaces the domain master secret, keeping the previous master key in
+    /// the keyring (audited as `key.rotate`, refused attempts included).
+    pub fn rotate_key(
+        &self,
+        current: impl FnOnce() -> Result<Passphrase>,
+        new: impl FnOnce() -> Result<Passphrase>,
+    ) -> Result<Rotation> {
+        crate::keys::rotate(self, current, new)
+    }
+
+    /// Lists the images in the storage (newest last) with their sidecars.
+    pub async fn list(&self) -> Result<Vec<ImageSummary>> {
+        crate::images::list(self).await
+    }
+
+    /// Details of an image: from its sidecar when it has one, else by reading it.
+    pub async fn show(&self, image: &str) -> Result<ImageDetails> {
+        crate::images::show(self, image).await
     }
 
     /// The configuration.
@@ -411,947 +544,80 @@ impl Engine {
             .find(|c| c.component.name() == name)
             .map(|c| &c.component)
     }
+}
 
-    fn plan(&self, opts: &CreateOptions) -> Result<(Selection, Vec<PlanItem>, Vec<String>)> {
-        for name in &opts.components {
-            if self.component(name).is_none() {
-                return Err(Error::Input(format!(
-                    "unknown component {name:?}; this appliance has: {}",
-                    self.component_names().join(", ")
-                )));
-            }
-        }
-        let custom = !opts.components.is_empty();
-        let mut items = Vec::new();
-        let mut not_applicable = Vec::new();
-        for reg in &self.components {
-            let name = reg.component.name();
-            let wanted = if custom {
-                opts.components.iter().any(|n| n == name)
-                    || (opts.include_audits && reg.options.audit)
-            } else {
-                if reg.options.audit {
-                    opts.include_audits
-                } else {
-                    reg.options.default
-                }
-            };
-            if !wanted {
-                continue;
-            }
-            let applicability = reg.component.applicability();
-            if let Applicability::NotApplicable(why) = &applicability {
-                if !custom {
-                    not_applicable.push(format!("{name} ({why})"));
-                    continue;
-                }
-                if opts.halt {
-                    return Err(Error::Halted {
-                        component: name.to_string(),
-                        reason: format!("not applicable: {why}"),
-                    });
-                }
-            }
-            items.push(PlanItem {
-                component: reg.component.clone(),
-                applicability,
-            });
-        }
-        for item in &items {
-            // Restore refuses a whole image naming such a root, so no image gets one.
-            crate::image::check::EntryRules::new(&item.component.roots()).map_err(|reason| {
-                Error::Input(format!(
-                    "component {}: {reason}; give it absolute paths without '.' or '..' parts",
-                    item.component.name()
-                ))
-            })?;
-        }
-        let selected: BTreeSet<&str> = items.iter().map(|i| i.component.name()).collect();
-        for reg in &self.components {
-            if !selected.contains(reg.component.name()) {
-                continue;
-            }
-            for req in &reg.options.requires {
-                if !selected.contains(req.as_str()) {
-                    return Err(Error::Input(format!(
-                        "component {} requires {req}, which is not in this backup; add --component {req}",
-                        reg.component.name()
-                    )));
-                }
-            }
-        }
-        if items.is_empty() {
-            return Err(Error::Input(
-                "nothing to back up: no applicable component is selected".into(),
-            ));
-        }
-        Ok((
-            if custom {
-                Selection::Custom
-            } else {
-                Selection::Standard
-            },
-            items,
-            not_applicable,
-        ))
+/// Services the operation modules share: the state directory, the audit
+/// log, warnings, scratch space and backup logs.
+impl Engine {
+    pub(crate) fn state_dir(&self) -> &Path {
+        &self.config.appliance.state_dir
     }
-
-    fn scratch_dir(&self) -> Result<PathBuf> {
-        let state = &self.config.appliance.state_dir;
-        crate::util::run_scratch_dir(state).map_err(|e| {
-            Error::io(
-                format!("creating scratch space in {}", state.join("tmp").display()),
-                e,
-            )
-        })
+    pub(crate) fn audit_log(&self) -> AuditLog {
+        AuditLog::in_state_dir(self.state_dir())
     }
-
-    /// Where a backup goes: the `--output` file, or a new name in the storage.
-    pub(crate) fn destination(
+    /// Appends an audit record; a failure to write it is reported, not fatal.
+    pub(crate) fn audit(
         &self,
-        opts: &CreateOptions,
-        created: DateTime<Utc>,
-    ) -> Result<(Arc<dyn Storage>, String)> {
-        let a = &self.config.appliance;
-        match &opts.output {
-            Some(path) if path.as_os_str() == "-" => {
-                let sink = crate::storage_ops::StdoutSink {
-                    stream: opts.output_stream.clone(),
-                };
-                Ok((Arc::new(sink), "-".into()))
-            }
-            Some(path) => local_destination(path, self.file_group),
-            None => {
-                let storage = self.storage.clone().ok_or_else(|| {
-                    Error::NoStorage("pass --output FILE or set [storage] url".into())
-                })?;
-                Ok((
-                    storage,
-                    image_name(&self.config.storage.prefix, created, &a.node, a.role),
-                ))
-            }
+        operation: &str,
+        target: &str,
+        outcome: &str,
+        bytes: u64,
+        started: Instant,
+        error: Option<String>,
+    ) {
+        let record = AuditRecord {
+            time: Utc::now(),
+            actor: self.actor.clone(),
+            operation: operation.to_string(),
+            target: target.to_string(),
+            outcome: outcome.to_string(),
+            bytes,
+            duration_ms: started.elapsed().as_millis() as u64,
+            error,
+        };
+        if let Err(e) = self.audit_log().append(&record) {
+            self.warn(format!("the audit log could not be written: {e}"));
         }
     }
-
-    /// Checks a backup's selection (input errors) without running anything.
-    pub(crate) fn plan_only(&self, opts: &CreateOptions) -> Result<()> {
-        self.plan(opts).map(|_| ())
-    }
-
-    /// The selected components' estimated total size (unknown sizes count as 0).
-    pub(crate) fn estimate(&self, opts: &CreateOptions) -> Result<u64> {
-        let (_, items, _) = self.plan(opts)?;
-        Ok(items
-            .iter()
-            .filter_map(|i| i.component.estimate_size())
-            .sum())
-    }
-
-    /// The backup pipeline itself, without lock, status or audit (see [`Engine::create`]).
-    pub(crate) async fn create_image(
-        &self,
-        opts: &CreateOptions,
-        progress: Arc<dyn Progress>,
-        (storage, name): (Arc<dyn Storage>, String),
-        created: DateTime<Utc>,
-    ) -> Result<CreateReport> {
-        let (selection, items, not_applicable) = self.plan(opts)?;
-        for n in &not_applicable {
-            progress.event(&Event::Warning {
-                component: None,
-                message: format!("not applicable, skipped: {n}"),
-            });
-        }
-        let (mk, slot) = self.keys.for_writing()?;
-        let a = &self.config.appliance;
-        let info = BackupInfo {
-            format: PAYLOAD_FORMAT,
-            product: a.product.clone(),
-            product_version: a.version.clone(),
-            node: a.node.clone(),
-            role: a.role,
-            cluster: a.cluster.clone(),
-            created,
-            selection,
-            components: items
-                .iter()
-                .map(|i| PlannedComponent {
-                    name: i.component.name().to_string(),
-                    kind: i.component.kind().to_string(),
-                    roots: i
-                        .component
-                        .roots()
-                        .iter()
-                        .map(|p| p.display().to_string())
-                        .collect(),
-                })
-                .collect(),
-            compression: self.config.image.compression,
-            engine_version: env!("CARGO_PKG_VERSION").to_string(),
-        };
-        let scratch = self.scratch_dir()?;
-        let producer_info = info.clone();
-        let (compression, level, threads) = (
-            self.config.image.compression,
-            self.config.image.effective_level(),
-            self.config.image.effective_threads(),
-        );
-        let producer_progress = progress.clone();
-        let halt = opts.halt;
-        let scratch_for_producer = scratch.clone();
-        progress.event(&Event::Step {
-            message: format!("writing {name} to {storage}"),
-        });
-        let result = write_sealed(
-            storage.clone(),
-            name.clone(),
-            mk.clone(),
-            slot.clone(),
-            created,
-            move |out| {
-                let progress = producer_progress;
-                let io_err = |e| Error::from_pipeline_io("writing the image", e);
-                let encoder =
-                    Encoder::with_threads(out, compression, level, threads).map_err(io_err)?;
-                let mut tar = TarWriter::new(encoder, progress.clone());
-                tar.json(BACKUP_JSON, &producer_info).map_err(io_err)?;
-                let mut records = Vec::new();
-                for (item, planned) in items.iter().zip(&producer_info.components) {
-                    let c = &item.component;
-                    let name = c.name().to_string();
-                    progress.event(&Event::ComponentStarted {
-                        component: name.clone(),
-                        kind: c.kind().to_string(),
-                    });
-                    let begun = tar.begin_component(&name, &planned.roots);
-                    let result = match (&item.applicability, begun) {
-                        (_, Err(reason)) => Err(SnapshotError::Failed(reason)),
-                        (Applicability::NotApplicable(why), _) => Err(SnapshotError::Failed(
-                            format!("not applicable on this node: {why}"),
-                        )),
-                        (Applicability::Applicable, Ok(())) => {
-                            c.snapshot(&mut tar, &scratch_for_producer)
-                        }
-                    };
-                    let (digest, warnings) = tar.end_component();
-                    let error = match result {
-                        Ok(()) => None,
-                        Err(SnapshotError::Output(e)) => return Err(io_err(e)),
-                        Err(SnapshotError::Failed(reason)) if halt => {
-                            return Err(Error::Halted {
-                                component: name,
-                                reason,
-                            });
-                        }
-                        Err(SnapshotError::Failed(reason)) => Some(reason),
-                    };
-                    let outcome = if error.is_some() {
-                        Outcome::Failed
-                    } else {
-                        Outcome::Success
-                    };
-                    progress.event(&Event::ComponentFinished {
-                        component: name.clone(),
-                        outcome,
-                        entries: digest.entries(),
-                        bytes: digest.bytes(),
-                        error: error.clone(),
-                    });
-                    records.push(ComponentRecord {
-                        name,
-                        kind: c.kind().to_string(),
-                        outcome,
-                        entries: digest.entries(),
-                        bytes: digest.bytes(),
-                        sha256: digest.hex(),
-                        error,
-                        warnings,
-                    });
-                }
-                if records.iter().all(|r| r.outcome != Outcome::Success) {
-                    let why = records
-                        .iter()
-                        .map(|r| format!("{}: {}", r.name, r.error.as_deref().unwrap_or("?")))
-                        .collect();
-                    return Err(Error::AllComponentsFailed(join(why)));
-                }
-                let outcome = if records.iter().all(|r| r.outcome == Outcome::Success) {
-                    Outcome::Success
-                } else {
-                    Outcome::Partial
-                };
-                let manifest = Manifest {
-                    outcome,
-                    components: records,
-                };
-                tar.json(MANIFEST_JSON, &manifest).map_err(io_err)?;
-                tar.finish().and_then(|e| e.finish()).map_err(io_err)?;
-                Ok(manifest)
-            },
-        )
-        .await;
-        let _ = crate::util::remove_any(&scratch);
-        let (manifest, size) = result?;
-
-        let sidecar = Sidecar {
-            image: name.clone(),
-            image_size: size,
-            info: info.clone(),
-            manifest: manifest.clone(),
-        };
-        let sidecar_error = if opts.output.is_some() {
-            None
-        } else {
-            self.store_sidecar(&storage, &sidecar, &mk, &slot)
-                .await
-                .err()
-                .map(|e| e.to_string())
-        };
-        if let Some(e) = &sidecar_error {
-            progress.event(&Event::Warning {
-                component: None,
-                message: format!(
-                    "the image is complete, but its sidecar manifest could not be stored: {e}"
-                ),
-            });
-        }
-        let image = match &opts.output {
-            Some(p) => p.display().to_string(),
-            None => name,
-        };
-        Ok(CreateReport {
-            image,
-            location: storage.to_string(),
-            outcome: manifest.outcome,
-            size,
-            info,
-            manifest,
-            not_applicable,
-            sidecar_error,
-            pruned: Vec::new(),
-        })
-    }
-
-    async fn store_sidecar(
-        &self,
-        storage: &Arc<dyn Storage>,
-        sidecar: &Sidecar,
-        mk: &MasterKey,
-        slot: &Keyslot,
-    ) -> Result<()> {
-        let json = serde_json::to_vec(sidecar).expect("sidecar serialises");
-        let mut w = EncryptWriter::new(Vec::new(), mk, slot, sidecar.info.created.timestamp())?;
-        w.write_all(&json)
-            .map_err(|e| Error::from_pipeline_io("sealing the sidecar", e))?;
-        let sealed = w.finish()?;
-        storage
-            .put_bytes(
-                &sidecar_name(&sidecar.image),
-                Bytes::from(sealed),
-                PutMode::Overwrite,
-            )
-            .await?;
-        Ok(())
-    }
-
-    /// Reads an image's sidecar manifest and checks it against the image
-    /// itself: the same key id in both headers (checked before anything is
-    /// decrypted, so a foreign sidecar never asks for a passphrase), and the
-    /// image's name inside. The image's size is returned with it; whether a
-    /// size that differs from the recorded one disqualifies the sidecar is
-    /// the caller's call. Fails only where reading the image would fail too
-    /// (storage errors, a passphrase that is needed and not given).
-    async fn read_sidecar(&self, name: &str) -> Result<SidecarRead> {
-        let Some(storage) = &self.storage else {
-            return Ok(SidecarRead::Missing);
-        };
-        let sealed = match storage.get_bytes(&sidecar_name(name), MAX_SIDECAR).await {
-            Ok(b) => b,
-            Err(backup_storage::Error::NotFound { .. }) => return Ok(SidecarRead::Missing),
-            Err(e) => return Err(e.into()),
-        };
-        let (image_size, image_header) = self.image_header(name).await?;
-        let keys = self.keys.clone();
-        let what = format!("the manifest of {name}");
-        let opened = tokio::task::spawn_blocking(move || -> Result<SidecarRead> {
-            let reader = match ImageReader::new(&sealed[..]) {
-                Ok(r) => r,
-                Err(e) => return Ok(SidecarRead::Unusable(sidecar_damage(&Error::Crypto(e)))),
-            };
-            if let Some(image) = image_header {
-                let (ours, theirs) = (reader.header().key_id(), image.key_id());
-                if ours != theirs {
-                    return Ok(SidecarRead::Unusable(format!(
-                        "was sealed under another master key (key id {ours}) than the image \
-                         (key id {theirs}): it belongs to another image"
-                    )));
-                }
-            }
-            let mut plain = Vec::new();
-            let read = keys.unlock(reader, &what).and_then(|mut r| {
-                r.read_to_end(&mut plain)
-                    .map_err(|e| Error::from_pipeline_io("reading the sidecar manifest", e))
-            });
-            match read {
-                Ok(_) => {}
-                Err(e @ (Error::PassphraseRequired(_) | Error::Storage(_))) => return Err(e),
-                Err(e @ Error::Crypto(backup_crypto::Error::WrongPassphrase)) => return Err(e),
-                Err(e) => return Ok(SidecarRead::Unusable(sidecar_damage(&e))),
-            }
-            Ok(match serde_json::from_slice::<Sidecar>(&plain) {
-                Ok(sidecar) => SidecarRead::Found(Box::new(sidecar), image_size),
-                Err(e) => SidecarRead::Unusable(format!("does not hold a valid manifest ({e})")),
-            })
-        })
-        .await
-        .map_err(join_error)??;
-        Ok(match opened {
-            SidecarRead::Found(sidecar, _)
-                if sidecar.image != name.rsplit('/').next().unwrap_or(name)
-                    && sidecar.image != name =>
-            {
-                SidecarRead::Unusable(format!("describes another image ({})", sidecar.image))
-            }
-            other => other,
-        })
-    }
-
-    /// The size of an image and its encryption header (`None` when the
-    /// header does not parse: reading the image reports that, truthfully).
-    async fn image_header(&self, name: &str) -> Result<(u64, Option<Header>)> {
-        let storage = self.storage.as_ref().expect("stored images need a storage");
-        let got = storage.get_opts(name, Some(0..HEADER_LEN as u64)).await?;
-        let size = got.meta.size;
-        let mut bytes = Vec::with_capacity(HEADER_LEN);
-        let mut reader = got.reader;
-        tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut bytes)
-            .await
-            .map_err(|e| {
-                Error::Storage(backup_storage::Error::from_io(
-                    format!("reading the header of {name}"),
-                    e,
-                ))
-            })?;
-        Ok((size, Header::parse(&bytes).ok()))
-    }
-
-    /// An image's sidecar manifest used as what it is, an index: `None` when
-    /// the image has none, and also when the sidecar does not open or does
-    /// not match the image (key id, name, size), after a warning saying so,
-    /// so that the caller reads the image itself instead.
-    pub(crate) async fn sidecar(&self, name: &str) -> Result<Option<Sidecar>> {
-        let why = match self.read_sidecar(name).await? {
-            SidecarRead::Missing => return Ok(None),
-            SidecarRead::Found(s, size) if s.image_size == size => return Ok(Some(*s)),
-            SidecarRead::Found(s, size) => format!(
-                "records {} bytes for the image, which has {size}",
-                s.image_size
-            ),
-            SidecarRead::Unusable(why) => why,
-        };
+    /// A warning for the operator, through the progress sink.
+    pub(crate) fn warn(&self, message: String) {
         self.progress.event(&Event::Warning {
             component: None,
-            message: format!(
-                "the sidecar manifest {} {why}; reading the image itself instead",
-                sidecar_name(name)
-            ),
+            message,
         });
-        Ok(None)
     }
-
-    /// The component names a standard backup takes now (`None` when no
-    /// standard backup could run: then no image counts as full).
-    fn standard_set(&self) -> Option<BTreeSet<String>> {
-        let (_, items, _) = self.plan(&CreateOptions::default()).ok()?;
-        Some(
-            items
-                .iter()
-                .map(|i| i.component.name().to_string())
-                .collect(),
-        )
+    /// Runs `fut` as `op` on `target` (see [`RunGuard`]), audited.
+    pub(crate) async fn audited<T, F>(
+        &self,
+        op: Operation,
+        target: &str,
+        bytes: impl Fn(&T) -> u64,
+        fut: F,
+    ) -> Result<T>
+    where
+        F: Future<Output = Result<T>>,
+    {
+        let guard = RunGuard::start(self, op, target)?;
+        let result = fut.await;
+        guard.audit_result(target, &result, bytes);
+        result
     }
-
-    /// Which components an image set out to hold.
-    pub(crate) fn selection_of(&self, info: &BackupInfo) -> ImageSelection {
-        match info.selection {
-            Selection::Standard => ImageSelection::Standard {
-                audits: info.components.iter().any(|c| self.is_audit(&c.name)),
-            },
-            Selection::Custom => ImageSelection::Custom {
-                components: info.components.iter().map(|c| c.name.clone()).collect(),
-            },
-        }
-    }
-
-    /// Whether `name` holds audit records: as registered, or (for a component
-    /// this appliance no longer has) by the configuration's default rule.
-    fn is_audit(&self, name: &str) -> bool {
-        match self.components.iter().find(|c| c.component.name() == name) {
-            Some(c) => c.options.audit,
-            None => name == "audits",
-        }
-    }
-
-    /// How much of a standard backup an image holds.
-    fn coverage_of(sidecar: &Sidecar, standard: Option<&BTreeSet<String>>) -> Coverage {
-        let captured = |name: &String| {
-            sidecar
-                .manifest
-                .components
-                .iter()
-                .any(|r| &r.name == name && r.outcome == Outcome::Success)
-        };
-        if standard.is_some_and(|set| set.iter().all(captured)) {
-            Coverage::Full
-        } else if sidecar.info.selection == Selection::Standard
-            && sidecar.manifest.outcome == Outcome::Success
-        {
-            Coverage::EarlierStandard
-        } else {
-            Coverage::Partial
-        }
-    }
-
-    /// Lists the images in the storage (newest last) with their sidecars.
-    pub async fn list(&self) -> Result<Vec<ImageSummary>> {
-        let storage = self
-            .storage
-            .as_ref()
-            .ok_or_else(|| Error::NoStorage("there is nothing to list".into()))?;
-        let listing = storage.list(&self.config.storage.prefix, false).await?;
-        let standard = self.standard_set();
-        let mut out = Vec::new();
-        for obj in listing
-            .objects
-            .into_iter()
-            .filter(|o| o.name.ends_with(IMAGE_EXT))
-        {
-            let (sidecar, sidecar_error, coverage) = match self.read_sidecar(&obj.name).await {
-                Ok(SidecarRead::Found(s, size)) => {
-                    // A size other than the recorded one: the image is cut
-                    // short (or the sidecar is another's); not a full image.
-                    let coverage = if s.image_size == size {
-                        Self::coverage_of(&s, standard.as_ref())
-                    } else {
-                        Coverage::Unknown
-                    };
-                    (Some(*s), None, coverage)
-                }
-                Ok(SidecarRead::Missing) => (None, None, Coverage::Unknown),
-                Ok(SidecarRead::Unusable(why)) => (
-                    None,
-                    Some(format!("its sidecar manifest {why}")),
-                    Coverage::Unknown,
+    /// Removes scratch space left by runs that are gone (see
+    /// [`crate::util::remove_stale_scratch`]), saying so.
+    pub(crate) fn remove_stale_scratch(&self, holding_lock: bool) {
+        for path in crate::util::remove_stale_scratch(self.state_dir(), holding_lock) {
+            self.progress.event(&Event::Step {
+                message: format!(
+                    "removed the scratch space of a run that is gone: {}",
+                    path.display()
                 ),
-                Err(e) => (None, Some(e.to_string()), Coverage::Unknown),
-            };
-            let parsed = parse_image_name(&self.config.storage.prefix, &obj.name);
-            let selection = sidecar.as_ref().map(|s| self.selection_of(&s.info));
-            let expected_size = sidecar.as_ref().map(|s| s.image_size);
-            out.push(ImageSummary {
-                name: obj.name,
-                size: obj.size,
-                parsed,
-                sidecar,
-                sidecar_error,
-                selection,
-                coverage,
-                expected_size,
-                size_mismatch: expected_size.is_some_and(|e| e != obj.size),
             });
         }
-        Ok(out)
     }
-
-    /// Resolves an `IMAGE` argument: an existing file path (or anything with a
-    /// `/`) is a file; otherwise a name in the configured storage.
-    pub(crate) fn locate(&self, image: &str) -> ImageLoc {
-        let path = Path::new(image);
-        if path.is_file() || image.contains('/') || self.storage.is_none() {
-            ImageLoc::File(path.to_path_buf())
-        } else {
-            ImageLoc::Stored(image.to_string())
-        }
+    pub(crate) fn log_path(&self, image: &str) -> PathBuf {
+        let base = image.rsplit('/').next().unwrap_or(image);
+        self.state_dir().join(LOGS_DIR).join(format!("{base}.log"))
     }
-
-    /// Opens an image's encrypted bytes as a blocking `Read` (call from async
-    /// context; use the reader on a blocking thread).
-    pub(crate) async fn open_raw(
-        &self,
-        loc: &ImageLoc,
-    ) -> Result<(Box<dyn Read + Send>, Option<u64>)> {
-        match loc {
-            ImageLoc::File(p) => {
-                let f = std::fs::File::open(p).map_err(|e| {
-                    if e.kind() == std::io::ErrorKind::NotFound {
-                        Error::Input(format!(
-                            "no image {}: it is neither a file{}",
-                            p.display(),
-                            if self.storage.is_some() {
-                                " nor a name in the storage"
-                            } else {
-                                ""
-                            }
-                        ))
-                    } else {
-                        Error::io(format!("opening {}", p.display()), e)
-                    }
-                })?;
-                let size = f.metadata().ok().map(|m| m.len());
-                Ok((Box::new(f), size))
-            }
-            ImageLoc::Stored(name) => {
-                let storage = self.storage.as_ref().expect("stored images need a storage");
-                let got = storage.get_opts(name, None).await?;
-                let size = Some(got.meta.size);
-                Ok((
-                    Box::new(tokio_util::io::SyncIoBridge::new(got.reader)),
-                    size,
-                ))
-            }
-        }
-    }
-
-    /// Reads a whole image on a blocking thread, checking everything.
-    pub(crate) async fn walk_image<V: Visitor + Send + 'static>(
-        &self,
-        loc: &ImageLoc,
-        mut visitor: V,
-    ) -> Result<(WalkResult, u64, V)> {
-        let (raw, size) = self.open_raw(loc).await?;
-        // A stored image whose size is not the one it was written with would
-        // fail authentication somewhere; say what happened instead, before
-        // downloading it.
-        // The sidecar is authenticated and names this image, so a size that
-        // differs from the one it records is the image's doing; a sidecar
-        // that does not open or names another image proves nothing.
-        if let (ImageLoc::Stored(name), Some(size)) = (loc, size) {
-            if let Ok(SidecarRead::Found(s, _)) = self.read_sidecar(name).await {
-                if s.image_size != size {
-                    return Err(Error::ImageSize {
-                        size,
-                        expected: s.image_size,
-                    });
-                }
-            }
-        }
-        let keys = self.keys.clone();
-        let shown = loc.shown();
-        tokio::task::spawn_blocking(move || {
-            let mut counted = CountingReader {
-                inner: raw,
-                count: 0,
-            };
-            let result = (|| {
-                let reader = ImageReader::new(&mut counted)?;
-                let payload = keys.unlock(reader, &shown)?;
-                reader::walk(payload, &mut visitor)
-            })();
-            result.map(|w| (w, counted.count, visitor))
-        })
-        .await
-        .map_err(join_error)?
-    }
-
-    /// Details of an image: from its sidecar when it has one, else by reading it.
-    pub async fn show(&self, image: &str) -> Result<ImageDetails> {
-        let loc = self.locate(image);
-        if let ImageLoc::Stored(name) = &loc {
-            if let Some(s) = self.sidecar(name).await? {
-                return Ok(ImageDetails {
-                    image: name.clone(),
-                    size: Some(s.image_size),
-                    selection: self.selection_of(&s.info),
-                    info: s.info,
-                    manifest: s.manifest,
-                    source: "sidecar",
-                });
-            }
-        }
-        let (walked, size, _) = self.walk_image(&loc, NullVisitor).await?;
-        Ok(ImageDetails {
-            image: loc.shown(),
-            size: Some(size),
-            selection: self.selection_of(&walked.info),
-            info: walked.info,
-            manifest: walked.manifest,
-            source: "image",
-        })
-    }
-
-    /// Decrypts and decompresses a whole image and checks every component
-    /// against the manifest (and the sidecar, if any), writing nothing.
-    pub(crate) async fn verify_image(&self, image: &str) -> Result<VerifyReport> {
-        let loc = self.locate(image);
-        self.progress.event(&Event::Step {
-            message: format!("verifying {}", loc.shown()),
-        });
-        let (walked, size, _) = self.walk_image(&loc, NullVisitor).await?;
-        if let ImageLoc::Stored(name) = &loc {
-            if let Some(s) = self.sidecar(name).await? {
-                // The image is what restores; a wrong index is worth a
-                // warning, not a failed verification.
-                if s.manifest != walked.manifest || s.info != walked.info {
-                    self.progress.event(&Event::Warning {
-                        component: None,
-                        message: format!(
-                            "the sidecar manifest {} does not match the image's own manifest; \
-                             the image verified, list and show may describe it wrongly",
-                            sidecar_name(name)
-                        ),
-                    });
-                }
-            }
-        }
-        let verified = walked
-            .manifest
-            .components
-            .iter()
-            .filter(|r| r.outcome == Outcome::Success)
-            .map(|r| r.name.clone())
-            .collect();
-        Ok(VerifyReport {
-            image: loc.shown(),
-            size,
-            info: walked.info,
-            manifest: walked.manifest,
-            verified,
-        })
-    }
-
-    /// Writes the decrypted payload (a standard `.tar.gz`) to `out`. The file
-    /// holds the appliance's secrets in clear. Nothing is left under `out` if
-    /// the image fails authentication.
-    pub(crate) async fn decrypt_image(&self, image: &str, out: &Path) -> Result<u64> {
-        let loc = self.locate(image);
-        let (raw, _) = self.open_raw(&loc).await?;
-        let keys = self.keys.clone();
-        let shown = loc.shown();
-        let out = out.to_path_buf();
-        tokio::task::spawn_blocking(move || {
-            let reader = ImageReader::new(raw)?;
-            let mut payload = keys.unlock(reader, &shown)?;
-            crate::util::write_stream_atomic(&out, 0o600, |w| {
-                std::io::copy(&mut payload, w)
-                    .map_err(|e| Error::from_pipeline_io("decrypting the image", e))
-            })
-        })
-        .await
-        .map_err(join_error)?
-    }
-
-    /// Seals a payload file (a `.tar.gz` as written by [`Engine::decrypt`])
-    /// into an image at `out`, under this appliance's master key.
-    ///
-    /// The payload is first read as restore would read it, and refused if
-    /// restore would refuse it. With `rehash`, the manifest is recomputed
-    /// from the payload's entries instead of checked against them — for a
-    /// payload edited on purpose; the image then vouches for the edit.
-    pub(crate) async fn encrypt_file(&self, input: &Path, out: &Path, rehash: bool) -> Result<u64> {
-        let (mk, slot) = self.keys.for_writing()?;
-        let path = input.to_path_buf();
-        let rewrite = tokio::task::spawn_blocking(move || check_payload(&path, rehash))
-            .await
-            .map_err(join_error)??;
-        let mut file = std::fs::File::open(input)
-            .map_err(|e| Error::io(format!("opening {}", input.display()), e))?;
-        let (storage, name) = local_destination(out, self.file_group)?;
-        let created = Utc::now().timestamp();
-        let what = input.display().to_string();
-        let image = &self.config.image;
-        let (level, threads) = (image.effective_level(), image.effective_threads());
-        let configured = image.compression;
-        let ((), size) = write_sealed(
-            storage,
-            name,
-            mk,
-            slot,
-            DateTime::from_timestamp(created, 0).unwrap_or_default(),
-            move |w| match rewrite {
-                None => std::io::copy(&mut file, w)
-                    .map(|_| ())
-                    .map_err(|e| Error::io(format!("reading {what}"), e)),
-                Some((info, manifest)) => {
-                    let level = if info.compression == configured {
-                        level
-                    } else {
-                        info.compression.default_level()
-                    };
-                    let encoder = Encoder::with_threads(w, info.compression, level, threads)
-                        .map_err(|e| Error::from_pipeline_io("writing the image", e))?;
-                    rewrite_payload(&mut file, encoder, &manifest, &what)
-                }
-            },
-        )
-        .await?;
-        Ok(size)
-    }
-}
-
-/// What reading a sidecar manifest found.
-enum SidecarRead {
-    /// The image has none.
-    Missing,
-    /// It opened and names the image; with the image's actual size.
-    Found(Box<Sidecar>, u64),
-    /// It cannot serve as the image's index (a clause saying why).
-    Unusable(String),
-}
-
-/// Why a sidecar did not open, said of the sidecar (the crypto errors speak
-/// of "the image", which here is fine).
-fn sidecar_damage(e: &Error) -> String {
-    use backup_crypto::Error as C;
-    match e {
-        Error::Crypto(C::Truncated) => "is damaged: it is cut short".into(),
-        Error::Crypto(C::DecryptionFailed) => {
-            "is damaged: it fails authentication (modified or corrupted)".into()
-        }
-        Error::Crypto(C::HeaderCorrupted) => "is damaged: its header is corrupted".into(),
-        Error::Crypto(C::UnsupportedFormat(why)) => format!("is not a sidecar manifest ({why})"),
-        Error::Crypto(C::KeyMismatch { image, ours }) => {
-            format!("was sealed under another master key (key id {image}, ours {ours})")
-        }
-        other => format!("does not open ({other})"),
-    }
-}
-
-/// Reads a payload file as restore would. Without `rehash`, anything restore
-/// would refuse is refused; with it, everything but the comparison with the
-/// manifest is checked, and the manifest with the digests the payload's
-/// entries have now is returned.
-fn check_payload(path: &Path, rehash: bool) -> Result<Option<(BackupInfo, Manifest)>> {
-    let shown = path.display();
-    let file = std::fs::File::open(path).map_err(|e| Error::io(format!("opening {shown}"), e))?;
-    let refused = |e: Error, hint: &str| {
-        Error::Input(format!(
-            "{shown} was not sealed, because restore would refuse it: {e}{hint}"
-        ))
-    };
-    let mut file = std::io::BufReader::new(file);
-    let head = std::io::BufRead::fill_buf(&mut file)
-        .map_err(|e| Error::io(format!("reading {shown}"), e))?;
-    if !could_be_payload(head) {
-        return Err(Error::Input(format!(
-            "{shown} was not sealed: it is not a backup payload (neither gzip, zstd nor tar); seal what `backup decrypt` writes, re-packed with tar if you edited it"
-        )));
-    }
-    let walked = reader::walk_entries(file, &mut NullVisitor).map_err(|e| refused(e, ""))?;
-    if !rehash {
-        walked.checked().map_err(|e| {
-            refused(
-                e,
-                "; if the payload was edited on purpose, pass --rehash to record its new content in its manifest",
-            )
-        })?;
-        return Ok(None);
-    }
-    let mut manifest = walked.manifest.clone().ok_or_else(|| {
-        refused(
-            Error::InvalidImage("it has no manifest.json to recompute".into()),
-            "",
-        )
-    })?;
-    for record in &mut manifest.components {
-        if record.outcome != Outcome::Success {
-            continue;
-        }
-        let digest = walked
-            .digests
-            .get(&record.name)
-            .cloned()
-            .unwrap_or_default();
-        record.entries = digest.entries();
-        record.bytes = digest.bytes();
-        record.sha256 = digest.hex();
-    }
-    reader::check_manifest(&walked.info, &manifest, &walked.digests).map_err(|e| refused(e, ""))?;
-    Ok(Some((walked.info, manifest)))
-}
-
-/// Whether `head`, the start of a file, could begin a payload: gzip or zstd
-/// magic, or a tar header (the `ustar` magic, or a v7 header whose checksum
-/// holds). Junk read as a tar would be refused with the tar reader's complaint
-/// about the junk's bytes, which tells the operator nothing.
-fn could_be_payload(head: &[u8]) -> bool {
-    if head.starts_with(&crate::image::codec::GZIP_MAGIC)
-        || head.starts_with(&crate::image::codec::ZSTD_MAGIC)
-    {
-        return true;
-    }
-    let Some(header) = head.get(..512) else {
-        return false;
-    };
-    if &header[257..262] == b"ustar" {
-        return true;
-    }
-    let recorded = std::str::from_utf8(&header[148..156])
-        .ok()
-        .map(|f| f.trim_matches(|c: char| c == '\0' || c == ' '))
-        .and_then(|f| u32::from_str_radix(f, 8).ok());
-    let sum: u32 = header
-        .iter()
-        .enumerate()
-        .map(|(i, &b)| {
-            if (148..156).contains(&i) {
-                32
-            } else {
-                u32::from(b)
-            }
-        })
-        .sum();
-    recorded == Some(sum)
-}
-
-/// Copies a payload's tar entries into `out` with `manifest` in place of its
-/// `manifest.json`, keeping every field the digests cover.
-fn rewrite_payload<W: Write>(
-    input: &mut std::fs::File,
-    out: Encoder<W>,
-    manifest: &Manifest,
-    what: &str,
-) -> Result<()> {
-    let read_err = |e| Error::io(format!("reading {what}"), e);
-    let write_err = |e| Error::from_pipeline_io("writing the image", e);
-    let decoded = reader::decoder(std::io::BufReader::new(input)).map_err(read_err)?;
-    let mut archive = tar::Archive::new(decoded);
-    let mut builder = tar::Builder::new(out);
-    for entry in archive.entries().map_err(read_err)? {
-        let mut entry = entry.map_err(read_err)?;
-        let path = entry.path().map_err(read_err)?.into_owned();
-        // The walk read these fields of every component entry already; the
-        // JSON entries the engine writes leave owner fields empty.
-        let old = entry.header();
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(old.entry_type());
-        h.set_mode(old.mode().unwrap_or(0o600));
-        h.set_mtime(old.mtime().unwrap_or(0));
-        h.set_uid(old.uid().unwrap_or(0));
-        h.set_gid(old.gid().unwrap_or(0));
-        if path == Path::new(MANIFEST_JSON) {
-            let data = serde_json::to_vec_pretty(manifest).expect("a manifest serialises");
-            h.set_size(data.len() as u64);
-            builder
-                .append_data(&mut h, &path, &data[..])
-                .map_err(write_err)?;
-        } else if let Some(link) = entry.link_name().map_err(read_err)? {
-            let link = link.into_owned();
-            h.set_size(0);
-            builder
-                .append_link(&mut h, &path, &link)
-                .map_err(write_err)?;
-        } else {
-            h.set_size(entry.size());
-            builder
-                .append_data(&mut h, &path, &mut entry)
-                .map_err(write_err)?;
-        }
-    }
-    builder
-        .into_inner()
-        .and_then(|e| e.finish())
-        .map_err(write_err)?;
-    Ok(())
 }
 
 /// A visitor that only lets the walk check things.
@@ -1366,23 +632,6 @@ impl Visitor for NullVisitor {
     }
 }
 
-struct CountingReader<R> {
-    inner: R,
-    count: u64,
-}
-
-impl<R: Read> Read for CountingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.count += n as u64;
-        Ok(n)
-    }
-}
-
-fn join(items: Vec<String>) -> String {
-    items.join("; ")
-}
-
 pub(crate) fn join_error(e: tokio::task::JoinError) -> Error {
     Error::io(
         "a worker thread failed",
@@ -1392,7 +641,10 @@ pub(crate) fn join_error(e: tokio::task::JoinError) -> Error {
 
 /// A local file as a storage destination (temp name, fsync, rename; mode
 /// 0600, or 0640 with the configured group).
-fn local_destination(path: &Path, group: Option<u32>) -> Result<(Arc<dyn Storage>, String)> {
+pub(crate) fn local_destination(
+    path: &Path,
+    group: Option<u32>,
+) -> Result<(Arc<dyn Storage>, String)> {
     let name = path
         .file_name()
         .and_then(|n| n.to_str())

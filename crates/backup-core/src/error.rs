@@ -2,8 +2,9 @@ use std::path::PathBuf;
 
 /// Everything the engine can fail with, by meaning.
 ///
-/// [`Error::is_input_error`] tells a frontend which failures are the caller's
-/// to fix (a usage error) rather than a failure of the operation.
+/// [`Error::kind`] sorts every error into one [`ErrorKind`]; frontends derive
+/// their exit codes, audit outcomes and status codes from it, and
+/// [`Error::name`] is a stable identifier of the specific error.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -19,6 +20,10 @@ pub enum Error {
     /// missing requirement, conflicting options).
     #[error("{0}")]
     Input(String),
+    /// Something the request names is not there (an image file, a backup's
+    /// log).
+    #[error("{0}")]
+    NotFound(String),
     /// The image was made by another product version.
     #[error("the image was made by {product} version {image}; this appliance runs version {running} — restore it on {image} or pass --force-version")]
     VersionMismatch {
@@ -128,19 +133,168 @@ pub enum Error {
     },
 }
 
-impl Error {
-    /// Whether this is the caller's input to fix (exit code 2 in the CLI).
-    pub fn is_input_error(&self) -> bool {
+/// What kind of failure an [`Error`] is: the one classification that exit
+/// codes, audit outcomes and status codes are derived from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The request cannot be carried out as asked (unknown component, bad
+    /// option, missing or too short passphrase): the caller fixes it.
+    Input,
+    /// The configuration or the appliance's setup is wrong or incomplete
+    /// (invalid file, invalid storage URL, no storage, not initialised).
+    Config,
+    /// Something the request names does not exist (an image, a log).
+    NotFound,
+    /// The request conflicts with the state there is (the domain master
+    /// secret is already set).
+    Conflict,
+    /// The engine refused to act to protect the appliance (another version
+    /// or node, an unsafe archive, a preflight check).
+    Refused,
+    /// Another operation holds the lock; this one was skipped.
+    Busy,
+    /// The operation ran and failed.
+    Failed,
+}
+
+impl ErrorKind {
+    /// The kind in snake case (`input`, `not_found`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Input => "input",
+            ErrorKind::Config => "config",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::Refused => "refused",
+            ErrorKind::Busy => "busy",
+            ErrorKind::Failed => "failed",
+        }
+    }
+
+    /// Whether the caller has to change something before asking again
+    /// (its request, the configuration, the name it gave): as opposed to a
+    /// refusal, a skipped run or a failure.
+    pub fn is_callers_to_fix(self) -> bool {
         matches!(
             self,
-            Error::Config { .. }
-                | Error::Input(_)
-                | Error::AlreadyInitialized(_)
-                | Error::NotInitialized(_)
-                | Error::PassphraseRequired(_)
-                | Error::NoStorage(_)
-                | Error::Crypto(backup_crypto::Error::PassphraseTooShort { .. })
+            ErrorKind::Input | ErrorKind::Config | ErrorKind::NotFound | ErrorKind::Conflict
         )
+    }
+
+    /// The outcome an operation ending with this error is audited with:
+    /// `skipped`, `refused` or `failed`.
+    pub(crate) fn audit_outcome(self) -> &'static str {
+        match self {
+            ErrorKind::Busy => "skipped",
+            ErrorKind::Failed => "failed",
+            _ => "refused",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<&backup_crypto::Error> for ErrorKind {
+    fn from(e: &backup_crypto::Error) -> ErrorKind {
+        match e {
+            backup_crypto::Error::PassphraseTooShort { .. } => ErrorKind::Input,
+            _ => ErrorKind::Failed,
+        }
+    }
+}
+
+impl From<&backup_storage::Error> for ErrorKind {
+    fn from(e: &backup_storage::Error) -> ErrorKind {
+        match e {
+            backup_storage::Error::NotFound { .. } => ErrorKind::NotFound,
+            backup_storage::Error::InvalidUrl { .. } => ErrorKind::Config,
+            _ => ErrorKind::Failed,
+        }
+    }
+}
+
+impl Error {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Input(_) | Error::PassphraseRequired(_) => ErrorKind::Input,
+            Error::Config { .. } | Error::NotInitialized(_) | Error::NoStorage(_) => {
+                ErrorKind::Config
+            }
+            Error::NotFound(_) => ErrorKind::NotFound,
+            Error::AlreadyInitialized(_) => ErrorKind::Conflict,
+            Error::VersionMismatch { .. }
+            | Error::IdentityMismatch { .. }
+            | Error::UnsafeArchive { .. }
+            | Error::Preflight(_) => ErrorKind::Refused,
+            Error::Busy(_) => ErrorKind::Busy,
+            Error::Crypto(c) => c.into(),
+            Error::Storage(s) => s.into(),
+            Error::InvalidImage(_)
+            | Error::ImageSize { .. }
+            | Error::Halted { .. }
+            | Error::AllComponentsFailed(_)
+            | Error::RestoreFailed { .. }
+            | Error::Hook { .. }
+            | Error::Io { .. } => ErrorKind::Failed,
+        }
+    }
+
+    /// A stable identifier of this specific error in snake case
+    /// (`wrong_passphrase`, `not_found`, `version_mismatch`, …): crypto and
+    /// storage errors by their own meaning.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Error::Config { .. } => "config",
+            Error::Input(_) => "input",
+            Error::NotFound(_) => "not_found",
+            Error::VersionMismatch { .. } => "version_mismatch",
+            Error::IdentityMismatch { .. } => "identity_mismatch",
+            Error::UnsafeArchive { .. } => "unsafe_archive",
+            Error::InvalidImage(_) => "invalid_image",
+            Error::ImageSize { .. } => "image_size",
+            Error::Halted { .. } => "halted",
+            Error::AllComponentsFailed(_) => "all_components_failed",
+            Error::AlreadyInitialized(_) => "already_initialized",
+            Error::NotInitialized(_) => "not_initialized",
+            Error::PassphraseRequired(_) => "passphrase_required",
+            Error::NoStorage(_) => "no_storage",
+            Error::RestoreFailed { .. } => "restore_failed",
+            Error::Busy(_) => "busy",
+            Error::Preflight(_) => "preflight",
+            Error::Hook { .. } => "hook",
+            Error::Crypto(c) => crypto_name(c),
+            Error::Storage(s) => storage_name(s),
+            Error::Io { .. } => "io",
+        }
+    }
+
+    /// The kind and name of `cause` if it is an error of the engine, its
+    /// storage or its encryption (for frontends walking an error chain).
+    pub fn classify(
+        cause: &(dyn std::error::Error + 'static),
+    ) -> Option<(ErrorKind, &'static str)> {
+        if let Some(e) = cause.downcast_ref::<Error>() {
+            return Some((e.kind(), e.name()));
+        }
+        if let Some(e) = cause.downcast_ref::<backup_storage::Error>() {
+            return Some((e.into(), storage_name(e)));
+        }
+        if let Some(e) = cause.downcast_ref::<backup_crypto::Error>() {
+            return Some((e.into(), crypto_name(e)));
+        }
+        None
+    }
+
+    /// Whether this is the caller's to fix (exit code 2 in the CLI): see
+    /// [`ErrorKind::is_callers_to_fix`].
+    pub fn is_input_error(&self) -> bool {
+        self.kind().is_callers_to_fix()
     }
 
     pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Error {
@@ -169,6 +323,40 @@ impl Error {
             return Error::Crypto(backup_crypto::Error::Truncated);
         }
         Error::io(what, e)
+    }
+}
+
+fn crypto_name(e: &backup_crypto::Error) -> &'static str {
+    use backup_crypto::Error as C;
+    match e {
+        C::WrongPassphrase => "wrong_passphrase",
+        C::KeyMismatch { .. } => "key_mismatch",
+        C::HeaderCorrupted => "header_corrupted",
+        C::UnsupportedFormat(_) => "unsupported_format",
+        C::KdfParamsOutOfBounds(_) => "kdf_params_out_of_bounds",
+        C::Truncated => "truncated",
+        C::DecryptionFailed => "decryption_failed",
+        C::PassphraseTooShort { .. } => "passphrase_too_short",
+        C::InvalidKeyLength(_) => "invalid_key_length",
+        C::Random(_) => "random",
+        C::Io(_) => "io",
+        _ => "crypto",
+    }
+}
+
+fn storage_name(e: &backup_storage::Error) -> &'static str {
+    use backup_storage::Error as S;
+    match e {
+        S::NotFound { .. } => "not_found",
+        S::AlreadyExists { .. } => "already_exists",
+        S::PermissionDenied { .. } => "permission_denied",
+        S::Unauthenticated { .. } => "unauthenticated",
+        S::NoSpace { .. } => "no_space",
+        S::Unsupported { .. } => "unsupported",
+        S::InvalidUrl { .. } => "invalid_url",
+        S::Transient { .. } => "transient",
+        S::Other { .. } => "other",
+        _ => "storage",
     }
 }
 

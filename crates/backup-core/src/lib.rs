@@ -24,26 +24,35 @@
 //! ```
 #![warn(missing_docs)]
 
+mod backup;
+mod browse;
 mod component;
 mod config;
 mod daemon;
+#[cfg(feature = "demo")]
 pub mod demo;
 mod engine;
 mod error;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
+mod guard;
 pub mod image;
-mod keyops;
+mod images;
 mod keys;
 mod lazy_storage;
+mod model;
 pub mod ops;
 mod progress;
 mod restore;
+mod retention;
 mod runs;
 mod storage_ops;
+mod transfer;
 mod util;
+mod verify;
 
+pub use browse::{Access, Browse, BrowseImage, BrowseView, DownloadLink};
 pub use component::{
     Applicability, CommandComponent, Committed, Component, EntryMeta, EntrySink, FilesComponent,
     RestoreContext, SnapshotError, SqliteComponent,
@@ -57,20 +66,25 @@ pub use engine::{
     ComponentOptions, CreateOptions, CreateReport, Engine, EngineBuilder, ImageDetails,
     ImageSelection, ImageSummary, VerifyReport,
 };
-pub use error::{Error, Result};
-pub use image::Outcome;
-pub use keyops::RewrapResult;
+pub use error::{Error, ErrorKind, Result};
+pub use guard::Operation;
+pub use image::{
+    BackupInfo, ComponentRecord, Manifest, Outcome, PlannedComponent, Selection, Sidecar,
+};
+pub use keys::rewrap::RewrapResult;
 pub use keys::{
     audit_key_operation, check_passphrase, ensure_not_initialized, init_keys, rotate_keys,
     EarlierKey, KeyFile, KeySource, Keyring, NoPassphrase, PassphraseProvider, Rotation,
     KEYRING_FILE, KEY_FILE,
 };
+pub use ops::audit::AuditRecord;
+pub use ops::retention::{RetentionDecision, RetentionPolicy};
+pub use ops::status::{CurrentRun, RunRecord};
 pub use progress::{Event, NoProgress, Progress};
 pub use restore::{
     ComponentPlan, PathList, RestoreApproval, RestoreOptions, RestorePlan, RestoreReport,
     PLAN_PATHS_KEPT,
 };
 pub use runs::{StatusView, LOGS_DIR};
-pub use storage_ops::{Access, Browse, BrowseImage, BrowseView, DownloadLink};
 
 pub use backup_crypto::{KdfParams, MasterKey, Passphrase};

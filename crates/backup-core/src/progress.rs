@@ -1,7 +1,7 @@
 //! Progress and events, reported through a trait the caller implements.
 use serde::Serialize;
 
-use crate::image::Outcome;
+use crate::model::Outcome;
 
 /// Something that happened during an operation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -1,34 +1,20 @@
 //! Operations as an operator sees them: one at a time (lock), visible (status),
 //! accountable (audit log), with hooks, a capacity preflight, retention and a
 //! log file per backup.
-use std::future::Future;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use backup_storage::{PutMode, StorageExt};
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::engine::{CreateOptions, CreateReport, Engine, VerifyReport};
-use crate::image::{sidecar_name, Outcome};
-use crate::ops::audit::{AuditLog, AuditRecord};
-use crate::ops::hooks::{run_hook, HookEnv};
-use crate::ops::lock::{self, LockHolder, OperationLock};
-use crate::ops::retention::{self, RetentionDecision, RetentionItem};
-use crate::ops::status::{CurrentRun, RunRecord, StatusFile, StatusStore};
-use crate::progress::{Event, Progress};
-use crate::restore::{RestoreOptions, RestorePlan, RestoreReport};
+use crate::engine::Engine;
+use crate::guard::Operation;
+use crate::ops::audit::AuditRecord;
+use crate::ops::lock::{self, LockHolder};
+use crate::ops::status::{CurrentRun, RunRecord, StatusStore};
 use crate::{Error, Result};
 
 /// Directory of per-backup log files in the state directory.
 pub const LOGS_DIR: &str = "logs";
-/// Age after which `prune` removes an unfinished upload's temporary object:
-/// no upload runs that long without writing, so it belongs to a killed run.
-const STALE_UPLOAD_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
-/// Exit-code-worthy outcome of a skipped run, for frontends.
-pub(crate) const SKIPPED: &str = "skipped";
 
 /// What `backup status` shows.
 #[derive(Debug, Clone, Serialize)]
@@ -55,841 +41,92 @@ pub struct StatusView {
     pub daemon: Option<crate::daemon::DaemonInfo>,
 }
 
-impl Engine {
-    fn state_dir(&self) -> &Path {
-        &self.config.appliance.state_dir
-    }
-
-    fn audit_log(&self) -> AuditLog {
-        AuditLog::in_state_dir(self.state_dir())
-    }
-
-    /// Appends an audit record; a failure to write it is reported, not fatal.
-    pub(crate) fn audit(
-        &self,
-        operation: &str,
-        target: &str,
-        outcome: &str,
-        bytes: u64,
-        started: Instant,
-        error: Option<String>,
-    ) {
-        let record = AuditRecord {
-            time: Utc::now(),
-            actor: self.actor.clone(),
-            operation: operation.to_string(),
-            target: target.to_string(),
-            outcome: outcome.to_string(),
-            bytes,
-            duration_ms: started.elapsed().as_millis() as u64,
-            error,
-        };
-        if let Err(e) = self.audit_log().append(&record) {
-            self.progress.event(&Event::Warning {
-                component: None,
-                message: format!("the audit log could not be written: {e}"),
-            });
-        }
-    }
-
-    /// Audits an operation a frontend carried out itself (key check/rotate).
-    pub fn audit_public<T>(
-        &self,
-        operation: &str,
-        target: &str,
-        result: &Result<T>,
-        started: Instant,
-    ) {
-        match result {
-            Ok(_) => self.audit(operation, target, "done", 0, started, None),
-            Err(e) => self.audit(
-                operation,
-                target,
-                outcome_of(e),
-                0,
-                started,
-                Some(e.to_string()),
-            ),
-        }
-    }
-
-    /// Runs `fut`, then audits it as `operation` on `target`.
-    async fn audited<T, F>(
-        &self,
-        operation: &str,
-        target: &str,
-        bytes: impl Fn(&T) -> u64,
-        fut: F,
-    ) -> Result<T>
-    where
-        F: Future<Output = Result<T>>,
-    {
-        let started = Instant::now();
-        self.remove_stale_scratch(false);
-        let result = fut.await;
-        match &result {
-            Ok(v) => self.audit(operation, target, "done", bytes(v), started, None),
-            Err(e) => self.audit(
-                operation,
-                target,
-                outcome_of(e),
-                0,
-                started,
-                Some(e.to_string()),
-            ),
-        }
-        result
-    }
-
-    /// Takes the operation lock for `run` (the operation as the status names
-    /// it: `backup`, `scheduled backup`, `restore`, `prune`; the lock records
-    /// it, so `status` and a skipped run's message name the holder the same
-    /// way). If another operation holds it, records the skip (status, and the
-    /// audit log as `audit_op`) and fails with [`Error::Busy`].
-    fn lock(
-        &self,
-        run: &str,
-        audit_op: &str,
-        target: &str,
-        started: Instant,
-    ) -> Result<OperationLock> {
-        match OperationLock::acquire(self.state_dir(), run) {
-            Ok(l) => {
-                self.remove_stale_scratch(true);
-                Ok(l)
-            }
-            Err(Error::Busy(who)) => {
-                let reason = format!("{who}; this {run} was skipped");
-                let record = RunRecord {
-                    time: Utc::now(),
-                    operation: run.to_string(),
-                    outcome: Outcome::Skipped,
-                    image: None,
-                    size: 0,
-                    reason: Some(reason.clone()),
-                };
-                let _ = StatusStore::in_state_dir(self.state_dir()).record_skipped(&record);
-                self.audit(audit_op, target, SKIPPED, 0, started, Some(reason.clone()));
-                self.progress.event(&Event::Warning {
-                    component: None,
-                    message: reason,
-                });
-                Err(Error::Busy(who))
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Removes scratch space left by runs that are gone (see
-    /// [`crate::util::remove_stale_scratch`]), saying so.
-    fn remove_stale_scratch(&self, holding_lock: bool) {
-        for path in crate::util::remove_stale_scratch(self.state_dir(), holding_lock) {
-            self.progress.event(&Event::Step {
-                message: format!(
-                    "removed the scratch space of a run that is gone: {}",
-                    path.display()
-                ),
-            });
-        }
-    }
-
-    /// Notes a previous run that never finished (crash, `kill -9`); returns
-    /// the note, for the new run's log.
-    fn take_over(
-        &self,
-        status: &mut StatusFile,
-        lock: &OperationLock,
-        started: Instant,
-    ) -> Option<String> {
-        let previous = status.current.take();
-        let stale = lock.stale.clone();
-        if previous.is_none() && stale.is_none() {
-            return None;
-        }
-        let (operation, pid, since) = match (&previous, &stale) {
-            (Some(p), _) => (p.operation.clone(), p.pid, p.started),
-            (None, Some(h)) => (h.operation.clone(), h.pid, h.started),
-            _ => unreachable!(),
-        };
-        let reason = format!(
-            "interrupted: the {operation} started at {} by pid {pid} stopped before it finished (crash or kill); its lock was taken over",
-            since.format("%Y-%m-%d %H:%M:%S UTC")
-        );
-        self.progress.event(&Event::Warning {
-            component: None,
-            message: reason.clone(),
-        });
-        self.audit(
-            &operation,
-            previous
-                .as_ref()
-                .and_then(|p| p.image.as_deref())
-                .unwrap_or("-"),
-            "interrupted",
-            0,
-            started,
-            Some(reason.clone()),
-        );
-        status.last_failure = Some(RunRecord {
-            time: Utc::now(),
-            operation,
-            outcome: Outcome::Failed,
-            image: previous.and_then(|p| p.image),
-            size: 0,
-            reason: Some(reason.clone()),
-        });
-        Some(reason)
-    }
-
-    /// Takes a backup: under the lock, with status, audit log, hooks, a
-    /// capacity preflight, a log file, and retention after success. Fails with
-    /// [`Error::Busy`] (recorded as skipped) if another operation runs.
-    pub async fn create(&self, opts: &CreateOptions) -> Result<CreateReport> {
-        let started = Instant::now();
-        let run_name = if opts.scheduled {
-            "scheduled backup"
-        } else {
-            "backup"
-        };
-        let lock = self.lock(run_name, "create", "-", started)?;
-        let store = StatusStore::in_state_dir(self.state_dir());
-        let mut status = store.load().unwrap_or_default();
-        let took_over = self.take_over(&mut status, &lock, started);
-        // A selection that cannot be backed up (an unknown component, a
-        // missing requirement) is refused before the run starts: recorded,
-        // but no hook runs for it.
-        if let Err(e) = self.plan_only(opts) {
-            return Err(self.backup_failed(&store, status, None, e, started, false));
-        }
-        let (created, (storage, name)) = match self.unique_destination(opts).await {
-            Ok(d) => d,
-            Err(e) => return Err(self.backup_failed(&store, status, None, e, started, true)),
-        };
-        status.current = Some(CurrentRun {
-            operation: run_name.into(),
-            pid: std::process::id(),
-            started: created,
-            image: Some(name.clone()),
-            component: None,
-            bytes_done: 0,
-        });
-        store.store(&status)?;
-        let run = Arc::new(RunProgress::new(
-            self.progress.clone(),
-            store.clone(),
-            status,
-            self.log_path(&name),
-        ));
-        if let Some(note) = took_over {
-            run.line(format!("warning: {note}"));
-        }
-        let hook_env = |outcome: &str, failed: Vec<String>| HookEnv {
-            outcome: outcome.to_string(),
-            image: name.clone(),
-            failed,
-            node: self.config.appliance.node.clone(),
-        };
-
-        let result = async {
-            run_hook(
-                "before",
-                &self.config.hooks.before,
-                &hook_env("started", vec![]),
-            )?;
-            if opts.output.is_none() {
-                self.preflight(&storage, opts).await?;
-            }
-            self.create_image(opts, run.clone(), (storage.clone(), name.clone()), created)
-                .await
-        }
-        .await;
-
-        let mut status = run.finish();
-        status.current = None;
-        let result = match result {
-            Ok(mut report) => {
-                let failed: Vec<String> = report
-                    .manifest
-                    .components
-                    .iter()
-                    .filter(|c| c.outcome != Outcome::Success)
-                    .map(|c| c.name.clone())
-                    .collect();
-                let record = RunRecord {
-                    time: Utc::now(),
-                    operation: "backup".into(),
-                    outcome: report.outcome,
-                    image: Some(report.image.clone()),
-                    size: report.size,
-                    reason: (!failed.is_empty())
-                        .then(|| format!("components failed: {}", failed.join(", "))),
-                };
-                if report.outcome == Outcome::Success {
-                    status.last_success = Some(record.clone());
-                } else {
-                    status.last_failure = Some(record.clone());
-                }
-                status.last_backup = Some(record);
-                store.store(&status)?;
-                self.audit(
-                    "create",
-                    &report.image,
-                    report.outcome.as_str(),
-                    report.size,
-                    started,
-                    record_error(&report),
-                );
-                if let Err(e) = run_hook(
-                    "after",
-                    &self.config.hooks.after,
-                    &hook_env(report.outcome.as_str(), failed),
-                ) {
-                    self.progress.event(&Event::Warning {
-                        component: None,
-                        message: e.to_string(),
-                    });
-                }
-                if opts.output.is_none() && self.config.retention.is_enabled() {
-                    match self.apply_retention(false).await {
-                        Ok(decisions) => {
-                            report.pruned = decisions
-                                .into_iter()
-                                .filter(|d| !d.keep)
-                                .map(|d| d.name)
-                                .collect()
-                        }
-                        Err(e) => self.progress.event(&Event::Warning {
-                            component: None,
-                            message: format!("retention could not run: {e}"),
-                        }),
-                    }
-                }
-                Ok(report)
-            }
-            Err(e) => Err(self.backup_failed(&store, status, Some(&name), e, started, true)),
-        };
-        drop(lock);
-        result
-    }
-
-    /// Records a backup that failed or was refused (status, audit log) and
-    /// runs the `on_failure` hook if the run had started; returns the error.
-    fn backup_failed(
-        &self,
-        store: &StatusStore,
-        mut status: StatusFile,
-        image: Option<&str>,
-        e: Error,
-        started: Instant,
-        run_hooks: bool,
-    ) -> Error {
-        let record = RunRecord {
-            time: Utc::now(),
-            operation: "backup".into(),
-            outcome: Outcome::Failed,
-            image: None,
-            size: 0,
-            reason: Some(e.to_string()),
-        };
-        status.current = None;
-        status.last_failure = Some(record.clone());
-        status.last_backup = Some(record);
-        if let Err(s) = store.store(&status) {
-            self.progress.event(&Event::Warning {
-                component: None,
-                message: format!("the status could not be written: {s}"),
-            });
-        }
-        self.audit(
-            "create",
-            image.unwrap_or("-"),
-            outcome_of(&e),
-            0,
-            started,
-            Some(e.to_string()),
-        );
-        if run_hooks {
-            let env = HookEnv {
-                outcome: "failed".into(),
-                image: image.unwrap_or_default().to_string(),
-                failed: vec![],
-                node: self.config.appliance.node.clone(),
-            };
-            if let Err(h) = run_hook("on_failure", &self.config.hooks.on_failure, &env) {
-                self.progress.event(&Event::Warning {
-                    component: None,
-                    message: h.to_string(),
-                });
-            }
-        }
-        e
-    }
-
-    /// A creation time whose image name is free: names carry the second, so
-    /// a second backup within the same second waits for the next one. Called
-    /// under the lock, so no other backup of this appliance races for it.
-    async fn unique_destination(
-        &self,
-        opts: &CreateOptions,
-    ) -> Result<(DateTime<Utc>, (Arc<dyn backup_storage::Storage>, String))> {
-        loop {
-            let created = Utc::now().trunc_subsecs(0);
-            let (storage, name) = self.destination(opts, created)?;
-            if opts.output.is_some() || !storage.exists(&name).await? {
-                return Ok((created, (storage, name)));
-            }
-            let to_next = 1000 - Utc::now().timestamp_subsec_millis().min(999);
-            tokio::time::sleep(std::time::Duration::from_millis(u64::from(to_next) + 5)).await;
-        }
-    }
-
-    /// Refuses a backup before any component is read when the storage is not
-    /// reachable, not writable, or reports less free space than the estimate.
-    async fn preflight(
-        &self,
-        storage: &Arc<dyn backup_storage::Storage>,
-        opts: &CreateOptions,
-    ) -> Result<()> {
-        let probe = format!(".backup-probe-{}", crate::util::random_tag());
-        storage
-            .put_bytes(
-                &probe,
-                bytes::Bytes::from_static(b"probe"),
-                PutMode::Overwrite,
-            )
-            .await
-            .map_err(|e| Error::Preflight(format!("the storage {storage} is not writable: {e}")))?;
-        let _ = storage.delete(&probe).await;
-        let estimate = self.estimate(opts)?;
-        if let Ok(cap) = storage.capacity().await {
-            if let Some(free) = cap.free {
-                if estimate > free {
-                    return Err(Error::Preflight(format!(
-                        "the selected components hold about {estimate} bytes and {storage} has {free} bytes free; free space or prune old images (backup prune)"
-                    )));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn log_path(&self, image: &str) -> PathBuf {
-        let base = image.rsplit('/').next().unwrap_or(image);
-        self.state_dir().join(LOGS_DIR).join(format!("{base}.log"))
-    }
-
-    /// The log lines kept for a backup.
-    pub fn backup_log(&self, image: &str) -> Result<String> {
-        let path = self.log_path(image);
-        std::fs::read_to_string(&path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                Error::Input(format!(
-                    "no log for {image} on this appliance ({} does not exist)",
-                    path.display()
-                ))
-            } else {
-                Error::io(format!("reading {}", path.display()), e)
-            }
-        })
-    }
-
-    /// Verifies an image (audited).
-    pub async fn verify(&self, image: &str) -> Result<VerifyReport> {
-        self.audited(
-            "verify",
-            image,
-            |r: &VerifyReport| r.size,
-            self.verify_image(image),
-        )
-        .await
-    }
-
-    /// Writes an image's decrypted payload to `out` (audited).
-    pub async fn decrypt(&self, image: &str, out: &Path) -> Result<u64> {
-        self.audited("decrypt", image, |n| *n, self.decrypt_image(image, out))
-            .await
-    }
-
-    /// Seals a payload file into an image (audited), after reading it as
-    /// restore would: a payload restore would refuse is not sealed.
-    pub async fn encrypt(&self, input: &Path, out: &Path) -> Result<u64> {
-        let target = out.display().to_string();
-        self.audited(
-            "encrypt",
-            &target,
-            |n| *n,
-            self.encrypt_file(input, out, false),
-        )
-        .await
-    }
-
-    /// Seals an edited payload into an image (audited as `encrypt`),
-    /// recording the payload's current content in its manifest: the image
-    /// then vouches for the edit. Everything else restore checks is checked.
-    pub async fn encrypt_rehash(&self, input: &Path, out: &Path) -> Result<u64> {
-        let target = out.display().to_string();
-        self.audited(
-            "encrypt",
-            &target,
-            |n| *n,
-            self.encrypt_file(input, out, true),
-        )
-        .await
-    }
-
-    /// Restores an image under the operation lock (audited, in the status).
-    pub async fn restore(&self, image: &str, opts: &RestoreOptions) -> Result<RestoreReport> {
-        let started = Instant::now();
-        let lock = self.lock("restore", "restore", image, started)?;
-        let store = StatusStore::in_state_dir(self.state_dir());
-        let mut status = store.load().unwrap_or_default();
-        self.take_over(&mut status, &lock, started);
-        status.current = Some(CurrentRun {
-            operation: "restore".into(),
-            pid: std::process::id(),
-            started: Utc::now(),
-            image: Some(image.to_string()),
-            component: None,
-            bytes_done: 0,
-        });
-        store.store(&status)?;
-        let result = self.restore_image(image, opts).await;
-        status.current = None;
-        if let Err(e) = &result {
-            status.last_failure = Some(RunRecord {
-                time: Utc::now(),
-                operation: "restore".into(),
-                outcome: Outcome::Failed,
-                image: Some(image.to_string()),
-                size: 0,
-                reason: Some(e.to_string()),
-            });
-        }
-        let _ = store.store(&status);
-        let restored = result.as_ref().ok().map(|r| r.restored.as_slice());
-        let audited = opts.audit_target(image, restored);
-        match &result {
-            Ok(_) => self.audit("restore", &audited, "done", 0, started, None),
-            Err(e) => self.audit(
-                "restore",
-                &audited,
-                outcome_of(e),
-                0,
-                started,
-                Some(e.to_string()),
-            ),
-        }
-        drop(lock);
-        result
-    }
-
-    /// What restoring `image` with `opts` would replace, add, remove and
-    /// keep, writing nothing but the audit record (`restore.dry-run`).
-    pub async fn restore_plan(&self, image: &str, opts: &RestoreOptions) -> Result<RestorePlan> {
-        let started = Instant::now();
-        let result = self.plan_restore(image, opts).await;
-        let audited = opts.audit_target(image, None);
-        match &result {
-            Ok(_) => self.audit("restore.dry-run", &audited, "done", 0, started, None),
-            Err(e) => self.audit(
-                "restore.dry-run",
-                &audited,
-                outcome_of(e),
-                0,
-                started,
-                Some(e.to_string()),
-            ),
-        }
-        result
-    }
-
-    /// What a retention run would delete (`dry_run`) or deletes, under the lock.
-    pub async fn prune(&self, dry_run: bool) -> Result<Vec<RetentionDecision>> {
-        let started = Instant::now();
-        let _lock = self.lock("prune", "prune", "-", started)?;
-        if !dry_run {
-            self.remove_stale_uploads().await;
-        }
-        let result = self.apply_retention(dry_run).await;
-        if let Err(e) = &result {
-            self.audit("prune", "-", outcome_of(e), 0, started, Some(e.to_string()));
-        }
-        result
-    }
-
-    /// Removes the hidden temporary objects of uploads killed more than a
-    /// day ago (audited as `prune.partial`); a failure is a warning, not the
-    /// prune's failure.
-    async fn remove_stale_uploads(&self) {
-        let Some(storage) = self.storage() else {
-            return;
-        };
-        let started = Instant::now();
-        match storage.remove_stale_uploads(STALE_UPLOAD_AGE).await {
-            Ok(removed) => {
-                for name in removed {
-                    self.progress.event(&Event::Step {
-                        message: format!("removed an unfinished upload: {name}"),
-                    });
-                    self.audit("prune.partial", &name, "done", 0, started, None);
-                }
-            }
-            Err(e) => self.progress.event(&Event::Warning {
-                component: None,
-                message: format!("unfinished uploads could not be removed: {e}"),
-            }),
-        }
-    }
-
-    /// Applies the retention policy to this node's images (caller holds the lock).
-    async fn apply_retention(&self, dry_run: bool) -> Result<Vec<RetentionDecision>> {
-        let storage = self
-            .storage()
-            .cloned()
-            .ok_or_else(|| Error::NoStorage("there is nothing to prune".into()))?;
-        if !self.config.retention.is_enabled() {
-            return Err(Error::Input(
-                "no [retention] policy is configured; nothing would be deleted".into(),
-            ));
-        }
-        let node = &self.config.appliance.node;
-        let items: Vec<RetentionItem> = self
-            .list()
-            .await?
-            .into_iter()
-            .filter_map(|i| {
-                let created = i
-                    .sidecar
-                    .as_ref()
-                    .map(|s| s.info.created)
-                    .or(i.parsed.as_ref().map(|p| p.created))?;
-                let ours = match (&i.sidecar, &i.parsed) {
-                    (Some(s), _) => &s.info.node == node,
-                    (None, Some(p)) => &p.node == node,
-                    _ => false,
-                };
-                ours.then(|| RetentionItem {
-                    name: i.name.clone(),
-                    created,
-                    outcome: i.sidecar.map(|s| s.manifest.outcome),
-                    coverage: i.coverage,
-                })
-            })
-            .collect();
-        let decisions = retention::plan(&items, &self.config.retention);
-        if dry_run {
-            return Ok(decisions);
-        }
-        for d in decisions.iter().filter(|d| !d.keep) {
-            let started = Instant::now();
-            let result = async {
-                storage.delete(&d.name).await?;
-                storage.delete(&sidecar_name(&d.name)).await?;
-                Ok::<_, Error>(())
-            }
-            .await;
-            let _ = std::fs::remove_file(self.log_path(&d.name));
-            match result {
-                Ok(()) => self.audit("prune.delete", &d.name, "done", 0, started, None),
-                Err(e) => {
-                    self.audit(
-                        "prune.delete",
-                        &d.name,
-                        "failed",
-                        0,
-                        started,
-                        Some(e.to_string()),
-                    );
-                    return Err(e);
-                }
-            }
-        }
-        Ok(decisions)
-    }
-
-    /// The status as an operator sees it.
-    pub fn status(&self) -> Result<StatusView> {
-        let store = StatusStore::in_state_dir(self.state_dir());
-        let file = store.load()?;
-        let holder: Option<LockHolder> = lock::probe(self.state_dir())?;
-        let (state, current) = match (&file.current, holder) {
-            (Some(c), Some(_)) => ("in progress", Some(c.clone())),
-            (None, Some(h)) => (
-                "in progress",
-                Some(CurrentRun {
-                    operation: h.operation,
-                    pid: h.pid,
-                    started: h.started,
-                    image: None,
-                    component: None,
-                    bytes_done: 0,
-                }),
-            ),
-            (Some(c), None) => ("interrupted", Some(c.clone())),
-            (None, None) => ("not running", None),
-        };
-        let (next_run, schedule) = match &self.config.schedule {
-            Some(s) => {
-                let parsed = s.parse()?;
-                (
-                    parsed.next_after(Utc::now()),
-                    format!("{} ({})", s.cron.join(", "), s.timezone),
-                )
-            }
-            None => (None, "schedule disabled".to_string()),
-        };
-        Ok(StatusView {
-            state: state.to_string(),
-            elapsed_secs: current
-                .as_ref()
-                .map(|c| (Utc::now() - c.started).num_seconds()),
-            current,
-            last_success: file.last_success,
-            last_failure: file.last_failure,
-            last_backup: file.last_backup,
-            last_skipped: store.last_skipped()?,
-            next_run,
-            schedule,
-            daemon: crate::daemon::DaemonInfo::load(self.state_dir()).filter(|d| d.is_alive()),
-        })
-    }
-
-    /// Audit records since `since`.
-    pub fn audit_records(&self, since: Option<DateTime<Utc>>) -> Result<Vec<AuditRecord>> {
-        self.audit_log().read(since)
-    }
-}
-
 /// The audit outcome of an error.
 pub(crate) fn outcome_of(e: &Error) -> &'static str {
-    match e {
-        Error::Busy(_) => SKIPPED,
-        Error::VersionMismatch { .. }
-        | Error::IdentityMismatch { .. }
-        | Error::UnsafeArchive { .. }
-        | Error::Preflight(_) => "refused",
-        e if e.is_input_error() => "refused",
-        _ => "failed",
-    }
+    e.kind().audit_outcome()
 }
 
-/// The components a published backup lacks, for messages (`None` if none).
-pub(crate) fn failed_components(report: &CreateReport) -> Option<String> {
-    let failed: Vec<&str> = report
-        .manifest
-        .components
-        .iter()
-        .filter(|c| c.outcome != Outcome::Success)
-        .map(|c| c.name.as_str())
-        .collect();
-    (!failed.is_empty()).then(|| format!("components failed: {}", failed.join(", ")))
+/// Audits an operation a frontend carried out itself (key check/rotate).
+pub(crate) fn audit_public<T>(
+    engine: &Engine,
+    operation: Operation,
+    target: &str,
+    result: &Result<T>,
+    started: Instant,
+) {
+    let (outcome, error) = match result {
+        Ok(_) => ("done", None),
+        Err(e) => (outcome_of(e), Some(e.to_string())),
+    };
+    engine.audit(operation.audit_name(), target, outcome, 0, started, error);
 }
 
-fn record_error(report: &CreateReport) -> Option<String> {
-    let failed: Vec<String> = report
-        .manifest
-        .components
-        .iter()
-        .filter_map(|c| c.error.as_ref().map(|e| format!("{}: {e}", c.name)))
-        .collect();
-    (!failed.is_empty()).then(|| failed.join("; "))
-}
-
-/// Passes events on, keeps the status file's progress current (at most once
-/// a second) and writes the backup's log file.
-struct RunProgress {
-    inner: Arc<dyn Progress>,
-    store: StatusStore,
-    state: Mutex<(StatusFile, Instant)>,
-    log: Mutex<Option<std::io::BufWriter<std::fs::File>>>,
-}
-
-impl RunProgress {
-    fn new(
-        inner: Arc<dyn Progress>,
-        store: StatusStore,
-        status: StatusFile,
-        log_path: PathBuf,
-    ) -> RunProgress {
-        let log = log_path
-            .parent()
-            .and_then(|d| crate::util::create_private_dir(d).ok())
-            .and_then(|()| {
-                use std::os::unix::fs::OpenOptionsExt;
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .mode(0o600)
-                    .open(&log_path)
-                    .ok()
-            });
-        RunProgress {
-            inner,
-            store,
-            state: Mutex::new((status, Instant::now())),
-            log: Mutex::new(log.map(std::io::BufWriter::new)),
+/// The log lines kept for a backup.
+pub(crate) fn backup_log(engine: &Engine, image: &str) -> Result<String> {
+    let path = engine.log_path(image);
+    std::fs::read_to_string(&path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::NotFound(format!(
+                "no log for {image} on this appliance ({} does not exist)",
+                path.display()
+            ))
+        } else {
+            Error::io(format!("reading {}", path.display()), e)
         }
-    }
-
-    fn line(&self, text: String) {
-        if let Some(w) = self.log.lock().expect("log").as_mut() {
-            let _ = writeln!(w, "{} {text}", Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ"));
-            // Each line reaches the file at once: a crashed or killed run's
-            // log still shows how far it got.
-            let _ = w.flush();
-        }
-    }
-
-    /// Flushes the log and hands back the status for the final write.
-    fn finish(&self) -> StatusFile {
-        if let Some(mut w) = self.log.lock().expect("log").take() {
-            let _ = w.flush();
-        }
-        self.state.lock().expect("status").0.clone()
-    }
+    })
 }
 
-impl Progress for RunProgress {
-    fn event(&self, event: &Event) {
-        self.inner.event(event);
-        match event {
-            Event::Step { message } => self.line(message.clone()),
-            Event::ComponentStarted { component, kind } => {
-                self.line(format!("{component} ({kind}): started"))
-            }
-            Event::ComponentFinished {
-                component,
-                outcome,
-                entries,
-                bytes,
-                error,
-            } => self.line(match error {
-                Some(e) => format!("{component}: {outcome}: {e}"),
-                None => format!("{component}: {outcome}, {entries} entries, {bytes} bytes"),
+/// The status as an operator sees it.
+pub(crate) fn status(engine: &Engine) -> Result<StatusView> {
+    let store = StatusStore::in_state_dir(engine.state_dir());
+    let file = store.load()?;
+    let holder: Option<LockHolder> = lock::probe(engine.state_dir())?;
+    let (state, current) = match (&file.current, holder) {
+        (Some(c), Some(_)) => ("in progress", Some(c.clone())),
+        (None, Some(h)) => (
+            "in progress",
+            Some(CurrentRun {
+                operation: h.operation,
+                pid: h.pid,
+                started: h.started,
+                image: None,
+                component: None,
+                bytes_done: 0,
             }),
-            Event::Warning { component, message } => self.line(format!(
-                "warning: {}{message}",
-                component
-                    .as_ref()
-                    .map(|c| format!("{c}: "))
-                    .unwrap_or_default()
-            )),
-            _ => {}
+        ),
+        (Some(c), None) => ("interrupted", Some(c.clone())),
+        (None, None) => ("not running", None),
+    };
+    let (next_run, schedule) = match &engine.config.schedule {
+        Some(s) => {
+            let parsed = s.parse()?;
+            (
+                parsed.next_after(Utc::now()),
+                format!("{} ({})", s.cron.join(", "), s.timezone),
+            )
         }
-        let mut state = self.state.lock().expect("status");
-        let (status, last) = &mut *state;
-        if let Some(current) = status.current.as_mut() {
-            match event {
-                Event::ComponentStarted { component, .. } => {
-                    current.component = Some(component.clone())
-                }
-                Event::Bytes { bytes, .. } => current.bytes_done += bytes,
-                _ => {}
-            }
-        }
-        if last.elapsed().as_secs() >= 1 || matches!(event, Event::ComponentStarted { .. }) {
-            let _ = self.store.store(status);
-            *last = Instant::now();
-        }
-    }
+        None => (None, "schedule disabled".to_string()),
+    };
+    Ok(StatusView {
+        state: state.to_string(),
+        elapsed_secs: current
+            .as_ref()
+            .map(|c| (Utc::now() - c.started).num_seconds()),
+        current,
+        last_success: file.last_success,
+        last_failure: file.last_failure,
+        last_backup: file.last_backup,
+        last_skipped: store.last_skipped()?,
+        next_run,
+        schedule,
+        daemon: crate::daemon::DaemonInfo::load(engine.state_dir()).filter(|d| d.is_alive()),
+    })
+}
+
+/// Audit records since `since`.
+pub(crate) fn audit_records(
+    engine: &Engine,
+    since: Option<DateTime<Utc>>,
+) -> Result<Vec<AuditRecord>> {
+    engine.audit_log().read(since)
 }

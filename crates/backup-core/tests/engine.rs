@@ -6,8 +6,8 @@ use anyhow::Result;
 use backup_core::demo::{build_demo, sqlite_rows, tree_diff, DemoAppliance};
 use backup_core::{
     Applicability, Committed, Component, ComponentOptions, Config, CreateOptions, Engine,
-    EntrySink, Error, KdfParams, KeySource, MasterKey, Outcome, Passphrase, PassphraseProvider,
-    RestoreContext, RestoreOptions, SnapshotError,
+    EntrySink, Error, ErrorKind, KdfParams, KeySource, MasterKey, Outcome, Passphrase,
+    PassphraseProvider, RestoreContext, RestoreOptions, SnapshotError,
 };
 
 #[path = "engine_awkward/mod.rs"]
@@ -141,7 +141,111 @@ async fn selection_errors_are_input_errors() -> Result<()> {
     );
     opts.components = vec!["audits".into(), "maindb".into()];
     let report = e.create(&opts).await?;
+    let info: &backup_core::BackupInfo = &report.info;
+    let manifest: &backup_core::Manifest = &report.manifest;
+    assert_eq!(info.components.len(), manifest.components.len());
     assert_eq!(report.info.components.len(), 2);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn errors_are_classified_by_kind_and_audited_by_it() -> Result<()> {
+    let (_d, demo) = demo()?;
+    let e = engine(&demo.config)?;
+    let mut opts = CreateOptions::default();
+    opts.components = vec!["nope".into()];
+    let err = e.create(&opts).await.unwrap_err();
+    assert_eq!(
+        (err.kind(), err.name()),
+        (ErrorKind::Input, "input"),
+        "{err}"
+    );
+
+    // A name that is not there is not a bad request.
+    let err = e.backup_log("nosuch.bkp").unwrap_err();
+    assert_eq!(
+        (err.kind(), err.name()),
+        (ErrorKind::NotFound, "not_found"),
+        "{err}"
+    );
+    let missing = demo.dir.join("no-such-image.bkp");
+    let err = e.verify(missing.to_str().unwrap()).await.unwrap_err();
+    assert_eq!(
+        (err.kind(), err.name()),
+        (ErrorKind::NotFound, "not_found"),
+        "{err}"
+    );
+    let stored = "gw-20000101T000000Z_no-such-node_standalone.bkp";
+    let err = e.verify(stored).await.unwrap_err();
+    assert_eq!(
+        (err.kind(), err.name()),
+        (ErrorKind::NotFound, "not_found"),
+        "{err}"
+    );
+    assert!(err.is_input_error(), "the caller's to fix: {err}");
+
+    let err = backup_core::init_keys(
+        &demo.config.appliance.state_dir,
+        &Passphrase::new(SECRET.into())?,
+        KdfParams::MINIMUM,
+    )
+    .unwrap_err();
+    assert_eq!(
+        (err.kind(), err.name()),
+        (ErrorKind::Conflict, "already_initialized"),
+        "{err}"
+    );
+    let err = Error::from(backup_crypto::Error::WrongPassphrase);
+    assert_eq!(
+        (err.kind(), err.name()),
+        (ErrorKind::Failed, "wrong_passphrase")
+    );
+    let err = Error::from(backup_crypto::Error::PassphraseTooShort { min: 12 });
+    assert_eq!(err.kind(), ErrorKind::Input);
+
+    // The audit log records each outcome by the error's kind.
+    let records: Vec<backup_core::AuditRecord> = e.audit_records(None)?;
+    let verifies: Vec<String> = records
+        .into_iter()
+        .filter(|r| r.operation == "verify")
+        .map(|r| r.outcome)
+        .collect();
+    assert_eq!(verifies, ["refused", "refused"]);
+    Ok(())
+}
+
+#[test]
+fn key_operations_run_through_the_engine_and_are_audited() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let demo = build_demo(&dir.path().join("demo"), 19)?;
+    let e = engine(&demo.config)?;
+    let id = e.init_keys(|| Ok(Passphrase::new(SECRET.into())?))?;
+    assert_eq!(e.check_key(|| Ok(Passphrase::new(SECRET.into())?))?, id);
+    // An initialised appliance is refused before a secret is asked for.
+    let err = e
+        .init_keys(|| panic!("no secret is asked for"))
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    let err = e
+        .rotate_key(
+            || Ok(Passphrase::new(SECRET.into())?),
+            || Ok(Passphrase::new("short".into())?),
+        )
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Input, "{err}");
+    let keys: Vec<(String, String)> = e
+        .audit_records(None)?
+        .into_iter()
+        .filter(|r| r.operation.starts_with("key."))
+        .map(|r| (r.operation, r.outcome))
+        .collect();
+    let want = [
+        ("key.init", "done"),
+        ("key.check", "done"),
+        ("key.init", "refused"),
+        ("key.rotate", "refused"),
+    ];
+    assert_eq!(keys, want.map(|(o, r)| (o.to_string(), r.to_string())));
     Ok(())
 }
 
@@ -203,6 +307,57 @@ impl Component for Failing {
     fn restore(&self, _: &RestoreContext<'_>) -> Result<Box<dyn Committed>, String> {
         Err("simulated failure while putting the component into place".into())
     }
+}
+
+/// A component that counts how often its applicability is probed.
+struct Probed(Arc<std::sync::atomic::AtomicUsize>);
+impl Component for Probed {
+    fn name(&self) -> &str {
+        "probed"
+    }
+    fn kind(&self) -> &str {
+        "test"
+    }
+    fn roots(&self) -> Vec<PathBuf> {
+        vec![]
+    }
+    fn applicability(&self) -> Applicability {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Applicability::Applicable
+    }
+    fn estimate_size(&self) -> Option<u64> {
+        Some(1)
+    }
+    fn snapshot(&self, sink: &mut dyn EntrySink, _: &Path) -> Result<(), SnapshotError> {
+        Failing.snapshot(sink, Path::new("/"))
+    }
+    fn restore(&self, _: &RestoreContext<'_>) -> Result<Box<dyn Committed>, String> {
+        Err("not restored in this test".into())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backup_probes_each_component_once_for_preflight_and_pipeline() -> Result<()> {
+    let (_d, demo) = demo()?;
+    let probes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let e = Engine::builder(demo.config.clone())
+        .component(
+            Arc::new(Probed(probes.clone())),
+            ComponentOptions::default(),
+        )
+        .build()?;
+    let report = e.create(&CreateOptions::default()).await?;
+    assert!(
+        report
+            .manifest
+            .components
+            .iter()
+            .any(|c| c.name == "probed"),
+        "{:?}",
+        report.manifest.components
+    );
+    assert_eq!(probes.load(std::sync::atomic::Ordering::SeqCst), 1);
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread")]

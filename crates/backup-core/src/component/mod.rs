@@ -14,7 +14,7 @@ pub(crate) use sqlite::JOURNAL_SUFFIXES;
 pub use swap::Committed;
 pub(crate) use swap::{NothingToUndo, Swapped};
 
-use crate::image::PlannedComponent;
+use crate::model::PlannedComponent;
 
 /// Metadata of one archive entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,7 +8,7 @@
 //! as one file); or **none**.
 //! Reading: the codec is recognised by the payload's magic bytes, so restore
 //! needs no configuration; the frames of either codec are decompressed on
-//! several threads at once ([`super::parallel`]).
+//! several threads at once (the `parallel` module).
 //!
 //! Independent gzip members cost about 0.5% of size against one serial
 //! stream (each block starts with an empty 32 KiB window) and buy a linear
@@ -24,7 +24,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use super::parallel::ParallelDecoder;
-use crate::config::Compression;
+pub use crate::model::default_threads;
+use crate::model::Compression;
 
 /// Input bytes per gzip member: large enough that the member framing (28
 /// bytes) and the cold window at each start cost little, small enough that
@@ -59,14 +60,6 @@ pub(crate) const MEMBER_LEN_AT: usize = 16;
 /// benchmark), and `threads + 2` blocks in flight keep a whole backup near
 /// 40 MiB on two threads.
 pub const ZSTD_BLOCK: usize = 2 << 20;
-
-/// The number of compression threads used by default: every core this
-/// process may run on (respects CPU affinity and cgroup quotas).
-pub fn default_threads() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-}
 
 /// Compresses a payload with one of the codecs; finish it explicitly with
 /// [`Encoder::finish`] (a dropped encoder has not written its end).

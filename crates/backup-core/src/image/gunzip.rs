@@ -130,10 +130,10 @@ fn inflate_member(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Compression;
     use crate::image::codec::{decoder, Encoder};
     use crate::image::parallel::testing::{mixed, read_all};
     use crate::image::parallel::ParallelDecoder;
+    use crate::model::Compression;
     use std::io::Write;
 
     type ParallelGunzip<R> = ParallelDecoder<R, Gzip>;

@@ -2,7 +2,9 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Compression, Role};
+pub use crate::model::{Outcome, PlannedComponent};
+
+use crate::model::{Compression, Role};
 
 /// Version of the payload layout (`backup.json` … `manifest.json`).
 pub const PAYLOAD_FORMAT: u32 = 1;
@@ -42,50 +44,6 @@ pub enum Selection {
     Standard,
     /// Components named by the operator.
     Custom,
-}
-
-/// A component as planned, with what restore needs to know up front.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PlannedComponent {
-    /// Name.
-    pub name: String,
-    /// Kind (`files`, `sqlite`, `command`, or a custom kind).
-    pub kind: String,
-    /// Absolute paths the component's entries live under (empty for `command`).
-    #[serde(default)]
-    pub roots: Vec<String>,
-}
-
-/// Result of one component, or of a whole backup.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    /// Everything was captured.
-    Success,
-    /// Some components failed; the rest were captured.
-    Partial,
-    /// Nothing usable was captured.
-    Failed,
-    /// Not run (another backup was running, or not applicable on this node).
-    Skipped,
-}
-
-impl Outcome {
-    /// Lowercase name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Success => "success",
-            Outcome::Partial => "partial",
-            Outcome::Failed => "failed",
-            Outcome::Skipped => "skipped",
-        }
-    }
-}
-
-impl std::fmt::Display for Outcome {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 /// `manifest.json`: the last entry of every image.

@@ -1,7 +1,7 @@
 //! Image names: `{prefix}{YYYYMMDDTHHMMSSZ}_{node}_{role}.bkp`.
 use chrono::{DateTime, NaiveDateTime, Utc};
 
-use crate::config::Role;
+use crate::model::Role;
 
 /// File extension of images.
 pub const IMAGE_EXT: &str = ".bkp";

@@ -194,10 +194,10 @@ fn read_more(source: &mut dyn Read, frame: &mut Vec<u8>, n: usize, index: u64) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Compression;
     use crate::image::codec::{decoder, Encoder};
     use crate::image::parallel::testing::{mixed, read_all};
     use crate::image::parallel::ParallelDecoder;
+    use crate::model::Compression;
     use std::io::Write;
 
     type ParallelUnzstd<R> = ParallelDecoder<R, Zstd>;

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::{check_selection, PrecheckConfig, Selector};
+use super::precheck::{check_selection, PrecheckConfig};
+use super::Selector;
 use crate::component::{rel_of, Component, JOURNAL_SUFFIXES};
 use crate::image::reader::{EntryView, Visitor};
 use crate::image::{BackupInfo, EntryKind, PlannedComponent};

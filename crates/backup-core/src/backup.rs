@@ -1,0 +1,676 @@
+//! A backup, followed forward: the plan (computed once), the run around it
+//! (lock, status, hooks, preflight, audit, retention) and the pipeline that
+//! writes the image.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use backup_crypto::{EncryptWriter, Keyslot, MasterKey};
+use backup_storage::{PutMode, Storage, StorageExt};
+use bytes::Bytes;
+use chrono::{DateTime, SubsecRound, Utc};
+
+use crate::component::{Applicability, Component, SnapshotError};
+use crate::engine::{local_destination, write_sealed, CreateOptions, CreateReport, Engine};
+use crate::guard::{Operation, RunGuard};
+use crate::image::writer::{Encoder, TarWriter};
+use crate::image::{
+    image_name, sidecar_name, BackupInfo, ComponentRecord, Manifest, Outcome, PlannedComponent,
+    Selection, Sidecar, BACKUP_JSON, MANIFEST_JSON, PAYLOAD_FORMAT,
+};
+use crate::ops::status::{RunRecord, StatusFile, StatusStore};
+use crate::progress::{Event, Progress};
+use crate::{Error, Result};
+
+/// What a backup takes.
+pub(crate) struct Plan {
+    selection: Selection,
+    items: Vec<PlanItem>,
+    /// Components left out of a standard backup, with the reason.
+    not_applicable: Vec<String>,
+}
+
+impl Plan {
+    /// The components the backup takes, in order.
+    pub(crate) fn component_names(&self) -> impl Iterator<Item = &str> {
+        self.items.iter().map(|i| i.component.name())
+    }
+
+    /// The selected components' estimated total size (unknown sizes count as 0).
+    fn estimate(&self) -> u64 {
+        self.items
+            .iter()
+            .filter_map(|i| i.component.estimate_size())
+            .sum()
+    }
+}
+
+struct PlanItem {
+    component: Arc<dyn Component>,
+    applicability: Applicability,
+}
+
+/// The plan of a backup: which components it takes, each probed for its
+/// applicability once. Selection errors (an unknown component, a missing
+/// requirement, nothing applicable) are found here, before the run starts.
+pub(crate) fn plan(engine: &Engine, opts: &CreateOptions) -> Result<Plan> {
+    for name in &opts.components {
+        if engine.component(name).is_none() {
+            return Err(Error::Input(format!(
+                "unknown component {name:?}; this appliance has: {}",
+                engine.component_names().join(", ")
+            )));
+        }
+    }
+    let custom = !opts.components.is_empty();
+    let mut items = Vec::new();
+    let mut not_applicable = Vec::new();
+    for reg in &engine.components {
+        let name = reg.component.name();
+        let wanted = if custom {
+            opts.components.iter().any(|n| n == name) || (opts.include_audits && reg.options.audit)
+        } else {
+            if reg.options.audit {
+                opts.include_audits
+            } else {
+                reg.options.default
+            }
+        };
+        if !wanted {
+            continue;
+        }
+        let applicability = reg.component.applicability();
+        if let Applicability::NotApplicable(why) = &applicability {
+            if !custom {
+                not_applicable.push(format!("{name} ({why})"));
+                continue;
+            }
+            if opts.halt {
+                return Err(Error::Halted {
+                    component: name.to_string(),
+                    reason: format!("not applicable: {why}"),
+                });
+            }
+        }
+        items.push(PlanItem {
+            component: reg.component.clone(),
+            applicability,
+        });
+    }
+    for item in &items {
+        // Restore refuses a whole image naming such a root, so no image gets one.
+        crate::image::check::EntryRules::new(&item.component.roots()).map_err(|reason| {
+            Error::Input(format!(
+                "component {}: {reason}; give it absolute paths without '.' or '..' parts",
+                item.component.name()
+            ))
+        })?;
+    }
+    let selected: BTreeSet<&str> = items.iter().map(|i| i.component.name()).collect();
+    for reg in &engine.components {
+        if !selected.contains(reg.component.name()) {
+            continue;
+        }
+        for req in &reg.options.requires {
+            if !selected.contains(req.as_str()) {
+                return Err(Error::Input(format!(
+                    "component {} requires {req}, which is not in this backup; add --component {req}",
+                    reg.component.name()
+                )));
+            }
+        }
+    }
+    if items.is_empty() {
+        return Err(Error::Input(
+            "nothing to back up: no applicable component is selected".into(),
+        ));
+    }
+    Ok(Plan {
+        selection: if custom {
+            Selection::Custom
+        } else {
+            Selection::Standard
+        },
+        items,
+        not_applicable,
+    })
+}
+
+/// Takes a backup: under the lock, with status, audit log, hooks, a
+/// capacity preflight, a log file, and retention after success. Fails with
+/// [`Error::Busy`] (recorded as skipped) if another operation runs.
+pub(crate) async fn create(engine: &Engine, opts: &CreateOptions) -> Result<CreateReport> {
+    let op = if opts.scheduled {
+        Operation::ScheduledBackup
+    } else {
+        Operation::Backup
+    };
+    let mut guard = RunGuard::start(engine, op, "-")?;
+    let took_over = guard.took_over();
+    // A selection that cannot be backed up (an unknown component, a
+    // missing requirement) is refused before the run starts: recorded,
+    // but no hook runs for it.
+    let plan = match plan(engine, opts) {
+        Ok(plan) => plan,
+        Err(e) => return Err(backup_failed(&mut guard, None, e, false)),
+    };
+    let (created, (storage, name)) = match unique_destination(engine, opts).await {
+        Ok(d) => d,
+        Err(e) => return Err(backup_failed(&mut guard, None, e, true)),
+    };
+    guard.show_running(Some(&name), created)?;
+    let (store, status) = guard.lend_status();
+    let run = Arc::new(RunProgress::new(
+        engine.progress.clone(),
+        store,
+        status,
+        engine.log_path(&name),
+    ));
+    if let Some(note) = took_over {
+        run.line(format!("warning: {note}"));
+    }
+
+    let result = async {
+        guard.before_hook(&name)?;
+        if opts.output.is_none() {
+            preflight(&storage, &plan).await?;
+        }
+        write_image(
+            engine,
+            opts,
+            plan,
+            run.clone(),
+            (storage.clone(), name.clone()),
+            created,
+        )
+        .await
+    }
+    .await;
+
+    guard.give_back_status(run.finish());
+    match result {
+        Ok(mut report) => {
+            let failed: Vec<String> = report
+                .manifest
+                .components
+                .iter()
+                .filter(|c| c.outcome != Outcome::Success)
+                .map(|c| c.name.clone())
+                .collect();
+            let record = RunRecord {
+                time: Utc::now(),
+                operation: "backup".into(),
+                outcome: report.outcome,
+                image: Some(report.image.clone()),
+                size: report.size,
+                reason: (!failed.is_empty())
+                    .then(|| format!("components failed: {}", failed.join(", "))),
+            };
+            guard.record_end(Some(record), true)?;
+            guard.audit(
+                &report.image,
+                report.outcome.as_str(),
+                report.size,
+                record_error(&report),
+            );
+            guard.after_hook(report.outcome, &name, failed);
+            if opts.output.is_none() && engine.config.retention.is_enabled() {
+                match crate::retention::apply_retention(engine, false).await {
+                    Ok(decisions) => {
+                        report.pruned = decisions
+                            .into_iter()
+                            .filter(|d| !d.keep)
+                            .map(|d| d.name)
+                            .collect()
+                    }
+                    Err(e) => engine.warn(format!("retention could not run: {e}")),
+                }
+            }
+            Ok(report)
+        }
+        Err(e) => Err(backup_failed(&mut guard, Some(&name), e, true)),
+    }
+}
+
+/// A creation time whose image name is free: names carry the second, so
+/// a second backup within the same second waits for the next one. Called
+/// under the lock, so no other backup of this appliance races for it.
+async fn unique_destination(
+    engine: &Engine,
+    opts: &CreateOptions,
+) -> Result<(DateTime<Utc>, (Arc<dyn backup_storage::Storage>, String))> {
+    loop {
+        let created = Utc::now().trunc_subsecs(0);
+        let (storage, name) = destination(engine, opts, created)?;
+        if opts.output.is_some() || !storage.exists(&name).await? {
+            return Ok((created, (storage, name)));
+        }
+        let to_next = 1000 - Utc::now().timestamp_subsec_millis().min(999);
+        tokio::time::sleep(std::time::Duration::from_millis(u64::from(to_next) + 5)).await;
+    }
+}
+
+/// Refuses a backup before any component is read when the storage is not
+/// reachable, not writable, or reports less free space than the estimate.
+async fn preflight(storage: &Arc<dyn Storage>, plan: &Plan) -> Result<()> {
+    let probe = format!(".backup-probe-{}", crate::util::random_tag());
+    storage
+        .put_bytes(
+            &probe,
+            bytes::Bytes::from_static(b"probe"),
+            PutMode::Overwrite,
+        )
+        .await
+        .map_err(|e| Error::Preflight(format!("the storage {storage} is not writable: {e}")))?;
+    let _ = storage.delete(&probe).await;
+    let estimate = plan.estimate();
+    if let Ok(cap) = storage.capacity().await {
+        if let Some(free) = cap.free {
+            if estimate > free {
+                return Err(Error::Preflight(format!(
+                    "the selected components hold about {estimate} bytes and {storage} has {free} bytes free; free space or prune old images (backup prune)"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn scratch_dir(engine: &Engine) -> Result<PathBuf> {
+    let state = &engine.config.appliance.state_dir;
+    crate::util::run_scratch_dir(state).map_err(|e| {
+        Error::io(
+            format!("creating scratch space in {}", state.join("tmp").display()),
+            e,
+        )
+    })
+}
+
+/// Where a backup goes: the `--output` file, or a new name in the storage.
+fn destination(
+    engine: &Engine,
+    opts: &CreateOptions,
+    created: DateTime<Utc>,
+) -> Result<(Arc<dyn Storage>, String)> {
+    let a = &engine.config.appliance;
+    match &opts.output {
+        Some(path) if path.as_os_str() == "-" => {
+            let sink = crate::storage_ops::StdoutSink {
+                stream: opts.output_stream.clone(),
+            };
+            Ok((Arc::new(sink), "-".into()))
+        }
+        Some(path) => local_destination(path, engine.file_group),
+        None => {
+            let storage = engine.storage.clone().ok_or_else(|| {
+                Error::NoStorage("pass --output FILE or set [storage] url".into())
+            })?;
+            Ok((
+                storage,
+                image_name(&engine.config.storage.prefix, created, &a.node, a.role),
+            ))
+        }
+    }
+}
+
+/// The backup pipeline itself, without lock, status or audit (see [`create`]):
+/// each planned component's snapshot into one sealed image, then its sidecar.
+async fn write_image(
+    engine: &Engine,
+    opts: &CreateOptions,
+    plan: Plan,
+    progress: Arc<dyn Progress>,
+    (storage, name): (Arc<dyn Storage>, String),
+    created: DateTime<Utc>,
+) -> Result<CreateReport> {
+    let Plan {
+        selection,
+        items,
+        not_applicable,
+    } = plan;
+    for n in &not_applicable {
+        progress.event(&Event::Warning {
+            component: None,
+            message: format!("not applicable, skipped: {n}"),
+        });
+    }
+    let (mk, slot) = engine.keys.for_writing()?;
+    let a = &engine.config.appliance;
+    let info = BackupInfo {
+        format: PAYLOAD_FORMAT,
+        product: a.product.clone(),
+        product_version: a.version.clone(),
+        node: a.node.clone(),
+        role: a.role,
+        cluster: a.cluster.clone(),
+        created,
+        selection,
+        components: items
+            .iter()
+            .map(|i| PlannedComponent {
+                name: i.component.name().to_string(),
+                kind: i.component.kind().to_string(),
+                roots: i
+                    .component
+                    .roots()
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect(),
+            })
+            .collect(),
+        compression: engine.config.image.compression,
+        engine_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let scratch = scratch_dir(engine)?;
+    let producer_info = info.clone();
+    let (compression, level, threads) = (
+        engine.config.image.compression,
+        engine.config.image.effective_level(),
+        engine.config.image.effective_threads(),
+    );
+    let producer_progress = progress.clone();
+    let halt = opts.halt;
+    let scratch_for_producer = scratch.clone();
+    progress.event(&Event::Step {
+        message: format!("writing {name} to {storage}"),
+    });
+    let result = write_sealed(
+        storage.clone(),
+        name.clone(),
+        mk.clone(),
+        slot.clone(),
+        created,
+        move |out| {
+            let progress = producer_progress;
+            let io_err = |e| Error::from_pipeline_io("writing the image", e);
+            let encoder =
+                Encoder::with_threads(out, compression, level, threads).map_err(io_err)?;
+            let mut tar = TarWriter::new(encoder, progress.clone());
+            tar.json(BACKUP_JSON, &producer_info).map_err(io_err)?;
+            let mut records = Vec::new();
+            for (item, planned) in items.iter().zip(&producer_info.components) {
+                let c = &item.component;
+                let name = c.name().to_string();
+                progress.event(&Event::ComponentStarted {
+                    component: name.clone(),
+                    kind: c.kind().to_string(),
+                });
+                let begun = tar.begin_component(&name, &planned.roots);
+                let result = match (&item.applicability, begun) {
+                    (_, Err(reason)) => Err(SnapshotError::Failed(reason)),
+                    (Applicability::NotApplicable(why), _) => Err(SnapshotError::Failed(format!(
+                        "not applicable on this node: {why}"
+                    ))),
+                    (Applicability::Applicable, Ok(())) => {
+                        c.snapshot(&mut tar, &scratch_for_producer)
+                    }
+                };
+                let (digest, warnings) = tar.end_component();
+                let error = match result {
+                    Ok(()) => None,
+                    Err(SnapshotError::Output(e)) => return Err(io_err(e)),
+                    Err(SnapshotError::Failed(reason)) if halt => {
+                        return Err(Error::Halted {
+                            component: name,
+                            reason,
+                        });
+                    }
+                    Err(SnapshotError::Failed(reason)) => Some(reason),
+                };
+                let outcome = if error.is_some() {
+                    Outcome::Failed
+                } else {
+                    Outcome::Success
+                };
+                progress.event(&Event::ComponentFinished {
+                    component: name.clone(),
+                    outcome,
+                    entries: digest.entries(),
+                    bytes: digest.bytes(),
+                    error: error.clone(),
+                });
+                records.push(ComponentRecord {
+                    name,
+                    kind: c.kind().to_string(),
+                    outcome,
+                    entries: digest.entries(),
+                    bytes: digest.bytes(),
+                    sha256: digest.hex(),
+                    error,
+                    warnings,
+                });
+            }
+            if records.iter().all(|r| r.outcome != Outcome::Success) {
+                let why = records
+                    .iter()
+                    .map(|r| format!("{}: {}", r.name, r.error.as_deref().unwrap_or("?")))
+                    .collect();
+                return Err(Error::AllComponentsFailed(join(why)));
+            }
+            let outcome = if records.iter().all(|r| r.outcome == Outcome::Success) {
+                Outcome::Success
+            } else {
+                Outcome::Partial
+            };
+            let manifest = Manifest {
+                outcome,
+                components: records,
+            };
+            tar.json(MANIFEST_JSON, &manifest).map_err(io_err)?;
+            tar.finish().and_then(|e| e.finish()).map_err(io_err)?;
+            Ok(manifest)
+        },
+    )
+    .await;
+    let _ = crate::util::remove_any(&scratch);
+    let (manifest, size) = result?;
+
+    let sidecar = Sidecar {
+        image: name.clone(),
+        image_size: size,
+        info: info.clone(),
+        manifest: manifest.clone(),
+    };
+    let sidecar_error = if opts.output.is_some() {
+        None
+    } else {
+        store_sidecar(&storage, &sidecar, &mk, &slot)
+            .await
+            .err()
+            .map(|e| e.to_string())
+    };
+    if let Some(e) = &sidecar_error {
+        progress.event(&Event::Warning {
+            component: None,
+            message: format!(
+                "the image is complete, but its sidecar manifest could not be stored: {e}"
+            ),
+        });
+    }
+    let image = match &opts.output {
+        Some(p) => p.display().to_string(),
+        None => name,
+    };
+    Ok(CreateReport {
+        image,
+        location: storage.to_string(),
+        outcome: manifest.outcome,
+        size,
+        info,
+        manifest,
+        not_applicable,
+        sidecar_error,
+        pruned: Vec::new(),
+    })
+}
+
+async fn store_sidecar(
+    storage: &Arc<dyn Storage>,
+    sidecar: &Sidecar,
+    mk: &MasterKey,
+    slot: &Keyslot,
+) -> Result<()> {
+    let json = serde_json::to_vec(sidecar).expect("sidecar serialises");
+    let mut w = EncryptWriter::new(Vec::new(), mk, slot, sidecar.info.created.timestamp())?;
+    w.write_all(&json)
+        .map_err(|e| Error::from_pipeline_io("sealing the sidecar", e))?;
+    let sealed = w.finish()?;
+    storage
+        .put_bytes(
+            &sidecar_name(&sidecar.image),
+            Bytes::from(sealed),
+            PutMode::Overwrite,
+        )
+        .await?;
+    Ok(())
+}
+
+/// Records a backup that failed or was refused (status, audit log) and runs
+/// the `on_failure` hook if the run had started (`run_hooks`); returns the
+/// error.
+fn backup_failed(
+    guard: &mut RunGuard<'_>,
+    image: Option<&str>,
+    e: Error,
+    run_hooks: bool,
+) -> Error {
+    let record = guard.failure_record(None, &e);
+    let _ = guard.record_end(Some(record), false);
+    guard.audit(
+        image.unwrap_or("-"),
+        e.kind().audit_outcome(),
+        0,
+        Some(e.to_string()),
+    );
+    if run_hooks {
+        guard.on_failure_hook(image.unwrap_or_default());
+    }
+    e
+}
+
+/// The components a published backup lacks, for messages (`None` if none).
+pub(crate) fn failed_components(report: &CreateReport) -> Option<String> {
+    let failed: Vec<&str> = report
+        .manifest
+        .components
+        .iter()
+        .filter(|c| c.outcome != Outcome::Success)
+        .map(|c| c.name.as_str())
+        .collect();
+    (!failed.is_empty()).then(|| format!("components failed: {}", failed.join(", ")))
+}
+
+fn record_error(report: &CreateReport) -> Option<String> {
+    let failed: Vec<String> = report
+        .manifest
+        .components
+        .iter()
+        .filter_map(|c| c.error.as_ref().map(|e| format!("{}: {e}", c.name)))
+        .collect();
+    (!failed.is_empty()).then(|| failed.join("; "))
+}
+
+/// Passes events on, keeps the status file's progress current (at most once
+/// a second) and writes the backup's log file.
+struct RunProgress {
+    inner: Arc<dyn Progress>,
+    store: StatusStore,
+    state: Mutex<(StatusFile, Instant)>,
+    log: Mutex<Option<std::io::BufWriter<std::fs::File>>>,
+}
+
+impl RunProgress {
+    fn new(
+        inner: Arc<dyn Progress>,
+        store: StatusStore,
+        status: StatusFile,
+        log_path: PathBuf,
+    ) -> RunProgress {
+        let log = log_path
+            .parent()
+            .and_then(|d| crate::util::create_private_dir(d).ok())
+            .and_then(|()| {
+                use std::os::unix::fs::OpenOptionsExt;
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(0o600)
+                    .open(&log_path)
+                    .ok()
+            });
+        RunProgress {
+            inner,
+            store,
+            state: Mutex::new((status, Instant::now())),
+            log: Mutex::new(log.map(std::io::BufWriter::new)),
+        }
+    }
+
+    fn line(&self, text: String) {
+        if let Some(w) = self.log.lock().expect("log").as_mut() {
+            let _ = writeln!(w, "{} {text}", Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ"));
+            // Each line reaches the file at once: a crashed or killed run's
+            // log still shows how far it got.
+            let _ = w.flush();
+        }
+    }
+
+    /// Flushes the log and hands back the status for the final write.
+    fn finish(&self) -> StatusFile {
+        if let Some(mut w) = self.log.lock().expect("log").take() {
+            let _ = w.flush();
+        }
+        self.state.lock().expect("status").0.clone()
+    }
+}
+
+impl Progress for RunProgress {
+    fn event(&self, event: &Event) {
+        self.inner.event(event);
+        match event {
+            Event::Step { message } => self.line(message.clone()),
+            Event::ComponentStarted { component, kind } => {
+                self.line(format!("{component} ({kind}): started"))
+            }
+            Event::ComponentFinished {
+                component,
+                outcome,
+                entries,
+                bytes,
+                error,
+            } => self.line(match error {
+                Some(e) => format!("{component}: {outcome}: {e}"),
+                None => format!("{component}: {outcome}, {entries} entries, {bytes} bytes"),
+            }),
+            Event::Warning { component, message } => self.line(format!(
+                "warning: {}{message}",
+                component
+                    .as_ref()
+                    .map(|c| format!("{c}: "))
+                    .unwrap_or_default()
+            )),
+            _ => {}
+        }
+        let mut state = self.state.lock().expect("status");
+        let (status, last) = &mut *state;
+        if let Some(current) = status.current.as_mut() {
+            match event {
+                Event::ComponentStarted { component, .. } => {
+                    current.component = Some(component.clone())
+                }
+                Event::Bytes { bytes, .. } => current.bytes_done += bytes,
+                _ => {}
+            }
+        }
+        if last.elapsed().as_secs() >= 1 || matches!(event, Event::ComponentStarted { .. }) {
+            let _ = self.store.store(status);
+            *last = Instant::now();
+        }
+    }
+}
+fn join(items: Vec<String>) -> String {
+    items.join("; ")
+}

@@ -1,0 +1,393 @@
+//! The choreography around every operation, written once: the lock (and the
+//! record of a run skipped for it), the status file, the hooks and the audit
+//! record.
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+
+use crate::engine::Engine;
+use crate::image::Outcome;
+use crate::ops::hooks::{run_hook, HookEnv};
+use crate::ops::lock::OperationLock;
+use crate::ops::status::{CurrentRun, RunRecord, StatusFile, StatusStore};
+use crate::{Error, Result};
+
+/// An operation of the engine, with the names the lock, the status file and
+/// the audit log know it by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Operation {
+    /// A backup an operator (or a program) asked for.
+    Backup,
+    /// A backup the schedule started.
+    ScheduledBackup,
+    /// A restore.
+    Restore,
+    /// A restore's plan, writing nothing.
+    RestoreDryRun,
+    /// Applying the retention policy.
+    Prune,
+    /// Checking an image end to end.
+    Verify,
+    /// Writing an image's decrypted payload.
+    Decrypt,
+    /// Sealing a payload into an image.
+    Encrypt,
+    /// Downloading an image to a local file.
+    Fetch,
+    /// Presigned download links.
+    Links,
+    /// Setting the domain master secret.
+    KeyInit,
+    /// Checking a passphrase against the keyring.
+    KeyCheck,
+    /// Replacing the domain master secret.
+    KeyRotate,
+    /// Giving images a keyslot under the current secret.
+    KeyRewrap,
+}
+
+impl Operation {
+    /// The operation as the lock and `backup status` name it (`backup`,
+    /// `scheduled backup`, `restore`, `prune`, …).
+    pub fn status_name(self) -> &'static str {
+        match self {
+            Operation::Backup => "backup",
+            Operation::ScheduledBackup => "scheduled backup",
+            other => other.audit_name(),
+        }
+    }
+
+    /// The operation as the audit log names it (`create`, `restore`,
+    /// `key.rotate`, …).
+    pub fn audit_name(self) -> &'static str {
+        match self {
+            Operation::Backup | Operation::ScheduledBackup => "create",
+            Operation::Restore => "restore",
+            Operation::RestoreDryRun => "restore.dry-run",
+            Operation::Prune => "prune",
+            Operation::Verify => "verify",
+            Operation::Decrypt => "decrypt",
+            Operation::Encrypt => "encrypt",
+            Operation::Fetch => "fetch",
+            Operation::Links => "links",
+            Operation::KeyInit => "key.init",
+            Operation::KeyCheck => "key.check",
+            Operation::KeyRotate => "key.rotate",
+            Operation::KeyRewrap => "key.rewrap",
+        }
+    }
+
+    /// The operation in the status file's records of finished runs: every
+    /// backup is a `backup`, however it was started.
+    fn record_name(self) -> &'static str {
+        match self {
+            Operation::ScheduledBackup => "backup",
+            other => other.status_name(),
+        }
+    }
+
+    /// Whether the operation runs alone, under the operation lock.
+    fn takes_lock(self) -> bool {
+        matches!(
+            self,
+            Operation::Backup | Operation::ScheduledBackup | Operation::Restore | Operation::Prune
+        )
+    }
+
+    /// Whether `backup status` shows the operation while it runs.
+    fn in_status(self) -> bool {
+        matches!(
+            self,
+            Operation::Backup | Operation::ScheduledBackup | Operation::Restore
+        )
+    }
+}
+
+/// One run of an [`Operation`]: holds the lock while it lives (if the
+/// operation takes it), keeps the status file, runs the hooks and writes the
+/// audit record.
+pub(crate) struct RunGuard<'e> {
+    engine: &'e Engine,
+    op: Operation,
+    started: Instant,
+    lock: Option<OperationLock>,
+    store: StatusStore,
+    /// The status file as this run keeps it (operations shown in the status).
+    status: Option<StatusFile>,
+    /// The note on an interrupted run this one took over.
+    took_over: Option<String>,
+}
+
+impl<'e> RunGuard<'e> {
+    /// Starts a run of `op` on `target`. An operation that runs alone takes
+    /// the lock; if another operation holds it, the skip is recorded (status,
+    /// audit log, a warning) and this fails with [`Error::Busy`]. One shown
+    /// in the status takes over the record of a run that never finished.
+    /// Scratch space of runs that are gone is removed.
+    pub(crate) fn start(engine: &'e Engine, op: Operation, target: &str) -> Result<RunGuard<'e>> {
+        let started = Instant::now();
+        let store = StatusStore::in_state_dir(engine.state_dir());
+        let mut guard = RunGuard {
+            engine,
+            op,
+            started,
+            lock: None,
+            store,
+            status: None,
+            took_over: None,
+        };
+        if !op.takes_lock() {
+            engine.remove_stale_scratch(false);
+            return Ok(guard);
+        }
+        match OperationLock::acquire(engine.state_dir(), op.status_name()) {
+            Ok(lock) => guard.lock = Some(lock),
+            Err(Error::Busy(who)) => {
+                let reason = format!("{who}; this {} was skipped", op.status_name());
+                let record = RunRecord {
+                    time: Utc::now(),
+                    operation: op.status_name().to_string(),
+                    outcome: Outcome::Skipped,
+                    image: None,
+                    size: 0,
+                    reason: Some(reason.clone()),
+                };
+                let _ = guard.store.record_skipped(&record);
+                guard.audit(target, "skipped", 0, Some(reason.clone()));
+                engine.warn(reason);
+                return Err(Error::Busy(who));
+            }
+            Err(e) => return Err(e),
+        }
+        engine.remove_stale_scratch(true);
+        if op.in_status() {
+            let mut status = guard.store.load().unwrap_or_default();
+            guard.took_over = guard.take_over(&mut status);
+            guard.status = Some(status);
+        }
+        Ok(guard)
+    }
+
+    /// The note on an interrupted run this one took over, for its log.
+    pub(crate) fn took_over(&mut self) -> Option<String> {
+        self.took_over.take()
+    }
+
+    /// Shows the run in the status as in progress on `image`.
+    pub(crate) fn show_running(&mut self, image: Option<&str>, since: DateTime<Utc>) -> Result<()> {
+        let op = self.op;
+        let status = self.status.get_or_insert_with(StatusFile::default);
+        status.current = Some(CurrentRun {
+            operation: op.status_name().into(),
+            pid: std::process::id(),
+            started: since,
+            image: image.map(str::to_string),
+            component: None,
+            bytes_done: 0,
+        });
+        self.store.store(status)
+    }
+
+    /// Hands the status file to whoever keeps it up to date while the run
+    /// progresses; [`RunGuard::give_back_status`] returns it.
+    pub(crate) fn lend_status(&mut self) -> (StatusStore, StatusFile) {
+        (self.store.clone(), self.status.take().unwrap_or_default())
+    }
+
+    /// Takes back the status file lent out.
+    pub(crate) fn give_back_status(&mut self, status: StatusFile) {
+        self.status = Some(status);
+    }
+
+    /// Records in the status how the run ended (`record`: the backup or the
+    /// failure) and that it no longer runs. Published backups are recorded
+    /// as the last backup and as the last success or failure; a failed
+    /// restore as the last failure. `strict`: a status that cannot be
+    /// written fails the run instead of being a warning.
+    pub(crate) fn record_end(&mut self, record: Option<RunRecord>, strict: bool) -> Result<()> {
+        let is_backup = matches!(self.op, Operation::Backup | Operation::ScheduledBackup);
+        let status = self.status.get_or_insert_with(StatusFile::default);
+        status.current = None;
+        if let Some(record) = record {
+            if record.outcome == Outcome::Success {
+                status.last_success = Some(record.clone());
+            } else {
+                status.last_failure = Some(record.clone());
+            }
+            if is_backup {
+                status.last_backup = Some(record);
+            }
+        }
+        match self.store.store(status) {
+            Ok(()) => Ok(()),
+            Err(e) if strict => Err(e),
+            Err(e) => {
+                self.engine
+                    .warn(format!("the status could not be written: {e}"));
+                Ok(())
+            }
+        }
+    }
+
+    /// The status record of this run failing with `e` on `image`.
+    pub(crate) fn failure_record(&self, image: Option<&str>, e: &Error) -> RunRecord {
+        RunRecord {
+            time: Utc::now(),
+            operation: self.op.record_name().into(),
+            outcome: Outcome::Failed,
+            image: image.map(str::to_string),
+            size: 0,
+            reason: Some(e.to_string()),
+        }
+    }
+
+    /// Appends the audit record of this run; a failure to write it is
+    /// reported, not fatal.
+    pub(crate) fn audit(&self, target: &str, outcome: &str, bytes: u64, error: Option<String>) {
+        self.engine.audit(
+            self.op.audit_name(),
+            target,
+            outcome,
+            bytes,
+            self.started,
+            error,
+        );
+    }
+
+    /// Audits the run's result: `done` with its bytes, or the outcome the
+    /// error's kind gives with the error.
+    pub(crate) fn audit_result<T>(
+        &self,
+        target: &str,
+        result: &Result<T>,
+        bytes: impl Fn(&T) -> u64,
+    ) {
+        match result {
+            Ok(v) => self.audit(target, "done", bytes(v), None),
+            Err(e) => self.audit(target, e.kind().audit_outcome(), 0, Some(e.to_string())),
+        }
+    }
+
+    /// Runs the `before` hook of a backup; its failure fails the backup.
+    pub(crate) fn before_hook(&self, image: &str) -> Result<()> {
+        run_hook(
+            "before",
+            &self.engine.config.hooks.before,
+            &self.hook_env("started", image, vec![]),
+        )
+    }
+
+    /// Runs the `after` hook of a published backup; its failure is a warning.
+    pub(crate) fn after_hook(&self, outcome: Outcome, image: &str, failed: Vec<String>) {
+        let env = self.hook_env(outcome.as_str(), image, failed);
+        if let Err(e) = run_hook("after", &self.engine.config.hooks.after, &env) {
+            self.engine.warn(e.to_string());
+        }
+    }
+
+    /// Runs the `on_failure` hook of a failed backup; its failure is a warning.
+    pub(crate) fn on_failure_hook(&self, image: &str) {
+        let env = self.hook_env("failed", image, vec![]);
+        if let Err(e) = run_hook("on_failure", &self.engine.config.hooks.on_failure, &env) {
+            self.engine.warn(e.to_string());
+        }
+    }
+
+    fn hook_env(&self, outcome: &str, image: &str, failed: Vec<String>) -> HookEnv {
+        HookEnv {
+            outcome: outcome.to_string(),
+            image: image.to_string(),
+            failed,
+            node: self.engine.config.appliance.node.clone(),
+        }
+    }
+
+    /// Notes a previous run that never finished (crash, `kill -9`): a
+    /// warning, an `interrupted` audit record under its own name, and the
+    /// status's last failure. Returns the note.
+    fn take_over(&self, status: &mut StatusFile) -> Option<String> {
+        let previous = status.current.take();
+        let stale = self.lock.as_ref().and_then(|l| l.stale.clone());
+        let (operation, pid, since) = match (&previous, &stale) {
+            (Some(p), _) => (p.operation.clone(), p.pid, p.started),
+            (None, Some(h)) => (h.operation.clone(), h.pid, h.started),
+            (None, None) => return None,
+        };
+        let reason = format!(
+            "interrupted: the {operation} started at {} by pid {pid} stopped before it finished (crash or kill); its lock was taken over",
+            since.format("%Y-%m-%d %H:%M:%S UTC")
+        );
+        self.engine.warn(reason.clone());
+        self.engine.audit(
+            &operation,
+            previous
+                .as_ref()
+                .and_then(|p| p.image.as_deref())
+                .unwrap_or("-"),
+            "interrupted",
+            0,
+            self.started,
+            Some(reason.clone()),
+        );
+        status.last_failure = Some(RunRecord {
+            time: Utc::now(),
+            operation,
+            outcome: Outcome::Failed,
+            image: previous.and_then(|p| p.image),
+            size: 0,
+            reason: Some(reason.clone()),
+        });
+        Some(reason)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::audit::AuditLog;
+    use crate::ErrorKind;
+
+    #[test]
+    fn a_run_skipped_for_the_lock_is_recorded_under_its_status_and_audit_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let text = format!(
+            "[appliance]\nproduct = \"p\"\nversion = \"1\"\nnode = \"n\"\nstate_dir = {:?}\n",
+            state.display().to_string()
+        );
+        let config = crate::Config::parse(&text, std::path::Path::new("test.toml")).unwrap();
+        let engine = Engine::builder(config).build().unwrap();
+        let held = OperationLock::acquire(&state, Operation::Restore.status_name()).unwrap();
+
+        let err = RunGuard::start(&engine, Operation::ScheduledBackup, "-")
+            .err()
+            .expect("the lock is held");
+        assert_eq!(err.kind(), ErrorKind::Busy, "{err}");
+        let skipped = StatusStore::in_state_dir(&state)
+            .last_skipped()
+            .unwrap()
+            .expect("the skip is in the status");
+        assert_eq!(skipped.operation, "scheduled backup");
+        assert_eq!(skipped.outcome, Outcome::Skipped);
+        let audit = AuditLog::in_state_dir(&state).read(None).unwrap();
+        let last = audit.last().expect("the skip is audited");
+        assert_eq!(
+            (last.operation.as_str(), last.outcome.as_str()),
+            ("create", "skipped")
+        );
+        let reason = last.error.as_deref().unwrap_or_default();
+        assert!(
+            reason.contains("restore") && reason.contains("this scheduled backup was skipped"),
+            "{reason}"
+        );
+
+        // Operations that do not run alone start while the lock is held.
+        assert!(RunGuard::start(&engine, Operation::Verify, "x.bkp").is_ok());
+        drop(held);
+        let mut guard = RunGuard::start(&engine, Operation::Restore, "x.bkp").unwrap();
+        guard.show_running(Some("x.bkp"), Utc::now()).unwrap();
+        let status = StatusStore::in_state_dir(&state).load().unwrap();
+        assert_eq!(status.current.unwrap().operation, "restore");
+    }
+}

@@ -1,0 +1,412 @@
+//! Restore: pre-checks (`precheck`), extraction into staging with
+//! archive-safety checks and verification (`stage`), then swapping into
+//! place with rollback (`commit`); `plan` says what a restore would change.
+use std::collections::{BTreeMap, HashSet};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::Utc;
+use serde::Serialize;
+
+use crate::component::{
+    CommandComponent, Committed, Component, FilesComponent, RestoreContext, SqliteComponent,
+};
+use crate::engine::{join_error, Engine, ImageLoc};
+use crate::guard::{Operation, RunGuard};
+use crate::image::reader::{EntryView, Visitor, WalkResult};
+use crate::image::{BackupInfo, EntryKind, Outcome, PlannedComponent};
+use crate::progress::{Event, Progress};
+use crate::{Error, Result};
+
+mod commit;
+mod plan;
+mod precheck;
+mod stage;
+
+use commit::{commit, decide, ordered_for_commit};
+use precheck::{check_selection, precheck, PrecheckConfig};
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) use stage::Stager;
+use stage::{create_dirs_tracked, RestoreVisitor};
+
+use plan::{plan_component, ImageSide, PlanVisitor};
+pub use plan::{ComponentPlan, PathList, RestoreApproval, RestorePlan, PLAN_PATHS_KEPT};
+
+/// What `restore` should do.
+#[derive(Clone, Default)]
+#[non_exhaustive]
+pub struct RestoreOptions {
+    /// Restore only these components (default: every successful one except
+    /// audit components).
+    pub components: Vec<String>,
+    /// Also restore the image's audit components (left out by default, like
+    /// a standard backup leaves them out: audit records written since the
+    /// backup would be lost).
+    pub include_audits: bool,
+    /// Restore under this directory instead of the live locations.
+    pub target: Option<PathBuf>,
+    /// Accept an image of another product version.
+    pub force_version: bool,
+    /// Accept an image of another node.
+    pub force_identity: bool,
+    /// Asked with the plan before anything at the destination changes
+    /// (default: none, the restore goes ahead).
+    pub approval: Option<Arc<dyn RestoreApproval>>,
+}
+
+impl std::fmt::Debug for RestoreOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RestoreOptions")
+            .field("components", &self.components)
+            .field("include_audits", &self.include_audits)
+            .field("target", &self.target)
+            .field("force_version", &self.force_version)
+            .field("force_identity", &self.force_identity)
+            .field("approval", &self.approval.is_some())
+            .finish()
+    }
+}
+
+impl RestoreOptions {
+    /// How the audit log names a restore of `image`: where it went and which
+    /// components (those put into place, once known; else those asked for),
+    /// e.g. `IMAGE (in place; config, maindb)`. For frontends that audit a
+    /// restore they refused themselves ([`crate::Engine::audit_public`]).
+    pub fn audit_target(&self, image: &str, restored: Option<&[String]>) -> String {
+        let place = match &self.target {
+            Some(t) => format!("--target {}", t.display()),
+            None => "in place".to_string(),
+        };
+        let components = match restored {
+            Some([]) => "no components".to_string(),
+            Some(names) => names.join(", "),
+            None => {
+                let asked = if self.components.is_empty() {
+                    "default components".to_string()
+                } else {
+                    self.components.join(", ")
+                };
+                if self.include_audits {
+                    format!("{asked} and audit components")
+                } else {
+                    asked
+                }
+            }
+        };
+        format!("{image} ({place}; {components})")
+    }
+}
+
+/// The result of a restore.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreReport {
+    /// Name or path of the image.
+    pub image: String,
+    /// Components put into place.
+    pub restored: Vec<String>,
+    /// Components of the image left alone because they failed at backup time.
+    pub skipped_failed: Vec<String>,
+    /// Audit components of the image not restored because they were not asked for.
+    pub left_out: Vec<String>,
+    /// `--target`, if given.
+    pub target: Option<PathBuf>,
+    /// What the restore replaced, added, removed and kept.
+    pub plan: RestorePlan,
+}
+
+/// Which components of an image a restore takes.
+#[derive(Debug, Clone)]
+struct Selector {
+    requested: Vec<String>,
+    include_audits: bool,
+    /// Audit components as this appliance knows them (configured as such, or
+    /// named `audits`).
+    audits: Vec<String>,
+}
+
+impl Selector {
+    /// The selected components and the audit components left out, in image order.
+    fn select(&self, info: &BackupInfo) -> (Vec<String>, Vec<String>) {
+        let mut selected = Vec::new();
+        let mut left_out = Vec::new();
+        for c in &info.components {
+            let audit = self.audits.contains(&c.name);
+            let wanted = if self.requested.is_empty() {
+                !audit || self.include_audits
+            } else {
+                self.requested.contains(&c.name) || (audit && self.include_audits)
+            };
+            if wanted {
+                selected.push(c.name.clone());
+            } else if self.requested.is_empty() {
+                left_out.push(c.name.clone());
+            }
+        }
+        (selected, left_out)
+    }
+}
+
+/// Restores an image under the operation lock (audited, in the status).
+pub(crate) async fn run(
+    engine: &Engine,
+    image: &str,
+    opts: &RestoreOptions,
+) -> Result<RestoreReport> {
+    let mut guard = RunGuard::start(engine, Operation::Restore, image)?;
+    guard.show_running(Some(image), Utc::now())?;
+    let result = restore_image(engine, image, opts).await;
+    let failure = result
+        .as_ref()
+        .err()
+        .map(|e| guard.failure_record(Some(image), e));
+    let _ = guard.record_end(failure, true);
+    let restored = result.as_ref().ok().map(|r| r.restored.as_slice());
+    guard.audit_result(&opts.audit_target(image, restored), &result, |_| 0);
+    result
+}
+
+/// What restoring `image` with `opts` would replace, add, remove and
+/// keep, writing nothing but the audit record (`restore.dry-run`).
+pub(crate) async fn dry_run(
+    engine: &Engine,
+    image: &str,
+    opts: &RestoreOptions,
+) -> Result<RestorePlan> {
+    let audited = opts.audit_target(image, None);
+    engine
+        .audited(
+            Operation::RestoreDryRun,
+            &audited,
+            |_| 0,
+            plan_restore(engine, image, opts),
+        )
+        .await
+}
+
+/// Restores an image. Nothing is written before the identity and version
+/// pre-checks pass; everything is extracted into staging directories and
+/// verified against the manifest before the first live path is replaced;
+/// a failure while replacing rolls back what was already replaced.
+async fn restore_image(
+    engine: &Engine,
+    image: &str,
+    opts: &RestoreOptions,
+) -> Result<RestoreReport> {
+    let loc = crate::images::locate(engine, image);
+    // Pre-checks from the sidecar, before downloading anything.
+    if let ImageLoc::Stored(name) = &loc {
+        if let Some(s) = crate::images::sidecar(engine, name).await? {
+            precheck(engine, &s.info, opts)?;
+            check_selection(&s.info, Some(&s.manifest.components), &opts.components)?;
+        }
+    }
+    // Directories this restore creates are removed again if it fails.
+    let mut created_dirs = Vec::new();
+    if let Some(t) = &opts.target {
+        create_dirs_tracked(t, &mut created_dirs)
+            .map_err(|e| Error::io(format!("creating target {}", t.display()), e))?;
+    }
+    let visitor = RestoreVisitor {
+        created_dirs,
+        committed: false,
+        config: PrecheckConfig::of(engine, opts),
+        requested: opts.components.clone(),
+        selector: selector(engine, opts),
+        target: opts.target.clone(),
+        scratch: engine.config.appliance.state_dir.join("tmp"),
+        stagers: BTreeMap::new(),
+        selected: Vec::new(),
+        owner: crate::util::is_root(),
+        progress: engine.progress.clone(),
+    };
+    engine.progress.event(&Event::Step {
+        message: format!("reading and staging {}", loc.shown()),
+    });
+    let walked = crate::images::walk_image(engine, &loc, visitor).await;
+    let (walked, _, mut visitor) = match walked {
+        Ok(w) => w,
+        Err(e) => return Err(e),
+    };
+    // The walk verified every component; decide what goes into place.
+    let left_out = visitor.selector.select(&walked.info).1;
+    let result = (|| {
+        let decided = decide(&walked, &visitor.selected, &opts.components)?;
+        for stager in visitor.stagers.values_mut() {
+            stager.finish()?;
+        }
+        Ok(decided)
+    })();
+    let (to_commit, skipped_failed) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            visitor.cleanup();
+            return Err(e);
+        }
+    };
+    // Resolve every restorer before touching anything live.
+    let mut plan = Vec::new();
+    for p in ordered_for_commit(&to_commit) {
+        let staged = visitor.stagers.get(&p.name).map(|s| s.root.clone());
+        match restorer_for(engine, p, opts.target.as_deref()) {
+            Ok(c) => plan.push((p.clone(), staged, c)),
+            Err(e) => {
+                visitor.cleanup();
+                return Err(e);
+            }
+        }
+    }
+    let progress = engine.progress.clone();
+    let target = opts.target.clone();
+    let approval = opts.approval.clone();
+    let mut shown = RestorePlan {
+        image: loc.shown(),
+        target: target.clone(),
+        components: Vec::new(),
+        skipped_failed: skipped_failed.clone(),
+        left_out: left_out.clone(),
+    };
+    let committed = tokio::task::spawn_blocking(move || {
+        // Planned from the staged trees, right before the first change.
+        let nothing = Default::default();
+        for (p, staged, c) in &plan {
+            let image = match staged {
+                Some(s) => ImageSide::Staged(s),
+                None => ImageSide::Listed(&nothing),
+            };
+            shown.components.push(plan_component(
+                p,
+                image,
+                &**c,
+                target.as_deref(),
+                PLAN_PATHS_KEPT,
+            )?);
+        }
+        if let Some(approval) = &approval {
+            progress.event(&Event::Step {
+                message: "asking for approval of the restore plan".into(),
+            });
+            if !approval.approve(&shown) {
+                return Err(Error::Input(
+                    "the restore was not confirmed; nothing was changed".into(),
+                ));
+            }
+        }
+        let restored = commit(plan, target.as_deref(), &*progress)?;
+        Ok((restored, shown))
+    })
+    .await
+    .map_err(join_error)
+    .and_then(|r| r);
+    visitor.committed = committed.is_ok();
+    visitor.cleanup();
+    let (restored, plan) = committed?;
+    Ok(RestoreReport {
+        image: loc.shown(),
+        restored,
+        skipped_failed,
+        left_out,
+        target: opts.target.clone(),
+        plan,
+    })
+}
+
+/// What restoring `image` would do, writing nothing: reads the image with
+/// the same pre-checks and manifest checks as a restore and compares each
+/// selected component with what is at its destination now.
+async fn plan_restore(engine: &Engine, image: &str, opts: &RestoreOptions) -> Result<RestorePlan> {
+    let loc = crate::images::locate(engine, image);
+    if let ImageLoc::Stored(name) = &loc {
+        if let Some(s) = crate::images::sidecar(engine, name).await? {
+            precheck(engine, &s.info, opts)?;
+            check_selection(&s.info, Some(&s.manifest.components), &opts.components)?;
+        }
+    }
+    let visitor = PlanVisitor {
+        config: PrecheckConfig::of(engine, opts),
+        requested: opts.components.clone(),
+        selector: selector(engine, opts),
+        selected: Vec::new(),
+        trees: BTreeMap::new(),
+    };
+    engine.progress.event(&Event::Step {
+        message: format!("reading {} to plan the restore", loc.shown()),
+    });
+    let (walked, _, visitor) = crate::images::walk_image(engine, &loc, visitor).await?;
+    let (to_commit, skipped_failed) = decide(&walked, &visitor.selected, &opts.components)?;
+    let mut steps = Vec::new();
+    for p in ordered_for_commit(&to_commit) {
+        steps.push((p.clone(), restorer_for(engine, p, opts.target.as_deref())?));
+    }
+    let left_out = visitor.selector.select(&walked.info).1;
+    let mut trees = visitor.trees;
+    let target = opts.target.clone();
+    let image = loc.shown();
+    tokio::task::spawn_blocking(move || {
+        let mut components = Vec::new();
+        for (p, c) in &steps {
+            let tree = trees.remove(&p.name).unwrap_or_default();
+            let image = ImageSide::Listed(&tree);
+            components.push(plan_component(
+                p,
+                image,
+                &**c,
+                target.as_deref(),
+                usize::MAX,
+            )?);
+        }
+        Ok(RestorePlan {
+            image,
+            target,
+            components,
+            skipped_failed,
+            left_out,
+        })
+    })
+    .await
+    .map_err(join_error)?
+}
+
+/// The selection rules of a restore, with the audit components this
+/// appliance knows.
+fn selector(engine: &Engine, opts: &RestoreOptions) -> Selector {
+    let mut audits: Vec<String> = engine
+        .component_names()
+        .into_iter()
+        .filter(|n| engine.is_audit_component(n))
+        .collect();
+    if engine.component("audits").is_none() {
+        // An image from elsewhere: its audit component by the usual name.
+        audits.push("audits".into());
+    }
+    Selector {
+        requested: opts.components.clone(),
+        include_audits: opts.include_audits,
+        audits,
+    }
+}
+
+/// The component that restores `p`: the configured one, or — for an image
+/// from elsewhere — a built-in of the same kind working from the image's
+/// recorded roots.
+fn restorer_for(
+    engine: &Engine,
+    p: &PlannedComponent,
+    target: Option<&Path>,
+) -> Result<Arc<dyn Component>> {
+    if let Some(c) = engine.component(&p.name) {
+        if c.kind() == p.kind {
+            return Ok(c.clone());
+        }
+    }
+    let roots = p.roots.iter().map(PathBuf::from).collect::<Vec<_>>();
+    match p.kind.as_str() {
+        "files" => Ok(Arc::new(FilesComponent::new(&p.name, roots, &[], None).map_err(Error::Input)?)),
+        "sqlite" if roots.len() == 1 => Ok(Arc::new(SqliteComponent::new(&p.name, roots[0].clone(), None))),
+        "command" if target.is_some() => Ok(Arc::new(CommandComponent::new(&p.name, vec![], vec![], None))),
+        _ => Err(Error::Input(format!(
+            "component {} ({}) is not configured on this appliance, so it cannot be put into place; restore it with --target DIR to inspect it",
+            p.name, p.kind
+        ))),
+    }
+}

@@ -1,0 +1,59 @@
+//! Verifying an image end to end: decrypt, decompress and check every entry
+//! against the manifest, writing nothing.
+use crate::engine::{Engine, ImageLoc, NullVisitor, VerifyReport};
+use crate::guard::Operation;
+use crate::image::{sidecar_name, Outcome};
+use crate::progress::Event;
+use crate::Result;
+
+/// Verifies an image (audited).
+pub(crate) async fn verify(engine: &Engine, image: &str) -> Result<VerifyReport> {
+    engine
+        .audited(
+            Operation::Verify,
+            image,
+            |r: &VerifyReport| r.size,
+            verify_image(engine, image),
+        )
+        .await
+}
+
+/// Decrypts and decompresses a whole image and checks every component
+/// against the manifest (and the sidecar, if any), writing nothing.
+async fn verify_image(engine: &Engine, image: &str) -> Result<VerifyReport> {
+    let loc = crate::images::locate(engine, image);
+    engine.progress.event(&Event::Step {
+        message: format!("verifying {}", loc.shown()),
+    });
+    let (walked, size, _) = crate::images::walk_image(engine, &loc, NullVisitor).await?;
+    if let ImageLoc::Stored(name) = &loc {
+        if let Some(s) = crate::images::sidecar(engine, name).await? {
+            // The image is what restores; a wrong index is worth a
+            // warning, not a failed verification.
+            if s.manifest != walked.manifest || s.info != walked.info {
+                engine.progress.event(&Event::Warning {
+                    component: None,
+                    message: format!(
+                        "the sidecar manifest {} does not match the image's own manifest; \
+                         the image verified, list and show may describe it wrongly",
+                        sidecar_name(name)
+                    ),
+                });
+            }
+        }
+    }
+    let verified = walked
+        .manifest
+        .components
+        .iter()
+        .filter(|r| r.outcome == Outcome::Success)
+        .map(|r| r.name.clone())
+        .collect();
+    Ok(VerifyReport {
+        image: loc.shown(),
+        size,
+        info: walked.info,
+        manifest: walked.manifest,
+        verified,
+    })
+}
