@@ -12,7 +12,7 @@ pub use files::FilesComponent;
 pub use sqlite::SqliteComponent;
 pub(crate) use sqlite::JOURNAL_SUFFIXES;
 pub use swap::Committed;
-pub(crate) use swap::{NothingToUndo, Swapped};
+pub(crate) use swap::{is_special, NothingToUndo, Swapped};
 
 use crate::model::PlannedComponent;
 

@@ -285,9 +285,22 @@ fn set_times_of(path: &Path, md: &std::fs::Metadata) -> std::io::Result<()> {
     filetime::set_file_times(path, atime, mtime)
 }
 
+/// Sockets, FIFOs and device files: no backup holds them (the files
+/// component skips them with a warning), so a restore has nothing to put in
+/// their place, and removing a live daemon's socket would break it. Restores
+/// carry them over like excluded paths.
+pub(crate) fn is_special(file_type: &std::fs::FileType) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    file_type.is_socket()
+        || file_type.is_fifo()
+        || file_type.is_block_device()
+        || file_type.is_char_device()
+}
+
 /// The topmost paths under `root` (relative to it) that `excluded` matches,
-/// given each path's original absolute location `original.join(rel)`.
-/// `root` itself is never excluded; symlinks are not followed.
+/// given each path's original absolute location `original.join(rel)`, and
+/// the special files ([`is_special`]) under it. `root` itself is never
+/// excluded; symlinks are not followed.
 pub(crate) fn excluded_under(
     root: &Path,
     original: &Path,
@@ -305,7 +318,7 @@ pub(crate) fn excluded_under(
     while let Some(next) = it.next() {
         let entry = next.map_err(std::io::Error::from)?;
         let rel = entry.path().strip_prefix(root).expect("under the root");
-        if excluded(&original.join(rel)) {
+        if is_special(&entry.file_type()) || excluded(&original.join(rel)) {
             if entry.file_type().is_dir() {
                 it.skip_current_dir();
             }
@@ -375,7 +388,7 @@ mod tests {
     }
 
     #[test]
-    fn excluded_under_gives_the_topmost_matches_by_original_path() {
+    fn excluded_under_gives_the_topmost_matches_by_original_path_and_special_files() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("restored/etc/app");
         write(&root.join("a.conf"), "");
@@ -385,8 +398,16 @@ mod tests {
         let excluded = |p: &Path| {
             p == Path::new("/etc/app/cache") || p.extension().is_some_and(|e| e == "tmp")
         };
+        let _socket = std::os::unix::net::UnixListener::bind(root.join("sub/live.sock")).unwrap();
         let found = excluded_under(&root, original, &excluded).unwrap();
-        assert_eq!(found, [PathBuf::from("cache"), PathBuf::from("sub/b.tmp")]);
+        assert_eq!(
+            found,
+            [
+                PathBuf::from("cache"),
+                PathBuf::from("sub/b.tmp"),
+                PathBuf::from("sub/live.sock")
+            ]
+        );
         assert!(excluded_under(&root.join("missing"), original, &excluded)
             .unwrap()
             .is_empty());

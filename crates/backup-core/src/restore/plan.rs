@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::precheck::{check_selection, PrecheckConfig};
 use super::Selector;
-use crate::component::{rel_of, Component, JOURNAL_SUFFIXES};
+use crate::component::{is_special, rel_of, Component, JOURNAL_SUFFIXES};
 use crate::image::reader::{EntryView, Visitor};
 use crate::image::{BackupInfo, EntryKind, PlannedComponent};
 use crate::{Error, Result};
@@ -211,7 +211,9 @@ pub(super) fn plan_component(
 /// A tree's entries relative to its top, in path order (a directory before
 /// what it holds, siblings by name), without following symlinks.
 enum Entries<'a> {
-    Walk(PathBuf, walkdir::IntoIter),
+    /// A walk of a tree on disk, and whether its last entry was a special
+    /// file (socket, FIFO, device).
+    Walk(PathBuf, walkdir::IntoIter, bool),
     Listed(Box<dyn Iterator<Item = (PathBuf, bool)> + 'a>),
 }
 
@@ -221,17 +223,18 @@ impl Entries<'_> {
             .follow_links(false)
             .sort_by_file_name()
             .into_iter();
-        Entries::Walk(top.to_path_buf(), it)
+        Entries::Walk(top.to_path_buf(), it, false)
     }
 
     fn next_entry(&mut self) -> Result<Option<(PathBuf, bool)>> {
         match self {
             Entries::Listed(it) => Ok(it.next()),
-            Entries::Walk(top, it) => match it.next() {
+            Entries::Walk(top, it, special) => match it.next() {
                 None => Ok(None),
                 Some(Err(e)) => Err(Error::io(format!("reading {}", top.display()), e.into())),
                 Some(Ok(entry)) => {
                     let rel = entry.path().strip_prefix(&*top).expect("under the top");
+                    *special = is_special(&entry.file_type());
                     Ok(Some((rel.to_path_buf(), entry.file_type().is_dir())))
                 }
             },
@@ -240,9 +243,14 @@ impl Entries<'_> {
 
     /// Does not descend into the directory just returned.
     fn skip_current_dir(&mut self) {
-        if let Entries::Walk(_, it) = self {
+        if let Entries::Walk(_, it, _) = self {
             it.skip_current_dir();
         }
+    }
+
+    /// Whether the entry just returned is a special file (never in an image).
+    fn last_was_special(&self) -> bool {
+        matches!(self, Entries::Walk(_, _, true))
     }
 }
 
@@ -316,7 +324,7 @@ impl Planner<'_> {
     /// listed as kept on the way (and not descended into).
     fn next_live(&mut self, live: &mut Entries<'_>) -> Result<Option<(PathBuf, bool)>> {
         while let Some((rel, dir)) = live.next_entry()? {
-            if !self.excluded(&rel) {
+            if !live.last_was_special() && !self.excluded(&rel) {
                 return Ok(Some((rel, dir)));
             }
             if let Some(shadowed) = self.shadowed.as_ref().filter(|s| rel.starts_with(s)) {
@@ -443,7 +451,8 @@ mod tests {
     use crate::component::FilesComponent;
 
     #[test]
-    fn a_plan_lists_replaced_added_removed_and_kept_and_ignores_what_is_excluded_now() {
+    fn a_plan_lists_replaced_added_removed_and_kept_and_ignores_what_is_excluded_now_and_special_files(
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("etc/app");
         let write = |rel: &str| {
@@ -456,6 +465,7 @@ mod tests {
         write("cache/live");
         write("old.d/note.tmp");
         write("gone.d/x");
+        let _socket = std::os::unix::net::UnixListener::bind(root.join("app.sock")).unwrap();
         let rel_root = rel_of(&root).to_path_buf();
         let mut tree = ImageTree::new();
         tree.insert(rel_root.clone(), true);
@@ -510,7 +520,8 @@ mod tests {
             assert_eq!(plan.added, at(&["new.conf"]));
             // old.d holds a kept file, so it stays; gone.d does not.
             assert_eq!(plan.removed, at(&["extra.conf", "gone.d/x", "gone.d"]));
-            assert_eq!(plan.kept, at(&["cache", "old.d/note.tmp"]));
+            // A live socket is kept: no image holds one to put back.
+            assert_eq!(plan.kept, at(&["app.sock", "cache", "old.d/note.tmp"]));
         }
         // A limit keeps the counts and fewer paths.
         let limited =
