@@ -12,7 +12,7 @@ use std::hint::black_box;
 use std::io::{Read, Write};
 
 use backup_benches::appliance_payload;
-use backup_core::image::codec::{decoder, default_threads, Encoder};
+use backup_core::bench::{decoder, default_threads, Encoder};
 use backup_core::Compression;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 

@@ -5,7 +5,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use backup_testkit::hostile::{self, dev, evil, read_payload, write_payload, RawEntry};
+use backup_testkit::hostile::{self, dev, read_payload, write_payload, RawEntry};
 
 use crate::util::*;
 
@@ -300,167 +300,18 @@ fn crafted_payloads_with_unsafe_entries_are_rejected() {
     .expect(0);
     assert_same_tree(&fx.etc, &under(&t, &fx.etc), &[]);
 
-    let outside = fx.dir.join("outside-dir");
-    fs::create_dir(&outside).unwrap();
-    fs::write(outside.join("secret.txt"), "outside the component\n").unwrap();
+    let layout = hostile::Layout {
+        dir: fx.dir.clone(),
+        config_root: fx.etc.clone(),
+        database: fx.db.clone(),
+    };
+    layout.prepare_outside();
+    let outside = layout.outside();
     let outside_before = all_paths(&outside);
-    let dir_rel = fx.dir.strip_prefix("/").unwrap().display().to_string();
-    let etc_rel = fx.etc.strip_prefix("/").unwrap().display().to_string();
-    let comp = format!("components/config/{etc_rel}");
-    let dotdots = "../".repeat(16);
-    let evil_dotdot = fx.dir.join("evil-dotdot");
-    let evil_abs = fx.dir.join("evil-abs");
-    let planted = outside.join("planted");
 
-    use tar::EntryType as T;
-    let cases: Vec<(&str, Vec<RawEntry>, Vec<PathBuf>)> = vec![
-        (
-            "path traversal with ..",
-            vec![evil(
-                T::Regular,
-                &format!("components/config/{dotdots}{dir_rel}/evil-dotdot"),
-                None,
-                b"pwned\n",
-            )],
-            vec![evil_dotdot.clone()],
-        ),
-        (
-            "path traversal inside the component root",
-            vec![evil(
-                T::Regular,
-                &format!("{comp}/../../../../../evil-dotdot"),
-                None,
-                b"pwned\n",
-            )],
-            vec![evil_dotdot.clone()],
-        ),
-        (
-            "absolute path",
-            vec![evil(
-                T::Regular,
-                evil_abs.to_str().unwrap(),
-                None,
-                b"pwned\n",
-            )],
-            vec![evil_abs.clone()],
-        ),
-        (
-            "symlink to an outside directory, then a file through it",
-            vec![
-                evil(
-                    T::Symlink,
-                    &format!("{comp}/link"),
-                    Some(outside.to_str().unwrap()),
-                    b"",
-                ),
-                evil(T::Regular, &format!("{comp}/link/pwned"), None, b"pwned\n"),
-            ],
-            vec![outside.join("pwned")],
-        ),
-        (
-            "relative symlink escaping, then a file through it",
-            vec![
-                evil(
-                    T::Symlink,
-                    &format!("{comp}/rel-link"),
-                    Some("../../../../outside-dir"),
-                    b"",
-                ),
-                evil(
-                    T::Regular,
-                    &format!("{comp}/rel-link/pwned"),
-                    None,
-                    b"pwned\n",
-                ),
-            ],
-            vec![outside.join("pwned")],
-        ),
-        (
-            "hard link to an absolute outside file",
-            vec![evil(
-                T::Link,
-                &format!("{comp}/hl"),
-                Some(outside.join("secret.txt").to_str().unwrap()),
-                b"",
-            )],
-            vec![],
-        ),
-        (
-            "hard link to a component path outside the recorded roots",
-            vec![evil(
-                T::Link,
-                &format!("{comp}/hl"),
-                Some(&format!(
-                    "components/config/{dir_rel}/outside-dir/secret.txt"
-                )),
-                b"",
-            )],
-            vec![],
-        ),
-        (
-            "hard link with ..",
-            vec![evil(
-                T::Link,
-                &format!("{comp}/hl"),
-                Some(&format!("{comp}/../../../../outside-dir/secret.txt")),
-                b"",
-            )],
-            vec![],
-        ),
-        (
-            "hard link into another component",
-            vec![evil(
-                T::Link,
-                &format!("{comp}/hl"),
-                Some(&format!(
-                    "components/maindb/{}",
-                    fx.db.strip_prefix("/").unwrap().display()
-                )),
-                b"",
-            )],
-            vec![],
-        ),
-        (
-            "file outside the recorded roots of its component",
-            vec![evil(
-                T::Regular,
-                &format!("components/config/{dir_rel}/outside-dir/planted"),
-                None,
-                b"pwned\n",
-            )],
-            vec![planted.clone()],
-        ),
-        (
-            "component not in backup.json",
-            vec![evil(
-                T::Regular,
-                &format!("components/nosuch/{dir_rel}/outside-dir/planted"),
-                None,
-                b"pwned\n",
-            )],
-            vec![planted.clone()],
-        ),
-        (
-            "character device",
-            vec![dev(T::Char, &format!("{comp}/null-dev"), 1, 3)],
-            vec![],
-        ),
-        (
-            "block device",
-            vec![dev(T::Block, &format!("{comp}/disk-dev"), 8, 0)],
-            vec![],
-        ),
-        (
-            "FIFO",
-            vec![evil(T::Fifo, &format!("{comp}/fifo"), None, b"")],
-            vec![],
-        ),
-    ];
-
-    for (i, (case, evil_entries, must_not_exist)) in cases.into_iter().enumerate() {
-        let mut crafted: Vec<RawEntry> = entries[..entries.len() - 1].to_vec();
-        crafted.extend(evil_entries);
-        crafted.push(entries.last().unwrap().clone());
+    for (i, case) in hostile::unsafe_entry_cases(&layout).into_iter().enumerate() {
+        let (case, crafted, must_not_exist) =
+            (case.name, case.splice(&entries), case.must_not_exist);
         let tgz = fx.dir.join(format!("crafted-{i}.tar.gz"));
         write_payload(&crafted, &tgz);
         let image = fx.dir.join(format!("crafted-{i}.bkp"));

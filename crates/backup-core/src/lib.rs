@@ -22,6 +22,19 @@
 //! engine.restore(&report.image, &opts).await?;
 //! # Ok(()) }
 //! ```
+//!
+//! Everything an embedder uses is re-exported here, the documents the engine
+//! writes included ([`BackupInfo`], [`Manifest`], [`Sidecar`], [`StatusView`],
+//! [`RetentionDecision`], [`AuditRecord`]); the modules behind them are
+//! private, so they can change without breaking an embedder:
+//!
+//! ```compile_fail
+//! use backup_core::ops::lock::OperationLock; // backup_core::OperationLock
+//! ```
+//!
+//! ```compile_fail
+//! use backup_core::image::codec::Encoder; // feature `bench`: backup_core::bench
+//! ```
 #![warn(missing_docs)]
 
 mod backup;
@@ -29,6 +42,13 @@ mod browse;
 mod component;
 mod config;
 mod daemon;
+#[cfg(feature = "bench")]
+#[doc(hidden)]
+pub mod bench {
+    //! The payload codecs, for the benchmarks in `benches/` (feature
+    //! `bench`; not a stable interface).
+    pub use crate::image::codec::{decoder, default_threads, Encoder};
+}
 #[cfg(feature = "demo")]
 pub mod demo;
 mod engine;
@@ -37,12 +57,12 @@ mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 mod guard;
-pub mod image;
+mod image;
 mod images;
 mod keys;
 mod lazy_storage;
 mod model;
-pub mod ops;
+mod ops;
 mod progress;
 mod restore;
 mod retention;
@@ -69,7 +89,8 @@ pub use engine::{
 pub use error::{Error, ErrorKind, Result};
 pub use guard::Operation;
 pub use image::{
-    BackupInfo, ComponentRecord, Manifest, Outcome, PlannedComponent, Selection, Sidecar,
+    BackupInfo, ComponentRecord, EntryDigest, EntryKind, Manifest, Outcome, PlannedComponent,
+    Selection, Sidecar,
 };
 pub use keys::rewrap::RewrapResult;
 pub use keys::{
@@ -78,6 +99,7 @@ pub use keys::{
     KEYRING_FILE, KEY_FILE,
 };
 pub use ops::audit::AuditRecord;
+pub use ops::lock::{LockHolder, OperationLock};
 pub use ops::retention::{RetentionDecision, RetentionPolicy};
 pub use ops::status::{CurrentRun, RunRecord};
 pub use progress::{Event, NoProgress, Progress};

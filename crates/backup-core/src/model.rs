@@ -85,6 +85,7 @@ impl Compression {
 
 /// The number of compression threads used by default: every core this
 /// process may run on (respects CPU affinity and cgroup quotas).
+#[cfg_attr(not(feature = "bench"), allow(unreachable_pub))]
 pub fn default_threads() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())

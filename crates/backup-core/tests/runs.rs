@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use backup_core::demo::{build_demo, DemoAppliance};
-use backup_core::ops::lock::OperationLock;
+use backup_core::OperationLock;
 use backup_core::{CreateOptions, Engine, Error, KdfParams, Passphrase};
 
 const SECRET: &str = "runs test secret";

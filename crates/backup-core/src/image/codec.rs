@@ -30,13 +30,13 @@ use crate::model::Compression;
 /// Input bytes per gzip member: large enough that the member framing (28
 /// bytes) and the cold window at each start cost little, small enough that
 /// `threads + 2` blocks in flight stay a few MiB.
-pub const GZIP_BLOCK: usize = 1 << 20;
+pub(crate) const GZIP_BLOCK: usize = 1 << 20;
 /// Most threads a restore inflates gzip members on.
 const MAX_DECODE_THREADS: usize = 4;
 /// First bytes of a gzip member.
-pub const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+pub(crate) const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 /// First bytes of a zstd frame.
-pub const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+pub(crate) const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
 /// Largest run of a deflate stored block.
 const STORED_MAX: usize = 65_535;
@@ -59,7 +59,7 @@ pub(crate) const MEMBER_LEN_AT: usize = 16;
 /// than 1% of size against one stream (+0.1% on the 1 GiB appliance
 /// benchmark), and `threads + 2` blocks in flight keep a whole backup near
 /// 40 MiB on two threads.
-pub const ZSTD_BLOCK: usize = 2 << 20;
+pub(crate) const ZSTD_BLOCK: usize = 2 << 20;
 
 /// Compresses a payload with one of the codecs; finish it explicitly with
 /// [`Encoder::finish`] (a dropped encoder has not written its end).
@@ -73,11 +73,6 @@ enum Inner<W: Write> {
 }
 
 impl<W: Write> Encoder<W> {
-    /// An encoder for `compression` at `level` using [`default_threads`].
-    pub fn new(inner: W, compression: Compression, level: u32) -> io::Result<Encoder<W>> {
-        Encoder::with_threads(inner, compression, level, default_threads())
-    }
-
     /// An encoder with an explicit number of compression threads (at least 1).
     pub fn with_threads(
         inner: W,

@@ -7,12 +7,12 @@ pub use crate::model::{Outcome, PlannedComponent};
 use crate::model::{Compression, Role};
 
 /// Version of the payload layout (`backup.json` … `manifest.json`).
-pub const PAYLOAD_FORMAT: u32 = 1;
+pub(crate) const PAYLOAD_FORMAT: u32 = 1;
 
 /// `backup.json`: the first entry of every image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackupInfo {
-    /// [`PAYLOAD_FORMAT`].
+    /// Version of the payload layout; this engine writes and reads 1.
     pub format: u32,
     /// Product name.
     pub product: String,

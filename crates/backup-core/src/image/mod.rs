@@ -1,7 +1,10 @@
 //! The image: an encrypted tar stream with `backup.json`, `components/<name>/…`
 //! and `manifest.json`, plus the encrypted sidecar manifest.
 pub(crate) mod check;
-pub mod codec;
+// The benchmarks measure the codecs directly: with the `bench` feature,
+// `crate::bench` re-exports the encoder and decoder.
+#[cfg_attr(not(feature = "bench"), allow(unreachable_pub))]
+pub(crate) mod codec;
 mod digest;
 mod gunzip;
 mod meta;
@@ -13,15 +16,17 @@ mod unzstd;
 pub(crate) mod writer;
 
 pub use digest::{EntryDigest, EntryKind};
+pub(crate) use meta::PAYLOAD_FORMAT;
 pub use meta::{
     BackupInfo, ComponentRecord, Manifest, Outcome, PlannedComponent, Selection, Sidecar,
-    PAYLOAD_FORMAT,
 };
-pub use name::{image_name, parse_image_name, sidecar_name, ParsedName, IMAGE_EXT, SIDECAR_SUFFIX};
+pub(crate) use name::{
+    image_name, parse_image_name, sidecar_name, ParsedName, IMAGE_EXT, SIDECAR_SUFFIX,
+};
 
 /// Archive path of `backup.json`.
-pub const BACKUP_JSON: &str = "backup.json";
+pub(crate) const BACKUP_JSON: &str = "backup.json";
 /// Archive path of `manifest.json`.
-pub const MANIFEST_JSON: &str = "manifest.json";
+pub(crate) const MANIFEST_JSON: &str = "manifest.json";
 /// Directory holding the components in the archive.
-pub const COMPONENTS_DIR: &str = "components";
+pub(crate) const COMPONENTS_DIR: &str = "components";

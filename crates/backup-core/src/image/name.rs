@@ -4,12 +4,12 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use crate::model::Role;
 
 /// File extension of images.
-pub const IMAGE_EXT: &str = ".bkp";
+pub(crate) const IMAGE_EXT: &str = ".bkp";
 /// Suffix of the sidecar manifest object.
-pub const SIDECAR_SUFFIX: &str = ".manifest";
+pub(crate) const SIDECAR_SUFFIX: &str = ".manifest";
 
 /// The name of an image taken at `created` by `node` in `role`.
-pub fn image_name(prefix: &str, created: DateTime<Utc>, node: &str, role: Role) -> String {
+pub(crate) fn image_name(prefix: &str, created: DateTime<Utc>, node: &str, role: Role) -> String {
     format!(
         "{prefix}{}_{node}_{}{IMAGE_EXT}",
         created.format("%Y%m%dT%H%M%SZ"),
@@ -18,7 +18,7 @@ pub fn image_name(prefix: &str, created: DateTime<Utc>, node: &str, role: Role) 
 }
 
 /// The sidecar object of an image.
-pub fn sidecar_name(image: &str) -> String {
+pub(crate) fn sidecar_name(image: &str) -> String {
     format!("{image}{SIDECAR_SUFFIX}")
 }
 
@@ -34,7 +34,7 @@ pub struct ParsedName {
 }
 
 /// Parses the base name of an image (`prefix` must match).
-pub fn parse_image_name(prefix: &str, name: &str) -> Option<ParsedName> {
+pub(crate) fn parse_image_name(prefix: &str, name: &str) -> Option<ParsedName> {
     let base = name.rsplit('/').next()?;
     let rest = base.strip_prefix(prefix)?.strip_suffix(IMAGE_EXT)?;
     let (stamp, rest) = rest.split_once('_')?;

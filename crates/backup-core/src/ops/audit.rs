@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::{Error, Result};
 
 /// File name of the audit log in the state directory.
-pub const AUDIT_FILE: &str = "audit.log";
+pub(crate) const AUDIT_FILE: &str = "audit.log";
 
 /// One audited operation. Never carries a secret.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,20 +36,20 @@ pub struct AuditRecord {
 
 /// Appends to and reads the audit log of a state directory.
 #[derive(Debug, Clone)]
-pub struct AuditLog {
+pub(crate) struct AuditLog {
     path: PathBuf,
 }
 
 impl AuditLog {
     /// The audit log of a state directory.
-    pub fn in_state_dir(state_dir: &Path) -> AuditLog {
+    pub(crate) fn in_state_dir(state_dir: &Path) -> AuditLog {
         AuditLog {
             path: state_dir.join(AUDIT_FILE),
         }
     }
 
     /// Appends one record and fsyncs it.
-    pub fn append(&self, record: &AuditRecord) -> Result<()> {
+    pub(crate) fn append(&self, record: &AuditRecord) -> Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         if let Some(dir) = self.path.parent() {
             crate::util::create_private_dir(dir)
@@ -70,7 +70,7 @@ impl AuditLog {
     }
 
     /// Records since `since` (all if `None`), oldest first. Damaged lines are skipped.
-    pub fn read(&self, since: Option<DateTime<Utc>>) -> Result<Vec<AuditRecord>> {
+    pub(crate) fn read(&self, since: Option<DateTime<Utc>>) -> Result<Vec<AuditRecord>> {
         let text = match std::fs::read_to_string(&self.path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -90,7 +90,7 @@ impl AuditLog {
 }
 
 /// The OS user running this process (by `$USER`, else the uid's passwd entry).
-pub fn current_actor() -> String {
+pub(crate) fn current_actor() -> String {
     use std::os::unix::fs::MetadataExt;
     if let Ok(u) = std::env::var("USER") {
         if !u.is_empty() {

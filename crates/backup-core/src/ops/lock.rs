@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::{Error, Result};
 
 /// File name of the lock in the state directory.
-pub const LOCK_FILE: &str = "backup.lock";
+pub(crate) const LOCK_FILE: &str = "backup.lock";
 
 /// Who holds (or held) the lock.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,7 +114,7 @@ impl Drop for OperationLock {
 }
 
 /// Who holds the lock right now, without taking it (`None` if nobody).
-pub fn probe(state_dir: &Path) -> Result<Option<LockHolder>> {
+pub(crate) fn probe(state_dir: &Path) -> Result<Option<LockHolder>> {
     let path = state_dir.join(LOCK_FILE);
     let mut file = match OpenOptions::new().read(true).open(&path) {
         Ok(f) => f,

@@ -1,8 +1,8 @@
 //! Operations around the engine: lock, status, audit log, schedule,
 //! retention, hooks.
-pub mod audit;
-pub mod hooks;
-pub mod lock;
-pub mod retention;
-pub mod schedule;
-pub mod status;
+pub(crate) mod audit;
+pub(crate) mod hooks;
+pub(crate) mod lock;
+pub(crate) mod retention;
+pub(crate) mod schedule;
+pub(crate) mod status;

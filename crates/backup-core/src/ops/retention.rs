@@ -53,7 +53,7 @@ pub enum Coverage {
 
 /// An image as retention sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RetentionItem {
+pub(crate) struct RetentionItem {
     /// Object name.
     pub name: String,
     /// Creation time.
@@ -82,7 +82,7 @@ pub struct RetentionDecision {
 /// newest full image (the newest that holds every standard component, or,
 /// when none does, the newest successful standard backup), nor an unreadable
 /// image younger than it, which might be a full one.
-pub fn plan(items: &[RetentionItem], policy: &RetentionPolicy) -> Vec<RetentionDecision> {
+pub(crate) fn plan(items: &[RetentionItem], policy: &RetentionPolicy) -> Vec<RetentionDecision> {
     let mut sorted: Vec<&RetentionItem> = items.iter().collect();
     sorted.sort_by(|a, b| b.created.cmp(&a.created).then(b.name.cmp(&a.name)));
     let mut reasons: Vec<Vec<String>> = vec![Vec::new(); sorted.len()];

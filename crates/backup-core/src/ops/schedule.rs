@@ -6,7 +6,7 @@ use crate::{Error, Result};
 
 /// One parsed cron expression: minute, hour, day of month, month, day of week.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CronExpr {
+pub(crate) struct CronExpr {
     text: String,
     minutes: u64,
     hours: u32,
@@ -79,7 +79,7 @@ impl CronExpr {
     /// Parses `minute hour day-of-month month day-of-week` (with `*`, lists,
     /// ranges, steps, month and day names) or `@hourly`, `@daily`,
     /// `@midnight`, `@weekly`, `@monthly`, `@yearly`, `@annually`.
-    pub fn parse(text: &str) -> Result<CronExpr> {
+    pub(crate) fn parse(text: &str) -> Result<CronExpr> {
         let expanded = match text.trim() {
             "@hourly" => "0 * * * *",
             "@daily" | "@midnight" => "0 0 * * *",
@@ -128,7 +128,7 @@ impl CronExpr {
     }
 
     /// The first matching minute strictly after `after`, within five years.
-    pub fn next_after(&self, after: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
+    pub(crate) fn next_after(&self, after: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
         let start = after.with_second(0)?.with_nanosecond(0)? + Duration::minutes(1);
         let limit = start + Duration::days(5 * 366);
         let mut t = start;

@@ -14,7 +14,7 @@ use crate::image::Outcome;
 use crate::{Error, Result};
 
 /// File name of the status in the state directory.
-pub const STATUS_FILE: &str = "status.json";
+pub(crate) const STATUS_FILE: &str = "status.json";
 const SKIPPED_FILE: &str = "skipped.json";
 
 /// The operation in progress.
@@ -55,7 +55,7 @@ pub struct RunRecord {
 
 /// The contents of `status.json`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StatusFile {
+pub(crate) struct StatusFile {
     /// Set while an operation runs.
     pub current: Option<CurrentRun>,
     /// The last backup that published an image with outcome success.
@@ -70,35 +70,35 @@ pub struct StatusFile {
 
 /// Reads and writes the status of a state directory.
 #[derive(Debug, Clone)]
-pub struct StatusStore {
+pub(crate) struct StatusStore {
     dir: PathBuf,
 }
 
 impl StatusStore {
     /// The status of a state directory.
-    pub fn in_state_dir(state_dir: &Path) -> StatusStore {
+    pub(crate) fn in_state_dir(state_dir: &Path) -> StatusStore {
         StatusStore {
             dir: state_dir.to_path_buf(),
         }
     }
 
     /// The stored status (default if none).
-    pub fn load(&self) -> Result<StatusFile> {
+    pub(crate) fn load(&self) -> Result<StatusFile> {
         read_json(&self.dir.join(STATUS_FILE)).map(Option::unwrap_or_default)
     }
 
     /// The last skipped run, if any.
-    pub fn last_skipped(&self) -> Result<Option<RunRecord>> {
+    pub(crate) fn last_skipped(&self) -> Result<Option<RunRecord>> {
         read_json(&self.dir.join(SKIPPED_FILE))
     }
 
     /// Writes the whole status atomically (lock holder only).
-    pub fn store(&self, status: &StatusFile) -> Result<()> {
+    pub(crate) fn store(&self, status: &StatusFile) -> Result<()> {
         write_json(&self.dir.join(STATUS_FILE), status)
     }
 
     /// Records a run skipped because another held the lock.
-    pub fn record_skipped(&self, record: &RunRecord) -> Result<()> {
+    pub(crate) fn record_skipped(&self, record: &RunRecord) -> Result<()> {
         write_json(&self.dir.join(SKIPPED_FILE), record)
     }
 }

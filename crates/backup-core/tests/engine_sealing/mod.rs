@@ -6,8 +6,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Context, Result};
-use backup_core::image::{EntryDigest, EntryKind, Manifest, Outcome};
 use backup_core::{CreateOptions, Error, KeyFile, KeySource, Keyring, RestoreOptions};
+use backup_core::{EntryDigest, EntryKind, Manifest, Outcome};
 
 use super::{demo, engine, under};
 
