@@ -4,6 +4,7 @@ use crate::engine::{Engine, ImageLoc, NullVisitor, VerifyReport};
 use crate::guard::Operation;
 use crate::image::{sidecar_name, Outcome};
 use crate::progress::Event;
+use crate::restore::{PrecheckConfig, RestoreOptions};
 use crate::Result;
 
 /// Verifies an image (audited).
@@ -41,6 +42,18 @@ async fn verify_image(engine: &Engine, image: &str) -> Result<VerifyReport> {
                 });
             }
         }
+    }
+    // Verify vouches for the image; restore also checks that the image is
+    // this appliance's. Say so when a restore here would refuse it, so that a
+    // "verified" is not read as "restores here".
+    let here = PrecheckConfig::of(engine, &RestoreOptions::default());
+    if let Err(e) = here.check(&walked.info) {
+        engine.progress.event(&Event::Warning {
+            component: None,
+            message: format!(
+                "the image verified, but a restore on this appliance would refuse it: {e}"
+            ),
+        });
     }
     let verified = walked
         .manifest

@@ -25,7 +25,8 @@ mod precheck;
 mod stage;
 
 use commit::{commit, decide, ordered_for_commit};
-use precheck::{check_selection, precheck, PrecheckConfig};
+pub(crate) use precheck::PrecheckConfig;
+use precheck::{check_selection, precheck};
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) use stage::Stager;
 use stage::{create_dirs_tracked, RestoreVisitor};

@@ -8,7 +8,7 @@ pub(super) fn precheck(engine: &Engine, info: &BackupInfo, opts: &RestoreOptions
 
 /// The identity facts and overrides the pre-checks use.
 #[derive(Debug, Clone)]
-pub(super) struct PrecheckConfig {
+pub(crate) struct PrecheckConfig {
     product: String,
     version: String,
     node: String,
@@ -17,7 +17,7 @@ pub(super) struct PrecheckConfig {
 }
 
 impl PrecheckConfig {
-    pub(super) fn of(engine: &Engine, opts: &RestoreOptions) -> PrecheckConfig {
+    pub(crate) fn of(engine: &Engine, opts: &RestoreOptions) -> PrecheckConfig {
         let a = &engine.config.appliance;
         PrecheckConfig {
             product: a.product.clone(),
@@ -28,7 +28,7 @@ impl PrecheckConfig {
         }
     }
 
-    pub(super) fn check(&self, info: &BackupInfo) -> Result<()> {
+    pub(crate) fn check(&self, info: &BackupInfo) -> Result<()> {
         if !self.force_identity && (info.node != self.node || info.product != self.product) {
             return Err(Error::IdentityMismatch {
                 image_node: info.node.clone(),

@@ -39,6 +39,46 @@ async fn an_image_of_another_version_or_node_is_refused() -> Result<()> {
     Ok(())
 }
 
+/// Warnings an engine reported.
+#[derive(Default)]
+struct Warnings(std::sync::Mutex<Vec<String>>);
+
+impl backup_core::Progress for Warnings {
+    fn event(&self, event: &backup_core::Event) {
+        if let backup_core::Event::Warning { message, .. } = event {
+            self.0.lock().unwrap().push(message.clone());
+        }
+    }
+}
+
+/// Verify vouches for the image, restore also checks that it is this
+/// appliance's: a verify says when a restore here would refuse the image.
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_says_when_a_restore_here_would_refuse_the_image() -> Result<()> {
+    let app = Appliance::new()?;
+    let store = MemoryStorage::default();
+    let name = engine(app.config(), &store)?
+        .create(&CreateOptions::default())
+        .await?
+        .image;
+    let mut other_node = app.config().clone();
+    other_node.appliance.node = "gw-2".into();
+    for (config, refused_here) in [(app.config().clone(), false), (other_node, true)] {
+        let warnings = std::sync::Arc::new(Warnings::default());
+        let e = backup_core::Engine::builder(config)
+            .storage(std::sync::Arc::new(store.clone()))
+            .progress(warnings.clone())
+            .build()?;
+        e.verify(&name).await?;
+        let said = warnings.0.lock().unwrap().clone();
+        let warned = said
+            .iter()
+            .any(|w| w.contains("a restore on this appliance would refuse it"));
+        assert_eq!(warned, refused_here, "warnings: {said:?}");
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn unknown_components_and_missing_requirements_are_input_errors() -> Result<()> {
     let app = Appliance::new()?;
