@@ -14,7 +14,8 @@ use bytes::Bytes;
 use chrono::{DateTime, SubsecRound, Utc};
 
 use crate::component::{Applicability, Component, SnapshotError};
-use crate::engine::{local_destination, write_sealed, CreateOptions, CreateReport, Engine};
+use crate::context::{Context, Trigger};
+use crate::engine::{local_destination, write_sealed, CreateOptions, CreateReport};
 use crate::guard::{Operation, RunGuard};
 use crate::image::writer::{Encoder, TarWriter};
 use crate::image::{
@@ -56,7 +57,7 @@ struct PlanItem {
 /// The plan of a backup: which components it takes, each probed for its
 /// applicability once. Selection errors (an unknown component, a missing
 /// requirement, nothing applicable) are found here, before the run starts.
-pub(crate) fn plan(engine: &Engine, opts: &CreateOptions) -> Result<Plan> {
+pub(crate) fn plan(engine: &Context<'_>, opts: &CreateOptions) -> Result<Plan> {
     for name in &opts.components {
         if engine.component(name).is_none() {
             return Err(Error::Input(format!(
@@ -68,7 +69,7 @@ pub(crate) fn plan(engine: &Engine, opts: &CreateOptions) -> Result<Plan> {
     let custom = !opts.components.is_empty();
     let mut items = Vec::new();
     let mut not_applicable = Vec::new();
-    for reg in &engine.components {
+    for reg in engine.components {
         let name = reg.component.name();
         let wanted = if custom {
             opts.components.iter().any(|n| n == name) || (opts.include_audits && reg.options.audit)
@@ -110,7 +111,7 @@ pub(crate) fn plan(engine: &Engine, opts: &CreateOptions) -> Result<Plan> {
         })?;
     }
     let selected: BTreeSet<&str> = items.iter().map(|i| i.component.name()).collect();
-    for reg in &engine.components {
+    for reg in engine.components {
         if !selected.contains(reg.component.name()) {
             continue;
         }
@@ -142,8 +143,8 @@ pub(crate) fn plan(engine: &Engine, opts: &CreateOptions) -> Result<Plan> {
 /// Takes a backup: under the lock, with status, audit log, hooks, a
 /// capacity preflight, a log file, and retention after success. Fails with
 /// [`Error::Busy`] (recorded as skipped) if another operation runs.
-pub(crate) async fn create(engine: &Engine, opts: &CreateOptions) -> Result<CreateReport> {
-    let op = if opts.scheduled {
+pub(crate) async fn create(engine: &Context<'_>, opts: &CreateOptions) -> Result<CreateReport> {
+    let op = if opts.scheduled || engine.trigger == Trigger::Scheduled {
         Operation::ScheduledBackup
     } else {
         Operation::Backup
@@ -239,7 +240,7 @@ pub(crate) async fn create(engine: &Engine, opts: &CreateOptions) -> Result<Crea
 /// a second backup within the same second waits for the next one. Called
 /// under the lock, so no other backup of this appliance races for it.
 async fn unique_destination(
-    engine: &Engine,
+    engine: &Context<'_>,
     opts: &CreateOptions,
 ) -> Result<(DateTime<Utc>, (Arc<dyn backup_storage::Storage>, String))> {
     loop {
@@ -279,7 +280,7 @@ async fn preflight(storage: &Arc<dyn Storage>, plan: &Plan) -> Result<()> {
     Ok(())
 }
 
-fn scratch_dir(engine: &Engine) -> Result<PathBuf> {
+fn scratch_dir(engine: &Context<'_>) -> Result<PathBuf> {
     let state = &engine.config.appliance.state_dir;
     crate::util::run_scratch_dir(state).map_err(|e| {
         Error::io(
@@ -291,7 +292,7 @@ fn scratch_dir(engine: &Engine) -> Result<PathBuf> {
 
 /// Where a backup goes: the `--output` file, or a new name in the storage.
 fn destination(
-    engine: &Engine,
+    engine: &Context<'_>,
     opts: &CreateOptions,
     created: DateTime<Utc>,
 ) -> Result<(Arc<dyn Storage>, String)> {
@@ -319,7 +320,7 @@ fn destination(
 /// The backup pipeline itself, without lock, status or audit (see [`create`]):
 /// each planned component's snapshot into one sealed image, then its sidecar.
 async fn write_image(
-    engine: &Engine,
+    engine: &Context<'_>,
     opts: &CreateOptions,
     plan: Plan,
     progress: Arc<dyn Progress>,

@@ -6,7 +6,8 @@ use backup_storage::{ListResult, Storage};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::engine::{Engine, ImageDetails};
+use crate::context::Context;
+use crate::engine::ImageDetails;
 use crate::guard::Operation;
 use crate::image::{parse_image_name, Sidecar, IMAGE_EXT, SIDECAR_SUFFIX};
 use crate::{Error, Result};
@@ -90,7 +91,7 @@ pub enum Browse {
 }
 
 pub(crate) fn need_storage<'e>(
-    engine: &'e Engine,
+    engine: &'e Context<'e>,
     what: &str,
 ) -> Result<&'e std::sync::Arc<dyn Storage>> {
     engine
@@ -99,7 +100,7 @@ pub(crate) fn need_storage<'e>(
 }
 
 /// One level of the storage (or, for an image name, its details).
-pub(crate) async fn browse(engine: &Engine, path: &str) -> Result<Browse> {
+pub(crate) async fn browse(engine: &Context<'_>, path: &str) -> Result<Browse> {
     let storage = need_storage(engine, "browse")?.clone();
     let path = path.trim_start_matches('/');
     if path.ends_with(IMAGE_EXT) {
@@ -180,7 +181,7 @@ pub(crate) async fn browse(engine: &Engine, path: &str) -> Result<Browse> {
 /// Backends that cannot presign fail with a clear "unsupported" error.
 /// Audited (the URLs themselves are never logged).
 pub(crate) async fn links(
-    engine: &Engine,
+    engine: &Context<'_>,
     images: &[String],
     expires: Duration,
 ) -> Result<Vec<DownloadLink>> {

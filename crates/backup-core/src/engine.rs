@@ -1,9 +1,8 @@
 //! The engine: plans and runs backups, verifies and restores images.
-use std::future::Future;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use backup_crypto::{EncryptWriter, Keyslot, MasterKey};
 use backup_storage::{LocalStorage, PutMode, PutOptions, Storage};
@@ -13,49 +12,25 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::browse::{Browse, DownloadLink};
-use crate::component::{CommandComponent, Component, FilesComponent, SqliteComponent};
+use crate::component::{
+    CommandComponent, Component, ComponentOptions, FilesComponent, Registered, SqliteComponent,
+};
 use crate::config::{ComponentKind, Config};
-use crate::guard::{Operation, RunGuard};
+use crate::context::{Call, Context, Shared};
+use crate::guard::Operation;
 use crate::image::pipe;
 use crate::image::reader::{self, Visitor};
 use crate::image::writer::{ChannelWriter, CHANNEL_DEPTH};
 use crate::image::{BackupInfo, Manifest, Outcome, ParsedName, Sidecar};
 use crate::keys::rewrap::RewrapResult;
 use crate::keys::{KeyFile, KeySource, Keys, NoPassphrase, PassphraseProvider, Rotation};
-use crate::ops::audit::{AuditLog, AuditRecord};
+use crate::ops::audit::AuditRecord;
 use crate::ops::retention::{Coverage, RetentionDecision};
-use crate::progress::{Event, NoProgress, Progress};
+use crate::progress::{NoProgress, Progress};
 use crate::restore::{RestoreOptions, RestorePlan, RestoreReport};
-use crate::runs::{StatusView, LOGS_DIR};
+use crate::runs::StatusView;
 use crate::{Error, Result};
 use backup_crypto::{KeyId, Passphrase};
-
-/// How a registered component takes part in backups.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct ComponentOptions {
-    /// Part of a standard backup.
-    pub default: bool,
-    /// Components that must be in the same backup.
-    pub requires: Vec<String>,
-    /// Holds audit records (a standard backup includes it only with `include_audits`).
-    pub audit: bool,
-}
-
-impl Default for ComponentOptions {
-    fn default() -> Self {
-        ComponentOptions {
-            default: true,
-            requires: Vec::new(),
-            audit: false,
-        }
-    }
-}
-
-pub(crate) struct Registered {
-    pub(crate) component: Arc<dyn Component>,
-    pub(crate) options: ComponentOptions,
-}
 
 /// Builds an [`Engine`] from a [`Config`].
 pub struct EngineBuilder {
@@ -210,7 +185,8 @@ pub struct CreateOptions {
     /// the image off standard output passes a duplicate of it here and then
     /// points standard output elsewhere.
     pub output_stream: Option<Arc<std::fs::File>>,
-    /// Started by the schedule (recorded in status and audit log).
+    /// Started by the schedule (recorded in status and audit log); the same
+    /// as a call with [`Trigger::Scheduled`](crate::Trigger::Scheduled).
     pub scheduled: bool,
 }
 
@@ -346,8 +322,10 @@ pub struct Engine {
     /// The group image files are given (`[storage] group`), as an id.
     pub(crate) file_group: Option<u32>,
     pub(crate) components: Vec<Registered>,
+    /// The actor of a call that names none.
     pub(crate) actor: String,
     pub(crate) keys: Arc<Keys>,
+    /// The progress sink of a call that sets none.
     pub(crate) progress: Arc<dyn Progress>,
 }
 
@@ -378,64 +356,64 @@ impl Engine {
     /// capacity preflight, a log file, and retention after success. Fails with
     /// [`Error::Busy`] (recorded as skipped) if another operation runs.
     pub async fn create(&self, opts: &CreateOptions) -> Result<CreateReport> {
-        crate::backup::create(self, opts).await
+        crate::backup::create(&self.context(&Call::default()), opts).await
     }
 
     /// What a retention run would delete (`dry_run`) or deletes, under the lock.
     pub async fn prune(&self, dry_run: bool) -> Result<Vec<RetentionDecision>> {
-        crate::retention::prune(self, dry_run).await
+        crate::retention::prune(&self.context(&Call::default()), dry_run).await
     }
 
     /// Verifies an image (audited).
     pub async fn verify(&self, image: &str) -> Result<VerifyReport> {
-        crate::verify::verify(self, image).await
+        crate::verify::verify(&self.context(&Call::default()), image).await
     }
 
     /// Writes an image's decrypted payload to `out` (audited).
     pub async fn decrypt(&self, image: &str, out: &Path) -> Result<u64> {
-        crate::transfer::decrypt(self, image, out).await
+        crate::transfer::decrypt(&self.context(&Call::default()), image, out).await
     }
 
     /// Seals a payload file into an image (audited), after reading it as
     /// restore would: a payload restore would refuse is not sealed.
     pub async fn encrypt(&self, input: &Path, out: &Path) -> Result<u64> {
-        crate::transfer::encrypt(self, input, out, false).await
+        crate::transfer::encrypt(&self.context(&Call::default()), input, out, false).await
     }
 
     /// Seals an edited payload into an image (audited as `encrypt`),
     /// recording the payload's current content in its manifest: the image
     /// then vouches for the edit. Everything else restore checks is checked.
     pub async fn encrypt_rehash(&self, input: &Path, out: &Path) -> Result<u64> {
-        crate::transfer::encrypt(self, input, out, true).await
+        crate::transfer::encrypt(&self.context(&Call::default()), input, out, true).await
     }
 
     /// Downloads an image to a local file (atomically), for carrying it to a
     /// replacement machine. Audited.
     pub async fn fetch(&self, image: &str, out: &Path) -> Result<u64> {
-        crate::transfer::fetch(self, image, out).await
+        crate::transfer::fetch(&self.context(&Call::default()), image, out).await
     }
 
     /// One level of the storage (or, for an image name, its details).
     pub async fn browse(&self, path: &str) -> Result<Browse> {
-        crate::browse::browse(self, path).await
+        crate::browse::browse(&self.context(&Call::default()), path).await
     }
 
     /// Presigned GET links for images (all images when `images` is empty).
     /// Backends that cannot presign fail with a clear "unsupported" error.
     /// Audited (the URLs themselves are never logged).
     pub async fn links(&self, images: &[String], expires: Duration) -> Result<Vec<DownloadLink>> {
-        crate::browse::links(self, images, expires).await
+        crate::browse::links(&self.context(&Call::default()), images, expires).await
     }
 
     /// Restores an image under the operation lock (audited, in the status).
     pub async fn restore(&self, image: &str, opts: &RestoreOptions) -> Result<RestoreReport> {
-        crate::restore::run(self, image, opts).await
+        crate::restore::run(&self.context(&Call::default()), image, opts).await
     }
 
     /// What restoring `image` with `opts` would replace, add, remove and
     /// keep, writing nothing but the audit record (`restore.dry-run`).
     pub async fn restore_plan(&self, image: &str, opts: &RestoreOptions) -> Result<RestorePlan> {
-        crate::restore::dry_run(self, image, opts).await
+        crate::restore::dry_run(&self.context(&Call::default()), image, opts).await
     }
 
     /// Replaces the keyslot in the headers of images (and their sidecars)
@@ -445,7 +423,7 @@ impl Engine {
     /// which it could not. An image keeps its master key: only who can
     /// unwrap it from the header changes.
     pub async fn rewrap(&self, images: &[String]) -> Result<Vec<(String, RewrapResult)>> {
-        crate::keys::rewrap::rewrap(self, images).await
+        crate::keys::rewrap::rewrap(&self.context(&Call::default()), images).await
     }
 
     /// Runs scheduled backups until `shutdown` turns true. A stop request
@@ -453,7 +431,7 @@ impl Engine {
     /// first (it is never left half-published). Runs missed while no daemon
     /// was running are reported (warning, audit log), not replayed.
     pub async fn run_daemon(&self, shutdown: tokio::sync::watch::Receiver<bool>) -> Result<()> {
-        crate::daemon::run(self, shutdown).await
+        crate::daemon::run(&self.context(&Call::default()), shutdown).await
     }
 
     /// Audits an operation a frontend carried out itself (key check/rotate).
@@ -464,33 +442,39 @@ impl Engine {
         result: &Result<T>,
         started: std::time::Instant,
     ) {
-        crate::runs::audit_public(self, operation, target, result, started)
+        crate::runs::audit_public(
+            &self.context(&Call::default()),
+            operation,
+            target,
+            result,
+            started,
+        )
     }
 
     /// The log lines kept for a backup.
     pub fn backup_log(&self, image: &str) -> Result<String> {
-        crate::runs::backup_log(self, image)
+        crate::runs::backup_log(&self.context(&Call::default()), image)
     }
 
     /// The status as an operator sees it.
     pub fn status(&self) -> Result<StatusView> {
-        crate::runs::status(self)
+        crate::runs::status(&self.context(&Call::default()))
     }
 
     /// Audit records since `since`.
     pub fn audit_records(&self, since: Option<DateTime<Utc>>) -> Result<Vec<AuditRecord>> {
-        crate::runs::audit_records(self, since)
+        crate::runs::audit_records(&self.context(&Call::default()), since)
     }
 
     /// Sets the domain master secret of a new appliance (audited as
     /// `key.init`); `passphrase` is asked only if the appliance has none yet.
     pub fn init_keys(&self, passphrase: impl FnOnce() -> Result<Passphrase>) -> Result<KeyId> {
-        crate::keys::init(self, passphrase)
+        crate::keys::init(&self.context(&Call::default()), passphrase)
     }
 
     /// Checks a secret against the keyring (audited as `key.check`).
     pub fn check_key(&self, current: impl FnOnce() -> Result<Passphrase>) -> Result<KeyId> {
-        crate::keys::check(self, current)
+        crate::keys::check(&self.context(&Call::default()), current)
     }
 
     /// Replaces the domain master secret, keeping the previous master key in
@@ -500,17 +484,41 @@ impl Engine {
         current: impl FnOnce() -> Result<Passphrase>,
         new: impl FnOnce() -> Result<Passphrase>,
     ) -> Result<Rotation> {
-        crate::keys::rotate(self, current, new)
+        crate::keys::rotate(&self.context(&Call::default()), current, new)
     }
 
     /// Lists the images in the storage (newest last) with their sidecars.
     pub async fn list(&self) -> Result<Vec<ImageSummary>> {
-        crate::images::list(self).await
+        crate::images::list(&self.context(&Call::default())).await
     }
 
     /// Details of an image: from its sidecar when it has one, else by reading it.
     pub async fn show(&self, image: &str) -> Result<ImageDetails> {
-        crate::images::show(self, image).await
+        crate::images::show(&self.context(&Call::default()), image).await
+    }
+
+    /// The engine for one call: its operations run with the call's actor,
+    /// progress sink and trigger (the engine's defaults where it sets none).
+    /// Callers may hold many at once; runs that need the operation lock
+    /// still go one at a time.
+    pub fn with_call(&self, call: Call) -> EngineCall<'_> {
+        EngineCall { engine: self, call }
+    }
+
+    /// The view of the engine an operation of `call` runs with.
+    pub(crate) fn context(&self, call: &Call) -> Context<'_> {
+        Context::new(
+            Shared {
+                config: &self.config,
+                storage: &self.storage,
+                file_group: self.file_group,
+                components: &self.components,
+                keys: &self.keys,
+                actor: &self.actor,
+                progress: &self.progress,
+            },
+            call,
+        )
     }
 
     /// The configuration.
@@ -530,93 +538,123 @@ impl Engine {
             .map(|c| c.component.name().to_string())
             .collect()
     }
-
-    /// Whether a registered component holds audit records.
-    pub(crate) fn is_audit_component(&self, name: &str) -> bool {
-        self.components
-            .iter()
-            .any(|c| c.component.name() == name && c.options.audit)
-    }
-
-    pub(crate) fn component(&self, name: &str) -> Option<&Arc<dyn Component>> {
-        self.components
-            .iter()
-            .find(|c| c.component.name() == name)
-            .map(|c| &c.component)
-    }
 }
 
-/// Services the operation modules share: the state directory, the audit
-/// log, warnings, scratch space and backup logs.
-impl Engine {
-    pub(crate) fn state_dir(&self) -> &Path {
-        &self.config.appliance.state_dir
+/// An [`Engine`] serving one [`Call`] (see [`Engine::with_call`]).
+#[derive(Debug)]
+pub struct EngineCall<'e> {
+    engine: &'e Engine,
+    call: Call,
+}
+
+impl EngineCall<'_> {
+    fn context(&self) -> Context<'_> {
+        self.engine.context(&self.call)
     }
-    pub(crate) fn audit_log(&self) -> AuditLog {
-        AuditLog::in_state_dir(self.state_dir())
+
+    /// [`Error::Busy`] (recorded as skipped) if another operation runs.
+    pub async fn create(&self, opts: &CreateOptions) -> Result<CreateReport> {
+        crate::backup::create(&self.context(), opts).await
     }
-    /// Appends an audit record; a failure to write it is reported, not fatal.
-    pub(crate) fn audit(
+
+    /// What a retention run would delete (`dry_run`) or deletes, under the lock.
+    pub async fn prune(&self, dry_run: bool) -> Result<Vec<RetentionDecision>> {
+        crate::retention::prune(&self.context(), dry_run).await
+    }
+
+    /// Verifies an image (audited).
+    pub async fn verify(&self, image: &str) -> Result<VerifyReport> {
+        crate::verify::verify(&self.context(), image).await
+    }
+
+    /// Writes an image's decrypted payload to `out` (audited).
+    pub async fn decrypt(&self, image: &str, out: &Path) -> Result<u64> {
+        crate::transfer::decrypt(&self.context(), image, out).await
+    }
+
+    /// restore would: a payload restore would refuse is not sealed.
+    pub async fn encrypt(&self, input: &Path, out: &Path) -> Result<u64> {
+        crate::transfer::encrypt(&self.context(), input, out, false).await
+    }
+
+    /// then vouches for the edit. Everything else restore checks is checked.
+    pub async fn encrypt_rehash(&self, input: &Path, out: &Path) -> Result<u64> {
+        crate::transfer::encrypt(&self.context(), input, out, true).await
+    }
+
+    /// replacement machine. Audited.
+    pub async fn fetch(&self, image: &str, out: &Path) -> Result<u64> {
+        crate::transfer::fetch(&self.context(), image, out).await
+    }
+
+    /// One level of the storage (or, for an image name, its details).
+    pub async fn browse(&self, path: &str) -> Result<Browse> {
+        crate::browse::browse(&self.context(), path).await
+    }
+
+    /// Audited (the URLs themselves are never logged).
+    pub async fn links(&self, images: &[String], expires: Duration) -> Result<Vec<DownloadLink>> {
+        crate::browse::links(&self.context(), images, expires).await
+    }
+
+    /// Restores an image under the operation lock (audited, in the status).
+    pub async fn restore(&self, image: &str, opts: &RestoreOptions) -> Result<RestoreReport> {
+        crate::restore::run(&self.context(), image, opts).await
+    }
+
+    /// keep, writing nothing but the audit record (`restore.dry-run`).
+    pub async fn restore_plan(&self, image: &str, opts: &RestoreOptions) -> Result<RestorePlan> {
+        crate::restore::dry_run(&self.context(), image, opts).await
+    }
+
+    /// unwrap it from the header changes.
+    pub async fn rewrap(&self, images: &[String]) -> Result<Vec<(String, RewrapResult)>> {
+        crate::keys::rewrap::rewrap(&self.context(), images).await
+    }
+
+    /// was running are reported (warning, audit log), not replayed.
+    pub async fn run_daemon(&self, shutdown: tokio::sync::watch::Receiver<bool>) -> Result<()> {
+        crate::daemon::run(&self.context(), shutdown).await
+    }
+
+    /// Audits an operation a frontend carried out itself (key check/rotate).
+    pub fn audit_public<T>(
         &self,
-        operation: &str,
+        operation: Operation,
         target: &str,
-        outcome: &str,
-        bytes: u64,
-        started: Instant,
-        error: Option<String>,
+        result: &Result<T>,
+        started: std::time::Instant,
     ) {
-        let record = AuditRecord {
-            time: Utc::now(),
-            actor: self.actor.clone(),
-            operation: operation.to_string(),
-            target: target.to_string(),
-            outcome: outcome.to_string(),
-            bytes,
-            duration_ms: started.elapsed().as_millis() as u64,
-            error,
-        };
-        if let Err(e) = self.audit_log().append(&record) {
-            self.warn(format!("the audit log could not be written: {e}"));
-        }
+        crate::runs::audit_public(&self.context(), operation, target, result, started)
     }
-    /// A warning for the operator, through the progress sink.
-    pub(crate) fn warn(&self, message: String) {
-        self.progress.event(&Event::Warning {
-            component: None,
-            message,
-        });
+
+    /// `key.init`); `passphrase` is asked only if the appliance has none yet.
+    pub fn init_keys(&self, passphrase: impl FnOnce() -> Result<Passphrase>) -> Result<KeyId> {
+        crate::keys::init(&self.context(), passphrase)
     }
-    /// Runs `fut` as `op` on `target` (see [`RunGuard`]), audited.
-    pub(crate) async fn audited<T, F>(
+
+    /// Checks a secret against the keyring (audited as `key.check`).
+    pub fn check_key(&self, current: impl FnOnce() -> Result<Passphrase>) -> Result<KeyId> {
+        crate::keys::check(&self.context(), current)
+    }
+
+    /// the keyring (audited as `key.rotate`, refused attempts included).
+    pub fn rotate_key(
         &self,
-        op: Operation,
-        target: &str,
-        bytes: impl Fn(&T) -> u64,
-        fut: F,
-    ) -> Result<T>
-    where
-        F: Future<Output = Result<T>>,
-    {
-        let guard = RunGuard::start(self, op, target)?;
-        let result = fut.await;
-        guard.audit_result(target, &result, bytes);
-        result
+        current: impl FnOnce() -> Result<Passphrase>,
+        new: impl FnOnce() -> Result<Passphrase>,
+    ) -> Result<Rotation> {
+        crate::keys::rotate(&self.context(), current, new)
     }
-    /// Removes scratch space left by runs that are gone (see
-    /// [`crate::util::remove_stale_scratch`]), saying so.
-    pub(crate) fn remove_stale_scratch(&self, holding_lock: bool) {
-        for path in crate::util::remove_stale_scratch(self.state_dir(), holding_lock) {
-            self.progress.event(&Event::Step {
-                message: format!(
-                    "removed the scratch space of a run that is gone: {}",
-                    path.display()
-                ),
-            });
-        }
+
+    /// Lists the images in the storage (newest last) with their sidecars.
+    pub async fn list(&self) -> Result<Vec<ImageSummary>> {
+        crate::images::list(&self.context()).await
     }
-    pub(crate) fn log_path(&self, image: &str) -> PathBuf {
-        let base = image.rsplit('/').next().unwrap_or(image);
-        self.state_dir().join(LOGS_DIR).join(format!("{base}.log"))
+
+    /// Details of an image: from its sidecar when it has one, else by reading it.
+    pub async fn show(&self, image: &str) -> Result<ImageDetails> {
+        crate::images::show(&self.context(), image).await
     }
 }
 

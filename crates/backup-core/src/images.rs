@@ -9,9 +9,9 @@ use std::path::Path;
 use backup_crypto::{Header, ImageReader, HEADER_LEN};
 use backup_storage::StorageExt;
 
+use crate::context::Context;
 use crate::engine::{
-    join_error, CreateOptions, Engine, ImageDetails, ImageLoc, ImageSelection, ImageSummary,
-    NullVisitor,
+    join_error, CreateOptions, ImageDetails, ImageLoc, ImageSelection, ImageSummary, NullVisitor,
 };
 use crate::image::reader::{self, Visitor, WalkResult};
 use crate::image::{
@@ -31,7 +31,7 @@ const MAX_SIDECAR: u64 = 16 << 20;
 /// size that differs from the recorded one disqualifies the sidecar is
 /// the caller's call. Fails only where reading the image would fail too
 /// (storage errors, a passphrase that is needed and not given).
-async fn read_sidecar(engine: &Engine, name: &str) -> Result<SidecarRead> {
+async fn read_sidecar(engine: &Context<'_>, name: &str) -> Result<SidecarRead> {
     let Some(storage) = &engine.storage else {
         return Ok(SidecarRead::Missing);
     };
@@ -87,7 +87,7 @@ async fn read_sidecar(engine: &Engine, name: &str) -> Result<SidecarRead> {
 }
 /// The size of an image and its encryption header (`None` when the
 /// header does not parse: reading the image reports that, truthfully).
-async fn image_header(engine: &Engine, name: &str) -> Result<(u64, Option<Header>)> {
+async fn image_header(engine: &Context<'_>, name: &str) -> Result<(u64, Option<Header>)> {
     let storage = engine
         .storage
         .as_ref()
@@ -110,7 +110,7 @@ async fn image_header(engine: &Engine, name: &str) -> Result<(u64, Option<Header
 /// the image has none, and also when the sidecar does not open or does
 /// not match the image (key id, name, size), after a warning saying so,
 /// so that the caller reads the image itself instead.
-pub(crate) async fn sidecar(engine: &Engine, name: &str) -> Result<Option<Sidecar>> {
+pub(crate) async fn sidecar(engine: &Context<'_>, name: &str) -> Result<Option<Sidecar>> {
     let why = match read_sidecar(engine, name).await? {
         SidecarRead::Missing => return Ok(None),
         SidecarRead::Found(s, size) if s.image_size == size => return Ok(Some(*s)),
@@ -131,12 +131,12 @@ pub(crate) async fn sidecar(engine: &Engine, name: &str) -> Result<Option<Sideca
 }
 /// The component names a standard backup takes now (`None` when no
 /// standard backup could run: then no image counts as full).
-fn standard_set(engine: &Engine) -> Option<BTreeSet<String>> {
+fn standard_set(engine: &Context<'_>) -> Option<BTreeSet<String>> {
     let plan = crate::backup::plan(engine, &CreateOptions::default()).ok()?;
     Some(plan.component_names().map(str::to_string).collect())
 }
 /// Which components an image set out to hold.
-pub(crate) fn selection_of(engine: &Engine, info: &BackupInfo) -> ImageSelection {
+pub(crate) fn selection_of(engine: &Context<'_>, info: &BackupInfo) -> ImageSelection {
     match info.selection {
         Selection::Standard => ImageSelection::Standard {
             audits: info.components.iter().any(|c| is_audit(engine, &c.name)),
@@ -148,7 +148,7 @@ pub(crate) fn selection_of(engine: &Engine, info: &BackupInfo) -> ImageSelection
 }
 /// Whether `name` holds audit records: as registered, or (for a component
 /// this appliance no longer has) by the configuration's default rule.
-fn is_audit(engine: &Engine, name: &str) -> bool {
+fn is_audit(engine: &Context<'_>, name: &str) -> bool {
     match engine
         .components
         .iter()
@@ -178,7 +178,7 @@ fn coverage_of(sidecar: &Sidecar, standard: Option<&BTreeSet<String>>) -> Covera
     }
 }
 /// Lists the images in the storage (newest last) with their sidecars.
-pub(crate) async fn list(engine: &Engine) -> Result<Vec<ImageSummary>> {
+pub(crate) async fn list(engine: &Context<'_>) -> Result<Vec<ImageSummary>> {
     let storage = engine
         .storage
         .as_ref()
@@ -229,7 +229,7 @@ pub(crate) async fn list(engine: &Engine) -> Result<Vec<ImageSummary>> {
 }
 /// Resolves an `IMAGE` argument: an existing file path (or anything with a
 /// `/`) is a file; otherwise a name in the configured storage.
-pub(crate) fn locate(engine: &Engine, image: &str) -> ImageLoc {
+pub(crate) fn locate(engine: &Context<'_>, image: &str) -> ImageLoc {
     let path = Path::new(image);
     if path.is_file() || image.contains('/') || engine.storage.is_none() {
         ImageLoc::File(path.to_path_buf())
@@ -240,7 +240,7 @@ pub(crate) fn locate(engine: &Engine, image: &str) -> ImageLoc {
 /// Opens an image's encrypted bytes as a blocking `Read` (call from async
 /// context; use the reader on a blocking thread).
 pub(crate) async fn open_raw(
-    engine: &Engine,
+    engine: &Context<'_>,
     loc: &ImageLoc,
 ) -> Result<(Box<dyn Read + Send>, Option<u64>)> {
     match loc {
@@ -279,7 +279,7 @@ pub(crate) async fn open_raw(
 }
 /// Reads a whole image on a blocking thread, checking everything.
 pub(crate) async fn walk_image<V: Visitor + Send + 'static>(
-    engine: &Engine,
+    engine: &Context<'_>,
     loc: &ImageLoc,
     mut visitor: V,
 ) -> Result<(WalkResult, u64, V)> {
@@ -318,7 +318,7 @@ pub(crate) async fn walk_image<V: Visitor + Send + 'static>(
     .map_err(join_error)?
 }
 /// Details of an image: from its sidecar when it has one, else by reading it.
-pub(crate) async fn show(engine: &Engine, image: &str) -> Result<ImageDetails> {
+pub(crate) async fn show(engine: &Context<'_>, image: &str) -> Result<ImageDetails> {
     let loc = locate(engine, image);
     if let ImageLoc::Stored(name) = &loc {
         if let Some(s) = sidecar(engine, name).await? {

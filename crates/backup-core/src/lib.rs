@@ -28,6 +28,7 @@ mod backup;
 mod browse;
 mod component;
 mod config;
+mod context;
 mod daemon;
 #[cfg(feature = "demo")]
 pub mod demo;
@@ -53,6 +54,7 @@ mod util;
 mod verify;
 
 pub use browse::{Access, Browse, BrowseImage, BrowseView, DownloadLink};
+pub use component::ComponentOptions;
 pub use component::{
     Applicability, CommandComponent, Committed, Component, EntryMeta, EntrySink, FilesComponent,
     RestoreContext, SnapshotError, SqliteComponent,
@@ -61,10 +63,11 @@ pub use config::{
     Appliance, ComponentConfig, ComponentKind, Compression, Config, EncryptionConfig, ImageConfig,
     Role, ScheduleConfig, StorageConfig,
 };
+pub use context::{Call, Trigger};
 pub use daemon::{DaemonInfo, DAEMON_FILE};
 pub use engine::{
-    ComponentOptions, CreateOptions, CreateReport, Engine, EngineBuilder, ImageDetails,
-    ImageSelection, ImageSummary, VerifyReport,
+    CreateOptions, CreateReport, Engine, EngineBuilder, EngineCall, ImageDetails, ImageSelection,
+    ImageSummary, VerifyReport,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use guard::Operation;

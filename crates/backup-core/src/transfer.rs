@@ -6,7 +6,8 @@ use std::path::Path;
 use backup_crypto::ImageReader;
 use chrono::{DateTime, Utc};
 
-use crate::engine::{join_error, local_destination, write_sealed, Engine, ImageLoc, NullVisitor};
+use crate::context::Context;
+use crate::engine::{join_error, local_destination, write_sealed, ImageLoc, NullVisitor};
 use crate::guard::Operation;
 use crate::image::reader;
 use crate::image::writer::Encoder;
@@ -15,7 +16,7 @@ use crate::{Error, Result};
 
 /// Downloads an image to a local file (atomically), for carrying it to a
 /// replacement machine. Audited.
-pub(crate) async fn fetch(engine: &Engine, image: &str, out: &Path) -> Result<u64> {
+pub(crate) async fn fetch(engine: &Context<'_>, image: &str, out: &Path) -> Result<u64> {
     let fetch = async {
         let loc = crate::images::locate(engine, image);
         let ImageLoc::Stored(name) = &loc else {
@@ -40,7 +41,7 @@ pub(crate) async fn fetch(engine: &Engine, image: &str, out: &Path) -> Result<u6
 }
 
 /// Writes an image's decrypted payload to `out` (audited).
-pub(crate) async fn decrypt(engine: &Engine, image: &str, out: &Path) -> Result<u64> {
+pub(crate) async fn decrypt(engine: &Context<'_>, image: &str, out: &Path) -> Result<u64> {
     engine
         .audited(
             Operation::Decrypt,
@@ -56,7 +57,7 @@ pub(crate) async fn decrypt(engine: &Engine, image: &str, out: &Path) -> Result<
 /// `rehash`, the payload's current content is recorded in its manifest: the
 /// image then vouches for the edit.
 pub(crate) async fn encrypt(
-    engine: &Engine,
+    engine: &Context<'_>,
     input: &Path,
     out: &Path,
     rehash: bool,
@@ -75,7 +76,7 @@ pub(crate) async fn encrypt(
 /// Writes the decrypted payload (a standard `.tar.gz`) to `out`. The file
 /// holds the appliance's secrets in clear. Nothing is left under `out` if
 /// the image fails authentication.
-async fn decrypt_image(engine: &Engine, image: &str, out: &Path) -> Result<u64> {
+async fn decrypt_image(engine: &Context<'_>, image: &str, out: &Path) -> Result<u64> {
     let loc = crate::images::locate(engine, image);
     let (raw, _) = crate::images::open_raw(engine, &loc).await?;
     let keys = engine.keys.clone();
@@ -100,7 +101,7 @@ async fn decrypt_image(engine: &Engine, image: &str, out: &Path) -> Result<u64> 
 /// restore would refuse it. With `rehash`, the manifest is recomputed
 /// from the payload's entries instead of checked against them — for a
 /// payload edited on purpose; the image then vouches for the edit.
-async fn encrypt_file(engine: &Engine, input: &Path, out: &Path, rehash: bool) -> Result<u64> {
+async fn encrypt_file(engine: &Context<'_>, input: &Path, out: &Path, rehash: bool) -> Result<u64> {
     let (mk, slot) = engine.keys.for_writing()?;
     let path = input.to_path_buf();
     let rewrite = tokio::task::spawn_blocking(move || check_payload(&path, rehash))

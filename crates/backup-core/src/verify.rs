@@ -1,13 +1,14 @@
 //! Verifying an image end to end: decrypt, decompress and check every entry
 //! against the manifest, writing nothing.
-use crate::engine::{Engine, ImageLoc, NullVisitor, VerifyReport};
+use crate::context::Context;
+use crate::engine::{ImageLoc, NullVisitor, VerifyReport};
 use crate::guard::Operation;
 use crate::image::{sidecar_name, Outcome};
 use crate::progress::Event;
 use crate::Result;
 
 /// Verifies an image (audited).
-pub(crate) async fn verify(engine: &Engine, image: &str) -> Result<VerifyReport> {
+pub(crate) async fn verify(engine: &Context<'_>, image: &str) -> Result<VerifyReport> {
     engine
         .audited(
             Operation::Verify,
@@ -20,7 +21,7 @@ pub(crate) async fn verify(engine: &Engine, image: &str) -> Result<VerifyReport>
 
 /// Decrypts and decompresses a whole image and checks every component
 /// against the manifest (and the sidecar, if any), writing nothing.
-async fn verify_image(engine: &Engine, image: &str) -> Result<VerifyReport> {
+async fn verify_image(engine: &Context<'_>, image: &str) -> Result<VerifyReport> {
     let loc = crate::images::locate(engine, image);
     engine.progress.event(&Event::Step {
         message: format!("verifying {}", loc.shown()),

@@ -6,7 +6,8 @@ use std::time::Instant;
 use backup_crypto::{Header, HEADER_LEN};
 use serde::Serialize;
 
-use crate::engine::{Engine, ImageLoc};
+use crate::context::Context;
+use crate::engine::ImageLoc;
 use crate::guard::Operation;
 use crate::image::sidecar_name;
 use crate::keys::Keyring;
@@ -34,7 +35,7 @@ pub enum RewrapResult {
 /// which it could not. An image keeps its master key: only who can
 /// unwrap it from the header changes.
 pub(crate) async fn rewrap(
-    engine: &Engine,
+    engine: &Context<'_>,
     images: &[String],
 ) -> Result<Vec<(String, RewrapResult)>> {
     let state = &engine.config.appliance.state_dir;
@@ -76,7 +77,7 @@ pub(crate) async fn rewrap(
     Ok(out)
 }
 
-async fn rewrap_one(engine: &Engine, loc: &ImageLoc, ring: &Keyring) -> Result<RewrapResult> {
+async fn rewrap_one(engine: &Context<'_>, loc: &ImageLoc, ring: &Keyring) -> Result<RewrapResult> {
     let header_bytes: Vec<u8> = match loc {
         ImageLoc::File(p) => {
             let mut buf = vec![0u8; HEADER_LEN];

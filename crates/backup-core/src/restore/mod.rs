@@ -12,7 +12,8 @@ use serde::Serialize;
 use crate::component::{
     CommandComponent, Committed, Component, FilesComponent, RestoreContext, SqliteComponent,
 };
-use crate::engine::{join_error, Engine, ImageLoc};
+use crate::context::Context;
+use crate::engine::{join_error, ImageLoc};
 use crate::guard::{Operation, RunGuard};
 use crate::image::reader::{EntryView, Visitor, WalkResult};
 use crate::image::{BackupInfo, EntryKind, Outcome, PlannedComponent};
@@ -149,7 +150,7 @@ impl Selector {
 
 /// Restores an image under the operation lock (audited, in the status).
 pub(crate) async fn run(
-    engine: &Engine,
+    engine: &Context<'_>,
     image: &str,
     opts: &RestoreOptions,
 ) -> Result<RestoreReport> {
@@ -169,7 +170,7 @@ pub(crate) async fn run(
 /// What restoring `image` with `opts` would replace, add, remove and
 /// keep, writing nothing but the audit record (`restore.dry-run`).
 pub(crate) async fn dry_run(
-    engine: &Engine,
+    engine: &Context<'_>,
     image: &str,
     opts: &RestoreOptions,
 ) -> Result<RestorePlan> {
@@ -189,7 +190,7 @@ pub(crate) async fn dry_run(
 /// verified against the manifest before the first live path is replaced;
 /// a failure while replacing rolls back what was already replaced.
 async fn restore_image(
-    engine: &Engine,
+    engine: &Context<'_>,
     image: &str,
     opts: &RestoreOptions,
 ) -> Result<RestoreReport> {
@@ -314,7 +315,11 @@ async fn restore_image(
 /// What restoring `image` would do, writing nothing: reads the image with
 /// the same pre-checks and manifest checks as a restore and compares each
 /// selected component with what is at its destination now.
-async fn plan_restore(engine: &Engine, image: &str, opts: &RestoreOptions) -> Result<RestorePlan> {
+async fn plan_restore(
+    engine: &Context<'_>,
+    image: &str,
+    opts: &RestoreOptions,
+) -> Result<RestorePlan> {
     let loc = crate::images::locate(engine, image);
     if let ImageLoc::Stored(name) = &loc {
         if let Some(s) = crate::images::sidecar(engine, name).await? {
@@ -369,7 +374,7 @@ async fn plan_restore(engine: &Engine, image: &str, opts: &RestoreOptions) -> Re
 
 /// The selection rules of a restore, with the audit components this
 /// appliance knows.
-fn selector(engine: &Engine, opts: &RestoreOptions) -> Selector {
+fn selector(engine: &Context<'_>, opts: &RestoreOptions) -> Selector {
     let mut audits: Vec<String> = engine
         .component_names()
         .into_iter()
@@ -390,7 +395,7 @@ fn selector(engine: &Engine, opts: &RestoreOptions) -> Selector {
 /// from elsewhere — a built-in of the same kind working from the image's
 /// recorded roots.
 fn restorer_for(
-    engine: &Engine,
+    engine: &Context<'_>,
     p: &PlannedComponent,
     target: Option<&Path>,
 ) -> Result<Arc<dyn Component>> {
