@@ -55,7 +55,7 @@ fn bench_archive(c: &mut Criterion) {
             b.iter(|| {
                 let _ = std::fs::remove_file(&image);
                 let mut opts = CreateOptions::default();
-                opts.output = Some(image.clone());
+                opts.destination = backup_core::Destination::File(image.clone());
                 rt.block_on(engine.create(&opts)).expect("backup");
             })
         });

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use backup_core::{
-    Compression, Config, CreateOptions, Engine, Error, ErrorKind, ImageDetails, KdfParams,
-    Operation, Outcome, PassphraseProvider, RestoreOptions,
+    Compression, Config, CreateOptions, Destination, Engine, Error, ErrorKind, ImageDetails,
+    ImageStream, KdfParams, Operation, Outcome, PassphraseProvider, RestoreOptions,
 };
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
@@ -568,14 +568,18 @@ fn stdout_for_image() -> anyhow::Result<std::fs::File> {
 
 async fn create(cli: &Cli, args: &CreateArgs) -> anyhow::Result<ExitCode> {
     let mut opts = CreateOptions::default();
-    if args.output.as_deref() == Some(Path::new("-")) {
-        opts.output_stream = Some(Arc::new(stdout_for_image()?));
-    }
+    opts.destination = match &args.output {
+        Some(path) if path.as_os_str() == "-" => Destination::Stream(
+            ImageStream::new(tokio::fs::File::from_std(stdout_for_image()?))
+                .named("standard output"),
+        ),
+        Some(path) => Destination::File(path.clone()),
+        None => Destination::Storage,
+    };
     let engine = engine(cli)?;
     opts.components = args.components.clone();
     opts.include_audits = args.include_audits;
     opts.halt = args.halt;
-    opts.output = args.output.clone();
     let report = engine.create(&opts).await.context("backup failed")?;
     if cli.json {
         print_json(&report)?;

@@ -15,6 +15,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 
 use crate::component::{Applicability, Component, SnapshotError};
 use crate::context::{Context, Trigger};
+use crate::destination::{Destination, StreamSink};
 use crate::engine::{local_destination, write_sealed, CreateOptions, CreateReport};
 use crate::guard::{Operation, RunGuard};
 use crate::image::writer::{Encoder, TarWriter};
@@ -176,7 +177,7 @@ pub(crate) async fn create(engine: &Context<'_>, opts: &CreateOptions) -> Result
 
     let result = async {
         guard.before_hook(&name)?;
-        if opts.output.is_none() {
+        if matches!(opts.destination, Destination::Storage) {
             preflight(&storage, &plan).await?;
         }
         write_image(
@@ -218,7 +219,9 @@ pub(crate) async fn create(engine: &Context<'_>, opts: &CreateOptions) -> Result
                 record_error(&report),
             );
             guard.after_hook(report.outcome, &name, failed);
-            if opts.output.is_none() && engine.config.retention.is_enabled() {
+            if matches!(opts.destination, Destination::Storage)
+                && engine.config.retention.is_enabled()
+            {
                 match crate::retention::apply_retention(engine, false).await {
                     Ok(decisions) => {
                         report.pruned = decisions
@@ -246,7 +249,7 @@ async fn unique_destination(
     loop {
         let created = Utc::now().trunc_subsecs(0);
         let (storage, name) = destination(engine, opts, created)?;
-        if opts.output.is_some() || !storage.exists(&name).await? {
+        if !matches!(opts.destination, Destination::Storage) || !storage.exists(&name).await? {
             return Ok((created, (storage, name)));
         }
         let to_next = 1000 - Utc::now().timestamp_subsec_millis().min(999);
@@ -290,22 +293,22 @@ fn scratch_dir(engine: &Context<'_>) -> Result<PathBuf> {
     })
 }
 
-/// Where a backup goes: the `--output` file, or a new name in the storage.
+/// Where a backup goes: a local file, a stream, or a new name in the storage.
 fn destination(
     engine: &Context<'_>,
     opts: &CreateOptions,
     created: DateTime<Utc>,
 ) -> Result<(Arc<dyn Storage>, String)> {
     let a = &engine.config.appliance;
-    match &opts.output {
-        Some(path) if path.as_os_str() == "-" => {
-            let sink = crate::storage_ops::StdoutSink {
-                stream: opts.output_stream.clone(),
+    match &opts.destination {
+        Destination::Stream(stream) => {
+            let sink = StreamSink {
+                stream: stream.clone(),
             };
             Ok((Arc::new(sink), "-".into()))
         }
-        Some(path) => local_destination(path, engine.file_group),
-        None => {
+        Destination::File(path) => local_destination(path, engine.file_group),
+        Destination::Storage => {
             let storage = engine.storage.clone().ok_or_else(|| {
                 Error::NoStorage("pass --output FILE or set [storage] url".into())
             })?;
@@ -475,7 +478,7 @@ async fn write_image(
         info: info.clone(),
         manifest: manifest.clone(),
     };
-    let sidecar_error = if opts.output.is_some() {
+    let sidecar_error = if !matches!(opts.destination, Destination::Storage) {
         None
     } else {
         store_sidecar(&storage, &sidecar, &mk, &slot)
@@ -491,9 +494,10 @@ async fn write_image(
             ),
         });
     }
-    let image = match &opts.output {
-        Some(p) => p.display().to_string(),
-        None => name,
+    let image = match &opts.destination {
+        Destination::File(p) => p.display().to_string(),
+        Destination::Stream(_) => "-".to_string(),
+        Destination::Storage => name,
     };
     Ok(CreateReport {
         image,

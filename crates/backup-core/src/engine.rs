@@ -17,6 +17,7 @@ use crate::component::{
 };
 use crate::config::{ComponentKind, Config};
 use crate::context::{Call, Context, Shared};
+use crate::destination::Destination;
 use crate::guard::Operation;
 use crate::image::pipe;
 use crate::image::reader::{self, Visitor};
@@ -177,14 +178,8 @@ pub struct CreateOptions {
     pub include_audits: bool,
     /// Fail at the first failing component and publish nothing.
     pub halt: bool,
-    /// Write the image to this file instead of the configured storage
-    /// (`-`: standard output, or `output_stream` if set).
-    pub output: Option<PathBuf>,
-    /// With `output` = `-`: the stream the image goes to instead of this
-    /// process's standard output. A frontend that must keep everything but
-    /// the image off standard output passes a duplicate of it here and then
-    /// points standard output elsewhere.
-    pub output_stream: Option<Arc<std::fs::File>>,
+    /// Where the image goes (default: the configured storage).
+    pub destination: Destination,
     /// Started by the schedule (recorded in status and audit log); the same
     /// as a call with [`Trigger::Scheduled`](crate::Trigger::Scheduled).
     pub scheduled: bool,

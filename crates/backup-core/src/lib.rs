@@ -32,6 +32,7 @@ mod context;
 mod daemon;
 #[cfg(feature = "demo")]
 pub mod demo;
+mod destination;
 mod engine;
 mod error;
 #[cfg(any(test, feature = "fuzzing"))]
@@ -48,7 +49,6 @@ mod progress;
 mod restore;
 mod retention;
 mod runs;
-mod storage_ops;
 mod transfer;
 mod util;
 mod verify;
@@ -65,6 +65,7 @@ pub use config::{
 };
 pub use context::{Call, Trigger};
 pub use daemon::{DaemonInfo, DAEMON_FILE};
+pub use destination::{Destination, ImageStream};
 pub use engine::{
     CreateOptions, CreateReport, Engine, EngineBuilder, EngineCall, ImageDetails, ImageSelection,
     ImageSummary, VerifyReport,

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use anyhow::Result;
 use backup_core::demo::{build_demo, sqlite_rows, tree_diff, DemoAppliance};
 use backup_core::{
-    Applicability, Committed, Component, ComponentOptions, Config, CreateOptions, Engine,
-    EntrySink, Error, ErrorKind, KdfParams, KeySource, MasterKey, Outcome, Passphrase,
-    PassphraseProvider, RestoreContext, RestoreOptions, SnapshotError,
+    Applicability, Committed, Component, ComponentOptions, Config, CreateOptions, Destination,
+    Engine, EntrySink, Error, ErrorKind, ImageStream, KdfParams, KeySource, MasterKey, Outcome,
+    Passphrase, PassphraseProvider, RestoreContext, RestoreOptions, SnapshotError,
 };
 
 #[path = "engine_awkward/mod.rs"]
@@ -390,8 +390,9 @@ async fn an_image_for_standard_output_goes_to_the_given_stream() -> Result<()> {
     let e = engine(&demo.config)?;
     let path = d.path().join("streamed.bkp");
     let mut opts = CreateOptions::default();
-    opts.output = Some("-".into());
-    opts.output_stream = Some(Arc::new(std::fs::File::create(&path)?));
+    opts.destination = Destination::Stream(
+        ImageStream::new(tokio::fs::File::create(&path).await?).named("standard output"),
+    );
     let report = e.create(&opts).await?;
     assert_eq!(report.location, "standard output");
     assert_eq!(report.size, std::fs::metadata(&path)?.len());
@@ -401,12 +402,41 @@ async fn an_image_for_standard_output_goes_to_the_given_stream() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_image_streams_to_any_writer_once_and_nothing_is_stored() -> Result<()> {
+    use tokio::io::AsyncReadExt;
+    let (d, demo) = demo()?;
+    let e = engine(&demo.config)?;
+    // A pipe, as an HTTP response body would be: the reader sees the end
+    // of the image when the backup lets go of the writer.
+    let (writer, mut reader) = tokio::io::duplex(64 * 1024);
+    let mut opts = CreateOptions::default();
+    opts.destination = Destination::Stream(ImageStream::new(writer));
+    let received = async {
+        let mut bytes = Vec::new();
+        reader.read_to_end(&mut bytes).await.map(|_| bytes)
+    };
+    let (report, received) = tokio::join!(e.create(&opts), received);
+    let (report, received) = (report?, received?);
+    assert_eq!(report.image, "-");
+    assert_eq!(report.location, "the output stream");
+    assert_eq!(report.size, received.len() as u64);
+    assert!(e.list().await?.is_empty(), "a streamed image is not stored");
+    let path = d.path().join("received.bkp");
+    std::fs::write(&path, &received)?;
+    assert_eq!(e.verify(path.to_str().unwrap()).await?.size, report.size);
+
+    let again = e.create(&opts).await.expect_err("the stream is used up");
+    assert!(again.to_string().contains("new stream"), "{again}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_lone_image_restores_on_a_bare_machine_with_the_passphrase() -> Result<()> {
     let (d, demo) = demo()?;
     let e = engine(&demo.config)?;
     let image = d.path().join("carried.bkp");
     let mut opts = CreateOptions::default();
-    opts.output = Some(image.clone());
+    opts.destination = Destination::File(image.clone());
     e.create(&opts).await?;
 
     // The replacement: same identity, an empty state directory, no storage.

@@ -255,7 +255,7 @@ async fn images_and_outputs_are_private_or_group_readable() -> Result<()> {
 
     let mut opts = CreateOptions::default();
     let out = demo.dir.join("out.bkp");
-    opts.output = Some(out.clone());
+    opts.destination = backup_core::Destination::File(out.clone());
     engine.create(&opts).await?;
     assert_eq!(mode(&out), 0o600, "create -o");
 
@@ -290,7 +290,7 @@ async fn images_and_outputs_are_private_or_group_readable() -> Result<()> {
         assert_eq!(std::fs::metadata(&image)?.gid(), want, "{spec}");
         let out = demo.dir.join(format!("out-{spec}.bkp"));
         let mut opts = CreateOptions::default();
-        opts.output = Some(out.clone());
+        opts.destination = backup_core::Destination::File(out.clone());
         engine.create(&opts).await?;
         assert_eq!((mode(&out), std::fs::metadata(&out)?.gid()), (0o640, want));
     }
