@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use backup_core::{
     Compression, Config, CreateOptions, Destination, Engine, Error, ErrorKind, ImageDetails,
-    ImageStream, KdfParams, Operation, Outcome, PassphraseProvider, RestoreOptions,
+    ImageRef, ImageStream, KdfParams, Operation, Outcome, PassphraseProvider, RestoreOptions,
 };
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
@@ -730,10 +730,22 @@ fn print_details(d: &ImageDetails) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Which image an `IMAGE` argument names: an existing file, anything with a
+/// `/` (`/dev/stdin` for `-` included), or anything at all when no storage
+/// is configured, is a file; otherwise it is a name in the storage.
+pub(crate) fn image_ref(engine: &Engine, arg: &str) -> ImageRef {
+    let path = Path::new(arg);
+    if path.is_file() || arg.contains('/') || engine.storage().is_none() {
+        ImageRef::File(path.to_path_buf())
+    } else {
+        ImageRef::Stored(arg.to_string())
+    }
+}
+
 async fn show(cli: &Cli, image: &str) -> anyhow::Result<ExitCode> {
     let engine = engine(cli)?;
     let details = engine
-        .show(image)
+        .show(image_ref(&engine, image))
         .await
         .with_context(|| format!("reading {image}"))?;
     if cli.json {
@@ -761,7 +773,7 @@ async fn verify(cli: &Cli, image: &str) -> anyhow::Result<ExitCode> {
     };
     let engine = engine(cli)?;
     let report = engine
-        .verify(image)
+        .verify(image_ref(&engine, image))
         .await
         .with_context(|| format!("verification of {image} failed"))?;
     if cli.json {
@@ -801,7 +813,7 @@ async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<ExitCode> {
     opts.force_identity = args.force_identity;
     if args.dry_run {
         let plan = engine
-            .restore_plan(&args.image, &opts)
+            .restore_plan(image_ref(&engine, &args.image), &opts)
             .await
             .with_context(|| format!("planning the restore of {} failed", args.image))?;
         if cli.json {
@@ -836,7 +848,7 @@ async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let report = engine
-        .restore(&args.image, &opts)
+        .restore(image_ref(&engine, &args.image), &opts)
         .await
         .with_context(|| format!("restore of {} failed", args.image))?;
     if cli.json {
@@ -889,7 +901,7 @@ fn overwrites(target: Option<&std::path::Path>) -> Option<String> {
 async fn decrypt(cli: &Cli, image: &str, output: &Path) -> anyhow::Result<ExitCode> {
     let engine = engine(cli)?;
     let n = engine
-        .decrypt(image, output)
+        .decrypt(image_ref(&engine, image), output)
         .await
         .with_context(|| format!("decrypting {image}"))?;
     let codec = payload_codec(output)?;

@@ -10,6 +10,7 @@ use crate::context::Context;
 use crate::engine::ImageDetails;
 use crate::guard::Operation;
 use crate::image::{parse_image_name, Sidecar, IMAGE_EXT, SIDECAR_SUFFIX};
+use crate::images::ImageRef;
 use crate::{Error, Result};
 
 /// Access to a storage location, found without writing anything.
@@ -104,7 +105,9 @@ pub(crate) async fn browse(engine: &Context<'_>, path: &str) -> Result<Browse> {
     let storage = need_storage(engine, "browse")?.clone();
     let path = path.trim_start_matches('/');
     if path.ends_with(IMAGE_EXT) {
-        return crate::images::show(engine, path).await.map(Browse::Backup);
+        return crate::images::show(engine, &ImageRef::Stored(path.to_string()))
+            .await
+            .map(Browse::Backup);
     }
     let prefix = if path.is_empty() || path.ends_with('/') {
         path.to_string()

@@ -23,6 +23,7 @@ use crate::image::pipe;
 use crate::image::reader::{self, Visitor};
 use crate::image::writer::{ChannelWriter, CHANNEL_DEPTH};
 use crate::image::{BackupInfo, Manifest, Outcome, ParsedName, Sidecar};
+use crate::images::ImageRef;
 use crate::keys::rewrap::RewrapResult;
 use crate::keys::{KeyFile, KeySource, Keys, NoPassphrase, PassphraseProvider, Rotation};
 use crate::ops::audit::AuditRecord;
@@ -294,22 +295,6 @@ pub struct VerifyReport {
     pub verified: Vec<String>,
 }
 
-/// Where an `IMAGE` argument points.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum ImageLoc {
-    File(PathBuf),
-    Stored(String),
-}
-
-impl ImageLoc {
-    pub(crate) fn shown(&self) -> String {
-        match self {
-            ImageLoc::File(p) => p.display().to_string(),
-            ImageLoc::Stored(n) => n.clone(),
-        }
-    }
-}
-
 /// The backup engine of one appliance.
 pub struct Engine {
     pub(crate) config: Config,
@@ -360,13 +345,13 @@ impl Engine {
     }
 
     /// Verifies an image (audited).
-    pub async fn verify(&self, image: &str) -> Result<VerifyReport> {
-        crate::verify::verify(&self.context(&Call::default()), image).await
+    pub async fn verify(&self, image: impl Into<ImageRef>) -> Result<VerifyReport> {
+        crate::verify::verify(&self.context(&Call::default()), &image.into()).await
     }
 
     /// Writes an image's decrypted payload to `out` (audited).
-    pub async fn decrypt(&self, image: &str, out: &Path) -> Result<u64> {
-        crate::transfer::decrypt(&self.context(&Call::default()), image, out).await
+    pub async fn decrypt(&self, image: impl Into<ImageRef>, out: &Path) -> Result<u64> {
+        crate::transfer::decrypt(&self.context(&Call::default()), &image.into(), out).await
     }
 
     /// Seals a payload file into an image (audited), after reading it as
@@ -384,8 +369,8 @@ impl Engine {
 
     /// Downloads an image to a local file (atomically), for carrying it to a
     /// replacement machine. Audited.
-    pub async fn fetch(&self, image: &str, out: &Path) -> Result<u64> {
-        crate::transfer::fetch(&self.context(&Call::default()), image, out).await
+    pub async fn fetch(&self, image: impl Into<ImageRef>, out: &Path) -> Result<u64> {
+        crate::transfer::fetch(&self.context(&Call::default()), &image.into(), out).await
     }
 
     /// One level of the storage (or, for an image name, its details).
@@ -401,14 +386,22 @@ impl Engine {
     }
 
     /// Restores an image under the operation lock (audited, in the status).
-    pub async fn restore(&self, image: &str, opts: &RestoreOptions) -> Result<RestoreReport> {
-        crate::restore::run(&self.context(&Call::default()), image, opts).await
+    pub async fn restore(
+        &self,
+        image: impl Into<ImageRef>,
+        opts: &RestoreOptions,
+    ) -> Result<RestoreReport> {
+        crate::restore::run(&self.context(&Call::default()), &image.into(), opts).await
     }
 
     /// What restoring `image` with `opts` would replace, add, remove and
     /// keep, writing nothing but the audit record (`restore.dry-run`).
-    pub async fn restore_plan(&self, image: &str, opts: &RestoreOptions) -> Result<RestorePlan> {
-        crate::restore::dry_run(&self.context(&Call::default()), image, opts).await
+    pub async fn restore_plan(
+        &self,
+        image: impl Into<ImageRef>,
+        opts: &RestoreOptions,
+    ) -> Result<RestorePlan> {
+        crate::restore::dry_run(&self.context(&Call::default()), &image.into(), opts).await
     }
 
     /// Replaces the keyslot in the headers of images (and their sidecars)
@@ -417,7 +410,7 @@ impl Engine {
     /// in place, where the storage can rewrite objects (local and NFS); says
     /// which it could not. An image keeps its master key: only who can
     /// unwrap it from the header changes.
-    pub async fn rewrap(&self, images: &[String]) -> Result<Vec<(String, RewrapResult)>> {
+    pub async fn rewrap(&self, images: &[ImageRef]) -> Result<Vec<(String, RewrapResult)>> {
         crate::keys::rewrap::rewrap(&self.context(&Call::default()), images).await
     }
 
@@ -488,8 +481,8 @@ impl Engine {
     }
 
     /// Details of an image: from its sidecar when it has one, else by reading it.
-    pub async fn show(&self, image: &str) -> Result<ImageDetails> {
-        crate::images::show(&self.context(&Call::default()), image).await
+    pub async fn show(&self, image: impl Into<ImageRef>) -> Result<ImageDetails> {
+        crate::images::show(&self.context(&Call::default()), &image.into()).await
     }
 
     /// The engine for one call: its operations run with the call's actor,
@@ -558,13 +551,13 @@ impl EngineCall<'_> {
     }
 
     /// Verifies an image (audited).
-    pub async fn verify(&self, image: &str) -> Result<VerifyReport> {
-        crate::verify::verify(&self.context(), image).await
+    pub async fn verify(&self, image: impl Into<ImageRef>) -> Result<VerifyReport> {
+        crate::verify::verify(&self.context(), &image.into()).await
     }
 
     /// Writes an image's decrypted payload to `out` (audited).
-    pub async fn decrypt(&self, image: &str, out: &Path) -> Result<u64> {
-        crate::transfer::decrypt(&self.context(), image, out).await
+    pub async fn decrypt(&self, image: impl Into<ImageRef>, out: &Path) -> Result<u64> {
+        crate::transfer::decrypt(&self.context(), &image.into(), out).await
     }
 
     /// restore would: a payload restore would refuse is not sealed.
@@ -578,8 +571,8 @@ impl EngineCall<'_> {
     }
 
     /// replacement machine. Audited.
-    pub async fn fetch(&self, image: &str, out: &Path) -> Result<u64> {
-        crate::transfer::fetch(&self.context(), image, out).await
+    pub async fn fetch(&self, image: impl Into<ImageRef>, out: &Path) -> Result<u64> {
+        crate::transfer::fetch(&self.context(), &image.into(), out).await
     }
 
     /// One level of the storage (or, for an image name, its details).
@@ -593,17 +586,25 @@ impl EngineCall<'_> {
     }
 
     /// Restores an image under the operation lock (audited, in the status).
-    pub async fn restore(&self, image: &str, opts: &RestoreOptions) -> Result<RestoreReport> {
-        crate::restore::run(&self.context(), image, opts).await
+    pub async fn restore(
+        &self,
+        image: impl Into<ImageRef>,
+        opts: &RestoreOptions,
+    ) -> Result<RestoreReport> {
+        crate::restore::run(&self.context(), &image.into(), opts).await
     }
 
     /// keep, writing nothing but the audit record (`restore.dry-run`).
-    pub async fn restore_plan(&self, image: &str, opts: &RestoreOptions) -> Result<RestorePlan> {
-        crate::restore::dry_run(&self.context(), image, opts).await
+    pub async fn restore_plan(
+        &self,
+        image: impl Into<ImageRef>,
+        opts: &RestoreOptions,
+    ) -> Result<RestorePlan> {
+        crate::restore::dry_run(&self.context(), &image.into(), opts).await
     }
 
     /// unwrap it from the header changes.
-    pub async fn rewrap(&self, images: &[String]) -> Result<Vec<(String, RewrapResult)>> {
+    pub async fn rewrap(&self, images: &[ImageRef]) -> Result<Vec<(String, RewrapResult)>> {
         crate::keys::rewrap::rewrap(&self.context(), images).await
     }
 
@@ -648,8 +649,8 @@ impl EngineCall<'_> {
     }
 
     /// Details of an image: from its sidecar when it has one, else by reading it.
-    pub async fn show(&self, image: &str) -> Result<ImageDetails> {
-        crate::images::show(&self.context(), image).await
+    pub async fn show(&self, image: impl Into<ImageRef>) -> Result<ImageDetails> {
+        crate::images::show(&self.context(), &image.into()).await
     }
 }
 

@@ -4,14 +4,14 @@
 
 use std::collections::BTreeSet;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use backup_crypto::{Header, ImageReader, HEADER_LEN};
 use backup_storage::StorageExt;
 
 use crate::context::Context;
 use crate::engine::{
-    join_error, CreateOptions, ImageDetails, ImageLoc, ImageSelection, ImageSummary, NullVisitor,
+    join_error, CreateOptions, ImageDetails, ImageSelection, ImageSummary, NullVisitor,
 };
 use crate::image::reader::{self, Visitor, WalkResult};
 use crate::image::{
@@ -227,24 +227,14 @@ pub(crate) async fn list(engine: &Context<'_>) -> Result<Vec<ImageSummary>> {
     }
     Ok(out)
 }
-/// Resolves an `IMAGE` argument: an existing file path (or anything with a
-/// `/`) is a file; otherwise a name in the configured storage.
-pub(crate) fn locate(engine: &Context<'_>, image: &str) -> ImageLoc {
-    let path = Path::new(image);
-    if path.is_file() || image.contains('/') || engine.storage.is_none() {
-        ImageLoc::File(path.to_path_buf())
-    } else {
-        ImageLoc::Stored(image.to_string())
-    }
-}
 /// Opens an image's encrypted bytes as a blocking `Read` (call from async
 /// context; use the reader on a blocking thread).
 pub(crate) async fn open_raw(
     engine: &Context<'_>,
-    loc: &ImageLoc,
+    loc: &ImageRef,
 ) -> Result<(Box<dyn Read + Send>, Option<u64>)> {
     match loc {
-        ImageLoc::File(p) => {
+        ImageRef::File(p) => {
             let f = std::fs::File::open(p).map_err(|e| {
                 if e.kind() == std::io::ErrorKind::NotFound {
                     Error::NotFound(format!(
@@ -263,11 +253,8 @@ pub(crate) async fn open_raw(
             let size = f.metadata().ok().map(|m| m.len());
             Ok((Box::new(f), size))
         }
-        ImageLoc::Stored(name) => {
-            let storage = engine
-                .storage
-                .as_ref()
-                .expect("stored images need a storage");
+        ImageRef::Stored(name) => {
+            let storage = crate::browse::need_storage(engine, "read an image from")?;
             let got = storage.get_opts(name, None).await?;
             let size = Some(got.meta.size);
             Ok((
@@ -280,7 +267,7 @@ pub(crate) async fn open_raw(
 /// Reads a whole image on a blocking thread, checking everything.
 pub(crate) async fn walk_image<V: Visitor + Send + 'static>(
     engine: &Context<'_>,
-    loc: &ImageLoc,
+    loc: &ImageRef,
     mut visitor: V,
 ) -> Result<(WalkResult, u64, V)> {
     let (raw, size) = open_raw(engine, loc).await?;
@@ -290,7 +277,7 @@ pub(crate) async fn walk_image<V: Visitor + Send + 'static>(
     // The sidecar is authenticated and names this image, so a size that
     // differs from the one it records is the image's doing; a sidecar
     // that does not open or names another image proves nothing.
-    if let (ImageLoc::Stored(name), Some(size)) = (loc, size) {
+    if let (ImageRef::Stored(name), Some(size)) = (loc, size) {
         if let Ok(SidecarRead::Found(s, _)) = read_sidecar(engine, name).await {
             if s.image_size != size {
                 return Err(Error::ImageSize {
@@ -318,9 +305,9 @@ pub(crate) async fn walk_image<V: Visitor + Send + 'static>(
     .map_err(join_error)?
 }
 /// Details of an image: from its sidecar when it has one, else by reading it.
-pub(crate) async fn show(engine: &Context<'_>, image: &str) -> Result<ImageDetails> {
-    let loc = locate(engine, image);
-    if let ImageLoc::Stored(name) = &loc {
+pub(crate) async fn show(engine: &Context<'_>, image: &ImageRef) -> Result<ImageDetails> {
+    let loc = image;
+    if let ImageRef::Stored(name) = &loc {
         if let Some(s) = sidecar(engine, name).await? {
             return Ok(ImageDetails {
                 image: name.clone(),
@@ -332,7 +319,7 @@ pub(crate) async fn show(engine: &Context<'_>, image: &str) -> Result<ImageDetai
             });
         }
     }
-    let (walked, size, _) = walk_image(engine, &loc, NullVisitor).await?;
+    let (walked, size, _) = walk_image(engine, loc, NullVisitor).await?;
     Ok(ImageDetails {
         image: loc.shown(),
         size: Some(size),
@@ -381,5 +368,72 @@ impl<R: Read> Read for CountingReader<R> {
         let n = self.inner.read(buf)?;
         self.count += n as u64;
         Ok(n)
+    }
+}
+
+/// Which image an operation reads: a name in the configured storage, or a
+/// local file. The engine never guesses one from the other; a front-end
+/// that takes free-form arguments decides (the CLI: an existing file, or
+/// anything with a `/`, is a file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageRef {
+    /// An image in the configured storage, by name.
+    Stored(String),
+    /// An image file on this machine.
+    File(PathBuf),
+}
+
+impl ImageRef {
+    /// The name or path, as status, audit log and reports show it.
+    pub(crate) fn shown(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl std::fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ImageRef::File(p) => write!(f, "{}", p.display()),
+            ImageRef::Stored(n) => f.write_str(n),
+        }
+    }
+}
+
+/// A name is a stored image, never a file.
+impl From<&str> for ImageRef {
+    fn from(name: &str) -> Self {
+        ImageRef::Stored(name.to_string())
+    }
+}
+
+/// A name is a stored image, never a file.
+impl From<&String> for ImageRef {
+    fn from(name: &String) -> Self {
+        ImageRef::Stored(name.clone())
+    }
+}
+
+/// A name is a stored image, never a file.
+impl From<String> for ImageRef {
+    fn from(name: String) -> Self {
+        ImageRef::Stored(name)
+    }
+}
+
+impl From<PathBuf> for ImageRef {
+    fn from(path: PathBuf) -> Self {
+        ImageRef::File(path)
+    }
+}
+
+impl From<&Path> for ImageRef {
+    fn from(path: &Path) -> Self {
+        ImageRef::File(path.to_path_buf())
+    }
+}
+
+impl From<&ImageRef> for ImageRef {
+    fn from(image: &ImageRef) -> Self {
+        image.clone()
     }
 }

@@ -75,6 +75,7 @@ pub use guard::Operation;
 pub use image::{
     BackupInfo, ComponentRecord, Manifest, Outcome, PlannedComponent, Selection, Sidecar,
 };
+pub use images::ImageRef;
 pub use keys::rewrap::RewrapResult;
 pub use keys::{
     audit_key_operation, check_passphrase, ensure_not_initialized, init_keys, rotate_keys,

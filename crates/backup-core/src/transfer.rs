@@ -7,19 +7,20 @@ use backup_crypto::ImageReader;
 use chrono::{DateTime, Utc};
 
 use crate::context::Context;
-use crate::engine::{join_error, local_destination, write_sealed, ImageLoc, NullVisitor};
+use crate::engine::{join_error, local_destination, write_sealed, NullVisitor};
 use crate::guard::Operation;
 use crate::image::reader;
 use crate::image::writer::Encoder;
 use crate::image::{BackupInfo, Manifest, Outcome, MANIFEST_JSON};
+use crate::images::ImageRef;
 use crate::{Error, Result};
 
 /// Downloads an image to a local file (atomically), for carrying it to a
 /// replacement machine. Audited.
-pub(crate) async fn fetch(engine: &Context<'_>, image: &str, out: &Path) -> Result<u64> {
+pub(crate) async fn fetch(engine: &Context<'_>, image: &ImageRef, out: &Path) -> Result<u64> {
     let fetch = async {
-        let loc = crate::images::locate(engine, image);
-        let ImageLoc::Stored(name) = &loc else {
+        let loc = image;
+        let ImageRef::Stored(name) = &loc else {
             return Err(Error::Input(format!(
                 "{image} is a local file already; copy it with cp"
             )));
@@ -37,15 +38,17 @@ pub(crate) async fn fetch(engine: &Context<'_>, image: &str, out: &Path) -> Resu
         .await
         .map_err(crate::engine::join_error)?
     };
-    engine.audited(Operation::Fetch, image, |n| *n, fetch).await
+    engine
+        .audited(Operation::Fetch, &image.shown(), |n| *n, fetch)
+        .await
 }
 
 /// Writes an image's decrypted payload to `out` (audited).
-pub(crate) async fn decrypt(engine: &Context<'_>, image: &str, out: &Path) -> Result<u64> {
+pub(crate) async fn decrypt(engine: &Context<'_>, image: &ImageRef, out: &Path) -> Result<u64> {
     engine
         .audited(
             Operation::Decrypt,
-            image,
+            &image.shown(),
             |n| *n,
             decrypt_image(engine, image, out),
         )
@@ -76,9 +79,9 @@ pub(crate) async fn encrypt(
 /// Writes the decrypted payload (a standard `.tar.gz`) to `out`. The file
 /// holds the appliance's secrets in clear. Nothing is left under `out` if
 /// the image fails authentication.
-async fn decrypt_image(engine: &Context<'_>, image: &str, out: &Path) -> Result<u64> {
-    let loc = crate::images::locate(engine, image);
-    let (raw, _) = crate::images::open_raw(engine, &loc).await?;
+async fn decrypt_image(engine: &Context<'_>, image: &ImageRef, out: &Path) -> Result<u64> {
+    let loc = image;
+    let (raw, _) = crate::images::open_raw(engine, loc).await?;
     let keys = engine.keys.clone();
     let shown = loc.shown();
     let out = out.to_path_buf();

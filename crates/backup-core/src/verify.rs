@@ -1,18 +1,19 @@
 //! Verifying an image end to end: decrypt, decompress and check every entry
 //! against the manifest, writing nothing.
 use crate::context::Context;
-use crate::engine::{ImageLoc, NullVisitor, VerifyReport};
+use crate::engine::{NullVisitor, VerifyReport};
 use crate::guard::Operation;
 use crate::image::{sidecar_name, Outcome};
+use crate::images::ImageRef;
 use crate::progress::Event;
 use crate::Result;
 
 /// Verifies an image (audited).
-pub(crate) async fn verify(engine: &Context<'_>, image: &str) -> Result<VerifyReport> {
+pub(crate) async fn verify(engine: &Context<'_>, image: &ImageRef) -> Result<VerifyReport> {
     engine
         .audited(
             Operation::Verify,
-            image,
+            &image.shown(),
             |r: &VerifyReport| r.size,
             verify_image(engine, image),
         )
@@ -21,13 +22,13 @@ pub(crate) async fn verify(engine: &Context<'_>, image: &str) -> Result<VerifyRe
 
 /// Decrypts and decompresses a whole image and checks every component
 /// against the manifest (and the sidecar, if any), writing nothing.
-async fn verify_image(engine: &Context<'_>, image: &str) -> Result<VerifyReport> {
-    let loc = crate::images::locate(engine, image);
+async fn verify_image(engine: &Context<'_>, image: &ImageRef) -> Result<VerifyReport> {
+    let loc = image;
     engine.progress.event(&Event::Step {
         message: format!("verifying {}", loc.shown()),
     });
-    let (walked, size, _) = crate::images::walk_image(engine, &loc, NullVisitor).await?;
-    if let ImageLoc::Stored(name) = &loc {
+    let (walked, size, _) = crate::images::walk_image(engine, loc, NullVisitor).await?;
+    if let ImageRef::Stored(name) = &loc {
         if let Some(s) = crate::images::sidecar(engine, name).await? {
             // The image is what restores; a wrong index is worth a
             // warning, not a failed verification.

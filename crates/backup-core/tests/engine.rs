@@ -6,8 +6,8 @@ use anyhow::Result;
 use backup_core::demo::{build_demo, sqlite_rows, tree_diff, DemoAppliance};
 use backup_core::{
     Applicability, Committed, Component, ComponentOptions, Config, CreateOptions, Destination,
-    Engine, EntrySink, Error, ErrorKind, ImageStream, KdfParams, KeySource, MasterKey, Outcome,
-    Passphrase, PassphraseProvider, RestoreContext, RestoreOptions, SnapshotError,
+    Engine, EntrySink, Error, ErrorKind, ImageRef, ImageStream, KdfParams, KeySource, MasterKey,
+    Outcome, Passphrase, PassphraseProvider, RestoreContext, RestoreOptions, SnapshotError,
 };
 
 #[path = "engine_awkward/mod.rs"]
@@ -169,7 +169,7 @@ async fn errors_are_classified_by_kind_and_audited_by_it() -> Result<()> {
         "{err}"
     );
     let missing = demo.dir.join("no-such-image.bkp");
-    let err = e.verify(missing.to_str().unwrap()).await.unwrap_err();
+    let err = e.verify(missing.as_path()).await.unwrap_err();
     assert_eq!(
         (err.kind(), err.name()),
         (ErrorKind::NotFound, "not_found"),
@@ -396,7 +396,7 @@ async fn an_image_for_standard_output_goes_to_the_given_stream() -> Result<()> {
     let report = e.create(&opts).await?;
     assert_eq!(report.location, "standard output");
     assert_eq!(report.size, std::fs::metadata(&path)?.len());
-    let verified = e.verify(path.to_str().unwrap()).await?;
+    let verified = e.verify(path.as_path()).await?;
     assert_eq!(verified.size, report.size);
     Ok(())
 }
@@ -423,10 +423,37 @@ async fn an_image_streams_to_any_writer_once_and_nothing_is_stored() -> Result<(
     assert!(e.list().await?.is_empty(), "a streamed image is not stored");
     let path = d.path().join("received.bkp");
     std::fs::write(&path, &received)?;
-    assert_eq!(e.verify(path.to_str().unwrap()).await?.size, report.size);
+    assert_eq!(e.verify(path.as_path()).await?.size, report.size);
 
     let again = e.create(&opts).await.expect_err("the stream is used up");
     assert!(again.to_string().contains("new stream"), "{again}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_name_is_never_read_as_a_file() -> Result<()> {
+    let (d, demo) = demo()?;
+    let e = engine(&demo.config)?;
+    let path = d.path().join("carried.bkp");
+    let mut opts = CreateOptions::default();
+    opts.destination = Destination::File(path.clone());
+    e.create(&opts).await?;
+    let as_text = path.to_str().unwrap();
+
+    // The path's text is taken as a name in the storage (which refuses it).
+    let err = e.verify(as_text).await.expect_err("not read from the file");
+    assert!(matches!(err, Error::Storage(_)), "{err:?}");
+    let verified = e.verify(ImageRef::File(path.clone())).await?;
+    assert_eq!(verified.image, as_text);
+
+    // Without a storage a name names nothing: refused, not opened.
+    let mut bare = demo.config.clone();
+    bare.storage.url = "none".into();
+    let err = engine(&bare)?
+        .verify(as_text)
+        .await
+        .expect_err("no storage");
+    assert!(matches!(err, Error::NoStorage(_)), "{err}");
     Ok(())
 }
 
@@ -448,19 +475,13 @@ async fn a_lone_image_restores_on_a_bare_machine_with_the_passphrase() -> Result
     ropts.target = Some(target.clone());
 
     let without = Engine::builder(bare_config.clone()).build()?;
-    let err = without
-        .restore(image.to_str().unwrap(), &ropts)
-        .await
-        .unwrap_err();
+    let err = without.restore(image.as_path(), &ropts).await.unwrap_err();
     assert!(matches!(err, Error::PassphraseRequired(_)), "{err}");
 
     let wrong = Engine::builder(bare_config.clone())
         .passphrase_provider(Arc::new(Fixed("wrong secret!")))
         .build()?;
-    let err = wrong
-        .restore(image.to_str().unwrap(), &ropts)
-        .await
-        .unwrap_err();
+    let err = wrong.restore(image.as_path(), &ropts).await.unwrap_err();
     assert!(
         matches!(err, Error::Crypto(backup_crypto::Error::WrongPassphrase)),
         "{err}"
@@ -473,7 +494,7 @@ async fn a_lone_image_restores_on_a_bare_machine_with_the_passphrase() -> Result
         .key_source(Box::new(NoKey))
         .passphrase_provider(Arc::new(Fixed(SECRET)))
         .build()?;
-    right.restore(image.to_str().unwrap(), &ropts).await?;
+    right.restore(image.as_path(), &ropts).await?;
     let diffs = tree_diff(
         &demo.config_dir(),
         &under(&target, &demo.config_dir()),
@@ -519,14 +540,14 @@ async fn a_resealed_payload_with_altered_content_is_refused() -> Result<()> {
         "{err}"
     );
     sealing::seal_unchecked(&demo.config.appliance.state_dir, &repacked, &sealed)?;
-    let err = e.verify(sealed.to_str().unwrap()).await.unwrap_err();
+    let err = e.verify(sealed.as_path()).await.unwrap_err();
     assert!(
         err.to_string().contains("does not match its manifest"),
         "{err}"
     );
     let mut ropts = RestoreOptions::default();
     ropts.target = Some(d.path().join("t"));
-    assert!(e.restore(sealed.to_str().unwrap(), &ropts).await.is_err());
+    assert!(e.restore(sealed.as_path(), &ropts).await.is_err());
     Ok(())
 }
 

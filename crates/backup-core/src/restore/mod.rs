@@ -13,10 +13,11 @@ use crate::component::{
     CommandComponent, Committed, Component, FilesComponent, RestoreContext, SqliteComponent,
 };
 use crate::context::Context;
-use crate::engine::{join_error, ImageLoc};
+use crate::engine::join_error;
 use crate::guard::{Operation, RunGuard};
 use crate::image::reader::{EntryView, Visitor, WalkResult};
 use crate::image::{BackupInfo, EntryKind, Outcome, PlannedComponent};
+use crate::images::ImageRef;
 use crate::progress::{Event, Progress};
 use crate::{Error, Result};
 
@@ -151,19 +152,20 @@ impl Selector {
 /// Restores an image under the operation lock (audited, in the status).
 pub(crate) async fn run(
     engine: &Context<'_>,
-    image: &str,
+    image: &ImageRef,
     opts: &RestoreOptions,
 ) -> Result<RestoreReport> {
-    let mut guard = RunGuard::start(engine, Operation::Restore, image)?;
-    guard.show_running(Some(image), Utc::now())?;
+    let shown = image.shown();
+    let mut guard = RunGuard::start(engine, Operation::Restore, &shown)?;
+    guard.show_running(Some(&shown), Utc::now())?;
     let result = restore_image(engine, image, opts).await;
     let failure = result
         .as_ref()
         .err()
-        .map(|e| guard.failure_record(Some(image), e));
+        .map(|e| guard.failure_record(Some(&shown), e));
     let _ = guard.record_end(failure, true);
     let restored = result.as_ref().ok().map(|r| r.restored.as_slice());
-    guard.audit_result(&opts.audit_target(image, restored), &result, |_| 0);
+    guard.audit_result(&opts.audit_target(&shown, restored), &result, |_| 0);
     result
 }
 
@@ -171,10 +173,10 @@ pub(crate) async fn run(
 /// keep, writing nothing but the audit record (`restore.dry-run`).
 pub(crate) async fn dry_run(
     engine: &Context<'_>,
-    image: &str,
+    image: &ImageRef,
     opts: &RestoreOptions,
 ) -> Result<RestorePlan> {
-    let audited = opts.audit_target(image, None);
+    let audited = opts.audit_target(&image.shown(), None);
     engine
         .audited(
             Operation::RestoreDryRun,
@@ -191,12 +193,12 @@ pub(crate) async fn dry_run(
 /// a failure while replacing rolls back what was already replaced.
 async fn restore_image(
     engine: &Context<'_>,
-    image: &str,
+    image: &ImageRef,
     opts: &RestoreOptions,
 ) -> Result<RestoreReport> {
-    let loc = crate::images::locate(engine, image);
+    let loc = image;
     // Pre-checks from the sidecar, before downloading anything.
-    if let ImageLoc::Stored(name) = &loc {
+    if let ImageRef::Stored(name) = &loc {
         if let Some(s) = crate::images::sidecar(engine, name).await? {
             precheck(engine, &s.info, opts)?;
             check_selection(&s.info, Some(&s.manifest.components), &opts.components)?;
@@ -224,7 +226,7 @@ async fn restore_image(
     engine.progress.event(&Event::Step {
         message: format!("reading and staging {}", loc.shown()),
     });
-    let walked = crate::images::walk_image(engine, &loc, visitor).await;
+    let walked = crate::images::walk_image(engine, loc, visitor).await;
     let (walked, _, mut visitor) = match walked {
         Ok(w) => w,
         Err(e) => return Err(e),
@@ -317,11 +319,11 @@ async fn restore_image(
 /// selected component with what is at its destination now.
 async fn plan_restore(
     engine: &Context<'_>,
-    image: &str,
+    image: &ImageRef,
     opts: &RestoreOptions,
 ) -> Result<RestorePlan> {
-    let loc = crate::images::locate(engine, image);
-    if let ImageLoc::Stored(name) = &loc {
+    let loc = image;
+    if let ImageRef::Stored(name) = &loc {
         if let Some(s) = crate::images::sidecar(engine, name).await? {
             precheck(engine, &s.info, opts)?;
             check_selection(&s.info, Some(&s.manifest.components), &opts.components)?;
@@ -337,7 +339,7 @@ async fn plan_restore(
     engine.progress.event(&Event::Step {
         message: format!("reading {} to plan the restore", loc.shown()),
     });
-    let (walked, _, visitor) = crate::images::walk_image(engine, &loc, visitor).await?;
+    let (walked, _, visitor) = crate::images::walk_image(engine, loc, visitor).await?;
     let (to_commit, skipped_failed) = decide(&walked, &visitor.selected, &opts.components)?;
     let mut steps = Vec::new();
     for p in ordered_for_commit(&to_commit) {
