@@ -13,10 +13,12 @@ use backup_storage::{PutMode, Storage, StorageExt};
 use bytes::Bytes;
 use chrono::{DateTime, SubsecRound, Utc};
 
+use serde::Serialize;
+
 use crate::component::{Applicability, Component, SnapshotError};
 use crate::context::{Context, Trigger};
+use crate::destination::{local_destination, write_sealed};
 use crate::destination::{Destination, StreamSink};
-use crate::engine::{local_destination, write_sealed, CreateOptions, CreateReport};
 use crate::guard::{Operation, RunGuard};
 use crate::image::writer::{Encoder, TarWriter};
 use crate::image::{
@@ -678,4 +680,44 @@ impl Progress for RunProgress {
 }
 fn join(items: Vec<String>) -> String {
     items.join("; ")
+}
+
+/// What `create` should do.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct CreateOptions {
+    /// A custom backup of these components (empty: a standard backup).
+    pub components: Vec<String>,
+    /// Include audit components.
+    pub include_audits: bool,
+    /// Fail at the first failing component and publish nothing.
+    pub halt: bool,
+    /// Where the image goes (default: the configured storage).
+    pub destination: Destination,
+    /// Started by the schedule (recorded in status and audit log); the same
+    /// as a call with [`Trigger::Scheduled`](crate::Trigger::Scheduled).
+    pub scheduled: bool,
+}
+
+/// The result of a backup that published an image.
+#[derive(Debug, Clone, Serialize)]
+pub struct CreateReport {
+    /// Image name (or file path with `output`).
+    pub image: String,
+    /// Where it was published.
+    pub location: String,
+    /// `success` or `partial`.
+    pub outcome: Outcome,
+    /// Image size in bytes.
+    pub size: u64,
+    /// `backup.json`.
+    pub info: BackupInfo,
+    /// `manifest.json`.
+    pub manifest: Manifest,
+    /// Components that were not applicable and left out of a standard backup.
+    pub not_applicable: Vec<String>,
+    /// Set if the sidecar manifest could not be stored (the image is fine).
+    pub sidecar_error: Option<String>,
+    /// Images deleted by the retention policy after this backup.
+    pub pruned: Vec<String>,
 }

@@ -7,9 +7,9 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::context::Context;
-use crate::engine::ImageDetails;
 use crate::guard::Operation;
 use crate::image::{parse_image_name, Sidecar, IMAGE_EXT, SIDECAR_SUFFIX};
+use crate::images::ImageDetails;
 use crate::images::ImageRef;
 use crate::{Error, Result};
 

@@ -3,7 +3,6 @@
 //! The operation modules take a [`Context`], so one engine serves many
 //! callers at once, each recorded under its own name; the operation lock
 //! still lets one run at a time.
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,12 +12,12 @@ use chrono::Utc;
 
 use crate::component::{Component, Registered};
 use crate::config::Config;
-use crate::guard::{Operation, RunGuard};
 use crate::keys::Keys;
 use crate::ops::audit::{AuditLog, AuditRecord};
 use crate::progress::{Event, Progress};
-use crate::runs::LOGS_DIR;
-use crate::Result;
+
+/// Directory of per-backup log files in the state directory.
+pub const LOGS_DIR: &str = "logs";
 
 /// What started an operation.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -206,23 +205,6 @@ impl<'a> Context<'a> {
             component: None,
             message,
         });
-    }
-
-    /// Runs `fut` as `op` on `target` (see [`RunGuard`]), audited.
-    pub(crate) async fn audited<T, F>(
-        &self,
-        op: Operation,
-        target: &str,
-        bytes: impl Fn(&T) -> u64,
-        fut: F,
-    ) -> Result<T>
-    where
-        F: Future<Output = Result<T>>,
-    {
-        let guard = RunGuard::start(self, op, target)?;
-        let result = fut.await;
-        guard.audit_result(target, &result, bytes);
-        result
     }
 
     /// Removes scratch space left by runs that are gone (see

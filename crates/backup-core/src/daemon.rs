@@ -6,8 +6,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::backup::CreateOptions;
 use crate::context::{Context, Trigger};
-use crate::engine::CreateOptions;
 use crate::progress::Event;
 use crate::{Error, Result};
 

@@ -1,5 +1,17 @@
 //! Where a backup's image goes ([`Destination`]), and the one-shot
 //! "storage" that writes it to a caller's stream.
+use std::io::Write;
+use std::path::Path;
+
+use backup_crypto::{EncryptWriter, Keyslot, MasterKey};
+use backup_storage::{LocalStorage, PutMode};
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+
+use crate::image::pipe;
+use crate::image::writer::{ChannelWriter, CHANNEL_DEPTH};
+use crate::util::join_error;
+use crate::{Error, Result};
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -149,5 +161,112 @@ impl Storage for StreamSink {
 fn unsupported(name: &str) -> backup_storage::Error {
     backup_storage::Error::Unsupported {
         what: format!("{name}: an output stream can only be written"),
+    }
+}
+
+/// A local file as a storage destination (temp name, fsync, rename; mode
+/// 0600, or 0640 with the configured group).
+pub(crate) fn local_destination(
+    path: &Path,
+    group: Option<u32>,
+) -> Result<(Arc<dyn Storage>, String)> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Error::Input(format!("{} is not a usable file name", path.display())))?
+        .to_string();
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    Ok((
+        Arc::new(LocalStorage::new(&parent)?.with_group(group)),
+        name,
+    ))
+}
+
+/// Streams an encrypted image into `storage` under `name` (never overwriting).
+///
+/// Three stages run at once, joined by bounded queues, so the slowest sets
+/// the pace and memory stays fixed: `produce` writes the payload on a
+/// blocking thread (tar, and the codec, which fans out to its own compression
+/// threads); a second blocking thread encrypts; the async upload sends.
+/// On any failure the upload is aborted, so nothing appears under `name`.
+pub(crate) async fn write_sealed<T, F>(
+    storage: Arc<dyn Storage>,
+    name: String,
+    mk: MasterKey,
+    slot: Keyslot,
+    created: DateTime<Utc>,
+    produce: F,
+) -> Result<(T, u64)>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut dyn Write) -> Result<T> + Send + 'static,
+{
+    let mut upload = storage
+        .put_opts(&name, PutOptions::mode(PutMode::Create))
+        .await?;
+    let (tx, mut rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
+    let (plain_tx, mut plain_rx) = pipe::pipe(pipe::PIPE_DEPTH);
+    // `Ok(None)`: the payload ended without its end marker, i.e. the
+    // producer failed (its own error says why); the image is then *not*
+    // finished, so no valid-looking truncated image can be sealed.
+    let encryptor = tokio::task::spawn_blocking(move || -> Result<Option<u64>> {
+        let io_err = |e| Error::from_pipeline_io("encrypting the image", e);
+        let mut sealed =
+            EncryptWriter::new(ChannelWriter::new(tx), &mk, &slot, created.timestamp())?;
+        loop {
+            match plain_rx.recv_chunk() {
+                Ok(Some(chunk)) => {
+                    sealed.write_all(&chunk).map_err(io_err)?;
+                    plain_rx.recycle(chunk);
+                }
+                Ok(None) => break,
+                Err(_) => return Ok(None),
+            }
+        }
+        let size = sealed.finish()?.finish().map_err(io_err)?;
+        Ok(Some(size))
+    });
+    let producer = tokio::task::spawn_blocking(move || -> Result<T> {
+        let mut plain = plain_tx;
+        let value = produce(&mut plain)?;
+        plain
+            .finish()
+            .map_err(|e| Error::from_pipeline_io("writing the image", e))?;
+        Ok(value)
+    });
+    let mut upload_error = None;
+    while let Some(chunk) = rx.recv().await {
+        if let Err(e) = upload.write(chunk).await {
+            upload_error = Some(e);
+            break;
+        }
+    }
+    drop(rx);
+    let produced = producer.await.map_err(join_error).and_then(|r| r);
+    let sealed = encryptor.await.map_err(join_error).and_then(|r| r);
+    // The first cause wins: the storage, then the encryption stage (whose
+    // failure makes the producer's writes fail), then the producer.
+    let outcome = match (upload_error, sealed, produced) {
+        (Some(e), _, _) => Err(e.into()),
+        (None, Err(e), _) => Err(e),
+        (None, Ok(_), Err(e)) => Err(e),
+        (None, Ok(None), Ok(_)) => Err(Error::from_pipeline_io(
+            "writing the image",
+            std::io::Error::other("the payload stream stopped before its end"),
+        )),
+        (None, Ok(Some(size)), Ok(value)) => Ok((value, size)),
+    };
+    match outcome {
+        Ok(done) => {
+            upload.complete().await?;
+            Ok(done)
+        }
+        Err(e) => {
+            let _ = upload.abort().await;
+            Err(e)
+        }
     }
 }

@@ -1,36 +1,28 @@
 //! The engine: plans and runs backups, verifies and restores images.
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use backup_crypto::{EncryptWriter, Keyslot, MasterKey};
-use backup_storage::{LocalStorage, PutMode, PutOptions, Storage};
-use bytes::Bytes;
+use backup_storage::Storage;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
-use tokio::sync::mpsc;
 
+use crate::backup::{CreateOptions, CreateReport};
 use crate::browse::{Browse, DownloadLink};
 use crate::component::{
     CommandComponent, Component, ComponentOptions, FilesComponent, Registered, SqliteComponent,
 };
 use crate::config::{ComponentKind, Config};
 use crate::context::{Call, Context, Shared};
-use crate::destination::Destination;
 use crate::guard::Operation;
-use crate::image::pipe;
-use crate::image::reader::{self, Visitor};
-use crate::image::writer::{ChannelWriter, CHANNEL_DEPTH};
-use crate::image::{BackupInfo, Manifest, Outcome, ParsedName, Sidecar};
-use crate::images::ImageRef;
+use crate::images::{ImageDetails, ImageRef, ImageSummary};
 use crate::keys::rewrap::RewrapResult;
 use crate::keys::{KeyFile, KeySource, Keys, NoPassphrase, PassphraseProvider, Rotation};
 use crate::ops::audit::AuditRecord;
-use crate::ops::retention::{Coverage, RetentionDecision};
+use crate::ops::retention::RetentionDecision;
 use crate::progress::{NoProgress, Progress};
 use crate::restore::{RestoreOptions, RestorePlan, RestoreReport};
 use crate::runs::StatusView;
+use crate::verify::VerifyReport;
 use crate::{Error, Result};
 use backup_crypto::{KeyId, Passphrase};
 
@@ -167,132 +159,6 @@ impl EngineBuilder {
             progress: self.progress,
         })
     }
-}
-
-/// What `create` should do.
-#[derive(Debug, Clone, Default)]
-#[non_exhaustive]
-pub struct CreateOptions {
-    /// A custom backup of these components (empty: a standard backup).
-    pub components: Vec<String>,
-    /// Include audit components.
-    pub include_audits: bool,
-    /// Fail at the first failing component and publish nothing.
-    pub halt: bool,
-    /// Where the image goes (default: the configured storage).
-    pub destination: Destination,
-    /// Started by the schedule (recorded in status and audit log); the same
-    /// as a call with [`Trigger::Scheduled`](crate::Trigger::Scheduled).
-    pub scheduled: bool,
-}
-
-/// The result of a backup that published an image.
-#[derive(Debug, Clone, Serialize)]
-pub struct CreateReport {
-    /// Image name (or file path with `output`).
-    pub image: String,
-    /// Where it was published.
-    pub location: String,
-    /// `success` or `partial`.
-    pub outcome: Outcome,
-    /// Image size in bytes.
-    pub size: u64,
-    /// `backup.json`.
-    pub info: BackupInfo,
-    /// `manifest.json`.
-    pub manifest: Manifest,
-    /// Components that were not applicable and left out of a standard backup.
-    pub not_applicable: Vec<String>,
-    /// Set if the sidecar manifest could not be stored (the image is fine).
-    pub sidecar_error: Option<String>,
-    /// Images deleted by the retention policy after this backup.
-    pub pruned: Vec<String>,
-}
-
-/// An image in the storage.
-#[derive(Debug, Clone, Serialize)]
-pub struct ImageSummary {
-    /// Object name.
-    pub name: String,
-    /// Size in bytes.
-    pub size: u64,
-    /// Time/node/role from the name.
-    #[serde(skip)]
-    pub parsed: Option<ParsedName>,
-    /// Its sidecar manifest, if readable.
-    pub sidecar: Option<Sidecar>,
-    /// Why the sidecar could not be read.
-    pub sidecar_error: Option<String>,
-    /// Which components it set out to hold (from the sidecar).
-    pub selection: Option<ImageSelection>,
-    /// How much of a standard backup it holds, as retention judges it.
-    pub coverage: Coverage,
-    /// The size the image was written with, from its sidecar.
-    pub expected_size: Option<u64>,
-    /// The stored size differs from `expected_size`: the image is truncated
-    /// (or grew) and will not verify or restore.
-    pub size_mismatch: bool,
-}
-
-/// Which components an image set out to hold, as `list` and `show` name it:
-/// `standard`, `standard+audits`, or `custom: NAME, …`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum ImageSelection {
-    /// A standard backup: every applicable default component.
-    Standard {
-        /// With the audit components (`--include-audits`).
-        audits: bool,
-    },
-    /// A custom backup of these components.
-    Custom {
-        /// The components it set out to take, in archive order.
-        components: Vec<String>,
-    },
-}
-
-impl std::fmt::Display for ImageSelection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ImageSelection::Standard { audits: false } => f.write_str("standard"),
-            ImageSelection::Standard { audits: true } => f.write_str("standard+audits"),
-            ImageSelection::Custom { components } => {
-                write!(f, "custom: {}", components.join(", "))
-            }
-        }
-    }
-}
-
-/// Details of one image.
-#[derive(Debug, Clone, Serialize)]
-pub struct ImageDetails {
-    /// Name or path.
-    pub image: String,
-    /// Size in bytes, if known.
-    pub size: Option<u64>,
-    /// `backup.json`.
-    pub info: BackupInfo,
-    /// `manifest.json`.
-    pub manifest: Manifest,
-    /// `sidecar` (read from the sidecar manifest) or `image` (read from the image itself).
-    pub source: &'static str,
-    /// Which components it set out to hold.
-    pub selection: ImageSelection,
-}
-
-/// The result of a full verification.
-#[derive(Debug, Clone, Serialize)]
-pub struct VerifyReport {
-    /// Name or path.
-    pub image: String,
-    /// Encrypted bytes read.
-    pub size: u64,
-    /// `backup.json`.
-    pub info: BackupInfo,
-    /// `manifest.json`.
-    pub manifest: Manifest,
-    /// Components whose entries were checked against the manifest.
-    pub verified: Vec<String>,
 }
 
 /// The backup engine of one appliance.
@@ -651,131 +517,5 @@ impl EngineCall<'_> {
     /// Details of an image: from its sidecar when it has one, else by reading it.
     pub async fn show(&self, image: impl Into<ImageRef>) -> Result<ImageDetails> {
         crate::images::show(&self.context(), &image.into()).await
-    }
-}
-
-/// A visitor that only lets the walk check things.
-pub(crate) struct NullVisitor;
-
-impl Visitor for NullVisitor {
-    fn info(&mut self, _info: &BackupInfo) -> Result<()> {
-        Ok(())
-    }
-    fn entry(&mut self, _c: &str, _e: &reader::EntryView<'_>, _d: &mut dyn Read) -> Result<()> {
-        Ok(())
-    }
-}
-
-pub(crate) fn join_error(e: tokio::task::JoinError) -> Error {
-    Error::io(
-        "a worker thread failed",
-        std::io::Error::other(e.to_string()),
-    )
-}
-
-/// A local file as a storage destination (temp name, fsync, rename; mode
-/// 0600, or 0640 with the configured group).
-pub(crate) fn local_destination(
-    path: &Path,
-    group: Option<u32>,
-) -> Result<(Arc<dyn Storage>, String)> {
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| Error::Input(format!("{} is not a usable file name", path.display())))?
-        .to_string();
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    Ok((
-        Arc::new(LocalStorage::new(&parent)?.with_group(group)),
-        name,
-    ))
-}
-
-/// Streams an encrypted image into `storage` under `name` (never overwriting).
-///
-/// Three stages run at once, joined by bounded queues, so the slowest sets
-/// the pace and memory stays fixed: `produce` writes the payload on a
-/// blocking thread (tar, and the codec, which fans out to its own compression
-/// threads); a second blocking thread encrypts; the async upload sends.
-/// On any failure the upload is aborted, so nothing appears under `name`.
-pub(crate) async fn write_sealed<T, F>(
-    storage: Arc<dyn Storage>,
-    name: String,
-    mk: MasterKey,
-    slot: Keyslot,
-    created: DateTime<Utc>,
-    produce: F,
-) -> Result<(T, u64)>
-where
-    T: Send + 'static,
-    F: FnOnce(&mut dyn Write) -> Result<T> + Send + 'static,
-{
-    let mut upload = storage
-        .put_opts(&name, PutOptions::mode(PutMode::Create))
-        .await?;
-    let (tx, mut rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
-    let (plain_tx, mut plain_rx) = pipe::pipe(pipe::PIPE_DEPTH);
-    // `Ok(None)`: the payload ended without its end marker, i.e. the
-    // producer failed (its own error says why); the image is then *not*
-    // finished, so no valid-looking truncated image can be sealed.
-    let encryptor = tokio::task::spawn_blocking(move || -> Result<Option<u64>> {
-        let io_err = |e| Error::from_pipeline_io("encrypting the image", e);
-        let mut sealed =
-            EncryptWriter::new(ChannelWriter::new(tx), &mk, &slot, created.timestamp())?;
-        loop {
-            match plain_rx.recv_chunk() {
-                Ok(Some(chunk)) => {
-                    sealed.write_all(&chunk).map_err(io_err)?;
-                    plain_rx.recycle(chunk);
-                }
-                Ok(None) => break,
-                Err(_) => return Ok(None),
-            }
-        }
-        let size = sealed.finish()?.finish().map_err(io_err)?;
-        Ok(Some(size))
-    });
-    let producer = tokio::task::spawn_blocking(move || -> Result<T> {
-        let mut plain = plain_tx;
-        let value = produce(&mut plain)?;
-        plain
-            .finish()
-            .map_err(|e| Error::from_pipeline_io("writing the image", e))?;
-        Ok(value)
-    });
-    let mut upload_error = None;
-    while let Some(chunk) = rx.recv().await {
-        if let Err(e) = upload.write(chunk).await {
-            upload_error = Some(e);
-            break;
-        }
-    }
-    drop(rx);
-    let produced = producer.await.map_err(join_error).and_then(|r| r);
-    let sealed = encryptor.await.map_err(join_error).and_then(|r| r);
-    // The first cause wins: the storage, then the encryption stage (whose
-    // failure makes the producer's writes fail), then the producer.
-    let outcome = match (upload_error, sealed, produced) {
-        (Some(e), _, _) => Err(e.into()),
-        (None, Err(e), _) => Err(e),
-        (None, Ok(_), Err(e)) => Err(e),
-        (None, Ok(None), Ok(_)) => Err(Error::from_pipeline_io(
-            "writing the image",
-            std::io::Error::other("the payload stream stopped before its end"),
-        )),
-        (None, Ok(Some(size)), Ok(value)) => Ok((value, size)),
-    };
-    match outcome {
-        Ok(done) => {
-            upload.complete().await?;
-            Ok(done)
-        }
-        Err(e) => {
-            let _ = upload.abort().await;
-            Err(e)
-        }
     }
 }

@@ -1,6 +1,7 @@
 //! The choreography around every operation, written once: the lock (and the
 //! record of a run skipped for it), the status file, the hooks and the audit
 //! record.
+use std::future::Future;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
@@ -343,6 +344,27 @@ impl<'e> RunGuard<'e> {
             reason: Some(reason.clone()),
         });
         Some(reason)
+    }
+}
+
+/// Runs an operation that needs no more of the choreography than the
+/// guard's start and audit record.
+impl Context<'_> {
+    /// Runs `fut` as `op` on `target` (see [`RunGuard`]), audited.
+    pub(crate) async fn audited<T, F>(
+        &self,
+        op: Operation,
+        target: &str,
+        bytes: impl Fn(&T) -> u64,
+        fut: F,
+    ) -> Result<T>
+    where
+        F: Future<Output = Result<T>>,
+    {
+        let guard = RunGuard::start(self, op, target)?;
+        let result = fut.await;
+        guard.audit_result(target, &result, bytes);
+        result
     }
 }
 

@@ -9,16 +9,19 @@ use std::path::{Path, PathBuf};
 use backup_crypto::{Header, ImageReader, HEADER_LEN};
 use backup_storage::StorageExt;
 
+use serde::Serialize;
+
+use crate::backup::CreateOptions;
 use crate::context::Context;
-use crate::engine::{
-    join_error, CreateOptions, ImageDetails, ImageSelection, ImageSummary, NullVisitor,
-};
+use crate::image::reader::NullVisitor;
 use crate::image::reader::{self, Visitor, WalkResult};
 use crate::image::{
     parse_image_name, sidecar_name, BackupInfo, Outcome, Selection, Sidecar, IMAGE_EXT,
 };
+use crate::image::{Manifest, ParsedName};
 use crate::ops::retention::Coverage;
 use crate::progress::Event;
+use crate::util::join_error;
 use crate::{Error, Result};
 
 /// Largest sidecar manifest read.
@@ -436,4 +439,75 @@ impl From<&ImageRef> for ImageRef {
     fn from(image: &ImageRef) -> Self {
         image.clone()
     }
+}
+
+/// An image in the storage.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageSummary {
+    /// Object name.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Time/node/role from the name.
+    #[serde(skip)]
+    pub parsed: Option<ParsedName>,
+    /// Its sidecar manifest, if readable.
+    pub sidecar: Option<Sidecar>,
+    /// Why the sidecar could not be read.
+    pub sidecar_error: Option<String>,
+    /// Which components it set out to hold (from the sidecar).
+    pub selection: Option<ImageSelection>,
+    /// How much of a standard backup it holds, as retention judges it.
+    pub coverage: Coverage,
+    /// The size the image was written with, from its sidecar.
+    pub expected_size: Option<u64>,
+    /// The stored size differs from `expected_size`: the image is truncated
+    /// (or grew) and will not verify or restore.
+    pub size_mismatch: bool,
+}
+
+/// Which components an image set out to hold, as `list` and `show` name it:
+/// `standard`, `standard+audits`, or `custom: NAME, …`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ImageSelection {
+    /// A standard backup: every applicable default component.
+    Standard {
+        /// With the audit components (`--include-audits`).
+        audits: bool,
+    },
+    /// A custom backup of these components.
+    Custom {
+        /// The components it set out to take, in archive order.
+        components: Vec<String>,
+    },
+}
+
+impl std::fmt::Display for ImageSelection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ImageSelection::Standard { audits: false } => f.write_str("standard"),
+            ImageSelection::Standard { audits: true } => f.write_str("standard+audits"),
+            ImageSelection::Custom { components } => {
+                write!(f, "custom: {}", components.join(", "))
+            }
+        }
+    }
+}
+
+/// Details of one image.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageDetails {
+    /// Name or path.
+    pub image: String,
+    /// Size in bytes, if known.
+    pub size: Option<u64>,
+    /// `backup.json`.
+    pub info: BackupInfo,
+    /// `manifest.json`.
+    pub manifest: Manifest,
+    /// `sidecar` (read from the sidecar manifest) or `image` (read from the image itself).
+    pub source: &'static str,
+    /// Which components it set out to hold.
+    pub selection: ImageSelection,
 }

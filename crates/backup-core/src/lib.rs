@@ -53,6 +53,7 @@ mod transfer;
 mod util;
 mod verify;
 
+pub use backup::{CreateOptions, CreateReport};
 pub use browse::{Access, Browse, BrowseImage, BrowseView, DownloadLink};
 pub use component::ComponentOptions;
 pub use component::{
@@ -66,16 +67,14 @@ pub use config::{
 pub use context::{Call, Trigger};
 pub use daemon::{DaemonInfo, DAEMON_FILE};
 pub use destination::{Destination, ImageStream};
-pub use engine::{
-    CreateOptions, CreateReport, Engine, EngineBuilder, EngineCall, ImageDetails, ImageSelection,
-    ImageSummary, VerifyReport,
-};
+pub use engine::{Engine, EngineBuilder, EngineCall};
 pub use error::{Error, ErrorKind, Result};
 pub use guard::Operation;
 pub use image::{
     BackupInfo, ComponentRecord, Manifest, Outcome, PlannedComponent, Selection, Sidecar,
 };
 pub use images::ImageRef;
+pub use images::{ImageDetails, ImageSelection, ImageSummary};
 pub use keys::rewrap::RewrapResult;
 pub use keys::{
     audit_key_operation, check_passphrase, ensure_not_initialized, init_keys, rotate_keys,
@@ -91,5 +90,6 @@ pub use restore::{
     PLAN_PATHS_KEPT,
 };
 pub use runs::{StatusView, LOGS_DIR};
+pub use verify::VerifyReport;
 
 pub use backup_crypto::{KdfParams, MasterKey, Passphrase};

@@ -13,8 +13,7 @@ use crate::ops::lock::{self, LockHolder};
 use crate::ops::status::{CurrentRun, RunRecord, StatusStore};
 use crate::{Error, Result};
 
-/// Directory of per-backup log files in the state directory.
-pub const LOGS_DIR: &str = "logs";
+pub use crate::context::LOGS_DIR;
 
 /// What `backup status` shows.
 #[derive(Debug, Clone, Serialize)]

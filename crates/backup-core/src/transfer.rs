@@ -7,12 +7,14 @@ use backup_crypto::ImageReader;
 use chrono::{DateTime, Utc};
 
 use crate::context::Context;
-use crate::engine::{join_error, local_destination, write_sealed, NullVisitor};
+use crate::destination::{local_destination, write_sealed};
 use crate::guard::Operation;
 use crate::image::reader;
+use crate::image::reader::NullVisitor;
 use crate::image::writer::Encoder;
 use crate::image::{BackupInfo, Manifest, Outcome, MANIFEST_JSON};
 use crate::images::ImageRef;
+use crate::util::join_error;
 use crate::{Error, Result};
 
 /// Downloads an image to a local file (atomically), for carrying it to a
@@ -36,7 +38,7 @@ pub(crate) async fn fetch(engine: &Context<'_>, image: &ImageRef, out: &Path) ->
             })
         })
         .await
-        .map_err(crate::engine::join_error)?
+        .map_err(crate::util::join_error)?
     };
     engine
         .audited(Operation::Fetch, &image.shown(), |n| *n, fetch)

@@ -1,9 +1,11 @@
 //! Verifying an image end to end: decrypt, decompress and check every entry
 //! against the manifest, writing nothing.
+use serde::Serialize;
+
 use crate::context::Context;
-use crate::engine::{NullVisitor, VerifyReport};
 use crate::guard::Operation;
-use crate::image::{sidecar_name, Outcome};
+use crate::image::reader::NullVisitor;
+use crate::image::{sidecar_name, BackupInfo, Manifest, Outcome};
 use crate::images::ImageRef;
 use crate::progress::Event;
 use crate::Result;
@@ -58,4 +60,19 @@ async fn verify_image(engine: &Context<'_>, image: &ImageRef) -> Result<VerifyRe
         manifest: walked.manifest,
         verified,
     })
+}
+
+/// The result of a full verification.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    /// Name or path.
+    pub image: String,
+    /// Encrypted bytes read.
+    pub size: u64,
+    /// `backup.json`.
+    pub info: BackupInfo,
+    /// `manifest.json`.
+    pub manifest: Manifest,
+    /// Components whose entries were checked against the manifest.
+    pub verified: Vec<String>,
 }

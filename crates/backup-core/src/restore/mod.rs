@@ -13,12 +13,12 @@ use crate::component::{
     CommandComponent, Committed, Component, FilesComponent, RestoreContext, SqliteComponent,
 };
 use crate::context::Context;
-use crate::engine::join_error;
 use crate::guard::{Operation, RunGuard};
 use crate::image::reader::{EntryView, Visitor, WalkResult};
 use crate::image::{BackupInfo, EntryKind, Outcome, PlannedComponent};
 use crate::images::ImageRef;
 use crate::progress::{Event, Progress};
+use crate::util::join_error;
 use crate::{Error, Result};
 
 mod commit;
