@@ -55,7 +55,7 @@ fn bench_archive(c: &mut Criterion) {
             b.iter(|| {
                 let _ = std::fs::remove_file(&image);
                 let mut opts = CreateOptions::default();
-                opts.output = Some(image.clone());
+                opts.destination = backup_core::Destination::File(image.clone());
                 rt.block_on(engine.create(&opts)).expect("backup");
             })
         });
@@ -65,7 +65,7 @@ fn bench_archive(c: &mut Criterion) {
                 let _ = std::fs::remove_dir_all(&target);
                 let mut opts = RestoreOptions::default();
                 opts.target = Some(target.clone());
-                rt.block_on(engine.restore(&image.display().to_string(), &opts))
+                rt.block_on(engine.restore(image.as_path(), &opts))
                     .expect("restore");
             })
         });

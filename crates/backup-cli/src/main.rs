@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use backup_core::{
-    Compression, Config, CreateOptions, Engine, Error, ErrorKind, ImageDetails, KdfParams,
-    Operation, Outcome, PassphraseProvider, RestoreOptions,
+    Compression, Config, CreateOptions, Destination, Engine, Error, ErrorKind, ImageDetails,
+    ImageRef, ImageStream, KdfParams, Operation, Outcome, PassphraseProvider, RestoreOptions,
 };
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
@@ -568,14 +568,18 @@ fn stdout_for_image() -> anyhow::Result<std::fs::File> {
 
 async fn create(cli: &Cli, args: &CreateArgs) -> anyhow::Result<ExitCode> {
     let mut opts = CreateOptions::default();
-    if args.output.as_deref() == Some(Path::new("-")) {
-        opts.output_stream = Some(Arc::new(stdout_for_image()?));
-    }
+    opts.destination = match &args.output {
+        Some(path) if path.as_os_str() == "-" => Destination::Stream(
+            ImageStream::new(tokio::fs::File::from_std(stdout_for_image()?))
+                .named("standard output"),
+        ),
+        Some(path) => Destination::File(path.clone()),
+        None => Destination::Storage,
+    };
     let engine = engine(cli)?;
     opts.components = args.components.clone();
     opts.include_audits = args.include_audits;
     opts.halt = args.halt;
-    opts.output = args.output.clone();
     let report = engine.create(&opts).await.context("backup failed")?;
     if cli.json {
         print_json(&report)?;
@@ -726,10 +730,22 @@ fn print_details(d: &ImageDetails) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Which image an `IMAGE` argument names: an existing file, anything with a
+/// `/` (`/dev/stdin` for `-` included), or anything at all when no storage
+/// is configured, is a file; otherwise it is a name in the storage.
+pub(crate) fn image_ref(engine: &Engine, arg: &str) -> ImageRef {
+    let path = Path::new(arg);
+    if path.is_file() || arg.contains('/') || engine.storage().is_none() {
+        ImageRef::File(path.to_path_buf())
+    } else {
+        ImageRef::Stored(arg.to_string())
+    }
+}
+
 async fn show(cli: &Cli, image: &str) -> anyhow::Result<ExitCode> {
     let engine = engine(cli)?;
     let details = engine
-        .show(image)
+        .show(image_ref(&engine, image))
         .await
         .with_context(|| format!("reading {image}"))?;
     if cli.json {
@@ -757,7 +773,7 @@ async fn verify(cli: &Cli, image: &str) -> anyhow::Result<ExitCode> {
     };
     let engine = engine(cli)?;
     let report = engine
-        .verify(image)
+        .verify(image_ref(&engine, image))
         .await
         .with_context(|| format!("verification of {image} failed"))?;
     if cli.json {
@@ -797,7 +813,7 @@ async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<ExitCode> {
     opts.force_identity = args.force_identity;
     if args.dry_run {
         let plan = engine
-            .restore_plan(&args.image, &opts)
+            .restore_plan(image_ref(&engine, &args.image), &opts)
             .await
             .with_context(|| format!("planning the restore of {} failed", args.image))?;
         if cli.json {
@@ -832,7 +848,7 @@ async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let report = engine
-        .restore(&args.image, &opts)
+        .restore(image_ref(&engine, &args.image), &opts)
         .await
         .with_context(|| format!("restore of {} failed", args.image))?;
     if cli.json {
@@ -885,7 +901,7 @@ fn overwrites(target: Option<&std::path::Path>) -> Option<String> {
 async fn decrypt(cli: &Cli, image: &str, output: &Path) -> anyhow::Result<ExitCode> {
     let engine = engine(cli)?;
     let n = engine
-        .decrypt(image, output)
+        .decrypt(image_ref(&engine, image), output)
         .await
         .with_context(|| format!("decrypting {image}"))?;
     let codec = payload_codec(output)?;

@@ -335,7 +335,11 @@ pub(crate) async fn key(cli: &Cli, cmd: &KeyCommand) -> anyhow::Result<ExitCode>
             }
         }
         KeyCommand::Rewrap { images } => {
-            let results = engine.rewrap(images).await?;
+            let images: Vec<_> = images
+                .iter()
+                .map(|i| crate::image_ref(&engine, i))
+                .collect();
+            let results = engine.rewrap(&images).await?;
             let mut failed = false;
             for (image, r) in &results {
                 let image = escape_control(image);

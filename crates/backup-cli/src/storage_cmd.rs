@@ -16,7 +16,7 @@ pub(crate) async fn fetch(
     cli: &Cli,
 ) -> anyhow::Result<ExitCode> {
     let n = engine
-        .fetch(image, out)
+        .fetch(crate::image_ref(engine, image), out)
         .await
         .with_context(|| format!("fetching {image}"))?;
     if cli.json {

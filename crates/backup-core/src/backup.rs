@@ -13,8 +13,12 @@ use backup_storage::{PutMode, Storage, StorageExt};
 use bytes::Bytes;
 use chrono::{DateTime, SubsecRound, Utc};
 
+use serde::Serialize;
+
 use crate::component::{Applicability, Component, SnapshotError};
-use crate::engine::{local_destination, write_sealed, CreateOptions, CreateReport, Engine};
+use crate::context::{Context, Trigger};
+use crate::destination::{local_destination, write_sealed};
+use crate::destination::{Destination, StreamSink};
 use crate::guard::{Operation, RunGuard};
 use crate::image::writer::{Encoder, TarWriter};
 use crate::image::{
@@ -56,7 +60,7 @@ struct PlanItem {
 /// The plan of a backup: which components it takes, each probed for its
 /// applicability once. Selection errors (an unknown component, a missing
 /// requirement, nothing applicable) are found here, before the run starts.
-pub(crate) fn plan(engine: &Engine, opts: &CreateOptions) -> Result<Plan> {
+pub(crate) fn plan(engine: &Context<'_>, opts: &CreateOptions) -> Result<Plan> {
     for name in &opts.components {
         if engine.component(name).is_none() {
             return Err(Error::Input(format!(
@@ -68,7 +72,7 @@ pub(crate) fn plan(engine: &Engine, opts: &CreateOptions) -> Result<Plan> {
     let custom = !opts.components.is_empty();
     let mut items = Vec::new();
     let mut not_applicable = Vec::new();
-    for reg in &engine.components {
+    for reg in engine.components {
         let name = reg.component.name();
         let wanted = if custom {
             opts.components.iter().any(|n| n == name) || (opts.include_audits && reg.options.audit)
@@ -110,7 +114,7 @@ pub(crate) fn plan(engine: &Engine, opts: &CreateOptions) -> Result<Plan> {
         })?;
     }
     let selected: BTreeSet<&str> = items.iter().map(|i| i.component.name()).collect();
-    for reg in &engine.components {
+    for reg in engine.components {
         if !selected.contains(reg.component.name()) {
             continue;
         }
@@ -142,8 +146,8 @@ pub(crate) fn plan(engine: &Engine, opts: &CreateOptions) -> Result<Plan> {
 /// Takes a backup: under the lock, with status, audit log, hooks, a
 /// capacity preflight, a log file, and retention after success. Fails with
 /// [`Error::Busy`] (recorded as skipped) if another operation runs.
-pub(crate) async fn create(engine: &Engine, opts: &CreateOptions) -> Result<CreateReport> {
-    let op = if opts.scheduled {
+pub(crate) async fn create(engine: &Context<'_>, opts: &CreateOptions) -> Result<CreateReport> {
+    let op = if opts.scheduled || engine.trigger == Trigger::Scheduled {
         Operation::ScheduledBackup
     } else {
         Operation::Backup
@@ -175,7 +179,7 @@ pub(crate) async fn create(engine: &Engine, opts: &CreateOptions) -> Result<Crea
 
     let result = async {
         guard.before_hook(&name)?;
-        if opts.output.is_none() {
+        if matches!(opts.destination, Destination::Storage) {
             preflight(&storage, &plan).await?;
         }
         write_image(
@@ -217,7 +221,9 @@ pub(crate) async fn create(engine: &Engine, opts: &CreateOptions) -> Result<Crea
                 record_error(&report),
             );
             guard.after_hook(report.outcome, &name, failed);
-            if opts.output.is_none() && engine.config.retention.is_enabled() {
+            if matches!(opts.destination, Destination::Storage)
+                && engine.config.retention.is_enabled()
+            {
                 match crate::retention::apply_retention(engine, false).await {
                     Ok(decisions) => {
                         report.pruned = decisions
@@ -239,13 +245,13 @@ pub(crate) async fn create(engine: &Engine, opts: &CreateOptions) -> Result<Crea
 /// a second backup within the same second waits for the next one. Called
 /// under the lock, so no other backup of this appliance races for it.
 async fn unique_destination(
-    engine: &Engine,
+    engine: &Context<'_>,
     opts: &CreateOptions,
 ) -> Result<(DateTime<Utc>, (Arc<dyn backup_storage::Storage>, String))> {
     loop {
         let created = Utc::now().trunc_subsecs(0);
         let (storage, name) = destination(engine, opts, created)?;
-        if opts.output.is_some() || !storage.exists(&name).await? {
+        if !matches!(opts.destination, Destination::Storage) || !storage.exists(&name).await? {
             return Ok((created, (storage, name)));
         }
         let to_next = 1000 - Utc::now().timestamp_subsec_millis().min(999);
@@ -279,7 +285,7 @@ async fn preflight(storage: &Arc<dyn Storage>, plan: &Plan) -> Result<()> {
     Ok(())
 }
 
-fn scratch_dir(engine: &Engine) -> Result<PathBuf> {
+fn scratch_dir(engine: &Context<'_>) -> Result<PathBuf> {
     let state = &engine.config.appliance.state_dir;
     crate::util::run_scratch_dir(state).map_err(|e| {
         Error::io(
@@ -289,22 +295,22 @@ fn scratch_dir(engine: &Engine) -> Result<PathBuf> {
     })
 }
 
-/// Where a backup goes: the `--output` file, or a new name in the storage.
+/// Where a backup goes: a local file, a stream, or a new name in the storage.
 fn destination(
-    engine: &Engine,
+    engine: &Context<'_>,
     opts: &CreateOptions,
     created: DateTime<Utc>,
 ) -> Result<(Arc<dyn Storage>, String)> {
     let a = &engine.config.appliance;
-    match &opts.output {
-        Some(path) if path.as_os_str() == "-" => {
-            let sink = crate::storage_ops::StdoutSink {
-                stream: opts.output_stream.clone(),
+    match &opts.destination {
+        Destination::Stream(stream) => {
+            let sink = StreamSink {
+                stream: stream.clone(),
             };
             Ok((Arc::new(sink), "-".into()))
         }
-        Some(path) => local_destination(path, engine.file_group),
-        None => {
+        Destination::File(path) => local_destination(path, engine.file_group),
+        Destination::Storage => {
             let storage = engine.storage.clone().ok_or_else(|| {
                 Error::NoStorage("pass --output FILE or set [storage] url".into())
             })?;
@@ -319,7 +325,7 @@ fn destination(
 /// The backup pipeline itself, without lock, status or audit (see [`create`]):
 /// each planned component's snapshot into one sealed image, then its sidecar.
 async fn write_image(
-    engine: &Engine,
+    engine: &Context<'_>,
     opts: &CreateOptions,
     plan: Plan,
     progress: Arc<dyn Progress>,
@@ -474,7 +480,7 @@ async fn write_image(
         info: info.clone(),
         manifest: manifest.clone(),
     };
-    let sidecar_error = if opts.output.is_some() {
+    let sidecar_error = if !matches!(opts.destination, Destination::Storage) {
         None
     } else {
         store_sidecar(&storage, &sidecar, &mk, &slot)
@@ -490,9 +496,10 @@ async fn write_image(
             ),
         });
     }
-    let image = match &opts.output {
-        Some(p) => p.display().to_string(),
-        None => name,
+    let image = match &opts.destination {
+        Destination::File(p) => p.display().to_string(),
+        Destination::Stream(_) => "-".to_string(),
+        Destination::Storage => name,
     };
     Ok(CreateReport {
         image,
@@ -673,4 +680,44 @@ impl Progress for RunProgress {
 }
 fn join(items: Vec<String>) -> String {
     items.join("; ")
+}
+
+/// What `create` should do.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct CreateOptions {
+    /// A custom backup of these components (empty: a standard backup).
+    pub components: Vec<String>,
+    /// Include audit components.
+    pub include_audits: bool,
+    /// Fail at the first failing component and publish nothing.
+    pub halt: bool,
+    /// Where the image goes (default: the configured storage).
+    pub destination: Destination,
+    /// Started by the schedule (recorded in status and audit log); the same
+    /// as a call with [`Trigger::Scheduled`](crate::Trigger::Scheduled).
+    pub scheduled: bool,
+}
+
+/// The result of a backup that published an image.
+#[derive(Debug, Clone, Serialize)]
+pub struct CreateReport {
+    /// Image name (or file path with `output`).
+    pub image: String,
+    /// Where it was published.
+    pub location: String,
+    /// `success` or `partial`.
+    pub outcome: Outcome,
+    /// Image size in bytes.
+    pub size: u64,
+    /// `backup.json`.
+    pub info: BackupInfo,
+    /// `manifest.json`.
+    pub manifest: Manifest,
+    /// Components that were not applicable and left out of a standard backup.
+    pub not_applicable: Vec<String>,
+    /// Set if the sidecar manifest could not be stored (the image is fine).
+    pub sidecar_error: Option<String>,
+    /// Images deleted by the retention policy after this backup.
+    pub pruned: Vec<String>,
 }

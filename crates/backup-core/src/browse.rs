@@ -6,9 +6,11 @@ use backup_storage::{ListResult, Storage};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::engine::{Engine, ImageDetails};
+use crate::context::Context;
 use crate::guard::Operation;
 use crate::image::{parse_image_name, Sidecar, IMAGE_EXT, SIDECAR_SUFFIX};
+use crate::images::ImageDetails;
+use crate::images::ImageRef;
 use crate::{Error, Result};
 
 /// Access to a storage location, found without writing anything.
@@ -90,7 +92,7 @@ pub enum Browse {
 }
 
 pub(crate) fn need_storage<'e>(
-    engine: &'e Engine,
+    engine: &'e Context<'e>,
     what: &str,
 ) -> Result<&'e std::sync::Arc<dyn Storage>> {
     engine
@@ -99,11 +101,13 @@ pub(crate) fn need_storage<'e>(
 }
 
 /// One level of the storage (or, for an image name, its details).
-pub(crate) async fn browse(engine: &Engine, path: &str) -> Result<Browse> {
+pub(crate) async fn browse(engine: &Context<'_>, path: &str) -> Result<Browse> {
     let storage = need_storage(engine, "browse")?.clone();
     let path = path.trim_start_matches('/');
     if path.ends_with(IMAGE_EXT) {
-        return crate::images::show(engine, path).await.map(Browse::Backup);
+        return crate::images::show(engine, &ImageRef::Stored(path.to_string()))
+            .await
+            .map(Browse::Backup);
     }
     let prefix = if path.is_empty() || path.ends_with('/') {
         path.to_string()
@@ -180,7 +184,7 @@ pub(crate) async fn browse(engine: &Engine, path: &str) -> Result<Browse> {
 /// Backends that cannot presign fail with a clear "unsupported" error.
 /// Audited (the URLs themselves are never logged).
 pub(crate) async fn links(
-    engine: &Engine,
+    engine: &Context<'_>,
     images: &[String],
     expires: Duration,
 ) -> Result<Vec<DownloadLink>> {

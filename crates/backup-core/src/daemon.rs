@@ -6,7 +6,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::engine::{CreateOptions, Engine};
+use crate::backup::CreateOptions;
+use crate::context::{Context, Trigger};
 use crate::progress::Event;
 use crate::{Error, Result};
 
@@ -47,7 +48,7 @@ fn store(path: &Path, info: &DaemonInfo) {
 /// between runs ends at once; during a run, the running backup finishes
 /// first (it is never left half-published). Runs missed while no daemon
 /// was running are reported (warning, audit log), not replayed.
-pub(crate) async fn run(engine: &Engine, mut shutdown: watch::Receiver<bool>) -> Result<()> {
+pub(crate) async fn run(engine: &Context<'_>, mut shutdown: watch::Receiver<bool>) -> Result<()> {
     let sched_cfg = engine.config.schedule.clone().ok_or_else(|| {
         Error::Input(
             "no [schedule] in the configuration: there is nothing for the daemon to run".into(),
@@ -125,27 +126,27 @@ pub(crate) async fn run(engine: &Engine, mut shutdown: watch::Receiver<bool>) ->
             ),
         });
         let opts = CreateOptions {
-            scheduled: true,
             include_audits: sched_cfg.include_audits,
             ..Default::default()
         };
         // Outcomes (success, partial, skipped, failed) are recorded by
         // `create` in the status and the audit log; the frontend gets one
         // event per run.
-        let finished = match crate::backup::create(engine, &opts).await {
-            Ok(r) => Event::RunFinished {
-                time: Utc::now(),
-                reason: crate::backup::failed_components(&r),
-                image: Some(r.image),
-                outcome: r.outcome.as_str().to_string(),
-            },
-            Err(e) => Event::RunFinished {
-                time: Utc::now(),
-                image: None,
-                outcome: crate::runs::outcome_of(&e).to_string(),
-                reason: Some(e.to_string()),
-            },
-        };
+        let finished =
+            match crate::backup::create(&engine.with_trigger(Trigger::Scheduled), &opts).await {
+                Ok(r) => Event::RunFinished {
+                    time: Utc::now(),
+                    reason: crate::backup::failed_components(&r),
+                    image: Some(r.image),
+                    outcome: r.outcome.as_str().to_string(),
+                },
+                Err(e) => Event::RunFinished {
+                    time: Utc::now(),
+                    image: None,
+                    outcome: crate::runs::outcome_of(&e).to_string(),
+                    reason: Some(e.to_string()),
+                },
+            };
         engine.progress.event(&finished);
         if *shutdown.borrow() {
             break;

@@ -1,61 +1,30 @@
 //! The engine: plans and runs backups, verifies and restores images.
-use std::future::Future;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use backup_crypto::{EncryptWriter, Keyslot, MasterKey};
-use backup_storage::{LocalStorage, PutMode, PutOptions, Storage};
-use bytes::Bytes;
+use backup_storage::Storage;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
-use tokio::sync::mpsc;
 
+use crate::backup::{CreateOptions, CreateReport};
 use crate::browse::{Browse, DownloadLink};
-use crate::component::{CommandComponent, Component, FilesComponent, SqliteComponent};
+use crate::component::{
+    CommandComponent, Component, ComponentOptions, FilesComponent, Registered, SqliteComponent,
+};
 use crate::config::{ComponentKind, Config};
-use crate::guard::{Operation, RunGuard};
-use crate::image::pipe;
-use crate::image::reader::{self, Visitor};
-use crate::image::writer::{ChannelWriter, CHANNEL_DEPTH};
-use crate::image::{BackupInfo, Manifest, Outcome, ParsedName, Sidecar};
+use crate::context::{Call, Context, Shared};
+use crate::guard::Operation;
+use crate::images::{ImageDetails, ImageRef, ImageSummary};
 use crate::keys::rewrap::RewrapResult;
 use crate::keys::{KeyFile, KeySource, Keys, NoPassphrase, PassphraseProvider, Rotation};
-use crate::ops::audit::{AuditLog, AuditRecord};
-use crate::ops::retention::{Coverage, RetentionDecision};
-use crate::progress::{Event, NoProgress, Progress};
+use crate::ops::audit::AuditRecord;
+use crate::ops::retention::RetentionDecision;
+use crate::progress::{NoProgress, Progress};
 use crate::restore::{RestoreOptions, RestorePlan, RestoreReport};
-use crate::runs::{StatusView, LOGS_DIR};
+use crate::runs::StatusView;
+use crate::verify::VerifyReport;
 use crate::{Error, Result};
 use backup_crypto::{KeyId, Passphrase};
-
-/// How a registered component takes part in backups.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct ComponentOptions {
-    /// Part of a standard backup.
-    pub default: bool,
-    /// Components that must be in the same backup.
-    pub requires: Vec<String>,
-    /// Holds audit records (a standard backup includes it only with `include_audits`).
-    pub audit: bool,
-}
-
-impl Default for ComponentOptions {
-    fn default() -> Self {
-        ComponentOptions {
-            default: true,
-            requires: Vec::new(),
-            audit: false,
-        }
-    }
-}
-
-pub(crate) struct Registered {
-    pub(crate) component: Arc<dyn Component>,
-    pub(crate) options: ComponentOptions,
-}
 
 /// Builds an [`Engine`] from a [`Config`].
 pub struct EngineBuilder {
@@ -192,153 +161,6 @@ impl EngineBuilder {
     }
 }
 
-/// What `create` should do.
-#[derive(Debug, Clone, Default)]
-#[non_exhaustive]
-pub struct CreateOptions {
-    /// A custom backup of these components (empty: a standard backup).
-    pub components: Vec<String>,
-    /// Include audit components.
-    pub include_audits: bool,
-    /// Fail at the first failing component and publish nothing.
-    pub halt: bool,
-    /// Write the image to this file instead of the configured storage
-    /// (`-`: standard output, or `output_stream` if set).
-    pub output: Option<PathBuf>,
-    /// With `output` = `-`: the stream the image goes to instead of this
-    /// process's standard output. A frontend that must keep everything but
-    /// the image off standard output passes a duplicate of it here and then
-    /// points standard output elsewhere.
-    pub output_stream: Option<Arc<std::fs::File>>,
-    /// Started by the schedule (recorded in status and audit log).
-    pub scheduled: bool,
-}
-
-/// The result of a backup that published an image.
-#[derive(Debug, Clone, Serialize)]
-pub struct CreateReport {
-    /// Image name (or file path with `output`).
-    pub image: String,
-    /// Where it was published.
-    pub location: String,
-    /// `success` or `partial`.
-    pub outcome: Outcome,
-    /// Image size in bytes.
-    pub size: u64,
-    /// `backup.json`.
-    pub info: BackupInfo,
-    /// `manifest.json`.
-    pub manifest: Manifest,
-    /// Components that were not applicable and left out of a standard backup.
-    pub not_applicable: Vec<String>,
-    /// Set if the sidecar manifest could not be stored (the image is fine).
-    pub sidecar_error: Option<String>,
-    /// Images deleted by the retention policy after this backup.
-    pub pruned: Vec<String>,
-}
-
-/// An image in the storage.
-#[derive(Debug, Clone, Serialize)]
-pub struct ImageSummary {
-    /// Object name.
-    pub name: String,
-    /// Size in bytes.
-    pub size: u64,
-    /// Time/node/role from the name.
-    #[serde(skip)]
-    pub parsed: Option<ParsedName>,
-    /// Its sidecar manifest, if readable.
-    pub sidecar: Option<Sidecar>,
-    /// Why the sidecar could not be read.
-    pub sidecar_error: Option<String>,
-    /// Which components it set out to hold (from the sidecar).
-    pub selection: Option<ImageSelection>,
-    /// How much of a standard backup it holds, as retention judges it.
-    pub coverage: Coverage,
-    /// The size the image was written with, from its sidecar.
-    pub expected_size: Option<u64>,
-    /// The stored size differs from `expected_size`: the image is truncated
-    /// (or grew) and will not verify or restore.
-    pub size_mismatch: bool,
-}
-
-/// Which components an image set out to hold, as `list` and `show` name it:
-/// `standard`, `standard+audits`, or `custom: NAME, …`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum ImageSelection {
-    /// A standard backup: every applicable default component.
-    Standard {
-        /// With the audit components (`--include-audits`).
-        audits: bool,
-    },
-    /// A custom backup of these components.
-    Custom {
-        /// The components it set out to take, in archive order.
-        components: Vec<String>,
-    },
-}
-
-impl std::fmt::Display for ImageSelection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ImageSelection::Standard { audits: false } => f.write_str("standard"),
-            ImageSelection::Standard { audits: true } => f.write_str("standard+audits"),
-            ImageSelection::Custom { components } => {
-                write!(f, "custom: {}", components.join(", "))
-            }
-        }
-    }
-}
-
-/// Details of one image.
-#[derive(Debug, Clone, Serialize)]
-pub struct ImageDetails {
-    /// Name or path.
-    pub image: String,
-    /// Size in bytes, if known.
-    pub size: Option<u64>,
-    /// `backup.json`.
-    pub info: BackupInfo,
-    /// `manifest.json`.
-    pub manifest: Manifest,
-    /// `sidecar` (read from the sidecar manifest) or `image` (read from the image itself).
-    pub source: &'static str,
-    /// Which components it set out to hold.
-    pub selection: ImageSelection,
-}
-
-/// The result of a full verification.
-#[derive(Debug, Clone, Serialize)]
-pub struct VerifyReport {
-    /// Name or path.
-    pub image: String,
-    /// Encrypted bytes read.
-    pub size: u64,
-    /// `backup.json`.
-    pub info: BackupInfo,
-    /// `manifest.json`.
-    pub manifest: Manifest,
-    /// Components whose entries were checked against the manifest.
-    pub verified: Vec<String>,
-}
-
-/// Where an `IMAGE` argument points.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum ImageLoc {
-    File(PathBuf),
-    Stored(String),
-}
-
-impl ImageLoc {
-    pub(crate) fn shown(&self) -> String {
-        match self {
-            ImageLoc::File(p) => p.display().to_string(),
-            ImageLoc::Stored(n) => n.clone(),
-        }
-    }
-}
-
 /// The backup engine of one appliance.
 pub struct Engine {
     pub(crate) config: Config,
@@ -346,8 +168,10 @@ pub struct Engine {
     /// The group image files are given (`[storage] group`), as an id.
     pub(crate) file_group: Option<u32>,
     pub(crate) components: Vec<Registered>,
+    /// The actor of a call that names none.
     pub(crate) actor: String,
     pub(crate) keys: Arc<Keys>,
+    /// The progress sink of a call that sets none.
     pub(crate) progress: Arc<dyn Progress>,
 }
 
@@ -378,64 +202,72 @@ impl Engine {
     /// capacity preflight, a log file, and retention after success. Fails with
     /// [`Error::Busy`] (recorded as skipped) if another operation runs.
     pub async fn create(&self, opts: &CreateOptions) -> Result<CreateReport> {
-        crate::backup::create(self, opts).await
+        crate::backup::create(&self.context(&Call::default()), opts).await
     }
 
     /// What a retention run would delete (`dry_run`) or deletes, under the lock.
     pub async fn prune(&self, dry_run: bool) -> Result<Vec<RetentionDecision>> {
-        crate::retention::prune(self, dry_run).await
+        crate::retention::prune(&self.context(&Call::default()), dry_run).await
     }
 
     /// Verifies an image (audited).
-    pub async fn verify(&self, image: &str) -> Result<VerifyReport> {
-        crate::verify::verify(self, image).await
+    pub async fn verify(&self, image: impl Into<ImageRef>) -> Result<VerifyReport> {
+        crate::verify::verify(&self.context(&Call::default()), &image.into()).await
     }
 
     /// Writes an image's decrypted payload to `out` (audited).
-    pub async fn decrypt(&self, image: &str, out: &Path) -> Result<u64> {
-        crate::transfer::decrypt(self, image, out).await
+    pub async fn decrypt(&self, image: impl Into<ImageRef>, out: &Path) -> Result<u64> {
+        crate::transfer::decrypt(&self.context(&Call::default()), &image.into(), out).await
     }
 
     /// Seals a payload file into an image (audited), after reading it as
     /// restore would: a payload restore would refuse is not sealed.
     pub async fn encrypt(&self, input: &Path, out: &Path) -> Result<u64> {
-        crate::transfer::encrypt(self, input, out, false).await
+        crate::transfer::encrypt(&self.context(&Call::default()), input, out, false).await
     }
 
     /// Seals an edited payload into an image (audited as `encrypt`),
     /// recording the payload's current content in its manifest: the image
     /// then vouches for the edit. Everything else restore checks is checked.
     pub async fn encrypt_rehash(&self, input: &Path, out: &Path) -> Result<u64> {
-        crate::transfer::encrypt(self, input, out, true).await
+        crate::transfer::encrypt(&self.context(&Call::default()), input, out, true).await
     }
 
     /// Downloads an image to a local file (atomically), for carrying it to a
     /// replacement machine. Audited.
-    pub async fn fetch(&self, image: &str, out: &Path) -> Result<u64> {
-        crate::transfer::fetch(self, image, out).await
+    pub async fn fetch(&self, image: impl Into<ImageRef>, out: &Path) -> Result<u64> {
+        crate::transfer::fetch(&self.context(&Call::default()), &image.into(), out).await
     }
 
     /// One level of the storage (or, for an image name, its details).
     pub async fn browse(&self, path: &str) -> Result<Browse> {
-        crate::browse::browse(self, path).await
+        crate::browse::browse(&self.context(&Call::default()), path).await
     }
 
     /// Presigned GET links for images (all images when `images` is empty).
     /// Backends that cannot presign fail with a clear "unsupported" error.
     /// Audited (the URLs themselves are never logged).
     pub async fn links(&self, images: &[String], expires: Duration) -> Result<Vec<DownloadLink>> {
-        crate::browse::links(self, images, expires).await
+        crate::browse::links(&self.context(&Call::default()), images, expires).await
     }
 
     /// Restores an image under the operation lock (audited, in the status).
-    pub async fn restore(&self, image: &str, opts: &RestoreOptions) -> Result<RestoreReport> {
-        crate::restore::run(self, image, opts).await
+    pub async fn restore(
+        &self,
+        image: impl Into<ImageRef>,
+        opts: &RestoreOptions,
+    ) -> Result<RestoreReport> {
+        crate::restore::run(&self.context(&Call::default()), &image.into(), opts).await
     }
 
     /// What restoring `image` with `opts` would replace, add, remove and
     /// keep, writing nothing but the audit record (`restore.dry-run`).
-    pub async fn restore_plan(&self, image: &str, opts: &RestoreOptions) -> Result<RestorePlan> {
-        crate::restore::dry_run(self, image, opts).await
+    pub async fn restore_plan(
+        &self,
+        image: impl Into<ImageRef>,
+        opts: &RestoreOptions,
+    ) -> Result<RestorePlan> {
+        crate::restore::dry_run(&self.context(&Call::default()), &image.into(), opts).await
     }
 
     /// Replaces the keyslot in the headers of images (and their sidecars)
@@ -444,8 +276,8 @@ impl Engine {
     /// in place, where the storage can rewrite objects (local and NFS); says
     /// which it could not. An image keeps its master key: only who can
     /// unwrap it from the header changes.
-    pub async fn rewrap(&self, images: &[String]) -> Result<Vec<(String, RewrapResult)>> {
-        crate::keys::rewrap::rewrap(self, images).await
+    pub async fn rewrap(&self, images: &[ImageRef]) -> Result<Vec<(String, RewrapResult)>> {
+        crate::keys::rewrap::rewrap(&self.context(&Call::default()), images).await
     }
 
     /// Runs scheduled backups until `shutdown` turns true. A stop request
@@ -453,7 +285,7 @@ impl Engine {
     /// first (it is never left half-published). Runs missed while no daemon
     /// was running are reported (warning, audit log), not replayed.
     pub async fn run_daemon(&self, shutdown: tokio::sync::watch::Receiver<bool>) -> Result<()> {
-        crate::daemon::run(self, shutdown).await
+        crate::daemon::run(&self.context(&Call::default()), shutdown).await
     }
 
     /// Audits an operation a frontend carried out itself (key check/rotate).
@@ -464,33 +296,39 @@ impl Engine {
         result: &Result<T>,
         started: std::time::Instant,
     ) {
-        crate::runs::audit_public(self, operation, target, result, started)
+        crate::runs::audit_public(
+            &self.context(&Call::default()),
+            operation,
+            target,
+            result,
+            started,
+        )
     }
 
     /// The log lines kept for a backup.
     pub fn backup_log(&self, image: &str) -> Result<String> {
-        crate::runs::backup_log(self, image)
+        crate::runs::backup_log(&self.context(&Call::default()), image)
     }
 
     /// The status as an operator sees it.
     pub fn status(&self) -> Result<StatusView> {
-        crate::runs::status(self)
+        crate::runs::status(&self.context(&Call::default()))
     }
 
     /// Audit records since `since`.
     pub fn audit_records(&self, since: Option<DateTime<Utc>>) -> Result<Vec<AuditRecord>> {
-        crate::runs::audit_records(self, since)
+        crate::runs::audit_records(&self.context(&Call::default()), since)
     }
 
     /// Sets the domain master secret of a new appliance (audited as
     /// `key.init`); `passphrase` is asked only if the appliance has none yet.
     pub fn init_keys(&self, passphrase: impl FnOnce() -> Result<Passphrase>) -> Result<KeyId> {
-        crate::keys::init(self, passphrase)
+        crate::keys::init(&self.context(&Call::default()), passphrase)
     }
 
     /// Checks a secret against the keyring (audited as `key.check`).
     pub fn check_key(&self, current: impl FnOnce() -> Result<Passphrase>) -> Result<KeyId> {
-        crate::keys::check(self, current)
+        crate::keys::check(&self.context(&Call::default()), current)
     }
 
     /// Replaces the domain master secret, keeping the previous master key in
@@ -500,17 +338,41 @@ impl Engine {
         current: impl FnOnce() -> Result<Passphrase>,
         new: impl FnOnce() -> Result<Passphrase>,
     ) -> Result<Rotation> {
-        crate::keys::rotate(self, current, new)
+        crate::keys::rotate(&self.context(&Call::default()), current, new)
     }
 
     /// Lists the images in the storage (newest last) with their sidecars.
     pub async fn list(&self) -> Result<Vec<ImageSummary>> {
-        crate::images::list(self).await
+        crate::images::list(&self.context(&Call::default())).await
     }
 
     /// Details of an image: from its sidecar when it has one, else by reading it.
-    pub async fn show(&self, image: &str) -> Result<ImageDetails> {
-        crate::images::show(self, image).await
+    pub async fn show(&self, image: impl Into<ImageRef>) -> Result<ImageDetails> {
+        crate::images::show(&self.context(&Call::default()), &image.into()).await
+    }
+
+    /// The engine for one call: its operations run with the call's actor,
+    /// progress sink and trigger (the engine's defaults where it sets none).
+    /// Callers may hold many at once; runs that need the operation lock
+    /// still go one at a time.
+    pub fn with_call(&self, call: Call) -> EngineCall<'_> {
+        EngineCall { engine: self, call }
+    }
+
+    /// The view of the engine an operation of `call` runs with.
+    pub(crate) fn context(&self, call: &Call) -> Context<'_> {
+        Context::new(
+            Shared {
+                config: &self.config,
+                storage: &self.storage,
+                file_group: self.file_group,
+                components: &self.components,
+                keys: &self.keys,
+                actor: &self.actor,
+                progress: &self.progress,
+            },
+            call,
+        )
     }
 
     /// The configuration.
@@ -530,218 +392,130 @@ impl Engine {
             .map(|c| c.component.name().to_string())
             .collect()
     }
-
-    /// Whether a registered component holds audit records.
-    pub(crate) fn is_audit_component(&self, name: &str) -> bool {
-        self.components
-            .iter()
-            .any(|c| c.component.name() == name && c.options.audit)
-    }
-
-    pub(crate) fn component(&self, name: &str) -> Option<&Arc<dyn Component>> {
-        self.components
-            .iter()
-            .find(|c| c.component.name() == name)
-            .map(|c| &c.component)
-    }
 }
 
-/// Services the operation modules share: the state directory, the audit
-/// log, warnings, scratch space and backup logs.
-impl Engine {
-    pub(crate) fn state_dir(&self) -> &Path {
-        &self.config.appliance.state_dir
+/// An [`Engine`] serving one [`Call`] (see [`Engine::with_call`]).
+#[derive(Debug)]
+pub struct EngineCall<'e> {
+    engine: &'e Engine,
+    call: Call,
+}
+
+impl EngineCall<'_> {
+    fn context(&self) -> Context<'_> {
+        self.engine.context(&self.call)
     }
-    pub(crate) fn audit_log(&self) -> AuditLog {
-        AuditLog::in_state_dir(self.state_dir())
+
+    /// [`Error::Busy`] (recorded as skipped) if another operation runs.
+    pub async fn create(&self, opts: &CreateOptions) -> Result<CreateReport> {
+        crate::backup::create(&self.context(), opts).await
     }
-    /// Appends an audit record; a failure to write it is reported, not fatal.
-    pub(crate) fn audit(
+
+    /// What a retention run would delete (`dry_run`) or deletes, under the lock.
+    pub async fn prune(&self, dry_run: bool) -> Result<Vec<RetentionDecision>> {
+        crate::retention::prune(&self.context(), dry_run).await
+    }
+
+    /// Verifies an image (audited).
+    pub async fn verify(&self, image: impl Into<ImageRef>) -> Result<VerifyReport> {
+        crate::verify::verify(&self.context(), &image.into()).await
+    }
+
+    /// Writes an image's decrypted payload to `out` (audited).
+    pub async fn decrypt(&self, image: impl Into<ImageRef>, out: &Path) -> Result<u64> {
+        crate::transfer::decrypt(&self.context(), &image.into(), out).await
+    }
+
+    /// restore would: a payload restore would refuse is not sealed.
+    pub async fn encrypt(&self, input: &Path, out: &Path) -> Result<u64> {
+        crate::transfer::encrypt(&self.context(), input, out, false).await
+    }
+
+    /// then vouches for the edit. Everything else restore checks is checked.
+    pub async fn encrypt_rehash(&self, input: &Path, out: &Path) -> Result<u64> {
+        crate::transfer::encrypt(&self.context(), input, out, true).await
+    }
+
+    /// replacement machine. Audited.
+    pub async fn fetch(&self, image: impl Into<ImageRef>, out: &Path) -> Result<u64> {
+        crate::transfer::fetch(&self.context(), &image.into(), out).await
+    }
+
+    /// One level of the storage (or, for an image name, its details).
+    pub async fn browse(&self, path: &str) -> Result<Browse> {
+        crate::browse::browse(&self.context(), path).await
+    }
+
+    /// Audited (the URLs themselves are never logged).
+    pub async fn links(&self, images: &[String], expires: Duration) -> Result<Vec<DownloadLink>> {
+        crate::browse::links(&self.context(), images, expires).await
+    }
+
+    /// Restores an image under the operation lock (audited, in the status).
+    pub async fn restore(
         &self,
-        operation: &str,
+        image: impl Into<ImageRef>,
+        opts: &RestoreOptions,
+    ) -> Result<RestoreReport> {
+        crate::restore::run(&self.context(), &image.into(), opts).await
+    }
+
+    /// keep, writing nothing but the audit record (`restore.dry-run`).
+    pub async fn restore_plan(
+        &self,
+        image: impl Into<ImageRef>,
+        opts: &RestoreOptions,
+    ) -> Result<RestorePlan> {
+        crate::restore::dry_run(&self.context(), &image.into(), opts).await
+    }
+
+    /// unwrap it from the header changes.
+    pub async fn rewrap(&self, images: &[ImageRef]) -> Result<Vec<(String, RewrapResult)>> {
+        crate::keys::rewrap::rewrap(&self.context(), images).await
+    }
+
+    /// was running are reported (warning, audit log), not replayed.
+    pub async fn run_daemon(&self, shutdown: tokio::sync::watch::Receiver<bool>) -> Result<()> {
+        crate::daemon::run(&self.context(), shutdown).await
+    }
+
+    /// Audits an operation a frontend carried out itself (key check/rotate).
+    pub fn audit_public<T>(
+        &self,
+        operation: Operation,
         target: &str,
-        outcome: &str,
-        bytes: u64,
-        started: Instant,
-        error: Option<String>,
+        result: &Result<T>,
+        started: std::time::Instant,
     ) {
-        let record = AuditRecord {
-            time: Utc::now(),
-            actor: self.actor.clone(),
-            operation: operation.to_string(),
-            target: target.to_string(),
-            outcome: outcome.to_string(),
-            bytes,
-            duration_ms: started.elapsed().as_millis() as u64,
-            error,
-        };
-        if let Err(e) = self.audit_log().append(&record) {
-            self.warn(format!("the audit log could not be written: {e}"));
-        }
+        crate::runs::audit_public(&self.context(), operation, target, result, started)
     }
-    /// A warning for the operator, through the progress sink.
-    pub(crate) fn warn(&self, message: String) {
-        self.progress.event(&Event::Warning {
-            component: None,
-            message,
-        });
+
+    /// `key.init`); `passphrase` is asked only if the appliance has none yet.
+    pub fn init_keys(&self, passphrase: impl FnOnce() -> Result<Passphrase>) -> Result<KeyId> {
+        crate::keys::init(&self.context(), passphrase)
     }
-    /// Runs `fut` as `op` on `target` (see [`RunGuard`]), audited.
-    pub(crate) async fn audited<T, F>(
+
+    /// Checks a secret against the keyring (audited as `key.check`).
+    pub fn check_key(&self, current: impl FnOnce() -> Result<Passphrase>) -> Result<KeyId> {
+        crate::keys::check(&self.context(), current)
+    }
+
+    /// the keyring (audited as `key.rotate`, refused attempts included).
+    pub fn rotate_key(
         &self,
-        op: Operation,
-        target: &str,
-        bytes: impl Fn(&T) -> u64,
-        fut: F,
-    ) -> Result<T>
-    where
-        F: Future<Output = Result<T>>,
-    {
-        let guard = RunGuard::start(self, op, target)?;
-        let result = fut.await;
-        guard.audit_result(target, &result, bytes);
-        result
+        current: impl FnOnce() -> Result<Passphrase>,
+        new: impl FnOnce() -> Result<Passphrase>,
+    ) -> Result<Rotation> {
+        crate::keys::rotate(&self.context(), current, new)
     }
-    /// Removes scratch space left by runs that are gone (see
-    /// [`crate::util::remove_stale_scratch`]), saying so.
-    pub(crate) fn remove_stale_scratch(&self, holding_lock: bool) {
-        for path in crate::util::remove_stale_scratch(self.state_dir(), holding_lock) {
-            self.progress.event(&Event::Step {
-                message: format!(
-                    "removed the scratch space of a run that is gone: {}",
-                    path.display()
-                ),
-            });
-        }
-    }
-    pub(crate) fn log_path(&self, image: &str) -> PathBuf {
-        let base = image.rsplit('/').next().unwrap_or(image);
-        self.state_dir().join(LOGS_DIR).join(format!("{base}.log"))
-    }
-}
 
-/// A visitor that only lets the walk check things.
-pub(crate) struct NullVisitor;
-
-impl Visitor for NullVisitor {
-    fn info(&mut self, _info: &BackupInfo) -> Result<()> {
-        Ok(())
+    /// Lists the images in the storage (newest last) with their sidecars.
+    pub async fn list(&self) -> Result<Vec<ImageSummary>> {
+        crate::images::list(&self.context()).await
     }
-    fn entry(&mut self, _c: &str, _e: &reader::EntryView<'_>, _d: &mut dyn Read) -> Result<()> {
-        Ok(())
-    }
-}
 
-pub(crate) fn join_error(e: tokio::task::JoinError) -> Error {
-    Error::io(
-        "a worker thread failed",
-        std::io::Error::other(e.to_string()),
-    )
-}
-
-/// A local file as a storage destination (temp name, fsync, rename; mode
-/// 0600, or 0640 with the configured group).
-pub(crate) fn local_destination(
-    path: &Path,
-    group: Option<u32>,
-) -> Result<(Arc<dyn Storage>, String)> {
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| Error::Input(format!("{} is not a usable file name", path.display())))?
-        .to_string();
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    Ok((
-        Arc::new(LocalStorage::new(&parent)?.with_group(group)),
-        name,
-    ))
-}
-
-/// Streams an encrypted image into `storage` under `name` (never overwriting).
-///
-/// Three stages run at once, joined by bounded queues, so the slowest sets
-/// the pace and memory stays fixed: `produce` writes the payload on a
-/// blocking thread (tar, and the codec, which fans out to its own compression
-/// threads); a second blocking thread encrypts; the async upload sends.
-/// On any failure the upload is aborted, so nothing appears under `name`.
-pub(crate) async fn write_sealed<T, F>(
-    storage: Arc<dyn Storage>,
-    name: String,
-    mk: MasterKey,
-    slot: Keyslot,
-    created: DateTime<Utc>,
-    produce: F,
-) -> Result<(T, u64)>
-where
-    T: Send + 'static,
-    F: FnOnce(&mut dyn Write) -> Result<T> + Send + 'static,
-{
-    let mut upload = storage
-        .put_opts(&name, PutOptions::mode(PutMode::Create))
-        .await?;
-    let (tx, mut rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
-    let (plain_tx, mut plain_rx) = pipe::pipe(pipe::PIPE_DEPTH);
-    // `Ok(None)`: the payload ended without its end marker, i.e. the
-    // producer failed (its own error says why); the image is then *not*
-    // finished, so no valid-looking truncated image can be sealed.
-    let encryptor = tokio::task::spawn_blocking(move || -> Result<Option<u64>> {
-        let io_err = |e| Error::from_pipeline_io("encrypting the image", e);
-        let mut sealed =
-            EncryptWriter::new(ChannelWriter::new(tx), &mk, &slot, created.timestamp())?;
-        loop {
-            match plain_rx.recv_chunk() {
-                Ok(Some(chunk)) => {
-                    sealed.write_all(&chunk).map_err(io_err)?;
-                    plain_rx.recycle(chunk);
-                }
-                Ok(None) => break,
-                Err(_) => return Ok(None),
-            }
-        }
-        let size = sealed.finish()?.finish().map_err(io_err)?;
-        Ok(Some(size))
-    });
-    let producer = tokio::task::spawn_blocking(move || -> Result<T> {
-        let mut plain = plain_tx;
-        let value = produce(&mut plain)?;
-        plain
-            .finish()
-            .map_err(|e| Error::from_pipeline_io("writing the image", e))?;
-        Ok(value)
-    });
-    let mut upload_error = None;
-    while let Some(chunk) = rx.recv().await {
-        if let Err(e) = upload.write(chunk).await {
-            upload_error = Some(e);
-            break;
-        }
-    }
-    drop(rx);
-    let produced = producer.await.map_err(join_error).and_then(|r| r);
-    let sealed = encryptor.await.map_err(join_error).and_then(|r| r);
-    // The first cause wins: the storage, then the encryption stage (whose
-    // failure makes the producer's writes fail), then the producer.
-    let outcome = match (upload_error, sealed, produced) {
-        (Some(e), _, _) => Err(e.into()),
-        (None, Err(e), _) => Err(e),
-        (None, Ok(_), Err(e)) => Err(e),
-        (None, Ok(None), Ok(_)) => Err(Error::from_pipeline_io(
-            "writing the image",
-            std::io::Error::other("the payload stream stopped before its end"),
-        )),
-        (None, Ok(Some(size)), Ok(value)) => Ok((value, size)),
-    };
-    match outcome {
-        Ok(done) => {
-            upload.complete().await?;
-            Ok(done)
-        }
-        Err(e) => {
-            let _ = upload.abort().await;
-            Err(e)
-        }
+    /// Details of an image: from its sidecar when it has one, else by reading it.
+    pub async fn show(&self, image: impl Into<ImageRef>) -> Result<ImageDetails> {
+        crate::images::show(&self.context(), &image.into()).await
     }
 }

@@ -1,11 +1,12 @@
 //! The choreography around every operation, written once: the lock (and the
 //! record of a run skipped for it), the status file, the hooks and the audit
 //! record.
+use std::future::Future;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 
-use crate::engine::Engine;
+use crate::context::Context;
 use crate::image::Outcome;
 use crate::ops::hooks::{run_hook, HookEnv};
 use crate::ops::lock::OperationLock;
@@ -108,7 +109,7 @@ impl Operation {
 /// operation takes it), keeps the status file, runs the hooks and writes the
 /// audit record.
 pub(crate) struct RunGuard<'e> {
-    engine: &'e Engine,
+    engine: &'e Context<'e>,
     op: Operation,
     started: Instant,
     lock: Option<OperationLock>,
@@ -125,7 +126,11 @@ impl<'e> RunGuard<'e> {
     /// audit log, a warning) and this fails with [`Error::Busy`]. One shown
     /// in the status takes over the record of a run that never finished.
     /// Scratch space of runs that are gone is removed.
-    pub(crate) fn start(engine: &'e Engine, op: Operation, target: &str) -> Result<RunGuard<'e>> {
+    pub(crate) fn start(
+        engine: &'e Context<'e>,
+        op: Operation,
+        target: &str,
+    ) -> Result<RunGuard<'e>> {
         let started = Instant::now();
         let store = StatusStore::in_state_dir(engine.state_dir());
         let mut guard = RunGuard {
@@ -342,6 +347,27 @@ impl<'e> RunGuard<'e> {
     }
 }
 
+/// Runs an operation that needs no more of the choreography than the
+/// guard's start and audit record.
+impl Context<'_> {
+    /// Runs `fut` as `op` on `target` (see [`RunGuard`]), audited.
+    pub(crate) async fn audited<T, F>(
+        &self,
+        op: Operation,
+        target: &str,
+        bytes: impl Fn(&T) -> u64,
+        fut: F,
+    ) -> Result<T>
+    where
+        F: Future<Output = Result<T>>,
+    {
+        let guard = RunGuard::start(self, op, target)?;
+        let result = fut.await;
+        guard.audit_result(target, &result, bytes);
+        result
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -357,7 +383,8 @@ mod tests {
             state.display().to_string()
         );
         let config = crate::Config::parse(&text, std::path::Path::new("test.toml")).unwrap();
-        let engine = Engine::builder(config).build().unwrap();
+        let engine = crate::Engine::builder(config).build().unwrap();
+        let engine = engine.context(&crate::Call::default());
         let held = OperationLock::acquire(&state, Operation::Restore.status_name()).unwrap();
 
         let err = RunGuard::start(&engine, Operation::ScheduledBackup, "-")

@@ -4,21 +4,24 @@
 
 use std::collections::BTreeSet;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use backup_crypto::{Header, ImageReader, HEADER_LEN};
 use backup_storage::StorageExt;
 
-use crate::engine::{
-    join_error, CreateOptions, Engine, ImageDetails, ImageLoc, ImageSelection, ImageSummary,
-    NullVisitor,
-};
+use serde::Serialize;
+
+use crate::backup::CreateOptions;
+use crate::context::Context;
+use crate::image::reader::NullVisitor;
 use crate::image::reader::{self, Visitor, WalkResult};
 use crate::image::{
     parse_image_name, sidecar_name, BackupInfo, Outcome, Selection, Sidecar, IMAGE_EXT,
 };
+use crate::image::{Manifest, ParsedName};
 use crate::ops::retention::Coverage;
 use crate::progress::Event;
+use crate::util::join_error;
 use crate::{Error, Result};
 
 /// Largest sidecar manifest read.
@@ -31,7 +34,7 @@ const MAX_SIDECAR: u64 = 16 << 20;
 /// size that differs from the recorded one disqualifies the sidecar is
 /// the caller's call. Fails only where reading the image would fail too
 /// (storage errors, a passphrase that is needed and not given).
-async fn read_sidecar(engine: &Engine, name: &str) -> Result<SidecarRead> {
+async fn read_sidecar(engine: &Context<'_>, name: &str) -> Result<SidecarRead> {
     let Some(storage) = &engine.storage else {
         return Ok(SidecarRead::Missing);
     };
@@ -87,7 +90,7 @@ async fn read_sidecar(engine: &Engine, name: &str) -> Result<SidecarRead> {
 }
 /// The size of an image and its encryption header (`None` when the
 /// header does not parse: reading the image reports that, truthfully).
-async fn image_header(engine: &Engine, name: &str) -> Result<(u64, Option<Header>)> {
+async fn image_header(engine: &Context<'_>, name: &str) -> Result<(u64, Option<Header>)> {
     let storage = engine
         .storage
         .as_ref()
@@ -110,7 +113,7 @@ async fn image_header(engine: &Engine, name: &str) -> Result<(u64, Option<Header
 /// the image has none, and also when the sidecar does not open or does
 /// not match the image (key id, name, size), after a warning saying so,
 /// so that the caller reads the image itself instead.
-pub(crate) async fn sidecar(engine: &Engine, name: &str) -> Result<Option<Sidecar>> {
+pub(crate) async fn sidecar(engine: &Context<'_>, name: &str) -> Result<Option<Sidecar>> {
     let why = match read_sidecar(engine, name).await? {
         SidecarRead::Missing => return Ok(None),
         SidecarRead::Found(s, size) if s.image_size == size => return Ok(Some(*s)),
@@ -131,12 +134,12 @@ pub(crate) async fn sidecar(engine: &Engine, name: &str) -> Result<Option<Sideca
 }
 /// The component names a standard backup takes now (`None` when no
 /// standard backup could run: then no image counts as full).
-fn standard_set(engine: &Engine) -> Option<BTreeSet<String>> {
+fn standard_set(engine: &Context<'_>) -> Option<BTreeSet<String>> {
     let plan = crate::backup::plan(engine, &CreateOptions::default()).ok()?;
     Some(plan.component_names().map(str::to_string).collect())
 }
 /// Which components an image set out to hold.
-pub(crate) fn selection_of(engine: &Engine, info: &BackupInfo) -> ImageSelection {
+pub(crate) fn selection_of(engine: &Context<'_>, info: &BackupInfo) -> ImageSelection {
     match info.selection {
         Selection::Standard => ImageSelection::Standard {
             audits: info.components.iter().any(|c| is_audit(engine, &c.name)),
@@ -148,7 +151,7 @@ pub(crate) fn selection_of(engine: &Engine, info: &BackupInfo) -> ImageSelection
 }
 /// Whether `name` holds audit records: as registered, or (for a component
 /// this appliance no longer has) by the configuration's default rule.
-fn is_audit(engine: &Engine, name: &str) -> bool {
+fn is_audit(engine: &Context<'_>, name: &str) -> bool {
     match engine
         .components
         .iter()
@@ -178,7 +181,7 @@ fn coverage_of(sidecar: &Sidecar, standard: Option<&BTreeSet<String>>) -> Covera
     }
 }
 /// Lists the images in the storage (newest last) with their sidecars.
-pub(crate) async fn list(engine: &Engine) -> Result<Vec<ImageSummary>> {
+pub(crate) async fn list(engine: &Context<'_>) -> Result<Vec<ImageSummary>> {
     let storage = engine
         .storage
         .as_ref()
@@ -227,24 +230,14 @@ pub(crate) async fn list(engine: &Engine) -> Result<Vec<ImageSummary>> {
     }
     Ok(out)
 }
-/// Resolves an `IMAGE` argument: an existing file path (or anything with a
-/// `/`) is a file; otherwise a name in the configured storage.
-pub(crate) fn locate(engine: &Engine, image: &str) -> ImageLoc {
-    let path = Path::new(image);
-    if path.is_file() || image.contains('/') || engine.storage.is_none() {
-        ImageLoc::File(path.to_path_buf())
-    } else {
-        ImageLoc::Stored(image.to_string())
-    }
-}
 /// Opens an image's encrypted bytes as a blocking `Read` (call from async
 /// context; use the reader on a blocking thread).
 pub(crate) async fn open_raw(
-    engine: &Engine,
-    loc: &ImageLoc,
+    engine: &Context<'_>,
+    loc: &ImageRef,
 ) -> Result<(Box<dyn Read + Send>, Option<u64>)> {
     match loc {
-        ImageLoc::File(p) => {
+        ImageRef::File(p) => {
             let f = std::fs::File::open(p).map_err(|e| {
                 if e.kind() == std::io::ErrorKind::NotFound {
                     Error::NotFound(format!(
@@ -263,11 +256,8 @@ pub(crate) async fn open_raw(
             let size = f.metadata().ok().map(|m| m.len());
             Ok((Box::new(f), size))
         }
-        ImageLoc::Stored(name) => {
-            let storage = engine
-                .storage
-                .as_ref()
-                .expect("stored images need a storage");
+        ImageRef::Stored(name) => {
+            let storage = crate::browse::need_storage(engine, "read an image from")?;
             let got = storage.get_opts(name, None).await?;
             let size = Some(got.meta.size);
             Ok((
@@ -279,8 +269,8 @@ pub(crate) async fn open_raw(
 }
 /// Reads a whole image on a blocking thread, checking everything.
 pub(crate) async fn walk_image<V: Visitor + Send + 'static>(
-    engine: &Engine,
-    loc: &ImageLoc,
+    engine: &Context<'_>,
+    loc: &ImageRef,
     mut visitor: V,
 ) -> Result<(WalkResult, u64, V)> {
     let (raw, size) = open_raw(engine, loc).await?;
@@ -290,7 +280,7 @@ pub(crate) async fn walk_image<V: Visitor + Send + 'static>(
     // The sidecar is authenticated and names this image, so a size that
     // differs from the one it records is the image's doing; a sidecar
     // that does not open or names another image proves nothing.
-    if let (ImageLoc::Stored(name), Some(size)) = (loc, size) {
+    if let (ImageRef::Stored(name), Some(size)) = (loc, size) {
         if let Ok(SidecarRead::Found(s, _)) = read_sidecar(engine, name).await {
             if s.image_size != size {
                 return Err(Error::ImageSize {
@@ -318,9 +308,9 @@ pub(crate) async fn walk_image<V: Visitor + Send + 'static>(
     .map_err(join_error)?
 }
 /// Details of an image: from its sidecar when it has one, else by reading it.
-pub(crate) async fn show(engine: &Engine, image: &str) -> Result<ImageDetails> {
-    let loc = locate(engine, image);
-    if let ImageLoc::Stored(name) = &loc {
+pub(crate) async fn show(engine: &Context<'_>, image: &ImageRef) -> Result<ImageDetails> {
+    let loc = image;
+    if let ImageRef::Stored(name) = &loc {
         if let Some(s) = sidecar(engine, name).await? {
             return Ok(ImageDetails {
                 image: name.clone(),
@@ -332,7 +322,7 @@ pub(crate) async fn show(engine: &Engine, image: &str) -> Result<ImageDetails> {
             });
         }
     }
-    let (walked, size, _) = walk_image(engine, &loc, NullVisitor).await?;
+    let (walked, size, _) = walk_image(engine, loc, NullVisitor).await?;
     Ok(ImageDetails {
         image: loc.shown(),
         size: Some(size),
@@ -382,4 +372,142 @@ impl<R: Read> Read for CountingReader<R> {
         self.count += n as u64;
         Ok(n)
     }
+}
+
+/// Which image an operation reads: a name in the configured storage, or a
+/// local file. The engine never guesses one from the other; a front-end
+/// that takes free-form arguments decides (the CLI: an existing file, or
+/// anything with a `/`, is a file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageRef {
+    /// An image in the configured storage, by name.
+    Stored(String),
+    /// An image file on this machine.
+    File(PathBuf),
+}
+
+impl ImageRef {
+    /// The name or path, as status, audit log and reports show it.
+    pub(crate) fn shown(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl std::fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ImageRef::File(p) => write!(f, "{}", p.display()),
+            ImageRef::Stored(n) => f.write_str(n),
+        }
+    }
+}
+
+/// A name is a stored image, never a file.
+impl From<&str> for ImageRef {
+    fn from(name: &str) -> Self {
+        ImageRef::Stored(name.to_string())
+    }
+}
+
+/// A name is a stored image, never a file.
+impl From<&String> for ImageRef {
+    fn from(name: &String) -> Self {
+        ImageRef::Stored(name.clone())
+    }
+}
+
+/// A name is a stored image, never a file.
+impl From<String> for ImageRef {
+    fn from(name: String) -> Self {
+        ImageRef::Stored(name)
+    }
+}
+
+impl From<PathBuf> for ImageRef {
+    fn from(path: PathBuf) -> Self {
+        ImageRef::File(path)
+    }
+}
+
+impl From<&Path> for ImageRef {
+    fn from(path: &Path) -> Self {
+        ImageRef::File(path.to_path_buf())
+    }
+}
+
+impl From<&ImageRef> for ImageRef {
+    fn from(image: &ImageRef) -> Self {
+        image.clone()
+    }
+}
+
+/// An image in the storage.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageSummary {
+    /// Object name.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Time/node/role from the name.
+    #[serde(skip)]
+    pub parsed: Option<ParsedName>,
+    /// Its sidecar manifest, if readable.
+    pub sidecar: Option<Sidecar>,
+    /// Why the sidecar could not be read.
+    pub sidecar_error: Option<String>,
+    /// Which components it set out to hold (from the sidecar).
+    pub selection: Option<ImageSelection>,
+    /// How much of a standard backup it holds, as retention judges it.
+    pub coverage: Coverage,
+    /// The size the image was written with, from its sidecar.
+    pub expected_size: Option<u64>,
+    /// The stored size differs from `expected_size`: the image is truncated
+    /// (or grew) and will not verify or restore.
+    pub size_mismatch: bool,
+}
+
+/// Which components an image set out to hold, as `list` and `show` name it:
+/// `standard`, `standard+audits`, or `custom: NAME, …`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ImageSelection {
+    /// A standard backup: every applicable default component.
+    Standard {
+        /// With the audit components (`--include-audits`).
+        audits: bool,
+    },
+    /// A custom backup of these components.
+    Custom {
+        /// The components it set out to take, in archive order.
+        components: Vec<String>,
+    },
+}
+
+impl std::fmt::Display for ImageSelection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ImageSelection::Standard { audits: false } => f.write_str("standard"),
+            ImageSelection::Standard { audits: true } => f.write_str("standard+audits"),
+            ImageSelection::Custom { components } => {
+                write!(f, "custom: {}", components.join(", "))
+            }
+        }
+    }
+}
+
+/// Details of one image.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageDetails {
+    /// Name or path.
+    pub image: String,
+    /// Size in bytes, if known.
+    pub size: Option<u64>,
+    /// `backup.json`.
+    pub info: BackupInfo,
+    /// `manifest.json`.
+    pub manifest: Manifest,
+    /// `sidecar` (read from the sidecar manifest) or `image` (read from the image itself).
+    pub source: &'static str,
+    /// Which components it set out to hold.
+    pub selection: ImageSelection,
 }

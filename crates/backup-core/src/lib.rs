@@ -41,6 +41,7 @@ mod backup;
 mod browse;
 mod component;
 mod config;
+mod context;
 mod daemon;
 #[cfg(feature = "bench")]
 #[doc(hidden)]
@@ -51,6 +52,7 @@ pub mod bench {
 }
 #[cfg(feature = "demo")]
 pub mod demo;
+mod destination;
 mod engine;
 mod error;
 #[cfg(any(test, feature = "fuzzing"))]
@@ -67,12 +69,13 @@ mod progress;
 mod restore;
 mod retention;
 mod runs;
-mod storage_ops;
 mod transfer;
 mod util;
 mod verify;
 
+pub use backup::{CreateOptions, CreateReport};
 pub use browse::{Access, Browse, BrowseImage, BrowseView, DownloadLink};
+pub use component::ComponentOptions;
 pub use component::{
     Applicability, CommandComponent, Committed, Component, EntryMeta, EntrySink, FilesComponent,
     RestoreContext, SnapshotError, SqliteComponent,
@@ -81,17 +84,18 @@ pub use config::{
     Appliance, ComponentConfig, ComponentKind, Compression, Config, EncryptionConfig, ImageConfig,
     Role, ScheduleConfig, StorageConfig,
 };
+pub use context::{Call, Trigger};
 pub use daemon::{DaemonInfo, DAEMON_FILE};
-pub use engine::{
-    ComponentOptions, CreateOptions, CreateReport, Engine, EngineBuilder, ImageDetails,
-    ImageSelection, ImageSummary, VerifyReport,
-};
+pub use destination::{Destination, ImageStream};
+pub use engine::{Engine, EngineBuilder, EngineCall};
 pub use error::{Error, ErrorKind, Result};
 pub use guard::Operation;
 pub use image::{
     BackupInfo, ComponentRecord, EntryDigest, EntryKind, Manifest, Outcome, PlannedComponent,
     Selection, Sidecar,
 };
+pub use images::ImageRef;
+pub use images::{ImageDetails, ImageSelection, ImageSummary};
 pub use keys::rewrap::RewrapResult;
 pub use keys::{
     audit_key_operation, check_passphrase, ensure_not_initialized, init_keys, rotate_keys,
@@ -108,5 +112,6 @@ pub use restore::{
     PLAN_PATHS_KEPT,
 };
 pub use runs::{StatusView, LOGS_DIR};
+pub use verify::VerifyReport;
 
 pub use backup_crypto::{KdfParams, MasterKey, Passphrase};

@@ -2,7 +2,7 @@
 //! after each backup), and the leftovers of killed uploads.
 use std::time::Instant;
 
-use crate::engine::Engine;
+use crate::context::Context;
 use crate::guard::{Operation, RunGuard};
 use crate::image::sidecar_name;
 use crate::ops::retention::{self, RetentionDecision, RetentionItem};
@@ -14,7 +14,7 @@ use crate::{Error, Result};
 const STALE_UPLOAD_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// What a retention run would delete (`dry_run`) or deletes, under the lock.
-pub(crate) async fn prune(engine: &Engine, dry_run: bool) -> Result<Vec<RetentionDecision>> {
+pub(crate) async fn prune(engine: &Context<'_>, dry_run: bool) -> Result<Vec<RetentionDecision>> {
     let guard = RunGuard::start(engine, Operation::Prune, "-")?;
     if !dry_run {
         remove_stale_uploads(engine).await;
@@ -29,7 +29,7 @@ pub(crate) async fn prune(engine: &Engine, dry_run: bool) -> Result<Vec<Retentio
 
 /// Applies the retention policy to this node's images (caller holds the lock).
 pub(crate) async fn apply_retention(
-    engine: &Engine,
+    engine: &Context<'_>,
     dry_run: bool,
 ) -> Result<Vec<RetentionDecision>> {
     let storage = engine
@@ -42,8 +42,7 @@ pub(crate) async fn apply_retention(
         ));
     }
     let node = &engine.config.appliance.node;
-    let items: Vec<RetentionItem> = engine
-        .list()
+    let items: Vec<RetentionItem> = crate::images::list(engine)
         .await?
         .into_iter()
         .filter_map(|i| {
@@ -99,7 +98,7 @@ pub(crate) async fn apply_retention(
 /// Removes the hidden temporary objects of uploads killed more than a
 /// day ago (audited as `prune.partial`); a failure is a warning, not the
 /// prune's failure.
-async fn remove_stale_uploads(engine: &Engine) {
+async fn remove_stale_uploads(engine: &Context<'_>) {
     let Some(storage) = engine.storage() else {
         return;
     };

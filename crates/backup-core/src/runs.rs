@@ -6,15 +6,14 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::engine::Engine;
+use crate::context::Context;
 use crate::guard::Operation;
 use crate::ops::audit::AuditRecord;
 use crate::ops::lock::{self, LockHolder};
 use crate::ops::status::{CurrentRun, RunRecord, StatusStore};
 use crate::{Error, Result};
 
-/// Directory of per-backup log files in the state directory.
-pub const LOGS_DIR: &str = "logs";
+pub use crate::context::LOGS_DIR;
 
 /// What `backup status` shows.
 #[derive(Debug, Clone, Serialize)]
@@ -48,7 +47,7 @@ pub(crate) fn outcome_of(e: &Error) -> &'static str {
 
 /// Audits an operation a frontend carried out itself (key check/rotate).
 pub(crate) fn audit_public<T>(
-    engine: &Engine,
+    engine: &Context<'_>,
     operation: Operation,
     target: &str,
     result: &Result<T>,
@@ -62,7 +61,7 @@ pub(crate) fn audit_public<T>(
 }
 
 /// The log lines kept for a backup.
-pub(crate) fn backup_log(engine: &Engine, image: &str) -> Result<String> {
+pub(crate) fn backup_log(engine: &Context<'_>, image: &str) -> Result<String> {
     let path = engine.log_path(image);
     std::fs::read_to_string(&path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
@@ -77,7 +76,7 @@ pub(crate) fn backup_log(engine: &Engine, image: &str) -> Result<String> {
 }
 
 /// The status as an operator sees it.
-pub(crate) fn status(engine: &Engine) -> Result<StatusView> {
+pub(crate) fn status(engine: &Context<'_>) -> Result<StatusView> {
     let store = StatusStore::in_state_dir(engine.state_dir());
     let file = store.load()?;
     let holder: Option<LockHolder> = lock::probe(engine.state_dir())?;
@@ -125,7 +124,7 @@ pub(crate) fn status(engine: &Engine) -> Result<StatusView> {
 
 /// Audit records since `since`.
 pub(crate) fn audit_records(
-    engine: &Engine,
+    engine: &Context<'_>,
     since: Option<DateTime<Utc>>,
 ) -> Result<Vec<AuditRecord>> {
     engine.audit_log().read(since)

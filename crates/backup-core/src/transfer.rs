@@ -6,19 +6,23 @@ use std::path::Path;
 use backup_crypto::ImageReader;
 use chrono::{DateTime, Utc};
 
-use crate::engine::{join_error, local_destination, write_sealed, Engine, ImageLoc, NullVisitor};
+use crate::context::Context;
+use crate::destination::{local_destination, write_sealed};
 use crate::guard::Operation;
 use crate::image::reader;
+use crate::image::reader::NullVisitor;
 use crate::image::writer::Encoder;
 use crate::image::{BackupInfo, Manifest, Outcome, MANIFEST_JSON};
+use crate::images::ImageRef;
+use crate::util::join_error;
 use crate::{Error, Result};
 
 /// Downloads an image to a local file (atomically), for carrying it to a
 /// replacement machine. Audited.
-pub(crate) async fn fetch(engine: &Engine, image: &str, out: &Path) -> Result<u64> {
+pub(crate) async fn fetch(engine: &Context<'_>, image: &ImageRef, out: &Path) -> Result<u64> {
     let fetch = async {
-        let loc = crate::images::locate(engine, image);
-        let ImageLoc::Stored(name) = &loc else {
+        let loc = image;
+        let ImageRef::Stored(name) = &loc else {
             return Err(Error::Input(format!(
                 "{image} is a local file already; copy it with cp"
             )));
@@ -34,17 +38,19 @@ pub(crate) async fn fetch(engine: &Engine, image: &str, out: &Path) -> Result<u6
             })
         })
         .await
-        .map_err(crate::engine::join_error)?
+        .map_err(crate::util::join_error)?
     };
-    engine.audited(Operation::Fetch, image, |n| *n, fetch).await
+    engine
+        .audited(Operation::Fetch, &image.shown(), |n| *n, fetch)
+        .await
 }
 
 /// Writes an image's decrypted payload to `out` (audited).
-pub(crate) async fn decrypt(engine: &Engine, image: &str, out: &Path) -> Result<u64> {
+pub(crate) async fn decrypt(engine: &Context<'_>, image: &ImageRef, out: &Path) -> Result<u64> {
     engine
         .audited(
             Operation::Decrypt,
-            image,
+            &image.shown(),
             |n| *n,
             decrypt_image(engine, image, out),
         )
@@ -56,7 +62,7 @@ pub(crate) async fn decrypt(engine: &Engine, image: &str, out: &Path) -> Result<
 /// `rehash`, the payload's current content is recorded in its manifest: the
 /// image then vouches for the edit.
 pub(crate) async fn encrypt(
-    engine: &Engine,
+    engine: &Context<'_>,
     input: &Path,
     out: &Path,
     rehash: bool,
@@ -75,9 +81,9 @@ pub(crate) async fn encrypt(
 /// Writes the decrypted payload (a standard `.tar.gz`) to `out`. The file
 /// holds the appliance's secrets in clear. Nothing is left under `out` if
 /// the image fails authentication.
-async fn decrypt_image(engine: &Engine, image: &str, out: &Path) -> Result<u64> {
-    let loc = crate::images::locate(engine, image);
-    let (raw, _) = crate::images::open_raw(engine, &loc).await?;
+async fn decrypt_image(engine: &Context<'_>, image: &ImageRef, out: &Path) -> Result<u64> {
+    let loc = image;
+    let (raw, _) = crate::images::open_raw(engine, loc).await?;
     let keys = engine.keys.clone();
     let shown = loc.shown();
     let out = out.to_path_buf();
@@ -100,7 +106,7 @@ async fn decrypt_image(engine: &Engine, image: &str, out: &Path) -> Result<u64> 
 /// restore would refuse it. With `rehash`, the manifest is recomputed
 /// from the payload's entries instead of checked against them — for a
 /// payload edited on purpose; the image then vouches for the edit.
-async fn encrypt_file(engine: &Engine, input: &Path, out: &Path, rehash: bool) -> Result<u64> {
+async fn encrypt_file(engine: &Context<'_>, input: &Path, out: &Path, rehash: bool) -> Result<u64> {
     let (mk, slot) = engine.keys.for_writing()?;
     let path = input.to_path_buf();
     let rewrite = tokio::task::spawn_blocking(move || check_payload(&path, rehash))

@@ -252,3 +252,10 @@ where
     }
     result
 }
+
+pub(crate) fn join_error(e: tokio::task::JoinError) -> crate::Error {
+    crate::Error::io(
+        "a worker thread failed",
+        std::io::Error::other(e.to_string()),
+    )
+}

@@ -1,18 +1,22 @@
 //! Verifying an image end to end: decrypt, decompress and check every entry
 //! against the manifest, writing nothing.
-use crate::engine::{Engine, ImageLoc, NullVisitor, VerifyReport};
+use serde::Serialize;
+
+use crate::context::Context;
 use crate::guard::Operation;
-use crate::image::{sidecar_name, Outcome};
+use crate::image::reader::NullVisitor;
+use crate::image::{sidecar_name, BackupInfo, Manifest, Outcome};
+use crate::images::ImageRef;
 use crate::progress::Event;
 use crate::restore::{PrecheckConfig, RestoreOptions};
 use crate::Result;
 
 /// Verifies an image (audited).
-pub(crate) async fn verify(engine: &Engine, image: &str) -> Result<VerifyReport> {
+pub(crate) async fn verify(engine: &Context<'_>, image: &ImageRef) -> Result<VerifyReport> {
     engine
         .audited(
             Operation::Verify,
-            image,
+            &image.shown(),
             |r: &VerifyReport| r.size,
             verify_image(engine, image),
         )
@@ -21,13 +25,13 @@ pub(crate) async fn verify(engine: &Engine, image: &str) -> Result<VerifyReport>
 
 /// Decrypts and decompresses a whole image and checks every component
 /// against the manifest (and the sidecar, if any), writing nothing.
-async fn verify_image(engine: &Engine, image: &str) -> Result<VerifyReport> {
-    let loc = crate::images::locate(engine, image);
+async fn verify_image(engine: &Context<'_>, image: &ImageRef) -> Result<VerifyReport> {
+    let loc = image;
     engine.progress.event(&Event::Step {
         message: format!("verifying {}", loc.shown()),
     });
-    let (walked, size, _) = crate::images::walk_image(engine, &loc, NullVisitor).await?;
-    if let ImageLoc::Stored(name) = &loc {
+    let (walked, size, _) = crate::images::walk_image(engine, loc, NullVisitor).await?;
+    if let ImageRef::Stored(name) = &loc {
         if let Some(s) = crate::images::sidecar(engine, name).await? {
             // The image is what restores; a wrong index is worth a
             // warning, not a failed verification.
@@ -69,4 +73,19 @@ async fn verify_image(engine: &Engine, image: &str) -> Result<VerifyReport> {
         manifest: walked.manifest,
         verified,
     })
+}
+
+/// The result of a full verification.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    /// Name or path.
+    pub image: String,
+    /// Encrypted bytes read.
+    pub size: u64,
+    /// `backup.json`.
+    pub info: BackupInfo,
+    /// `manifest.json`.
+    pub manifest: Manifest,
+    /// Components whose entries were checked against the manifest.
+    pub verified: Vec<String>,
 }

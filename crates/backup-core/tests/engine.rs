@@ -5,9 +5,9 @@ use std::sync::Arc;
 use anyhow::Result;
 use backup_core::demo::{build_demo, sqlite_rows, tree_diff, DemoAppliance};
 use backup_core::{
-    Applicability, Committed, Component, ComponentOptions, Config, CreateOptions, Engine,
-    EntrySink, Error, ErrorKind, KdfParams, KeySource, MasterKey, Outcome, Passphrase,
-    PassphraseProvider, RestoreContext, RestoreOptions, SnapshotError,
+    Applicability, Committed, Component, ComponentOptions, Config, CreateOptions, Destination,
+    Engine, EntrySink, Error, ErrorKind, ImageRef, ImageStream, KdfParams, KeySource, MasterKey,
+    Outcome, Passphrase, PassphraseProvider, RestoreContext, RestoreOptions, SnapshotError,
 };
 
 #[path = "engine_awkward/mod.rs"]
@@ -169,7 +169,7 @@ async fn errors_are_classified_by_kind_and_audited_by_it() -> Result<()> {
         "{err}"
     );
     let missing = demo.dir.join("no-such-image.bkp");
-    let err = e.verify(missing.to_str().unwrap()).await.unwrap_err();
+    let err = e.verify(missing.as_path()).await.unwrap_err();
     assert_eq!(
         (err.kind(), err.name()),
         (ErrorKind::NotFound, "not_found"),
@@ -390,13 +390,70 @@ async fn an_image_for_standard_output_goes_to_the_given_stream() -> Result<()> {
     let e = engine(&demo.config)?;
     let path = d.path().join("streamed.bkp");
     let mut opts = CreateOptions::default();
-    opts.output = Some("-".into());
-    opts.output_stream = Some(Arc::new(std::fs::File::create(&path)?));
+    opts.destination = Destination::Stream(
+        ImageStream::new(tokio::fs::File::create(&path).await?).named("standard output"),
+    );
     let report = e.create(&opts).await?;
     assert_eq!(report.location, "standard output");
     assert_eq!(report.size, std::fs::metadata(&path)?.len());
-    let verified = e.verify(path.to_str().unwrap()).await?;
+    let verified = e.verify(path.as_path()).await?;
     assert_eq!(verified.size, report.size);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_streams_to_any_writer_once_and_nothing_is_stored() -> Result<()> {
+    use tokio::io::AsyncReadExt;
+    let (d, demo) = demo()?;
+    let e = engine(&demo.config)?;
+    // A pipe, as an HTTP response body would be: the reader sees the end
+    // of the image when the backup lets go of the writer.
+    let (writer, mut reader) = tokio::io::duplex(64 * 1024);
+    let mut opts = CreateOptions::default();
+    opts.destination = Destination::Stream(ImageStream::new(writer));
+    let received = async {
+        let mut bytes = Vec::new();
+        reader.read_to_end(&mut bytes).await.map(|_| bytes)
+    };
+    let (report, received) = tokio::join!(e.create(&opts), received);
+    let (report, received) = (report?, received?);
+    assert_eq!(report.image, "-");
+    assert_eq!(report.location, "the output stream");
+    assert_eq!(report.size, received.len() as u64);
+    assert!(e.list().await?.is_empty(), "a streamed image is not stored");
+    let path = d.path().join("received.bkp");
+    std::fs::write(&path, &received)?;
+    assert_eq!(e.verify(path.as_path()).await?.size, report.size);
+
+    let again = e.create(&opts).await.expect_err("the stream is used up");
+    assert!(again.to_string().contains("new stream"), "{again}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_name_is_never_read_as_a_file() -> Result<()> {
+    let (d, demo) = demo()?;
+    let e = engine(&demo.config)?;
+    let path = d.path().join("carried.bkp");
+    let mut opts = CreateOptions::default();
+    opts.destination = Destination::File(path.clone());
+    e.create(&opts).await?;
+    let as_text = path.to_str().unwrap();
+
+    // The path's text is taken as a name in the storage (which refuses it).
+    let err = e.verify(as_text).await.expect_err("not read from the file");
+    assert!(matches!(err, Error::Storage(_)), "{err:?}");
+    let verified = e.verify(ImageRef::File(path.clone())).await?;
+    assert_eq!(verified.image, as_text);
+
+    // Without a storage a name names nothing: refused, not opened.
+    let mut bare = demo.config.clone();
+    bare.storage.url = "none".into();
+    let err = engine(&bare)?
+        .verify(as_text)
+        .await
+        .expect_err("no storage");
+    assert!(matches!(err, Error::NoStorage(_)), "{err}");
     Ok(())
 }
 
@@ -406,7 +463,7 @@ async fn a_lone_image_restores_on_a_bare_machine_with_the_passphrase() -> Result
     let e = engine(&demo.config)?;
     let image = d.path().join("carried.bkp");
     let mut opts = CreateOptions::default();
-    opts.output = Some(image.clone());
+    opts.destination = Destination::File(image.clone());
     e.create(&opts).await?;
 
     // The replacement: same identity, an empty state directory, no storage.
@@ -418,19 +475,13 @@ async fn a_lone_image_restores_on_a_bare_machine_with_the_passphrase() -> Result
     ropts.target = Some(target.clone());
 
     let without = Engine::builder(bare_config.clone()).build()?;
-    let err = without
-        .restore(image.to_str().unwrap(), &ropts)
-        .await
-        .unwrap_err();
+    let err = without.restore(image.as_path(), &ropts).await.unwrap_err();
     assert!(matches!(err, Error::PassphraseRequired(_)), "{err}");
 
     let wrong = Engine::builder(bare_config.clone())
         .passphrase_provider(Arc::new(Fixed("wrong secret!")))
         .build()?;
-    let err = wrong
-        .restore(image.to_str().unwrap(), &ropts)
-        .await
-        .unwrap_err();
+    let err = wrong.restore(image.as_path(), &ropts).await.unwrap_err();
     assert!(
         matches!(err, Error::Crypto(backup_crypto::Error::WrongPassphrase)),
         "{err}"
@@ -443,7 +494,7 @@ async fn a_lone_image_restores_on_a_bare_machine_with_the_passphrase() -> Result
         .key_source(Box::new(NoKey))
         .passphrase_provider(Arc::new(Fixed(SECRET)))
         .build()?;
-    right.restore(image.to_str().unwrap(), &ropts).await?;
+    right.restore(image.as_path(), &ropts).await?;
     let diffs = tree_diff(
         &demo.config_dir(),
         &under(&target, &demo.config_dir()),
@@ -489,14 +540,14 @@ async fn a_resealed_payload_with_altered_content_is_refused() -> Result<()> {
         "{err}"
     );
     sealing::seal_unchecked(&demo.config.appliance.state_dir, &repacked, &sealed)?;
-    let err = e.verify(sealed.to_str().unwrap()).await.unwrap_err();
+    let err = e.verify(sealed.as_path()).await.unwrap_err();
     assert!(
         err.to_string().contains("does not match its manifest"),
         "{err}"
     );
     let mut ropts = RestoreOptions::default();
     ropts.target = Some(d.path().join("t"));
-    assert!(e.restore(sealed.to_str().unwrap(), &ropts).await.is_err());
+    assert!(e.restore(sealed.as_path(), &ropts).await.is_err());
     Ok(())
 }
 

@@ -255,7 +255,7 @@ async fn images_and_outputs_are_private_or_group_readable() -> Result<()> {
 
     let mut opts = CreateOptions::default();
     let out = demo.dir.join("out.bkp");
-    opts.output = Some(out.clone());
+    opts.destination = backup_core::Destination::File(out.clone());
     engine.create(&opts).await?;
     assert_eq!(mode(&out), 0o600, "create -o");
 
@@ -290,7 +290,7 @@ async fn images_and_outputs_are_private_or_group_readable() -> Result<()> {
         assert_eq!(std::fs::metadata(&image)?.gid(), want, "{spec}");
         let out = demo.dir.join(format!("out-{spec}.bkp"));
         let mut opts = CreateOptions::default();
-        opts.output = Some(out.clone());
+        opts.destination = backup_core::Destination::File(out.clone());
         engine.create(&opts).await?;
         assert_eq!((mode(&out), std::fs::metadata(&out)?.gid()), (0o640, want));
     }
@@ -347,5 +347,94 @@ async fn the_daemon_starts_without_the_storage_and_reports_each_failed_run() -> 
     let failure = engine.status()?.last_failure.expect("recorded");
     assert_eq!(failure.operation, "backup");
     assert!(failure.reason.unwrap_or_default().contains("mkdir -p"));
+    Ok(())
+}
+
+impl Events {
+    fn steps(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|e| match e {
+                backup_core::Event::Step { message } => Some(message.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_engine_serves_callers_each_with_its_own_actor_progress_and_trigger() -> Result<()> {
+    use backup_core::{Call, Trigger};
+    use std::sync::Arc;
+    let (_d, demo) = demo()?;
+    let defaults = Arc::new(Events::default());
+    let engine = Engine::builder(demo.config.clone())
+        .actor("the engine's default")
+        .progress(defaults.clone())
+        .build()?;
+    let alice = Arc::new(Events::default());
+    let bob = Arc::new(Events::default());
+    let report = engine
+        .with_call(Call::new().actor("alice").progress(alice.clone()))
+        .create(&CreateOptions::default())
+        .await?;
+
+    // Two callers at once on the same engine, each heard and named apart.
+    let bobs = engine.with_call(
+        Call::new()
+            .actor("bob")
+            .progress(bob.clone())
+            .trigger(Trigger::Http),
+    );
+    let carols = engine.with_call(Call::new().actor("carol"));
+    let (b, c) = tokio::join!(bobs.verify(&report.image), carols.verify(&report.image));
+    b?;
+    c?;
+    engine.verify(&report.image).await?;
+
+    let audit = engine.audit_records(None)?;
+    let who: Vec<(&str, &str)> = audit
+        .iter()
+        .map(|r| (r.operation.as_str(), r.actor.as_str()))
+        .collect();
+    assert_eq!(who[0], ("create", "alice"), "{who:?}");
+    let mut verifiers: Vec<&str> = who[1..3].iter().map(|w| w.1).collect();
+    verifiers.sort();
+    assert_eq!(verifiers, ["bob", "carol"], "{who:?}");
+    assert_eq!(who[3], ("verify", "the engine's default"), "{who:?}");
+
+    // Progress goes to the caller's sink; a call that sets none uses the default.
+    assert!(!alice.0.lock().unwrap().is_empty());
+    let verifying = |steps: Vec<String>| steps.iter().any(|s| s.starts_with("verifying "));
+    assert!(verifying(bob.steps()), "{:?}", bob.steps());
+    assert!(!verifying(alice.steps()), "{:?}", alice.steps());
+    assert!(verifying(defaults.steps()), "{:?}", defaults.steps());
+    let backing_up = |events: &Events| {
+        events
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e, backup_core::Event::ComponentStarted { .. }))
+    };
+    assert!(backing_up(&alice));
+    assert!(
+        !backing_up(&defaults),
+        "alice's backup went to her sink only"
+    );
+
+    // A call started by the schedule is a scheduled backup, skipped as one.
+    let held = OperationLock::acquire(&state(&demo), "restore")?;
+    let err = engine
+        .with_call(Call::new().trigger(Trigger::Scheduled))
+        .create(&CreateOptions::default())
+        .await
+        .expect_err("the lock is held");
+    assert!(matches!(err, Error::Busy(_)), "{err}");
+    drop(held);
+    let skipped = engine.status()?.last_skipped.expect("the skip is recorded");
+    assert_eq!(skipped.operation, "scheduled backup");
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Components: the named parts of an appliance's state that a backup captures.
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 mod command;
 mod files;
@@ -158,4 +159,32 @@ pub trait Component: Send + Sync {
 /// The archive-relative form of an absolute path.
 pub(crate) fn rel_of(abs: &Path) -> &Path {
     abs.strip_prefix("/").unwrap_or(abs)
+}
+
+/// How a registered component takes part in backups.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ComponentOptions {
+    /// Part of a standard backup.
+    pub default: bool,
+    /// Components that must be in the same backup.
+    pub requires: Vec<String>,
+    /// Holds audit records (a standard backup includes it only with `include_audits`).
+    pub audit: bool,
+}
+
+impl Default for ComponentOptions {
+    fn default() -> Self {
+        ComponentOptions {
+            default: true,
+            requires: Vec::new(),
+            audit: false,
+        }
+    }
+}
+
+/// A component as the engine holds it, with how it takes part.
+pub(crate) struct Registered {
+    pub(crate) component: Arc<dyn Component>,
+    pub(crate) options: ComponentOptions,
 }

@@ -412,6 +412,18 @@ impl<R: Read> Read for HashingReader<'_, R> {
     }
 }
 
+/// A visitor that only lets the walk check things.
+pub(crate) struct NullVisitor;
+
+impl Visitor for NullVisitor {
+    fn info(&mut self, _info: &BackupInfo) -> Result<()> {
+        Ok(())
+    }
+    fn entry(&mut self, _c: &str, _e: &EntryView<'_>, _d: &mut dyn Read) -> Result<()> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -554,7 +554,7 @@ pub fn rotate_keys(
 /// `init` through the engine (audited as `key.init`): refuses an appliance
 /// that has its secret already before `passphrase` is asked for.
 pub(crate) fn init(
-    engine: &crate::Engine,
+    engine: &crate::context::Context<'_>,
     passphrase: impl FnOnce() -> Result<Passphrase>,
 ) -> Result<KeyId> {
     let guard = RunGuard::start(engine, Operation::KeyInit, "keyring")?;
@@ -568,7 +568,7 @@ pub(crate) fn init(
 
 /// Checks the current secret against the keyring (audited as `key.check`).
 pub(crate) fn check(
-    engine: &crate::Engine,
+    engine: &crate::context::Context<'_>,
     current: impl FnOnce() -> Result<Passphrase>,
 ) -> Result<KeyId> {
     let guard = RunGuard::start(engine, Operation::KeyCheck, "keyring")?;
@@ -581,7 +581,7 @@ pub(crate) fn check(
 /// Replaces the domain master secret (audited as `key.rotate`, every attempt:
 /// a current or new secret that cannot be had or used included).
 pub(crate) fn rotate(
-    engine: &crate::Engine,
+    engine: &crate::context::Context<'_>,
     current: impl FnOnce() -> Result<Passphrase>,
     new: impl FnOnce() -> Result<Passphrase>,
 ) -> Result<Rotation> {

@@ -6,9 +6,10 @@ use std::time::Instant;
 use backup_crypto::{Header, HEADER_LEN};
 use serde::Serialize;
 
-use crate::engine::{Engine, ImageLoc};
+use crate::context::Context;
 use crate::guard::Operation;
 use crate::image::sidecar_name;
+use crate::images::ImageRef;
 use crate::keys::Keyring;
 use crate::{Error, Result};
 
@@ -34,22 +35,22 @@ pub enum RewrapResult {
 /// which it could not. An image keeps its master key: only who can
 /// unwrap it from the header changes.
 pub(crate) async fn rewrap(
-    engine: &Engine,
-    images: &[String],
+    engine: &Context<'_>,
+    images: &[ImageRef],
 ) -> Result<Vec<(String, RewrapResult)>> {
     let state = &engine.config.appliance.state_dir;
     let ring = Keyring::load(state)?.ok_or_else(|| Error::NotInitialized(state.clone()))?;
     let mut out = Vec::new();
     for image in images {
         let started = Instant::now();
-        let loc = crate::images::locate(engine, image);
-        let mut result = rewrap_one(engine, &loc, &ring).await;
+        let loc = image;
+        let mut result = rewrap_one(engine, loc, &ring).await;
         if let (
             Ok(RewrapResult::Rewrapped | RewrapResult::AlreadyCurrent),
-            ImageLoc::Stored(name),
+            ImageRef::Stored(name),
         ) = (&result, &loc)
         {
-            let sidecar = ImageLoc::Stored(sidecar_name(name));
+            let sidecar = ImageRef::Stored(sidecar_name(name));
             if let Err(e) = rewrap_one(engine, &sidecar, &ring).await {
                 if !matches!(e, Error::Storage(backup_storage::Error::NotFound { .. })) {
                     result = Err(e);
@@ -65,20 +66,20 @@ pub(crate) async fn rewrap(
         };
         engine.audit(
             Operation::KeyRewrap.audit_name(),
-            image,
+            &image.shown(),
             outcome,
             0,
             started,
             error,
         );
-        out.push((image.clone(), result));
+        out.push((image.shown(), result));
     }
     Ok(out)
 }
 
-async fn rewrap_one(engine: &Engine, loc: &ImageLoc, ring: &Keyring) -> Result<RewrapResult> {
+async fn rewrap_one(engine: &Context<'_>, loc: &ImageRef, ring: &Keyring) -> Result<RewrapResult> {
     let header_bytes: Vec<u8> = match loc {
-        ImageLoc::File(p) => {
+        ImageRef::File(p) => {
             let mut buf = vec![0u8; HEADER_LEN];
             let mut f = std::fs::File::open(p)
                 .map_err(|e| Error::io(format!("opening {}", p.display()), e))?;
@@ -86,7 +87,7 @@ async fn rewrap_one(engine: &Engine, loc: &ImageLoc, ring: &Keyring) -> Result<R
                 .map_err(|e| Error::from_pipeline_io("reading the header", e))?;
             buf
         }
-        ImageLoc::Stored(name) => {
+        ImageRef::Stored(name) => {
             let storage = engine.storage().expect("stored images need a storage");
             if !storage.capabilities().rewrite_in_place {
                 return Ok(RewrapResult::NotRewrapped {
@@ -122,8 +123,8 @@ async fn rewrap_one(engine: &Engine, loc: &ImageLoc, ring: &Keyring) -> Result<R
     }
     let encoded = header.with_keyslot(slot).encode();
     match loc {
-        ImageLoc::File(p) => write_header(p, &encoded)?,
-        ImageLoc::Stored(name) => {
+        ImageRef::File(p) => write_header(p, &encoded)?,
+        ImageRef::Stored(name) => {
             let storage = engine.storage().expect("stored images need a storage");
             storage
                 .write_at(name, 0, bytes::Bytes::copy_from_slice(&encoded))

@@ -12,11 +12,13 @@ use serde::Serialize;
 use crate::component::{
     CommandComponent, Committed, Component, FilesComponent, RestoreContext, SqliteComponent,
 };
-use crate::engine::{join_error, Engine, ImageLoc};
+use crate::context::Context;
 use crate::guard::{Operation, RunGuard};
 use crate::image::reader::{EntryView, Visitor, WalkResult};
 use crate::image::{BackupInfo, EntryKind, Outcome, PlannedComponent};
+use crate::images::ImageRef;
 use crate::progress::{Event, Progress};
+use crate::util::join_error;
 use crate::{Error, Result};
 
 mod commit;
@@ -150,31 +152,32 @@ impl Selector {
 
 /// Restores an image under the operation lock (audited, in the status).
 pub(crate) async fn run(
-    engine: &Engine,
-    image: &str,
+    engine: &Context<'_>,
+    image: &ImageRef,
     opts: &RestoreOptions,
 ) -> Result<RestoreReport> {
-    let mut guard = RunGuard::start(engine, Operation::Restore, image)?;
-    guard.show_running(Some(image), Utc::now())?;
+    let shown = image.shown();
+    let mut guard = RunGuard::start(engine, Operation::Restore, &shown)?;
+    guard.show_running(Some(&shown), Utc::now())?;
     let result = restore_image(engine, image, opts).await;
     let failure = result
         .as_ref()
         .err()
-        .map(|e| guard.failure_record(Some(image), e));
+        .map(|e| guard.failure_record(Some(&shown), e));
     let _ = guard.record_end(failure, true);
     let restored = result.as_ref().ok().map(|r| r.restored.as_slice());
-    guard.audit_result(&opts.audit_target(image, restored), &result, |_| 0);
+    guard.audit_result(&opts.audit_target(&shown, restored), &result, |_| 0);
     result
 }
 
 /// What restoring `image` with `opts` would replace, add, remove and
 /// keep, writing nothing but the audit record (`restore.dry-run`).
 pub(crate) async fn dry_run(
-    engine: &Engine,
-    image: &str,
+    engine: &Context<'_>,
+    image: &ImageRef,
     opts: &RestoreOptions,
 ) -> Result<RestorePlan> {
-    let audited = opts.audit_target(image, None);
+    let audited = opts.audit_target(&image.shown(), None);
     engine
         .audited(
             Operation::RestoreDryRun,
@@ -190,13 +193,13 @@ pub(crate) async fn dry_run(
 /// verified against the manifest before the first live path is replaced;
 /// a failure while replacing rolls back what was already replaced.
 async fn restore_image(
-    engine: &Engine,
-    image: &str,
+    engine: &Context<'_>,
+    image: &ImageRef,
     opts: &RestoreOptions,
 ) -> Result<RestoreReport> {
-    let loc = crate::images::locate(engine, image);
+    let loc = image;
     // Pre-checks from the sidecar, before downloading anything.
-    if let ImageLoc::Stored(name) = &loc {
+    if let ImageRef::Stored(name) = &loc {
         if let Some(s) = crate::images::sidecar(engine, name).await? {
             precheck(engine, &s.info, opts)?;
             check_selection(&s.info, Some(&s.manifest.components), &opts.components)?;
@@ -224,7 +227,7 @@ async fn restore_image(
     engine.progress.event(&Event::Step {
         message: format!("reading and staging {}", loc.shown()),
     });
-    let walked = crate::images::walk_image(engine, &loc, visitor).await;
+    let walked = crate::images::walk_image(engine, loc, visitor).await;
     let (walked, _, mut visitor) = match walked {
         Ok(w) => w,
         Err(e) => return Err(e),
@@ -315,9 +318,13 @@ async fn restore_image(
 /// What restoring `image` would do, writing nothing: reads the image with
 /// the same pre-checks and manifest checks as a restore and compares each
 /// selected component with what is at its destination now.
-async fn plan_restore(engine: &Engine, image: &str, opts: &RestoreOptions) -> Result<RestorePlan> {
-    let loc = crate::images::locate(engine, image);
-    if let ImageLoc::Stored(name) = &loc {
+async fn plan_restore(
+    engine: &Context<'_>,
+    image: &ImageRef,
+    opts: &RestoreOptions,
+) -> Result<RestorePlan> {
+    let loc = image;
+    if let ImageRef::Stored(name) = &loc {
         if let Some(s) = crate::images::sidecar(engine, name).await? {
             precheck(engine, &s.info, opts)?;
             check_selection(&s.info, Some(&s.manifest.components), &opts.components)?;
@@ -333,7 +340,7 @@ async fn plan_restore(engine: &Engine, image: &str, opts: &RestoreOptions) -> Re
     engine.progress.event(&Event::Step {
         message: format!("reading {} to plan the restore", loc.shown()),
     });
-    let (walked, _, visitor) = crate::images::walk_image(engine, &loc, visitor).await?;
+    let (walked, _, visitor) = crate::images::walk_image(engine, loc, visitor).await?;
     let (to_commit, skipped_failed) = decide(&walked, &visitor.selected, &opts.components)?;
     let mut steps = Vec::new();
     for p in ordered_for_commit(&to_commit) {
@@ -370,7 +377,7 @@ async fn plan_restore(engine: &Engine, image: &str, opts: &RestoreOptions) -> Re
 
 /// The selection rules of a restore, with the audit components this
 /// appliance knows.
-fn selector(engine: &Engine, opts: &RestoreOptions) -> Selector {
+fn selector(engine: &Context<'_>, opts: &RestoreOptions) -> Selector {
     let mut audits: Vec<String> = engine
         .component_names()
         .into_iter()
@@ -391,7 +398,7 @@ fn selector(engine: &Engine, opts: &RestoreOptions) -> Selector {
 /// from elsewhere — a built-in of the same kind working from the image's
 /// recorded roots.
 fn restorer_for(
-    engine: &Engine,
+    engine: &Context<'_>,
     p: &PlannedComponent,
     target: Option<&Path>,
 ) -> Result<Arc<dyn Component>> {

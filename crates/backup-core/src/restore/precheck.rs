@@ -2,7 +2,11 @@
 //! node identity, and the selection against what the image holds.
 use super::*;
 
-pub(super) fn precheck(engine: &Engine, info: &BackupInfo, opts: &RestoreOptions) -> Result<()> {
+pub(super) fn precheck(
+    engine: &Context<'_>,
+    info: &BackupInfo,
+    opts: &RestoreOptions,
+) -> Result<()> {
     PrecheckConfig::of(engine, opts).check(info)
 }
 
@@ -17,7 +21,7 @@ pub(crate) struct PrecheckConfig {
 }
 
 impl PrecheckConfig {
-    pub(crate) fn of(engine: &Engine, opts: &RestoreOptions) -> PrecheckConfig {
+    pub(crate) fn of(engine: &Context<'_>, opts: &RestoreOptions) -> PrecheckConfig {
         let a = &engine.config.appliance;
         PrecheckConfig {
             product: a.product.clone(),

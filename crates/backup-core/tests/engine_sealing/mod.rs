@@ -174,7 +174,7 @@ async fn encrypt_refuses_what_restore_would_refuse_and_rehash_vouches_for_an_edi
 
     // --rehash seals it; it verifies and restores with the edit.
     e.encrypt_rehash(&edited, &out).await?;
-    let image = out.to_str().unwrap();
+    let image = out.as_path();
     let verified = e.verify(image).await?;
     assert_eq!(verified.manifest.outcome, Outcome::Success);
     let target = d.path().join("t");
@@ -286,7 +286,7 @@ async fn verify_refuses_exactly_what_restore_refuses() -> Result<()> {
         write_payload(&entries, &payload)?;
         let image: PathBuf = d.path().join(format!("crafted-{i}.bkp"));
         seal_unchecked(&demo.config.appliance.state_dir, &payload, &image)?;
-        let image = image.to_str().unwrap();
+        let image = image.as_path();
 
         let verified = e.verify(image).await;
         let target = d.path().join(format!("t-{i}"));
