@@ -19,47 +19,25 @@
 //! machine), the sample costs about 0.05 ms.
 use std::collections::VecDeque;
 use std::io::{self, BufReader, Read, Write};
-use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TryRecvError};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
+use std::sync::Mutex;
 
+use super::gunzip::{GZIP_BLOCK, GZIP_HEADER, MEMBER_HEADER_LEN, MEMBER_LEN_AT};
 use super::parallel::ParallelDecoder;
+use super::pool::read_full;
+use super::pool::{next_job, Pool};
+use super::unzstd::ZSTD_BLOCK;
+pub(crate) use super::unzstd::ZSTD_MAGIC;
 pub use crate::model::default_threads;
 use crate::model::Compression;
 
-/// Input bytes per gzip member: large enough that the member framing (28
-/// bytes) and the cold window at each start cost little, small enough that
-/// `threads + 2` blocks in flight stay a few MiB.
-pub(crate) const GZIP_BLOCK: usize = 1 << 20;
 /// Most threads a restore inflates gzip members on.
 const MAX_DECODE_THREADS: usize = 4;
 /// First bytes of a gzip member.
 pub(crate) const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
-/// First bytes of a zstd frame.
-pub(crate) const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
 /// Largest run of a deflate stored block.
 const STORED_MAX: usize = 65_535;
-/// gzip member header: magic, CM = deflate, FLG = FEXTRA, no mtime (the tar
-/// entries carry the times), XFL filled in per level, OS = Unix; then one
-/// extra subfield (RFC 1952 §2.3.1.1), `Ab` with four bytes: the member's
-/// total length, little-endian, filled in once it is known. Readers that do
-/// not know the subfield skip it (gzip, GNU tar, zlib); ours uses it to hand
-/// whole members to parallel decompression threads.
-pub(crate) const GZIP_HEADER: [u8; MEMBER_HEADER_LEN] = [
-    0x1f, 0x8b, 8, 4, 0, 0, 0, 0, 0, 3, 8, 0, b'A', b'b', 4, 0, 0, 0, 0, 0,
-];
-/// Length of [`GZIP_HEADER`].
-pub(crate) const MEMBER_HEADER_LEN: usize = 20;
-/// Where the member length sits in [`GZIP_HEADER`].
-pub(crate) const MEMBER_LEN_AT: usize = 16;
-/// Input bytes per zstd frame. Independent frames let restore decompress on
-/// every core (zstd's own multithreaded mode writes one frame that only one
-/// thread can read); at 2 MiB — the window of levels 1–5 — they cost less
-/// than 1% of size against one stream (+0.1% on the 1 GiB appliance
-/// benchmark), and `threads + 2` blocks in flight keep a whole backup near
-/// 40 MiB on two threads.
-pub(crate) const ZSTD_BLOCK: usize = 2 << 20;
 
 /// Compresses a payload with one of the codecs; finish it explicitly with
 /// [`Encoder::finish`] (a dropped encoder has not written its end).
@@ -193,20 +171,6 @@ pub fn decoder<'a, R: Read + 'a>(mut payload: R) -> io::Result<Box<dyn Read + 'a
     })
 }
 
-/// Reads until `buf` is full or the source ends; returns the bytes read.
-pub(crate) fn read_full<R: Read + ?Sized>(source: &mut R, buf: &mut [u8]) -> io::Result<usize> {
-    let mut have = 0;
-    while have < buf.len() {
-        match source.read(&mut buf[have..]) {
-            Ok(0) => break,
-            Ok(n) => have += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(have)
-}
-
 /// A finished (or failed) block, and the buffers to reuse.
 struct Done {
     input: Vec<u8>,
@@ -338,69 +302,6 @@ impl<W: Write> Write for ParallelBlocks<W> {
         }
         self.drain()?;
         self.inner.flush()
-    }
-}
-
-/// Worker threads taking jobs from one queue; they stop (after their
-/// current job) when the pool is dropped, whether the stream finished or
-/// failed.
-pub(crate) struct Pool<J> {
-    name: String,
-    jobs: Option<Sender<J>>,
-    workers: Vec<JoinHandle<()>>,
-}
-
-impl<J: Send + 'static> Pool<J> {
-    /// Starts `threads` threads named `{name}-{i}`, each running `work` on
-    /// the shared queue until it closes.
-    pub(crate) fn start<F>(name: &str, threads: usize, work: F) -> io::Result<Pool<J>>
-    where
-        F: Fn(&Mutex<Receiver<J>>) + Send + Clone + 'static,
-    {
-        let (tx, rx) = mpsc::channel::<J>();
-        let rx = Arc::new(Mutex::new(rx));
-        let mut pool = Pool {
-            name: name.to_string(),
-            jobs: Some(tx),
-            workers: Vec::with_capacity(threads),
-        };
-        for i in 0..threads {
-            let (rx, work) = (rx.clone(), work.clone());
-            pool.workers.push(
-                std::thread::Builder::new()
-                    .name(format!("{name}-{i}"))
-                    .spawn(move || work(&rx))?,
-            );
-        }
-        Ok(pool)
-    }
-
-    pub(crate) fn send(&self, job: J) -> io::Result<()> {
-        self.jobs
-            .as_ref()
-            .ok_or_else(|| self.died())?
-            .send(job)
-            .map_err(|_| self.died())
-    }
-
-    /// The error for a worker that went away without replying.
-    pub(crate) fn died(&self) -> io::Error {
-        io::Error::other(format!("a {} thread stopped unexpectedly", self.name))
-    }
-}
-
-/// A worker's next job; `None` once the pool's queue is closed.
-pub(crate) fn next_job<J>(jobs: &Mutex<Receiver<J>>) -> Option<J> {
-    jobs.lock().ok()?.recv().ok()
-}
-
-impl<J> Drop for Pool<J> {
-    fn drop(&mut self) {
-        // Closing the queue ends each worker once its current block is done.
-        self.jobs = None;
-        for w in self.workers.drain(..) {
-            let _ = w.join();
-        }
     }
 }
 

@@ -9,8 +9,26 @@
 //! [`super::codec::decoder`] instead.
 use std::io::{self, Read};
 
-use super::codec::{read_full, GZIP_BLOCK, GZIP_HEADER, MEMBER_HEADER_LEN, MEMBER_LEN_AT};
 use super::parallel::{corrupt, truncated, Frames};
+use super::pool::read_full;
+
+/// Input bytes per gzip member: large enough that the member framing (28
+/// bytes) and the cold window at each start cost little, small enough that
+/// `threads + 2` blocks in flight stay a few MiB.
+pub(crate) const GZIP_BLOCK: usize = 1 << 20;
+/// gzip member header: magic, CM = deflate, FLG = FEXTRA, no mtime (the tar
+/// entries carry the times), XFL filled in per level, OS = Unix; then one
+/// extra subfield (RFC 1952 §2.3.1.1), `Ab` with four bytes: the member's
+/// total length, little-endian, filled in once it is known. Readers that do
+/// not know the subfield skip it (gzip, GNU tar, zlib); ours uses it to hand
+/// whole members to parallel decompression threads.
+pub(crate) const GZIP_HEADER: [u8; MEMBER_HEADER_LEN] = [
+    0x1f, 0x8b, 8, 4, 0, 0, 0, 0, 0, 3, 8, 0, b'A', b'b', 4, 0, 0, 0, 0, 0,
+];
+/// Length of [`GZIP_HEADER`].
+pub(crate) const MEMBER_HEADER_LEN: usize = 20;
+/// Where the member length sits in [`GZIP_HEADER`].
+pub(crate) const MEMBER_LEN_AT: usize = 16;
 
 /// Largest member accepted: a stored 1 MiB block and its framing, with room.
 const MAX_MEMBER: usize = 2 * GZIP_BLOCK;

@@ -11,6 +11,7 @@ mod meta;
 mod name;
 mod parallel;
 pub(crate) mod pipe;
+mod pool;
 pub(crate) mod reader;
 mod unzstd;
 pub(crate) mod writer;

@@ -13,7 +13,7 @@ use std::marker::PhantomData;
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Mutex;
 
-use super::codec::{next_job, Pool};
+use super::pool::{next_job, Pool};
 
 /// A payload format whose frames decompress independently.
 pub(crate) trait Frames: 'static {

@@ -11,8 +11,18 @@
 //! are read serially by [`super::codec::decoder`] instead.
 use std::io::{self, Read};
 
-use super::codec::{read_full, ZSTD_BLOCK, ZSTD_MAGIC};
 use super::parallel::{corrupt, truncated, Frames};
+use super::pool::read_full;
+
+/// First bytes of a zstd frame.
+pub(crate) const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+/// Input bytes per zstd frame. Independent frames let restore decompress on
+/// every core (zstd's own multithreaded mode writes one frame that only one
+/// thread can read); at 2 MiB — the window of levels 1–5 — they cost less
+/// than 1% of size against one stream (+0.1% on the 1 GiB appliance
+/// benchmark), and `threads + 2` blocks in flight keep a whole backup near
+/// 40 MiB on two threads.
+pub(crate) const ZSTD_BLOCK: usize = 2 << 20;
 
 /// Largest decompressed frame accepted (the encoder writes 2 MiB blocks).
 const MAX_OUTPUT: u64 = 2 * ZSTD_BLOCK as u64;
