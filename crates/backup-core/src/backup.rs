@@ -2,7 +2,6 @@
 //! (lock, status, hooks, preflight, audit, retention) and the pipeline that
 //! writes the image.
 
-use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -15,7 +14,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 
 use serde::Serialize;
 
-use crate::component::{Applicability, Component, SnapshotError};
+use crate::component::{Applicability, SnapshotError};
 use crate::context::{Context, Trigger};
 use crate::destination::{local_destination, write_sealed};
 use crate::destination::{Destination, StreamSink};
@@ -23,125 +22,12 @@ use crate::guard::{Operation, RunGuard};
 use crate::image::writer::{Encoder, TarWriter};
 use crate::image::{
     image_name, sidecar_name, BackupInfo, ComponentRecord, Manifest, Outcome, PlannedComponent,
-    Selection, Sidecar, BACKUP_JSON, MANIFEST_JSON, PAYLOAD_FORMAT,
+    Sidecar, BACKUP_JSON, MANIFEST_JSON, PAYLOAD_FORMAT,
 };
 use crate::ops::status::{RunRecord, StatusFile, StatusStore};
+use crate::plan::{plan, CreateOptions, Plan};
 use crate::progress::{Event, Progress};
 use crate::{Error, Result};
-
-/// What a backup takes.
-pub(crate) struct Plan {
-    selection: Selection,
-    items: Vec<PlanItem>,
-    /// Components left out of a standard backup, with the reason.
-    not_applicable: Vec<String>,
-}
-
-impl Plan {
-    /// The components the backup takes, in order.
-    pub(crate) fn component_names(&self) -> impl Iterator<Item = &str> {
-        self.items.iter().map(|i| i.component.name())
-    }
-
-    /// The selected components' estimated total size (unknown sizes count as 0).
-    fn estimate(&self) -> u64 {
-        self.items
-            .iter()
-            .filter_map(|i| i.component.estimate_size())
-            .sum()
-    }
-}
-
-struct PlanItem {
-    component: Arc<dyn Component>,
-    applicability: Applicability,
-}
-
-/// The plan of a backup: which components it takes, each probed for its
-/// applicability once. Selection errors (an unknown component, a missing
-/// requirement, nothing applicable) are found here, before the run starts.
-pub(crate) fn plan(engine: &Context<'_>, opts: &CreateOptions) -> Result<Plan> {
-    for name in &opts.components {
-        if engine.component(name).is_none() {
-            return Err(Error::Input(format!(
-                "unknown component {name:?}; this appliance has: {}",
-                engine.component_names().join(", ")
-            )));
-        }
-    }
-    let custom = !opts.components.is_empty();
-    let mut items = Vec::new();
-    let mut not_applicable = Vec::new();
-    for reg in engine.components {
-        let name = reg.component.name();
-        let wanted = if custom {
-            opts.components.iter().any(|n| n == name) || (opts.include_audits && reg.options.audit)
-        } else {
-            if reg.options.audit {
-                opts.include_audits
-            } else {
-                reg.options.default
-            }
-        };
-        if !wanted {
-            continue;
-        }
-        let applicability = reg.component.applicability();
-        if let Applicability::NotApplicable(why) = &applicability {
-            if !custom {
-                not_applicable.push(format!("{name} ({why})"));
-                continue;
-            }
-            if opts.halt {
-                return Err(Error::Halted {
-                    component: name.to_string(),
-                    reason: format!("not applicable: {why}"),
-                });
-            }
-        }
-        items.push(PlanItem {
-            component: reg.component.clone(),
-            applicability,
-        });
-    }
-    for item in &items {
-        // Restore refuses a whole image naming such a root, so no image gets one.
-        crate::image::check::EntryRules::new(&item.component.roots()).map_err(|reason| {
-            Error::Input(format!(
-                "component {}: {reason}; give it absolute paths without '.' or '..' parts",
-                item.component.name()
-            ))
-        })?;
-    }
-    let selected: BTreeSet<&str> = items.iter().map(|i| i.component.name()).collect();
-    for reg in engine.components {
-        if !selected.contains(reg.component.name()) {
-            continue;
-        }
-        for req in &reg.options.requires {
-            if !selected.contains(req.as_str()) {
-                return Err(Error::Input(format!(
-                    "component {} requires {req}, which is not in this backup; add --component {req}",
-                    reg.component.name()
-                )));
-            }
-        }
-    }
-    if items.is_empty() {
-        return Err(Error::Input(
-            "nothing to back up: no applicable component is selected".into(),
-        ));
-    }
-    Ok(Plan {
-        selection: if custom {
-            Selection::Custom
-        } else {
-            Selection::Standard
-        },
-        items,
-        not_applicable,
-    })
-}
 
 /// Takes a backup: under the lock, with status, audit log, hooks, a
 /// capacity preflight, a log file, and retention after success. Fails with
@@ -680,23 +566,6 @@ impl Progress for RunProgress {
 }
 fn join(items: Vec<String>) -> String {
     items.join("; ")
-}
-
-/// What `create` should do.
-#[derive(Debug, Clone, Default)]
-#[non_exhaustive]
-pub struct CreateOptions {
-    /// A custom backup of these components (empty: a standard backup).
-    pub components: Vec<String>,
-    /// Include audit components.
-    pub include_audits: bool,
-    /// Fail at the first failing component and publish nothing.
-    pub halt: bool,
-    /// Where the image goes (default: the configured storage).
-    pub destination: Destination,
-    /// Started by the schedule (recorded in status and audit log); the same
-    /// as a call with [`Trigger::Scheduled`](crate::Trigger::Scheduled).
-    pub scheduled: bool,
 }
 
 /// The result of a backup that published an image.

@@ -2,7 +2,7 @@
 //! download links.
 use std::time::Duration;
 
-use backup_storage::{ListResult, Storage};
+use backup_storage::ListResult;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
@@ -91,18 +91,9 @@ pub enum Browse {
     Backup(ImageDetails),
 }
 
-pub(crate) fn need_storage<'e>(
-    engine: &'e Context<'e>,
-    what: &str,
-) -> Result<&'e std::sync::Arc<dyn Storage>> {
-    engine
-        .storage()
-        .ok_or_else(|| Error::NoStorage(format!("there is nothing to {what}")))
-}
-
 /// One level of the storage (or, for an image name, its details).
 pub(crate) async fn browse(engine: &Context<'_>, path: &str) -> Result<Browse> {
-    let storage = need_storage(engine, "browse")?.clone();
+    let storage = crate::context::need_storage(engine, "browse")?.clone();
     let path = path.trim_start_matches('/');
     if path.ends_with(IMAGE_EXT) {
         return crate::images::show(engine, &ImageRef::Stored(path.to_string()))
@@ -189,7 +180,7 @@ pub(crate) async fn links(
     expires: Duration,
 ) -> Result<Vec<DownloadLink>> {
     let links = async {
-        let storage = need_storage(engine, "link to")?.clone();
+        let storage = crate::context::need_storage(engine, "link to")?.clone();
         if !storage.capabilities().presign {
             return Err(Error::Storage(backup_storage::Error::Unsupported {
                 what: format!("download links: {storage} cannot presign URLs; use `backup fetch IMAGE -o FILE`"),

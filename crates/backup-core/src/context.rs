@@ -225,3 +225,13 @@ impl<'a> Context<'a> {
         self.state_dir().join(LOGS_DIR).join(format!("{base}.log"))
     }
 }
+
+/// The storage of this call, or an error saying there is none to `what`.
+pub(crate) fn need_storage<'e>(
+    engine: &'e Context<'e>,
+    what: &str,
+) -> crate::Result<&'e std::sync::Arc<dyn Storage>> {
+    engine
+        .storage()
+        .ok_or_else(|| crate::Error::NoStorage(format!("there is nothing to {what}")))
+}

@@ -6,8 +6,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::backup::CreateOptions;
 use crate::context::{Context, Trigger};
+use crate::plan::CreateOptions;
 use crate::progress::Event;
 use crate::{Error, Result};
 
@@ -143,7 +143,7 @@ pub(crate) async fn run(engine: &Context<'_>, mut shutdown: watch::Receiver<bool
                 Err(e) => Event::RunFinished {
                     time: Utc::now(),
                     image: None,
-                    outcome: crate::runs::outcome_of(&e).to_string(),
+                    outcome: crate::error::outcome_of(&e).to_string(),
                     reason: Some(e.to_string()),
                 },
             };

@@ -6,7 +6,7 @@ use std::time::Duration;
 use backup_storage::Storage;
 use chrono::{DateTime, Utc};
 
-use crate::backup::{CreateOptions, CreateReport};
+use crate::backup::CreateReport;
 use crate::browse::{Browse, DownloadLink};
 use crate::component::{
     CommandComponent, Component, ComponentOptions, FilesComponent, Registered, SqliteComponent,
@@ -19,6 +19,7 @@ use crate::keys::rewrap::RewrapResult;
 use crate::keys::{KeyFile, KeySource, Keys, NoPassphrase, PassphraseProvider, Rotation};
 use crate::ops::audit::AuditRecord;
 use crate::ops::retention::RetentionDecision;
+use crate::plan::CreateOptions;
 use crate::progress::{NoProgress, Progress};
 use crate::restore::{RestoreOptions, RestorePlan, RestoreReport};
 use crate::runs::StatusView;
@@ -323,12 +324,12 @@ impl Engine {
     /// Sets the domain master secret of a new appliance (audited as
     /// `key.init`); `passphrase` is asked only if the appliance has none yet.
     pub fn init_keys(&self, passphrase: impl FnOnce() -> Result<Passphrase>) -> Result<KeyId> {
-        crate::keys::init(&self.context(&Call::default()), passphrase)
+        crate::keys::ops::init(&self.context(&Call::default()), passphrase)
     }
 
     /// Checks a secret against the keyring (audited as `key.check`).
     pub fn check_key(&self, current: impl FnOnce() -> Result<Passphrase>) -> Result<KeyId> {
-        crate::keys::check(&self.context(&Call::default()), current)
+        crate::keys::ops::check(&self.context(&Call::default()), current)
     }
 
     /// Replaces the domain master secret, keeping the previous master key in
@@ -338,7 +339,7 @@ impl Engine {
         current: impl FnOnce() -> Result<Passphrase>,
         new: impl FnOnce() -> Result<Passphrase>,
     ) -> Result<Rotation> {
-        crate::keys::rotate(&self.context(&Call::default()), current, new)
+        crate::keys::ops::rotate(&self.context(&Call::default()), current, new)
     }
 
     /// Lists the images in the storage (newest last) with their sidecars.
@@ -492,12 +493,12 @@ impl EngineCall<'_> {
 
     /// `key.init`); `passphrase` is asked only if the appliance has none yet.
     pub fn init_keys(&self, passphrase: impl FnOnce() -> Result<Passphrase>) -> Result<KeyId> {
-        crate::keys::init(&self.context(), passphrase)
+        crate::keys::ops::init(&self.context(), passphrase)
     }
 
     /// Checks a secret against the keyring (audited as `key.check`).
     pub fn check_key(&self, current: impl FnOnce() -> Result<Passphrase>) -> Result<KeyId> {
-        crate::keys::check(&self.context(), current)
+        crate::keys::ops::check(&self.context(), current)
     }
 
     /// the keyring (audited as `key.rotate`, refused attempts included).
@@ -506,7 +507,7 @@ impl EngineCall<'_> {
         current: impl FnOnce() -> Result<Passphrase>,
         new: impl FnOnce() -> Result<Passphrase>,
     ) -> Result<Rotation> {
-        crate::keys::rotate(&self.context(), current, new)
+        crate::keys::ops::rotate(&self.context(), current, new)
     }
 
     /// Lists the images in the storage (newest last) with their sidecars.

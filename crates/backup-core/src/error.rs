@@ -386,5 +386,10 @@ fn image_size_message(size: u64, expected: u64) -> String {
     }
 }
 
+/// The audit outcome of an error.
+pub(crate) fn outcome_of(e: &Error) -> &'static str {
+    e.kind().audit_outcome()
+}
+
 /// Result alias of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -11,7 +11,6 @@ use backup_storage::StorageExt;
 
 use serde::Serialize;
 
-use crate::backup::CreateOptions;
 use crate::context::Context;
 use crate::image::reader::NullVisitor;
 use crate::image::reader::{self, Visitor, WalkResult};
@@ -20,6 +19,7 @@ use crate::image::{
 };
 use crate::image::{Manifest, ParsedName};
 use crate::ops::retention::Coverage;
+use crate::plan::CreateOptions;
 use crate::progress::Event;
 use crate::util::join_error;
 use crate::{Error, Result};
@@ -135,7 +135,7 @@ pub(crate) async fn sidecar(engine: &Context<'_>, name: &str) -> Result<Option<S
 /// The component names a standard backup takes now (`None` when no
 /// standard backup could run: then no image counts as full).
 fn standard_set(engine: &Context<'_>) -> Option<BTreeSet<String>> {
-    let plan = crate::backup::plan(engine, &CreateOptions::default()).ok()?;
+    let plan = crate::plan::plan(engine, &CreateOptions::default()).ok()?;
     Some(plan.component_names().map(str::to_string).collect())
 }
 /// Which components an image set out to hold.
@@ -257,7 +257,7 @@ pub(crate) async fn open_raw(
             Ok((Box::new(f), size))
         }
         ImageRef::Stored(name) => {
-            let storage = crate::browse::need_storage(engine, "read an image from")?;
+            let storage = crate::context::need_storage(engine, "read an image from")?;
             let got = storage.get_opts(name, None).await?;
             let size = Some(got.meta.size);
             Ok((

@@ -65,6 +65,7 @@ mod keys;
 mod lazy_storage;
 mod model;
 mod ops;
+mod plan;
 mod progress;
 mod restore;
 mod retention;
@@ -73,7 +74,7 @@ mod transfer;
 mod util;
 mod verify;
 
-pub use backup::{CreateOptions, CreateReport};
+pub use backup::CreateReport;
 pub use browse::{Access, Browse, BrowseImage, BrowseView, DownloadLink};
 pub use component::ComponentOptions;
 pub use component::{
@@ -96,16 +97,17 @@ pub use image::{
 };
 pub use images::ImageRef;
 pub use images::{ImageDetails, ImageSelection, ImageSummary};
+pub use keys::ops::audit_key_operation;
 pub use keys::rewrap::RewrapResult;
 pub use keys::{
-    audit_key_operation, check_passphrase, ensure_not_initialized, init_keys, rotate_keys,
-    EarlierKey, KeyFile, KeySource, Keyring, NoPassphrase, PassphraseProvider, Rotation,
-    KEYRING_FILE, KEY_FILE,
+    check_passphrase, ensure_not_initialized, init_keys, rotate_keys, EarlierKey, KeyFile,
+    KeySource, Keyring, NoPassphrase, PassphraseProvider, Rotation, KEYRING_FILE, KEY_FILE,
 };
 pub use ops::audit::AuditRecord;
 pub use ops::lock::{LockHolder, OperationLock};
 pub use ops::retention::{RetentionDecision, RetentionPolicy};
 pub use ops::status::{CurrentRun, RunRecord};
+pub use plan::CreateOptions;
 pub use progress::{Event, NoProgress, Progress};
 pub use restore::{
     ComponentPlan, PathList, RestoreApproval, RestoreOptions, RestorePlan, RestoreReport,

@@ -40,11 +40,6 @@ pub struct StatusView {
     pub daemon: Option<crate::daemon::DaemonInfo>,
 }
 
-/// The audit outcome of an error.
-pub(crate) fn outcome_of(e: &Error) -> &'static str {
-    e.kind().audit_outcome()
-}
-
 /// Audits an operation a frontend carried out itself (key check/rotate).
 pub(crate) fn audit_public<T>(
     engine: &Context<'_>,
@@ -55,7 +50,7 @@ pub(crate) fn audit_public<T>(
 ) {
     let (outcome, error) = match result {
         Ok(_) => ("done", None),
-        Err(e) => (outcome_of(e), Some(e.to_string())),
+        Err(e) => (crate::error::outcome_of(e), Some(e.to_string())),
     };
     engine.audit(operation.audit_name(), target, outcome, 0, started, error);
 }

@@ -27,7 +27,7 @@ pub(crate) async fn fetch(engine: &Context<'_>, image: &ImageRef, out: &Path) ->
                 "{image} is a local file already; copy it with cp"
             )));
         };
-        let storage = crate::browse::need_storage(engine, "fetch from")?;
+        let storage = crate::context::need_storage(engine, "fetch from")?;
         let got = storage.get_opts(name, None).await?;
         let out = out.to_path_buf();
         let mut reader = tokio_util::io::SyncIoBridge::new(got.reader);

@@ -2,15 +2,14 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use backup_crypto::{DecryptReader, ImageReader, KdfParams, KeyId, Keyslot, MasterKey, Passphrase};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::guard::{Operation, RunGuard};
 use crate::{Error, Result};
 
+pub(crate) mod ops;
 pub(crate) mod rewrap;
 
 /// File name of the keyring (the passphrase-wrapped master key) in the state directory.
@@ -258,34 +257,6 @@ fn write_key_file(state_dir: &Path, mk: &MasterKey) -> Result<()> {
             format!("writing the master key file {}", key_path.display()),
             e,
         )
-    })
-}
-
-/// Appends the audit record of a key operation that runs without an
-/// [`Engine`](crate::Engine) — `init`, which comes before the appliance's keys
-/// (and perhaps its storage) exist — to the state directory's audit log: the
-/// record [`Engine::audit_public`](crate::Engine::audit_public) writes.
-pub fn audit_key_operation<T>(
-    state_dir: &Path,
-    actor: &str,
-    operation: crate::Operation,
-    target: &str,
-    result: &Result<T>,
-    started: Instant,
-) -> Result<()> {
-    let (outcome, error) = match result {
-        Ok(_) => ("done", None),
-        Err(e) => (crate::runs::outcome_of(e), Some(e.to_string())),
-    };
-    crate::ops::audit::AuditLog::in_state_dir(state_dir).append(&crate::ops::audit::AuditRecord {
-        time: Utc::now(),
-        actor: actor.to_string(),
-        operation: operation.audit_name().to_string(),
-        target: target.to_string(),
-        outcome: outcome.to_string(),
-        bytes: 0,
-        duration_ms: started.elapsed().as_millis() as u64,
-        error,
     })
 }
 
@@ -549,50 +520,6 @@ pub fn rotate_keys(
         kept: rotated.earlier.iter().map(|e| e.key_id.clone()).collect(),
         key_file_updated: previous_key_file.is_some(),
     })
-}
-
-/// `init` through the engine (audited as `key.init`): refuses an appliance
-/// that has its secret already before `passphrase` is asked for.
-pub(crate) fn init(
-    engine: &crate::context::Context<'_>,
-    passphrase: impl FnOnce() -> Result<Passphrase>,
-) -> Result<KeyId> {
-    let guard = RunGuard::start(engine, Operation::KeyInit, "keyring")?;
-    let state = &engine.config.appliance.state_dir;
-    let result = ensure_not_initialized(state)
-        .and_then(|()| passphrase())
-        .and_then(|pass| init_keys(state, &pass, engine.config.encryption.kdf_params()));
-    guard.audit_result("keyring", &result, |_| 0);
-    result
-}
-
-/// Checks the current secret against the keyring (audited as `key.check`).
-pub(crate) fn check(
-    engine: &crate::context::Context<'_>,
-    current: impl FnOnce() -> Result<Passphrase>,
-) -> Result<KeyId> {
-    let guard = RunGuard::start(engine, Operation::KeyCheck, "keyring")?;
-    let state = &engine.config.appliance.state_dir;
-    let result = current().and_then(|pass| check_passphrase(state, &pass));
-    guard.audit_result("keyring", &result, |_| 0);
-    result
-}
-
-/// Replaces the domain master secret (audited as `key.rotate`, every attempt:
-/// a current or new secret that cannot be had or used included).
-pub(crate) fn rotate(
-    engine: &crate::context::Context<'_>,
-    current: impl FnOnce() -> Result<Passphrase>,
-    new: impl FnOnce() -> Result<Passphrase>,
-) -> Result<Rotation> {
-    let guard = RunGuard::start(engine, Operation::KeyRotate, "keyring")?;
-    let state = &engine.config.appliance.state_dir;
-    let result = current().and_then(|cur| {
-        let new = new()?;
-        rotate_keys(state, &cur, &new, engine.config.encryption.kdf_params())
-    });
-    guard.audit_result("keyring", &result, |_| 0);
-    result
 }
 
 #[cfg(test)]
