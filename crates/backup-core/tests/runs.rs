@@ -66,7 +66,7 @@ async fn a_failure_at_the_storage_stage_is_in_the_status() -> Result<()> {
         .create(&CreateOptions::default())
         .await
         .expect_err("no storage to write to");
-    let status = engine.status()?;
+    let status = settled_status(&engine).await?;
     let failure = status.last_failure.expect("the failure is recorded");
     assert_eq!(failure.reason.as_deref(), Some(err.to_string().as_str()));
     assert_eq!(status.state, "not running");
@@ -437,4 +437,21 @@ async fn one_engine_serves_callers_each_with_its_own_actor_progress_and_trigger(
     let skipped = engine.status()?.last_skipped.expect("the skip is recorded");
     assert_eq!(skipped.operation, "scheduled backup");
     Ok(())
+}
+
+/// The status once no process holds the lock. The tests share one process,
+/// and a child another test spawns (a hook, a dump command, GNU tar) holds a
+/// copy of every descriptor open at the moment it was forked until it execs,
+/// the lock's included: the kernel keeps the lock that long after the run
+/// dropped it, and `status` rightly says "in progress" meanwhile. A lock that
+/// stays held fails the assertion after the wait.
+async fn settled_status(engine: &Engine) -> Result<backup_core::StatusView> {
+    for _ in 0..100 {
+        let status = engine.status()?;
+        if status.state != "in progress" {
+            return Ok(status);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    Ok(engine.status()?)
 }
