@@ -44,6 +44,10 @@ impl std::fmt::Display for LockHolder {
     }
 }
 
+/// How many times (20 ms apart) `acquire` waits for a lock whose holder has
+/// let go of it but whose descriptor a forked child still holds.
+const RELEASED_WAITS: u32 = 100;
+
 /// A held lock; released on drop.
 #[derive(Debug)]
 pub struct OperationLock {
@@ -70,18 +74,32 @@ impl OperationLock {
             .truncate(false)
             .open(&path)
             .map_err(|e| Error::io(format!("opening the lock {}", path.display()), e))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                let holder = read_holder(&mut file);
-                return Err(Error::Busy(
-                    holder
-                        .map(|h| h.to_string())
-                        .unwrap_or_else(|| "another operation is running".into()),
-                ));
-            }
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(Error::io(format!("locking {}", path.display()), e));
+        let mut released_waits = 0;
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) => match read_holder(&mut file) {
+                    // An empty record under a held lock is a lock being let go
+                    // of: its holder clears the record before it closes the
+                    // file, but a child process forked meanwhile (a hook, a
+                    // dump command of another caller in this process) keeps a
+                    // copy of the descriptor, and with it the lock, until it
+                    // execs. Wait that moment out rather than refuse the run.
+                    None if released_waits < RELEASED_WAITS => {
+                        released_waits += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                    holder => {
+                        return Err(Error::Busy(
+                            holder
+                                .map(|h| h.to_string())
+                                .unwrap_or_else(|| "another operation is running".into()),
+                        ))
+                    }
+                },
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(Error::io(format!("locking {}", path.display()), e));
+                }
             }
         }
         let stale = read_holder(&mut file).filter(|h| h.pid != std::process::id());
@@ -123,14 +141,8 @@ pub(crate) fn probe(state_dir: &Path) -> Result<Option<LockHolder>> {
     };
     match file.try_lock_shared() {
         Ok(()) => Ok(None),
-        Err(std::fs::TryLockError::WouldBlock) => {
-            Ok(Some(read_holder(&mut file).unwrap_or(LockHolder {
-                pid: 0,
-                host: hostname(),
-                operation: "operation".into(),
-                started: Utc::now(),
-            })))
-        }
+        // An empty record: the lock is being let go of (see `acquire`).
+        Err(std::fs::TryLockError::WouldBlock) => Ok(read_holder(&mut file)),
         Err(std::fs::TryLockError::Error(e)) => {
             Err(Error::io(format!("probing the lock {}", path.display()), e))
         }
@@ -156,6 +168,25 @@ pub(crate) fn hostname() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_released_lock_a_child_still_holds_is_waited_for_not_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = OperationLock::acquire(dir.path(), "backup").unwrap();
+        // What a child forked while the lock was held keeps until it execs:
+        // a copy of the descriptor, so the lock outlives the holder's drop
+        // (which clears the record, then closes its own descriptor).
+        let copy = lock.file.try_clone().unwrap();
+        drop(lock);
+        let exec_after = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            drop(copy);
+        });
+        assert_eq!(probe(dir.path()).unwrap(), None, "nobody runs");
+        let next = OperationLock::acquire(dir.path(), "restore").expect("waited, not refused");
+        exec_after.join().unwrap();
+        drop(next);
+    }
 
     #[test]
     fn second_holder_is_refused_and_names_the_first() {
