@@ -109,20 +109,55 @@ async fn image_header(engine: &Context<'_>, name: &str) -> Result<(u64, Option<H
         })?;
     Ok((size, Header::parse(&bytes).ok()))
 }
-/// An image's sidecar manifest used as what it is, an index: `None` when
-/// the image has none, and also when the sidecar does not open or does
-/// not match the image (key id, name, size), after a warning saying so,
-/// so that the caller reads the image itself instead.
-pub(crate) async fn sidecar(engine: &Context<'_>, name: &str) -> Result<Option<Sidecar>> {
+/// What an image's sidecar manifest tells before the image is read, read
+/// once per operation.
+#[derive(Default)]
+pub(crate) struct Index {
+    /// The sidecar used as what it is, an index: `None` when the image has
+    /// none, and also when it does not open or does not match the image (key
+    /// id, name, size), after a warning saying so, so that the caller reads
+    /// the image itself instead.
+    pub(crate) sidecar: Option<Sidecar>,
+    /// The size the image was written with, from a sidecar that opens under
+    /// our key and names this image (even one whose size differs: it vouches
+    /// for the size written, so a different stored size is the image's doing).
+    written_size: Option<u64>,
+}
+
+/// Reads the index of `image` (nothing for an image file).
+pub(crate) async fn index(engine: &Context<'_>, image: &ImageRef) -> Result<Index> {
+    let ImageRef::Stored(name) = image else {
+        return Ok(Index::default());
+    };
     let why = match read_sidecar(engine, name).await? {
-        SidecarRead::Missing => return Ok(None),
-        SidecarRead::Found(s, size) if s.image_size == size => return Ok(Some(*s)),
-        SidecarRead::Found(s, size) => format!(
-            "records {} bytes for the image, which has {size}",
-            s.image_size
-        ),
+        SidecarRead::Missing => return Ok(Index::default()),
+        SidecarRead::Found(s, size) if s.image_size == size => {
+            return Ok(Index {
+                written_size: Some(s.image_size),
+                sidecar: Some(*s),
+            })
+        }
+        SidecarRead::Found(s, size) => {
+            warn_unused_sidecar(
+                engine,
+                name,
+                &format!(
+                    "records {} bytes for the image, which has {size}",
+                    s.image_size
+                ),
+            );
+            return Ok(Index {
+                sidecar: None,
+                written_size: Some(s.image_size),
+            });
+        }
         SidecarRead::Unusable(why) => why,
     };
+    warn_unused_sidecar(engine, name, &why);
+    Ok(Index::default())
+}
+
+fn warn_unused_sidecar(engine: &Context<'_>, name: &str, why: &str) {
     engine.progress.event(&Event::Warning {
         component: None,
         message: format!(
@@ -130,7 +165,13 @@ pub(crate) async fn sidecar(engine: &Context<'_>, name: &str) -> Result<Option<S
             sidecar_name(name)
         ),
     });
-    Ok(None)
+}
+
+/// An image's sidecar manifest used as an index (see [`Index::sidecar`]).
+pub(crate) async fn sidecar(engine: &Context<'_>, name: &str) -> Result<Option<Sidecar>> {
+    Ok(index(engine, &ImageRef::Stored(name.to_string()))
+        .await?
+        .sidecar)
 }
 /// The component names a standard backup takes now (`None` when no
 /// standard backup could run: then no image counts as full).
@@ -271,23 +312,16 @@ pub(crate) async fn open_raw(
 pub(crate) async fn walk_image<V: Visitor + Send + 'static>(
     engine: &Context<'_>,
     loc: &ImageRef,
+    index: &Index,
     mut visitor: V,
 ) -> Result<(WalkResult, u64, V)> {
     let (raw, size) = open_raw(engine, loc).await?;
     // A stored image whose size is not the one it was written with would
     // fail authentication somewhere; say what happened instead, before
     // downloading it.
-    // The sidecar is authenticated and names this image, so a size that
-    // differs from the one it records is the image's doing; a sidecar
-    // that does not open or names another image proves nothing.
-    if let (ImageRef::Stored(name), Some(size)) = (loc, size) {
-        if let Ok(SidecarRead::Found(s, _)) = read_sidecar(engine, name).await {
-            if s.image_size != size {
-                return Err(Error::ImageSize {
-                    size,
-                    expected: s.image_size,
-                });
-            }
+    if let (Some(size), Some(expected)) = (size, index.written_size) {
+        if size != expected {
+            return Err(Error::ImageSize { size, expected });
         }
     }
     let keys = engine.keys.clone();
@@ -310,19 +344,18 @@ pub(crate) async fn walk_image<V: Visitor + Send + 'static>(
 /// Details of an image: from its sidecar when it has one, else by reading it.
 pub(crate) async fn show(engine: &Context<'_>, image: &ImageRef) -> Result<ImageDetails> {
     let loc = image;
-    if let ImageRef::Stored(name) = &loc {
-        if let Some(s) = sidecar(engine, name).await? {
-            return Ok(ImageDetails {
-                image: name.clone(),
-                size: Some(s.image_size),
-                selection: selection_of(engine, &s.info),
-                info: s.info,
-                manifest: s.manifest,
-                source: "sidecar",
-            });
-        }
+    let index = index(engine, loc).await?;
+    if let Some(s) = &index.sidecar {
+        return Ok(ImageDetails {
+            image: loc.shown(),
+            size: Some(s.image_size),
+            selection: selection_of(engine, &s.info),
+            info: s.info.clone(),
+            manifest: s.manifest.clone(),
+            source: "sidecar",
+        });
     }
-    let (walked, size, _) = walk_image(engine, loc, NullVisitor).await?;
+    let (walked, size, _) = walk_image(engine, loc, &index, NullVisitor).await?;
     Ok(ImageDetails {
         image: loc.shown(),
         size: Some(size),

@@ -30,9 +30,10 @@ async fn verify_image(engine: &Context<'_>, image: &ImageRef) -> Result<VerifyRe
     engine.progress.event(&Event::Step {
         message: format!("verifying {}", loc.shown()),
     });
-    let (walked, size, _) = crate::images::walk_image(engine, loc, NullVisitor).await?;
+    let index = crate::images::index(engine, loc).await?;
+    let (walked, size, _) = crate::images::walk_image(engine, loc, &index, NullVisitor).await?;
     if let ImageRef::Stored(name) = &loc {
-        if let Some(s) = crate::images::sidecar(engine, name).await? {
+        if let Some(s) = &index.sidecar {
             // The image is what restores; a wrong index is worth a
             // warning, not a failed verification.
             if s.manifest != walked.manifest || s.info != walked.info {

@@ -199,11 +199,10 @@ async fn restore_image(
 ) -> Result<RestoreReport> {
     let loc = image;
     // Pre-checks from the sidecar, before downloading anything.
-    if let ImageRef::Stored(name) = &loc {
-        if let Some(s) = crate::images::sidecar(engine, name).await? {
-            precheck(engine, &s.info, opts)?;
-            check_selection(&s.info, Some(&s.manifest.components), &opts.components)?;
-        }
+    let index = crate::images::index(engine, loc).await?;
+    if let Some(s) = &index.sidecar {
+        precheck(engine, &s.info, opts)?;
+        check_selection(&s.info, Some(&s.manifest.components), &opts.components)?;
     }
     // Directories this restore creates are removed again if it fails.
     let mut created_dirs = Vec::new();
@@ -227,7 +226,7 @@ async fn restore_image(
     engine.progress.event(&Event::Step {
         message: format!("reading and staging {}", loc.shown()),
     });
-    let walked = crate::images::walk_image(engine, loc, visitor).await;
+    let walked = crate::images::walk_image(engine, loc, &index, visitor).await;
     let (walked, _, mut visitor) = match walked {
         Ok(w) => w,
         Err(e) => return Err(e),
@@ -324,11 +323,10 @@ async fn plan_restore(
     opts: &RestoreOptions,
 ) -> Result<RestorePlan> {
     let loc = image;
-    if let ImageRef::Stored(name) = &loc {
-        if let Some(s) = crate::images::sidecar(engine, name).await? {
-            precheck(engine, &s.info, opts)?;
-            check_selection(&s.info, Some(&s.manifest.components), &opts.components)?;
-        }
+    let index = crate::images::index(engine, loc).await?;
+    if let Some(s) = &index.sidecar {
+        precheck(engine, &s.info, opts)?;
+        check_selection(&s.info, Some(&s.manifest.components), &opts.components)?;
     }
     let visitor = PlanVisitor {
         config: PrecheckConfig::of(engine, opts),
@@ -340,7 +338,7 @@ async fn plan_restore(
     engine.progress.event(&Event::Step {
         message: format!("reading {} to plan the restore", loc.shown()),
     });
-    let (walked, _, visitor) = crate::images::walk_image(engine, loc, visitor).await?;
+    let (walked, _, visitor) = crate::images::walk_image(engine, loc, &index, visitor).await?;
     let (to_commit, skipped_failed) = decide(&walked, &visitor.selected, &opts.components)?;
     let mut steps = Vec::new();
     for p in ordered_for_commit(&to_commit) {
