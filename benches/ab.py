@@ -30,37 +30,6 @@ _spec.loader.exec_module(compare)
 SECRET = "benchmark secret, not a real one"
 
 
-def config(work, build, label, codec, dataset):
-    state = work / f"state-{label}-{codec}"
-    path = work / f"{label}-{codec}.toml"
-    path.write_text(f"""[appliance]
-product = "bench"
-version = "1.0"
-node = "bench"
-state_dir = "{state}"
-
-[storage]
-url = "none"
-
-[image]
-compression = "{codec}"
-
-[encryption]
-kdf_memory_mib = 64
-kdf_iterations = 3
-kdf_parallelism = 4
-
-[[component]]
-name = "data"
-kind = "files"
-paths = ["{dataset}"]
-""")
-    if not (state / "master.key").exists():
-        subprocess.run([build, "--config", str(path), "init"], env=ENV, check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return path
-
-
 def timed(argv):
     subprocess.run(["sync"], check=True)
     start = time.monotonic()
@@ -96,7 +65,9 @@ def main():
     samples = {}
     mnt, fs_image = work / "mnt", work / "fs.img"
     for codec in ("zstd", "gzip"):
-        configs = {k: config(work, b, k, codec, dataset) for k, b in builds.items()}
+        level = {"gzip": 6, "zstd": 3}[codec]
+        configs = {k: compare.engine_config(b, work, f"{k}-{codec}", codec, level, dataset, ENV)
+                   for k, b in builds.items()}
         for r in range(args.rounds):
             order = ["A", "B"] if r % 2 == 0 else ["B", "A"]
             for k in order:

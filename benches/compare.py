@@ -162,6 +162,41 @@ def build_engine(skip_build, given=None):
     return binary
 
 
+def engine_config(engine, work, label, codec, level, dataset, env):
+    """Writes the engine's config `work/<label>.toml` backing up `dataset` to a
+    file (no storage) with `codec` at `level`, and sets its secret (once)."""
+    state = work / f"state-{label}"
+    cfg = work / f"{label}.toml"
+    cfg.write_text(f"""[appliance]
+product = "bench-gateway"
+version = "1.0"
+node = "bench"
+state_dir = "{state}"
+
+[storage]
+url = "none"
+
+[image]
+compression = "{codec}"
+level = {level}
+
+[encryption]
+kdf_memory_mib = 64
+kdf_iterations = 3
+kdf_parallelism = 4
+
+[[component]]
+name = "data"
+kind = "files"
+paths = ["{dataset}"]
+""")
+    if not (state / "master.key").exists():
+        state.mkdir(parents=True, exist_ok=True)
+        subprocess.run([str(engine), "--config", str(cfg), "init"], check=True,
+                       env=env, stdout=subprocess.DEVNULL)
+    return cfg
+
+
 def version_of(cmd):
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
@@ -405,36 +440,8 @@ class Runner:
             self.configs[codec] = self.engine_config(codec, level)
 
     def engine_config(self, codec, level):
-        state = self.work / f"state-{codec}"
-        cfg = self.work / f"backup-{codec}.toml"
-        cfg.write_text(f"""[appliance]
-product = "bench-gateway"
-version = "1.0"
-node = "bench"
-state_dir = "{state}"
-
-[storage]
-url = "none"
-
-[image]
-compression = "{codec}"
-level = {level}
-
-[encryption]
-kdf_memory_mib = 64
-kdf_iterations = 3
-kdf_parallelism = 4
-
-[[component]]
-name = "data"
-kind = "files"
-paths = ["{self.dataset}"]
-""")
-        if not (state / "master.key").exists():
-            state.mkdir(parents=True, exist_ok=True)
-            subprocess.run([str(self.engine), "--config", str(cfg), "init"], check=True,
-                           env=self.env, stdout=subprocess.DEVNULL)
-        return cfg
+        return engine_config(self.engine, self.work, f"backup-{codec}", codec, level,
+                             self.dataset, self.env)
 
     def timed(self, stages, shell_tail=""):
         """Runs a pipeline of argv lists under GNU time (each stage timed on
