@@ -35,6 +35,53 @@ pub struct Config {
     /// What to back up.
     #[serde(default, rename = "component")]
     pub components: Vec<ComponentConfig>,
+    /// The HTTP service (`backup serve`).
+    #[serde(default)]
+    pub http: HttpConfig,
+}
+
+/// `[http]`: the HTTPS service of `backup serve`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address and port to listen on (default `127.0.0.1:8443`).
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// PEM certificate chain; with `tls_key`. Without both, a self-signed
+    /// certificate is made at `state_dir/http/cert.pem` on the first start.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// Keep a copy of each image served by `GET /backup` in the configured
+    /// storage, as `backup create` does (default true).
+    #[serde(default = "yes")]
+    pub store_served: bool,
+    /// The URL clients reach this service at (`https://gw.example:8443`),
+    /// for the download links it issues; default: the request's `Host`.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// Serve `GET /metrics` without authentication.
+    #[serde(default)]
+    pub metrics_public: bool,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8443".to_string()
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: default_listen(),
+            tls_cert: None,
+            tls_key: None,
+            store_served: true,
+            public_url: None,
+            metrics_public: false,
+        }
+    }
 }
 
 /// `[schedule]`.

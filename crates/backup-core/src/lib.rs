@@ -82,8 +82,8 @@ pub use component::{
     RestoreContext, SnapshotError, SqliteComponent,
 };
 pub use config::{
-    Appliance, ComponentConfig, ComponentKind, Compression, Config, EncryptionConfig, ImageConfig,
-    Role, ScheduleConfig, StorageConfig,
+    Appliance, ComponentConfig, ComponentKind, Compression, Config, EncryptionConfig, HttpConfig,
+    ImageConfig, Role, ScheduleConfig, StorageConfig,
 };
 pub use context::{Call, Trigger};
 pub use daemon::{DaemonInfo, DAEMON_FILE};
