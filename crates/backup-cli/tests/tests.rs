@@ -9,6 +9,7 @@
 mod util;
 
 mod hostile_images;
+mod http_util;
 mod large_tree;
 mod live_sqlite;
 mod memory_bound;
@@ -17,6 +18,7 @@ mod ops_daemon;
 mod ops_keys;
 mod ops_runs;
 mod output_contract;
+mod webdriver;
 mod workflows;
 
 /// With `autotests = false` a test file that no `mod` line here names is never
