@@ -19,6 +19,10 @@ use crate::util::{run, Out, Running, BIN, SECRET};
 pub const NODE: &str = "gw-http";
 /// Image name prefix of its store.
 pub const HTTP_PREFIX: &str = "http-";
+/// The audit outcome of a backup that succeeded, on its `create` record
+/// and on the request's `http` line alike (the engine's word for a run that
+/// succeeded; a download, a link or a status read is `done`).
+pub const BACKUP_DONE: &str = "success";
 /// How long a server may take to answer `/healthz` after it was started
 /// (the first start generates a certificate; debug builds on a busy machine).
 const START_LIMIT: Duration = Duration::from_secs(60);
@@ -329,22 +333,21 @@ default = false
             .collect()
     }
 
-    /// `backup verify FILE` succeeds; `backup --json show FILE` lists the
-    /// components; gives their names.
+    /// `backup verify FILE` succeeds; gives the names of the image's
+    /// components (`backup --json show FILE`).
     pub fn verify_components(&self, image: &Path) -> Vec<String> {
         let file = image.to_str().expect("UTF-8 path");
         self.backup(&["verify", file]).expect(0);
         let out = self.backup(&["--json", "show", file]);
         out.expect(0);
         let json = out.json();
-        let list = json["components"]
+        let list = json["info"]["components"]
             .as_array()
-            .unwrap_or_else(|| panic!("no components in `show --json`\n{}", out.dump()));
+            .unwrap_or_else(|| panic!("no info.components in `show --json`\n{}", out.dump()));
         list.iter()
             .map(|c| {
                 c["name"]
                     .as_str()
-                    .or_else(|| c.as_str())
                     .unwrap_or_else(|| panic!("a component without a name: {c}"))
                     .to_owned()
             })

@@ -9,6 +9,8 @@
 mod util;
 
 mod hostile_images;
+mod http_browser;
+mod http_service;
 mod http_util;
 mod large_tree;
 mod live_sqlite;
