@@ -800,3 +800,113 @@ fn a_streamed_gib_of_incompressible_data_stays_within_the_memory_bound() {
     );
     server.assert_serving();
 }
+
+#[test]
+fn metrics_need_an_auditor_unless_configured_public() {
+    let (app, mut server) = served("");
+    let anonymous = Curl::anonymous(&server, &app.dir().join("anon"));
+    anonymous.get(&[&server.url("/metrics")]).expect_status(401);
+    let admin = Curl::with_netrc(&server, &app.dir().join("admin"), "admin", ADMIN_PW);
+    let dir = app.fresh_dir("one");
+    let (out, reply) = cron_curl(&app, &admin, &dir, &backup_url(&server, NODE, false), &[]);
+    assert_eq!(out.code, 0, "{}", reply.dump());
+
+    let auditor = Curl::with_netrc(&server, &app.dir().join("auditor"), "auditor", AUDITOR_PW);
+    let r = auditor.get(&[&server.url("/metrics")]);
+    r.expect_status(200);
+    let text = r.text();
+    for line in [
+        "# TYPE backup_last_success_timestamp_seconds gauge",
+        &format!("backup_lock_held{{node=\"{NODE}\"}} 0"),
+        &format!("backup_runs_total{{node=\"{NODE}\",outcome=\"success\"}} 1"),
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "no line {line:?} in\n{text}"
+        );
+    }
+    let audit = app.http_audit();
+    assert!(
+        !http_records(&audit, "http:auditor@127.0.0.1", "GET /metrics", "done").is_empty(),
+        "{}",
+        show(&audit)
+    );
+    server.assert_serving();
+
+    let public = Appliance::new("[http]\nmetrics_public = true\n");
+    let public_server = public.serve();
+    let anonymous = Curl::anonymous(&public_server, &public.dir().join("anon"));
+    let r = anonymous.get(&[&public_server.url("/metrics")]);
+    r.expect_status(200);
+    assert!(
+        r.text().contains("# TYPE backup_lock_held gauge"),
+        "{}",
+        r.text()
+    );
+    anonymous
+        .get(&[&public_server.url("/status")])
+        .expect_status(401);
+}
+
+#[test]
+fn a_user_with_a_registered_client_certificate_must_present_it() {
+    use sha2::Digest;
+    let app = Appliance::new("");
+    let certs = app.fresh_dir("certs");
+    let mut fingerprints = Vec::new();
+    for name in ["carol", "mallory"] {
+        let key = rcgen::generate_simple_self_signed(vec![format!("{name}.example")])
+            .expect("a client certificate");
+        fs::write(certs.join(format!("{name}.pem")), key.cert.pem()).unwrap();
+        let key_path = certs.join(format!("{name}.key"));
+        fs::write(&key_path, key.signing_key.serialize_pem()).unwrap();
+        fs::set_permissions(
+            &key_path,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+        fingerprints.push(hex::encode(sha2::Sha256::digest(key.cert.der())));
+    }
+    let carol_pw = "carol-needs-her-certificate";
+    app.add_user_with(
+        "carol",
+        "admin",
+        carol_pw,
+        &[
+            "--client-cert-sha256",
+            &format!("sha256:{}", fingerprints[0]),
+        ],
+    );
+    app.add_user("admin", "admin", ADMIN_PW);
+    let mut server = app.serve();
+    let carol = Curl::with_netrc(&server, &app.dir().join("carol"), "carol", carol_pw);
+    let url = server.url("/status");
+    let pem = |name: &str, ext: &str| certs.join(format!("{name}.{ext}")).display().to_string();
+    let (carol_cert, carol_key) = (pem("carol", "pem"), pem("carol", "key"));
+    let (mallory_cert, mallory_key) = (pem("mallory", "pem"), pem("mallory", "key"));
+
+    carol.get(&[&url]).expect_status(403);
+    carol
+        .get(&["--cert", &mallory_cert, "--key", &mallory_key, &url])
+        .expect_status(403);
+    carol
+        .get(&["--cert", &carol_cert, "--key", &carol_key, &url])
+        .expect_status(200);
+    // The others are asked for none and need none.
+    let admin = Curl::with_netrc(&server, &app.dir().join("admin"), "admin", ADMIN_PW);
+    admin.get(&[&url]).expect_status(200);
+
+    let audit = app.http_audit();
+    assert!(
+        http_records(&audit, "http:carol@127.0.0.1", "GET /status", "refused").len() >= 2,
+        "{}",
+        show(&audit)
+    );
+    assert!(
+        !http_records(&audit, "http:carol@127.0.0.1", "GET /status", "done").is_empty(),
+        "{}",
+        show(&audit)
+    );
+    server.assert_serving();
+    app.assert_no_secret_leaked(&server);
+}

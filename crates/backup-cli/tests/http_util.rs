@@ -181,8 +181,14 @@ default = false
     /// `backup user add NAME --role ROLE`, the password passed in the
     /// environment (never argv).
     pub fn add_user(&self, name: &str, role: &str, password: &str) {
+        self.add_user_with(name, role, password, &[]);
+    }
+
+    /// [`Appliance::add_user`] with more arguments (`--client-cert-sha256 FP`).
+    pub fn add_user_with(&self, name: &str, role: &str, password: &str, extra: &[&str]) {
         self.secrets.borrow_mut().push(password.to_owned());
         let mut c = self.cmd(&["user", "add", name, "--role", role]);
+        c.args(extra);
         c.env("BACKUP_USER_PASSWORD", password);
         let out = run(&mut c);
         out.expect(0);
