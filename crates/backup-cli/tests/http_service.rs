@@ -910,3 +910,53 @@ fn a_user_with_a_registered_client_certificate_must_present_it() {
     server.assert_serving();
     app.assert_no_secret_leaked(&server);
 }
+
+#[test]
+fn sigterm_lets_the_running_backup_finish_then_the_server_exits() {
+    let (app, server) = served(&slow_component(3));
+    let admin = Curl::with_netrc(&server, &app.dir().join("admin"), "admin", ADMIN_PW);
+    let dir = app.fresh_dir("during-stop");
+    let headers = app.dir().join("during-stop.headers");
+    let mut c = admin.command(&["--fail", "-OJ", "-D"]);
+    c.arg(&headers)
+        .arg(backup_url(&server, NODE, false))
+        .current_dir(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut client = c.spawn().expect("starting curl");
+    let started = Instant::now();
+    while status_of(&fs::read_to_string(&headers).unwrap_or_default()) != 200 {
+        assert!(
+            client.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(60),
+            "the backup was not seen running\n{}",
+            server.output()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    crate::util::signal(server.process.pid(), "-TERM");
+    let status = client.wait().unwrap();
+    assert!(
+        status.success(),
+        "the running backup was cut by SIGTERM\n{}",
+        server.output()
+    );
+    let file = only_file(&dir);
+    app.verify_components(&file);
+    let out = server.process.wait(Duration::from_secs(60));
+    assert_eq!(out.code, 0, "backup serve after SIGTERM\n{}", out.dump());
+}
+
+#[test]
+fn a_user_added_while_the_service_runs_can_log_in_at_once() {
+    let (app, mut server) = served("");
+    let url = server.url("/status");
+    let dave_pw = "dave-joined-later-2026";
+    let dave = Curl::with_netrc(&server, &app.dir().join("dave"), "dave", dave_pw);
+    dave.get(&[&url]).expect_status(401);
+    app.add_user("dave", "auditor", dave_pw);
+    dave.get(&[&url]).expect_status(200);
+    app.backup(&["user", "del", "dave"]).expect(0);
+    dave.get(&[&url]).expect_status(401);
+    server.assert_serving();
+    app.assert_no_secret_leaked(&server);
+}
