@@ -10,8 +10,14 @@
 #![warn(missing_docs)]
 
 mod auth;
+mod basic;
+mod users;
 
-pub use auth::{Authenticator, Credentials, Denial, Principal, Role};
+pub use auth::{Authenticator, Credentials, Denial, LoginThrottle, Principal, Role, Throttled};
+pub use basic::parse_basic;
+pub use users::{
+    NewToken, TokenEntry, UserEntry, UsersAuthenticator, UsersError, UsersFile, USERS_FILE,
+};
 
 use std::net::SocketAddr;
 
