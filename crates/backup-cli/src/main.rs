@@ -19,6 +19,7 @@ mod quickstart;
 mod report;
 mod secret;
 mod storage_cmd;
+mod user_cmd;
 
 use report::{escape_control, human, outln, print_json, Reporter};
 use secret::CliSecret;
@@ -241,6 +242,22 @@ backup browse gw-20261122T020000Z_gw-1_standalone.bkp")]
 backup key rewrap IMAGE..."
     )]
     Key(ops_cmd::KeyCommand),
+    /// Users of the HTTP service (`backup serve`) in state_dir/users.toml:
+    /// add, change a password, delete, list
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  backup user add alice --role admin          asks for the password twice\n  \
+BACKUP_USER_PASSWORD=… backup user add audit --role auditor\n  \
+backup user list"
+    )]
+    User(user_cmd::UserCommand),
+    /// API tokens of the HTTP service's users, for cron (login USER!NAME in .netrc or .wgetrc)
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  backup token create alice cron --expires 90d\n  backup token list\n  \
+backup token del alice cron"
+    )]
+    Token(user_cmd::TokenCommand),
     /// Build a demo appliance in a fresh directory, back it up, verify it,
     /// restore it elsewhere and prove the restore is identical
     #[command(after_help = "Examples:\n  backup quickstart\n  backup quickstart --dir /tmp/demo")]
@@ -494,6 +511,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Schedule { count } => ops_cmd::schedule(&engine(&cli)?, *count, cli.json),
         Command::Daemon => ops_cmd::daemon(engine(&cli)?, cli.json).await,
         Command::Key(k) => ops_cmd::key(&cli, k).await,
+        Command::User(c) => user_cmd::user(&cli, c),
+        Command::Token(c) => user_cmd::token(&cli, c),
     }
 }
 

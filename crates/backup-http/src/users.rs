@@ -28,7 +28,7 @@ use std::time::{Duration, Instant, SystemTime};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -315,7 +315,7 @@ impl UsersFile {
         expires: Option<DateTime<Utc>>,
     ) -> Result<NewToken, UsersError> {
         check_name("token", name)?;
-        let now = Utc::now();
+        let now = Utc::now().trunc_subsecs(0);
         if expires.is_some_and(|e| e <= now) {
             return Err(UsersError::Input(
                 "the token would expire before it is created: give a positive duration".into(),
