@@ -306,6 +306,12 @@ impl Engine {
         )
     }
 
+    /// Appends a record a frontend made itself (a request to the HTTP
+    /// service, a change of its users) to the audit log, with fsync.
+    pub fn append_audit(&self, record: &AuditRecord) -> Result<()> {
+        self.context(&Call::default()).audit_log().append(record)
+    }
+
     /// The log lines kept for a backup.
     pub fn backup_log(&self, image: &str) -> Result<String> {
         crate::runs::backup_log(&self.context(&Call::default()), image)
