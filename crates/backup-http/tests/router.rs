@@ -1,0 +1,194 @@
+//! The router on its own, driven in process (the end-to-end tests with real
+//! clients, TLS and a browser are backup-cli's): what each route answers
+//! whom, and that a streamed backup is a good image.
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use backup_core::demo::build_demo;
+use backup_core::{Engine, KdfParams, Passphrase};
+use backup_http::{router, Authenticator, Credentials, Denial, Peer, Principal, Role, Service};
+use base64::Engine as _;
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+/// Two users with fixed passwords: the router is under test, not the users file.
+struct TwoUsers;
+
+#[async_trait]
+impl Authenticator for TwoUsers {
+    async fn authenticate(&self, c: &Credentials) -> Result<Principal, Denial> {
+        let role = match (c.user.as_str(), c.password.as_str()) {
+            ("root", "rootpw") => Role::Admin,
+            ("audit", "auditpw") => Role::Auditor,
+            _ => return Err(Denial::BadCredentials),
+        };
+        Ok(Principal {
+            user: c.user.clone(),
+            role,
+            token: None,
+        })
+    }
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    engine: Arc<Engine>,
+    app: axum::Router,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = build_demo(&dir.path().join("demo"), 19).unwrap();
+    backup_core::init_keys(
+        &demo.config.appliance.state_dir,
+        &Passphrase::new("correct horse battery staple".into()).unwrap(),
+        KdfParams::MINIMUM,
+    )
+    .unwrap();
+    let engine = Arc::new(Engine::builder(demo.config.clone()).build().unwrap());
+    let app = router(Service::new(engine.clone(), Arc::new(TwoUsers)));
+    Fixture {
+        _dir: dir,
+        engine,
+        app,
+    }
+}
+
+fn get(uri: &str, user: Option<(&str, &str)>) -> Request<Body> {
+    let mut r = Request::get(uri);
+    if let Some((u, p)) = user {
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
+        r = r.header(header::AUTHORIZATION, format!("Basic {token}"));
+    }
+    let mut r = r.body(Body::empty()).unwrap();
+    r.extensions_mut().insert(Peer {
+        address: SocketAddr::from(([127, 0, 0, 1], 40000)),
+        client_cert_sha256: None,
+    });
+    r
+}
+
+const ADMIN: Option<(&str, &str)> = Some(("root", "rootpw"));
+const AUDITOR: Option<(&str, &str)> = Some(("audit", "auditpw"));
+
+async fn send(
+    app: &axum::Router,
+    r: Request<Body>,
+) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+    let response = app.clone().oneshot(r).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let bytes = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes().to_vec())
+        .unwrap_or_default();
+    (parts.status, parts.headers, bytes)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn who_may_do_what() {
+    let f = fixture();
+    let node = f.engine.config().appliance.node.clone();
+    let backup = format!("/backup?node={node}");
+    let (s, h, _) = send(&f.app, get(&backup, None)).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        h[header::WWW_AUTHENTICATE],
+        r#"Basic realm="backup", charset="UTF-8""#
+    );
+    let (s, _, _) = send(&f.app, get(&backup, Some(("root", "wrong")))).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _, _) = send(&f.app, get(&backup, AUDITOR)).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _, body) = send(&f.app, get("/backup?node=elsewhere", ADMIN)).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(
+        String::from_utf8_lossy(&body).contains(&node),
+        "names the known node"
+    );
+    let (s, _, _) = send(&f.app, get(&format!("{backup}&audits=maybe"), ADMIN)).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _, _) = send(&f.app, get(&format!("{backup}&colour=red"), ADMIN)).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _, body) = send(&f.app, get("/healthz", None)).await;
+    assert_eq!((s, &body[..]), (StatusCode::OK, &b"ok\n"[..]));
+    for path in ["/status", "/images", "/metrics", "/"] {
+        let (s, _, _) = send(&f.app, get(path, AUDITOR)).await;
+        assert_eq!(s, StatusCode::OK, "{path} for an auditor");
+    }
+    let (s, _, _) = send(&f.app, get("/nowhere", ADMIN)).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    let audit = f.engine.audit_records(None).unwrap();
+    let http: Vec<_> = audit.iter().filter(|r| r.operation == "http").collect();
+    assert!(http
+        .iter()
+        .any(|r| r.actor == "http:-@127.0.0.1" && r.outcome == "refused"));
+    assert!(http
+        .iter()
+        .any(|r| r.actor == "http:root@127.0.0.1" && r.outcome == "refused"));
+    assert!(http
+        .iter()
+        .any(|r| r.actor == "http:audit@127.0.0.1" && r.outcome == "done"));
+    let log =
+        std::fs::read_to_string(f.engine.config().appliance.state_dir.join("audit.log")).unwrap();
+    assert!(
+        !log.contains("rootpw") && !log.contains("auditpw"),
+        "no password in the audit log"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_streamed_backup_is_a_stored_image_and_its_run_is_known() {
+    let f = fixture();
+    let node = f.engine.config().appliance.node.clone();
+    let (s, h, body) = send(
+        &f.app,
+        get(&format!("/ssg/backup?node={node}&audits=true"), ADMIN),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let disposition = h[header::CONTENT_DISPOSITION].to_str().unwrap().to_string();
+    let run = h["x-backup-run"].to_str().unwrap().to_string();
+    let images = f.engine.list().await.unwrap();
+    assert_eq!(images.len(), 1, "stored too ([http] store_served)");
+    assert_eq!(
+        disposition,
+        format!("attachment; filename=\"{}\"", images[0].name)
+    );
+    assert_eq!(images[0].size, body.len() as u64);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pulled.bkp");
+    std::fs::write(&file, &body).unwrap();
+    f.engine.verify(file.as_path()).await.unwrap();
+
+    let (s, _, view) = send(&f.app, get(&format!("/runs/{run}"), AUDITOR)).await;
+    assert_eq!(s, StatusCode::OK);
+    let view: serde_json::Value = serde_json::from_slice(&view).unwrap();
+    assert_eq!(view["outcome"], "success");
+    assert_eq!(view["image"], images[0].name.as_str());
+
+    // The stored image, whole and in part.
+    let name = &images[0].name;
+    let (s, h, whole) = send(&f.app, get(&format!("/images/{name}"), ADMIN)).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(whole, body);
+    let etag = h[header::ETAG].to_str().unwrap().to_string();
+    let mut r = get(&format!("/images/{name}"), ADMIN);
+    r.headers_mut()
+        .insert(header::RANGE, "bytes=100-".parse().unwrap());
+    r.headers_mut()
+        .insert(header::IF_RANGE, etag.parse().unwrap());
+    let (s, h, tail) = send(&f.app, r).await;
+    assert_eq!(s, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(tail, body[100..]);
+    assert_eq!(
+        h[header::CONTENT_RANGE].to_str().unwrap(),
+        format!("bytes 100-{}/{}", body.len() - 1, body.len())
+    );
+    let (s, _, _) = send(&f.app, get(&format!("/images/{name}"), AUDITOR)).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "downloads are for administrators");
+}
