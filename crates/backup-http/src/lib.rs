@@ -26,7 +26,8 @@ mod service;
 pub use auth::{Authenticator, Credentials, Denial, LoginThrottle, Principal, Role, Throttled};
 pub use basic::parse_basic;
 pub use links::{
-    parse_lifetime, rotate_link_key, DEFAULT_LINK_LIFETIME, LINK_KEY_FILE, MAX_LINK_LIFETIME,
+    links_csv, parse_lifetime, rotate_link_key, SignedLinks, DEFAULT_LINK_LIFETIME, LINK_KEY_FILE,
+    MAX_LINK_LIFETIME,
 };
 pub use routes::router;
 pub use service::{RunView, Service};

@@ -7,6 +7,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
@@ -78,6 +79,84 @@ impl LinkKey {
         let expected = Self::mac(&key, name, exp).finalize().into_bytes();
         expected.as_slice().ct_eq(&given).into()
     }
+}
+
+/// The service's own download links (`GET /dl/{name}?exp=…&sig=…`), for
+/// a storage that cannot presign: give it to
+/// [`backup_core::Engine::links_signed`].
+#[derive(Debug, Clone)]
+pub struct SignedLinks {
+    key: LinkKey,
+    base_url: String,
+}
+
+impl SignedLinks {
+    /// Links signed under `state_dir`'s link key, served at `base_url`
+    /// (`https://gw.example:8443`, plus the prefix the router is mounted
+    /// under, if any).
+    pub fn new(state_dir: &Path, base_url: &str) -> SignedLinks {
+        SignedLinks {
+            key: LinkKey::in_state_dir(state_dir),
+            base_url: base_url.trim_end_matches('/').to_string(),
+        }
+    }
+}
+
+impl backup_core::LinkSigner for SignedLinks {
+    fn url(&self, image: &str, expires: DateTime<Utc>) -> backup_core::Result<String> {
+        let exp = expires.timestamp();
+        let sig = self
+            .key
+            .sign(image, exp)
+            .map_err(|e| backup_core::Error::Io {
+                what: format!("reading the link key {}", self.key.path.display()),
+                source: e,
+            })?;
+        Ok(format!(
+            "{}/dl/{}?exp={exp}&sig={sig}",
+            self.base_url,
+            encode_path(image)
+        ))
+    }
+}
+
+/// A path percent-encoded, `/` kept.
+fn encode_path(name: &str) -> String {
+    name.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+/// Download links as CSV: `image,node,role,created,size,url,expiry`.
+pub fn links_csv(links: &[backup_core::DownloadLink]) -> String {
+    let field = |s: &str| {
+        if s.contains([',', '"', '\n', '\r']) {
+            format!("\"{}\"", s.replace('"', "\"\""))
+        } else {
+            s.to_string()
+        }
+    };
+    let mut text = String::from("image,node,role,created,size,url,expiry\n");
+    for l in links {
+        let created = l.created.map(|c| c.to_rfc3339()).unwrap_or_default();
+        let row = [
+            l.image.as_str(),
+            &l.node,
+            &l.role,
+            &created,
+            &l.size.to_string(),
+            &l.url,
+            &l.expires.to_rfc3339(),
+        ];
+        text.push_str(&row.iter().map(|f| field(f)).collect::<Vec<_>>().join(","));
+        text.push('\n');
+    }
+    text
 }
 
 /// Replaces the link key of `state_dir`: every link the service issued

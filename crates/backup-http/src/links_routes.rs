@@ -6,12 +6,14 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use backup_core::DownloadLink;
 use backup_core::{Call, Trigger};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::auth::Role;
+use crate::links::{links_csv, SignedLinks};
 use crate::request::{engine_error, error, Audit, Req};
 use crate::routes::{lifetime, servable, serve_image};
 use crate::service::Service;
@@ -21,54 +23,10 @@ pub(crate) struct LinkQuery {
     expires: Option<String>,
 }
 
-/// One link issued.
-struct Issued {
-    url: String,
-    expires: DateTime<Utc>,
-}
-
-/// A link to `name` valid for `lifetime`: the storage's presigned URL where
-/// it can presign, else the service's own signed `/dl/` URL.
-async fn issue(
-    service: &Service,
-    req: &Req,
-    actor: &str,
-    name: &str,
-    lifetime: Duration,
-) -> Result<Issued, Response> {
+/// The signer of the service's own links, at the URL the client used
+/// (or `[http] public_url`).
+fn signer(service: &Service, req: &Req) -> Result<SignedLinks, Response> {
     let engine = &service.inner.engine;
-    let presigns = engine
-        .storage()
-        .map(|s| s.capabilities().presign)
-        .unwrap_or(false);
-    if presigns {
-        let call = Call::new().actor(actor).trigger(Trigger::Http);
-        let links = engine
-            .with_call(call)
-            .links(&[name.to_string()], lifetime)
-            .await
-            .map_err(|e| engine_error(&e))?;
-        let link = links.into_iter().next().ok_or_else(|| {
-            error(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                &format!("no image {name}"),
-            )
-        })?;
-        return Ok(Issued {
-            url: link.url,
-            expires: link.expires,
-        });
-    }
-    let expires = Utc::now() + chrono::Duration::seconds(lifetime.as_secs() as i64);
-    let exp = expires.timestamp();
-    let sig = service.inner.links.sign(name, exp).map_err(|e| {
-        error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "failed",
-            &format!("the link key: {e}"),
-        )
-    })?;
     let origin = match &engine.config().http.public_url {
         Some(url) => url.trim_end_matches('/').to_string(),
         None => {
@@ -86,25 +44,30 @@ async fn issue(
             format!("https://{host}")
         }
     };
-    Ok(Issued {
-        url: format!(
-            "{origin}{}/dl/{}?exp={exp}&sig={sig}",
-            req.base,
-            encode_path(name)
-        ),
-        expires,
-    })
+    Ok(SignedLinks::new(
+        &engine.config().appliance.state_dir,
+        &format!("{origin}{}", req.base),
+    ))
 }
 
-fn encode_path(name: &str) -> String {
-    name.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
-                (b as char).to_string()
-            }
-            other => format!("%{other:02X}"),
-        })
-        .collect()
+/// Links to `images` (all when empty) valid for `lifetime`: the storage's
+/// presigned URLs where it can presign, else the service's own.
+async fn issue(
+    service: &Service,
+    req: &Req,
+    actor: &str,
+    images: &[String],
+    lifetime: Duration,
+) -> Result<Vec<DownloadLink>, Response> {
+    let signer = signer(service, req)?;
+    let call = Call::new().actor(actor).trigger(Trigger::Http);
+    service
+        .inner
+        .engine
+        .with_call(call)
+        .links_signed(images, lifetime, &signer)
+        .await
+        .map_err(|e| engine_error(&e))
 }
 
 /// `POST /images/{name}/link?expires=6h`.
@@ -170,11 +133,17 @@ pub(crate) async fn link(
             }
         },
     }
-    match issue(&service, &req, &actor, name, lifetime).await {
-        Ok(issued) => {
+    match issue(&service, &req, &actor, &[name.to_string()], lifetime).await {
+        Ok(links) if !links.is_empty() => {
             req.audit(&service, Audit::new(actor, format!("link {name}"), "done"));
-            Json(json!({"url": issued.url, "expires": issued.expires.to_rfc3339()})).into_response()
+            let link = &links[0];
+            Json(json!({"url": link.url, "expires": link.expires.to_rfc3339()})).into_response()
         }
+        Ok(_) => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("no image {name}"),
+        ),
         Err(response) => {
             req.audit(
                 &service,
@@ -187,7 +156,7 @@ pub(crate) async fn link(
 }
 
 /// `GET /links.csv?expires=6h`: a link to every image.
-pub(crate) async fn links_csv(
+pub(crate) async fn links_csv_route(
     State(service): State<Service>,
     req: Req,
     Query(q): Query<LinkQuery>,
@@ -207,51 +176,29 @@ pub(crate) async fn links_csv(
             return error(StatusCode::BAD_REQUEST, "input", &e);
         }
     };
-    let images = match service.inner.engine.list().await {
-        Ok(list) => list,
-        Err(e) => {
+    match issue(&service, &req, &actor, &[], lifetime).await {
+        Ok(links) => {
             req.audit(
                 &service,
-                Audit::new(actor, "links", "failed").error(e.to_string()),
+                Audit::new(actor, format!("links ({} images)", links.len()), "done"),
             );
-            return engine_error(&e);
+            (
+                [
+                    (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+                    (header::CACHE_CONTROL, "no-store"),
+                ],
+                links_csv(&links),
+            )
+                .into_response()
         }
-    };
-    let mut csv = String::from("image,size,url,expires\n");
-    for image in &images {
-        match issue(&service, &req, &actor, &image.name, lifetime).await {
-            Ok(issued) => csv.push_str(&format!(
-                "{},{},{},{}\n",
-                image.name,
-                image.size,
-                issued.url,
-                issued.expires.to_rfc3339()
-            )),
-            Err(response) => {
-                req.audit(
-                    &service,
-                    Audit::new(actor, "links", "failed").error(format!(
-                        "{}: status {}",
-                        image.name,
-                        response.status()
-                    )),
-                );
-                return response;
-            }
+        Err(response) => {
+            req.audit(
+                &service,
+                Audit::new(actor, "links", "failed").error(format!("status {}", response.status())),
+            );
+            response
         }
     }
-    req.audit(
-        &service,
-        Audit::new(actor, format!("links ({} images)", images.len()), "done"),
-    );
-    (
-        [
-            (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        csv,
-    )
-        .into_response()
 }
 
 #[derive(Debug, Deserialize)]

@@ -37,7 +37,7 @@ pub fn router(service: Service) -> Router {
             "/images/{*path}",
             get(image).head(image).post(crate::links_routes::link),
         )
-        .route("/links.csv", get(crate::links_routes::links_csv))
+        .route("/links.csv", get(crate::links_routes::links_csv_route))
         .route("/dl/{*name}", get(crate::links_routes::download))
         .fallback(not_found)
         .with_state(service)

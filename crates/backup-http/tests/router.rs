@@ -192,3 +192,97 @@ async fn a_streamed_backup_is_a_stored_image_and_its_run_is_known() {
     let (s, _, _) = send(&f.app, get(&format!("/images/{name}"), AUDITOR)).await;
     assert_eq!(s, StatusCode::FORBIDDEN, "downloads are for administrators");
 }
+
+fn post(uri: &str, user: Option<(&str, &str)>) -> Request<Body> {
+    let mut r = get(uri, user);
+    *r.method_mut() = axum::http::Method::POST;
+    r.headers_mut()
+        .insert(header::HOST, "gw.example:8443".parse().unwrap());
+    r
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_service_signs_its_own_links_for_a_storage_that_cannot_presign() {
+    let f = fixture();
+    let node = f.engine.config().appliance.node.clone();
+    let (s, _, image) = send(&f.app, get(&format!("/backup?node={node}"), ADMIN)).await;
+    assert_eq!(s, StatusCode::OK);
+    let name = f.engine.list().await.unwrap()[0].name.clone();
+
+    let (s, _, _) = send(&f.app, post(&format!("/images/{name}/link"), AUDITOR)).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "links are for administrators");
+    let (s, _, _) = send(
+        &f.app,
+        post(&format!("/images/{name}/link?expires=8d"), ADMIN),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "at most 7 days");
+    let (s, _, body) = send(&f.app, post(&format!("/images/{name}/link"), ADMIN)).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let link: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let url = link["url"].as_str().unwrap();
+    let expires = chrono::DateTime::parse_from_rfc3339(link["expires"].as_str().unwrap()).unwrap();
+    let hours = (expires.timestamp() - chrono::Utc::now().timestamp()) as f64 / 3600.0;
+    assert!((5.9..=6.0).contains(&hours), "6 hours by default: {hours}");
+    let path = url
+        .strip_prefix("https://gw.example:8443")
+        .expect("an absolute URL from the request's Host");
+    let (s, _, got) = send(&f.app, get(path, None)).await;
+    assert_eq!(s, StatusCode::OK, "a link needs no credentials");
+    assert_eq!(got, image);
+    let tampered = path.replace("exp=", "exp=1");
+    let (s, _, _) = send(&f.app, get(&tampered, None)).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    let (s, _, body) = send(
+        &f.app,
+        post(&format!("/images/{name}/link?expires=1s"), ADMIN),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let short: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let short = short["url"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("https://gw.example:8443")
+        .unwrap()
+        .to_string();
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let (s, _, body) = send(&f.app, get(&short, None)).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "expired");
+    assert!(String::from_utf8_lossy(&body).contains("expired"));
+
+    backup_http::rotate_link_key(&f.engine.config().appliance.state_dir).unwrap();
+    let (s, _, _) = send(&f.app, get(path, None)).await;
+    assert_eq!(
+        s,
+        StatusCode::FORBIDDEN,
+        "rotating the link key revokes every link"
+    );
+
+    let mut r = get("/links.csv", ADMIN);
+    r.headers_mut()
+        .insert(header::HOST, "gw.example:8443".parse().unwrap());
+    let (s, _, csv) = send(&f.app, r).await;
+    assert_eq!(s, StatusCode::OK);
+    let csv = String::from_utf8(csv).unwrap();
+    assert!(
+        csv.starts_with("image,node,role,created,size,url,expiry\n"),
+        "{csv}"
+    );
+    assert!(csv.contains(&format!("{name},{node},")), "{csv}");
+
+    let audit = f.engine.audit_records(None).unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|r| r.actor == "http:link@127.0.0.1" && r.outcome == "done"),
+        "each use of a link is audited"
+    );
+    assert!(audit
+        .iter()
+        .any(|r| r.actor == "http:link@127.0.0.1" && r.outcome == "refused"));
+    let log =
+        std::fs::read_to_string(f.engine.config().appliance.state_dir.join("audit.log")).unwrap();
+    assert!(!log.contains("sig="), "no link signature in the audit log");
+}
