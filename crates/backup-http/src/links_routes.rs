@@ -25,7 +25,7 @@ pub(crate) struct LinkQuery {
 
 /// The signer of the service's own links, at the URL the client used
 /// (or `[http] public_url`).
-fn signer(service: &Service, req: &Req) -> Result<SignedLinks, Response> {
+fn signer(service: &Service, req: &Req) -> Result<SignedLinks, Box<Response>> {
     let engine = &service.inner.engine;
     let origin = match &engine.config().http.public_url {
         Some(url) => url.trim_end_matches('/').to_string(),
@@ -35,11 +35,11 @@ fn signer(service: &Service, req: &Req) -> Result<SignedLinks, Response> {
                 .get(header::HOST)
                 .and_then(|h| h.to_str().ok())
                 .ok_or_else(|| {
-                    error(
+                    Box::new(error(
                         StatusCode::BAD_REQUEST,
                         "input",
                         "no Host header to build the link from: set [http] public_url",
-                    )
+                    ))
                 })?;
             format!("https://{host}")
         }
@@ -59,7 +59,7 @@ async fn issue(
     images: &[String],
     lifetime: Duration,
 ) -> Result<Vec<DownloadLink>, Response> {
-    let signer = signer(service, req)?;
+    let signer = signer(service, req).map_err(|r| *r)?;
     let call = Call::new().actor(actor).trigger(Trigger::Http);
     service
         .inner
