@@ -40,8 +40,13 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
+    fixture_with(|_| {})
+}
+
+fn fixture_with(change: impl FnOnce(&mut backup_core::Config)) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let demo = build_demo(&dir.path().join("demo"), 19).unwrap();
+    let mut demo = build_demo(&dir.path().join("demo"), 19).unwrap();
+    change(&mut demo.config);
     backup_core::init_keys(
         &demo.config.appliance.state_dir,
         &Passphrase::new("correct horse battery staple".into()).unwrap(),
@@ -285,4 +290,80 @@ async fn the_service_signs_its_own_links_for_a_storage_that_cannot_presign() {
     let log =
         std::fs::read_to_string(f.engine.config().appliance.state_dir.join("audit.log")).unwrap();
     assert!(!log.contains("sig="), "no link signature in the audit log");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failure_after_the_status_line_breaks_the_transfer_and_publishes_nothing() {
+    // A component that fails after the image started to flow, with halt.
+    let f = fixture_with(|config| {
+        config.components.push(backup_core::ComponentConfig {
+            name: "late".into(),
+            kind: backup_core::ComponentKind::Command {
+                backup: vec!["sh".into(), "-c".into(), "echo partial; exit 3".into()],
+                restore: Vec::new(),
+            },
+            default: true,
+            requires: Vec::new(),
+            applicable_if_exists: None,
+            audit: None,
+        })
+    });
+    let node = f.engine.config().appliance.node.clone();
+    let response = f
+        .app
+        .clone()
+        .oneshot(get(&format!("/backup?node={node}&halt=true"), ADMIN))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "the image had opened");
+    let run = response.headers()["x-backup-run"].to_str().unwrap().to_string();
+    let body = response.into_body().collect().await;
+    assert!(body.is_err(), "the body ends in an error, not its terminating chunk");
+    assert!(f.engine.list().await.unwrap().is_empty(), "nothing published");
+    let (s, _, view) = send(&f.app, get(&format!("/runs/{run}"), AUDITOR)).await;
+    assert_eq!(s, StatusCode::OK);
+    let view: serde_json::Value = serde_json::from_slice(&view).unwrap();
+    assert_eq!(view["outcome"], "failed");
+    assert!(view["reason"].as_str().unwrap().contains("late"), "{view}");
+
+    // Without halt the same run is partial: the image restores without it.
+    let (s, h, _) = send(&f.app, get(&format!("/backup?node={node}"), ADMIN)).await;
+    assert_eq!(s, StatusCode::OK);
+    let run = h["x-backup-run"].to_str().unwrap();
+    let (_, _, view) = send(&f.app, get(&format!("/runs/{run}"), AUDITOR)).await;
+    let view: serde_json::Value = serde_json::from_slice(&view).unwrap();
+    assert_eq!(view["outcome"], "partial");
+    assert_eq!(view["failed_components"], serde_json::json!(["late"]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_backup_while_one_runs_is_refused_with_retry_after() {
+    let f = fixture_with(|config| {
+        config.components.push(backup_core::ComponentConfig {
+            name: "slow".into(),
+            kind: backup_core::ComponentKind::Command {
+                backup: vec!["sh".into(), "-c".into(), "sleep 3; echo done".into()],
+                restore: Vec::new(),
+            },
+            default: true,
+            requires: Vec::new(),
+            applicable_if_exists: None,
+            audit: None,
+        })
+    });
+    let node = f.engine.config().appliance.node.clone();
+    let first = f
+        .app
+        .clone()
+        .oneshot(get(&format!("/backup?node={node}"), ADMIN))
+        .await
+        .unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    let (s, h, body) = send(&f.app, get(&format!("/backup?node={node}"), ADMIN)).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{}", String::from_utf8_lossy(&body));
+    assert!(h.contains_key(header::RETRY_AFTER));
+    let body = first.into_body().collect().await.unwrap().to_bytes();
+    assert!(!body.is_empty());
+    let status = f.engine.status().unwrap();
+    assert!(status.last_skipped.is_some(), "the refused run is recorded as skipped");
 }
