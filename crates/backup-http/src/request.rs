@@ -91,7 +91,7 @@ impl Req {
         record.duration_ms = self.started.elapsed().as_millis() as u64;
         record.error = entry.error;
         record.trigger = Some("http".into());
-        record.route = Some(format!("{} {}", self.method, self.path));
+        record.route = Some(format!("{} {}{}", self.method, self.base, self.path));
         record.user_agent = self.user_agent();
         if let Err(e) = service.inner.engine.append_audit(&record) {
             tracing::warn!("the audit log could not be written: {e}");

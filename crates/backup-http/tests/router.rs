@@ -316,10 +316,19 @@ async fn a_failure_after_the_status_line_breaks_the_transfer_and_publishes_nothi
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK, "the image had opened");
-    let run = response.headers()["x-backup-run"].to_str().unwrap().to_string();
+    let run = response.headers()["x-backup-run"]
+        .to_str()
+        .unwrap()
+        .to_string();
     let body = response.into_body().collect().await;
-    assert!(body.is_err(), "the body ends in an error, not its terminating chunk");
-    assert!(f.engine.list().await.unwrap().is_empty(), "nothing published");
+    assert!(
+        body.is_err(),
+        "the body ends in an error, not its terminating chunk"
+    );
+    assert!(
+        f.engine.list().await.unwrap().is_empty(),
+        "nothing published"
+    );
     let (s, _, view) = send(&f.app, get(&format!("/runs/{run}"), AUDITOR)).await;
     assert_eq!(s, StatusCode::OK);
     let view: serde_json::Value = serde_json::from_slice(&view).unwrap();
@@ -360,10 +369,18 @@ async fn a_second_backup_while_one_runs_is_refused_with_retry_after() {
         .unwrap();
     assert_eq!(first.status(), StatusCode::OK);
     let (s, h, body) = send(&f.app, get(&format!("/backup?node={node}"), ADMIN)).await;
-    assert_eq!(s, StatusCode::CONFLICT, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        s,
+        StatusCode::CONFLICT,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
     assert!(h.contains_key(header::RETRY_AFTER));
     let body = first.into_body().collect().await.unwrap().to_bytes();
     assert!(!body.is_empty());
     let status = f.engine.status().unwrap();
-    assert!(status.last_skipped.is_some(), "the refused run is recorded as skipped");
+    assert!(
+        status.last_skipped.is_some(),
+        "the refused run is recorded as skipped"
+    );
 }
