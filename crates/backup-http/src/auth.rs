@@ -118,8 +118,8 @@ pub trait Authenticator: Send + Sync + 'static {
 const THROTTLE_WINDOW: Duration = Duration::from_secs(15 * 60);
 /// Failures answered at once; each one after them is held back.
 const FREE_FAILURES: usize = 3;
-/// The hold-back of the first failure after the free ones; it doubles with each further one.
-const FIRST_DELAY: Duration = Duration::from_millis(250);
+/// The unit of the hold-back: the `n`th failure waits `UNIT_DELAY × 2^(n−3)`.
+const UNIT_DELAY: Duration = Duration::from_millis(250);
 /// The longest hold-back.
 const MAX_DELAY: Duration = Duration::from_secs(8);
 /// From this failure on, attempts are answered `429` without a verification.
@@ -145,10 +145,10 @@ impl Throttled {
 }
 
 /// Slows down password guessing per (client address, login): the first 3
-/// failures within 15 minutes are answered at once, the 4th after 250 ms,
-/// each further one after twice as long as the one before (the 9th after
-/// 8 s), and from the 10th on attempts are refused with `429` until the
-/// oldest failures leave the 15-minute window. A success resets the count of
+/// failures within 15 minutes are answered at once, each further one (the
+/// `n`th) after 250 ms × 2^(n−3), at most 8 s (the 4th after 500 ms, the
+/// 8th and 9th after 8 s), and from the 10th on attempts are refused with
+/// `429` until the oldest failures leave the 15-minute window. A success resets the count of
 /// that address and login. Nothing is locked: the same user from another
 /// address is not affected.
 ///
@@ -236,10 +236,8 @@ fn delay_after(n: usize) -> Duration {
     if n <= FREE_FAILURES {
         return Duration::ZERO;
     }
-    let doublings = u32::try_from(n - FREE_FAILURES - 1)
-        .unwrap_or(u32::MAX)
-        .min(16);
-    (FIRST_DELAY * 2u32.pow(doublings)).min(MAX_DELAY)
+    let doublings = u32::try_from(n - FREE_FAILURES).unwrap_or(u32::MAX).min(16);
+    (UNIT_DELAY * 2u32.pow(doublings)).min(MAX_DELAY)
 }
 
 /// `Some` when the next attempt would be the 10th failure in the window:
@@ -296,7 +294,7 @@ mod tests {
     }
 
     #[test]
-    fn failures_are_free_three_times_then_doubling_from_250ms_to_8s_then_429() {
+    fn failures_are_free_three_times_then_250ms_times_2_to_the_n_minus_3_at_most_8s_then_429() {
         let t = LoginThrottle::new();
         let start = Instant::now();
         let mut delays = Vec::new();
@@ -305,7 +303,7 @@ mod tests {
             t.check_at(A, "alice", now).expect("not yet refused");
             delays.push(t.failed_at(A, "alice", now).expect("not yet refused"));
         }
-        assert_eq!(delays, [0, 0, 0, 250, 500, 1000, 2000, 4000, 8000].map(ms),);
+        assert_eq!(delays, [0, 0, 0, 500, 1000, 2000, 4000, 8000, 8000].map(ms),);
         // The 10th attempt is refused before any verification, until the
         // oldest failure (at `start`) leaves the 15-minute window.
         let now = start + Duration::from_secs(9);
@@ -324,12 +322,12 @@ mod tests {
         let later = start + THROTTLE_WINDOW + Duration::from_secs(2);
         t.check_at(A, "alice", later)
             .expect("allowed after the window");
-        assert_eq!(t.failed_at(A, "alice", later).unwrap(), ms(4000));
+        assert_eq!(t.failed_at(A, "alice", later).unwrap(), ms(8000));
     }
 
     #[test]
     fn the_delay_is_capped_at_8s() {
-        for n in 9..40 {
+        for n in 8..40 {
             assert_eq!(delay_after(n), MAX_DELAY, "{n}");
         }
         assert_eq!(delay_after(usize::MAX), MAX_DELAY);
