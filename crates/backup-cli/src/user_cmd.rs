@@ -3,9 +3,10 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
 
 use anyhow::Context;
-use backup_core::{Config, Error};
+use backup_core::{AuditRecord, Engine, Error};
 use backup_http::{Role, UsersError, UsersFile};
 use chrono::{DateTime, SubsecRound, Utc};
 use clap::{Subcommand, ValueEnum};
@@ -127,9 +128,44 @@ impl From<CliRole> for Role {
     }
 }
 
-fn users_file(cli: &Cli) -> anyhow::Result<UsersFile> {
-    let config = Config::load(&crate::config_path(cli))?;
-    Ok(UsersFile::in_state_dir(&config.appliance.state_dir))
+/// The engine (for its audit log) and the users file of its state directory.
+fn open(cli: &Cli) -> anyhow::Result<(Engine, UsersFile)> {
+    let engine = crate::engine(cli)?;
+    let file = UsersFile::in_state_dir(&engine.config().appliance.state_dir);
+    Ok((engine, file))
+}
+
+/// Writes the audit line of a change to the users file (`done`, `refused`
+/// when it was the caller's to fix, else `failed`, with the error) and
+/// passes its result on. The target names the user or token, never a secret.
+fn audited<T>(
+    engine: &Engine,
+    operation: &str,
+    target: &str,
+    change: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let started = Instant::now();
+    let result = change();
+    let (outcome, error) = match &result {
+        Ok(_) => ("done", None),
+        Err(e) => {
+            let callers = e
+                .chain()
+                .find_map(Error::classify)
+                .is_some_and(|(kind, _)| kind.is_callers_to_fix());
+            (
+                if callers { "refused" } else { "failed" },
+                Some(format!("{e:#}")),
+            )
+        }
+    };
+    let mut record = AuditRecord::new(engine.actor(), operation, target, outcome);
+    record.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    record.error = error;
+    let appended = engine.append_audit(&record);
+    let value = result?;
+    appended.context("the change was made, but its audit record could not be written")?;
+    Ok(value)
 }
 
 /// The engine's error of a users-file error, so that exit codes and `--json`
@@ -222,7 +258,7 @@ fn when(t: &DateTime<Utc>) -> String {
 }
 
 pub(crate) fn user(cli: &Cli, command: &UserCommand) -> anyhow::Result<ExitCode> {
-    let file = users_file(cli)?;
+    let (engine, file) = open(cli)?;
     match command {
         UserCommand::Add {
             name,
@@ -230,15 +266,16 @@ pub(crate) fn user(cli: &Cli, command: &UserCommand) -> anyhow::Result<ExitCode>
             client_cert_sha256,
             password_file,
         } => {
-            let password = new_password(password_file.as_deref(), name)?;
-            let entry = file
-                .add_user(
+            let entry = audited(&engine, "user.add", name, || {
+                let password = new_password(password_file.as_deref(), name)?;
+                file.add_user(
                     name,
                     (*role).into(),
                     &password,
                     client_cert_sha256.as_deref(),
                 )
-                .map_err(engine_error)?;
+                .map_err(engine_error)
+            })?;
             if cli.json {
                 print_json(&entry)?;
             } else if !cli.quiet {
@@ -259,10 +296,12 @@ pub(crate) fn user(cli: &Cli, command: &UserCommand) -> anyhow::Result<ExitCode>
             name,
             password_file,
         } => {
-            // An unknown user is refused before a password is asked for.
-            file.get(name).map_err(engine_error)?;
-            let password = new_password(password_file.as_deref(), name)?;
-            file.set_password(name, &password).map_err(engine_error)?;
+            audited(&engine, "user.passwd", name, || {
+                // An unknown user is refused before a password is asked for.
+                file.get(name).map_err(engine_error)?;
+                let password = new_password(password_file.as_deref(), name)?;
+                file.set_password(name, &password).map_err(engine_error)
+            })?;
             if cli.json {
                 print_json(&serde_json::json!({ "user": name, "password": "changed" }))?;
             } else if !cli.quiet {
@@ -270,7 +309,9 @@ pub(crate) fn user(cli: &Cli, command: &UserCommand) -> anyhow::Result<ExitCode>
             }
         }
         UserCommand::Del { name } => {
-            let entry = file.delete_user(name).map_err(engine_error)?;
+            let entry = audited(&engine, "user.del", name, || {
+                file.delete_user(name).map_err(engine_error)
+            })?;
             if cli.json {
                 print_json(&entry)?;
             } else if !cli.quiet {
@@ -314,8 +355,10 @@ pub(crate) fn user(cli: &Cli, command: &UserCommand) -> anyhow::Result<ExitCode>
             clear,
         } => {
             let fingerprint = if *clear { None } else { fingerprint.as_deref() };
-            file.set_client_cert(name, fingerprint)
-                .map_err(engine_error)?;
+            audited(&engine, "user.cert", name, || {
+                file.set_client_cert(name, fingerprint)
+                    .map_err(engine_error)
+            })?;
             if cli.json {
                 print_json(&file.get(name).map_err(engine_error)?)?;
             } else if !cli.quiet {
@@ -330,27 +373,27 @@ pub(crate) fn user(cli: &Cli, command: &UserCommand) -> anyhow::Result<ExitCode>
 }
 
 pub(crate) fn token(cli: &Cli, command: &TokenCommand) -> anyhow::Result<ExitCode> {
-    let file = users_file(cli)?;
+    let (engine, file) = open(cli)?;
     match command {
         TokenCommand::Create {
             user,
             name,
             expires,
         } => {
-            let expires = expires
-                .as_deref()
-                .map(parse_expires)
-                .transpose()?
-                .map(|d| {
-                    Utc::now()
-                        .trunc_subsecs(0)
-                        .checked_add_signed(d)
-                        .context("--expires is too far away")
-                })
-                .transpose()?;
-            let token = file
-                .create_token(user, name, expires)
-                .map_err(engine_error)?;
+            let token = audited(&engine, "token.create", &format!("{user}!{name}"), || {
+                let expires = expires
+                    .as_deref()
+                    .map(parse_expires)
+                    .transpose()?
+                    .map(|d| {
+                        Utc::now()
+                            .trunc_subsecs(0)
+                            .checked_add_signed(d)
+                            .ok_or_else(|| Error::Input("--expires is too far away".into()))
+                    })
+                    .transpose()?;
+                file.create_token(user, name, expires).map_err(engine_error)
+            })?;
             if cli.json {
                 print_json(&serde_json::json!({
                     "login": token.login,
@@ -410,7 +453,9 @@ pub(crate) fn token(cli: &Cli, command: &TokenCommand) -> anyhow::Result<ExitCod
             }
         }
         TokenCommand::Del { user, name } => {
-            let token = file.delete_token(user, name).map_err(engine_error)?;
+            let token = audited(&engine, "token.del", &format!("{user}!{name}"), || {
+                file.delete_token(user, name).map_err(engine_error)
+            })?;
             if cli.json {
                 print_json(
                     &serde_json::json!({ "user": user, "name": token.name, "deleted": true }),

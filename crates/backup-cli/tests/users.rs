@@ -400,3 +400,64 @@ fn a_client_certificate_is_registered_in_any_usual_form_and_cleared() {
     let json = run(&ops, &["--json", "user", "list"]).expect(0).json();
     assert_eq!(json[0]["client_cert"], true);
 }
+
+#[test]
+fn every_change_is_audited_naming_the_user_or_token_and_never_a_secret() {
+    let ops = Ops::new("");
+    run_with_password(&ops, ALICE_PW, &["user", "add", "alice", "--role", "admin"]).expect(0);
+    run_with_password(&ops, BOB_PW, &["user", "add", "alice", "--role", "admin"]).expect(2);
+    run(&ops, &["user", "add", "bob", "--role", "auditor"]).expect(2);
+    run_with_password(&ops, BOB_PW, &["user", "passwd", "alice"]).expect(0);
+    let line = run(&ops, &["token", "create", "alice", "cron"])
+        .expect(0)
+        .stdout();
+    let secret = line.trim().split_once(':').unwrap().1.to_string();
+    run(&ops, &["token", "del", "alice", "cron"]).expect(0);
+    run(&ops, &["user", "cert", "alice", "--clear"]).expect(0);
+    run(&ops, &["user", "del", "alice"]).expect(0);
+    run(&ops, &["user", "list"]).expect(0);
+    run(&ops, &["token", "list"]).expect(0);
+
+    let audit = ops.audit();
+    let seen: Vec<(String, String, String)> = audit
+        .iter()
+        .map(|r| {
+            assert!(r["actor"].as_str().is_some_and(|a| !a.is_empty()), "{r}");
+            (
+                r["operation"].as_str().unwrap().to_string(),
+                r["target"].as_str().unwrap().to_string(),
+                r["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, String, String)> = [
+        ("user.add", "alice", "done"),
+        ("user.add", "alice", "refused"),
+        ("user.add", "bob", "refused"),
+        ("user.passwd", "alice", "done"),
+        ("token.create", "alice!cron", "done"),
+        ("token.del", "alice!cron", "done"),
+        ("user.cert", "alice", "done"),
+        ("user.del", "alice", "done"),
+    ]
+    .iter()
+    .map(|(o, t, r)| (o.to_string(), t.to_string(), r.to_string()))
+    .collect();
+    assert_eq!(seen, expected, "listing is not a change and is not audited");
+    assert!(
+        audit[1]["error"].as_str().unwrap().contains("exists"),
+        "{}",
+        audit[1]
+    );
+    assert!(
+        audit[2]["error"].as_str().unwrap().contains("password"),
+        "{}",
+        audit[2]
+    );
+
+    let log = fs::read_to_string(ops.state.join("audit.log")).unwrap();
+    for s in [ALICE_PW, BOB_PW, secret.as_str()] {
+        assert!(!log.contains(s), "a secret in the audit log:\n{log}");
+    }
+    assert!(!log.contains("argon2"), "{log}");
+}
