@@ -461,3 +461,90 @@ fn every_change_is_audited_naming_the_user_or_token_and_never_a_secret() {
     }
     assert!(!log.contains("argon2"), "{log}");
 }
+
+/// `backup user add` on a terminal (`script` gives it one), answering its
+/// two prompts with `first` and `second`, each typed once the prompt shows.
+fn add_on_a_terminal(ops: &Ops, first: &str, second: &str) -> Out {
+    use std::io::{Read, Write};
+    use std::sync::{Arc, Mutex};
+    let line = format!(
+        "{} --config {} user add alice --role admin",
+        crate::util::BIN,
+        ops.config.display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .env_remove("BACKUP_USER_PASSWORD")
+        .env_remove("BACKUP_CONFIG")
+        .env("NO_COLOR", "1")
+        .current_dir(ops.dir())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("this test needs `script` (util-linux): {e}"));
+    let shown = Arc::new(Mutex::new(Vec::new()));
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = {
+        let shown = shown.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                shown.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        })
+    };
+    let mut stdin = child.stdin.take().unwrap();
+    for (prompt, answer) in [
+        ("Password of alice:", first),
+        ("Repeat the password:", second),
+    ] {
+        crate::util::wait_for(
+            std::time::Duration::from_secs(30),
+            &format!("the prompt {prompt:?}"),
+            || {
+                String::from_utf8_lossy(&shown.lock().unwrap())
+                    .contains(prompt)
+                    .then_some(())
+            },
+        );
+        // The prompt is up, so echo is off: what is typed is not shown.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        stdin.write_all(format!("{answer}\n").as_bytes()).unwrap();
+    }
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&shown.lock().unwrap()).into_owned();
+    Out {
+        code: status.code().unwrap_or(-1),
+        stdout,
+        stderr,
+        what: format!("script -qec '{line}'"),
+    }
+}
+
+#[test]
+fn on_a_terminal_the_password_is_asked_twice_and_must_match() {
+    let ops = Ops::new("");
+    let differ = add_on_a_terminal(&ops, ALICE_PW, BOB_PW);
+    differ.expect(2).mentions("differ");
+    assert!(!ops.state.join("users.toml").exists());
+
+    let added = add_on_a_terminal(&ops, ALICE_PW, ALICE_PW);
+    added.expect(0).mentions("added user alice");
+    assert!(!added.dump().contains(ALICE_PW), "{}", added.dump());
+    assert_eq!(
+        login(&ops, "alice", ALICE_PW),
+        Ok(("alice".into(), Role::Admin))
+    );
+}
