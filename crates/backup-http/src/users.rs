@@ -454,7 +454,18 @@ fn parse(text: &str, path: &Path) -> Result<Document, UsersError> {
         path: path.to_owned(),
         reason,
     };
-    let mut doc: Document = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+    // The parser's own message quotes the offending line, which may hold a
+    // hash: say where instead.
+    let mut doc: Document = toml::from_str(text).map_err(|e| {
+        let line = e
+            .span()
+            .and_then(|span| text.get(..span.start))
+            .map(|before| before.matches('\n').count() + 1);
+        invalid(match line {
+            Some(line) => format!("line {line}: {}", e.message().trim_end()),
+            None => e.message().trim_end().to_owned(),
+        })
+    })?;
     let mut seen = std::collections::HashSet::new();
     for u in &mut doc.users {
         check_name("user", &u.name).map_err(|e| invalid(e.to_string()))?;
@@ -1208,6 +1219,16 @@ mod tests {
         let e = auth.reload().unwrap_err();
         assert!(matches!(e, UsersError::Invalid { .. }), "{e}");
         assert!(e.to_string().contains("users.toml"), "{e}");
+        assert!(e.to_string().contains("line 3"), "{e}");
+        // The error says where, but never quotes a hash.
+        let hash_line = good.lines().find(|l| l.starts_with("password")).unwrap();
+        fs::write(
+            s.file.path(),
+            good.replace(hash_line, &format!("{hash_line} trailing")),
+        )
+        .unwrap();
+        let e = auth.reload().unwrap_err().to_string();
+        assert!(e.contains("line 4") && !e.contains("argon2"), "{e}");
         assert!(auth.authenticate(&creds("alice", "alice pw")).await.is_ok());
         // Nor does an empty or partly valid file open the service to anyone.
         for broken in [
