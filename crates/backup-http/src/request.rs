@@ -232,6 +232,22 @@ fn too_many(retry_after: Duration) -> Response {
     r
 }
 
+/// An error with its causes, as the CLI prints it: each source that adds
+/// something, after a colon.
+pub(crate) fn reason(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
+}
+
 /// The status code of an engine error, and its `kind`.
 pub(crate) fn engine_error(e: &backup_core::Error) -> Response {
     let kind = e.kind();
@@ -243,7 +259,7 @@ pub(crate) fn engine_error(e: &backup_core::Error) -> Response {
         ErrorKind::Config | ErrorKind::Failed => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    let mut r = error(status, kind.as_str(), &e.to_string());
+    let mut r = error(status, kind.as_str(), &reason(e));
     if kind == ErrorKind::Busy {
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));

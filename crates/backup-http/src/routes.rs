@@ -252,7 +252,7 @@ fn finished(
         }
         Err(e) => {
             let outcome = e.kind().audit_outcome();
-            let reason = e.to_string();
+            let reason = crate::request::reason(e);
             let audit = Audit::new(actor.to_string(), "backup", outcome).error(reason.clone());
             let r = reason.clone();
             let change: ViewChange = Box::new(move |v: &mut RunView| {

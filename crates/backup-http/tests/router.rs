@@ -384,3 +384,154 @@ async fn a_second_backup_while_one_runs_is_refused_with_retry_after() {
         "the refused run is recorded as skipped"
     );
 }
+
+/// A storage that takes the image's first `limit` bytes and then fails, as
+/// a storage that fills up or drops mid-run does; everything else is the
+/// in-memory storage's.
+#[derive(Debug)]
+struct FailsMidRun {
+    inner: backup_testkit::MemoryStorage,
+    limit: u64,
+}
+
+impl std::fmt::Display for FailsMidRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a storage that fails mid-run")
+    }
+}
+
+struct FailingUpload {
+    inner: Box<dyn backup_storage::Upload>,
+    left: u64,
+}
+
+#[async_trait]
+impl backup_storage::Upload for FailingUpload {
+    async fn write(&mut self, chunk: bytes::Bytes) -> backup_storage::Result<()> {
+        if chunk.len() as u64 > self.left {
+            return Err(backup_storage::Error::from_io(
+                "writing to the storage",
+                std::io::Error::other("the storage went away"),
+            ));
+        }
+        self.left -= chunk.len() as u64;
+        self.inner.write(chunk).await
+    }
+    async fn complete(self: Box<Self>) -> backup_storage::Result<backup_storage::ObjectMeta> {
+        self.inner.complete().await
+    }
+    async fn abort(self: Box<Self>) -> backup_storage::Result<()> {
+        self.inner.abort().await
+    }
+}
+
+#[async_trait]
+impl backup_storage::Storage for FailsMidRun {
+    fn capabilities(&self) -> backup_storage::Capabilities {
+        self.inner.capabilities()
+    }
+    async fn put_opts(
+        &self,
+        name: &str,
+        opts: backup_storage::PutOptions,
+    ) -> backup_storage::Result<Box<dyn backup_storage::Upload>> {
+        let inner = self.inner.put_opts(name, opts).await?;
+        if !name.ends_with(".bkp") {
+            return Ok(inner);
+        }
+        Ok(Box::new(FailingUpload {
+            inner,
+            left: self.limit,
+        }))
+    }
+    async fn get_opts(
+        &self,
+        name: &str,
+        range: Option<std::ops::Range<u64>>,
+    ) -> backup_storage::Result<backup_storage::GetResult> {
+        self.inner.get_opts(name, range).await
+    }
+    async fn head(&self, name: &str) -> backup_storage::Result<backup_storage::ObjectMeta> {
+        self.inner.head(name).await
+    }
+    async fn list(
+        &self,
+        prefix: &str,
+        delimited: bool,
+    ) -> backup_storage::Result<backup_storage::ListResult> {
+        self.inner.list(prefix, delimited).await
+    }
+    async fn delete(&self, name: &str) -> backup_storage::Result<()> {
+        self.inner.delete(name).await
+    }
+    async fn capacity(&self) -> backup_storage::Result<backup_storage::Capacity> {
+        self.inner.capacity().await
+    }
+    async fn presign_get(
+        &self,
+        name: &str,
+        expires: std::time::Duration,
+    ) -> backup_storage::Result<String> {
+        self.inner.presign_get(name, expires).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_storage_that_fails_mid_run_breaks_the_transfer_and_the_service_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = build_demo(&dir.path().join("demo"), 19).unwrap();
+    backup_core::init_keys(
+        &demo.config.appliance.state_dir,
+        &Passphrase::new("correct horse battery staple".into()).unwrap(),
+        KdfParams::MINIMUM,
+    )
+    .unwrap();
+    let memory = backup_testkit::MemoryStorage::default();
+    let storage = Arc::new(FailsMidRun {
+        inner: memory.clone(),
+        limit: 2000,
+    });
+    let engine = Arc::new(
+        Engine::builder(demo.config.clone())
+            .storage(storage)
+            .build()
+            .unwrap(),
+    );
+    let app = router(Service::new(engine.clone(), Arc::new(TwoUsers)));
+    let node = engine.config().appliance.node.clone();
+    let response = app
+        .clone()
+        .oneshot(get(&format!("/backup?node={node}"), ADMIN))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let run = response.headers()["x-backup-run"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        response.into_body().collect().await.is_err(),
+        "the transfer breaks"
+    );
+    assert!(
+        memory.names().iter().all(|n| !n.ends_with(".bkp")),
+        "nothing published under an image name: {:?}",
+        memory.names()
+    );
+    let (_, _, view) = send(&app, get(&format!("/runs/{run}"), AUDITOR)).await;
+    let view: serde_json::Value = serde_json::from_slice(&view).unwrap();
+    assert_eq!(view["outcome"], "failed");
+    assert!(
+        view["reason"].as_str().unwrap().contains("went away"),
+        "{view}"
+    );
+    let audit = engine.audit_records(None).unwrap();
+    assert!(
+        audit.iter().any(|r| r.operation == "http"
+            && r.outcome == "failed"
+            && r.actor == "http:root@127.0.0.1"),
+        "the request is audited as failed"
+    );
+    let (s, _, _) = send(&app, get("/status", AUDITOR)).await;
+    assert_eq!(s, StatusCode::OK, "the service goes on serving");
+}
