@@ -742,6 +742,7 @@ impl UsersAuthenticator {
     /// file is no users).
     pub fn new(file: UsersFile) -> Result<UsersAuthenticator, UsersError> {
         let seen = stamp(&file.path)?;
+        warn_if_exposed(&file.path);
         let doc = file.load()?;
         let mut cache_key = [0u8; 32];
         random(&mut cache_key)?;
@@ -785,6 +786,7 @@ impl UsersAuthenticator {
     }
 
     fn load_as(&self, seen: Option<Stamp>) -> Result<(), UsersError> {
+        warn_if_exposed(&self.file.path);
         let loaded = self.file.load();
         let mut state = self.lock_state();
         state.seen = seen;
@@ -907,6 +909,20 @@ impl UsersAuthenticator {
             Ok(user.clone())
         } else {
             Err(Denial::BadCredentials)
+        }
+    }
+}
+
+/// The hashes in the users file are for root's eyes only: say so when
+/// others may read it (the commands always write it 0600).
+fn warn_if_exposed(path: &Path) {
+    if let Ok(m) = fs::metadata(path) {
+        if m.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(
+                "the users file {} may be read by others (mode {:o}): `chmod 600` it",
+                path.display(),
+                m.permissions().mode() & 0o777
+            );
         }
     }
 }
@@ -1360,6 +1376,25 @@ mod tests {
             .filter(|n| n.ends_with(".tmp"))
             .collect();
         assert!(names.is_empty(), "{names:?}");
+    }
+
+    #[test]
+    fn changes_made_at_the_same_time_are_all_kept() {
+        let s = setup();
+        std::thread::scope(|scope| {
+            for i in 0..6 {
+                let file = &s.file;
+                scope.spawn(move || {
+                    file.add_user(&format!("user{i}"), Role::Auditor, "pw", None)
+                        .unwrap();
+                    file.create_token(&format!("user{i}"), "cron", None)
+                        .unwrap();
+                });
+            }
+        });
+        let users = s.file.list().unwrap();
+        assert_eq!(users.len(), 6, "{users:?}");
+        assert!(users.iter().all(|u| u.tokens.len() == 1), "{users:?}");
     }
 
     #[test]
