@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 mod auth;
+pub mod fingerprint;
 
 pub use auth::{Authenticator, Credentials, Denial, Principal, Role};
 
