@@ -1,0 +1,262 @@
+//! `backup serve`: the HTTPS listener around backup-http's router. TLS
+//! (rustls, ring) ends here; each request reaches the router with the
+//! [`backup_http::Peer`] it came from.
+use std::future::Future;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::ConnectInfo;
+use backup_http::Peer;
+use clap::Args;
+use hyper::body::Incoming;
+use hyper::service::Service as _;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use sha2::Digest;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_rustls::TlsAcceptor;
+
+use crate::report::{notice, print_json, warn};
+use crate::Cli;
+
+mod tls;
+
+/// How long a client may take for its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send a request's head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// The most a request's head may take (larger ones are answered 431).
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Connections served at once; more are closed at once (and logged).
+const MAX_CONNECTIONS: usize = 256;
+
+#[derive(Args)]
+pub(crate) struct ServeArgs {
+    /// Address and port to listen on, e.g. 0.0.0.0:8443 or [::]:8443 (port 0:
+    /// any free port; the one taken is printed) [default: [http] listen in
+    /// the configuration, else 127.0.0.1:8443]
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+}
+
+/// What the listener needs besides the router.
+pub(crate) struct ServeOptions {
+    /// Where to listen.
+    pub(crate) listen: SocketAddr,
+    /// The certificate and key.
+    pub(crate) tls: tls::TlsMaterial,
+    /// Ask clients for an (optional) certificate at the handshake: when some
+    /// user has one registered (`Authenticator::wants_client_certificates`).
+    pub(crate) client_certs: bool,
+    /// Print the start-up object as JSON on stdout instead of lines on stderr.
+    pub(crate) json: bool,
+}
+
+/// `backup serve`.
+pub(crate) async fn command(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
+    let engine = crate::engine(cli)?;
+    let config = engine.config();
+    let (listen, from) = match &args.listen {
+        Some(l) => (l.as_str(), "--listen"),
+        None => (config.http.listen.as_str(), "[http] listen"),
+    };
+    let listen = parse_listen(listen, from)?;
+    let tls = tls::material(
+        &config.http,
+        &config.appliance.state_dir,
+        &crate::config_path(cli),
+    )?;
+    // The service's router and its users' reload are wired here; until
+    // then, the listener serves its health check alone.
+    let router = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok\n" }));
+    let opts = ServeOptions {
+        listen,
+        tls,
+        client_certs: false,
+        json: cli.json,
+    };
+    let json = cli.json;
+    serve(router, opts, move || {
+        notice(json, "SIGHUP: nothing to reload");
+    })
+    .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `ADDR` as an IP address and port; anything else is an input error (exit 2).
+fn parse_listen(text: &str, from: &str) -> Result<SocketAddr, backup_core::Error> {
+    text.trim().parse().map_err(|_| {
+        backup_core::Error::Input(format!(
+            "{from} {text:?} is not an address and port: write e.g. 127.0.0.1:8443, \
+             0.0.0.0:8443 (every IPv4 interface) or [::]:8443"
+        ))
+    })
+}
+
+/// Serves `router` over HTTPS until SIGTERM or SIGINT, then stops accepting
+/// and returns once the requests in flight (a streaming backup) have
+/// finished; a second signal returns at once. SIGHUP calls `on_hup`.
+pub(crate) async fn serve(
+    router: axum::Router,
+    opts: ServeOptions,
+    on_hup: impl Fn() + Send + 'static,
+) -> anyhow::Result<()> {
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let stop = async move {
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
+    };
+    let json = opts.json;
+    let listener = bind(&opts).await?;
+    let drain = serve_until(listener, router, &opts, stop, async move {
+        while hup.recv().await.is_some() {
+            on_hup();
+        }
+    })
+    .await?;
+    // A second signal: do not wait for the requests still running.
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    tokio::select! {
+        () = drain => {
+            notice(json, "backup serve stopped");
+            Ok(())
+        }
+        _ = term.recv() => anyhow::bail!("stopped by a second signal: requests still running were cut off"),
+        _ = int.recv() => anyhow::bail!("stopped by a second signal: requests still running were cut off"),
+    }
+}
+
+/// Binds the listening socket and announces it (address, certificate,
+/// fingerprint).
+async fn bind(opts: &ServeOptions) -> anyhow::Result<TcpListener> {
+    let listener = TcpListener::bind(opts.listen).await.with_context(|| {
+        format!(
+            "cannot listen on {}: is another server using that port? Pick another with \
+             --listen or [http] listen",
+            opts.listen
+        )
+    })?;
+    let address = listener
+        .local_addr()
+        .context("cannot read the listening address")?;
+    let url = format!("https://{address}/");
+    let cert = opts.tls.cert_path.display().to_string();
+    let fingerprint = opts.tls.fingerprint();
+    if opts.json {
+        print_json(&serde_json::json!({
+            "listening": url,
+            "address": address.to_string(),
+            "certificate": cert,
+            "fingerprint": fingerprint,
+            "generated": opts.tls.generated,
+            "client_certificates": opts.client_certs,
+        }))?;
+    } else {
+        if opts.tls.generated {
+            notice(false, "made a self-signed certificate for this service");
+        }
+        notice(false, &format!("listening on {url}"));
+        notice(false, &format!("certificate: {cert}"));
+        notice(false, &format!("fingerprint: {fingerprint}"));
+    }
+    Ok(listener)
+}
+
+/// Accepts connections until `stop` completes, running `on_hup_loop`
+/// alongside; gives the future that waits for the connections still open.
+async fn serve_until(
+    listener: TcpListener,
+    router: axum::Router,
+    opts: &ServeOptions,
+    stop: impl Future<Output = &'static str>,
+    on_hup_loop: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<impl Future<Output = ()>> {
+    let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(&opts.tls, opts.client_certs)?));
+    let hup_task = tokio::spawn(on_hup_loop);
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    tokio::pin!(stop);
+    let signal = loop {
+        let (tcp, address) = tokio::select! {
+            signal = &mut stop => break signal,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors and the like: say so, breathe, go on.
+                    warn(opts.json, &format!("cannot accept a connection: {e}"));
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!("{MAX_CONNECTIONS} connections open: closing the one from {address}");
+            continue;
+        };
+        // Taken before the handshake, so that a stop waits for it too.
+        let watcher = graceful.watcher();
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!("TLS handshake with {address} failed: {e}");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!("TLS handshake with {address} timed out");
+                    return;
+                }
+            };
+            let peer = Peer {
+                address,
+                client_cert_sha256: tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .map(|der| hex::encode(sha2::Sha256::digest(der))),
+            };
+            // The router as a hyper service that hands every request its
+            // Peer (and axum's ConnectInfo, for handlers written against it).
+            let service = TowerToHyperService::new(router);
+            let with_peer =
+                hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+                    request.extensions_mut().insert(ConnectInfo(peer.address));
+                    request.extensions_mut().insert(peer.clone());
+                    service.call(request)
+                });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .max_header_size(MAX_HEAD_BYTES)
+                .serve_connection(TokioIo::new(tls), with_peer);
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!("connection from {address}: {e}");
+            }
+        });
+    };
+    drop(listener);
+    hup_task.abort();
+    let open = graceful.count();
+    notice(
+        opts.json,
+        &format!(
+            "{signal}: no new connections; stopping once the {open} open connection(s) are done \
+             (a second signal stops at once)"
+        ),
+    );
+    Ok(graceful.shutdown())
+}
