@@ -80,11 +80,7 @@ pub(crate) async fn command(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitC
         client_certs: false,
         json: cli.json,
     };
-    let json = cli.json;
-    serve(router, opts, move || {
-        notice(json, "SIGHUP: nothing to reload");
-    })
-    .await?;
+    serve(router, opts, || {}).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -119,6 +115,7 @@ pub(crate) async fn serve(
     let listener = bind(&opts).await?;
     let drain = serve_until(listener, router, &opts, stop, async move {
         while hup.recv().await.is_some() {
+            notice(json, "SIGHUP: reloading");
             on_hup();
         }
     })
@@ -259,4 +256,123 @@ async fn serve_until(
         ),
     );
     Ok(graceful.shutdown())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::process::{Command, Output, Stdio};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use axum::body::Body;
+    use axum::routing::get;
+    use axum::Extension;
+    use backup_core::HttpConfig;
+    use futures::StreamExt;
+
+    use super::*;
+
+    /// `curl --cacert CA URL`, run off the runtime's threads.
+    fn curl(ca: &Path, url: String) -> tokio::task::JoinHandle<Output> {
+        let ca = ca.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            Command::new("curl")
+                .args(["--silent", "--show-error", "--max-time", "60", "--cacert"])
+                .arg(ca)
+                .arg(url)
+                .stdin(Stdio::null())
+                .output()
+                .expect("running curl")
+        })
+    }
+
+    /// The listener with a test router: `/peer` answers the [`Peer`] and
+    /// `ConnectInfo` the request was handed; `/slow` sends a first line,
+    /// then the second once `release` is notified.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_request_gets_its_peer_and_a_stop_waits_for_the_requests_in_flight() {
+        let state = tempfile::tempdir().unwrap();
+        let tls = tls::material(&HttpConfig::default(), state.path(), Path::new("t.toml")).unwrap();
+        let ca = tls.cert_path.clone();
+        let started = Arc::new(AtomicBool::new(false));
+        let release = Arc::new(tokio::sync::Notify::new());
+        let (slow_started, slow_release) = (started.clone(), release.clone());
+        let router = axum::Router::new()
+            .route(
+                "/peer",
+                get(
+                    |Extension(peer): Extension<Peer>,
+                     ConnectInfo(address): ConnectInfo<SocketAddr>| async move {
+                        format!("{} {} {:?}", peer.address, address, peer.client_cert_sha256)
+                    },
+                ),
+            )
+            .route(
+                "/slow",
+                get(move || async move {
+                    slow_started.store(true, Ordering::SeqCst);
+                    let rest = async move {
+                        slow_release.notified().await;
+                        Ok::<_, std::convert::Infallible>(axum::body::Bytes::from_static(b"end\n"))
+                    };
+                    let body =
+                        futures::stream::iter([Ok(axum::body::Bytes::from_static(b"begin\n"))])
+                            .chain(futures::stream::once(rest));
+                    Body::from_stream(body)
+                }),
+            );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let opts = ServeOptions {
+            listen: listener.local_addr().unwrap(),
+            tls,
+            client_certs: false,
+            json: false,
+        };
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let stop = async move {
+                let _ = stop_rx.await;
+                "test stop"
+            };
+            let drain = serve_until(listener, router, &opts, stop, std::future::pending())
+                .await
+                .unwrap();
+            let _ = closed_tx.send(());
+            drain.await;
+        });
+        let url = |path: &str| format!("https://localhost:{port}{path}");
+
+        let peer = curl(&ca, url("/peer")).await.unwrap();
+        let text = String::from_utf8_lossy(&peer.stdout);
+        assert!(peer.status.success(), "{peer:?}");
+        let parts: Vec<&str> = text.split(' ').collect();
+        assert!(parts[0].starts_with("127.0.0.1:"), "{text}");
+        assert_eq!(parts[0], parts[1], "Peer and ConnectInfo disagree: {text}");
+        assert_eq!(parts[2], "None", "{text}");
+
+        let slow = curl(&ca, url("/slow"));
+        while !started.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop_tx.send(()).unwrap();
+        closed_rx.await.unwrap();
+        // No new connections once stopped…
+        let refused = curl(&ca, url("/peer")).await.unwrap();
+        assert!(
+            !refused.status.success(),
+            "served after the stop: {refused:?}"
+        );
+        // …but the request in flight goes on to its end.
+        assert!(!server.is_finished(), "stopped with a request in flight");
+        release.notify_one();
+        let slow = slow.await.unwrap();
+        assert!(slow.status.success(), "{slow:?}");
+        assert_eq!(String::from_utf8_lossy(&slow.stdout), "begin\nend\n");
+        tokio::time::timeout(Duration::from_secs(60), server)
+            .await
+            .expect("the listener did not stop once its last request was done")
+            .unwrap();
+    }
 }

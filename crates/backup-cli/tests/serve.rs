@@ -187,12 +187,24 @@ fn the_first_start_makes_a_certificate_curl_trusts_for_the_address_and_localhost
 }
 
 #[test]
-fn sigterm_stops_an_idle_server_with_exit_code_0() {
+fn sighup_reloads_and_keeps_serving_and_sigterm_stops_an_idle_server_with_exit_code_0() {
     let ops = initialised("");
+    let cert = ops.state.join("http/cert.pem");
     let server = Server::start(&ops, &ops.config, false);
+    signal(server.running.pid(), "-HUP");
+    crate::util::wait_for(PATIENCE, "the SIGHUP notice", || {
+        server
+            .running
+            .stderr_so_far()
+            .contains("SIGHUP: reloading")
+            .then_some(())
+    });
+    server
+        .curl(&cert, "localhost", "/healthz", &["--fail"])
+        .expect(0);
     let out = server.stop();
     out.expect(0);
-    out.mentions("SIGTERM").mentions("stopped");
+    out.mentions("SIGTERM").mentions("backup serve stopped");
 }
 
 /// A certificate for `localhost` made with rcgen, as an operator's own CA

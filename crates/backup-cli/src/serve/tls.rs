@@ -302,3 +302,325 @@ impl ClientCertVerifier for AnyClientCertificate {
             .supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
+    use rustls::client::ResolvesClientCert;
+    use rustls::pki_types::ServerName;
+    use rustls::sign::CertifiedKey;
+    use rustls::ClientConfig;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    fn provider() -> Arc<CryptoProvider> {
+        Arc::new(rustls::crypto::ring::default_provider())
+    }
+
+    /// A fresh self-signed certificate and key for `name`, as DER.
+    fn cert_and_key(name: &str) -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let key = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        (cert.der().clone(), key)
+    }
+
+    fn server_material() -> TlsMaterial {
+        let (cert, key) = cert_and_key("localhost");
+        TlsMaterial {
+            cert_path: PathBuf::from("test-cert.pem"),
+            chain: vec![cert],
+            key,
+            generated: false,
+        }
+    }
+
+    /// The client side: trusts exactly the server's certificate, and offers
+    /// `certified` when (and only when) the server asks for a certificate.
+    #[derive(Debug)]
+    struct Client {
+        server_cert: CertificateDer<'static>,
+        certified: Arc<CertifiedKey>,
+        asked: AtomicBool,
+    }
+
+    impl ServerCertVerifier for Client {
+        fn verify_server_cert(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            _intermediates: &[CertificateDer<'_>],
+            _server_name: &ServerName<'_>,
+            _ocsp_response: &[u8],
+            _now: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            assert_eq!(end_entity.as_ref(), self.server_cert.as_ref());
+            Ok(ServerCertVerified::assertion())
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &provider().signature_verification_algorithms,
+            )
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &provider().signature_verification_algorithms,
+            )
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            provider()
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    }
+
+    #[derive(Debug)]
+    struct Resolver(Arc<Client>);
+
+    impl ResolvesClientCert for Resolver {
+        fn resolve(
+            &self,
+            _root_hint_subjects: &[&[u8]],
+            _sigschemes: &[SignatureScheme],
+        ) -> Option<Arc<CertifiedKey>> {
+            self.0.asked.store(true, Ordering::SeqCst);
+            Some(self.0.certified.clone())
+        }
+
+        fn has_certs(&self) -> bool {
+            true
+        }
+    }
+
+    /// What the server saw of one handshake.
+    struct Seen {
+        asked: bool,
+        result: Result<Option<CertificateDer<'static>>, String>,
+    }
+
+    /// One handshake over an in-memory pipe between the listener's config and
+    /// a client presenting `client_cert` signed with `client_key`, with
+    /// `version`.
+    async fn handshake(
+        client_certs: bool,
+        version: &'static rustls::SupportedProtocolVersion,
+        client_cert: CertificateDer<'static>,
+        client_key: PrivateKeyDer<'static>,
+    ) -> Seen {
+        let material = server_material();
+        let server = tokio_rustls::TlsAcceptor::from(Arc::new(
+            server_config(&material, client_certs).unwrap(),
+        ));
+        let signing = provider()
+            .key_provider
+            .load_private_key(client_key)
+            .unwrap();
+        let client = Arc::new(Client {
+            server_cert: material.chain[0].clone(),
+            certified: Arc::new(CertifiedKey::new(vec![client_cert], signing)),
+            asked: AtomicBool::new(false),
+        });
+        let mut config = ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(client.clone())
+            .with_client_cert_resolver(Arc::new(Resolver(client.clone())));
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let (near, far) = tokio::io::duplex(64 * 1024);
+        let server_side = tokio::spawn(async move {
+            let mut tls = server.accept(far).await.map_err(|e| e.to_string())?;
+            let (_, conn) = tls.get_ref();
+            assert_eq!(conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+            let cert = conn
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| c.clone().into_owned());
+            // One byte each way: the client's certificate messages
+            // (TLS 1.3) are read before this completes.
+            let mut byte = [0u8; 1];
+            tls.read_exact(&mut byte).await.map_err(|e| e.to_string())?;
+            tls.write_all(b"!").await.map_err(|e| e.to_string())?;
+            tls.flush().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(cert)
+        });
+        let name = ServerName::try_from("localhost").unwrap();
+        if let Ok(mut tls) = connector.connect(name, near).await {
+            let mut byte = [0u8; 1];
+            if tls.write_all(b"?").await.is_ok() && tls.flush().await.is_ok() {
+                let _ = tls.read_exact(&mut byte).await;
+            }
+            let _ = tls.shutdown().await;
+        }
+        let result = server_side.await.unwrap();
+        Seen {
+            asked: client.asked.load(Ordering::SeqCst),
+            result,
+        }
+    }
+
+    const VERSIONS: [&rustls::SupportedProtocolVersion; 2] =
+        [&rustls::version::TLS13, &rustls::version::TLS12];
+
+    #[tokio::test]
+    async fn a_client_certificate_is_asked_for_only_when_the_authenticator_wants_one() {
+        for version in VERSIONS {
+            let (cert, key) = cert_and_key("alice.example");
+            let seen = handshake(true, version, cert.clone(), key).await;
+            assert!(seen.asked, "{version:?}: no CertificateRequest");
+            assert_eq!(
+                seen.result.expect("handshake"),
+                Some(cert),
+                "{version:?}: the presented certificate"
+            );
+
+            let (cert, key) = cert_and_key("alice.example");
+            let seen = handshake(false, version, cert, key).await;
+            assert!(!seen.asked, "{version:?}: a certificate was asked for");
+            assert_eq!(seen.result.expect("handshake"), None, "{version:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_certificate_without_its_private_key_fails_the_handshake() {
+        for version in VERSIONS {
+            let (cert, _) = cert_and_key("alice.example");
+            let (_, other_key) = cert_and_key("mallory.example");
+            let seen = handshake(true, version, cert, other_key).await;
+            assert!(seen.asked);
+            let e = seen.result.expect_err("a stolen certificate was accepted");
+            assert!(e.to_lowercase().contains("signature"), "{version:?}: {e}");
+        }
+    }
+
+    fn no_tls() -> HttpConfig {
+        HttpConfig::default()
+    }
+
+    #[test]
+    fn the_own_certificate_is_made_once_and_reused() {
+        let state = tempfile::tempdir().unwrap();
+        let made = material(&no_tls(), state.path(), Path::new("backup.toml")).unwrap();
+        assert!(made.generated);
+        assert_eq!(made.cert_path, state.path().join("http/cert.pem"));
+        let again = material(&no_tls(), state.path(), Path::new("backup.toml")).unwrap();
+        assert!(!again.generated);
+        assert_eq!(again.fingerprint(), made.fingerprint());
+        // No temporary files left behind.
+        let mut names: Vec<_> = std::fs::read_dir(state.path().join("http"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["cert.pem", "key.pem"]);
+    }
+
+    #[test]
+    fn a_certificate_without_its_key_is_refused_and_a_lone_key_replaced() {
+        let state = tempfile::tempdir().unwrap();
+        let made = material(&no_tls(), state.path(), Path::new("backup.toml")).unwrap();
+        let http = state.path().join("http");
+        std::fs::remove_file(http.join("key.pem")).unwrap();
+        let e = material(&no_tls(), state.path(), Path::new("backup.toml"))
+            .err()
+            .expect("a certificate without its key was used");
+        let e = format!("{e:#}");
+        assert!(e.contains("key.pem") && e.contains("does not"), "{e}");
+        assert!(
+            http.join("cert.pem").exists(),
+            "the certificate was removed"
+        );
+
+        std::fs::remove_file(http.join("cert.pem")).unwrap();
+        std::fs::write(http.join("key.pem"), "left by an interrupted start").unwrap();
+        let remade = material(&no_tls(), state.path(), Path::new("backup.toml")).unwrap();
+        assert!(remade.generated);
+        assert_ne!(remade.fingerprint(), made.fingerprint());
+        server_config(&remade, false).expect("the new key belongs to the new certificate");
+    }
+
+    #[test]
+    fn a_configured_key_that_belongs_to_another_certificate_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let other_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert_path = dir.path().join("cert.pem");
+        let key_path = dir.path().join("key.pem");
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, other_key.serialize_pem()).unwrap();
+        let http = HttpConfig {
+            tls_cert: Some(cert_path),
+            tls_key: Some(key_path),
+            ..HttpConfig::default()
+        };
+        let loaded = material(&http, dir.path(), Path::new("backup.toml")).unwrap();
+        assert_eq!(loaded.chain, vec![cert.der().clone()]);
+        let e = format!("{:#}", server_config(&loaded, false).expect_err("mismatch"));
+        assert!(e.contains("does the key belong to it"), "{e}");
+        assert!(!dir.path().join("http").exists());
+    }
+
+    #[test]
+    fn the_certificate_names_the_host_loopback_and_interface_addresses() {
+        let addresses: Vec<IpAddr> =
+            vec!["192.0.2.7".parse().unwrap(), "2001:db8::7".parse().unwrap()];
+        let (pem, key) = self_signed("gw-test", &addresses).unwrap();
+        assert!(key.contains("PRIVATE KEY"));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cert.pem");
+        std::fs::write(&path, pem).unwrap();
+        let out = std::process::Command::new("openssl")
+            .args(["x509", "-noout", "-text", "-in"])
+            .arg(&path)
+            .output()
+            .expect("running openssl");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for needle in [
+            "Subject: CN = gw-test",
+            "DNS:gw-test",
+            "DNS:localhost",
+            "IP Address:127.0.0.1",
+            "IP Address:0:0:0:0:0:0:0:1",
+            "IP Address:192.0.2.7",
+            "IP Address:2001:DB8:0:0:0:0:0:7",
+            "TLS Web Server Authentication",
+            "prime256v1",
+        ] {
+            assert!(text.contains(needle), "no {needle:?} in\n{text}");
+        }
+    }
+}
