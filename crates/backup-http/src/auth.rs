@@ -110,3 +110,31 @@ pub trait Authenticator: Send + Sync + 'static {
         false
     }
 }
+
+/// Provisional: replaced by the users work.
+#[derive(Debug, Default)]
+pub struct LoginThrottle {}
+
+/// Too many failed logins: answer `429` with `Retry-After`.
+#[derive(Debug, Clone, Copy)]
+pub struct Throttled {
+    /// When the next attempt is heard.
+    pub retry_after: std::time::Duration,
+}
+
+impl LoginThrottle {
+    /// A throttle with no failures recorded.
+    pub fn new() -> Self {
+        LoginThrottle {}
+    }
+    /// Before verifying.
+    pub fn check(&self, _address: IpAddr, _user: &str) -> Result<(), Throttled> {
+        Ok(())
+    }
+    /// After a failure.
+    pub fn failed(&self, _address: IpAddr, _user: &str) -> Result<std::time::Duration, Throttled> {
+        Ok(std::time::Duration::ZERO)
+    }
+    /// After a success.
+    pub fn succeeded(&self, _address: IpAddr, _user: &str) {}
+}
