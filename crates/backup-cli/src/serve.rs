@@ -196,6 +196,9 @@ async fn serve_until(
                 }
             },
         };
+        // An IPv4 client of a dual-stack socket arrives as ::ffff:a.b.c.d;
+        // audit lines and the login throttle know it as a.b.c.d.
+        let address = SocketAddr::new(address.ip().to_canonical(), address.port());
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             tracing::warn!("{MAX_CONNECTIONS} connections open: closing the one from {address}");
             continue;
@@ -374,5 +377,52 @@ mod tests {
             .await
             .expect("the listener did not stop once its last request was done")
             .unwrap();
+    }
+
+    /// On a dual-stack socket an IPv4 client is known by its IPv4 address
+    /// (audit lines and the failed-login throttle key on it), not as
+    /// `::ffff:127.0.0.1`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_ipv4_client_of_a_dual_stack_listener_is_known_by_its_ipv4_address() {
+        let state = tempfile::tempdir().unwrap();
+        let tls = tls::material(&HttpConfig::default(), state.path(), Path::new("t.toml")).unwrap();
+        let ca = tls.cert_path.clone();
+        let router = axum::Router::new().route(
+            "/peer",
+            get(
+                |Extension(peer): Extension<Peer>,
+                 ConnectInfo(address): ConnectInfo<SocketAddr>| async move {
+                    format!("{} {}", peer.address.ip(), address.ip())
+                },
+            ),
+        );
+        let listener = TcpListener::bind("[::]:0")
+            .await
+            .expect("an IPv6 socket on [::] (dual stack)");
+        let port = listener.local_addr().unwrap().port();
+        let opts = ServeOptions {
+            listen: listener.local_addr().unwrap(),
+            tls,
+            client_certs: false,
+            json: false,
+        };
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let stop = async move {
+                let _ = stop_rx.await;
+                "test stop"
+            };
+            serve_until(listener, router, &opts, stop, std::future::pending())
+                .await
+                .unwrap()
+                .await;
+        });
+        let out = curl(&ca, format!("https://127.0.0.1:{port}/peer"))
+            .await
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "127.0.0.1 127.0.0.1");
+        stop_tx.send(()).unwrap();
+        server.await.unwrap();
     }
 }
