@@ -50,9 +50,11 @@ pub(crate) struct ServeOptions {
     pub(crate) listen: SocketAddr,
     /// The certificate and key.
     pub(crate) tls: tls::TlsMaterial,
-    /// Ask clients for an (optional) certificate at the handshake: when some
-    /// user has one registered (`Authenticator::wants_client_certificates`).
-    pub(crate) client_certs: bool,
+    /// Whether to ask clients for an (optional) certificate at the
+    /// handshake: while some user has one registered
+    /// (`Authenticator::wants_client_certificates`). Asked at every
+    /// handshake, so a reload of the users takes effect at once.
+    pub(crate) client_certs: Arc<dyn Fn() -> bool + Send + Sync>,
     /// Print the start-up object as JSON on stdout instead of lines on stderr.
     pub(crate) json: bool,
 }
@@ -77,7 +79,7 @@ pub(crate) async fn command(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitC
     let opts = ServeOptions {
         listen,
         tls,
-        client_certs: false,
+        client_certs: Arc::new(|| false),
         json: cli.json,
     };
     serve(router, opts, || {}).await?;
@@ -156,7 +158,7 @@ async fn bind(opts: &ServeOptions) -> anyhow::Result<TcpListener> {
             "certificate": cert,
             "fingerprint": fingerprint,
             "generated": opts.tls.generated,
-            "client_certificates": opts.client_certs,
+            "client_certificates": (opts.client_certs)(),
         }))?;
     } else {
         if opts.tls.generated {
@@ -178,7 +180,8 @@ async fn serve_until(
     stop: impl Future<Output = &'static str>,
     on_hup_loop: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<impl Future<Output = ()>> {
-    let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(&opts.tls, opts.client_certs)?));
+    let plain = TlsAcceptor::from(Arc::new(tls::server_config(&opts.tls, false)?));
+    let asking = TlsAcceptor::from(Arc::new(tls::server_config(&opts.tls, true)?));
     let hup_task = tokio::spawn(on_hup_loop);
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
@@ -205,7 +208,11 @@ async fn serve_until(
         };
         // Taken before the handshake, so that a stop waits for it too.
         let watcher = graceful.watcher();
-        let acceptor = acceptor.clone();
+        let acceptor = if (opts.client_certs)() {
+            asking.clone()
+        } else {
+            plain.clone()
+        };
         let router = router.clone();
         tokio::spawn(async move {
             let _slot = slot;
@@ -329,7 +336,7 @@ mod tests {
         let opts = ServeOptions {
             listen: listener.local_addr().unwrap(),
             tls,
-            client_certs: false,
+            client_certs: Arc::new(|| false),
             json: false,
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -403,7 +410,7 @@ mod tests {
         let opts = ServeOptions {
             listen: listener.local_addr().unwrap(),
             tls,
-            client_certs: false,
+            client_certs: Arc::new(|| false),
             json: false,
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -422,6 +429,89 @@ mod tests {
             .unwrap();
         assert!(out.status.success(), "{out:?}");
         assert_eq!(String::from_utf8_lossy(&out.stdout), "127.0.0.1 127.0.0.1");
+        stop_tx.send(()).unwrap();
+        server.await.unwrap();
+    }
+
+    /// Whether clients are asked for a certificate follows the authenticator
+    /// at each handshake: a user given a certificate (and a reload) is asked
+    /// for it without a restart.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn client_certificates_are_asked_for_as_soon_as_the_authenticator_wants_them() {
+        let state = tempfile::tempdir().unwrap();
+        let tls = tls::material(&HttpConfig::default(), state.path(), Path::new("t.toml")).unwrap();
+        let ca = tls.cert_path.clone();
+        // The client's certificate and key, as curl --cert/--key read them.
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["alice.example".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let cert_path = state.path().join("alice.pem");
+        let key_path = state.path().join("alice.key");
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        let expected = hex::encode(sha2::Sha256::digest(cert.der()));
+
+        let router = axum::Router::new().route(
+            "/peer",
+            get(|Extension(peer): Extension<Peer>| async move {
+                peer.client_cert_sha256.unwrap_or_else(|| "none".into())
+            }),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let wanted = Arc::new(AtomicBool::new(false));
+        let flag = wanted.clone();
+        let opts = ServeOptions {
+            listen: listener.local_addr().unwrap(),
+            tls,
+            client_certs: Arc::new(move || flag.load(Ordering::SeqCst)),
+            json: false,
+        };
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let stop = async move {
+                let _ = stop_rx.await;
+                "test stop"
+            };
+            serve_until(listener, router, &opts, stop, std::future::pending())
+                .await
+                .unwrap()
+                .await;
+        });
+        let with_cert = || {
+            let (ca, cert_path, key_path) = (ca.clone(), cert_path.clone(), key_path.clone());
+            tokio::task::spawn_blocking(move || {
+                let out = Command::new("curl")
+                    .args(["--silent", "--show-error", "--fail", "--max-time", "60"])
+                    .arg("--cacert")
+                    .arg(ca)
+                    .arg("--cert")
+                    .arg(cert_path)
+                    .arg("--key")
+                    .arg(key_path)
+                    .arg(format!("https://localhost:{port}/peer"))
+                    .stdin(Stdio::null())
+                    .output()
+                    .expect("running curl");
+                assert!(out.status.success(), "{out:?}");
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            })
+        };
+        assert_eq!(
+            with_cert().await.unwrap(),
+            "none",
+            "asked while nobody has one"
+        );
+        wanted.store(true, Ordering::SeqCst);
+        assert_eq!(with_cert().await.unwrap(), expected);
+        // Without a certificate the handshake still succeeds (optional).
+        let out = curl(&ca, format!("https://localhost:{port}/peer"))
+            .await
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "none");
         stop_tx.send(()).unwrap();
         server.await.unwrap();
     }
