@@ -107,7 +107,7 @@ pub(crate) async fn serve(
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
-    let stop = async move {
+    let stop = async {
         tokio::select! {
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
@@ -123,10 +123,8 @@ pub(crate) async fn serve(
     })
     .await?;
     // A second signal: do not wait for the requests still running.
-    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     tokio::select! {
-        () = drain => {
+        () = drain.shutdown() => {
             notice(json, "backup serve stopped");
             Ok(())
         }
@@ -172,14 +170,15 @@ async fn bind(opts: &ServeOptions) -> anyhow::Result<TcpListener> {
 }
 
 /// Accepts connections until `stop` completes, running `on_hup_loop`
-/// alongside; gives the future that waits for the connections still open.
+/// alongside; gives what waits for the connections still open
+/// ([`GracefulShutdown::shutdown`]).
 async fn serve_until(
     listener: TcpListener,
     router: axum::Router,
     opts: &ServeOptions,
     stop: impl Future<Output = &'static str>,
     on_hup_loop: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<impl Future<Output = ()>> {
+) -> anyhow::Result<GracefulShutdown> {
     let plain = TlsAcceptor::from(Arc::new(tls::server_config(&opts.tls, false)?));
     let asking = TlsAcceptor::from(Arc::new(tls::server_config(&opts.tls, true)?));
     let hup_task = tokio::spawn(on_hup_loop);
@@ -202,6 +201,7 @@ async fn serve_until(
         // An IPv4 client of a dual-stack socket arrives as ::ffff:a.b.c.d;
         // audit lines and the login throttle know it as a.b.c.d.
         let address = SocketAddr::new(address.ip().to_canonical(), address.port());
+        tracing::debug!("connection from {address}");
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             tracing::warn!("{MAX_CONNECTIONS} connections open: closing the one from {address}");
             continue;
@@ -265,7 +265,7 @@ async fn serve_until(
              (a second signal stops at once)"
         ),
     );
-    Ok(graceful.shutdown())
+    Ok(graceful)
 }
 
 #[cfg(test)]
@@ -350,7 +350,7 @@ mod tests {
                 .await
                 .unwrap();
             let _ = closed_tx.send(());
-            drain.await;
+            drain.shutdown().await;
         });
         let url = |path: &str| format!("https://localhost:{port}{path}");
 
@@ -422,6 +422,7 @@ mod tests {
             serve_until(listener, router, &opts, stop, std::future::pending())
                 .await
                 .unwrap()
+                .shutdown()
                 .await;
         });
         let out = curl(&ca, format!("https://127.0.0.1:{port}/peer"))
@@ -478,6 +479,7 @@ mod tests {
             serve_until(listener, router, &opts, stop, std::future::pending())
                 .await
                 .unwrap()
+                .shutdown()
                 .await;
         });
         let with_cert = || {

@@ -25,11 +25,16 @@ impl Server {
     /// Starts `backup [--json] serve --listen 127.0.0.1:0` and waits for it to
     /// announce its address; panics loudly (with its output) if it does not.
     fn start(ops: &Ops, config: &Path, json: bool) -> Server {
+        Server::start_with(ops, config, json, &[])
+    }
+
+    /// [`Server::start`] with more environment variables.
+    fn start_with(ops: &Ops, config: &Path, json: bool, env: &[(&str, &str)]) -> Server {
         let mut args = vec!["serve", "--listen", "127.0.0.1:0"];
         if json {
             args.insert(0, "--json");
         }
-        let mut running = ops.spawn_with(config, None, &args);
+        let mut running = spawn(ops, config, &args, env);
         let deadline = std::time::Instant::now() + PATIENCE;
         loop {
             if let Some(code) = running.try_code() {
@@ -92,6 +97,28 @@ impl Server {
     fn stop(self) -> Out {
         signal(self.running.pid(), "-TERM");
         self.running.wait(PATIENCE)
+    }
+}
+
+/// `backup ARGS` in the background as [`Ops::spawn_with`] starts it, with
+/// `env` added.
+fn spawn(ops: &Ops, config: &Path, args: &[&str], env: &[(&str, &str)]) -> Running {
+    let n = ops.dir().read_dir().unwrap().count();
+    let stdout_path = ops.dir().join(format!("serve-{n}.out"));
+    let stderr_path = ops.dir().join(format!("serve-{n}.err"));
+    let mut cmd = ops.cmd_with(config, None, args);
+    cmd.envs(env.iter().copied())
+        .stdout(std::fs::File::create(&stdout_path).unwrap())
+        .stderr(std::fs::File::create(&stderr_path).unwrap());
+    let what = format!("backup {}", args.join(" "));
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    Running {
+        child: Some(child),
+        what,
+        stdout_path,
+        stderr_path,
     }
 }
 
@@ -333,4 +360,68 @@ fn a_client_that_fails_its_handshake_does_not_stop_the_server() {
         .curl(&cert, "localhost", "/healthz", &["--fail"])
         .expect(0);
     server.stop().expect(0);
+}
+
+/// `backup serve` with debug logging of its own (each accepted connection
+/// is logged), started as [`Ops::spawn_with`] does.
+fn start_logging_connections(ops: &Ops) -> Server {
+    Server::start_with(ops, &ops.config, false, &[("BACKUP_LOG", "backup=debug")])
+}
+
+/// Opens a TCP connection that never starts its TLS handshake, and waits
+/// until the server has accepted it.
+fn silent_connection(server: &Server) -> std::net::TcpStream {
+    let before = server
+        .running
+        .stderr_so_far()
+        .matches("connection from")
+        .count();
+    let stream = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    let local = stream.local_addr().unwrap().to_string();
+    crate::util::wait_for(PATIENCE, "the server to accept the connection", || {
+        let err = server.running.stderr_so_far();
+        (err.matches("connection from").count() > before && err.contains(&local)).then_some(())
+    });
+    stream
+}
+
+#[test]
+fn sigterm_waits_for_an_open_connection_and_a_second_signal_stops_at_once() {
+    let ops = initialised("");
+
+    // The first SIGTERM waits for the open connection; its end ends the server.
+    let server = start_logging_connections(&ops);
+    let open = silent_connection(&server);
+    signal(server.running.pid(), "-TERM");
+    crate::util::wait_for(PATIENCE, "the stop notice", || {
+        server
+            .running
+            .stderr_so_far()
+            .contains("once the 1 open connection(s) are done")
+            .then_some(())
+    });
+    let mut server = server;
+    assert_eq!(
+        server.running.try_code(),
+        None,
+        "exited with a connection open"
+    );
+    drop(open);
+    let out = server.running.wait(PATIENCE);
+    out.expect(0).mentions("backup serve stopped");
+
+    // A second signal does not wait: exit 1, saying what was cut off.
+    let server = start_logging_connections(&ops);
+    let _open = silent_connection(&server);
+    signal(server.running.pid(), "-TERM");
+    crate::util::wait_for(PATIENCE, "the stop notice", || {
+        server
+            .running
+            .stderr_so_far()
+            .contains("once the 1 open connection(s) are done")
+            .then_some(())
+    });
+    signal(server.running.pid(), "-INT");
+    let out = server.running.wait(PATIENCE);
+    out.expect(1).mentions("second signal");
 }
