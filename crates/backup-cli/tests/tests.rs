@@ -17,6 +17,7 @@ mod ops_daemon;
 mod ops_keys;
 mod ops_runs;
 mod output_contract;
+mod serve;
 mod users;
 mod workflows;
 

@@ -15,6 +15,7 @@
 
 mod auth;
 mod basic;
+pub mod fingerprint;
 mod links;
 mod links_routes;
 mod metrics;
