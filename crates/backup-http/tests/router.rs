@@ -535,3 +535,58 @@ async fn a_storage_that_fails_mid_run_breaks_the_transfer_and_the_service_goes_o
     let (s, _, _) = send(&app, get("/status", AUDITOR)).await;
     assert_eq!(s, StatusCode::OK, "the service goes on serving");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_page_offers_backups_and_downloads_to_administrators_only() {
+    let f = fixture();
+    let node = f.engine.config().appliance.node.clone();
+    let (s, _, _) = send(&f.app, get(&format!("/backup?node={node}"), ADMIN)).await;
+    assert_eq!(s, StatusCode::OK);
+    let name = f.engine.list().await.unwrap()[0].name.clone();
+    let (s, h, page) = send(&f.app, get("/", ADMIN)).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(h[header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let page = String::from_utf8(page).unwrap();
+    for needle in [
+        format!("id=\"include-audits-{node}\""),
+        format!("id=\"backup-{node}\""),
+        format!("href=\"/images/{name}\""),
+        "Copy link".to_string(),
+        "Last success".to_string(),
+        "schedule disabled".to_string(),
+    ] {
+        assert!(page.contains(&needle), "the admin's page has {needle}");
+    }
+    let (s, _, page) = send(&f.app, get("/", AUDITOR)).await;
+    assert_eq!(s, StatusCode::OK);
+    let page = String::from_utf8(page).unwrap();
+    assert!(page.contains(&name), "an auditor sees the images");
+    assert!(
+        !page.contains("Back up</button>") && !page.contains("Download"),
+        "but no actions"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_are_for_auditors_unless_made_public() {
+    let f = fixture();
+    let (s, _, _) = send(&f.app, get("/metrics", None)).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _, text) = send(&f.app, get("/metrics", AUDITOR)).await;
+    assert_eq!(s, StatusCode::OK);
+    let text = String::from_utf8(text).unwrap();
+    assert!(text.contains("backup_lock_held{node=\"gw-1\"} 0"), "{text}");
+    assert!(
+        text.contains("backup_runs_total{node=\"gw-1\",outcome=\"success\"} 0"),
+        "{text}"
+    );
+
+    let public = fixture_with(|c| c.http.metrics_public = true);
+    let (s, _, _) = send(&public.app, get("/metrics", None)).await;
+    assert_eq!(s, StatusCode::OK, "metrics_public: no credentials needed");
+    let (s, _, _) = send(&public.app, get("/status", None)).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "the rest stays protected");
+}
