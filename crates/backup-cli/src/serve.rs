@@ -24,6 +24,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::report::{notice, print_json, warn};
 use crate::Cli;
 
+mod stall;
 mod tls;
 
 /// How long a client may take for its TLS handshake.
@@ -34,6 +35,13 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Connections served at once; more are closed at once (and logged).
 const MAX_CONNECTIONS: usize = 256;
+/// How long a response may wait for a client that reads nothing before
+/// the connection is dropped (a streamed backup is then aborted).
+const WRITE_STALL_LIMIT: Duration = if cfg!(test) {
+    Duration::from_secs(1)
+} else {
+    Duration::from_secs(300)
+};
 
 #[derive(Args)]
 pub(crate) struct ServeArgs {
@@ -249,7 +257,10 @@ async fn serve_until(
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .max_header_size(MAX_HEAD_BYTES)
-                .serve_connection(TokioIo::new(tls), with_peer);
+                .serve_connection(
+                    TokioIo::new(stall::StallGuard::new(tls, WRITE_STALL_LIMIT)),
+                    with_peer,
+                );
             if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!("connection from {address}: {e}");
             }
@@ -514,6 +525,87 @@ mod tests {
             .unwrap();
         assert!(out.status.success(), "{out:?}");
         assert_eq!(String::from_utf8_lossy(&out.stdout), "none");
+        stop_tx.send(()).unwrap();
+        server.await.unwrap();
+    }
+
+    /// A client that stops reading mid-stream is dropped once no write has
+    /// made progress for the stall limit (1 s in these tests), so that a
+    /// streamed backup does not wait on it for ever: the response body is
+    /// dropped (a backup would then be aborted).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_that_stops_reading_is_dropped_after_the_stall_limit() {
+        let state = tempfile::tempdir().unwrap();
+        let tls = tls::material(&HttpConfig::default(), state.path(), Path::new("t.toml")).unwrap();
+        /// Set when the response body is dropped (the connection ended).
+        struct Dropped(Arc<AtomicBool>);
+        impl Drop for Dropped {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let dropped = Arc::new(AtomicBool::new(false));
+        let flag = dropped.clone();
+        let router = axum::Router::new().route(
+            "/endless",
+            get(move || async move {
+                let guard = Dropped(flag.clone());
+                let body = futures::stream::repeat_with(move || {
+                    let _ = &guard;
+                    Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(vec![7u8; 64 * 1024]))
+                });
+                Body::from_stream(body)
+            }),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let opts = ServeOptions {
+            listen: listener.local_addr().unwrap(),
+            tls,
+            client_certs: Arc::new(|| false),
+            json: false,
+        };
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let stop = async move {
+                let _ = stop_rx.await;
+                "test stop"
+            };
+            serve_until(listener, router, &opts, stop, std::future::pending())
+                .await
+                .unwrap()
+                .shutdown()
+                .await;
+        });
+        // openssl s_client sends the request, then blocks on its full
+        // stdout pipe, which nobody reads: it stops reading the socket.
+        let mut client = Command::new("openssl")
+            .args(["s_client", "-quiet", "-connect"])
+            .arg(format!("127.0.0.1:{port}"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("running openssl s_client");
+        {
+            use std::io::Write;
+            let stdin = client.stdin.as_mut().unwrap();
+            stdin
+                .write_all(b"GET /endless HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                .unwrap();
+            stdin.flush().unwrap();
+        }
+        let mut waited = Duration::ZERO;
+        while !dropped.load(Ordering::SeqCst) {
+            assert!(
+                waited < Duration::from_secs(60),
+                "the stalled connection was never dropped"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            waited += Duration::from_millis(100);
+        }
+        let _ = client.kill();
+        let _ = client.wait();
         stop_tx.send(()).unwrap();
         server.await.unwrap();
     }
