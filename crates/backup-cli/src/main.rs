@@ -20,6 +20,7 @@ mod report;
 mod secret;
 mod serve;
 mod storage_cmd;
+mod user_cmd;
 
 use report::{escape_control, human, outln, print_json, Reporter};
 use secret::CliSecret;
@@ -260,6 +261,22 @@ openssl s_client -connect HOST:8443 </dev/null 2>/dev/null | openssl x509 -outfo
 backup key rewrap IMAGE..."
     )]
     Key(ops_cmd::KeyCommand),
+    /// Users of the HTTP service (`backup serve`) in state_dir/users.toml:
+    /// add, change a password, delete, list
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  backup user add alice --role admin          asks for the password twice\n  \
+BACKUP_USER_PASSWORD=… backup user add audit --role auditor\n  \
+backup user list"
+    )]
+    User(user_cmd::UserCommand),
+    /// API tokens of the HTTP service's users, for cron (login USER!NAME in .netrc or .wgetrc)
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  backup token create alice cron --expires 90d\n  backup token list\n  \
+backup token del alice cron"
+    )]
+    Token(user_cmd::TokenCommand),
     /// Build a demo appliance in a fresh directory, back it up, verify it,
     /// restore it elsewhere and prove the restore is identical
     #[command(after_help = "Examples:\n  backup quickstart\n  backup quickstart --dir /tmp/demo")]
@@ -514,6 +531,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Daemon => ops_cmd::daemon(engine(&cli)?, cli.json).await,
         Command::Serve(args) => serve::command(&cli, args).await,
         Command::Key(k) => ops_cmd::key(&cli, k).await,
+        Command::User(c) => user_cmd::user(&cli, c),
+        Command::Token(c) => user_cmd::token(&cli, c),
     }
 }
 

@@ -18,6 +18,7 @@ mod ops_keys;
 mod ops_runs;
 mod output_contract;
 mod serve;
+mod users;
 mod workflows;
 
 /// With `autotests = false` a test file that no `mod` line here names is never

@@ -23,6 +23,7 @@ mod page;
 mod request;
 mod routes;
 mod service;
+mod users;
 
 pub use auth::{Authenticator, Credentials, Denial, LoginThrottle, Principal, Role, Throttled};
 pub use basic::parse_basic;
@@ -32,6 +33,9 @@ pub use links::{
 };
 pub use routes::router;
 pub use service::{RunView, Service};
+pub use users::{
+    NewToken, TokenEntry, UserEntry, UsersAuthenticator, UsersError, UsersFile, USERS_FILE,
+};
 
 use std::net::SocketAddr;
 

@@ -2,7 +2,7 @@
 //! they may, and its one audit line.
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::extract::{ConnectInfo, FromRequestParts, OriginalUri};
 use axum::http::request::Parts;
@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use backup_core::{AuditRecord, ErrorKind};
 use serde_json::json;
 
-use crate::auth::{Credentials, Denial, Principal, Role};
+use crate::auth::{Credentials, Denial, Principal, Role, Throttled};
 use crate::service::Service;
 use crate::Peer;
 
@@ -123,7 +123,7 @@ impl Req {
         let throttle = &service.inner.throttle;
         if let Err(t) = throttle.check(self.address, &user) {
             refuse(self.actor(Some(&user)), "too many failed logins");
-            return Err(too_many(t.retry_after));
+            return Err(too_many(t));
         }
         let credentials = Credentials {
             user: user.clone(),
@@ -163,7 +163,7 @@ impl Req {
                         }
                         Err(unauthorized("wrong user or password"))
                     }
-                    Err(t) => Err(too_many(t.retry_after)),
+                    Err(t) => Err(too_many(t)),
                 }
             }
         }
@@ -219,7 +219,7 @@ fn unauthorized(message: &str) -> Response {
     r
 }
 
-fn too_many(retry_after: Duration) -> Response {
+fn too_many(throttled: Throttled) -> Response {
     let mut r = error(
         StatusCode::TOO_MANY_REQUESTS,
         "throttled",
@@ -227,7 +227,7 @@ fn too_many(retry_after: Duration) -> Response {
     );
     r.headers_mut().insert(
         header::RETRY_AFTER,
-        HeaderValue::from(retry_after.as_secs().max(1)),
+        HeaderValue::from(throttled.retry_after_secs()),
     );
     r
 }

@@ -3,3 +3,4 @@
 //! `backup serve` over TLS with real curl, wget and a browser.
 
 mod router;
+mod users_service;
