@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::extract::ConnectInfo;
-use backup_http::Peer;
+use backup_http::{Authenticator as _, Peer, UsersAuthenticator};
 use clap::Args;
 use hyper::body::Incoming;
 use hyper::service::Service as _;
@@ -67,9 +67,10 @@ pub(crate) struct ServeOptions {
     pub(crate) json: bool,
 }
 
-/// `backup serve`.
+/// `backup serve`: backup-http's service for this appliance, its users from
+/// `state_dir/users.toml` (reloaded on SIGHUP, and when the file changes).
 pub(crate) async fn command(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
-    let engine = crate::engine(cli)?;
+    let engine = Arc::new(crate::engine(cli)?);
     let config = engine.config();
     let (listen, from) = match &args.listen {
         Some(l) => (l.as_str(), "--listen"),
@@ -81,16 +82,36 @@ pub(crate) async fn command(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitC
         &config.appliance.state_dir,
         &crate::config_path(cli),
     )?;
-    // The service's router and its users' reload are wired here; until
-    // then, the listener serves its health check alone.
-    let router = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok\n" }));
+    let users = Arc::new(UsersAuthenticator::in_state_dir(
+        &config.appliance.state_dir,
+    )?);
+    let json = cli.json;
+    if users.users().is_empty() {
+        warn(
+            json,
+            &format!(
+                "{} has no users yet: every request but /healthz is refused until one is added \
+                 with `backup user add NAME --role admin`",
+                users.file().path().display()
+            ),
+        );
+    }
+    let router = backup_http::router(backup_http::Service::new(engine.clone(), users.clone()));
+    let asked = users.clone();
     let opts = ServeOptions {
         listen,
         tls,
-        client_certs: Arc::new(|| false),
-        json: cli.json,
+        client_certs: Arc::new(move || asked.wants_client_certificates()),
+        json,
     };
-    serve(router, opts, || {}).await?;
+    serve(router, opts, move || match users.reload() {
+        Ok(()) => notice(json, &format!("users reloaded: {}", users.users().len())),
+        Err(e) => warn(
+            json,
+            &format!("the users file was not reloaded (the users loaded before stay): {e}"),
+        ),
+    })
+    .await?;
     Ok(ExitCode::SUCCESS)
 }
 
