@@ -45,10 +45,14 @@ const WRITE_STALL_LIMIT: Duration = if cfg!(test) {
 
 #[derive(Args)]
 pub(crate) struct ServeArgs {
-    /// Address and port to listen on, e.g. 0.0.0.0:8443 or [::]:8443 (port 0:
-    /// any free port; the one taken is printed) [default: [http] listen in
-    /// the configuration, else 127.0.0.1:8443]
-    #[arg(long, value_name = "ADDR")]
+    // The help names `[::]` and the config section as written, which a doc
+    // comment cannot (rustdoc would take them for links).
+    #[arg(
+        long,
+        value_name = "ADDR",
+        help = "Address and port to listen on, e.g. 0.0.0.0:8443 or [::]:8443 (port 0: any free \
+port; the one taken is printed) [default: [http] listen in the configuration, else 127.0.0.1:8443]"
+    )]
     listen: Option<String>,
 }
 
