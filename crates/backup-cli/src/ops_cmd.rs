@@ -160,11 +160,16 @@ pub(crate) fn audit(engine: &Engine, since: Option<&str>, json: bool) -> anyhow:
         return Ok(ExitCode::SUCCESS);
     }
     for r in records {
+        // A request to the HTTP service shows its route (`GET /ssg/backup`).
+        let operation = match &r.route {
+            Some(route) => escape_control(route).into_owned(),
+            None => r.operation.clone(),
+        };
         outln!(
             "{}  {:<10} {:<14} {:<9} {}{}",
             when(&r.time),
             r.actor,
-            r.operation,
+            operation,
             r.outcome,
             escape_control(&r.target),
             r.error

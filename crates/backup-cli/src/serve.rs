@@ -86,9 +86,10 @@ pub(crate) async fn command(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitC
         &config.appliance.state_dir,
         &crate::config_path(cli),
     )?;
-    let users = Arc::new(UsersAuthenticator::in_state_dir(
-        &config.appliance.state_dir,
-    )?);
+    let users = Arc::new(
+        UsersAuthenticator::in_state_dir(&config.appliance.state_dir)
+            .context("reading the users file")?,
+    );
     let json = cli.json;
     if users.users().is_empty() {
         warn(
