@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::extract::ConnectInfo;
-use backup_http::Peer;
+use backup_http::{Authenticator as _, Peer, UsersAuthenticator};
 use clap::Args;
 use hyper::body::Incoming;
 use hyper::service::Service as _;
@@ -24,6 +24,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::report::{notice, print_json, warn};
 use crate::Cli;
 
+mod stall;
 mod tls;
 
 /// How long a client may take for its TLS handshake.
@@ -34,13 +35,24 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Connections served at once; more are closed at once (and logged).
 const MAX_CONNECTIONS: usize = 256;
+/// How long a response may wait for a client that reads nothing before
+/// the connection is dropped (a streamed backup is then aborted).
+const WRITE_STALL_LIMIT: Duration = if cfg!(test) {
+    Duration::from_secs(1)
+} else {
+    Duration::from_secs(300)
+};
 
 #[derive(Args)]
 pub(crate) struct ServeArgs {
-    /// Address and port to listen on, e.g. 0.0.0.0:8443 or [::]:8443 (port 0:
-    /// any free port; the one taken is printed) [default: [http] listen in
-    /// the configuration, else 127.0.0.1:8443]
-    #[arg(long, value_name = "ADDR")]
+    // The help names `[::]` and the config section as written, which a doc
+    // comment cannot (rustdoc would take them for links).
+    #[arg(
+        long,
+        value_name = "ADDR",
+        help = "Address and port to listen on, e.g. 0.0.0.0:8443 or [::]:8443 (port 0: any free \
+port; the one taken is printed) [default: [http] listen in the configuration, else 127.0.0.1:8443]"
+    )]
     listen: Option<String>,
 }
 
@@ -59,9 +71,10 @@ pub(crate) struct ServeOptions {
     pub(crate) json: bool,
 }
 
-/// `backup serve`.
+/// `backup serve`: backup-http's service for this appliance, its users from
+/// `state_dir/users.toml` (reloaded on SIGHUP, and when the file changes).
 pub(crate) async fn command(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
-    let engine = crate::engine(cli)?;
+    let engine = Arc::new(crate::engine(cli)?);
     let config = engine.config();
     let (listen, from) = match &args.listen {
         Some(l) => (l.as_str(), "--listen"),
@@ -74,29 +87,33 @@ pub(crate) async fn command(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitC
         &crate::config_path(cli),
     )?;
     let users = Arc::new(
-        backup_http::UsersAuthenticator::in_state_dir(&config.appliance.state_dir)
+        UsersAuthenticator::in_state_dir(&config.appliance.state_dir)
             .context("reading the users file")?,
     );
+    let json = cli.json;
     if users.users().is_empty() {
-        eprintln!(
-            "warning: no users yet: every request but /healthz is refused until one is added (backup user add NAME --role admin)"
+        warn(
+            json,
+            &format!(
+                "{} has no users yet: every request but /healthz is refused until one is added \
+                 with `backup user add NAME --role admin`",
+                users.file().path().display()
+            ),
         );
     }
-    let engine = Arc::new(engine);
     let router = backup_http::router(backup_http::Service::new(engine.clone(), users.clone()));
-    let wants = users.clone();
+    let asked = users.clone();
     let opts = ServeOptions {
         listen,
         tls,
-        client_certs: Arc::new(move || {
-            backup_http::Authenticator::wants_client_certificates(&*wants)
-        }),
-        json: cli.json,
+        client_certs: Arc::new(move || asked.wants_client_certificates()),
+        json,
     };
     serve(router, opts, move || match users.reload() {
-        Ok(()) => tracing::info!("users reloaded"),
-        Err(e) => eprintln!(
-            "warning: the users file could not be reloaded; the users loaded before stay: {e}"
+        Ok(()) => notice(json, &format!("users reloaded: {}", users.users().len())),
+        Err(e) => warn(
+            json,
+            &format!("the users file was not reloaded (the users loaded before stay): {e}"),
         ),
     })
     .await?;
@@ -266,7 +283,10 @@ async fn serve_until(
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .max_header_size(MAX_HEAD_BYTES)
-                .serve_connection(TokioIo::new(tls), with_peer);
+                .serve_connection(
+                    TokioIo::new(stall::StallGuard::new(tls, WRITE_STALL_LIMIT)),
+                    with_peer,
+                );
             if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!("connection from {address}: {e}");
             }
@@ -531,6 +551,87 @@ mod tests {
             .unwrap();
         assert!(out.status.success(), "{out:?}");
         assert_eq!(String::from_utf8_lossy(&out.stdout), "none");
+        stop_tx.send(()).unwrap();
+        server.await.unwrap();
+    }
+
+    /// A client that stops reading mid-stream is dropped once no write has
+    /// made progress for the stall limit (1 s in these tests), so that a
+    /// streamed backup does not wait on it for ever: the response body is
+    /// dropped (a backup would then be aborted).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_that_stops_reading_is_dropped_after_the_stall_limit() {
+        let state = tempfile::tempdir().unwrap();
+        let tls = tls::material(&HttpConfig::default(), state.path(), Path::new("t.toml")).unwrap();
+        /// Set when the response body is dropped (the connection ended).
+        struct Dropped(Arc<AtomicBool>);
+        impl Drop for Dropped {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let dropped = Arc::new(AtomicBool::new(false));
+        let flag = dropped.clone();
+        let router = axum::Router::new().route(
+            "/endless",
+            get(move || async move {
+                let guard = Dropped(flag.clone());
+                let body = futures::stream::repeat_with(move || {
+                    let _ = &guard;
+                    Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(vec![7u8; 64 * 1024]))
+                });
+                Body::from_stream(body)
+            }),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let opts = ServeOptions {
+            listen: listener.local_addr().unwrap(),
+            tls,
+            client_certs: Arc::new(|| false),
+            json: false,
+        };
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let stop = async move {
+                let _ = stop_rx.await;
+                "test stop"
+            };
+            serve_until(listener, router, &opts, stop, std::future::pending())
+                .await
+                .unwrap()
+                .shutdown()
+                .await;
+        });
+        // openssl s_client sends the request, then blocks on its full
+        // stdout pipe, which nobody reads: it stops reading the socket.
+        let mut client = Command::new("openssl")
+            .args(["s_client", "-quiet", "-connect"])
+            .arg(format!("127.0.0.1:{port}"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("running openssl s_client");
+        {
+            use std::io::Write;
+            let stdin = client.stdin.as_mut().unwrap();
+            stdin
+                .write_all(b"GET /endless HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                .unwrap();
+            stdin.flush().unwrap();
+        }
+        let mut waited = Duration::ZERO;
+        while !dropped.load(Ordering::SeqCst) {
+            assert!(
+                waited < Duration::from_secs(60),
+                "the stalled connection was never dropped"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            waited += Duration::from_millis(100);
+        }
+        let _ = client.kill();
+        let _ = client.wait();
         stop_tx.send(()).unwrap();
         server.await.unwrap();
     }

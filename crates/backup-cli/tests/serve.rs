@@ -425,3 +425,106 @@ fn sigterm_waits_for_an_open_connection_and_a_second_signal_stops_at_once() {
     let out = server.running.wait(PATIENCE);
     out.expect(1).mentions("second signal");
 }
+
+/// The service behind the listener: users from the users file (reloaded on
+/// SIGHUP), the client address reaching the audit log, and a client
+/// certificate asked for once a user has one registered, with no restart.
+#[test]
+fn the_service_behind_the_listener_knows_its_users_their_address_and_their_certificate() {
+    let ops = initialised("");
+    let ca = ops.state.join("http/cert.pem");
+    let server = Server::start(&ops, &ops.config, false);
+    assert!(
+        server.running.stderr_so_far().contains("no users yet"),
+        "{}",
+        server.running.stderr_so_far()
+    );
+    let status = |extra: &[&str]| {
+        let mut args = vec!["-o", "/dev/null", "-w", "%{http_code}"];
+        args.extend_from_slice(extra);
+        let out = server.curl(&ca, "localhost", "/status", &args);
+        out.expect(0);
+        out.stdout.trim().to_string()
+    };
+    assert_eq!(status(&[]), "401");
+
+    // A user added while serving, announced with SIGHUP.
+    let password = "listener-test-password-42";
+    let add = run(ops
+        .cmd_with(
+            &ops.config,
+            None,
+            &["user", "add", "monitor", "--role", "auditor"],
+        )
+        .env("BACKUP_USER_PASSWORD", password));
+    add.expect(0);
+    signal(server.running.pid(), "-HUP");
+    crate::util::wait_for(PATIENCE, "the users reload", || {
+        server
+            .running
+            .stderr_so_far()
+            .contains("users reloaded: 1")
+            .then_some(())
+    });
+    let netrc = ops.dir().join("netrc");
+    std::fs::write(
+        &netrc,
+        format!("machine localhost login monitor password {password}\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&netrc, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let netrc_arg = netrc.display().to_string();
+    assert_eq!(status(&["--netrc-file", &netrc_arg]), "200");
+    let audit = ops.audit();
+    assert!(
+        audit
+            .iter()
+            .any(|r| r.to_string().contains("http:monitor@127.0.0.1")),
+        "no audit line names http:monitor@127.0.0.1: {audit:#?}"
+    );
+
+    // Once the user must present a certificate, the handshake asks for it.
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["monitor.example".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let cert_path = ops.dir().join("monitor.pem");
+    let key_path = ops.dir().join("monitor.key");
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let fingerprint = openssl_fingerprint(&cert_path);
+    run(&mut ops.cmd_with(
+        &ops.config,
+        None,
+        &["user", "cert", "monitor", &fingerprint],
+    ))
+    .expect(0);
+    signal(server.running.pid(), "-HUP");
+    crate::util::wait_for(PATIENCE, "the second users reload", || {
+        (server
+            .running
+            .stderr_so_far()
+            .matches("users reloaded: 1")
+            .count()
+            >= 2)
+            .then_some(())
+    });
+    assert_eq!(status(&["--netrc-file", &netrc_arg]), "403");
+    let (cert_arg, key_arg) = (
+        cert_path.display().to_string(),
+        key_path.display().to_string(),
+    );
+    assert_eq!(
+        status(&[
+            "--netrc-file",
+            &netrc_arg,
+            "--cert",
+            &cert_arg,
+            "--key",
+            &key_arg
+        ]),
+        "200"
+    );
+    server.stop().expect(0);
+}
