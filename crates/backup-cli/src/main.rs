@@ -18,7 +18,9 @@ mod ops_cmd;
 mod quickstart;
 mod report;
 mod secret;
+mod serve;
 mod storage_cmd;
+mod user_cmd;
 
 use report::{escape_control, human, outln, print_json, Reporter};
 use secret::CliSecret;
@@ -234,6 +236,24 @@ backup browse gw-20261122T020000Z_gw-1_standalone.bkp")]
         after_help = "Examples:\n  backup daemon                 usually started by a service manager"
     )]
     Daemon,
+    /// Serve backups over HTTPS (backup-http's service) until SIGTERM/SIGINT
+    /// (running requests, such as a streaming backup, finish first); SIGHUP
+    /// reloads the users file
+    #[command(
+        long_about = "Serve backups over HTTPS until SIGTERM/SIGINT: no new connections are \
+accepted, requests in flight (such as a streaming backup) finish, then it exits 0; a second signal \
+stops at once. SIGHUP reloads the users file.\n\n\
+Without [http] tls_cert and tls_key in the configuration, the first start makes a self-signed \
+certificate (ECDSA P-256; names: the host name, localhost, 127.0.0.1, ::1 and every non-loopback \
+address) at STATE_DIR/http/cert.pem with its key in key.pem (mode 0600), and every start prints \
+its fingerprint: sha256: and the SHA-256 of the DER certificate.",
+        after_help = "Examples:\n  backup serve                                   on [http] listen (default 127.0.0.1:8443)\n  \
+backup serve --listen 0.0.0.0:8443\n  \
+curl --cacert STATE_DIR/http/cert.pem https://localhost:8443/healthz\n  \
+openssl x509 -in STATE_DIR/http/cert.pem -outform DER | sha256sum    the fingerprint printed\n  \
+openssl s_client -connect HOST:8443 </dev/null 2>/dev/null | openssl x509 -outform DER | sha256sum    what clients get"
+    )]
+    Serve(serve::ServeArgs),
     /// Domain master secret operations
     #[command(
         subcommand,
@@ -241,6 +261,22 @@ backup browse gw-20261122T020000Z_gw-1_standalone.bkp")]
 backup key rewrap IMAGE..."
     )]
     Key(ops_cmd::KeyCommand),
+    /// Users of the HTTP service (`backup serve`) in state_dir/users.toml:
+    /// add, change a password, delete, list
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  backup user add alice --role admin          asks for the password twice\n  \
+BACKUP_USER_PASSWORD=… backup user add audit --role auditor\n  \
+backup user list"
+    )]
+    User(user_cmd::UserCommand),
+    /// API tokens of the HTTP service's users, for cron (login USER!NAME in .netrc or .wgetrc)
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  backup token create alice cron --expires 90d\n  backup token list\n  \
+backup token del alice cron"
+    )]
+    Token(user_cmd::TokenCommand),
     /// Build a demo appliance in a fresh directory, back it up, verify it,
     /// restore it elsewhere and prove the restore is identical
     #[command(after_help = "Examples:\n  backup quickstart\n  backup quickstart --dir /tmp/demo")]
@@ -493,7 +529,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Prune { dry_run } => ops_cmd::prune(&engine(&cli)?, *dry_run, &cli).await,
         Command::Schedule { count } => ops_cmd::schedule(&engine(&cli)?, *count, cli.json),
         Command::Daemon => ops_cmd::daemon(engine(&cli)?, cli.json).await,
+        Command::Serve(args) => serve::command(&cli, args).await,
         Command::Key(k) => ops_cmd::key(&cli, k).await,
+        Command::User(c) => user_cmd::user(&cli, c),
+        Command::Token(c) => user_cmd::token(&cli, c),
     }
 }
 

@@ -45,6 +45,13 @@ pub(crate) enum KeyCommand {
 backup --secret-file /root/backup.secret key check"
     )]
     Check,
+    /// Replace the key that signs the HTTP service's own download links
+    /// (`GET /dl/…`): every link it issued stops working at once
+    #[command(
+        name = "rotate-links",
+        after_help = "Examples:\n  backup key rotate-links"
+    )]
+    RotateLinks,
 }
 
 /// `--since` as RFC 3339, a date, or a duration ago (`90m`, `2h`, `3d`, `1w`).
@@ -153,11 +160,16 @@ pub(crate) fn audit(engine: &Engine, since: Option<&str>, json: bool) -> anyhow:
         return Ok(ExitCode::SUCCESS);
     }
     for r in records {
+        // A request to the HTTP service shows its route (`GET /ssg/backup`).
+        let operation = match &r.route {
+            Some(route) => escape_control(route).into_owned(),
+            None => r.operation.clone(),
+        };
         outln!(
             "{}  {:<10} {:<14} {:<9} {}{}",
             when(&r.time),
             r.actor,
-            r.operation,
+            operation,
             r.outcome,
             escape_control(&r.target),
             r.error
@@ -299,6 +311,29 @@ pub(crate) async fn key(cli: &Cli, cmd: &KeyCommand) -> anyhow::Result<ExitCode>
     };
     let engine = crate::engine(cli)?;
     match cmd {
+        KeyCommand::RotateLinks => {
+            let started = std::time::Instant::now();
+            let state = &engine.config().appliance.state_dir;
+            let result = backup_http::rotate_link_key(state).map_err(|e| Error::Io {
+                what: format!("writing a new link key in {}", state.display()),
+                source: e,
+            });
+            let mut record = backup_core::AuditRecord::new(
+                engine.actor(),
+                "key.rotate-links",
+                backup_http::LINK_KEY_FILE,
+                if result.is_ok() { "done" } else { "failed" },
+            );
+            record.duration_ms = started.elapsed().as_millis() as u64;
+            record.error = result.as_ref().err().map(|e| e.to_string());
+            engine.append_audit(&record)?;
+            result?;
+            if cli.json {
+                print_json(&serde_json::json!({ "link_key": "rotated" }))?;
+            } else if !cli.quiet {
+                outln!("new link key: every download link the HTTP service issued stops working")?;
+            }
+        }
         KeyCommand::Check => {
             let result = engine.check_key(current);
             let id = result?;

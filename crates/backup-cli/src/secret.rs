@@ -24,6 +24,18 @@ fn first_line<'a>(text: &'a str, path: &Path) -> backup_core::Result<&'a str> {
     Ok(line)
 }
 
+/// The first line of a secret file (a password file too), for secrets other
+/// than the domain master secret.
+pub(crate) fn read_secret_file(path: &Path) -> backup_core::Result<Zeroizing<String>> {
+    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+        backup_core::Error::Input(format!(
+            "cannot read the secret file {}: {e}",
+            path.display()
+        ))
+    })?);
+    Ok(Zeroizing::new(first_line(&text, path)?.to_string()))
+}
+
 pub(crate) struct CliSecret {
     pub(crate) file: Option<PathBuf>,
     /// The environment variable consulted when there is no file.

@@ -158,14 +158,6 @@ fn parse_duration(s: &str) -> anyhow::Result<Duration> {
     Ok(Duration::from_secs(secs))
 }
 
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
-
 pub(crate) async fn links(
     engine: &Engine,
     images: &[String],
@@ -173,32 +165,20 @@ pub(crate) async fn links(
     csv: Option<&Path>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let links = engine
-        .links(images, parse_duration(expires)?)
-        .await
-        .context("making download links")?;
-    if let Some(path) = csv {
-        let mut text = String::from("image,node,role,created,size,url,expiry\n");
-        for l in &links {
-            let created = l.created.map(|c| c.to_rfc3339()).unwrap_or_default();
-            let row = [
-                &l.image,
-                &l.node,
-                &l.role,
-                &created,
-                &l.size.to_string(),
-                &l.url,
-                &l.expires.to_rfc3339(),
-            ];
-            text.push_str(
-                &row.iter()
-                    .map(|f| csv_field(f))
-                    .collect::<Vec<_>>()
-                    .join(","),
-            );
-            text.push('\n');
+    let lifetime = parse_duration(expires)?;
+    // A storage that cannot presign gets the HTTP service's own signed
+    // links when the service's address is configured.
+    let links = match &engine.config().http.public_url {
+        Some(url) => {
+            let signer = backup_http::SignedLinks::new(&engine.config().appliance.state_dir, url);
+            engine.links_signed(images, lifetime, &signer).await
         }
-        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        None => engine.links(images, lifetime).await,
+    }
+    .context("making download links")?;
+    if let Some(path) = csv {
+        std::fs::write(path, backup_http::links_csv(&links))
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     if json {
         print_json(&links)?;

@@ -627,3 +627,52 @@ fn a_short_new_secret_is_an_input_error_and_changes_nothing() {
         "{audit:#?}"
     );
 }
+
+/// `backup links` on a storage that cannot presign: refused with what to do,
+/// then, with `[http] public_url`, the HTTP service's own signed links;
+/// `backup key rotate-links` writes a new link key (audited).
+#[test]
+fn links_for_a_storage_that_cannot_presign_come_from_the_service_and_rotate() {
+    let f = crate::util::Fixture::new();
+    let (image, _) = f.create(&[]);
+    let out = f.backup(&["links"]);
+    assert_ne!(out.code, 0, "a file:// storage cannot presign");
+    assert!(
+        out.stderr.contains("public_url"),
+        "says what to set: {}",
+        out.stderr
+    );
+
+    let config = f.dir.join("with-http.toml");
+    let mut text = fs::read_to_string(&f.config).unwrap();
+    text.push_str("\n[http]\npublic_url = \"https://gw.example:8443/\"\n");
+    fs::write(&config, text).unwrap();
+    let csv = f.dir.join("links.csv");
+    let out = crate::util::run(
+        f.cmd_with(&config)
+            .args(["--json", "links", "--expires", "2h", "--csv"])
+            .arg(&csv),
+    );
+    out.expect(0);
+    let links: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let url = links[0]["url"].as_str().unwrap();
+    assert!(
+        url.starts_with(&format!("https://gw.example:8443/dl/{image}?exp="))
+            && url.contains("&sig="),
+        "{url}"
+    );
+    let written = fs::read_to_string(&csv).unwrap();
+    assert!(written.starts_with("image,node,role,created,size,url,expiry\n"));
+    assert!(written.contains(url), "{written}");
+    let key = f.state.join("http/link.key");
+    let before = fs::read(&key).unwrap();
+
+    f.backup(&["key", "rotate-links"]).expect(0);
+    assert_ne!(fs::read(&key).unwrap(), before, "a new link key");
+    let audit = f.backup(&["--json", "audit"]);
+    let records: Vec<serde_json::Value> = serde_json::from_str(&audit.stdout).unwrap();
+    assert!(records
+        .iter()
+        .any(|r| r["operation"] == "key.rotate-links" && r["outcome"] == "done"));
+    assert!(!audit.stdout.contains("sig="), "no link in the audit log");
+}

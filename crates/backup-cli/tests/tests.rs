@@ -20,6 +20,8 @@ mod ops_daemon;
 mod ops_keys;
 mod ops_runs;
 mod output_contract;
+mod serve;
+mod users;
 mod webdriver;
 mod workflows;
 

@@ -65,7 +65,7 @@ pub(crate) async fn create(engine: &Context<'_>, opts: &CreateOptions) -> Result
 
     let result = async {
         guard.before_hook(&name)?;
-        if matches!(opts.destination, Destination::Storage) {
+        if opts.destination.stores() {
             preflight(&storage, &plan).await?;
         }
         write_image(
@@ -107,9 +107,7 @@ pub(crate) async fn create(engine: &Context<'_>, opts: &CreateOptions) -> Result
                 record_error(&report),
             );
             guard.after_hook(report.outcome, &name, failed);
-            if matches!(opts.destination, Destination::Storage)
-                && engine.config.retention.is_enabled()
-            {
+            if opts.destination.stores() && engine.config.retention.is_enabled() {
                 match crate::retention::apply_retention(engine, false).await {
                     Ok(decisions) => {
                         report.pruned = decisions
@@ -137,7 +135,7 @@ async fn unique_destination(
     loop {
         let created = Utc::now().trunc_subsecs(0);
         let (storage, name) = destination(engine, opts, created)?;
-        if !matches!(opts.destination, Destination::Storage) || !storage.exists(&name).await? {
+        if !opts.destination.stores() || !storage.exists(&name).await? {
             return Ok((created, (storage, name)));
         }
         let to_next = 1000 - Utc::now().timestamp_subsec_millis().min(999);
@@ -189,14 +187,17 @@ fn destination(
 ) -> Result<(Arc<dyn Storage>, String)> {
     let a = &engine.config.appliance;
     match &opts.destination {
-        Destination::Stream(stream) => {
+        Destination::File(path) => local_destination(path, engine.file_group),
+        Destination::Stream(stream) if !stream.store => {
             let sink = StreamSink {
                 stream: stream.clone(),
             };
-            Ok((Arc::new(sink), "-".into()))
+            Ok((
+                Arc::new(sink),
+                image_name(&engine.config.storage.prefix, created, &a.node, a.role),
+            ))
         }
-        Destination::File(path) => local_destination(path, engine.file_group),
-        Destination::Storage => {
+        Destination::Storage | Destination::Stream(_) => {
             let storage = engine.storage.clone().ok_or_else(|| {
                 Error::NoStorage("pass --output FILE or set [storage] url".into())
             })?;
@@ -269,9 +270,14 @@ async fn write_image(
     progress.event(&Event::Step {
         message: format!("writing {name} to {storage}"),
     });
+    let copy = match &opts.destination {
+        Destination::Stream(stream) if stream.store => Some(stream),
+        _ => None,
+    };
     let result = write_sealed(
         storage.clone(),
         name.clone(),
+        copy,
         mk.clone(),
         slot.clone(),
         created,
@@ -366,7 +372,7 @@ async fn write_image(
         info: info.clone(),
         manifest: manifest.clone(),
     };
-    let sidecar_error = if !matches!(opts.destination, Destination::Storage) {
+    let sidecar_error = if !opts.destination.stores() {
         None
     } else {
         store_sidecar(&storage, &sidecar, &mk, &slot)
@@ -384,8 +390,8 @@ async fn write_image(
     }
     let image = match &opts.destination {
         Destination::File(p) => p.display().to_string(),
-        Destination::Stream(_) => "-".to_string(),
-        Destination::Storage => name,
+        Destination::Stream(s) if !s.store => "-".to_string(),
+        Destination::Storage | Destination::Stream(_) => name,
     };
     Ok(CreateReport {
         image,

@@ -81,6 +81,13 @@ pub struct DownloadLink {
     pub expires: DateTime<Utc>,
 }
 
+/// Makes the download links of a storage that cannot presign: the HTTP
+/// service signs its own (see backup-http).
+pub trait LinkSigner: Send + Sync {
+    /// A URL that serves `image` until `expires`, without credentials.
+    fn url(&self, image: &str, expires: DateTime<Utc>) -> Result<String>;
+}
+
 /// What `browse` found at a path.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -178,14 +185,17 @@ pub(crate) async fn links(
     engine: &Context<'_>,
     images: &[String],
     expires: Duration,
+    signer: Option<&dyn LinkSigner>,
 ) -> Result<Vec<DownloadLink>> {
     let links = async {
         let storage = crate::context::need_storage(engine, "link to")?.clone();
-        if !storage.capabilities().presign {
+        let presign = storage.capabilities().presign;
+        if !presign && signer.is_none() {
             return Err(Error::Storage(backup_storage::Error::Unsupported {
-                what: format!("download links: {storage} cannot presign URLs; use `backup fetch IMAGE -o FILE`"),
+                what: format!("download links: {storage} cannot presign URLs; set [http] public_url to issue the HTTP service's own links, or use `backup fetch IMAGE -o FILE`"),
             }));
         }
+        let until = Utc::now() + chrono::Duration::from_std(expires).unwrap_or_default();
         let names: Vec<String> = if images.is_empty() {
             crate::images::list(engine)
                 .await?
@@ -200,7 +210,10 @@ pub(crate) async fn links(
             let meta = storage.head(&name).await?;
             let sidecar = crate::images::sidecar(engine, &name).await.ok().flatten();
             let parsed = parse_image_name(&engine.config.storage.prefix, &name);
-            let url = storage.presign_get(&name, expires).await?;
+            let url = match signer {
+                Some(signer) if !presign => signer.url(&name, until)?,
+                _ => storage.presign_get(&name, expires).await?,
+            };
             out.push(DownloadLink {
                 node: sidecar
                     .as_ref()
@@ -219,7 +232,7 @@ pub(crate) async fn links(
                 size: meta.size,
                 image: name,
                 url,
-                expires: Utc::now() + chrono::Duration::from_std(expires).unwrap_or_default(),
+                expires: until,
             });
         }
         Ok(out)

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use backup_storage::Storage;
-use chrono::Utc;
 
 use crate::component::{Component, Registered};
 use crate::config::Config;
@@ -32,6 +31,18 @@ pub enum Trigger {
     Http,
     /// A cluster coordinator.
     Cluster,
+}
+
+impl Trigger {
+    /// How the audit log names it; `None` for an operator's command.
+    pub fn audit_name(self) -> Option<&'static str> {
+        match self {
+            Trigger::Manual => None,
+            Trigger::Scheduled => Some("scheduled"),
+            Trigger::Http => Some("http"),
+            Trigger::Cluster => Some("cluster"),
+        }
+    }
 }
 
 /// The facts of one call: who asks, where its progress goes, what started
@@ -184,16 +195,11 @@ impl<'a> Context<'a> {
         started: Instant,
         error: Option<String>,
     ) {
-        let record = AuditRecord {
-            time: Utc::now(),
-            actor: self.actor.clone(),
-            operation: operation.to_string(),
-            target: target.to_string(),
-            outcome: outcome.to_string(),
-            bytes,
-            duration_ms: started.elapsed().as_millis() as u64,
-            error,
-        };
+        let mut record = AuditRecord::new(self.actor.clone(), operation, target, outcome);
+        record.bytes = bytes;
+        record.duration_ms = started.elapsed().as_millis() as u64;
+        record.error = error;
+        record.trigger = self.trigger.audit_name().map(str::to_string);
         if let Err(e) = self.audit_log().append(&record) {
             self.warn(format!("the audit log could not be written: {e}"));
         }

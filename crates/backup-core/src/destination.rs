@@ -35,15 +35,35 @@ pub enum Destination {
     /// This local file (written under a temporary name, then renamed).
     File(PathBuf),
     /// This stream: the CLI's standard output, an HTTP response body. Used
-    /// by one backup; a second backup with the same stream fails.
+    /// by one backup; a second backup with the same stream fails. With
+    /// [`ImageStream::also_store`], the image is stored in the configured
+    /// storage too, as with [`Destination::Storage`].
     Stream(ImageStream),
 }
+
+impl Destination {
+    /// Whether the image goes into the configured storage (with its
+    /// sidecar, and retention after it).
+    pub fn stores(&self) -> bool {
+        match self {
+            Destination::Storage => true,
+            Destination::Stream(s) => s.store,
+            Destination::File(_) => false,
+        }
+    }
+}
+
+/// Called with the image's name once the run's preflight has passed and
+/// the image starts to flow (see [`ImageStream::on_open`]).
+type OpenHook = Box<dyn FnOnce(&str) + Send>;
 
 /// A writer an image is streamed to (see [`Destination::Stream`]).
 #[derive(Clone)]
 pub struct ImageStream {
     writer: Arc<Mutex<Option<Box<dyn AsyncWrite + Send + Unpin>>>>,
     name: Arc<str>,
+    on_open: Arc<Mutex<Option<OpenHook>>>,
+    pub(crate) store: bool,
 }
 
 impl ImageStream {
@@ -52,7 +72,51 @@ impl ImageStream {
         ImageStream {
             writer: Arc::new(Mutex::new(Some(Box::new(writer)))),
             name: Arc::from("the output stream"),
+            on_open: Arc::new(Mutex::new(None)),
+            store: false,
         }
+    }
+
+    /// Calls `hook` with the image's name when the first byte is about to
+    /// be written: the lock is held, the selection, keys and storage
+    /// passed their checks. An HTTP service sends its status line then;
+    /// an error before it has its own status code. Not called if the run
+    /// fails before.
+    pub fn on_open(self, hook: impl FnOnce(&str) + Send + 'static) -> Self {
+        if let Ok(mut slot) = self.on_open.lock() {
+            *slot = Some(Box::new(hook));
+        }
+        self
+    }
+
+    /// Stores the image in the configured storage as well, under its name,
+    /// with its sidecar and retention after it (the storage's preflight
+    /// included). A failure of either the storage or the stream fails the
+    /// run, and nothing is published under the image's name.
+    pub fn also_store(mut self) -> Self {
+        self.store = true;
+        self
+    }
+
+    /// Takes the writer (once) and calls the open hook.
+    fn open(&self, image: &str) -> Option<Box<dyn AsyncWrite + Send + Unpin>> {
+        let out = self.writer.lock().map(|mut s| s.take()).ok().flatten()?;
+        if let Some(hook) = self.on_open.lock().ok().and_then(|mut h| h.take()) {
+            hook(image);
+        }
+        Some(out)
+    }
+
+    /// An upload that writes to this stream, or an error if a backup took
+    /// the stream already.
+    pub(crate) fn upload(&self, image: &str) -> backup_storage::Result<Box<dyn Upload>> {
+        let out = self
+            .open(image)
+            .ok_or_else(|| backup_storage::Error::Unsupported {
+                what: "the output stream already holds an image: pass a new stream for each backup"
+                    .into(),
+            })?;
+        Ok(Box::new(StreamUpload { out, written: 0 }))
     }
 
     /// What reports call the stream (`location` of the backup's report).
@@ -81,13 +145,13 @@ impl std::fmt::Display for StreamSink {
     }
 }
 
-struct StdoutUpload {
+struct StreamUpload {
     out: Box<dyn AsyncWrite + Send + Unpin>,
     written: u64,
 }
 
 #[async_trait]
-impl Upload for StdoutUpload {
+impl Upload for StreamUpload {
     async fn write(&mut self, chunk: Bytes) -> backup_storage::Result<()> {
         self.written += chunk.len() as u64;
         self.out.write_all(&chunk).await.map_err(|e| {
@@ -118,21 +182,10 @@ impl Storage for StreamSink {
     }
     async fn put_opts(
         &self,
-        _name: &str,
+        name: &str,
         _opts: PutOptions,
     ) -> backup_storage::Result<Box<dyn Upload>> {
-        let taken = self
-            .stream
-            .writer
-            .lock()
-            .map(|mut s| s.take())
-            .ok()
-            .flatten();
-        let out = taken.ok_or_else(|| backup_storage::Error::Unsupported {
-            what: "the output stream already holds an image: pass a new stream for each backup"
-                .into(),
-        })?;
-        Ok(Box::new(StdoutUpload { out, written: 0 }))
+        self.stream.upload(name)
     }
     async fn get_opts(
         &self,
@@ -161,6 +214,39 @@ impl Storage for StreamSink {
 fn unsupported(name: &str) -> backup_storage::Error {
     backup_storage::Error::Unsupported {
         what: format!("{name}: an output stream can only be written"),
+    }
+}
+
+/// An image written to the storage and a stream at once: each chunk goes to
+/// the storage's upload, then to the stream. The storage's upload is
+/// completed before the stream is flushed, so a reader of the stream sees
+/// its end only once the image is stored.
+struct TeeUpload {
+    stored: Box<dyn Upload>,
+    streamed: Box<dyn Upload>,
+}
+
+#[async_trait]
+impl Upload for TeeUpload {
+    async fn write(&mut self, chunk: Bytes) -> backup_storage::Result<()> {
+        self.stored.write(chunk.clone()).await?;
+        self.streamed.write(chunk).await
+    }
+    async fn complete(self: Box<Self>) -> backup_storage::Result<ObjectMeta> {
+        let TeeUpload { stored, streamed } = *self;
+        let meta = match stored.complete().await {
+            Ok(meta) => meta,
+            Err(e) => {
+                let _ = streamed.abort().await;
+                return Err(e);
+            }
+        };
+        streamed.complete().await?;
+        Ok(meta)
+    }
+    async fn abort(self: Box<Self>) -> backup_storage::Result<()> {
+        let _ = self.streamed.abort().await;
+        self.stored.abort().await
     }
 }
 
@@ -195,6 +281,7 @@ pub(crate) fn local_destination(
 pub(crate) async fn write_sealed<T, F>(
     storage: Arc<dyn Storage>,
     name: String,
+    copy: Option<&ImageStream>,
     mk: MasterKey,
     slot: Keyslot,
     created: DateTime<Utc>,
@@ -207,6 +294,20 @@ where
     let mut upload = storage
         .put_opts(&name, PutOptions::mode(PutMode::Create))
         .await?;
+    if let Some(stream) = copy {
+        match stream.upload(&name) {
+            Ok(streamed) => {
+                upload = Box::new(TeeUpload {
+                    stored: upload,
+                    streamed,
+                })
+            }
+            Err(e) => {
+                let _ = upload.abort().await;
+                return Err(e.into());
+            }
+        }
+    }
     let (tx, mut rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
     let (plain_tx, mut plain_rx) = pipe::pipe(pipe::PIPE_DEPTH);
     // `Ok(None)`: the payload ended without its end marker, i.e. the

@@ -7,7 +7,7 @@ use backup_storage::Storage;
 use chrono::{DateTime, Utc};
 
 use crate::backup::CreateReport;
-use crate::browse::{Browse, DownloadLink};
+use crate::browse::{Browse, DownloadLink, LinkSigner};
 use crate::component::{
     CommandComponent, Component, ComponentOptions, FilesComponent, Registered, SqliteComponent,
 };
@@ -249,7 +249,24 @@ impl Engine {
     /// Backends that cannot presign fail with a clear "unsupported" error.
     /// Audited (the URLs themselves are never logged).
     pub async fn links(&self, images: &[String], expires: Duration) -> Result<Vec<DownloadLink>> {
-        crate::browse::links(&self.context(&Call::default()), images, expires).await
+        crate::browse::links(&self.context(&Call::default()), images, expires, None).await
+    }
+
+    /// Download links as [`Engine::links`] gives them, with `signer`'s for
+    /// a storage that cannot presign. Audited.
+    pub async fn links_signed(
+        &self,
+        images: &[String],
+        expires: Duration,
+        signer: &dyn LinkSigner,
+    ) -> Result<Vec<DownloadLink>> {
+        crate::browse::links(
+            &self.context(&Call::default()),
+            images,
+            expires,
+            Some(signer),
+        )
+        .await
     }
 
     /// Restores an image under the operation lock (audited, in the status).
@@ -304,6 +321,12 @@ impl Engine {
             result,
             started,
         )
+    }
+
+    /// Appends a record a frontend made itself (a request to the HTTP
+    /// service, a change of its users) to the audit log, with fsync.
+    pub fn append_audit(&self, record: &AuditRecord) -> Result<()> {
+        self.context(&Call::default()).audit_log().append(record)
     }
 
     /// The log lines kept for a backup.
@@ -374,6 +397,11 @@ impl Engine {
             },
             call,
         )
+    }
+
+    /// The actor of a call that names none (the OS user by default).
+    pub fn actor(&self) -> &str {
+        &self.actor
     }
 
     /// The configuration.
@@ -449,7 +477,17 @@ impl EngineCall<'_> {
 
     /// Audited (the URLs themselves are never logged).
     pub async fn links(&self, images: &[String], expires: Duration) -> Result<Vec<DownloadLink>> {
-        crate::browse::links(&self.context(), images, expires).await
+        crate::browse::links(&self.context(), images, expires, None).await
+    }
+
+    /// Download links, with `signer`'s for a storage that cannot presign. Audited.
+    pub async fn links_signed(
+        &self,
+        images: &[String],
+        expires: Duration,
+        signer: &dyn LinkSigner,
+    ) -> Result<Vec<DownloadLink>> {
+        crate::browse::links(&self.context(), images, expires, Some(signer)).await
     }
 
     /// Restores an image under the operation lock (audited, in the status).

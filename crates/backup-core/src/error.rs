@@ -184,7 +184,7 @@ impl ErrorKind {
 
     /// The outcome an operation ending with this error is audited with:
     /// `skipped`, `refused` or `failed`.
-    pub(crate) fn audit_outcome(self) -> &'static str {
+    pub fn audit_outcome(self) -> &'static str {
         match self {
             ErrorKind::Busy => "skipped",
             ErrorKind::Failed => "failed",

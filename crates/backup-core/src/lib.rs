@@ -75,7 +75,7 @@ mod util;
 mod verify;
 
 pub use backup::CreateReport;
-pub use browse::{Access, Browse, BrowseImage, BrowseView, DownloadLink};
+pub use browse::{Access, Browse, BrowseImage, BrowseView, DownloadLink, LinkSigner};
 pub use component::ComponentOptions;
 pub use component::{
     Applicability, CommandComponent, Committed, Component, EntryMeta, EntrySink, FilesComponent,

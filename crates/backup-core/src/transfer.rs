@@ -123,6 +123,7 @@ async fn encrypt_file(engine: &Context<'_>, input: &Path, out: &Path, rehash: bo
     let ((), size) = write_sealed(
         storage,
         name,
+        None,
         mk,
         slot,
         DateTime::from_timestamp(created, 0).unwrap_or_default(),

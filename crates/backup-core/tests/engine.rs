@@ -431,6 +431,71 @@ async fn an_image_streams_to_any_writer_once_and_nothing_is_stored() -> Result<(
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_streamed_image_can_be_stored_too_and_says_when_it_opens() -> Result<()> {
+    use tokio::io::AsyncReadExt;
+    let (_d, demo) = demo()?;
+    let e = engine(&demo.config)?;
+    let (writer, mut reader) = tokio::io::duplex(64 * 1024);
+    let (opened_tx, opened_rx) = std::sync::mpsc::channel();
+    let mut opts = CreateOptions::default();
+    opts.destination = Destination::Stream(
+        ImageStream::new(writer)
+            .also_store()
+            .on_open(move |name| opened_tx.send(name.to_string()).unwrap()),
+    );
+    let received = async {
+        let mut bytes = Vec::new();
+        reader.read_to_end(&mut bytes).await.map(|_| bytes)
+    };
+    let (report, received) = tokio::join!(e.create(&opts), received);
+    let (report, received) = (report?, received?);
+    assert_eq!(
+        opened_rx.try_recv()?,
+        report.image,
+        "the hook names the image"
+    );
+    let stored = e.list().await?;
+    assert_eq!(stored.len(), 1, "the streamed image is stored too");
+    assert_eq!(stored[0].name, report.image);
+    assert_eq!(stored[0].size, received.len() as u64);
+    assert_eq!(e.verify(report.image.as_str()).await?.size, report.size);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reader_that_goes_away_fails_the_run_and_nothing_is_stored() -> Result<()> {
+    use tokio::io::AsyncReadExt;
+    let (_d, demo) = demo()?;
+    let e = engine(&demo.config)?;
+    let (writer, mut reader) = tokio::io::duplex(1024);
+    let mut opts = CreateOptions::default();
+    opts.destination = Destination::Stream(ImageStream::new(writer).also_store());
+    // The client reads a little, then disconnects.
+    let gone = async move {
+        let mut first = [0u8; 512];
+        reader.read_exact(&mut first).await.unwrap();
+        drop(reader);
+    };
+    let (result, ()) = tokio::join!(e.create(&opts), gone);
+    let err = result.expect_err("the run fails when its reader goes away");
+    assert_eq!(err.kind(), backup_core::ErrorKind::Failed, "{err}");
+    assert!(
+        e.list().await?.is_empty(),
+        "nothing is published: {:?}",
+        e.list().await?
+    );
+    let status = e.status()?;
+    assert_eq!(
+        status
+            .last_failure
+            .map(|r| r.outcome.to_string())
+            .as_deref(),
+        Some("failed")
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_name_is_never_read_as_a_file() -> Result<()> {
     let (d, demo) = demo()?;
     let e = engine(&demo.config)?;

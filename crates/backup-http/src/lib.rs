@@ -7,11 +7,35 @@
 //!
 //! Who may do what is decided by an [`Authenticator`]; the users file's
 //! (`state_dir/users.toml`, Argon2id hashes and API tokens) is the default.
+//!
+//! Every request to a protected route is one line of the engine's audit
+//! log (actor `http:<user>@<address>`, route, outcome, bytes, duration,
+//! user agent); a backup also gets the engine's own `create` line.
 #![warn(missing_docs)]
 
 mod auth;
+mod basic;
+pub mod fingerprint;
+mod links;
+mod links_routes;
+mod metrics;
+mod page;
+mod request;
+mod routes;
+mod service;
+mod users;
 
-pub use auth::{Authenticator, Credentials, Denial, Principal, Role};
+pub use auth::{Authenticator, Credentials, Denial, LoginThrottle, Principal, Role, Throttled};
+pub use basic::parse_basic;
+pub use links::{
+    links_csv, parse_lifetime, rotate_link_key, SignedLinks, DEFAULT_LINK_LIFETIME, LINK_KEY_FILE,
+    MAX_LINK_LIFETIME,
+};
+pub use routes::router;
+pub use service::{RunView, Service};
+pub use users::{
+    NewToken, TokenEntry, UserEntry, UsersAuthenticator, UsersError, UsersFile, USERS_FILE,
+};
 
 use std::net::SocketAddr;
 

@@ -4,7 +4,6 @@ use std::path::Path;
 use std::time::Instant;
 
 use backup_crypto::{KeyId, Passphrase};
-use chrono::Utc;
 
 use super::{check_passphrase, ensure_not_initialized, init_keys, rotate_keys, Rotation};
 use crate::context::Context;
@@ -27,16 +26,11 @@ pub fn audit_key_operation<T>(
         Ok(_) => ("done", None),
         Err(e) => (crate::error::outcome_of(e), Some(e.to_string())),
     };
-    crate::ops::audit::AuditLog::in_state_dir(state_dir).append(&crate::ops::audit::AuditRecord {
-        time: Utc::now(),
-        actor: actor.to_string(),
-        operation: operation.audit_name().to_string(),
-        target: target.to_string(),
-        outcome: outcome.to_string(),
-        bytes: 0,
-        duration_ms: started.elapsed().as_millis() as u64,
-        error,
-    })
+    let mut record =
+        crate::ops::audit::AuditRecord::new(actor, operation.audit_name(), target, outcome);
+    record.duration_ms = started.elapsed().as_millis() as u64;
+    record.error = error;
+    crate::ops::audit::AuditLog::in_state_dir(state_dir).append(&record)
 }
 
 /// `init` through the engine (audited as `key.init`): refuses an appliance

@@ -32,6 +32,41 @@ pub struct AuditRecord {
     /// The error, if it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What started it, when not an operator's command: `scheduled`,
+    /// `http`, `cluster`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<String>,
+    /// For a request to the HTTP service: its method and path (no query
+    /// values that could carry a secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    /// For a request to the HTTP service: the client's `User-Agent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+}
+
+impl AuditRecord {
+    /// A record of `operation` on `target` by `actor`, ending now.
+    pub fn new(
+        actor: impl Into<String>,
+        operation: impl Into<String>,
+        target: impl Into<String>,
+        outcome: impl Into<String>,
+    ) -> Self {
+        AuditRecord {
+            time: Utc::now(),
+            actor: actor.into(),
+            operation: operation.into(),
+            target: target.into(),
+            outcome: outcome.into(),
+            bytes: 0,
+            duration_ms: 0,
+            error: None,
+            trigger: None,
+            route: None,
+            user_agent: None,
+        }
+    }
 }
 
 /// Appends to and reads the audit log of a state directory.
