@@ -58,6 +58,46 @@ fn status_of(headers: &str) -> u16 {
         .unwrap_or(0)
 }
 
+/// Starts `curl --fail -OJ URL` in `dir` in the background (headers to
+/// `dir.headers`) and waits until the status line came: then the backup
+/// passed its preflight and holds the lock. Gives the client and its headers.
+fn start_backup_client(
+    app: &Appliance,
+    server: &Server,
+    curl: &Curl,
+    dir: &Path,
+    extra: &[&str],
+) -> (std::process::Child, String) {
+    let headers = dir.with_extension("headers");
+    let mut c = curl.command(&["--fail", "-OJ", "-D"]);
+    c.arg(&headers)
+        .args(extra)
+        .arg(backup_url(server, NODE, false))
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    assert_argv_clean(&c, &app.secrets());
+    let mut client = c.spawn().expect("starting curl");
+    let started = Instant::now();
+    loop {
+        let text = fs::read_to_string(&headers).unwrap_or_default();
+        if status_of(&text) == 200 && text.contains("\r\n\r\n") {
+            return (client, text);
+        }
+        if let Some(st) = client.try_wait().unwrap() {
+            panic!(
+                "curl ended ({st}) before the backup was seen running\n{text}\n{}",
+                server.output()
+            );
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = client.kill();
+            panic!("no status line within 60 s\n{}", server.output());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn backup_url(server: &Server, node: &str, audits: bool) -> String {
     server.url(&format!("/ssg/backup?node={node}&audits={audits}"))
 }
@@ -318,31 +358,7 @@ fn a_second_backup_while_one_runs_gets_409_with_retry_after_and_is_audited_skipp
     let (app, mut server) = served(&slow_component(4));
     let admin = Curl::with_netrc(&server, &app.dir().join("admin"), "admin", ADMIN_PW);
     let first_dir = app.fresh_dir("first");
-    let headers = app.dir().join("first.headers");
-    let mut c = admin.command(&["--fail", "-OJ", "-D"]);
-    c.arg(&headers)
-        .arg(backup_url(&server, NODE, false))
-        .current_dir(&first_dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    assert_argv_clean(&c, &app.secrets());
-    let mut first = c.spawn().expect("starting curl");
-
-    // The status line comes once the preflight passed, the lock taken.
-    let started = Instant::now();
-    while status_of(&fs::read_to_string(&headers).unwrap_or_default()) != 200 {
-        assert!(
-            first.try_wait().unwrap().is_none(),
-            "the first backup ended before it was seen running\n{}",
-            server.output()
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "no status line for the first backup\n{}",
-            server.output()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (mut first, _) = start_backup_client(&app, &server, &admin, &first_dir, &[]);
     // The running client's command line carries no credentials.
     let line = cmdline(first.id());
     assert!(line.contains("--netrc-file"), "{line}");
@@ -653,15 +669,20 @@ fn a_client_that_goes_away_mid_stream_fails_the_run_and_publishes_nothing() {
     fs::write(app.etc.join("bulk.bin"), pseudo_random(9, 8 << 20)).unwrap();
     let admin = Curl::with_netrc(&server, &app.dir().join("admin"), "admin", ADMIN_PW);
     let dir = app.fresh_dir("gone");
-    let (out, reply) = cron_curl(
-        &app,
-        &admin,
-        &dir,
-        &backup_url(&server, NODE, false),
-        &["--limit-rate", "100k", "--max-time", "2"],
-    );
-    assert_eq!(out.code, 28, "curl gave up (timeout)\n{}", reply.dump());
-    reply.expect_status(200);
+    // A slow reader, killed once the status line came: the client is gone
+    // mid-stream.
+    let (mut client, headers) =
+        start_backup_client(&app, &server, &admin, &dir, &["--limit-rate", "100k"]);
+    client.kill().unwrap();
+    client.wait().unwrap();
+    let reply = Reply {
+        code: -1,
+        status: status_of(&headers),
+        headers,
+        body: Vec::new(),
+        stderr: String::new(),
+        what: "curl (killed)".into(),
+    };
     let run_id = reply.header("x-backup-run").expect("X-Backup-Run");
 
     let failed = app.wait_audit("of the abandoned backup, failed", |r| {
@@ -916,23 +937,7 @@ fn sigterm_lets_the_running_backup_finish_then_the_server_exits() {
     let (app, server) = served(&slow_component(3));
     let admin = Curl::with_netrc(&server, &app.dir().join("admin"), "admin", ADMIN_PW);
     let dir = app.fresh_dir("during-stop");
-    let headers = app.dir().join("during-stop.headers");
-    let mut c = admin.command(&["--fail", "-OJ", "-D"]);
-    c.arg(&headers)
-        .arg(backup_url(&server, NODE, false))
-        .current_dir(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut client = c.spawn().expect("starting curl");
-    let started = Instant::now();
-    while status_of(&fs::read_to_string(&headers).unwrap_or_default()) != 200 {
-        assert!(
-            client.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(60),
-            "the backup was not seen running\n{}",
-            server.output()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (mut client, _) = start_backup_client(&app, &server, &admin, &dir, &[]);
     crate::util::signal(server.process.pid(), "-TERM");
     let status = client.wait().unwrap();
     assert!(
