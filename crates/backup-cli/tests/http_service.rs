@@ -965,3 +965,99 @@ fn a_user_added_while_the_service_runs_can_log_in_at_once() {
     server.assert_serving();
     app.assert_no_secret_leaked(&server);
 }
+
+/// A tmpfs mounted (`mount -t tmpfs`, as root) on an existing directory for
+/// the life of the value.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, options: &str) -> Tmpfs {
+        let out = run(Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(dir));
+        assert_eq!(
+            out.code,
+            0,
+            "mount -t tmpfs failed: this test needs root and permission to mount\n{}",
+            out.dump()
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazy, so that a failing test holding a file open still unmounts.
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .stdin(Stdio::null())
+            .status();
+    }
+}
+
+#[test]
+fn a_storage_that_fills_up_mid_run_breaks_the_transfer_and_publishes_nothing() {
+    let app = Appliance::new("");
+    fs::write(app.etc.join("bulk.bin"), pseudo_random(11, 6 << 20)).unwrap();
+    // The store on a 16 MiB file system: the preflight sees room for the
+    // image; the test takes it away while the image is being written.
+    let _store = Tmpfs::mount(&app.store, "size=16m");
+    app.add_user("admin", "admin", ADMIN_PW);
+    let mut server = app.serve();
+    let admin = Curl::with_netrc(&server, &app.dir().join("admin"), "admin", ADMIN_PW);
+    let dir = app.fresh_dir("full");
+    // A slow reader: the stream and the storage's upload advance together.
+    let (mut client, headers) =
+        start_backup_client(&app, &server, &admin, &dir, &["--limit-rate", "200k"]);
+    let filler = app.store.join("filler");
+    let fill = run(Command::new("dd")
+        .arg("if=/dev/zero")
+        .arg(format!("of={}", filler.display()))
+        .arg("bs=64k"));
+    assert_ne!(
+        fill.code,
+        0,
+        "dd filled the store without an error\n{}",
+        fill.dump()
+    );
+
+    let status = client.wait().unwrap();
+    assert!(
+        matches!(status.code(), Some(18 | 56)),
+        "curl --fail exits 18 or 56 on a transfer cut short, not {status}\n{}",
+        server.output()
+    );
+    let reply = Reply {
+        code: status.code().unwrap_or(-1),
+        status: status_of(&headers),
+        headers,
+        body: Vec::new(),
+        stderr: String::new(),
+        what: "curl".into(),
+    };
+    let run_id = reply.header("x-backup-run").expect("X-Backup-Run");
+    let failed = app.wait_audit("of the backup whose storage filled up, failed", |r| {
+        r["actor"] == "http:admin@127.0.0.1"
+            && r["route"] == "GET /ssg/backup"
+            && r["outcome"] == "failed"
+    });
+    assert!(failed["error"].is_string(), "{failed}");
+    let r = admin.get(&[&server.url(&format!("/runs/{run_id}"))]);
+    r.expect_status(200);
+    assert_eq!(r.json()["outcome"], "failed", "{}", r.text());
+    assert!(
+        app.images().is_empty(),
+        "nothing published under a final name: {:?}",
+        app.store_files()
+    );
+    server.assert_serving();
+
+    // With the room back, the next backup is stored and served.
+    fs::remove_file(&filler).unwrap();
+    let again = app.fresh_dir("again");
+    let (out, reply) = cron_curl(&app, &admin, &again, &backup_url(&server, NODE, false), &[]);
+    assert_eq!(out.code, 0, "{}\n{}", reply.dump(), server.output());
+    assert_eq!(app.images().len(), 1, "{:?}", app.store_files());
+    app.assert_no_secret_leaked(&server);
+}
