@@ -573,6 +573,15 @@ fn a_link_works_without_credentials_until_it_expires_and_a_tampered_one_never() 
     );
     assert!(csv.text().contains(&name), "{}", csv.text());
 
+    // Rotating the link key revokes every link issued, the service running.
+    anonymous.get(&[&url]).expect_status(200);
+    app.backup(&["key", "rotate-links"]).expect(0);
+    anonymous.get(&[&url]).expect_status(403);
+    let r = admin.get(&["-X", "POST", &link_url]);
+    r.expect_status(200);
+    let fresh = r.json()["url"].as_str().unwrap().to_owned();
+    anonymous.get(&[&fresh]).expect_status(200);
+
     let audit = app.http_audit();
     let uses: Vec<&Value> = audit
         .iter()
