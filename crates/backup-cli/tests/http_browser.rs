@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::task::block_in_place;
 
@@ -70,6 +70,26 @@ async fn the_page_backs_up_with_audits_in_a_headless_browser() {
         .await;
     let page = browser.source_now().await;
     assert!(page.contains(&name), "the image list shows {name}:\n{page}");
+    // Copy link: the page asks the service for a 6-hour link and shows it;
+    // the link works without credentials.
+    browser.click_css("button[data-link]").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let shown = loop {
+        let text = browser.text_of("link-out").await;
+        if text.starts_with("https://") {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "no link on the page: {text:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let link = shown.split_whitespace().next().unwrap().to_owned();
+    assert!(link.contains(&name), "{shown}");
+    block_in_place(|| {
+        let anonymous = Curl::anonymous(&server, &app.dir().join("anon"));
+        let got = anonymous.get(&[&link]);
+        got.expect_status(200);
+        assert_eq!(got.body, fs::read(app.store.join(&name)).unwrap());
+    });
     let png = browser.screenshot().await;
     let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("http-page.png");
     fs::write(&shot, &png).unwrap();

@@ -151,6 +151,32 @@ impl Browser {
             .unwrap_or_else(|e| panic!("clicking #{id}: {e}"));
     }
 
+    /// Clicks the first element `selector` (CSS) finds.
+    pub async fn click_css(&self, selector: &str) {
+        let el = match self.client.find(Locator::Css(selector)).await {
+            Ok(el) => el,
+            Err(e) => panic!(
+                "nothing matches {selector:?} on the page: {e}\n--- page ---\n{}",
+                self.source_now().await
+            ),
+        };
+        el.click()
+            .await
+            .unwrap_or_else(|e| panic!("clicking {selector:?}: {e}"));
+    }
+
+    /// The text of the element with this id.
+    pub async fn text_of(&self, id: &str) -> String {
+        let el = self
+            .client
+            .find(Locator::Id(id))
+            .await
+            .unwrap_or_else(|e| panic!("no element #{id} on the page: {e}"));
+        el.text()
+            .await
+            .unwrap_or_else(|e| panic!("reading the text of #{id}: {e}"))
+    }
+
     /// Whether the checkbox with this id is ticked.
     pub async fn is_checked(&self, id: &str) -> bool {
         let el = self
