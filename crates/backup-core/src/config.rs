@@ -38,6 +38,61 @@ pub struct Config {
     /// The HTTP service (`backup serve`).
     #[serde(default)]
     pub http: HttpConfig,
+    /// The nodes a cluster coordinator backs up as one (`backup cluster`).
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]` on a coordinator: the nodes backed up as one bundle.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The cluster's name (in bundle names).
+    pub name: String,
+    /// The nodes, `[[cluster.node]]`.
+    #[serde(default, rename = "node")]
+    pub nodes: Vec<ClusterNode>,
+    /// How many data/secondary nodes are pulled at once (default 2).
+    #[serde(default = "default_cluster_concurrency")]
+    pub concurrency: usize,
+    /// Seconds a node may stay silent (connect, headers, or between two
+    /// chunks of its image) before its pull fails (default 120).
+    #[serde(default = "default_cluster_timeout")]
+    pub timeout_secs: u64,
+    /// Seconds after which a restore lease whose holder is gone may be
+    /// taken over (default 6 hours).
+    #[serde(default = "default_lease_stale")]
+    pub lease_stale_secs: u64,
+}
+
+fn default_cluster_concurrency() -> usize {
+    2
+}
+
+fn default_cluster_timeout() -> u64 {
+    120
+}
+
+fn default_lease_stale() -> u64 {
+    6 * 3600
+}
+
+/// `[[cluster.node]]`: one node, reached through its `backup serve`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterNode {
+    /// The node's name (its `[appliance] node`).
+    pub name: String,
+    /// `control`, `data`, `primary` or `secondary`.
+    pub role: Role,
+    /// The node's service, `https://10.0.0.2:8443`.
+    pub url: String,
+    /// The SHA-256 of its certificate: `sha256:<64 hex>` or the colon form
+    /// `openssl x509 -fingerprint -sha256` prints.
+    pub fingerprint: String,
+    /// A file holding `USER!NAME:SECRET`, a token with the admin role on
+    /// that node (`backup token create` there).
+    pub token_file: PathBuf,
 }
 
 /// `[http]`: the HTTPS service of `backup serve`.
@@ -96,6 +151,10 @@ pub struct ScheduleConfig {
     /// Include audit components in scheduled backups.
     #[serde(default)]
     pub include_audits: bool,
+    /// Scheduled runs back up the whole `[cluster]` (`backup cluster
+    /// create`) instead of this node.
+    #[serde(default)]
+    pub cluster: bool,
 }
 
 fn utc() -> String {

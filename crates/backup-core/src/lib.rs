@@ -39,6 +39,7 @@
 
 mod backup;
 mod browse;
+pub mod cluster;
 mod component;
 mod config;
 mod context;
@@ -82,8 +83,8 @@ pub use component::{
     RestoreContext, SnapshotError, SqliteComponent,
 };
 pub use config::{
-    Appliance, ComponentConfig, ComponentKind, Compression, Config, EncryptionConfig, HttpConfig,
-    ImageConfig, Role, ScheduleConfig, StorageConfig,
+    Appliance, ClusterConfig, ClusterNode, ComponentConfig, ComponentKind, Compression, Config,
+    EncryptionConfig, HttpConfig, ImageConfig, Role, ScheduleConfig, StorageConfig,
 };
 pub use context::{Call, Trigger};
 pub use daemon::{DaemonInfo, DAEMON_FILE};
@@ -113,7 +114,7 @@ pub use restore::{
     ComponentPlan, PathList, RestoreApproval, RestoreOptions, RestorePlan, RestoreReport,
     PLAN_PATHS_KEPT,
 };
-pub use runs::{StatusView, LOGS_DIR};
+pub use runs::{ApplianceIdentity, StatusView, LOGS_DIR};
 pub use verify::VerifyReport;
 
 pub use backup_crypto::{KdfParams, MasterKey, Passphrase};

@@ -15,9 +15,28 @@ use crate::{Error, Result};
 
 pub use crate::context::LOGS_DIR;
 
+/// Who an appliance is, as its status names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ApplianceIdentity {
+    /// Product name.
+    pub product: String,
+    /// Product version (restore refuses images of another).
+    pub version: String,
+    /// Node name.
+    pub node: String,
+    /// Role in its cluster or HA pair.
+    pub role: crate::model::Role,
+    /// Cluster name, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+}
+
 /// What `backup status` shows.
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusView {
+    /// Which appliance this is: `product`, `version`, `node`, `role`,
+    /// `cluster` (a cluster coordinator checks them before it pulls).
+    pub appliance: ApplianceIdentity,
     /// `not running`, `in progress` or `interrupted`.
     pub state: String,
     /// The operation in progress (or the interrupted one).
@@ -101,7 +120,15 @@ pub(crate) fn status(engine: &Context<'_>) -> Result<StatusView> {
         }
         None => (None, "schedule disabled".to_string()),
     };
+    let a = &engine.config.appliance;
     Ok(StatusView {
+        appliance: ApplianceIdentity {
+            product: a.product.clone(),
+            version: a.version.clone(),
+            node: a.node.clone(),
+            role: a.role,
+            cluster: a.cluster.clone(),
+        },
         state: state.to_string(),
         elapsed_secs: current
             .as_ref()

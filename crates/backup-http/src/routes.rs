@@ -8,7 +8,11 @@ use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use backup_core::{Call, CreateOptions, CreateReport, Destination, ImageStream, Outcome, Trigger};
+use std::sync::Arc;
+
+use backup_core::{
+    Call, CreateOptions, CreateReport, Destination, Event, ImageStream, Outcome, Progress, Trigger,
+};
 use bytes::Bytes;
 use chrono::Utc;
 use futures::StreamExt;
@@ -167,7 +171,10 @@ async fn backup(
     // write, is recorded and audited as failed, and publishes nothing.
     let (error_tx, error_rx) = tokio::sync::oneshot::channel::<Response>();
     tokio::spawn(async move {
-        let call = Call::new().actor(task_actor.clone()).trigger(Trigger::Http);
+        let call = Call::new()
+            .actor(task_actor.clone())
+            .trigger(Trigger::Http)
+            .progress(Arc::new(LogWarnings));
         let result = engine.with_call(call).create(&opts).await;
         drop(opts); // the stream's writer: the body ends after what was written
         let (audit, view_change, done) = finished(&task_actor, &result);
@@ -219,6 +226,22 @@ async fn backup(
         .header("x-backup-run", id)
         .body(Body::from_stream(body))
         .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, "failed", &e.to_string()))
+}
+
+/// The progress of a backup started over HTTP: its warnings go to the
+/// service's log (the run's own log file has every line); nothing is drawn
+/// on the server's terminal.
+struct LogWarnings;
+
+impl Progress for LogWarnings {
+    fn event(&self, event: &Event) {
+        if let Event::Warning { component, message } = event {
+            match component {
+                Some(c) => tracing::warn!("{c}: {message}"),
+                None => tracing::warn!("{message}"),
+            }
+        }
+    }
 }
 
 type ViewChange = Box<dyn FnOnce(&mut RunView) + Send>;
