@@ -472,6 +472,29 @@ fn a_token_in_netrc_backs_up_until_deleted_and_has_its_users_role_at_most() {
         .get(&[&backup_url(&server, NODE, false)])
         .expect_status(403);
 
+    // A token past its expiry is refused like a wrong one.
+    let (brief_login, brief_secret) = app.create_token("admin", "brief", &["--expires", "2s"]);
+    let brief = Curl::with_netrc(
+        &server,
+        &app.dir().join("brief"),
+        &brief_login,
+        &brief_secret,
+    );
+    let listed = app.backup(&["--json", "token", "list", "admin"]);
+    listed.expect(0);
+    let until = listed.json().as_array().and_then(|tokens| {
+        tokens
+            .iter()
+            .find(|t| t["name"] == "brief")
+            .and_then(|t| t["expires"].as_str())
+            .and_then(|e| chrono::DateTime::parse_from_rfc3339(e).ok())
+    });
+    let until = until.unwrap_or_else(|| panic!("no expiry of token brief in\n{}", listed.dump()));
+    while chrono::Utc::now() <= until.with_timezone(&chrono::Utc) + chrono::Duration::seconds(1) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    brief.get(&[&server.url("/status")]).expect_status(401);
+
     app.backup(&["token", "del", "admin", "cron"]).expect(0);
     let r = curl.get(&[&backup_url(&server, NODE, false)]);
     r.expect_status(401);
