@@ -19,10 +19,10 @@ use crate::util::{run, Out, Running, BIN, SECRET};
 pub const NODE: &str = "gw-http";
 /// Image name prefix of its store.
 pub const HTTP_PREFIX: &str = "http-";
-/// The audit outcome of a backup that succeeded, on its `create` record
-/// and on the request's `http` line alike (the engine's word for a run that
-/// succeeded; a download, a link or a status read is `done`).
-pub const BACKUP_DONE: &str = "success";
+/// The audit outcome of the request's `http` line for a backup that
+/// succeeded, as for any request that did what it asked (the engine's own
+/// `create` record says `success`).
+pub const BACKUP_DONE: &str = "done";
 /// How long a server may take to answer `/healthz` after it was started
 /// (the first start generates a certificate; debug builds on a busy machine).
 const START_LIMIT: Duration = Duration::from_secs(60);

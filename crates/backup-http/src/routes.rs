@@ -263,7 +263,14 @@ fn finished(
                 .collect();
             let outcome = report.outcome.to_string();
             let (image, size) = (report.image.clone(), report.size);
-            let audit = Audit::new(actor.to_string(), image.clone(), outcome.as_str()).bytes(size);
+            // The request's line says `done` or `partial`; the engine's
+            // own `create` line says `success` or `partial`.
+            let requested = if report.outcome == Outcome::Success {
+                "done"
+            } else {
+                "partial"
+            };
+            let audit = Audit::new(actor.to_string(), image.clone(), requested).bytes(size);
             let change: ViewChange = Box::new(move |v: &mut RunView| {
                 v.outcome = outcome;
                 v.finished = Some(Utc::now());
