@@ -83,13 +83,7 @@ pub(crate) async fn create(engine: &Context<'_>, opts: &CreateOptions) -> Result
     guard.give_back_status(run.finish());
     match result {
         Ok(mut report) => {
-            let failed: Vec<String> = report
-                .manifest
-                .components
-                .iter()
-                .filter(|c| c.outcome != Outcome::Success)
-                .map(|c| c.name.clone())
-                .collect();
+            let failed = report.manifest.failed_components();
             let record = RunRecord {
                 time: Utc::now(),
                 operation: "backup".into(),
@@ -452,13 +446,7 @@ fn backup_failed(
 
 /// The components a published backup lacks, for messages (`None` if none).
 pub(crate) fn failed_components(report: &CreateReport) -> Option<String> {
-    let failed: Vec<&str> = report
-        .manifest
-        .components
-        .iter()
-        .filter(|c| c.outcome != Outcome::Success)
-        .map(|c| c.name.as_str())
-        .collect();
+    let failed = report.manifest.failed_components();
     (!failed.is_empty()).then(|| format!("components failed: {}", failed.join(", ")))
 }
 

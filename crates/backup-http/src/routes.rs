@@ -254,13 +254,7 @@ fn finished(
 ) -> (Audit, ViewChange, Result<(), String>) {
     match result {
         Ok(report) => {
-            let failed: Vec<String> = report
-                .manifest
-                .components
-                .iter()
-                .filter(|c| c.outcome != Outcome::Success)
-                .map(|c| c.name.clone())
-                .collect();
+            let failed = report.manifest.failed_components();
             let outcome = report.outcome.to_string();
             let (image, size) = (report.image.clone(), report.size);
             // The request's line says `done` or `partial`; the engine's

@@ -55,6 +55,17 @@ pub struct Manifest {
     pub components: Vec<ComponentRecord>,
 }
 
+impl Manifest {
+    /// The components that failed (those a partial image lacks).
+    pub fn failed_components(&self) -> Vec<String> {
+        self.components
+            .iter()
+            .filter(|c| c.outcome != Outcome::Success)
+            .map(|c| c.name.clone())
+            .collect()
+    }
+}
+
 /// What a component captured.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ComponentRecord {
