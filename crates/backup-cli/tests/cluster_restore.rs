@@ -138,7 +138,15 @@ impl Cluster {
     /// A bundle of `images` (a node without one is recorded as failed) in
     /// the storage; returns its name.
     fn bundle(&self, images: &[(&'static str, Option<String>)]) -> String {
-        let created = chrono::Utc::now();
+        self.bundle_at(chrono::Utc::now(), images)
+    }
+
+    /// A bundle as [`Cluster::bundle`] writes it, made at `created`.
+    fn bundle_at(
+        &self,
+        created: chrono::DateTime<chrono::Utc>,
+        images: &[(&'static str, Option<String>)],
+    ) -> String {
         let name = bundle_name(PREFIX, "edge", created);
         let members: Vec<(BundleNode, Option<PathBuf>)> = images
             .iter()
@@ -693,4 +701,75 @@ fn a_stale_lease_is_taken_over_only_with_the_flag() {
     fs::write(&lease, &old).unwrap();
     c.on("data-1", &again).expect(0);
     assert!(!lease.exists());
+}
+
+#[test]
+fn prune_keeps_and_deletes_bundles_as_whole_units() {
+    let c = Cluster::new();
+    let images = c.images();
+    let all: Vec<(&'static str, Option<String>)> =
+        images.iter().map(|(n, i)| (*n, Some(i.clone()))).collect();
+    let mut partial = all.clone();
+    partial[2].1 = None;
+    let hours_ago = |h: i64| chrono::Utc::now() - chrono::Duration::hours(h);
+    let leased = c.bundle_at(hours_ago(4), &all);
+    let old = c.bundle_at(hours_ago(3), &all);
+    let newest_success = c.bundle_at(hours_ago(2), &all);
+    let newest = c.bundle_at(hours_ago(1), &partial);
+    // A node is being restored from the oldest one.
+    fs::write(
+        c.lease(&leased),
+        r#"{"node":"data-1","host":"elsewhere","pid":1,"started":"2026-11-29T01:00:00Z"}"#,
+    )
+    .unwrap();
+    // The coordinator keeps one bundle (and one image of its own).
+    let coordinator = c.ops.dir().join("coordinator.toml");
+    fs::write(
+        &coordinator,
+        fs::read_to_string(&c.node("ctl-1").config).unwrap() + "\n[retention]\nkeep_last = 1\n",
+    )
+    .unwrap();
+    let prune = |args: &[&str]| c.ops.run_with(&coordinator, Some(SECRET), args);
+
+    let out = prune(&["--json", "prune", "--dry-run"]);
+    out.expect(0);
+    let decisions = out.json();
+    let verdict = |name: &str| {
+        decisions
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["name"] == name)
+            .unwrap_or_else(|| panic!("no decision on {name}: {decisions}"))["keep"]
+            .as_bool()
+            .unwrap()
+    };
+    assert!(verdict(&newest), "the newest bundle is kept");
+    assert!(
+        verdict(&newest_success),
+        "the newest successful bundle is kept"
+    );
+    assert!(!verdict(&old), "an older bundle goes");
+    assert!(verdict(&leased), "a bundle a node restores from is kept");
+    assert!(c.store.join(&old).exists(), "a dry run deletes nothing");
+
+    prune(&["prune"]).expect(0).mentions(&old);
+    for kept in [&leased, &newest_success, &newest] {
+        assert!(c.store.join(kept).exists(), "{kept} was kept");
+    }
+    assert!(!c.store.join(&old).exists(), "{old} was deleted whole");
+    // The images the bundles were made from are the nodes' own: data nodes'
+    // images are not this node's to prune.
+    for (_, image) in &images {
+        assert!(c.store.join(image).exists(), "{image} is left alone");
+    }
+    let audit = prune(&["--json", "audit"]).expect(0).json();
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["operation"] == "prune.delete" && r["target"] == old.as_str()),
+        "{audit}"
+    );
 }
