@@ -557,6 +557,48 @@ fn a_node_restores_from_the_bundle_on_itself_and_is_refused_on_a_peer() {
     assert!(!target.exists() || files_in(&target).is_empty());
     assert!(!c.lease(&bundle).exists(), "the lease is released");
 
+    // A bundle file: its lease lies beside it, and is honoured there too.
+    let carried = c.ops.dir().join("carried");
+    fs::create_dir_all(&carried).unwrap();
+    let file = carried.join(&bundle);
+    fs::copy(c.store.join(&bundle), &file).unwrap();
+    let beside = carried.join(format!("{bundle}.restore-lease"));
+    let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    fs::write(
+        &beside,
+        format!(
+            r#"{{"node":"ctl-1","host":"{}","pid":{},"started":"{}"}}"#,
+            host.trim(),
+            std::process::id(),
+            chrono::Utc::now().to_rfc3339()
+        ),
+    )
+    .unwrap();
+    let file_target = c.ops.dir().join("from-file");
+    let from_file = [
+        "restore",
+        file.to_str().unwrap(),
+        "--node",
+        "data-1",
+        "--target",
+        file_target.to_str().unwrap(),
+    ];
+    c.on("data-1", &from_file)
+        .expect(4)
+        .mentions("node ctl-1")
+        .mentions(beside.to_str().unwrap());
+    fs::remove_file(&beside).unwrap();
+    c.on("data-1", &from_file).expect(0);
+    assert_eq!(
+        fs::read_to_string(crate::util::under(
+            &file_target,
+            &data1.etc.join("node.conf")
+        ))
+        .unwrap(),
+        "node = data-1\n"
+    );
+    assert_eq!(files_in(&carried), vec![bundle.clone()], "no lease is left");
+
     // The audit log names the node's image in the bundle.
     let audit = c.on("data-1", &["--json", "audit"]).expect(0).json();
     let shown = format!("{bundle} (node data-1)");
