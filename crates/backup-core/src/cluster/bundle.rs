@@ -337,3 +337,132 @@ pub(crate) async fn list(engine: &Context<'_>) -> Result<Vec<BundleSummary>> {
     });
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Role;
+
+    fn engine(dir: &Path) -> crate::Engine {
+        let text = format!(
+            "[appliance]\nproduct = \"p\"\nversion = \"1\"\nnode = \"n\"\nstate_dir = {:?}\n",
+            dir.join("state").display().to_string()
+        );
+        let config = crate::Config::parse(&text, Path::new("test.toml")).unwrap();
+        crate::Engine::builder(config).build().unwrap()
+    }
+
+    /// A tar of `members` (name, bytes), GNU headers.
+    fn tar_of(path: &Path, members: &[(&str, &[u8])]) {
+        let mut tar = tar::Builder::new(std::fs::File::create(path).unwrap());
+        for (name, data) in members {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o600);
+            tar.append_data(&mut h, name, *data).unwrap();
+        }
+        tar.into_inner().unwrap();
+    }
+
+    fn manifest_with(image: &[u8], offset: u64, size: u64) -> Vec<u8> {
+        serde_json::to_vec(&ClusterManifest {
+            cluster: "edge".into(),
+            created: chrono::Utc::now(),
+            outcome: "success".into(),
+            nodes: vec![BundleNode {
+                name: "data-1".into(),
+                role: Role::Data,
+                outcome: "success".into(),
+                error: None,
+                image: Some("x_data-1_data.bkp".into()),
+                size,
+                sha256: Some(hex::encode(Sha256::digest(image))),
+                offset: Some(offset),
+                order: 2,
+            }],
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_tar_without_the_manifest_first_is_not_a_bundle() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = engine(dir.path());
+        let path = dir.path().join("b.tar");
+        tar_of(&path, &[("other.json", b"{}"), (CLUSTER_MANIFEST, b"{}")]);
+        let err = e.bundle_manifest(path.clone()).await.unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidImage(_)) && err.to_string().contains("\"other.json\""),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_oversized_manifest_is_refused_before_it_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = engine(dir.path());
+        let path = dir.path().join("b.tar");
+        // Only the header: it claims a manifest larger than any there is.
+        let mut h = tar::Header::new_gnu();
+        h.set_path(CLUSTER_MANIFEST).unwrap();
+        h.set_size(MAX_MANIFEST + 1);
+        h.set_mode(0o600);
+        h.set_cksum();
+        std::fs::write(&path, h.as_bytes()).unwrap();
+        let err = e.bundle_manifest(path).await.unwrap_err();
+        assert!(
+            err.to_string().contains("more than a manifest ever has"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_member_cut_short_or_changed_fails_its_check_and_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = engine(dir.path());
+        let image = vec![7u8; 3000];
+        // The manifest's own length decides where the image lands.
+        let mut offset = 0;
+        let mut json = Vec::new();
+        for _ in 0..3 {
+            json = manifest_with(&image, offset, image.len() as u64);
+            offset = BLOCK + (json.len() as u64).div_ceil(BLOCK) * BLOCK + BLOCK;
+        }
+        let good = dir.path().join("good.tar");
+        tar_of(
+            &good,
+            &[(CLUSTER_MANIFEST, &json), ("x_data-1_data.bkp", &image)],
+        );
+        let out = dir.path().join("out.bkp");
+        let report = e.extract_node(good.clone(), "data-1", &out).await.unwrap();
+        assert_eq!(
+            (report.size, std::fs::read(&out).unwrap()),
+            (3000, image.clone())
+        );
+
+        // Cut inside the image: fewer bytes than the manifest records.
+        let cut = dir.path().join("cut.tar");
+        let bytes = std::fs::read(&good).unwrap();
+        std::fs::write(&cut, &bytes[..(offset + 1000) as usize]).unwrap();
+        let out2 = dir.path().join("out2.bkp");
+        let err = e.extract_node(cut, "data-1", &out2).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("has 1000 bytes where the manifest records 3000"),
+            "{err}"
+        );
+        // One byte changed.
+        let changed = dir.path().join("changed.tar");
+        let mut bytes = bytes;
+        bytes[(offset + 10) as usize] ^= 1;
+        std::fs::write(&changed, &bytes).unwrap();
+        let err = e.extract_node(changed, "data-1", &out2).await.unwrap_err();
+        assert!(err.to_string().contains("has SHA-256"), "{err}");
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("out2"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+}
