@@ -14,6 +14,7 @@ use backup_core::{
 };
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
+mod cluster_cmd;
 mod ops_cmd;
 mod quickstart;
 mod report;
@@ -124,7 +125,8 @@ backup create -o - | tee gw.bkp | backup verify -"
     /// Restore an image onto this appliance (or under --target DIR)
     #[command(
         after_help = "Examples:\n  backup restore gw-20261122T020000Z_gw-1_standalone.bkp --target /tmp/inspect\n  \
-backup restore ./carried/gw.bkp -C config      only the config component"
+backup restore ./carried/gw.bkp -C config      only the config component\n  \
+backup restore gw-edge.20261122T020000Z.tar --node data-1 --yes    one node out of a cluster bundle"
     )]
     Restore(RestoreArgs),
     /// Write the decrypted payload (a standard .tar.gz, .tar.zst or .tar, as
@@ -277,6 +279,15 @@ backup user list"
 backup token del alice cron"
     )]
     Token(user_cmd::TokenCommand),
+    /// Cluster bundles: list them, show one, extract one node's image,
+    /// print the restore order
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  backup cluster list\n  backup cluster show BUNDLE\n  \
+backup cluster extract BUNDLE --node data-1\n  backup cluster restore-plan BUNDLE\n  \
+backup restore BUNDLE --node data-1        restore a node straight from a bundle"
+    )]
+    Cluster(cluster_cmd::ClusterCommand),
     /// Build a demo appliance in a fresh directory, back it up, verify it,
     /// restore it elsewhere and prove the restore is identical
     #[command(after_help = "Examples:\n  backup quickstart\n  backup quickstart --dir /tmp/demo")]
@@ -320,8 +331,18 @@ struct CreateArgs {
 
 #[derive(Args)]
 struct RestoreArgs {
-    /// Image name in the storage, or a path to an image file
+    /// Image name in the storage, or a path to an image file (with --node:
+    /// a cluster bundle's name or path)
     image: String,
+    /// Restore this node's image out of the cluster bundle IMAGE; takes the
+    /// bundle's restore lease (one node at a time: exit 4 while another
+    /// node's restore holds it)
+    #[arg(long, value_name = "NAME")]
+    node: Option<String>,
+    /// With --node: take over the bundle's restore lease if its holder is
+    /// gone (its process ended, or older than [cluster] lease_stale_secs)
+    #[arg(long, requires = "node")]
+    take_over_lease: bool,
     /// Restore only this component (repeatable)
     #[arg(long = "component", short = 'C', value_name = "NAME")]
     components: Vec<String>,
@@ -533,6 +554,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Key(k) => ops_cmd::key(&cli, k).await,
         Command::User(c) => user_cmd::user(&cli, c),
         Command::Token(c) => user_cmd::token(&cli, c),
+        Command::Cluster(c) => cluster_cmd::cluster(&cli, c).await,
     }
 }
 
@@ -842,9 +864,30 @@ async fn verify(cli: &Cli, image: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The image a restore reads: `IMAGE`, or with `--node` that node's image
+/// in the bundle `IMAGE`.
+fn restore_source(engine: &Engine, args: &RestoreArgs) -> ImageRef {
+    let given = image_ref(engine, &args.image);
+    match &args.node {
+        Some(node) => ImageRef::Node {
+            bundle: Box::new(given),
+            node: node.clone(),
+        },
+        None => given,
+    }
+}
+
 async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<ExitCode> {
     let engine = engine(cli)?;
+    let source = restore_source(&engine, args);
+    if let (ImageRef::Node { bundle, .. }, false) = (&source, cli.quiet) {
+        // The order is advice: the lease enforces one node at a time.
+        if let Ok(m) = engine.bundle_manifest(&**bundle).await {
+            report::notice(cli.json, &cluster_cmd::order_advice(&m));
+        }
+    }
     let mut opts = RestoreOptions::default();
+    opts.take_over_lease = args.take_over_lease;
     opts.components = args.components.clone();
     opts.include_audits = args.include_audits;
     opts.target = args.target.clone();
@@ -852,7 +895,7 @@ async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<ExitCode> {
     opts.force_identity = args.force_identity;
     if args.dry_run {
         let plan = engine
-            .restore_plan(image_ref(&engine, &args.image), &opts)
+            .restore_plan(source, &opts)
             .await
             .with_context(|| format!("planning the restore of {} failed", args.image))?;
         if cli.json {
@@ -874,7 +917,7 @@ async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<ExitCode> {
                      `{}`, then pass --yes",
                     dry_run_command(args)
                 )));
-                let target = opts.audit_target(&args.image, None);
+                let target = opts.audit_target(&source.to_string(), None);
                 engine.audit_public(
                     Operation::Restore,
                     &target,
@@ -887,7 +930,7 @@ async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let report = engine
-        .restore(image_ref(&engine, &args.image), &opts)
+        .restore(source, &opts)
         .await
         .with_context(|| format!("restore of {} failed", args.image))?;
     if cli.json {
@@ -1007,6 +1050,9 @@ fn payload_codec(path: &Path) -> anyhow::Result<Compression> {
 /// `backup restore … --dry-run` for the same image, selection and target.
 fn dry_run_command(args: &RestoreArgs) -> String {
     let mut words = vec!["backup restore".to_string(), shell_word(&args.image)];
+    if let Some(node) = &args.node {
+        words.push(format!("--node {}", shell_word(node)));
+    }
     for c in &args.components {
         words.push(format!("-C {}", shell_word(c)));
     }
@@ -1027,7 +1073,7 @@ fn dry_run_command(args: &RestoreArgs) -> String {
 }
 
 /// A path as one shell word, for commands the operator may paste.
-fn shell_word(s: &str) -> String {
+pub(crate) fn shell_word(s: &str) -> String {
     let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+:,=@%".contains(c);
     if !s.is_empty() && s.chars().all(plain) {
         s.to_string()

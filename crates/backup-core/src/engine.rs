@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 
 use crate::backup::CreateReport;
 use crate::browse::{Browse, DownloadLink, LinkSigner};
+use crate::cluster::{BundleSummary, ClusterManifest, ExtractReport};
 use crate::component::{
     CommandComponent, Component, ComponentOptions, FilesComponent, Registered, SqliteComponent,
 };
@@ -373,6 +374,29 @@ impl Engine {
     /// Details of an image: from its sidecar when it has one, else by reading it.
     pub async fn show(&self, image: impl Into<ImageRef>) -> Result<ImageDetails> {
         crate::images::show(&self.context(&Call::default()), &image.into()).await
+    }
+
+    /// The cluster bundles in the storage (names with the prefix, ending in
+    /// `.tar`), oldest first, each with its manifest or why it has none.
+    pub async fn bundles(&self) -> Result<Vec<BundleSummary>> {
+        crate::cluster::list(&self.context(&Call::default())).await
+    }
+
+    /// The manifest of a cluster bundle (stored, or a local file).
+    pub async fn bundle_manifest(&self, bundle: impl Into<ImageRef>) -> Result<ClusterManifest> {
+        crate::cluster::manifest(&self.context(&Call::default()), &bundle.into()).await
+    }
+
+    /// Writes the image of `node` out of a cluster bundle to `out`
+    /// (atomically, mode 0600) with a ranged read, checked against the
+    /// bundle's manifest (size and SHA-256). Audited.
+    pub async fn extract_node(
+        &self,
+        bundle: impl Into<ImageRef>,
+        node: &str,
+        out: &Path,
+    ) -> Result<ExtractReport> {
+        crate::cluster::extract(&self.context(&Call::default()), &bundle.into(), node, out).await
     }
 
     /// The engine for one call: its operations run with the call's actor,

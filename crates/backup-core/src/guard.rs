@@ -46,6 +46,8 @@ pub enum Operation {
     KeyRotate,
     /// Giving images a keyslot under the current secret.
     KeyRewrap,
+    /// Writing one node's image out of a cluster bundle.
+    ClusterExtract,
 }
 
 impl Operation {
@@ -76,6 +78,7 @@ impl Operation {
             Operation::KeyCheck => "key.check",
             Operation::KeyRotate => "key.rotate",
             Operation::KeyRewrap => "key.rewrap",
+            Operation::ClusterExtract => "cluster.extract",
         }
     }
 

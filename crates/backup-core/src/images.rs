@@ -306,6 +306,10 @@ pub(crate) async fn open_raw(
                 size,
             ))
         }
+        ImageRef::Node { bundle, node } => {
+            let (entry, reader) = crate::cluster::open_node(engine, bundle, node).await?;
+            Ok((reader, Some(entry.size)))
+        }
     }
 }
 /// Reads a whole image on a blocking thread, checking everything.
@@ -417,6 +421,15 @@ pub enum ImageRef {
     Stored(String),
     /// An image file on this machine.
     File(PathBuf),
+    /// The image of one node in a cluster bundle (a stored bundle or a
+    /// bundle file), read with a ranged read and checked against the
+    /// bundle's manifest. A restore of one takes the bundle's restore lease.
+    Node {
+        /// The bundle.
+        bundle: Box<ImageRef>,
+        /// The node's name.
+        node: String,
+    },
 }
 
 impl ImageRef {
@@ -431,6 +444,7 @@ impl std::fmt::Display for ImageRef {
         match self {
             ImageRef::File(p) => write!(f, "{}", p.display()),
             ImageRef::Stored(n) => f.write_str(n),
+            ImageRef::Node { bundle, node } => write!(f, "{bundle} (node {node})"),
         }
     }
 }

@@ -2,10 +2,14 @@
 //! after each backup), and the leftovers of killed uploads.
 use std::time::Instant;
 
+use backup_storage::StorageExt;
+
+use crate::cluster::{BUNDLE_EXT, LEASE_SUFFIX};
 use crate::context::Context;
 use crate::guard::{Operation, RunGuard};
 use crate::image::sidecar_name;
-use crate::ops::retention::{self, RetentionDecision, RetentionItem};
+use crate::image::Outcome;
+use crate::ops::retention::{self, Coverage, RetentionDecision, RetentionItem};
 use crate::progress::Event;
 use crate::{Error, Result};
 
@@ -19,7 +23,13 @@ pub(crate) async fn prune(engine: &Context<'_>, dry_run: bool) -> Result<Vec<Ret
     if !dry_run {
         remove_stale_uploads(engine).await;
     }
-    let result = apply_retention(engine, dry_run).await;
+    let mut result = apply_retention(engine, dry_run).await;
+    if let (Ok(decisions), Some(_)) = (&mut result, &engine.config.cluster) {
+        match apply_bundle_retention(engine, dry_run).await {
+            Ok(bundles) => decisions.extend(bundles),
+            Err(e) => result = Err(e),
+        }
+    }
     // A prune that ran is audited by what it deleted (`prune.delete`).
     if result.is_err() {
         guard.audit_result("-", &result, |_| 0);
@@ -89,6 +99,83 @@ pub(crate) async fn apply_retention(
                     Some(e.to_string()),
                 );
                 return Err(e);
+            }
+        }
+    }
+    Ok(decisions)
+}
+
+/// Applies the retention policy to the bundles of this coordinator's
+/// cluster (`[cluster] name`) as whole units, by the rules images follow:
+/// a bundle whose outcome is `success` counts as a successful full backup,
+/// a partial one as partial, one whose manifest does not read as unknown.
+/// A bundle whose restore lease exists (a node is being restored from it)
+/// is kept. Caller holds the lock.
+pub(crate) async fn apply_bundle_retention(
+    engine: &Context<'_>,
+    dry_run: bool,
+) -> Result<Vec<RetentionDecision>> {
+    let Some(cluster) = &engine.config.cluster else {
+        return Ok(Vec::new());
+    };
+    let storage = engine
+        .storage()
+        .cloned()
+        .ok_or_else(|| Error::NoStorage("there is nothing to prune".into()))?;
+    let bundles = crate::cluster::list(engine).await?;
+    let prefix = format!("{}{}.", engine.config.storage.prefix, cluster.name);
+    let items: Vec<RetentionItem> = bundles
+        .iter()
+        .filter_map(|b| {
+            let (created, outcome, coverage) = match &b.manifest {
+                Some(m) if m.cluster != cluster.name => return None,
+                Some(m) if m.outcome == "success" => {
+                    (m.created, Some(Outcome::Success), Coverage::Full)
+                }
+                Some(m) => (m.created, Some(Outcome::Partial), Coverage::Partial),
+                // Unreadable: ours only by its name, dated by it.
+                None => {
+                    let stamp = b.name.strip_prefix(&prefix)?.strip_suffix(BUNDLE_EXT)?;
+                    let created = chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%SZ")
+                        .ok()?
+                        .and_utc();
+                    (created, None, Coverage::Unknown)
+                }
+            };
+            Some(RetentionItem {
+                name: b.name.clone(),
+                created,
+                outcome,
+                coverage,
+            })
+        })
+        .collect();
+    let mut decisions = retention::plan(&items, &engine.config.retention);
+    for d in decisions.iter_mut().filter(|d| !d.keep) {
+        let lease = format!("{}{LEASE_SUFFIX}", d.name);
+        if storage.exists(&lease).await? {
+            d.keep = true;
+            d.reasons
+                .push("a node is being restored from it (restore lease)".into());
+        }
+    }
+    if dry_run {
+        return Ok(decisions);
+    }
+    for d in decisions.iter().filter(|d| !d.keep) {
+        let started = Instant::now();
+        match storage.delete(&d.name).await {
+            Ok(()) => engine.audit("prune.delete", &d.name, "done", 0, started, None),
+            Err(e) => {
+                engine.audit(
+                    "prune.delete",
+                    &d.name,
+                    "failed",
+                    0,
+                    started,
+                    Some(e.to_string()),
+                );
+                return Err(e.into());
             }
         }
     }

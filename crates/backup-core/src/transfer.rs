@@ -22,10 +22,18 @@ use crate::{Error, Result};
 pub(crate) async fn fetch(engine: &Context<'_>, image: &ImageRef, out: &Path) -> Result<u64> {
     let fetch = async {
         let loc = image;
-        let ImageRef::Stored(name) = &loc else {
-            return Err(Error::Input(format!(
-                "{image} is a local file already; copy it with cp"
-            )));
+        let name = match &loc {
+            ImageRef::Stored(name) => name,
+            ImageRef::File(_) => {
+                return Err(Error::Input(format!(
+                    "{image} is a local file already; copy it with cp"
+                )))
+            }
+            ImageRef::Node { .. } => {
+                return Err(Error::Input(format!(
+                    "{image} is inside a cluster bundle: write it out with `backup cluster extract`"
+                )))
+            }
         };
         let storage = crate::context::need_storage(engine, "fetch from")?;
         let got = storage.get_opts(name, None).await?;

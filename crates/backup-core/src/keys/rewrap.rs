@@ -101,6 +101,11 @@ async fn rewrap_one(engine: &Context<'_>, loc: &ImageRef, ring: &Keyring) -> Res
                 .map_err(|e| Error::io(format!("reading the header of {name}"), e))?;
             buf
         }
+        ImageRef::Node { .. } => {
+            return Ok(RewrapResult::NotRewrapped {
+                reason: "an image inside a cluster bundle is not rewritten; `backup cluster extract` it and rewrap the file".into(),
+            });
+        }
     };
     let header = Header::parse(&header_bytes)?;
     let Some(slot) = ring.keyslot_of(&header.key_id().to_string())? else {
@@ -124,6 +129,12 @@ async fn rewrap_one(engine: &Context<'_>, loc: &ImageRef, ring: &Keyring) -> Res
     let encoded = header.with_keyslot(slot).encode();
     match loc {
         ImageRef::File(p) => write_header(p, &encoded)?,
+        // Refused before the header was read.
+        ImageRef::Node { .. } => {
+            return Ok(RewrapResult::NotRewrapped {
+                reason: "an image inside a cluster bundle is not rewritten".into(),
+            })
+        }
         ImageRef::Stored(name) => {
             let storage = engine.storage().expect("stored images need a storage");
             storage

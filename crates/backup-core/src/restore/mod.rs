@@ -53,6 +53,10 @@ pub struct RestoreOptions {
     pub force_version: bool,
     /// Accept an image of another node.
     pub force_identity: bool,
+    /// For an image in a cluster bundle: take over the bundle's restore
+    /// lease if its holder is gone (its process ended, or the lease is
+    /// older than `[cluster] lease_stale_secs`); a live holder's never.
+    pub take_over_lease: bool,
     /// Asked with the plan before anything at the destination changes
     /// (default: none, the restore goes ahead).
     pub approval: Option<Arc<dyn RestoreApproval>>,
@@ -66,6 +70,7 @@ impl std::fmt::Debug for RestoreOptions {
             .field("target", &self.target)
             .field("force_version", &self.force_version)
             .field("force_identity", &self.force_identity)
+            .field("take_over_lease", &self.take_over_lease)
             .field("approval", &self.approval.is_some())
             .finish()
     }
@@ -152,6 +157,47 @@ impl Selector {
 
 /// Restores an image under the operation lock (audited, in the status).
 pub(crate) async fn run(
+    engine: &Context<'_>,
+    image: &ImageRef,
+    opts: &RestoreOptions,
+) -> Result<RestoreReport> {
+    let shown = image.shown();
+    // One node of a cluster at a time: the bundle's lease first, so that a
+    // refused restore leaves this appliance's own lock and status alone.
+    let lease = match image {
+        ImageRef::Node { bundle, node } => {
+            let started = std::time::Instant::now();
+            match crate::cluster::Lease::acquire(engine, bundle, node, opts.take_over_lease).await {
+                Ok(lease) => Some(lease),
+                Err(e) => {
+                    engine.audit(
+                        Operation::Restore.audit_name(),
+                        &opts.audit_target(&shown, None),
+                        e.kind().audit_outcome(),
+                        0,
+                        started,
+                        Some(e.to_string()),
+                    );
+                    return Err(e);
+                }
+            }
+        }
+        _ => None,
+    };
+    let result = restore_guarded(engine, image, opts).await;
+    if let Some(lease) = lease {
+        if let Err(e) = lease.release().await {
+            engine.warn(format!(
+                "the restore lease of {image} could not be removed ({e}); remove it by hand, or \
+                 the next restore from the bundle takes it over with --take-over-lease"
+            ));
+        }
+    }
+    result
+}
+
+/// [`run`] under the operation lock.
+async fn restore_guarded(
     engine: &Context<'_>,
     image: &ImageRef,
     opts: &RestoreOptions,

@@ -1,10 +1,19 @@
 //! The cluster bundle: one plain tar holding `cluster-manifest.json` first,
 //! then each node's image under its own role-bearing name. Its format, for
-//! the coordinator that writes it and the commands that read it.
+//! the coordinator that writes it and the commands that read it (`bundle`),
+//! and the lease that restores one node at a time (`lease`).
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::model::Role;
+
+mod bundle;
+mod lease;
+
+pub(crate) use bundle::{extract, list, manifest, open_node};
+pub use bundle::{BundleSummary, ExtractReport};
+pub(crate) use lease::Lease;
+pub use lease::LeaseHolder;
 
 /// The first member of every bundle.
 pub const CLUSTER_MANIFEST: &str = "cluster-manifest.json";
