@@ -14,6 +14,7 @@ use backup_core::{
 };
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
+mod cluster_cmd;
 mod ops_cmd;
 mod quickstart;
 mod report;
@@ -26,7 +27,7 @@ use report::{escape_control, human, outln, print_json, Reporter};
 use secret::CliSecret;
 
 /// Exit code of a partial success.
-const EXIT_PARTIAL: u8 = 3;
+pub(crate) const EXIT_PARTIAL: u8 = 3;
 /// Exit code of a usage or input error.
 const EXIT_USAGE: u8 = 2;
 /// Exit code of a run skipped because another operation holds the lock.
@@ -277,6 +278,12 @@ backup user list"
 backup token del alice cron"
     )]
     Token(user_cmd::TokenCommand),
+    /// Clusters and HA pairs: back up every node as one bundle
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  backup cluster create\n  backup --json cluster create --include-audits"
+    )]
+    Cluster(cluster_cmd::ClusterCommand),
     /// Build a demo appliance in a fresh directory, back it up, verify it,
     /// restore it elsewhere and prove the restore is identical
     #[command(after_help = "Examples:\n  backup quickstart\n  backup quickstart --dir /tmp/demo")]
@@ -533,6 +540,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Key(k) => ops_cmd::key(&cli, k).await,
         Command::User(c) => user_cmd::user(&cli, c),
         Command::Token(c) => user_cmd::token(&cli, c),
+        Command::Cluster(c) => cluster_cmd::cluster(&cli, c).await,
     }
 }
 

@@ -19,6 +19,7 @@ use crate::keys::rewrap::RewrapResult;
 use crate::keys::{KeyFile, KeySource, Keys, NoPassphrase, PassphraseProvider, Rotation};
 use crate::ops::audit::AuditRecord;
 use crate::ops::retention::RetentionDecision;
+use crate::ops::status::RunRecord;
 use crate::plan::CreateOptions;
 use crate::progress::{NoProgress, Progress};
 use crate::restore::{RestoreOptions, RestorePlan, RestoreReport};
@@ -321,6 +322,20 @@ impl Engine {
             result,
             started,
         )
+    }
+
+    /// Runs an operation carried out outside the engine (a cluster backup:
+    /// `Operation::ClusterCreate`) on `target` under the engine's run guard:
+    /// it runs alone (else [`crate::Error::Busy`], the skip recorded), the
+    /// status shows it while it runs, and the [`RunRecord`] `fut` ends with
+    /// (outcome, object, size, reason) goes into the status and the audit log.
+    pub async fn guarded<T, F>(&self, op: Operation, target: &str, fut: F) -> Result<T>
+    where
+        F: std::future::Future<Output = Result<(T, RunRecord)>>,
+    {
+        self.context(&Call::default())
+            .guarded(op, target, fut)
+            .await
     }
 
     /// Appends a record a frontend made itself (a request to the HTTP
