@@ -8,6 +8,7 @@
 
 mod util;
 
+mod cluster;
 mod hostile_images;
 mod large_tree;
 mod live_sqlite;
