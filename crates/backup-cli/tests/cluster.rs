@@ -516,3 +516,42 @@ fn a_node_already_running_a_backup_is_recorded_as_busy() {
     let bundle_name = report["bundle"].as_str().unwrap();
     assert_store_holds(&coord, &[bundle_name]);
 }
+
+#[test]
+fn the_daemon_backs_up_the_cluster_when_the_schedule_says_so() {
+    let ctl = Node::start("ctl-1", "control", "");
+    let d1 = Node::start("data-1", "data", "");
+    let coord = coordinator(
+        &format!(
+            "{}{}[schedule]\ncron = [\"* * * * *\"]\ncluster = true\n",
+            ctl.entry(),
+            d1.entry()
+        ),
+        60,
+    );
+    let daemon = coord.spawn(&["daemon"]);
+    // The next minute boundary, then the run.
+    let bundle = wait_for(
+        Duration::from_secs(150),
+        "a scheduled cluster backup",
+        || {
+            names_in(&coord.store)
+                .into_iter()
+                .find(|n| n.ends_with(".tar"))
+        },
+    );
+    let audit = wait_for(PATIENCE, "its audit record", || {
+        coord
+            .audit()
+            .into_iter()
+            .find(|r| r["operation"] == "cluster.create")
+    });
+    signal(daemon.pid(), "-TERM");
+    daemon.wait(PATIENCE).expect(0);
+    assert_eq!(audit["outcome"], "success", "{audit:#}");
+    assert_eq!(audit["trigger"], "scheduled", "{audit:#}");
+    assert_eq!(audit["target"], bundle.as_str());
+    let members = tar_list(&coord.store.join(&bundle));
+    assert_eq!(members.len(), 3, "{members:?}");
+    assert_eq!(coord.status()["last_backup"]["operation"], "cluster backup");
+}

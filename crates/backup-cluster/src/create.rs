@@ -6,7 +6,10 @@ use std::time::Duration;
 use backup_core::cluster::{
     bundle_name, restore_order, BundleNode, ClusterManifest, CLUSTER_MANIFEST,
 };
-use backup_core::{ClusterConfig, ClusterNode, Engine, Error, Operation, Outcome, Role, RunRecord};
+use backup_core::{
+    Call, ClusterConfig, ClusterNode, Engine, Error, Operation, Outcome, Role, RunRecord,
+    ScheduledRun, Trigger,
+};
 use backup_storage::{PutMode, PutOptions, Storage};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -24,6 +27,36 @@ use crate::client::{refusal, NodeClient};
 pub struct ClusterOptions {
     /// Ask every node to include its audit components.
     pub include_audits: bool,
+    /// What started the run (the audit log's `trigger`).
+    pub trigger: Trigger,
+}
+
+/// The daemon's scheduled run when `[schedule] cluster = true`: a cluster
+/// backup with the schedule's `include_audits`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ScheduledCluster;
+
+#[async_trait::async_trait]
+impl ScheduledRun for ScheduledCluster {
+    async fn run(&self, engine: &Engine) -> backup_core::Result<RunRecord> {
+        let opts = ClusterOptions {
+            include_audits: engine
+                .config()
+                .schedule
+                .as_ref()
+                .is_some_and(|s| s.include_audits),
+            trigger: Trigger::Scheduled,
+        };
+        let report = create(engine, &opts).await?;
+        Ok(RunRecord {
+            time: Utc::now(),
+            operation: Operation::ClusterCreate.status_name().into(),
+            outcome: report.outcome,
+            image: report.bundle,
+            size: report.size,
+            reason: report.reason,
+        })
+    }
 }
 
 /// What a cluster backup did.
@@ -78,6 +111,7 @@ pub async fn create(engine: &Engine, opts: &ClusterOptions) -> backup_core::Resu
         timeout: Duration::from_secs(cluster.timeout_secs.max(1)),
     };
     engine
+        .with_call(Call::new().trigger(opts.trigger))
         .guarded(Operation::ClusterCreate, &name, async {
             let report = run.run().await?;
             let record = RunRecord {

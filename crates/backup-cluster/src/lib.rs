@@ -27,4 +27,4 @@ mod bundle;
 mod client;
 mod create;
 
-pub use create::{create, ClusterOptions, ClusterReport};
+pub use create::{create, ClusterOptions, ClusterReport, ScheduledCluster};

@@ -13,6 +13,7 @@ use crate::component::{
 };
 use crate::config::{ComponentKind, Config};
 use crate::context::{Call, Context, Shared};
+use crate::daemon::ScheduledRun;
 use crate::guard::Operation;
 use crate::images::{ImageDetails, ImageRef, ImageSummary};
 use crate::keys::rewrap::RewrapResult;
@@ -304,7 +305,18 @@ impl Engine {
     /// first (it is never left half-published). Runs missed while no daemon
     /// was running are reported (warning, audit log), not replayed.
     pub async fn run_daemon(&self, shutdown: tokio::sync::watch::Receiver<bool>) -> Result<()> {
-        crate::daemon::run(&self.context(&Call::default()), shutdown).await
+        crate::daemon::run(&self.context(&Call::default()), shutdown, None).await
+    }
+
+    /// [`Engine::run_daemon`] whose scheduled runs are `job` when the
+    /// schedule says `cluster = true` (a cluster backup), else this node's
+    /// backup.
+    pub async fn run_daemon_with(
+        &self,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+        job: &dyn ScheduledRun,
+    ) -> Result<()> {
+        crate::daemon::run(&self.context(&Call::default()), shutdown, Some((job, self))).await
     }
 
     /// Audits an operation a frontend carried out itself (key check/rotate).
@@ -450,6 +462,14 @@ impl EngineCall<'_> {
         self.engine.context(&self.call)
     }
 
+    /// [`Engine::guarded`] with this call's actor and trigger.
+    pub async fn guarded<T, F>(&self, op: Operation, target: &str, fut: F) -> Result<T>
+    where
+        F: std::future::Future<Output = Result<(T, RunRecord)>>,
+    {
+        self.context().guarded(op, target, fut).await
+    }
+
     /// [`Error::Busy`] (recorded as skipped) if another operation runs.
     pub async fn create(&self, opts: &CreateOptions) -> Result<CreateReport> {
         crate::backup::create(&self.context(), opts).await
@@ -530,7 +550,7 @@ impl EngineCall<'_> {
 
     /// was running are reported (warning, audit log), not replayed.
     pub async fn run_daemon(&self, shutdown: tokio::sync::watch::Receiver<bool>) -> Result<()> {
-        crate::daemon::run(&self.context(), shutdown).await
+        crate::daemon::run(&self.context(), shutdown, None).await
     }
 
     /// Audits an operation a frontend carried out itself (key check/rotate).
