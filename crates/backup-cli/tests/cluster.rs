@@ -555,3 +555,19 @@ fn the_daemon_backs_up_the_cluster_when_the_schedule_says_so() {
     assert_eq!(members.len(), 3, "{members:?}");
     assert_eq!(coord.status()["last_backup"]["operation"], "cluster backup");
 }
+
+#[test]
+fn a_coordinator_listing_its_own_node_is_told_to_use_a_configuration_of_its_own() {
+    let coord = Ops::new("");
+    let text = coord.config_text(&format!(
+        "[cluster]\nname = \"edge\"\n\n[[cluster.node]]\nname = \"gw-ops\"\nrole = \"control\"\n\
+         url = \"https://127.0.0.1:9\"\nfingerprint = \"sha256:{}\"\ntoken_file = \"/nonexistent\"\n",
+        "0".repeat(64)
+    ));
+    fs::write(&coord.config, text).unwrap();
+    coord
+        .run(&["cluster", "create"])
+        .expect(2)
+        .mentions("configuration of its own");
+    assert_store_holds(&coord, &[]);
+}

@@ -96,6 +96,16 @@ pub async fn create(engine: &Engine, opts: &ClusterOptions) -> backup_core::Resu
             "[cluster] has no [[cluster.node]]: list every node of the cluster".into(),
         ));
     }
+    let me = &engine.config().appliance.node;
+    if let Some(n) = cluster.nodes.iter().find(|n| &n.name == me) {
+        return Err(Error::Input(format!(
+            "[[cluster.node]] {:?} is this appliance ([appliance] node): the coordinator does not \
+             back its own node up directly; run `backup cluster create` with a configuration of \
+             its own (another [appliance] node and state_dir, the same product and version) and \
+             let it reach this node through its `backup serve` like the others",
+            n.name
+        )));
+    }
     let storage = engine.storage().cloned().ok_or_else(|| {
         Error::NoStorage("a cluster backup needs a [storage] to hold its bundle".into())
     })?;
