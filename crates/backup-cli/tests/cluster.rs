@@ -571,3 +571,84 @@ fn a_coordinator_listing_its_own_node_is_told_to_use_a_configuration_of_its_own(
         .mentions("configuration of its own");
     assert_store_holds(&coord, &[]);
 }
+
+#[test]
+fn a_node_that_starts_a_backup_after_the_preflight_answers_409_and_is_recorded_as_busy() {
+    // The control node's backup takes a while, so data-1 can become busy
+    // between the preflight and its own pull.
+    let slow = command_component("slow", &["sh", "-c", "sleep 10; echo done"], "");
+    let ctl = Node::start("ctl-1", "control", &format!("[[component]]\n{slow}"));
+    let long = command_component("long", &["sh", "-c", "sleep 40; echo done"], "");
+    let d1 = Node::start("data-1", "data", &format!("[[component]]\n{long}"));
+    let coord = coordinator(&format!("{}{}", ctl.entry(), d1.entry()), 60);
+    let run = coord.spawn(&["--json", "cluster", "create"]);
+    wait_for(PATIENCE, "the control node's backup", || {
+        (ctl.ops.status()["state"] == "in progress").then_some(())
+    });
+    let _own = d1.ops.spawn(&["create"]);
+    wait_for(PATIENCE, "data-1's own backup", || {
+        (d1.ops.status()["state"] == "in progress").then_some(())
+    });
+    let out = run.wait(PATIENCE);
+    out.expect(3);
+    let report = out.json();
+    let entry = report["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "data-1")
+        .cloned()
+        .unwrap();
+    assert_eq!(entry["outcome"], "failed", "{report:#}");
+    let reason = entry["error"].as_str().unwrap();
+    assert!(reason.contains("409"), "{reason}");
+    let bundle_name = report["bundle"].as_str().unwrap();
+    assert_store_holds(&coord, &[bundle_name]);
+    assert_eq!(tar_list(&coord.store.join(bundle_name)).len(), 2);
+}
+
+#[test]
+fn a_control_node_whose_backup_fails_cancels_the_run_before_the_data_nodes() {
+    let ctl = Node::start("ctl-1", "control", "[hooks]\nbefore = [\"false\"]\n");
+    let d1 = Node::start("data-1", "data", "");
+    let coord = coordinator(&format!("{}{}", d1.entry(), ctl.entry()), 60);
+    let (_, report) = cluster_create(&coord, 1);
+    assert_eq!(report["outcome"], "failed", "{report:#}");
+    assert!(report["bundle"].is_null());
+    let reason = report["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("ctl-1") && reason.contains("cancelled"),
+        "{reason}"
+    );
+    assert_store_holds(&coord, &[]);
+    assert!(d1.stored_images().is_empty(), "data-1 was never asked");
+    assert_eq!(coord.status()["last_backup"]["outcome"], "failed");
+}
+
+#[test]
+fn an_ha_pair_keeps_the_primary_when_the_secondary_is_gone_and_fails_without_the_primary() {
+    let primary = Node::start("gw-a", "primary", "");
+    let mut secondary = Node::start("gw-b", "secondary", "");
+    let coord = coordinator(&format!("{}{}", secondary.entry(), primary.entry()), 60);
+    secondary.kill();
+    let (_, report) = cluster_create(&coord, 3);
+    assert_eq!(report["outcome"], "partial", "{report:#}");
+    let bundle_name = report["bundle"].as_str().unwrap().to_string();
+    let members = tar_list(&coord.store.join(&bundle_name));
+    assert_eq!(members.len(), 2, "{members:?}");
+    assert!(members[1].ends_with("_gw-a_primary.bkp"), "{members:?}");
+    let manifest = manifest_of(&coord.store.join(&bundle_name));
+    assert_eq!(manifest["nodes"][0]["name"], "gw-a");
+    assert_eq!(manifest["nodes"][0]["order"], 1);
+    assert_eq!(node_entry(&manifest, "gw-b")["outcome"], "failed");
+
+    // The pair the other way round: the primary gone cancels everything.
+    let mut primary = primary;
+    let secondary = Node::start("gw-b", "secondary", "");
+    let coord = coordinator(&format!("{}{}", primary.entry(), secondary.entry()), 60);
+    primary.kill();
+    let (_, report) = cluster_create(&coord, 1);
+    assert_eq!(report["outcome"], "failed", "{report:#}");
+    assert_store_holds(&coord, &[]);
+    assert!(secondary.stored_images().is_empty());
+}
