@@ -430,6 +430,13 @@ fn a_dead_control_node_cancels_the_backup_before_any_node_starts_and_publishes_n
         reason.contains("ctl-1") && reason.contains("control"),
         "{reason}"
     );
+    let data = &report["nodes"][1];
+    assert_eq!(data["name"], "data-1", "{report:#}");
+    assert_eq!(data["outcome"], "failed", "{report:#}");
+    assert!(
+        data["error"].as_str().unwrap().contains("cancelled"),
+        "{report:#}"
+    );
     assert_store_holds(&coord, &[]);
     assert!(d1.stored_images().is_empty(), "data-1 was not backed up");
 

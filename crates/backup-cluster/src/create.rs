@@ -222,7 +222,11 @@ impl Run<'_> {
                 &nodes,
                 &checks
                     .into_iter()
-                    .map(|c| c.map(|_| None))
+                    .map(|c| {
+                        c.and(Err(
+                            "not backed up: the cluster backup was cancelled".to_string()
+                        ))
+                    })
                     .collect::<Vec<_>>(),
             );
             return Ok(self.failed(reason, nodes));
@@ -277,9 +281,9 @@ impl Run<'_> {
         results.extend(others);
 
         // 3. The bundle.
-        let pulled: Vec<Result<Option<&Pulled>, String>> = results
+        let pulled: Vec<Result<&Pulled, String>> = results
             .iter()
-            .map(|r| r.as_ref().map(Some).map_err(Clone::clone))
+            .map(|r| r.as_ref().map_err(Clone::clone))
             .collect();
         let mut manifest_nodes = self.manifest_nodes(&nodes, &pulled);
         let failed: Vec<String> = manifest_nodes
@@ -337,7 +341,7 @@ impl Run<'_> {
     fn manifest_nodes(
         &self,
         nodes: &[&ClusterNode],
-        results: &[Result<Option<&Pulled>, String>],
+        results: &[Result<&Pulled, String>],
     ) -> Vec<BundleNode> {
         nodes
             .iter()
@@ -355,7 +359,7 @@ impl Run<'_> {
                     order: restore_order(n.role),
                 };
                 match r {
-                    Ok(Some(p)) => {
+                    Ok(p) => {
                         entry.outcome = if p.partial.is_some() {
                             "partial"
                         } else {
@@ -367,7 +371,6 @@ impl Run<'_> {
                         entry.size = p.size;
                         entry.sha256 = Some(p.sha256.clone());
                     }
-                    Ok(None) => entry.outcome = "success".into(),
                     Err(e) => entry.error = Some(e.clone()),
                 }
                 entry
