@@ -564,19 +564,65 @@ fn the_daemon_backs_up_the_cluster_when_the_schedule_says_so() {
 }
 
 #[test]
-fn a_coordinator_listing_its_own_node_is_told_to_use_a_configuration_of_its_own() {
-    let coord = Ops::new("");
-    let text = coord.config_text(&format!(
-        "[cluster]\nname = \"edge\"\n\n[[cluster.node]]\nname = \"gw-ops\"\nrole = \"control\"\n\
-         url = \"https://127.0.0.1:9\"\nfingerprint = \"sha256:{}\"\ntoken_file = \"/nonexistent\"\n",
+fn a_coordinator_that_is_itself_a_node_backs_itself_up_through_the_engine() {
+    let d1 = Node::start("data-1", "data", "");
+    // ctl-1 coordinates: an initialised appliance, no `backup serve` of
+    // its own; its entry's url, fingerprint and token are never used.
+    let ctl = Ops::new("");
+    let own = format!(
+        "[[cluster.node]]\nname = \"ctl-1\"\nrole = \"control\"\nurl = \"https://127.0.0.1:9\"\n\
+         fingerprint = \"sha256:{}\"\ntoken_file = \"/nonexistent\"\n\n",
         "0".repeat(64)
-    ));
-    fs::write(&coord.config, text).unwrap();
-    coord
-        .run(&["cluster", "create"])
-        .expect(2)
-        .mentions("configuration of its own");
-    assert_store_holds(&coord, &[]);
+    );
+    let text = ctl
+        .config_text(&format!(
+            "[cluster]\nname = \"edge\"\n\n{own}{}",
+            d1.entry()
+        ))
+        .replace(
+            "node = \"gw-ops\"",
+            "node = \"ctl-1\"\nrole = \"control\"\ncluster = \"edge\"",
+        );
+    fs::write(&ctl.config, text).unwrap();
+    ctl.init();
+
+    let (_, report) = cluster_create(&ctl, 0);
+    assert_eq!(report["outcome"], "success", "{report:#}");
+    let bundle_name = report["bundle"].as_str().unwrap().to_string();
+    assert_store_holds(&ctl, &[&bundle_name]);
+    let bundle = ctl.store.join(&bundle_name);
+    let members = tar_list(&bundle);
+    assert_eq!(members.len(), 3, "{members:?}");
+    assert!(members[1].ends_with("_ctl-1_control.bkp"), "{members:?}");
+    let manifest = manifest_of(&bundle);
+    let entry = node_entry(&manifest, "ctl-1");
+    let file = ctl.dir().join("own.bkp");
+    member_by_offset(&bundle, entry, &file);
+    ctl.run(&["verify", &file.display().to_string()]).expect(0);
+
+    // Its own backup ran under the cluster run's lock, recorded as such.
+    let audit = ctl.audit();
+    let own_backup = audit
+        .iter()
+        .find(|r| r["operation"] == "create")
+        .expect("its own backup is audited");
+    assert_eq!(own_backup["trigger"], "cluster", "{own_backup:#}");
+    assert_eq!(own_backup["outcome"], "success", "{own_backup:#}");
+    assert!(
+        !audit
+            .iter()
+            .any(|r| r["outcome"] == "interrupted" || r["outcome"] == "skipped"),
+        "{audit:#?}"
+    );
+    let cluster = last_cluster_audit(&ctl);
+    assert_eq!(cluster["outcome"], "success", "{cluster:#}");
+    let status = ctl.status();
+    assert_eq!(status["state"], "not running", "{status:#}");
+    assert_eq!(
+        status["last_backup"]["operation"], "cluster backup",
+        "{status:#}"
+    );
+    assert!(status["last_failure"].is_null(), "{status:#}");
 }
 
 #[test]

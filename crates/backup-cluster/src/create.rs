@@ -7,8 +7,8 @@ use backup_core::cluster::{
     bundle_name, restore_order, BundleNode, ClusterManifest, CLUSTER_MANIFEST,
 };
 use backup_core::{
-    Call, ClusterConfig, ClusterNode, Engine, Error, Operation, Outcome, Role, RunRecord,
-    ScheduledRun, Trigger,
+    Call, ClusterConfig, ClusterNode, CreateOptions, Destination, Engine, Error, ImageStream,
+    Operation, Outcome, Role, RunRecord, ScheduledRun, Trigger,
 };
 use backup_storage::{PutMode, PutOptions, Storage};
 use bytes::Bytes;
@@ -95,16 +95,6 @@ pub async fn create(engine: &Engine, opts: &ClusterOptions) -> backup_core::Resu
         return Err(Error::Input(
             "[cluster] has no [[cluster.node]]: list every node of the cluster".into(),
         ));
-    }
-    let me = &engine.config().appliance.node;
-    if let Some(n) = cluster.nodes.iter().find(|n| &n.name == me) {
-        return Err(Error::Input(format!(
-            "[[cluster.node]] {:?} is this appliance ([appliance] node): the coordinator does not \
-             back its own node up directly; run `backup cluster create` with a configuration of \
-             its own (another [appliance] node and state_dir, the same product and version) and \
-             let it reach this node through its `backup serve` like the others",
-            n.name
-        )));
     }
     let storage = engine.storage().cloned().ok_or_else(|| {
         Error::NoStorage("a cluster backup needs a [storage] to hold its bundle".into())
@@ -194,17 +184,17 @@ impl Run<'_> {
         let mut results: Vec<Result<Pulled, String>> = Vec::new();
 
         // 1. Preflight, every node at once.
-        let clients: Vec<Result<NodeClient, String>> = nodes
+        // The coordinator's own node (if it is one) has no client: it is
+        // backed up through the engine.
+        let clients: Vec<Option<Result<NodeClient, String>>> = nodes
             .iter()
-            .map(|n| NodeClient::new(n, self.timeout))
+            .map(|n| (!self.is_local(n)).then(|| NodeClient::new(n, self.timeout)))
             .collect();
-        let checks = futures::future::join_all(
-            nodes
-                .iter()
-                .zip(&clients)
-                .map(|(n, c)| self.preflight(n, c.as_ref().map_err(Clone::clone))),
-        )
-        .await;
+        let checks =
+            futures::future::join_all(nodes.iter().zip(&clients).map(|(n, c)| {
+                self.preflight(n, c.as_ref().map(|c| c.as_ref().map_err(Clone::clone)))
+            }))
+            .await;
         let cancelled = nodes
             .iter()
             .zip(&checks)
@@ -236,11 +226,7 @@ impl Run<'_> {
         // others, `concurrency` at once.
         let leaders = nodes.iter().filter(|n| is_leader(n.role)).count();
         for i in 0..leaders {
-            let result = match (&checks[i], &clients[i]) {
-                (Ok(()), Ok(c)) => self.pull(nodes[i], c).await,
-                (Err(e), _) => Err(e.clone()),
-                (_, Err(e)) => Err(e.clone()),
-            };
+            let result = self.back_up(nodes[i], &checks[i], &clients[i]).await;
             if let Err(e) = &result {
                 let reason = format!(
                     "{} node {} failed, so the cluster backup was cancelled and nothing was published: {e}",
@@ -264,17 +250,7 @@ impl Run<'_> {
             results.push(result);
         }
         let others: Vec<Result<Pulled, String>> = futures::stream::iter(leaders..nodes.len())
-            .map(|i| {
-                let (check, client) = (&checks[i], &clients[i]);
-                let node = nodes[i];
-                async move {
-                    match (check, client) {
-                        (Ok(()), Ok(c)) => self.pull(node, c).await,
-                        (Err(e), _) => Err(e.clone()),
-                        (_, Err(e)) => Err(e.clone()),
-                    }
-                }
-            })
+            .map(|i| self.back_up(nodes[i], &checks[i], &clients[i]))
             .buffered(self.cluster.concurrency.max(1))
             .collect()
             .await;
@@ -383,8 +359,22 @@ impl Run<'_> {
     async fn preflight(
         &self,
         node: &ClusterNode,
-        client: Result<&NodeClient, String>,
+        client: Option<Result<&NodeClient, String>>,
     ) -> Result<(), String> {
+        let Some(client) = client else {
+            // This appliance: its identity is its configuration, and the
+            // run itself holds its lock.
+            let role = self.engine.config().appliance.role;
+            if role != node.role {
+                return Err(format!(
+                    "this appliance is node {:?} with role {} ([appliance] role), not {} as [[cluster.node]] says",
+                    node.name,
+                    role.as_str(),
+                    node.role.as_str()
+                ));
+            }
+            return Ok(());
+        };
         let client = client?;
         let status: NodeStatus = client.get_json("/status").await?;
         let me = &self.engine.config().appliance;
@@ -411,6 +401,119 @@ impl Run<'_> {
             );
         }
         Ok(())
+    }
+
+    /// Whether `node` is the coordinator's own appliance.
+    fn is_local(&self, node: &ClusterNode) -> bool {
+        node.name == self.engine.config().appliance.node
+    }
+
+    /// A node's image into its staging object, once its preflight passed:
+    /// pulled from its service, or made here for the coordinator's own node.
+    async fn back_up(
+        &self,
+        node: &ClusterNode,
+        check: &Result<(), String>,
+        client: &Option<Result<NodeClient, String>>,
+    ) -> Result<Pulled, String> {
+        check.clone()?;
+        match client {
+            None => self.back_up_here(node).await,
+            Some(Ok(client)) => self.pull(node, client).await,
+            Some(Err(e)) => Err(e.clone()),
+        }
+    }
+
+    /// Backs this appliance up through the engine, the image streamed into
+    /// a staging object as a remote node's would be.
+    async fn back_up_here(&self, node: &ClusterNode) -> Result<Pulled, String> {
+        let staging = format!("{}.{}.staging", self.name, node.name);
+        let mut upload = self
+            .storage
+            .put_opts(&staging, PutOptions::mode(PutMode::Create))
+            .await
+            .map_err(|e| format!("cannot stage the image in {}: {e}", self.storage))?;
+        let (writer, mut reader) = tokio::io::duplex(256 * 1024);
+        let mut opts = CreateOptions::default();
+        opts.include_audits = self.opts.include_audits;
+        // The image's own name, as a remote node's Content-Disposition gives it.
+        let named = Arc::new(std::sync::Mutex::new(None::<String>));
+        let slot = named.clone();
+        opts.destination = Destination::Stream(
+            ImageStream::new(writer)
+                .named("the cluster bundle")
+                .on_open(move |name| {
+                    if let Ok(mut slot) = slot.lock() {
+                        *slot = Some(name.to_string());
+                    }
+                }),
+        );
+        let call = self.engine.with_call(Call::new().trigger(Trigger::Cluster));
+        let backup = async move {
+            let report = call.create(&opts).await;
+            drop(opts); // the writer: the reader sees the end of the image
+            report
+        };
+        let mut hash = Sha256::new();
+        let mut size = 0u64;
+        let upload_ref = &mut upload;
+        let hash_ref = &mut hash;
+        let size_ref = &mut size;
+        let pump = async move {
+            loop {
+                let mut buf = vec![0u8; 256 * 1024];
+                let n = reader
+                    .read(&mut buf)
+                    .await
+                    .map_err(|e| format!("reading this node's image: {e}"))?;
+                if n == 0 {
+                    return Ok::<(), String>(());
+                }
+                buf.truncate(n);
+                hash_ref.update(&buf);
+                *size_ref += n as u64;
+                upload_ref
+                    .write(Bytes::from(buf))
+                    .await
+                    .map_err(|e| format!("writing the staged image: {e}"))?;
+            }
+        };
+        let (report, pumped) = tokio::join!(backup, pump);
+        let report = match (report, pumped) {
+            (Ok(report), Ok(())) => report,
+            (Err(e), _) => {
+                let _ = upload.abort().await;
+                return Err(format!("this node's backup failed: {e}"));
+            }
+            (_, Err(e)) => {
+                let _ = upload.abort().await;
+                return Err(e);
+            }
+        };
+        upload
+            .complete()
+            .await
+            .map_err(|e| format!("storing the staged image: {e}"))?;
+        let failed: Vec<&str> = report
+            .manifest
+            .components
+            .iter()
+            .filter(|c| c.error.is_some())
+            .map(|c| c.name.as_str())
+            .collect();
+        let image = named
+            .lock()
+            .ok()
+            .and_then(|n| n.clone())
+            .ok_or("this node's backup named no image")?;
+        Ok(Pulled {
+            image,
+            staging,
+            size,
+            sha256: hex::encode(hash.finalize()),
+            partial: (report.outcome != Outcome::Success)
+                .then(|| format!("components failed on the node: {}", failed.join(", "))),
+        })
     }
 
     /// Pulls a fresh image of `node` into a staging object.

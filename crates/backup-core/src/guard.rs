@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 
-use crate::context::Context;
+use crate::context::{Context, Trigger};
 use crate::image::Outcome;
 use crate::ops::hooks::{run_hook, HookEnv};
 use crate::ops::lock::OperationLock;
@@ -157,8 +157,16 @@ impl<'e> RunGuard<'e> {
             engine.remove_stale_scratch(false);
             return Ok(guard);
         }
+        let mut nested = false;
         match OperationLock::acquire(engine.state_dir(), op.status_name()) {
             Ok(lock) => guard.lock = Some(lock),
+            // A cluster backup backing up its own node: the lock is this
+            // very run's.
+            Err(Error::Busy(_))
+                if engine.trigger == Trigger::Cluster && held_by_own_cluster_run(engine) =>
+            {
+                nested = true;
+            }
             Err(Error::Busy(who)) => {
                 let reason = format!("{who}; this {} was skipped", op.status_name());
                 let record = RunRecord {
@@ -179,7 +187,9 @@ impl<'e> RunGuard<'e> {
         engine.remove_stale_scratch(true);
         if op.in_status() {
             let mut status = guard.store.load().unwrap_or_default();
-            guard.took_over = guard.take_over(&mut status);
+            if !nested {
+                guard.took_over = guard.take_over(&mut status);
+            }
             guard.status = Some(status);
         }
         Ok(guard)
@@ -361,6 +371,17 @@ impl<'e> RunGuard<'e> {
     }
 }
 
+/// Whether the operation lock is held by a cluster backup of this process
+/// (whose own node's backup then runs under it).
+fn held_by_own_cluster_run(engine: &Context<'_>) -> bool {
+    crate::ops::lock::probe(engine.state_dir())
+        .ok()
+        .flatten()
+        .is_some_and(|h| {
+            h.pid == std::process::id() && h.operation == Operation::ClusterCreate.status_name()
+        })
+}
+
 /// Runs an operation that needs no more of the choreography than the
 /// guard's start and audit record.
 impl Context<'_> {
@@ -396,6 +417,9 @@ impl Context<'_> {
         match fut.await {
             Ok((value, mut record)) => {
                 record.operation = op.record_name().into();
+                // The run may have backed up this node meanwhile, which
+                // keeps the status file too.
+                guard.status = Some(guard.store.load().unwrap_or_default());
                 let object = record.image.clone().unwrap_or_else(|| target.to_string());
                 let (outcome, size, reason) = (record.outcome, record.size, record.reason.clone());
                 guard.record_end(Some(record), false)?;
