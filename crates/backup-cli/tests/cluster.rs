@@ -705,3 +705,18 @@ fn an_ha_pair_keeps_the_primary_when_the_secondary_is_gone_and_fails_without_the
     assert_store_holds(&coord, &[]);
     assert!(secondary.stored_images().is_empty());
 }
+
+#[test]
+fn a_node_listed_twice_is_a_configuration_mistake_named_before_anything_runs() {
+    let entry = format!(
+        "[[cluster.node]]\nname = \"data-1\"\nrole = \"data\"\nurl = \"https://127.0.0.1:9\"\n\
+         fingerprint = \"sha256:{}\"\ntoken_file = \"/nonexistent\"\n\n",
+        "0".repeat(64)
+    );
+    let coord = coordinator(&format!("{entry}{entry}"), 60);
+    coord
+        .run(&["cluster", "create"])
+        .expect(2)
+        .mentions("\"data-1\" is listed twice");
+    assert_store_holds(&coord, &[]);
+}

@@ -96,6 +96,14 @@ pub async fn create(engine: &Engine, opts: &ClusterOptions) -> backup_core::Resu
             "[cluster] has no [[cluster.node]]: list every node of the cluster".into(),
         ));
     }
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        if cluster.nodes[..i].iter().any(|n| n.name == node.name) {
+            return Err(Error::Input(format!(
+                "[[cluster.node]] {:?} is listed twice: each node once, under its [appliance] node name",
+                node.name
+            )));
+        }
+    }
     let storage = engine.storage().cloned().ok_or_else(|| {
         Error::NoStorage("a cluster backup needs a [storage] to hold its bundle".into())
     })?;
