@@ -27,7 +27,7 @@ use report::{escape_control, human, outln, print_json, Reporter};
 use secret::CliSecret;
 
 /// Exit code of a partial success.
-const EXIT_PARTIAL: u8 = 3;
+pub(crate) const EXIT_PARTIAL: u8 = 3;
 /// Exit code of a usage or input error.
 const EXIT_USAGE: u8 = 2;
 /// Exit code of a run skipped because another operation holds the lock.
@@ -279,11 +279,12 @@ backup user list"
 backup token del alice cron"
     )]
     Token(user_cmd::TokenCommand),
-    /// Cluster bundles: list them, show one, extract one node's image,
-    /// print the restore order
+    /// Clusters and HA pairs: back up every node as one bundle, list and
+    /// show bundles, extract one node's image, print the restore order
     #[command(
         subcommand,
-        after_help = "Examples:\n  backup cluster list\n  backup cluster show BUNDLE\n  \
+        after_help = "Examples:\n  backup cluster create\n  backup --json cluster create --include-audits\n  \
+backup cluster list\n  backup cluster show BUNDLE\n  \
 backup cluster extract BUNDLE --node data-1\n  backup cluster restore-plan BUNDLE\n  \
 backup restore BUNDLE --node data-1        restore a node straight from a bundle"
     )]

@@ -263,13 +263,20 @@ pub(crate) async fn daemon(engine: Engine, json: bool) -> anyhow::Result<ExitCod
         notice(
             json,
             &format!(
-                "backup daemon: schedule {} ({})",
+                "backup daemon: schedule {} ({}){}",
                 cfg.cron.join(", "),
-                cfg.timezone
+                cfg.timezone,
+                if cfg.cluster {
+                    "; each run backs up the whole [cluster]"
+                } else {
+                    ""
+                }
             ),
         );
     }
-    engine.run_daemon(rx).await?;
+    engine
+        .run_daemon_with(rx, &backup_cluster::ScheduledCluster)
+        .await?;
     notice(json, "backup daemon stopped");
     if json {
         print_json(&serde_json::json!({ "daemon": "stopped" }))?;

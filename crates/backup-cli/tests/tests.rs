@@ -8,6 +8,7 @@
 
 mod util;
 
+mod cluster;
 mod cluster_restore;
 mod hostile_images;
 mod http_browser;

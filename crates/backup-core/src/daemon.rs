@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::context::{Context, Trigger};
+use crate::ops::status::RunRecord;
 use crate::plan::CreateOptions;
 use crate::progress::Event;
 use crate::{Error, Result};
@@ -25,6 +26,16 @@ pub struct DaemonInfo {
     pub last_seen: DateTime<Utc>,
     /// The next run it is waiting for.
     pub next_run: Option<DateTime<Utc>>,
+}
+
+/// A scheduled run carried out outside the engine, instead of this node's
+/// backup: the cluster backup of a coordinator whose `[schedule]` says
+/// `cluster = true` (backup-cluster provides it). It records its own run
+/// (status, audit log) and returns how it ended.
+#[async_trait::async_trait]
+pub trait ScheduledRun: Send + Sync {
+    /// Runs once, as scheduled.
+    async fn run(&self, engine: &crate::Engine) -> Result<RunRecord>;
 }
 
 impl DaemonInfo {
@@ -48,12 +59,26 @@ fn store(path: &Path, info: &DaemonInfo) {
 /// between runs ends at once; during a run, the running backup finishes
 /// first (it is never left half-published). Runs missed while no daemon
 /// was running are reported (warning, audit log), not replayed.
-pub(crate) async fn run(engine: &Context<'_>, mut shutdown: watch::Receiver<bool>) -> Result<()> {
+pub(crate) async fn run(
+    engine: &Context<'_>,
+    mut shutdown: watch::Receiver<bool>,
+    job: Option<(&dyn ScheduledRun, &crate::Engine)>,
+) -> Result<()> {
     let sched_cfg = engine.config.schedule.clone().ok_or_else(|| {
         Error::Input(
             "no [schedule] in the configuration: there is nothing for the daemon to run".into(),
         )
     })?;
+    let job = match (sched_cfg.cluster, job) {
+        (true, None) => {
+            return Err(Error::Input(
+                "[schedule] cluster = true, but this daemon cannot back up a cluster: run `backup daemon`"
+                    .into(),
+            ))
+        }
+        (true, job) => job,
+        (false, _) => None,
+    };
     let schedule = sched_cfg.parse()?;
     let state = engine.config.appliance.state_dir.clone();
     crate::util::create_private_dir(&state)
@@ -132,7 +157,22 @@ pub(crate) async fn run(engine: &Context<'_>, mut shutdown: watch::Receiver<bool
         // Outcomes (success, partial, skipped, failed) are recorded by
         // `create` in the status and the audit log; the frontend gets one
         // event per run.
-        let finished =
+        let finished = if let Some((job, outer)) = job {
+            match job.run(outer).await {
+                Ok(r) => Event::RunFinished {
+                    time: Utc::now(),
+                    image: r.image,
+                    outcome: r.outcome.as_str().to_string(),
+                    reason: r.reason,
+                },
+                Err(e) => Event::RunFinished {
+                    time: Utc::now(),
+                    image: None,
+                    outcome: crate::error::outcome_of(&e).to_string(),
+                    reason: Some(e.to_string()),
+                },
+            }
+        } else {
             match crate::backup::create(&engine.with_trigger(Trigger::Scheduled), &opts).await {
                 Ok(r) => Event::RunFinished {
                     time: Utc::now(),
@@ -146,7 +186,8 @@ pub(crate) async fn run(engine: &Context<'_>, mut shutdown: watch::Receiver<bool
                     outcome: crate::error::outcome_of(&e).to_string(),
                     reason: Some(e.to_string()),
                 },
-            };
+            }
+        };
         engine.progress.event(&finished);
         if *shutdown.borrow() {
             break;
@@ -156,4 +197,29 @@ pub(crate) async fn run(engine: &Context<'_>, mut shutdown: watch::Receiver<bool
     info.next_run = None;
     store(&path, &info);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_cluster_schedule_without_a_cluster_job_is_refused_before_any_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[appliance]\nproduct = \"p\"\nversion = \"1\"\nnode = \"n\"\nstate_dir = {:?}\n\n\
+             [storage]\nurl = \"file://{}\"\n\n\
+             [schedule]\ncron = [\"* * * * *\"]\ncluster = true\n",
+            dir.path().join("state").display().to_string(),
+            dir.path().display()
+        );
+        let config = crate::Config::parse(&text, std::path::Path::new("test.toml")).unwrap();
+        let engine = crate::Engine::builder(config).build().unwrap();
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let err = runtime.block_on(engine.run_daemon(rx)).unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Input, "{err}");
+        assert!(err.to_string().contains("cluster = true"), "{err}");
+    }
 }

@@ -14,12 +14,14 @@ use crate::component::{
 };
 use crate::config::{ComponentKind, Config};
 use crate::context::{Call, Context, Shared};
+use crate::daemon::ScheduledRun;
 use crate::guard::Operation;
 use crate::images::{ImageDetails, ImageRef, ImageSummary};
 use crate::keys::rewrap::RewrapResult;
 use crate::keys::{KeyFile, KeySource, Keys, NoPassphrase, PassphraseProvider, Rotation};
 use crate::ops::audit::AuditRecord;
 use crate::ops::retention::RetentionDecision;
+use crate::ops::status::RunRecord;
 use crate::plan::CreateOptions;
 use crate::progress::{NoProgress, Progress};
 use crate::restore::{RestoreOptions, RestorePlan, RestoreReport};
@@ -304,7 +306,18 @@ impl Engine {
     /// first (it is never left half-published). Runs missed while no daemon
     /// was running are reported (warning, audit log), not replayed.
     pub async fn run_daemon(&self, shutdown: tokio::sync::watch::Receiver<bool>) -> Result<()> {
-        crate::daemon::run(&self.context(&Call::default()), shutdown).await
+        crate::daemon::run(&self.context(&Call::default()), shutdown, None).await
+    }
+
+    /// [`Engine::run_daemon`] whose scheduled runs are `job` when the
+    /// schedule says `cluster = true` (a cluster backup), else this node's
+    /// backup.
+    pub async fn run_daemon_with(
+        &self,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+        job: &dyn ScheduledRun,
+    ) -> Result<()> {
+        crate::daemon::run(&self.context(&Call::default()), shutdown, Some((job, self))).await
     }
 
     /// Audits an operation a frontend carried out itself (key check/rotate).
@@ -322,6 +335,20 @@ impl Engine {
             result,
             started,
         )
+    }
+
+    /// Runs an operation carried out outside the engine (a cluster backup:
+    /// `Operation::ClusterCreate`) on `target` under the engine's run guard:
+    /// it runs alone (else [`crate::Error::Busy`], the skip recorded), the
+    /// status shows it while it runs, and the [`RunRecord`] `fut` ends with
+    /// (outcome, object, size, reason) goes into the status and the audit log.
+    pub async fn guarded<T, F>(&self, op: Operation, target: &str, fut: F) -> Result<T>
+    where
+        F: std::future::Future<Output = Result<(T, RunRecord)>>,
+    {
+        self.context(&Call::default())
+            .guarded(op, target, fut)
+            .await
     }
 
     /// Appends a record a frontend made itself (a request to the HTTP
@@ -459,6 +486,14 @@ impl EngineCall<'_> {
         self.engine.context(&self.call)
     }
 
+    /// [`Engine::guarded`] with this call's actor and trigger.
+    pub async fn guarded<T, F>(&self, op: Operation, target: &str, fut: F) -> Result<T>
+    where
+        F: std::future::Future<Output = Result<(T, RunRecord)>>,
+    {
+        self.context().guarded(op, target, fut).await
+    }
+
     /// [`Error::Busy`] (recorded as skipped) if another operation runs.
     pub async fn create(&self, opts: &CreateOptions) -> Result<CreateReport> {
         crate::backup::create(&self.context(), opts).await
@@ -539,7 +574,7 @@ impl EngineCall<'_> {
 
     /// was running are reported (warning, audit log), not replayed.
     pub async fn run_daemon(&self, shutdown: tokio::sync::watch::Receiver<bool>) -> Result<()> {
-        crate::daemon::run(&self.context(), shutdown).await
+        crate::daemon::run(&self.context(), shutdown, None).await
     }
 
     /// Audits an operation a frontend carried out itself (key check/rotate).

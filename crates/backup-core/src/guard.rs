@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 
-use crate::context::Context;
+use crate::context::{Context, Trigger};
 use crate::image::Outcome;
 use crate::ops::hooks::{run_hook, HookEnv};
 use crate::ops::lock::OperationLock;
@@ -48,6 +48,8 @@ pub enum Operation {
     KeyRewrap,
     /// Writing one node's image out of a cluster bundle.
     ClusterExtract,
+    /// A cluster backup: every node's image pulled into one bundle.
+    ClusterCreate,
 }
 
 impl Operation {
@@ -57,6 +59,7 @@ impl Operation {
         match self {
             Operation::Backup => "backup",
             Operation::ScheduledBackup => "scheduled backup",
+            Operation::ClusterCreate => "cluster backup",
             other => other.audit_name(),
         }
     }
@@ -79,6 +82,7 @@ impl Operation {
             Operation::KeyRotate => "key.rotate",
             Operation::KeyRewrap => "key.rewrap",
             Operation::ClusterExtract => "cluster.extract",
+            Operation::ClusterCreate => "cluster.create",
         }
     }
 
@@ -95,7 +99,11 @@ impl Operation {
     fn takes_lock(self) -> bool {
         matches!(
             self,
-            Operation::Backup | Operation::ScheduledBackup | Operation::Restore | Operation::Prune
+            Operation::Backup
+                | Operation::ScheduledBackup
+                | Operation::Restore
+                | Operation::Prune
+                | Operation::ClusterCreate
         )
     }
 
@@ -103,7 +111,10 @@ impl Operation {
     fn in_status(self) -> bool {
         matches!(
             self,
-            Operation::Backup | Operation::ScheduledBackup | Operation::Restore
+            Operation::Backup
+                | Operation::ScheduledBackup
+                | Operation::Restore
+                | Operation::ClusterCreate
         )
     }
 }
@@ -149,8 +160,16 @@ impl<'e> RunGuard<'e> {
             engine.remove_stale_scratch(false);
             return Ok(guard);
         }
+        let mut nested = false;
         match OperationLock::acquire(engine.state_dir(), op.status_name()) {
             Ok(lock) => guard.lock = Some(lock),
+            // A cluster backup backing up its own node: the lock is this
+            // very run's.
+            Err(Error::Busy(_))
+                if engine.trigger == Trigger::Cluster && held_by_own_cluster_run(engine) =>
+            {
+                nested = true;
+            }
             Err(Error::Busy(who)) => {
                 let reason = format!("{who}; this {} was skipped", op.status_name());
                 let record = RunRecord {
@@ -171,7 +190,9 @@ impl<'e> RunGuard<'e> {
         engine.remove_stale_scratch(true);
         if op.in_status() {
             let mut status = guard.store.load().unwrap_or_default();
-            guard.took_over = guard.take_over(&mut status);
+            if !nested {
+                guard.took_over = guard.take_over(&mut status);
+            }
             guard.status = Some(status);
         }
         Ok(guard)
@@ -214,7 +235,10 @@ impl<'e> RunGuard<'e> {
     /// restore as the last failure. `strict`: a status that cannot be
     /// written fails the run instead of being a warning.
     pub(crate) fn record_end(&mut self, record: Option<RunRecord>, strict: bool) -> Result<()> {
-        let is_backup = matches!(self.op, Operation::Backup | Operation::ScheduledBackup);
+        let is_backup = matches!(
+            self.op,
+            Operation::Backup | Operation::ScheduledBackup | Operation::ClusterCreate
+        );
         let status = self.status.get_or_insert_with(StatusFile::default);
         status.current = None;
         if let Some(record) = record {
@@ -350,6 +374,17 @@ impl<'e> RunGuard<'e> {
     }
 }
 
+/// Whether the operation lock is held by a cluster backup of this process
+/// (whose own node's backup then runs under it).
+fn held_by_own_cluster_run(engine: &Context<'_>) -> bool {
+    crate::ops::lock::probe(engine.state_dir())
+        .ok()
+        .flatten()
+        .is_some_and(|h| {
+            h.pid == std::process::id() && h.operation == Operation::ClusterCreate.status_name()
+        })
+}
+
 /// Runs an operation that needs no more of the choreography than the
 /// guard's start and audit record.
 impl Context<'_> {
@@ -368,6 +403,39 @@ impl Context<'_> {
         let result = fut.await;
         guard.audit_result(target, &result, bytes);
         result
+    }
+
+    /// Runs `fut`, an operation carried out outside the engine (a cluster
+    /// backup), as `op` on `target` under the whole choreography: the lock
+    /// (or [`Error::Busy`], the skip recorded), the status showing it while
+    /// it runs, and at its end the record `fut` gives (its outcome, object,
+    /// size and reason) in the status and the audit log. An error of `fut`
+    /// is recorded as a failure.
+    pub(crate) async fn guarded<T, F>(&self, op: Operation, target: &str, fut: F) -> Result<T>
+    where
+        F: Future<Output = Result<(T, RunRecord)>>,
+    {
+        let mut guard = RunGuard::start(self, op, target)?;
+        guard.show_running(Some(target), Utc::now())?;
+        match fut.await {
+            Ok((value, mut record)) => {
+                record.operation = op.record_name().into();
+                // The run may have backed up this node meanwhile, which
+                // keeps the status file too.
+                guard.status = Some(guard.store.load().unwrap_or_default());
+                let object = record.image.clone().unwrap_or_else(|| target.to_string());
+                let (outcome, size, reason) = (record.outcome, record.size, record.reason.clone());
+                guard.record_end(Some(record), false)?;
+                guard.audit(&object, outcome.as_str(), size, reason);
+                Ok(value)
+            }
+            Err(e) => {
+                let record = guard.failure_record(None, &e);
+                let _ = guard.record_end(Some(record), false);
+                guard.audit(target, e.kind().audit_outcome(), 0, Some(e.to_string()));
+                Err(e)
+            }
+        }
     }
 }
 
@@ -419,5 +487,67 @@ mod tests {
         guard.show_running(Some("x.bkp"), Utc::now()).unwrap();
         let status = StatusStore::in_state_dir(&state).load().unwrap();
         assert_eq!(status.current.unwrap().operation, "restore");
+    }
+
+    #[test]
+    fn a_guarded_run_records_its_outcome_in_the_status_and_audit_log_and_runs_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let text = format!(
+            "[appliance]\nproduct = \"p\"\nversion = \"1\"\nnode = \"n\"\nstate_dir = {:?}\n",
+            state.display().to_string()
+        );
+        let config = crate::Config::parse(&text, std::path::Path::new("test.toml")).unwrap();
+        let engine = crate::Engine::builder(config).build().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let partial = runtime.block_on(engine.guarded(
+            Operation::ClusterCreate,
+            "edge.20260101T000000Z.tar",
+            async {
+                let record = RunRecord {
+                    time: Utc::now(),
+                    operation: String::new(),
+                    outcome: Outcome::Partial,
+                    image: Some("edge.20260101T000000Z.tar".into()),
+                    size: 42,
+                    reason: Some("data-2 failed: gone".into()),
+                };
+                Ok((7, record))
+            },
+        ));
+        assert_eq!(partial.unwrap(), 7);
+        let status = StatusStore::in_state_dir(&state).load().unwrap();
+        assert!(status.current.is_none());
+        let last = status.last_backup.expect("the run is the last backup");
+        assert_eq!(last.operation, "cluster backup");
+        assert_eq!(last.outcome, Outcome::Partial);
+        assert_eq!(last.reason.as_deref(), Some("data-2 failed: gone"));
+        let audit = AuditLog::in_state_dir(&state).read(None).unwrap();
+        let last = audit.last().unwrap();
+        assert_eq!(
+            (
+                last.operation.as_str(),
+                last.outcome.as_str(),
+                last.target.as_str(),
+                last.bytes
+            ),
+            ("cluster.create", "partial", "edge.20260101T000000Z.tar", 42)
+        );
+        assert_eq!(last.error.as_deref(), Some("data-2 failed: gone"));
+
+        let held = OperationLock::acquire(&state, Operation::Backup.status_name()).unwrap();
+        let started = std::cell::Cell::new(false);
+        let busy = runtime.block_on(engine.guarded(Operation::ClusterCreate, "x.tar", async {
+            started.set(true);
+            Err::<((), RunRecord), _>(Error::Input("never".into()))
+        }));
+        assert_eq!(busy.unwrap_err().kind(), ErrorKind::Busy);
+        assert!(
+            !started.get(),
+            "a run that cannot take the lock never starts"
+        );
+        drop(held);
     }
 }

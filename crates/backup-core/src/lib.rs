@@ -87,7 +87,7 @@ pub use config::{
     EncryptionConfig, HttpConfig, ImageConfig, Role, ScheduleConfig, StorageConfig,
 };
 pub use context::{Call, Trigger};
-pub use daemon::{DaemonInfo, DAEMON_FILE};
+pub use daemon::{DaemonInfo, ScheduledRun, DAEMON_FILE};
 pub use destination::{Destination, ImageStream};
 pub use engine::{Engine, EngineBuilder, EngineCall};
 pub use error::{Error, ErrorKind, Result};
