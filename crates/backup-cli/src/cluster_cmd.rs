@@ -369,5 +369,8 @@ fn print_report(report: &ClusterReport) -> anyhow::Result<()> {
             escape_control(&detail)
         )?;
     }
+    for name in &report.pruned {
+        outln!("pruned (retention): {}", escape_control(name))?;
+    }
     Ok(())
 }

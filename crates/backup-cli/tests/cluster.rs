@@ -720,3 +720,80 @@ fn a_node_listed_twice_is_a_configuration_mistake_named_before_anything_runs() {
         .mentions("\"data-1\" is listed twice");
     assert_store_holds(&coord, &[]);
 }
+
+/// Both ends of a real bundle: what the coordinator wrote, `cluster extract`
+/// gives back byte for byte, `restore BUNDLE --node` restores on its node,
+/// and retention deletes older bundles as whole units after each run.
+#[test]
+fn a_real_bundle_extracts_and_restores_by_node_and_retention_keeps_whole_bundles() {
+    let ctl = Node::start("ctl-1", "control", "");
+    let d1 = Node::start("data-1", "data", "");
+    let coord = coordinator(&format!("{}{}", ctl.entry(), d1.entry()), 60);
+    let mut text = fs::read_to_string(&coord.config).unwrap();
+    text.push_str("\n[retention]\nkeep_last = 1\n");
+    fs::write(&coord.config, text).unwrap();
+
+    let (_, first) = cluster_create(&coord, 0);
+    let first = first["bundle"].as_str().unwrap().to_string();
+    crate::util::next_second();
+    let (_, second) = cluster_create(&coord, 0);
+    let name = second["bundle"].as_str().unwrap().to_string();
+    assert_eq!(
+        second["pruned"],
+        serde_json::json!([first.clone()]),
+        "keep_last = 1: the older bundle goes, as a unit: {second:#}"
+    );
+    assert_store_holds(&coord, &[&name]);
+
+    let bundle = coord.store.join(&name);
+    let manifest = manifest_of(&bundle);
+    let entry = node_entry(&manifest, "data-1");
+    let image = entry["image"].as_str().unwrap();
+    let out = coord.dir().join("extracted.bkp");
+    coord
+        .run(&[
+            "cluster",
+            "extract",
+            &name,
+            "--node",
+            "data-1",
+            "-o",
+            &out.display().to_string(),
+        ])
+        .expect(0);
+    let tar_out = Command::new("tar")
+        .arg("-xOf")
+        .arg(&bundle)
+        .arg(image)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        fs::read(&out).unwrap(),
+        tar_out.stdout,
+        "the member's bytes"
+    );
+
+    let target = d1.ops.dir().join("from-bundle");
+    d1.ops
+        .run(&[
+            "restore",
+            &bundle.display().to_string(),
+            "--node",
+            "data-1",
+            "--target",
+            &target.display().to_string(),
+            "--yes",
+        ])
+        .expect(0);
+    let peer = ctl.ops.run(&[
+        "restore",
+        &bundle.display().to_string(),
+        "--node",
+        "data-1",
+        "--target",
+        &ctl.ops.dir().join("peer").display().to_string(),
+        "--yes",
+    ]);
+    peer.expect_failure().mentions("data-1");
+}

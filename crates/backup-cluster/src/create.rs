@@ -77,6 +77,9 @@ pub struct ClusterReport {
     pub created: DateTime<Utc>,
     /// Every configured node, as the manifest records it.
     pub nodes: Vec<BundleNode>,
+    /// Bundles (and images) retention deleted after this one was published.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pruned: Vec<String>,
 }
 
 /// Backs up every node of `[cluster]` into one bundle in the engine's
@@ -118,8 +121,8 @@ pub async fn create(engine: &Engine, opts: &ClusterOptions) -> backup_core::Resu
         opts: opts.clone(),
         timeout: Duration::from_secs(cluster.timeout_secs.max(1)),
     };
-    engine
-        .with_call(Call::new().trigger(opts.trigger))
+    let call = engine.with_call(Call::new().trigger(opts.trigger));
+    let mut report = call
         .guarded(Operation::ClusterCreate, &name, async {
             let report = run.run().await?;
             let record = RunRecord {
@@ -132,7 +135,22 @@ pub async fn create(engine: &Engine, opts: &ClusterOptions) -> backup_core::Resu
             };
             Ok((report, record))
         })
-        .await
+        .await?;
+    // Retention keeps bundles as whole units, as it keeps images after a
+    // backup: after each published bundle, under the lock again.
+    if report.bundle.is_some() && engine.config().retention.is_enabled() {
+        match call.prune(false).await {
+            Ok(decisions) => {
+                report.pruned = decisions
+                    .into_iter()
+                    .filter(|d| !d.keep)
+                    .map(|d| d.name)
+                    .collect()
+            }
+            Err(e) => tracing::warn!("retention could not run after the cluster backup: {e}"),
+        }
+    }
+    Ok(report)
 }
 
 /// Whether a role's failure cancels the whole backup.
@@ -304,6 +322,7 @@ impl Run<'_> {
                 reason: (!failed.is_empty()).then(|| failed.join("; ")),
                 created: self.created,
                 nodes: manifest.nodes,
+                pruned: Vec::new(),
             }),
             Err(e) => Err(e),
         }
@@ -318,6 +337,7 @@ impl Run<'_> {
             reason: Some(reason),
             created: self.created,
             nodes,
+            pruned: Vec::new(),
         }
     }
 
