@@ -341,7 +341,8 @@ struct RestoreArgs {
     #[arg(long, value_name = "NAME")]
     node: Option<String>,
     /// With --node: take over the bundle's restore lease if its holder is
-    /// gone (its process ended, or older than [cluster] lease_stale_secs)
+    /// gone (its process ended, or it is older than lease_stale_secs of the
+    /// cluster section, 6 h by default)
     #[arg(long, requires = "node")]
     take_over_lease: bool,
     /// Restore only this component (repeatable)
