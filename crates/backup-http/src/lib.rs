@@ -23,6 +23,7 @@ mod page;
 mod request;
 mod routes;
 mod service;
+mod serving;
 mod users;
 
 pub use auth::{Authenticator, Credentials, Denial, LoginThrottle, Principal, Role, Throttled};

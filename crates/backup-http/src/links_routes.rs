@@ -15,8 +15,8 @@ use serde_json::json;
 use crate::auth::Role;
 use crate::links::{links_csv, SignedLinks};
 use crate::request::{engine_error, error, Audit, Req};
-use crate::routes::{lifetime, servable, serve_image};
 use crate::service::Service;
+use crate::serving::{lifetime, servable, serve_image};
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct LinkQuery {
