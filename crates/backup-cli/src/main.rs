@@ -409,7 +409,16 @@ fn main() -> ExitCode {
                 }
             } else {
                 let message = format!("{e:#}");
-                let _ = writeln!(std::io::stderr(), "error: {}", escape_control(&message));
+                // A refusal for want of room carries its table over several lines.
+                let message = if e
+                    .chain()
+                    .any(|c| matches!(c.downcast_ref::<Error>(), Some(Error::NoRoom(_))))
+                {
+                    report::escape_control_lines(&message)
+                } else {
+                    escape_control(&message).into_owned()
+                };
+                let _ = writeln!(std::io::stderr(), "error: {message}");
             }
             ExitCode::from(exit_code(&e))
         }
@@ -905,6 +914,7 @@ async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<ExitCode> {
         } else {
             let mut text = Vec::new();
             report::print_plan(&mut text, &plan, None)?;
+            report::print_space(&mut text, &plan.space)?;
             report::write_raw(&String::from_utf8_lossy(&text))?;
             outln!("dry run: nothing was changed")?;
         }
@@ -957,9 +967,9 @@ async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<ExitCode> {
         for s in &report.skipped_failed {
             outln!("  skipped {s}: it failed when the image was made")?;
         }
-        for s in &report.left_out {
-            outln!("  not restored: {s} (audit records; pass --include-audits to restore them)")?;
-        }
+        let mut text = Vec::new();
+        report::print_summary(&mut text, &report.summary)?;
+        report::write_raw(&String::from_utf8_lossy(&text))?;
     }
     Ok(if report.skipped_failed.is_empty() {
         ExitCode::SUCCESS

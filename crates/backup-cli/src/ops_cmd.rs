@@ -128,6 +128,28 @@ pub(crate) fn status(engine: &Engine, json: bool) -> anyhow::Result<ExitCode> {
         )?,
         None => outln!("last failure:   none")?,
     }
+    if let Some(r) = &s.last_restore {
+        let place = match &r.target {
+            Some(t) => format!(" under {}", t.display()),
+            None => String::new(),
+        };
+        outln!(
+            "last restore:   {} {}{}: restored {}",
+            when(&r.time),
+            escape_control(&r.image),
+            escape_control(&place),
+            if r.summary.restored.is_empty() {
+                "nothing".to_string()
+            } else {
+                r.summary.restored.join(", ")
+            }
+        )?;
+        let mut text = Vec::new();
+        crate::report::print_summary(&mut text, &r.summary)?;
+        for line in String::from_utf8_lossy(&text).lines() {
+            outln!("  {}", line.trim_start())?;
+        }
+    }
     if let Some(r) = &s.last_skipped {
         outln!(
             "last skipped:   {} {}",
@@ -166,12 +188,15 @@ pub(crate) fn audit(engine: &Engine, since: Option<&str>, json: bool) -> anyhow:
             None => r.operation.clone(),
         };
         outln!(
-            "{}  {:<10} {:<14} {:<9} {}{}",
+            "{}  {:<10} {:<14} {:<9} {}{}{}",
             when(&r.time),
             r.actor,
             operation,
             r.outcome,
             escape_control(&r.target),
+            r.summary
+                .map(|s| format!("  [{}]", escape_control(&s)))
+                .unwrap_or_default(),
             r.error
                 .map(|e| format!("  ({})", escape_control(&e)))
                 .unwrap_or_default()

@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use backup_core::{ComponentPlan, Event, Progress, RestoreApproval, RestorePlan};
+use backup_core::{
+    ComponentPlan, Event, Progress, RestoreApproval, RestorePlan, RestoreSummary, SpaceNeed,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Standard output was closed by its reader (a pipe into `head`): the
@@ -441,11 +443,52 @@ pub(crate) fn print_plan(
     for s in &plan.skipped_failed {
         writeln!(out, "  skipped {s}: it failed when the image was made")?;
     }
-    for s in &plan.left_out {
+    print_summary(out, &plan.summary)
+}
+
+/// The post-restore report after the restored components: what the image
+/// holds that was not restored, what this appliance has that the image
+/// lacks, each with why, and the operator's `after_restore` notes.
+pub(crate) fn print_summary(
+    out: &mut dyn std::io::Write,
+    summary: &RestoreSummary,
+) -> std::io::Result<()> {
+    for a in &summary.not_restored {
         writeln!(
             out,
-            "  not restored: {s} (audit records; pass --include-audits to restore them)"
+            "  not restored: {} ({})",
+            a.component,
+            escape_control(&a.reason)
         )?;
+    }
+    for a in &summary.not_in_image {
+        writeln!(
+            out,
+            "  not in the image: {} ({})",
+            a.component,
+            escape_control(&a.reason)
+        )?;
+    }
+    for n in &summary.notes {
+        writeln!(
+            out,
+            "  after restoring {}: {}",
+            n.component,
+            escape_control(&n.note)
+        )?;
+    }
+    Ok(())
+}
+
+/// The room staging needs, per component and file system, as the restore
+/// checks it before staging anything.
+pub(crate) fn print_space(out: &mut dyn std::io::Write, rows: &[SpaceNeed]) -> std::io::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    writeln!(out, "room to stage (checked before anything is written):")?;
+    for line in backup_core::space_table(rows).lines() {
+        writeln!(out, "  {}", escape_control(line))?;
     }
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! writes the image.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -64,6 +64,7 @@ pub(crate) async fn create(engine: &Context<'_>, opts: &CreateOptions) -> Result
     }
 
     let result = async {
+        check_scratch(engine, &plan)?;
         guard.before_hook(&name)?;
         if opts.destination.stores() {
             preflight(&storage, &plan).await?;
@@ -163,6 +164,39 @@ async fn preflight(storage: &Arc<dyn Storage>, plan: &Plan) -> Result<()> {
     Ok(())
 }
 
+/// Refuses a backup before any component is read when the scratch space
+/// (`state_dir/tmp`) has less room than the largest snapshot a component
+/// spools there (components take turns, each removing its own).
+fn check_scratch(engine: &Context<'_>, plan: &Plan) -> Result<()> {
+    let Some((component, needed)) = plan
+        .items
+        .iter()
+        .filter_map(|i| Some((i.component.name(), i.component.scratch_estimate()?)))
+        .max_by_key(|(_, n)| *n)
+    else {
+        return Ok(());
+    };
+    let scratch = engine.config.appliance.state_dir.join("tmp");
+    let existing = scratch
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
+    let st = rustix::fs::statvfs(existing).map_err(|e| {
+        Error::io(
+            format!("reading the free space of {}", existing.display()),
+            e.into(),
+        )
+    })?;
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    if needed > free {
+        return Err(Error::Preflight(format!(
+            "component {component} needs about {needed} bytes of scratch space for its snapshot and {} has {free} bytes free; free space there, or set [appliance] state_dir on a larger file system",
+            scratch.display()
+        )));
+    }
+    Ok(())
+}
+
 fn scratch_dir(engine: &Context<'_>) -> Result<PathBuf> {
     let state = &engine.config.appliance.state_dir;
     crate::util::run_scratch_dir(state).map_err(|e| {
@@ -217,6 +251,7 @@ async fn write_image(
         selection,
         items,
         not_applicable,
+        not_applicable_reasons,
     } = plan;
     for n in &not_applicable {
         progress.event(&Event::Warning {
@@ -235,6 +270,7 @@ async fn write_image(
         cluster: a.cluster.clone(),
         created,
         selection,
+        not_applicable: not_applicable_reasons,
         components: items
             .iter()
             .map(|i| PlannedComponent {

@@ -327,6 +327,10 @@ pub struct ComponentConfig {
     /// Marks audit records: excluded from a standard backup unless audits are
     /// included. Defaults to `name == "audits"`.
     pub audit: Option<bool>,
+    /// Reminders shown (and kept in the status) after the component is
+    /// restored, e.g. "re-enroll VPN certificates".
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after_restore: Vec<String>,
 }
 
 fn yes() -> bool {
@@ -347,6 +351,8 @@ struct RawComponent {
     applicable_if_exists: Option<PathBuf>,
     #[serde(default)]
     audit: Option<bool>,
+    #[serde(default)]
+    after_restore: Vec<String>,
     #[serde(default)]
     paths: Option<Vec<PathBuf>>,
     #[serde(default)]
@@ -416,6 +422,7 @@ impl TryFrom<RawComponent> for ComponentConfig {
             requires: r.requires,
             applicable_if_exists: r.applicable_if_exists,
             audit: r.audit,
+            after_restore: r.after_restore,
         })
     }
 }

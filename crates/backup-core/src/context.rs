@@ -199,6 +199,12 @@ impl<'a> Context<'a> {
         record.bytes = bytes;
         record.duration_ms = started.elapsed().as_millis() as u64;
         record.error = error;
+        self.append_audit(record);
+    }
+
+    /// Appends `record`, with this call's trigger; a failure to write it is
+    /// reported, not fatal.
+    pub(crate) fn append_audit(&self, mut record: AuditRecord) {
         record.trigger = self.trigger.audit_name().map(str::to_string);
         if let Err(e) = self.audit_log().append(&record) {
             self.warn(format!("the audit log could not be written: {e}"));

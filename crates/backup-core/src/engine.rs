@@ -129,6 +129,7 @@ impl EngineBuilder {
                 default: c.default,
                 requires: c.requires.clone(),
                 audit: c.is_audit(),
+                after_restore: c.after_restore.clone(),
             };
             components.push(Registered { component, options });
         }

@@ -102,6 +102,11 @@ pub enum Error {
         /// What went wrong (and what was rolled back).
         reason: String,
     },
+    /// The file systems a restore would stage on lack the room for the
+    /// selected components: refused before anything was written. Holds the
+    /// table (component, file system, needed, free).
+    #[error("not enough free space to stage the restore; nothing was written:\n{0}\nfree space on the file system marked, restore fewer components (--component), or restore under --target on a larger file system")]
+    NoRoom(String),
     /// Another backup or restore holds the lock; this one was skipped.
     #[error("skipped: {0}")]
     Busy(String),
@@ -231,7 +236,8 @@ impl Error {
             Error::VersionMismatch { .. }
             | Error::IdentityMismatch { .. }
             | Error::UnsafeArchive { .. }
-            | Error::Preflight(_) => ErrorKind::Refused,
+            | Error::Preflight(_)
+            | Error::NoRoom(_) => ErrorKind::Refused,
             Error::Busy(_) => ErrorKind::Busy,
             Error::Crypto(c) => c.into(),
             Error::Storage(s) => s.into(),
@@ -267,6 +273,7 @@ impl Error {
             Error::RestoreFailed { .. } => "restore_failed",
             Error::Busy(_) => "busy",
             Error::Preflight(_) => "preflight",
+            Error::NoRoom(_) => "no_room",
             Error::Hook { .. } => "hook",
             Error::Crypto(c) => crypto_name(c),
             Error::Storage(s) => storage_name(s),

@@ -262,6 +262,14 @@ impl<'e> RunGuard<'e> {
         }
     }
 
+    /// Keeps a finished restore (with its report) as the last restore; it is
+    /// written with the end of the run.
+    pub(crate) fn record_restore(&mut self, record: crate::ops::status::RestoreRecord) {
+        self.status
+            .get_or_insert_with(StatusFile::default)
+            .last_restore = Some(record);
+    }
+
     /// The status record of this run failing with `e` on `image`.
     pub(crate) fn failure_record(&self, image: Option<&str>, e: &Error) -> RunRecord {
         RunRecord {
@@ -299,6 +307,19 @@ impl<'e> RunGuard<'e> {
             Ok(v) => self.audit(target, "done", bytes(v), None),
             Err(e) => self.audit(target, e.kind().audit_outcome(), 0, Some(e.to_string())),
         }
+    }
+
+    /// Audits a restore put into place, with its report in short.
+    pub(crate) fn audit_restored(&self, target: &str, summary: String) {
+        let mut record = crate::ops::audit::AuditRecord::new(
+            self.engine.actor.clone(),
+            self.op.audit_name(),
+            target,
+            "done",
+        );
+        record.duration_ms = self.started.elapsed().as_millis() as u64;
+        record.summary = Some(summary).filter(|s| !s.is_empty());
+        self.engine.append_audit(record);
     }
 
     /// Runs the `before` hook of a backup; its failure fails the backup.

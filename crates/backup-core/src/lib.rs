@@ -107,12 +107,12 @@ pub use keys::{
 pub use ops::audit::AuditRecord;
 pub use ops::lock::{LockHolder, OperationLock};
 pub use ops::retention::{RetentionDecision, RetentionPolicy};
-pub use ops::status::{CurrentRun, RunRecord};
+pub use ops::status::{CurrentRun, RestoreRecord, RunRecord};
 pub use plan::CreateOptions;
 pub use progress::{Event, NoProgress, Progress};
 pub use restore::{
-    ComponentPlan, PathList, RestoreApproval, RestoreOptions, RestorePlan, RestoreReport,
-    PLAN_PATHS_KEPT,
+    space_table, Absent, ComponentPlan, Note, PathList, RestoreApproval, RestoreOptions,
+    RestorePlan, RestoreReport, RestoreSummary, SpaceNeed, PLAN_PATHS_KEPT,
 };
 pub use runs::{ApplianceIdentity, StatusView, LOGS_DIR};
 pub use verify::VerifyReport;

@@ -15,6 +15,8 @@ pub(crate) struct Plan {
     pub(crate) items: Vec<PlanItem>,
     /// Components left out of a standard backup, with the reason.
     pub(crate) not_applicable: Vec<String>,
+    /// The same, name → reason, as the image records them.
+    pub(crate) not_applicable_reasons: std::collections::BTreeMap<String, String>,
 }
 
 impl Plan {
@@ -53,6 +55,7 @@ pub(crate) fn plan(engine: &Context<'_>, opts: &CreateOptions) -> Result<Plan> {
     let custom = !opts.components.is_empty();
     let mut items = Vec::new();
     let mut not_applicable = Vec::new();
+    let mut not_applicable_reasons = std::collections::BTreeMap::new();
     for reg in engine.components {
         let name = reg.component.name();
         let wanted = if custom {
@@ -71,6 +74,7 @@ pub(crate) fn plan(engine: &Context<'_>, opts: &CreateOptions) -> Result<Plan> {
         if let Applicability::NotApplicable(why) = &applicability {
             if !custom {
                 not_applicable.push(format!("{name} ({why})"));
+                not_applicable_reasons.insert(name.to_string(), why.to_string());
                 continue;
             }
             if opts.halt {
@@ -121,6 +125,7 @@ pub(crate) fn plan(engine: &Context<'_>, opts: &CreateOptions) -> Result<Plan> {
         },
         items,
         not_applicable,
+        not_applicable_reasons,
     })
 }
 

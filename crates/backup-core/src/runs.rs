@@ -51,6 +51,8 @@ pub struct StatusView {
     pub last_backup: Option<RunRecord>,
     /// Last run skipped because another held the lock.
     pub last_skipped: Option<RunRecord>,
+    /// Last restore put into place, with its post-restore report.
+    pub last_restore: Option<crate::ops::status::RestoreRecord>,
     /// Next scheduled backup, if a schedule is configured.
     pub next_run: Option<DateTime<Utc>>,
     /// The schedule (`cron … (time zone)`), or `schedule disabled`.
@@ -137,6 +139,7 @@ pub(crate) fn status(engine: &Context<'_>) -> Result<StatusView> {
         last_success: file.last_success,
         last_failure: file.last_failure,
         last_backup: file.last_backup,
+        last_restore: file.last_restore,
         last_skipped: store.last_skipped()?,
         next_run,
         schedule,

@@ -12,6 +12,8 @@ use backup_core::{
 
 #[path = "engine_awkward/mod.rs"]
 mod awkward;
+#[path = "engine_report/mod.rs"]
+mod report;
 #[path = "engine_sealing/mod.rs"]
 mod sealing;
 

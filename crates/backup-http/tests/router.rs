@@ -306,6 +306,7 @@ async fn a_failure_after_the_status_line_breaks_the_transfer_and_publishes_nothi
             requires: Vec::new(),
             applicable_if_exists: None,
             audit: None,
+            after_restore: Vec::new(),
         })
     });
     let node = f.engine.config().appliance.node.clone();
@@ -358,6 +359,7 @@ async fn a_second_backup_while_one_runs_is_refused_with_retry_after() {
             requires: Vec::new(),
             applicable_if_exists: None,
             audit: None,
+            after_restore: Vec::new(),
         })
     });
     let node = f.engine.config().appliance.node.clone();

@@ -139,6 +139,12 @@ pub trait Component: Send + Sync {
     fn applicability(&self) -> Applicability;
     /// Estimated snapshot size in bytes, if it can be known cheaply.
     fn estimate_size(&self) -> Option<u64>;
+    /// Bytes of scratch space its snapshot needs at most (a database copy,
+    /// a spooled dump), if it can be known cheaply; a backup refuses up
+    /// front when the scratch space lacks them. Default: none.
+    fn scratch_estimate(&self) -> Option<u64> {
+        None
+    }
     /// Writes the component's entries. `scratch` is a private directory for
     /// temporary files (removed afterwards).
     fn snapshot(&self, sink: &mut dyn EntrySink, scratch: &Path) -> Result<(), SnapshotError>;
@@ -171,6 +177,9 @@ pub struct ComponentOptions {
     pub requires: Vec<String>,
     /// Holds audit records (a standard backup includes it only with `include_audits`).
     pub audit: bool,
+    /// The operator's reminders shown after the component is restored
+    /// ("re-enroll VPN certificates").
+    pub after_restore: Vec<String>,
 }
 
 impl Default for ComponentOptions {
@@ -179,6 +188,7 @@ impl Default for ComponentOptions {
             default: true,
             requires: Vec::new(),
             audit: false,
+            after_restore: Vec::new(),
         }
     }
 }

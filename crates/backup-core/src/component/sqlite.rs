@@ -55,6 +55,11 @@ impl Component for SqliteComponent {
         std::fs::metadata(&self.path).ok().map(|m| m.len())
     }
 
+    fn scratch_estimate(&self) -> Option<u64> {
+        // The snapshot is a copy of the database, WAL included.
+        self.estimate_size()
+    }
+
     fn snapshot(&self, sink: &mut dyn EntrySink, scratch: &Path) -> Result<(), SnapshotError> {
         let failed = |what: &str, e: &dyn std::fmt::Display| {
             SnapshotError::Failed(format!("{what} {}: {e}", self.path.display()))

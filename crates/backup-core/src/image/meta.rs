@@ -30,6 +30,10 @@ pub struct BackupInfo {
     pub selection: Selection,
     /// The components the backup set out to take, in archive order.
     pub components: Vec<PlannedComponent>,
+    /// Components a standard backup left out because they were not
+    /// applicable on this node: name → why (absent in older images).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub not_applicable: std::collections::BTreeMap<String, String>,
     /// Payload codec.
     pub compression: Compression,
     /// Version of the engine that wrote it.

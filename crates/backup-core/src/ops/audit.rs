@@ -43,6 +43,10 @@ pub struct AuditRecord {
     /// For a request to the HTTP service: the client's `User-Agent`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_agent: Option<String>,
+    /// For a restore: what it left out and why, and how many
+    /// `after_restore` notes it has (its post-restore report in short).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
 }
 
 impl AuditRecord {
@@ -65,6 +69,7 @@ impl AuditRecord {
             trigger: None,
             route: None,
             user_agent: None,
+            summary: None,
         }
     }
 }

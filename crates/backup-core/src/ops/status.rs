@@ -53,6 +53,20 @@ pub struct RunRecord {
     pub reason: Option<String>,
 }
 
+/// The last restore, with its post-restore report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreRecord {
+    /// When it ended.
+    pub time: DateTime<Utc>,
+    /// The image restored.
+    pub image: String,
+    /// `--target`, if given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<PathBuf>,
+    /// What was restored, what was not and why, and the notes.
+    pub summary: crate::restore::RestoreSummary,
+}
+
 /// The contents of `status.json`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct StatusFile {
@@ -66,6 +80,9 @@ pub(crate) struct StatusFile {
     pub last_backup: Option<RunRecord>,
     /// The last time the daemon was known alive (for missed-run reports).
     pub daemon_seen: Option<DateTime<Utc>>,
+    /// The last restore that was put into place, with its report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_restore: Option<RestoreRecord>,
 }
 
 /// Reads and writes the status of a state directory.

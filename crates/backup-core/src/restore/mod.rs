@@ -17,6 +17,7 @@ use crate::guard::{Operation, RunGuard};
 use crate::image::reader::{EntryView, Visitor, WalkResult};
 use crate::image::{BackupInfo, EntryKind, Outcome, PlannedComponent};
 use crate::images::ImageRef;
+use crate::ops::status::RestoreRecord;
 use crate::progress::{Event, Progress};
 use crate::util::join_error;
 use crate::{Error, Result};
@@ -24,7 +25,9 @@ use crate::{Error, Result};
 mod commit;
 mod plan;
 mod precheck;
+mod space;
 mod stage;
+mod summary;
 
 use commit::{commit, decide, ordered_for_commit};
 pub(crate) use precheck::PrecheckConfig;
@@ -35,6 +38,10 @@ use stage::{create_dirs_tracked, RestoreVisitor};
 
 use plan::{plan_component, ImageSide, PlanVisitor};
 pub use plan::{ComponentPlan, PathList, RestoreApproval, RestorePlan, PLAN_PATHS_KEPT};
+use space::check_space;
+pub use space::{space_table, SpaceNeed};
+use summary::summarize;
+pub use summary::{Absent, Note, RestoreSummary};
 
 /// What `restore` should do.
 #[derive(Clone, Default)]
@@ -119,6 +126,9 @@ pub struct RestoreReport {
     pub left_out: Vec<String>,
     /// `--target`, if given.
     pub target: Option<PathBuf>,
+    /// What was restored, what was not and why, and the operator's
+    /// `after_restore` notes.
+    pub summary: RestoreSummary,
     /// What the restore replaced, added, removed and kept.
     pub plan: RestorePlan,
 }
@@ -210,9 +220,21 @@ async fn restore_guarded(
         .as_ref()
         .err()
         .map(|e| guard.failure_record(Some(&shown), e));
+    if let Ok(report) = &result {
+        guard.record_restore(RestoreRecord {
+            time: Utc::now(),
+            image: shown.clone(),
+            target: opts.target.clone(),
+            summary: report.summary.clone(),
+        });
+    }
     let _ = guard.record_end(failure, true);
     let restored = result.as_ref().ok().map(|r| r.restored.as_slice());
-    guard.audit_result(&opts.audit_target(&shown, restored), &result, |_| 0);
+    let target = opts.audit_target(&shown, restored);
+    match &result {
+        Ok(report) => guard.audit_restored(&target, report.summary.audit_line()),
+        Err(_) => guard.audit_result(&target, &result, |_| 0),
+    }
     result
 }
 
@@ -246,10 +268,7 @@ async fn restore_image(
     let loc = image;
     // Pre-checks from the sidecar, before downloading anything.
     let index = crate::images::index(engine, loc).await?;
-    if let Some(s) = &index.sidecar {
-        precheck(engine, &s.info, opts)?;
-        check_selection(&s.info, Some(&s.manifest.components), &opts.components)?;
-    }
+    let space = precheck_sidecar(engine, &index, opts)?;
     // Directories this restore creates are removed again if it fails.
     let mut created_dirs = Vec::new();
     if let Some(t) = &opts.target {
@@ -279,6 +298,7 @@ async fn restore_image(
     };
     // The walk verified every component; decide what goes into place.
     let left_out = visitor.selector.select(&walked.info).1;
+    let selected = visitor.selected.clone();
     let result = (|| {
         let decided = decide(&walked, &visitor.selected, &opts.components)?;
         for stager in visitor.stagers.values_mut() {
@@ -308,12 +328,21 @@ async fn restore_image(
     let progress = engine.progress.clone();
     let target = opts.target.clone();
     let approval = opts.approval.clone();
+    let would_restore: Vec<String> = plan.iter().map(|(p, ..)| p.name.clone()).collect();
     let mut shown = RestorePlan {
         image: loc.shown(),
         target: target.clone(),
         components: Vec::new(),
         skipped_failed: skipped_failed.clone(),
         left_out: left_out.clone(),
+        space,
+        summary: summarize(
+            engine,
+            &walked.info,
+            &walked.manifest,
+            &selected,
+            &would_restore,
+        ),
     };
     let committed = tokio::task::spawn_blocking(move || {
         // Planned from the staged trees, right before the first change.
@@ -350,12 +379,14 @@ async fn restore_image(
     visitor.committed = committed.is_ok();
     visitor.cleanup();
     let (restored, plan) = committed?;
+    let summary = summarize(engine, &walked.info, &walked.manifest, &selected, &restored);
     Ok(RestoreReport {
         image: loc.shown(),
         restored,
         skipped_failed,
         left_out,
         target: opts.target.clone(),
+        summary,
         plan,
     })
 }
@@ -370,10 +401,7 @@ async fn plan_restore(
 ) -> Result<RestorePlan> {
     let loc = image;
     let index = crate::images::index(engine, loc).await?;
-    if let Some(s) = &index.sidecar {
-        precheck(engine, &s.info, opts)?;
-        check_selection(&s.info, Some(&s.manifest.components), &opts.components)?;
-    }
+    let space = precheck_sidecar(engine, &index, opts)?;
     let visitor = PlanVisitor {
         config: PrecheckConfig::of(engine, opts),
         requested: opts.components.clone(),
@@ -391,6 +419,14 @@ async fn plan_restore(
         steps.push((p.clone(), restorer_for(engine, p, opts.target.as_deref())?));
     }
     let left_out = visitor.selector.select(&walked.info).1;
+    let names: Vec<String> = steps.iter().map(|(p, _)| p.name.clone()).collect();
+    let summary = summarize(
+        engine,
+        &walked.info,
+        &walked.manifest,
+        &visitor.selected,
+        &names,
+    );
     let mut trees = visitor.trees;
     let target = opts.target.clone();
     let image = loc.shown();
@@ -413,10 +449,37 @@ async fn plan_restore(
             components,
             skipped_failed,
             left_out,
+            space,
+            summary,
         })
     })
     .await
     .map_err(join_error)?
+}
+
+/// The checks a sidecar manifest allows before anything is read or
+/// written: identity and version, the selection, and the room to stage
+/// each selected component (the table of that check). Without a sidecar
+/// (an image file), the walk checks identity and selection as it reads, and
+/// the sizes are not known in advance.
+fn precheck_sidecar(
+    engine: &Context<'_>,
+    index: &crate::images::Index,
+    opts: &RestoreOptions,
+) -> Result<Vec<SpaceNeed>> {
+    let Some(s) = &index.sidecar else {
+        return Ok(Vec::new());
+    };
+    precheck(engine, &s.info, opts)?;
+    check_selection(&s.info, Some(&s.manifest.components), &opts.components)?;
+    let selected = selector(engine, opts).select(&s.info).0;
+    check_space(
+        &s.info,
+        &s.manifest.components,
+        &selected,
+        opts.target.as_deref(),
+        &engine.config.appliance.state_dir.join("tmp"),
+    )
 }
 
 /// The selection rules of a restore, with the audit components this

@@ -33,6 +33,12 @@ pub struct RestorePlan {
     /// Audit components of the image that are not restored because they were
     /// not asked for (`include_audits`, or naming them).
     pub left_out: Vec<String>,
+    /// The room staging needs per component and file system, as checked
+    /// before anything was staged (empty when the image has no sidecar
+    /// manifest to take the sizes from).
+    pub space: Vec<super::SpaceNeed>,
+    /// What is restored, what is not and why, and the `after_restore` notes.
+    pub summary: super::RestoreSummary,
 }
 
 /// One component of a [`RestorePlan`]. Paths are where the restore writes

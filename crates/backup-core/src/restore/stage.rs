@@ -18,13 +18,6 @@ pub(super) struct RestoreVisitor {
 }
 
 impl RestoreVisitor {
-    fn destination(&self, abs: &Path) -> PathBuf {
-        match &self.target {
-            Some(t) => t.join(abs.strip_prefix("/").unwrap_or(abs)),
-            None => abs.to_path_buf(),
-        }
-    }
-
     /// Removes the staging directories, and — unless the restore was put
     /// into place — the directories it created, deepest first (only empty ones).
     pub(super) fn cleanup(&mut self) {
@@ -71,17 +64,9 @@ impl Visitor for RestoreVisitor {
             .iter()
             .filter(|c| self.selected.contains(&c.name))
         {
-            // The walk checked the roots (plain absolute paths) before this call.
-            let roots: Vec<PathBuf> = planned.roots.iter().map(PathBuf::from).collect();
-            // Stage next to the first destination so the final move is a rename.
-            let base = match roots.first() {
-                Some(r) => self
-                    .destination(r)
-                    .parent()
-                    .map(Path::to_path_buf)
-                    .unwrap_or_else(|| PathBuf::from("/")),
-                None => self.scratch.clone(),
-            };
+            // The walk checked the roots (plain absolute paths) before this
+            // call; the staging goes where the space check looked.
+            let base = super::space::staging_base(planned, self.target.as_deref(), &self.scratch);
             create_dirs_tracked(&base, &mut self.created_dirs)
                 .map_err(|e| Error::io(format!("creating {}", base.display()), e))?;
             let root = base.join(format!(

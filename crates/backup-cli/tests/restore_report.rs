@@ -1,0 +1,218 @@
+//! What `backup restore` says after a restore (and its dry run), kept in
+//! `backup status` and the audit log; and the room checks on real small
+//! file systems: a restore that cannot be staged, a backup whose scratch
+//! space cannot hold a snapshot.
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::util::*;
+
+/// A tmpfs mounted (`mount -t tmpfs`, as root) on a directory for the life
+/// of the value.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        fs::create_dir_all(dir).unwrap();
+        let out = run(Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir));
+        assert_eq!(
+            out.code,
+            0,
+            "mount -t tmpfs failed: this test needs root and permission to mount\n{}",
+            out.dump()
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .stdin(Stdio::null())
+            .status();
+    }
+}
+
+/// config (with two reminders) + maindb, audits (not in a standard
+/// backup) and a database dump that does not apply on this node.
+fn reporting_fixture() -> Fixture {
+    Fixture::custom(|fx| {
+        let dir = fx.root.join("var/log/app/audit");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("audit-1.jsonl"), "{\"seq\":1}\n").unwrap();
+        fx.spec.components[0]
+            .push_str("after_restore = [\"re-enroll VPN certificates\", \"redeploy policy\"]\n");
+        fx.spec.components.push(files_component(
+            "audits",
+            &[&dir],
+            "default = false\nrequires = [\"maindb\"]\n",
+        ));
+        fx.spec.components.push(command_component(
+            "pgdb",
+            &["true"],
+            "applicable_if_exists = \"/nonexistent/run/postgresql\"\n",
+        ));
+    })
+}
+
+#[test]
+fn a_restore_reports_what_it_left_out_and_why_with_the_notes_everywhere() {
+    let fx = reporting_fixture();
+    let (name, _) = fx.create(&[]);
+    let target = fx.fresh_dir("t");
+    let t = target.to_str().unwrap();
+    let lines = [
+        "not in the image: audits (audits not included in the backup)",
+        "not in the image: pgdb (not applicable on the source node (/nonexistent/run/postgresql does not exist on that node))",
+        "after restoring config: re-enroll VPN certificates",
+        "after restoring config: redeploy policy",
+    ];
+    let dry = fx.backup(&["restore", &name, "--target", t, "--dry-run"]);
+    dry.expect(0).mentions("room to stage");
+    for l in lines {
+        dry.mentions(l);
+    }
+    let out = fx.backup(&["restore", &name, "--target", t]);
+    out.expect(0).mentions("restored config, maindb");
+    for l in lines {
+        out.mentions(l);
+    }
+
+    let status = fx.backup(&["status"]);
+    status.expect(0).mentions("last restore:");
+    status.mentions(&format!("{name} under {t}: restored config, maindb"));
+    for l in lines {
+        status.mentions(l);
+    }
+    let json = run(fx.cmd().args(["--json", "status"])).expect(0).json();
+    let last = &json["last_restore"];
+    assert_eq!(last["image"], name.as_str(), "{json:#}");
+    assert_eq!(
+        last["summary"]["restored"],
+        serde_json::json!(["config", "maindb"])
+    );
+    assert_eq!(
+        last["summary"]["notes"][0]["note"],
+        "re-enroll VPN certificates"
+    );
+
+    // A selection: maindb is named as not selected, in --json too.
+    let t2 = fx.fresh_dir("t2");
+    let json = run(fx.cmd().args([
+        "--json",
+        "restore",
+        &name,
+        "--target",
+        t2.to_str().unwrap(),
+        "-C",
+        "config",
+    ]))
+    .expect(0)
+    .json();
+    let s = &json["summary"];
+    assert_eq!(s["restored"], serde_json::json!(["config"]), "{json:#}");
+    assert_eq!(
+        s["not_restored"],
+        serde_json::json!([{
+            "component": "maindb",
+            "reason": "not selected: name it with --component to restore it"
+        }])
+    );
+    assert_eq!(s["not_in_image"][0]["component"], "audits");
+    assert_eq!(s["not_in_image"][1]["component"], "pgdb");
+
+    let audit = run(fx.cmd().args(["--json", "audit"])).expect(0).json();
+    let summaries: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["operation"] == "restore" && r["outcome"] == "done")
+        .map(|r| r["summary"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(summaries.len(), 2, "{audit:#}");
+    assert!(
+        summaries[1].starts_with("not restored: maindb (not selected")
+            && summaries[1]
+                .contains("not in the image: audits (audits not included in the backup)")
+            && summaries[1].ends_with("; 2 after-restore note(s)"),
+        "{summaries:?}"
+    );
+    assert!(
+        summaries[0].ends_with("; 2 after-restore note(s)"),
+        "{summaries:?}"
+    );
+    fx.backup(&["audit"])
+        .expect(0)
+        .mentions("[not restored: maindb");
+}
+
+#[test]
+fn a_restore_onto_a_too_small_file_system_is_refused_with_the_table_and_writes_nothing() {
+    let fx = Fixture::custom(|fx| {
+        fs::write(fx.etc.join("bulk.bin"), pseudo_random(7, 3 << 20)).unwrap();
+    });
+    let (name, _) = fx.create(&[]);
+    let small = fx.dir.join("small");
+    let _small = Tmpfs::mount(&small, "1m");
+    let s = small.to_str().unwrap();
+    for args in [
+        vec!["restore", &name, "--target", s, "--dry-run"],
+        vec!["restore", &name, "--target", s],
+    ] {
+        let out = fx.backup(&args);
+        out.expect(1)
+            .mentions("not enough free space to stage the restore; nothing was written")
+            .mentions("file system")
+            .mentions("needed");
+        let row = out
+            .stderr
+            .lines()
+            .find(|l| l.trim_start().starts_with("config "))
+            .unwrap_or_else(|| panic!("a row for config\n{}", out.dump()));
+        assert!(
+            row.contains(s) && row.ends_with("(does not fit)"),
+            "{}",
+            out.dump()
+        );
+        assert_eq!(leftovers(&small), Vec::<String>::new(), "{}", out.dump());
+        assert!(fs::read_dir(&small).unwrap().next().is_none());
+    }
+    let audit = run(fx.cmd().args(["--json", "audit"])).expect(0).json();
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["operation"] == "restore" && r["outcome"] == "refused"),
+        "{audit:#}"
+    );
+}
+
+#[test]
+fn a_backup_whose_scratch_space_cannot_hold_the_database_snapshot_is_refused_up_front() {
+    let fx = Fixture::custom(|fx| {
+        let db = rusqlite::Connection::open(&fx.db).unwrap();
+        db.execute_batch(
+            "CREATE TABLE bulk (b BLOB); INSERT INTO bulk VALUES (randomblob(2097152));",
+        )
+        .unwrap();
+    });
+    let scratch = fx.state.join("tmp");
+    let _tmp = Tmpfs::mount(&scratch, "512k");
+    let out = fx.backup(&["create"]);
+    out.expect(1)
+        .mentions("component maindb needs about")
+        .mentions(&format!("{} has", scratch.display()))
+        .mentions("[appliance] state_dir");
+    let images: Vec<_> = fs::read_dir(&fx.store)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".bkp"))
+        .collect();
+    assert!(images.is_empty(), "{images:?}");
+}
