@@ -75,7 +75,7 @@ mod transfer;
 mod util;
 mod verify;
 
-pub use backup::CreateReport;
+pub use backup::{CreateReport, PROBE_OBJECT};
 pub use browse::{Access, Browse, BrowseImage, BrowseView, DownloadLink, LinkSigner};
 pub use component::ComponentOptions;
 pub use component::{
@@ -114,6 +114,7 @@ pub use restore::{
     ComponentPlan, PathList, RestoreApproval, RestoreOptions, RestorePlan, RestoreReport,
     PLAN_PATHS_KEPT,
 };
+pub use retention::KEPT_BY_LOCK;
 pub use runs::{ApplianceIdentity, StatusView, LOGS_DIR};
 pub use verify::VerifyReport;
 
