@@ -299,6 +299,9 @@ async fn write_image(
                     kind: c.kind().to_string(),
                 });
                 let begun = tar.begin_component(&name, &planned.roots);
+                if begun.is_ok() {
+                    tar.leave_out(&item.left_out);
+                }
                 let result = match (&item.applicability, begun) {
                     (_, Err(reason)) => Err(SnapshotError::Failed(reason)),
                     (Applicability::NotApplicable(why), _) => Err(SnapshotError::Failed(format!(

@@ -66,6 +66,7 @@ mod keys;
 mod lazy_storage;
 mod model;
 mod ops;
+mod own_paths;
 mod plan;
 mod progress;
 mod restore;

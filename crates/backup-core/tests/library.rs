@@ -14,6 +14,8 @@ use backup_testkit::MemoryStorage;
 mod hostile;
 #[path = "library/object_lock.rs"]
 mod object_lock;
+#[path = "library/own_places.rs"]
+mod own_places;
 #[path = "library/partial.rs"]
 mod partial;
 #[path = "library/refusals.rs"]

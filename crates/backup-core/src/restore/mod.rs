@@ -250,6 +250,9 @@ async fn restore_image(
         precheck(engine, &s.info, opts)?;
         check_selection(&s.info, Some(&s.manifest.components), &opts.components)?;
     }
+    let prechecks = PrecheckConfig::of(engine, opts);
+    prechecks.check_target()?;
+    let own = prechecks.own.clone();
     // Directories this restore creates are removed again if it fails.
     let mut created_dirs = Vec::new();
     if let Some(t) = &opts.target {
@@ -259,7 +262,7 @@ async fn restore_image(
     let visitor = RestoreVisitor {
         created_dirs,
         committed: false,
-        config: PrecheckConfig::of(engine, opts),
+        config: prechecks,
         requested: opts.components.clone(),
         selector: selector(engine, opts),
         target: opts.target.clone(),
@@ -329,6 +332,7 @@ async fn restore_image(
                 &**c,
                 target.as_deref(),
                 PLAN_PATHS_KEPT,
+                &own,
             )?);
         }
         if let Some(approval) = &approval {
@@ -341,7 +345,7 @@ async fn restore_image(
                 ));
             }
         }
-        let restored = commit(plan, target.as_deref(), &*progress)?;
+        let restored = commit(plan, target.as_deref(), &own, &*progress)?;
         Ok((restored, shown))
     })
     .await
@@ -374,8 +378,11 @@ async fn plan_restore(
         precheck(engine, &s.info, opts)?;
         check_selection(&s.info, Some(&s.manifest.components), &opts.components)?;
     }
+    let prechecks = PrecheckConfig::of(engine, opts);
+    prechecks.check_target()?;
+    let own = prechecks.own.clone();
     let visitor = PlanVisitor {
-        config: PrecheckConfig::of(engine, opts),
+        config: prechecks,
         requested: opts.components.clone(),
         selector: selector(engine, opts),
         selected: Vec::new(),
@@ -405,6 +412,7 @@ async fn plan_restore(
                 &**c,
                 target.as_deref(),
                 usize::MAX,
+                &own,
             )?);
         }
         Ok(RestorePlan {
