@@ -98,8 +98,10 @@ mod tests {
             Some(PathBuf::from("/var/back ups"))
         );
         assert_eq!(local_dir("nfs://nas/export", &none), None);
-        let mut mounted = OpenOptions::default();
-        mounted.mount = Some(PathBuf::from("/mnt/backups"));
+        let mounted = OpenOptions {
+            mount: Some(PathBuf::from("/mnt/backups")),
+            ..Default::default()
+        };
         assert_eq!(
             local_dir("nfs://nas/export/sub", &mounted),
             Some(PathBuf::from("/mnt/backups"))
