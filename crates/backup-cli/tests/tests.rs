@@ -22,6 +22,7 @@ mod ops_daemon;
 mod ops_keys;
 mod ops_runs;
 mod output_contract;
+mod own_places;
 mod restore_report;
 mod serve;
 mod users;

@@ -67,7 +67,7 @@ pub(crate) async fn create(engine: &Context<'_>, opts: &CreateOptions) -> Result
         check_scratch(engine, &plan)?;
         guard.before_hook(&name)?;
         if opts.destination.stores() {
-            preflight(&storage, &plan).await?;
+            preflight(engine, &storage, &plan).await?;
         }
         write_image(
             engine,
@@ -138,19 +138,27 @@ async fn unique_destination(
     }
 }
 
+/// The object the write probe of a backup's preflight writes and deletes.
+/// One fixed name, reused by every backup: on a store that keeps what it is
+/// given (S3 Object Lock, versioning) the probes leave at most this one
+/// object (and its versions) behind, never one per backup.
+pub const PROBE_OBJECT: &str = ".backup-probe";
+
 /// Refuses a backup before any component is read when the storage is not
-/// reachable, not writable, or reports less free space than the estimate.
-async fn preflight(storage: &Arc<dyn Storage>, plan: &Plan) -> Result<()> {
-    let probe = format!(".backup-probe-{}", crate::util::random_tag());
-    storage
-        .put_bytes(
-            &probe,
-            bytes::Bytes::from_static(b"probe"),
-            PutMode::Overwrite,
-        )
-        .await
-        .map_err(|e| Error::Preflight(format!("the storage {storage} is not writable: {e}")))?;
-    let _ = storage.delete(&probe).await;
+/// reachable, not writable (unless `[storage] probe = false`), or reports
+/// less free space than the estimate.
+async fn preflight(engine: &Context<'_>, storage: &Arc<dyn Storage>, plan: &Plan) -> Result<()> {
+    if engine.config.storage.probe {
+        storage
+            .put_bytes(
+                PROBE_OBJECT,
+                bytes::Bytes::from_static(b"probe"),
+                PutMode::Overwrite,
+            )
+            .await
+            .map_err(|e| Error::Preflight(format!("the storage {storage} is not writable: {e}")))?;
+        let _ = storage.delete(PROBE_OBJECT).await;
+    }
     let estimate = plan.estimate();
     if let Ok(cap) = storage.capacity().await {
         if let Some(free) = cap.free {
@@ -327,6 +335,9 @@ async fn write_image(
                     kind: c.kind().to_string(),
                 });
                 let begun = tar.begin_component(&name, &planned.roots);
+                if begun.is_ok() {
+                    tar.leave_out(&item.left_out);
+                }
                 let result = match (&item.applicability, begun) {
                     (_, Err(reason)) => Err(SnapshotError::Failed(reason)),
                     (Applicability::NotApplicable(why), _) => Err(SnapshotError::Failed(format!(

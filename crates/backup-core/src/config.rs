@@ -210,6 +210,16 @@ pub struct StorageConfig {
     /// instead of 0600.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+    /// Whether a backup first writes (and deletes) the small probe object
+    /// [`PROBE_OBJECT`](crate::PROBE_OBJECT) to prove the storage takes
+    /// writes. Off for a store that keeps every object it was ever given
+    /// and where even that one object is unwanted.
+    #[serde(default = "default_probe")]
+    pub probe: bool,
+}
+
+fn default_probe() -> bool {
+    true
 }
 
 fn default_storage_url() -> String {
@@ -223,6 +233,7 @@ impl Default for StorageConfig {
             prefix: String::new(),
             mount: None,
             group: None,
+            probe: true,
         }
     }
 }

@@ -145,6 +145,23 @@ impl EngineBuilder {
             }
             components.push(r);
         }
+        let own = crate::own_paths::OwnPaths::of(&config);
+        for r in &components {
+            for root in r.component.roots() {
+                if let Some(place) = own.holding(&root) {
+                    return Err(Error::Config {
+                        path: PathBuf::from("(config)"),
+                        reason: format!(
+                            "component {}: its root {} is inside {}, {}; no image holds the engine's own places (that would be a backup of the backups) — give the component the paths beside it, or move the state directory or the store out of the appliance's trees",
+                            r.component.name(),
+                            root.display(),
+                            place.path.display(),
+                            place.what
+                        ),
+                    });
+                }
+            }
+        }
         let source = self
             .key_source
             .unwrap_or_else(|| Box::new(KeyFile::in_state_dir(&config.appliance.state_dir)));

@@ -66,6 +66,7 @@ mod keys;
 mod lazy_storage;
 mod model;
 mod ops;
+mod own_paths;
 mod plan;
 mod progress;
 mod restore;
@@ -75,7 +76,7 @@ mod transfer;
 mod util;
 mod verify;
 
-pub use backup::CreateReport;
+pub use backup::{CreateReport, PROBE_OBJECT};
 pub use browse::{Access, Browse, BrowseImage, BrowseView, DownloadLink, LinkSigner};
 pub use component::ComponentOptions;
 pub use component::{
@@ -114,6 +115,7 @@ pub use restore::{
     space_table, Absent, ComponentPlan, Note, PathList, RestoreApproval, RestoreOptions,
     RestorePlan, RestoreReport, RestoreSummary, SpaceNeed, PLAN_PATHS_KEPT,
 };
+pub use retention::KEPT_BY_LOCK;
 pub use runs::{ApplianceIdentity, StatusView, LOGS_DIR};
 pub use verify::VerifyReport;
 

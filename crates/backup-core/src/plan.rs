@@ -1,12 +1,14 @@
 //! The plan of a backup: which components it takes. Below the operations
 //! that need it (backup, and images for what a backup would take now).
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::component::{Applicability, Component};
 use crate::context::Context;
 use crate::destination::Destination;
 use crate::image::Selection;
+use crate::own_paths::{tree_size, OwnPaths};
 use crate::{Error, Result};
 
 /// What a backup takes.
@@ -25,11 +27,15 @@ impl Plan {
         self.items.iter().map(|i| i.component.name())
     }
 
-    /// The selected components' estimated total size (unknown sizes count as 0).
+    /// The selected components' estimated total size (unknown sizes count
+    /// as 0), without the engine's own places they leave out.
     pub(crate) fn estimate(&self) -> u64 {
         self.items
             .iter()
-            .filter_map(|i| i.component.estimate_size())
+            .filter_map(|i| {
+                let left_out: u64 = i.left_out.iter().map(|(p, _)| tree_size(p)).sum();
+                Some(i.component.estimate_size()?.saturating_sub(left_out))
+            })
             .sum()
     }
 }
@@ -38,6 +44,9 @@ impl Plan {
 pub(crate) struct PlanItem {
     pub(crate) component: Arc<dyn Component>,
     pub(crate) applicability: Applicability,
+    /// The engine's own places inside the component's roots (absolute, with
+    /// what each is): left out of the image, with a warning.
+    pub(crate) left_out: Vec<(PathBuf, String)>,
 }
 
 /// The plan of a backup: which components it takes, each probed for its
@@ -53,6 +62,7 @@ pub(crate) fn plan(engine: &Context<'_>, opts: &CreateOptions) -> Result<Plan> {
         }
     }
     let custom = !opts.components.is_empty();
+    let own = OwnPaths::of(engine.config);
     let mut items = Vec::new();
     let mut not_applicable = Vec::new();
     let mut not_applicable_reasons = std::collections::BTreeMap::new();
@@ -84,9 +94,22 @@ pub(crate) fn plan(engine: &Context<'_>, opts: &CreateOptions) -> Result<Plan> {
                 });
             }
         }
+        let left_out = reg
+            .component
+            .roots()
+            .iter()
+            .flat_map(|root| {
+                own.under(root)
+                    .into_iter()
+                    .map(|(rel, place)| (root.join(rel), place.what.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .filter(|(path, _)| std::fs::symlink_metadata(path).is_ok())
+            .collect();
         items.push(PlanItem {
             component: reg.component.clone(),
             applicability,
+            left_out,
         });
     }
     for item in &items {

@@ -74,18 +74,30 @@ pub(crate) async fn apply_retention(
             })
         })
         .collect();
-    let decisions = retention::plan(&items, &engine.config.retention);
+    let mut decisions = retention::plan(&items, &engine.config.retention);
     if dry_run {
         return Ok(decisions);
     }
-    for d in decisions.iter().filter(|d| !d.keep) {
+    for d in decisions.iter_mut().filter(|d| !d.keep) {
         let started = Instant::now();
-        let result = async {
-            storage.delete(&d.name).await?;
-            storage.delete(&sidecar_name(&d.name)).await?;
-            Ok::<_, Error>(())
-        }
-        .await;
+        let result = match storage.delete(&d.name).await {
+            Err(e) if is_locked(&e) => {
+                kept_by_lock(engine, d, &e, started);
+                continue;
+            }
+            Err(e) => Err(Error::from(e)),
+            Ok(()) => match storage.delete(&sidecar_name(&d.name)).await {
+                // The image is gone; a locked sidecar only lists as an orphan.
+                Err(e) if is_locked(&e) => {
+                    engine.warn(format!(
+                        "{} was deleted but the storage keeps its sidecar ({e})",
+                        d.name
+                    ));
+                    Ok(())
+                }
+                other => other.map_err(Error::from),
+            },
+        };
         let _ = std::fs::remove_file(engine.log_path(&d.name));
         match result {
             Ok(()) => engine.audit("prune.delete", &d.name, "done", 0, started, None),
@@ -103,6 +115,44 @@ pub(crate) async fn apply_retention(
         }
     }
     Ok(decisions)
+}
+
+/// Why retention keeps an object the storage refused to delete.
+pub const KEPT_BY_LOCK: &str = "kept-by-lock";
+
+/// Whether a failed delete is the storage refusing it as not permitted:
+/// S3 answers `AccessDenied` for an object under Object Lock retention or
+/// a legal hold, a file system `EPERM` for an immutable file.
+fn is_locked(e: &backup_storage::Error) -> bool {
+    matches!(e, backup_storage::Error::PermissionDenied { .. })
+}
+
+/// Records an image (or bundle) the policy would delete but the storage
+/// keeps: a decision to keep, reason [`KEPT_BY_LOCK`], a warning and an
+/// audit record — not a failure of the run.
+fn kept_by_lock(
+    engine: &Context<'_>,
+    d: &mut RetentionDecision,
+    refused: &backup_storage::Error,
+    started: Instant,
+) {
+    d.keep = true;
+    d.reasons.push(KEPT_BY_LOCK.into());
+    engine.progress.event(&Event::Warning {
+        component: None,
+        message: format!(
+            "{} is past its retention but the storage refused to delete it ({refused}); it is kept — it is locked (S3 Object Lock, a legal hold, an immutable file) or this appliance may not delete there; it goes when the lock expires and a later prune runs",
+            d.name
+        ),
+    });
+    engine.audit(
+        "prune.delete",
+        &d.name,
+        KEPT_BY_LOCK,
+        0,
+        started,
+        Some(refused.to_string()),
+    );
 }
 
 /// Applies the retention policy to the bundles of this coordinator's
@@ -162,10 +212,11 @@ pub(crate) async fn apply_bundle_retention(
     if dry_run {
         return Ok(decisions);
     }
-    for d in decisions.iter().filter(|d| !d.keep) {
+    for d in decisions.iter_mut().filter(|d| !d.keep) {
         let started = Instant::now();
         match storage.delete(&d.name).await {
             Ok(()) => engine.audit("prune.delete", &d.name, "done", 0, started, None),
+            Err(e) if is_locked(&e) => kept_by_lock(engine, d, &e, started),
             Err(e) => {
                 engine.audit(
                     "prune.delete",

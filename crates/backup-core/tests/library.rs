@@ -12,6 +12,10 @@ use backup_testkit::MemoryStorage;
 
 #[path = "library/hostile.rs"]
 mod hostile;
+#[path = "library/object_lock.rs"]
+mod object_lock;
+#[path = "library/own_places.rs"]
+mod own_places;
 #[path = "library/partial.rs"]
 mod partial;
 #[path = "library/refusals.rs"]

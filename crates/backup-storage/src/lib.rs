@@ -45,7 +45,7 @@ pub use ext::StorageExt;
 pub use ftp::{FtpStorage, FtpStorageBuilder};
 pub use local::LocalStorage;
 pub use nfs::{check_mount, NfsMount, NfsStorage};
-pub use open::{open_url, OpenOptions};
+pub use open::{local_dir, open_url, OpenOptions};
 pub use retry::{RetryPolicy, RetryStorage};
 #[cfg(feature = "s3")]
 pub use s3::{S3Storage, S3StorageBuilder};

@@ -30,6 +30,19 @@ pub fn open_url(url: &str, opts: &OpenOptions) -> Result<Arc<dyn Storage>> {
     )))
 }
 
+/// The local directory a storage URL keeps its objects in, if it names one:
+/// the path of a `file://` URL, the mount point of an `nfs://` URL (with
+/// `opts.mount`). `None` for remote stores and URLs that do not parse.
+/// Nothing is opened or checked.
+pub fn local_dir(url: &str, opts: &OpenOptions) -> Option<PathBuf> {
+    let (scheme, rest) = url.split_once("://")?;
+    match scheme.to_ascii_lowercase().as_str() {
+        "file" => file_url_path(rest).ok(),
+        "nfs" => opts.mount.clone(),
+        _ => None,
+    }
+}
+
 /// The backend itself, without the retry layer.
 fn open_backend(url: &str, opts: &OpenOptions) -> Result<Arc<dyn Storage>> {
     let invalid = |reason: String| Error::InvalidUrl {
@@ -70,5 +83,31 @@ fn open_backend(url: &str, opts: &OpenOptions) -> Result<Arc<dyn Storage>> {
             "{scheme}:// storage is not available in this build; {SUPPORTED}"
         ))),
         _ => Err(invalid(format!("unknown scheme {scheme:?}; {SUPPORTED}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_dir_is_the_file_path_or_the_nfs_mount() {
+        let none = OpenOptions::default();
+        assert_eq!(
+            local_dir("file:///var/back%20ups", &none),
+            Some(PathBuf::from("/var/back ups"))
+        );
+        assert_eq!(local_dir("nfs://nas/export", &none), None);
+        let mounted = OpenOptions {
+            mount: Some(PathBuf::from("/mnt/backups")),
+            ..Default::default()
+        };
+        assert_eq!(
+            local_dir("nfs://nas/export/sub", &mounted),
+            Some(PathBuf::from("/mnt/backups"))
+        );
+        for remote in ["s3://bucket/p", "ftp://u@h/p", "none", "file://host/x"] {
+            assert_eq!(local_dir(remote, &mounted), None, "{remote}");
+        }
     }
 }

@@ -3,31 +3,31 @@
 //! that is safe to show. It uses nothing else of this crate, so `open` and
 //! every backend can import it without importing each other.
 
-use std::ffi::OsString;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-/// Percent-decodes a URL part (`what` names it in errors).
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
+
+/// Percent-decodes a URL part (`what` names it in errors). Unlike the
+/// lenient decoder underneath, a `%` not followed by two hex digits is an
+/// error: it is a typo, and read literally it would name another path.
 pub(crate) fn percent_decode(s: &str, what: &str) -> std::result::Result<Vec<u8>, String> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut bytes = s.bytes();
-    while let Some(b) = bytes.next() {
-        if b != b'%' {
-            out.push(b);
-            continue;
+    check_escapes(s, what)?;
+    Ok(percent_encoding::percent_decode_str(s).collect())
+}
+
+/// Refuses a `%` that does not start an escape of two hex digits.
+fn check_escapes(s: &str, what: &str) -> std::result::Result<(), String> {
+    let bytes = s.as_bytes();
+    for (i, _) in s.match_indices('%') {
+        let escape = bytes.get(i + 1..i + 3);
+        if !escape.is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)) {
+            return Err(format!(
+                "a '%' in the {what} must be followed by two hex digits (write %25 for '%')"
+            ));
         }
-        let hex = [bytes.next(), bytes.next()];
-        let decoded = match hex {
-            [Some(h), Some(l)] => std::str::from_utf8(&[h, l])
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok()),
-            _ => None,
-        };
-        out.push(decoded.ok_or_else(|| {
-            format!("a '%' in the {what} must be followed by two hex digits (write %25 for '%')")
-        })?);
     }
-    Ok(out)
+    Ok(())
 }
 
 /// [`percent_decode`] for parts that must be UTF-8.
@@ -37,18 +37,22 @@ pub(crate) fn percent_decode_utf8(s: &str, what: &str) -> std::result::Result<St
         .map_err(|_| format!("the {what} is not UTF-8 once percent-decoded"))
 }
 
+/// Every byte but the unreserved URL characters (RFC 3986: letters, digits,
+/// `-._~`) is escaped.
+const RESERVED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// [`RESERVED`] but `/`, for paths.
+const PATH: &AsciiSet = &RESERVED.remove(b'/');
+
 /// Percent-encodes all but unreserved URL characters (and `/` where
 /// `keep_slash`), so that [`percent_decode`] gives the bytes back.
 pub(crate) fn percent_encode(bytes: &[u8], keep_slash: bool) -> String {
-    let mut out = String::with_capacity(bytes.len());
-    for &b in bytes {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) || (keep_slash && b == b'/') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    let set = if keep_slash { PATH } else { RESERVED };
+    percent_encoding::percent_encode(bytes, set).to_string()
 }
 
 /// `file://` URL of an absolute path, percent-encoding whatever is not an
@@ -63,28 +67,38 @@ pub(crate) fn file_url(path: &Path) -> String {
 /// The path of a `file://` URL after the `file://`: empty or `localhost`
 /// authority, absolute, percent-decoded.
 pub(crate) fn file_url_path(rest: &str) -> std::result::Result<PathBuf, String> {
-    let path = match rest.find('/') {
-        Some(0) => rest,
-        Some(i) if rest[..i].eq_ignore_ascii_case("localhost") => &rest[i..],
-        Some(i) => {
-            return Err(format!(
-            "file:// names a local directory, not one on host {:?}; write file:///absolute/path",
-            &rest[..i]
-        ))
-        }
-        None => return Err("the path must be absolute: file:///absolute/path".to_owned()),
-    };
-    if path.contains(['?', '#']) {
+    if !rest.contains('/') {
+        return Err("the path must be absolute: file:///absolute/path".to_owned());
+    }
+    check_escapes(rest, "path")?;
+    // The URL standard reads a backslash as a slash and drops tabs and line
+    // breaks; in a path given here they are the bytes themselves.
+    let rest = rest
+        .replace('\\', "%5C")
+        .replace('\t', "%09")
+        .replace('\n', "%0A")
+        .replace('\r', "%0D");
+    let url = url::Url::parse(&format!("file://{rest}"))
+        .map_err(|e| format!("not a file:// URL ({e}); write file:///absolute/path"))?;
+    if url.query().is_some() || url.fragment().is_some() {
         return Err(
             "a file:// URL takes no query or fragment; percent-encode '?' and '#' in the path"
                 .to_owned(),
         );
     }
-    let bytes = percent_decode(path, "path")?;
-    if bytes.contains(&0) {
+    // The parser drops a `localhost` authority, as RFC 8089 reads it.
+    if let Some(host) = url.host_str().filter(|h| !h.is_empty()) {
+        return Err(format!(
+            "file:// names a local directory, not one on host {host:?}; write file:///absolute/path"
+        ));
+    }
+    let path = url
+        .to_file_path()
+        .map_err(|()| "the path must be absolute: file:///absolute/path".to_owned())?;
+    if path.as_os_str().as_bytes().contains(&0) {
         return Err("the path contains a NUL byte".to_owned());
     }
-    Ok(PathBuf::from(OsString::from_vec(bytes)))
+    Ok(path)
 }
 
 /// The URL with any password in its authority replaced, for messages and
@@ -139,6 +153,37 @@ mod tests {
         assert_eq!(
             percent_decode(&percent_encode(bytes, true), "path").unwrap(),
             bytes
+        );
+    }
+
+    /// What the URL parser must not do to a store's path: lose or
+    /// reinterpret a byte of an awkward name (a backslash, a dot segment
+    /// inside a name, bytes that are not UTF-8, an encoded slash).
+    #[test]
+    fn awkward_paths_round_trip_through_the_url_parser() {
+        use std::os::unix::ffi::OsStrExt;
+        for raw in [
+            &b"/srv/back\\slash/..dots/\xff\xfe/\xc3\xbc/100%/a b#c?d"[..],
+            b"/srv/x%2Fy",
+            b"/",
+        ] {
+            let path = Path::new(std::ffi::OsStr::from_bytes(raw));
+            let url = file_url(path);
+            assert_eq!(
+                file_url_path(&url["file://".len()..]).unwrap(),
+                path,
+                "{url}"
+            );
+        }
+        assert_eq!(
+            file_url_path("/srv/a\\b\tc").unwrap(),
+            Path::new("/srv/a\\b\tc"),
+            "a backslash or a tab written as such is that byte"
+        );
+        assert_eq!(
+            file_url_path("/srv/x%2Fy").unwrap(),
+            Path::new("/srv/x/y"),
+            "an encoded slash is a slash"
         );
     }
 

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::util::s3::{closed_port, pattern, S3Server, ACCESS_KEY, BUCKET, SECRET_KEY};
+use crate::util::s3::{closed_port, pattern, Locks, S3Server, ACCESS_KEY, BUCKET, SECRET_KEY};
 use anyhow::{ensure, Context, Result};
 use backup_storage::{
     Error, PutMode, PutOptions, RetryPolicy, RetryStorage, S3Storage, Storage, StorageExt,
@@ -120,6 +120,30 @@ async fn rejected_credentials_are_unauthenticated() -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// The engine's retention keeps an image whose delete is refused as not
+/// permitted (kept-by-lock): S3's `AccessDenied` on a locked object must
+/// reach it as `PermissionDenied`, at once (no retries), the object kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_refused_by_object_lock_is_permission_denied() -> Result<()> {
+    let locks = Locks::default();
+    let server = S3Server::start_locking(&locks)?;
+    let store = RetryStorage::new(Arc::new(server.storage("gw/")?), RetryPolicy::default());
+    for name in ["locked.bkp", "free.bkp"] {
+        store
+            .put_bytes(name, Bytes::from_static(b"image"), PutMode::Create)
+            .await?;
+    }
+    locks.lock("gw/locked.bkp");
+    let before = server.requests();
+    let err = store.delete("locked.bkp").await.expect_err("refused");
+    ensure!(matches!(err, Error::PermissionDenied { .. }), "{err:?}");
+    ensure!(server.requests() - before == 1, "not retried");
+    ensure!(store.exists("locked.bkp").await?, "kept");
+    store.delete("free.bkp").await?;
+    ensure!(!store.exists("free.bkp").await?);
     Ok(())
 }
 

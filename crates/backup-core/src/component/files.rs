@@ -117,7 +117,7 @@ impl Component for FilesComponent {
                     SnapshotError::Failed(format!("cannot walk {}: {e}", root.display()))
                 })?;
                 let path = entry.path();
-                if entry.depth() > 0 && self.excluded(path) {
+                if entry.depth() > 0 && (sink.is_left_out(rel_of(path)) || self.excluded(path)) {
                     if entry.file_type().is_dir() {
                         it.skip_current_dir();
                     }
@@ -215,6 +215,15 @@ pub(super) fn restore_roots(
                     "cannot look for excluded paths under {}: {e}",
                     dest.display()
                 )
+            })
+            .map(|mut keep| {
+                for own in ctx.own_places_under(&dest) {
+                    if !keep.iter().any(|k| own.starts_with(k)) {
+                        keep.retain(|k| !k.starts_with(&own));
+                        keep.push(own);
+                    }
+                }
+                keep
             })
             .and_then(|keep| swapped.swap(&staged, &dest, &keep));
         if let Err(e) = swapped_in {

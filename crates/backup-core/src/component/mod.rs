@@ -88,6 +88,14 @@ pub trait EntrySink {
     ) -> Result<(), SnapshotError>;
     /// A non-fatal warning, kept in the manifest.
     fn warn(&mut self, message: String);
+    /// Whether the path `rel` (and all under it) stays out of the image:
+    /// the engine's own state directory or image store inside a root.
+    /// A component walking a tree skips it; entries under it are dropped
+    /// anyway. Default: nothing is left out.
+    fn is_left_out(&self, rel: &Path) -> bool {
+        let _ = rel;
+        false
+    }
 }
 
 /// Whether a component applies on this node.
@@ -109,9 +117,24 @@ pub struct RestoreContext<'a> {
     pub planned: &'a PlannedComponent,
     /// `--target DIR`: restore under this root instead of the live locations.
     pub target: Option<&'a Path>,
+    /// The engine's own places, carried over untouched where a destination
+    /// holds one (see [`RestoreContext::own_places_under`]).
+    pub(crate) own: &'a crate::own_paths::OwnPaths,
 }
 
 impl RestoreContext<'_> {
+    /// The engine's own places (its state directory, a local image store)
+    /// inside the tree at `dest`, relative to it: a component that replaces
+    /// the tree carries them over as they are, like the paths it excludes.
+    pub fn own_places_under(&self, dest: &Path) -> Vec<PathBuf> {
+        self.own
+            .under(dest)
+            .into_iter()
+            .map(|(rel, _)| rel)
+            .filter(|rel| std::fs::symlink_metadata(dest.join(rel)).is_ok())
+            .collect()
+    }
+
     /// Where an absolute path of the image goes on this restore.
     pub fn destination(&self, original: &Path) -> PathBuf {
         match self.target {

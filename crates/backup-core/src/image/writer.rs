@@ -81,6 +81,9 @@ pub(crate) struct TarWriter<W: Write> {
     /// entry they refuse fails the component instead of being written.
     rules: EntryRules,
     warnings: Vec<String>,
+    /// The current component's paths (archive-relative) that stay out of
+    /// the image: the engine's own places inside its roots.
+    left_out: Vec<std::path::PathBuf>,
     progress: Arc<dyn Progress>,
 }
 
@@ -96,6 +99,7 @@ impl<W: Write> TarWriter<W> {
             digest: EntryDigest::default(),
             rules: EntryRules::new::<&Path>(&[]).expect("no roots are valid roots"),
             warnings: Vec::new(),
+            left_out: Vec::new(),
             progress,
         }
     }
@@ -118,8 +122,22 @@ impl<W: Write> TarWriter<W> {
         self.component = name.to_string();
         self.digest = EntryDigest::default();
         self.warnings.clear();
+        self.left_out.clear();
         self.rules = EntryRules::new(roots)?;
         Ok(())
+    }
+
+    /// Leaves these absolute paths (each with what it is) and everything
+    /// under them out of the current component, with a warning for each.
+    pub(crate) fn leave_out(&mut self, places: &[(std::path::PathBuf, String)]) {
+        for (path, what) in places {
+            self.left_out
+                .push(crate::component::rel_of(path).to_path_buf());
+            self.warn(format!(
+                "left out {}: it is {what}, which no image holds (a backup of the backups)",
+                path.display()
+            ));
+        }
     }
 
     /// Refuses an entry restore would refuse, before anything of it is written.
@@ -179,6 +197,9 @@ fn bytes_of(p: &Path) -> &[u8] {
 
 impl<W: Write> EntrySink for TarWriter<W> {
     fn dir(&mut self, rel: &Path, meta: &EntryMeta) -> Result<(), SnapshotError> {
+        if self.is_left_out(rel) {
+            return Ok(());
+        }
         self.check(rel, EntryKind::Dir, None)?;
         self.digest
             .entry(bytes_of(rel), EntryKind::Dir, meta.mode, meta.mtime, b"", 0);
@@ -195,6 +216,9 @@ impl<W: Write> EntrySink for TarWriter<W> {
         size: u64,
         data: &mut dyn Read,
     ) -> Result<(), SnapshotError> {
+        if self.is_left_out(rel) {
+            return Ok(());
+        }
         self.check(rel, EntryKind::File, None)?;
         self.digest.entry(
             bytes_of(rel),
@@ -240,6 +264,9 @@ impl<W: Write> EntrySink for TarWriter<W> {
         meta: &EntryMeta,
         target: &Path,
     ) -> Result<(), SnapshotError> {
+        if self.is_left_out(rel) {
+            return Ok(());
+        }
         self.check(rel, EntryKind::Symlink, None)?;
         self.digest.entry(
             bytes_of(rel),
@@ -261,6 +288,9 @@ impl<W: Write> EntrySink for TarWriter<W> {
         meta: &EntryMeta,
         target_rel: &Path,
     ) -> Result<(), SnapshotError> {
+        if self.is_left_out(rel) {
+            return Ok(());
+        }
         self.check(rel, EntryKind::Hardlink, Some(target_rel))?;
         self.digest.entry(
             bytes_of(rel),
@@ -275,6 +305,10 @@ impl<W: Write> EntrySink for TarWriter<W> {
         let target = self.path(target_rel);
         self.builder.append_link(&mut h, path, target)?;
         Ok(())
+    }
+
+    fn is_left_out(&self, rel: &Path) -> bool {
+        self.left_out.iter().any(|l| rel.starts_with(l))
     }
 
     fn warn(&mut self, message: String) {

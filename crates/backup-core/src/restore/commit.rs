@@ -50,6 +50,7 @@ pub(super) fn ordered_for_commit(planned: &[PlannedComponent]) -> Vec<&PlannedCo
 pub(super) fn commit(
     plan: Vec<(PlannedComponent, Option<PathBuf>, Arc<dyn Component>)>,
     target: Option<&Path>,
+    own: &crate::own_paths::OwnPaths,
     progress: &dyn Progress,
 ) -> Result<Vec<String>> {
     let mut done: Vec<Box<dyn Committed>> = Vec::new();
@@ -67,6 +68,7 @@ pub(super) fn commit(
             staged: &staged,
             planned: &p,
             target,
+            own,
         };
         match component.restore(&ctx) {
             Ok(c) => {

@@ -269,6 +269,9 @@ async fn restore_image(
     // Pre-checks from the sidecar, before downloading anything.
     let index = crate::images::index(engine, loc).await?;
     let space = precheck_sidecar(engine, &index, opts)?;
+    let prechecks = PrecheckConfig::of(engine, opts);
+    prechecks.check_target()?;
+    let own = prechecks.own.clone();
     // Directories this restore creates are removed again if it fails.
     let mut created_dirs = Vec::new();
     if let Some(t) = &opts.target {
@@ -278,7 +281,7 @@ async fn restore_image(
     let visitor = RestoreVisitor {
         created_dirs,
         committed: false,
-        config: PrecheckConfig::of(engine, opts),
+        config: prechecks,
         requested: opts.components.clone(),
         selector: selector(engine, opts),
         target: opts.target.clone(),
@@ -358,6 +361,7 @@ async fn restore_image(
                 &**c,
                 target.as_deref(),
                 PLAN_PATHS_KEPT,
+                &own,
             )?);
         }
         if let Some(approval) = &approval {
@@ -370,7 +374,7 @@ async fn restore_image(
                 ));
             }
         }
-        let restored = commit(plan, target.as_deref(), &*progress)?;
+        let restored = commit(plan, target.as_deref(), &own, &*progress)?;
         Ok((restored, shown))
     })
     .await
@@ -402,8 +406,11 @@ async fn plan_restore(
     let loc = image;
     let index = crate::images::index(engine, loc).await?;
     let space = precheck_sidecar(engine, &index, opts)?;
+    let prechecks = PrecheckConfig::of(engine, opts);
+    prechecks.check_target()?;
+    let own = prechecks.own.clone();
     let visitor = PlanVisitor {
-        config: PrecheckConfig::of(engine, opts),
+        config: prechecks,
         requested: opts.components.clone(),
         selector: selector(engine, opts),
         selected: Vec::new(),
@@ -441,6 +448,7 @@ async fn plan_restore(
                 &**c,
                 target.as_deref(),
                 usize::MAX,
+                &own,
             )?);
         }
         Ok(RestorePlan {

@@ -13,6 +13,7 @@ use super::Selector;
 use crate::component::{is_special, rel_of, Component, JOURNAL_SUFFIXES};
 use crate::image::reader::{EntryView, Visitor};
 use crate::image::{BackupInfo, EntryKind, PlannedComponent};
+use crate::own_paths::OwnPaths;
 use crate::{Error, Result};
 
 /// What a restore puts into place, replaces, removes and keeps. Computed by
@@ -121,6 +122,7 @@ pub(super) fn plan_component(
     component: &dyn Component,
     target: Option<&Path>,
     limit: usize,
+    own: &OwnPaths,
 ) -> Result<ComponentPlan> {
     let mut plan = ComponentPlan {
         name: planned.name.clone(),
@@ -193,6 +195,7 @@ pub(super) fn plan_component(
         let mut walk = Planner {
             root,
             dest: &dest,
+            own: own.under(&dest).into_iter().map(|(rel, _)| rel).collect(),
             component,
             plan: &mut plan,
             limit,
@@ -264,6 +267,9 @@ impl Entries<'_> {
 struct Planner<'a> {
     root: &'a Path,
     dest: &'a Path,
+    /// The engine's own places under `dest` (relative to it): kept as
+    /// they are, like excluded paths.
+    own: Vec<PathBuf>,
     component: &'a dyn Component,
     plan: &'a mut ComponentPlan,
     limit: usize,
@@ -381,7 +387,9 @@ impl Planner<'_> {
 
     /// Whether the component excludes `rel` (never its root).
     fn excluded(&self, rel: &Path) -> bool {
-        !rel.as_os_str().is_empty() && self.component.is_excluded(&self.root.join(rel))
+        !rel.as_os_str().is_empty()
+            && (self.own.iter().any(|o| rel.starts_with(o))
+                || self.component.is_excluded(&self.root.join(rel)))
     }
 
     /// Pending directories that do not enclose `rel` are done: removed,
@@ -414,6 +422,7 @@ impl Visitor for PlanVisitor {
         self.config.check(info)?;
         check_selection(info, None, &self.requested)?;
         self.selected = self.selector.select(info).0;
+        self.config.check_destinations(info, &self.selected)?;
         for planned in info
             .components
             .iter()
@@ -501,6 +510,7 @@ mod tests {
             &component,
             None,
             usize::MAX,
+            &OwnPaths::default(),
         )
         .unwrap();
         // The same image staged on disk gives the same plan.
@@ -519,6 +529,7 @@ mod tests {
             &component,
             None,
             usize::MAX,
+            &OwnPaths::default(),
         )
         .unwrap();
         for plan in [listed, staged] {
@@ -530,8 +541,15 @@ mod tests {
             assert_eq!(plan.kept, at(&["app.sock", "cache", "old.d/note.tmp"]));
         }
         // A limit keeps the counts and fewer paths.
-        let limited =
-            plan_component(&planned, ImageSide::Listed(&tree), &component, None, 1).unwrap();
+        let limited = plan_component(
+            &planned,
+            ImageSide::Listed(&tree),
+            &component,
+            None,
+            1,
+            &OwnPaths::default(),
+        )
+        .unwrap();
         assert_eq!(limited.removed.count, 3);
         assert_eq!(limited.removed.paths, [root.join("extra.conf")]);
     }

@@ -1,13 +1,16 @@
 //! The checks before anything is written: the image's product version and
 //! node identity, and the selection against what the image holds.
 use super::*;
+use crate::own_paths::OwnPaths;
 
 pub(super) fn precheck(
     engine: &Context<'_>,
     info: &BackupInfo,
     opts: &RestoreOptions,
 ) -> Result<()> {
-    PrecheckConfig::of(engine, opts).check(info)
+    let config = PrecheckConfig::of(engine, opts);
+    config.check(info)?;
+    config.check_destinations(info, &selector(engine, opts).select(info).0)
 }
 
 /// The identity facts and overrides the pre-checks use.
@@ -18,6 +21,9 @@ pub(crate) struct PrecheckConfig {
     node: String,
     force_version: bool,
     force_identity: bool,
+    /// The engine's own places, which a restore never writes into.
+    pub(crate) own: OwnPaths,
+    target: Option<PathBuf>,
 }
 
 impl PrecheckConfig {
@@ -29,7 +35,55 @@ impl PrecheckConfig {
             node: a.node.clone(),
             force_version: opts.force_version,
             force_identity: opts.force_identity,
+            own: OwnPaths::of(engine.config),
+            target: opts.target.clone(),
         }
+    }
+
+    /// Refuses a `--target` inside the engine's own places.
+    pub(crate) fn check_target(&self) -> Result<()> {
+        let Some(target) = &self.target else {
+            return Ok(());
+        };
+        match self.own.holding(target) {
+            Some(place) => Err(Error::Input(format!(
+                "--target {} is inside {}, {}; a restore never writes there — choose a directory outside it",
+                target.display(),
+                place.path.display(),
+                place.what
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Refuses a restore of a `selected` component whose destination (a
+    /// root, under `--target` if given) is inside the engine's own places,
+    /// before anything is staged.
+    pub(crate) fn check_destinations(&self, info: &BackupInfo, selected: &[String]) -> Result<()> {
+        self.check_target()?;
+        for planned in info
+            .components
+            .iter()
+            .filter(|c| selected.contains(&c.name))
+        {
+            for root in &planned.roots {
+                let root = Path::new(root);
+                let dest = match &self.target {
+                    Some(t) => t.join(root.strip_prefix("/").unwrap_or(root)),
+                    None => root.to_path_buf(),
+                };
+                if let Some(place) = self.own.holding(&dest) {
+                    return Err(Error::Input(format!(
+                        "component {} would be restored to {}, inside {}, {}; a restore never writes there — leave it out (-C the others), or restore it under --target DIR elsewhere",
+                        planned.name,
+                        dest.display(),
+                        place.path.display(),
+                        place.what
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     pub(crate) fn check(&self, info: &BackupInfo) -> Result<()> {

@@ -59,6 +59,7 @@ impl Visitor for RestoreVisitor {
         self.config.check(info)?;
         check_selection(info, None, &self.requested)?;
         self.selected = self.selector.select(info).0;
+        self.config.check_destinations(info, &self.selected)?;
         for planned in info
             .components
             .iter()

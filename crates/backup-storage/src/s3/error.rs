@@ -52,6 +52,8 @@ impl Meaning {
                 return Meaning::Unauthenticated(Some(c.to_owned()))
             }
             Some("InvalidRange") => return Meaning::BadRange,
+            // A bucket policy's refusal, or a locked object (Object Lock).
+            Some("AccessDenied") => return Meaning::PermissionDenied,
             Some("SlowDown" | "InternalError" | "ServiceUnavailable" | "RequestTimeout") => {
                 return Meaning::Transient
             }
@@ -90,10 +92,16 @@ impl Meaning {
     }
 }
 
-/// The `<Code>` of an S3 XML error body quoted in an error message.
+/// The `<Code>` of an S3 XML error body quoted in an error message, or
+/// the `(code: …)` object_store gives for a key a multi-object delete
+/// (how it deletes) failed on.
 fn s3_code(text: &str) -> Option<&str> {
-    let start = text.find("<Code>")? + "<Code>".len();
-    let len = text[start..].find("</Code>")?;
+    let (open, close) = match text.find("<Code>") {
+        Some(_) => ("<Code>", "</Code>"),
+        None => ("(code: ", ")"),
+    };
+    let start = text.find(open)? + open.len();
+    let len = text[start..].find(close)?;
     Some(text[start..start + len].trim())
 }
 

@@ -23,6 +23,70 @@ pub(crate) const SECRET_KEY: &str = "backup-tests-secret-key";
 /// The bucket every server starts with.
 pub(crate) const BUCKET: &str = "backups";
 
+/// Object keys under a simulated Object Lock (s3s-fs has none).
+#[derive(Clone, Default)]
+pub(crate) struct Locks(Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>);
+
+impl Locks {
+    pub(crate) fn lock(&self, key: &str) {
+        self.0.lock().unwrap().insert(key.to_string());
+    }
+}
+
+/// s3s-fs behind a filter that refuses to delete the locked keys the way
+/// S3 does in a multi-object delete (the request the S3 client sends for a
+/// delete): a 200 answer listing an `AccessDenied` error for each of them.
+/// Only what a put, a head and a delete need is served.
+struct LockingFs {
+    inner: s3s_fs::FileSystem,
+    locks: Locks,
+}
+
+#[async_trait::async_trait]
+impl s3s::S3 for LockingFs {
+    async fn head_object(
+        &self,
+        req: s3s::S3Request<s3s::dto::HeadObjectInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::HeadObjectOutput>> {
+        self.inner.head_object(req).await
+    }
+
+    async fn put_object(
+        &self,
+        req: s3s::S3Request<s3s::dto::PutObjectInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::PutObjectOutput>> {
+        self.inner.put_object(req).await
+    }
+
+    async fn delete_objects(
+        &self,
+        mut req: s3s::S3Request<s3s::dto::DeleteObjectsInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::DeleteObjectsOutput>> {
+        let locked = self.locks.0.lock().unwrap().clone();
+        let (refused, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut req.input.delete.objects)
+            .into_iter()
+            .partition(|o| locked.contains(&o.key));
+        req.input.delete.objects = rest;
+        let mut answer = match req.input.delete.objects.is_empty() {
+            true => s3s::S3Response::new(s3s::dto::DeleteObjectsOutput::default()),
+            false => self.inner.delete_objects(req).await?,
+        };
+        let errors = refused
+            .into_iter()
+            .map(|o| s3s::dto::Error {
+                code: Some("AccessDenied".into()),
+                key: Some(o.key),
+                message: Some("Access Denied because object protected by object lock.".into()),
+                ..Default::default()
+            })
+            .collect::<Vec<_>>();
+        if !errors.is_empty() {
+            answer.output.errors = Some(errors);
+        }
+        Ok(answer)
+    }
+}
+
 pub(crate) struct S3Server {
     pub(crate) addr: SocketAddr,
     root: PathBuf,
@@ -48,11 +112,29 @@ impl S3Server {
     /// A server (on a new port) over the root of an earlier one: what a
     /// restarted S3 server sees.
     pub(crate) fn start_at(root: &Path) -> Result<S3Server> {
+        S3Server::serve(root, None)
+    }
+
+    /// A server on a fresh root whose deletes of the keys `locks` holds
+    /// are refused as S3 refuses them under Object Lock (s3s-fs has no
+    /// object lock of its own).
+    pub(crate) fn start_locking(locks: &Locks) -> Result<S3Server> {
+        let dir = tempfile::tempdir().context("creating the S3 server's root")?;
+        std::fs::create_dir(dir.path().join(BUCKET)).context("creating the bucket")?;
+        let mut server = S3Server::serve(dir.path(), Some(locks.clone()))?;
+        server._dir = Some(dir);
+        Ok(server)
+    }
+
+    fn serve(root: &Path, locks: Option<Locks>) -> Result<S3Server> {
         // s3s-fs's error is no std error: carry its Debug text.
         let fs = s3s_fs::FileSystem::new(root)
             .map_err(|e| anyhow::anyhow!("opening {} for s3s-fs: {e:?}", root.display()))?;
         let service = {
-            let mut b = S3ServiceBuilder::new(fs);
+            let mut b = match locks {
+                Some(locks) => S3ServiceBuilder::new(LockingFs { inner: fs, locks }),
+                None => S3ServiceBuilder::new(fs),
+            };
             b.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
             b.build()
         };
