@@ -6,6 +6,8 @@
 pub(crate) mod ftp;
 #[cfg(feature = "s3")]
 pub(crate) mod s3;
+#[cfg(feature = "sftp")]
+pub(crate) mod sshd;
 
 use std::process::Command;
 
