@@ -5,10 +5,25 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
-use backup_storage::{conformance, Error, PutMode, PutOptions, SftpStorage, Storage, StorageExt};
+use backup_storage::{
+    conformance, Error, PutMode, PutOptions, SftpStorage, SftpStorageBuilder, Storage, StorageExt,
+};
 use bytes::Bytes;
 
 use crate::util::sshd::{files, fingerprint_of, Sshd};
+
+/// A storage of `path` on `sshd`, with the test's key and known_hosts.
+trait StorageOf {
+    fn storage(&self, path: &std::path::Path) -> Result<SftpStorageBuilder>;
+}
+
+impl StorageOf for Sshd {
+    fn storage(&self, path: &std::path::Path) -> Result<SftpStorageBuilder> {
+        Ok(SftpStorageBuilder::from_url(&self.url(path))?
+            .ssh_key(Some(self.key.clone()))
+            .known_hosts(self.known_hosts.clone()))
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sftp_storage_passes_the_conformance_suite() -> Result<()> {
@@ -156,11 +171,29 @@ async fn a_server_killed_mid_upload_publishes_nothing() -> Result<()> {
         "a lost connection is worth retrying: {err}"
     );
     assert!(!root.path().join("site/gw-1.bkp").exists());
-    // Once the server is back, the name is free and nothing is listed.
+    // Once the server is back, the name is free and nothing is listed; the
+    // temporary file left behind is removed as a stale upload.
     sshd.spawn()?;
     let head = store.head("site/gw-1.bkp").await;
     assert!(matches!(head, Err(Error::NotFound { .. })), "{head:?}");
     assert!(store.list("", false).await?.objects.is_empty());
+    let left = files(root.path());
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(store
+        .remove_stale_uploads(Duration::from_secs(3600))
+        .await?
+        .is_empty());
+    let removed = store.remove_stale_uploads(Duration::ZERO).await?;
+    assert_eq!(removed.len(), 1, "{removed:?}");
+    assert!(
+        removed[0].starts_with("site/.gw-1.bkp.partial-"),
+        "{removed:?}"
+    );
+    assert!(files(root.path()).is_empty());
+    assert!(
+        !root.path().join("site").exists(),
+        "the emptied directory is removed"
+    );
     store
         .put_bytes(
             "site/gw-1.bkp",

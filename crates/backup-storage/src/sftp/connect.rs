@@ -186,11 +186,13 @@ pub(super) async fn connect(t: Target<'_>) -> Result<Conn> {
     )
     .await;
     let mut ssh = match connected {
-        Err(_) => return Err(transient(format!(
+        Err(_) => {
+            return Err(transient(format!(
             "connecting to {}: no answer within {} s; check the host, the port and the firewall",
             t.shown,
             t.timeout.as_secs()
-        ))),
+        )))
+        }
         Ok(Ok(ssh)) => ssh,
         Ok(Err(e)) => {
             if let Some(why) = refusal.lock().expect("not poisoned").take() {

@@ -542,6 +542,52 @@ impl SftpStorage {
     }
 }
 
+impl SftpStorage {
+    /// Removes the temporary files of `dir` and below last written before
+    /// `cutoff`, adding their names to `removed`.
+    fn sweep<'a>(
+        &'a self,
+        conn: &'a Conn,
+        dir: String,
+        cutoff: SystemTime,
+        removed: &'a mut Vec<String>,
+    ) -> futures::future::BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let Some(entries) = self.read_dir(conn, &dir).await? else {
+                return Ok(());
+            };
+            let before = removed.len();
+            for entry in entries {
+                let fname = entry.filename;
+                let name = format!("{dir}{fname}");
+                if entry.attrs.is_dir() {
+                    if crate::names::is_valid_segment(&fname) {
+                        self.sweep(conn, format!("{name}/"), cutoff, removed)
+                            .await?;
+                    }
+                } else if is_temp_name(&fname)
+                    && modified(&entry.attrs).is_some_and(|m| m <= cutoff)
+                {
+                    match conn.sftp.remove(format!("{}{name}", conn.root)).await {
+                        Ok(_) => removed.push(name),
+                        Err(e) if is_missing(&e) => {}
+                        Err(e) => {
+                            return Err(self
+                                .inner
+                                .error(format!("removing the stale upload {name} from {self}"), e)
+                                .await)
+                        }
+                    }
+                }
+            }
+            if removed.len() > before {
+                self.prune(conn, dir.trim_end_matches('/')).await;
+            }
+            Ok(())
+        })
+    }
+}
+
 #[async_trait]
 impl Storage for SftpStorage {
     fn capabilities(&self) -> Capabilities {
@@ -736,6 +782,16 @@ impl Storage for SftpStorage {
             used: Some(s.blocks.saturating_sub(s.blocks_free).saturating_mul(unit)),
             free: Some(s.blocks_avail.saturating_mul(unit)),
         })
+    }
+
+    async fn remove_stale_uploads(&self, older_than: Duration) -> Result<Vec<String>> {
+        let conn = self.inner.conn().await?;
+        let mut removed = Vec::new();
+        if let Some(cutoff) = SystemTime::now().checked_sub(older_than) {
+            self.sweep(&conn, String::new(), cutoff, &mut removed)
+                .await?;
+        }
+        Ok(removed)
     }
 
     async fn presign_get(&self, _name: &str, _expires: Duration) -> Result<String> {

@@ -1,6 +1,8 @@
-//! A real OpenSSH `sshd` on 127.0.0.1 for the sftp tests: a fresh host key,
-//! the user running the tests as its only user, logging in with a fresh
-//! key listed in an authorized_keys file of the test's own.
+//! A real OpenSSH `sshd` on 127.0.0.1 for tests of `sftp://` storage: a
+//! fresh host key, the user running the tests as its only user, logging in
+//! with a fresh key listed in an authorized_keys file of the test's own.
+//! Each failure panics with what went wrong: a test that needs the server
+//! fails loudly without it.
 
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -8,20 +10,23 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use backup_storage::SftpStorageBuilder;
 
 const SSHD: &str = "/usr/sbin/sshd";
 
-pub(crate) struct Sshd {
-    pub(crate) dir: tempfile::TempDir,
-    pub(crate) port: u16,
-    pub(crate) user: String,
+/// A running sshd; dropping it kills the daemon and its sessions.
+pub struct Sshd {
+    /// Keys, configuration and log.
+    pub dir: tempfile::TempDir,
+    /// The port it listens on (127.0.0.1).
+    pub port: u16,
+    /// The user running the tests, who logs in.
+    pub user: String,
     /// The client's private key.
-    pub(crate) key: PathBuf,
+    pub key: PathBuf,
     /// The host key's fingerprint, as `ssh-keygen -lf` prints it.
-    pub(crate) fingerprint: String,
+    pub fingerprint: String,
     /// A known_hosts file that lists the host key for [127.0.0.1]:port.
-    pub(crate) known_hosts: PathBuf,
+    pub known_hosts: PathBuf,
     child: Option<Child>,
 }
 
@@ -36,7 +41,7 @@ fn keygen(path: &Path) -> Result<()> {
 }
 
 /// `SHA256:…` of a public key file, from `ssh-keygen -lf`.
-pub(crate) fn fingerprint_of(public: &Path) -> Result<String> {
+pub fn fingerprint_of(public: &Path) -> Result<String> {
     let out = Command::new("ssh-keygen").arg("-lf").arg(public).output()?;
     ensure!(out.status.success(), "ssh-keygen -lf: {out:?}");
     let text = String::from_utf8(out.stdout)?;
@@ -49,7 +54,7 @@ pub(crate) fn fingerprint_of(public: &Path) -> Result<String> {
 
 impl Sshd {
     /// Starts sshd; fails loudly where OpenSSH's server is not installed.
-    pub(crate) fn start() -> Result<Sshd> {
+    pub fn start() -> Result<Sshd> {
         ensure!(
             Path::new(SSHD).exists(),
             "{SSHD} is missing: the sftp tests need OpenSSH's server (apt-get install openssh-server)"
@@ -95,7 +100,7 @@ impl Sshd {
     }
 
     /// Starts the daemon (again) on the same port and keys.
-    pub(crate) fn spawn(&mut self) -> Result<()> {
+    pub fn spawn(&mut self) -> Result<()> {
         let d = self.dir.path();
         let log = std::fs::File::create(d.join("sshd.log"))?;
         let child = Command::new(SSHD)
@@ -126,12 +131,12 @@ impl Sshd {
         Ok(())
     }
 
-    pub(crate) fn log(&self) -> String {
+    pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
     }
 
     /// The URL of `path` on this server.
-    pub(crate) fn url(&self, path: &Path) -> String {
+    pub fn url(&self, path: &Path) -> String {
         format!(
             "sftp://{}@127.0.0.1:{}{}",
             self.user,
@@ -140,15 +145,8 @@ impl Sshd {
         )
     }
 
-    /// A storage of `path` with the test's key and known_hosts.
-    pub(crate) fn storage(&self, path: &Path) -> Result<SftpStorageBuilder> {
-        Ok(SftpStorageBuilder::from_url(&self.url(path))?
-            .ssh_key(Some(self.key.clone()))
-            .known_hosts(self.known_hosts.clone()))
-    }
-
     /// Kills the daemon and every session process it forked (SIGKILL).
-    pub(crate) fn kill(&mut self) -> Result<()> {
+    pub fn kill(&mut self) -> Result<()> {
         let Some(mut child) = self.child.take() else {
             return Ok(());
         };
@@ -206,7 +204,7 @@ impl Drop for Sshd {
 }
 
 /// Every file below `root`, hidden ones included.
-pub(crate) fn files(root: &Path) -> Vec<PathBuf> {
+pub fn files(root: &Path) -> Vec<PathBuf> {
     walkdir(root)
 }
 
