@@ -23,6 +23,7 @@ mod ops_keys;
 mod ops_runs;
 mod output_contract;
 mod serve;
+mod sftp_storage;
 mod users;
 mod webdriver;
 mod workflows;
