@@ -204,3 +204,66 @@ async fn a_server_killed_mid_upload_publishes_nothing() -> Result<()> {
     assert_eq!(&store.get_bytes("site/gw-1.bkp", 100).await?[..], b"again");
     Ok(())
 }
+
+#[test]
+fn defaults_come_from_home_and_the_passphrase_from_the_environment() -> Result<()> {
+    crate::util::alone(
+        "sftp::defaults_come_from_home_and_the_passphrase_from_the_environment",
+        defaults_from_home_and_the_environment,
+    )
+}
+
+fn defaults_from_home_and_the_environment() -> Result<()> {
+    const PASSPHRASE: &str = "correct horse battery";
+    let runtime = tokio::runtime::Runtime::new()?;
+    let sshd = Sshd::start()?;
+    let home = tempfile::tempdir()?;
+    let ssh = home.path().join(".ssh");
+    std::fs::create_dir(&ssh)?;
+    // ~/.ssh/id_ed25519, encrypted, and ~/.ssh/known_hosts.
+    let out = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", PASSPHRASE, "-f"])
+        .arg(ssh.join("id_ed25519"))
+        .output()?;
+    ensure!(out.status.success(), "{out:?}");
+    let authorized = sshd.dir.path().join("authorized_keys");
+    let mut keys = std::fs::read_to_string(&authorized)?;
+    keys.push_str(&std::fs::read_to_string(ssh.join("id_ed25519.pub"))?);
+    std::fs::write(&authorized, keys)?;
+    std::fs::copy(&sshd.known_hosts, ssh.join("known_hosts"))?;
+    std::env::set_var("HOME", home.path());
+    std::env::remove_var("BACKUP_SSH_PASSWORD");
+    let root = tempfile::tempdir()?;
+    let url = sshd.url(root.path());
+    let open = || backup_storage::open_url(&url, &backup_storage::OpenOptions::default());
+
+    std::env::remove_var("BACKUP_SSH_KEY_PASSPHRASE");
+    let err = runtime
+        .block_on(open()?.list("", false))
+        .expect_err("an encrypted key without its passphrase");
+    ensure!(
+        err.to_string().contains("BACKUP_SSH_KEY_PASSPHRASE"),
+        "{err}"
+    );
+
+    std::env::set_var("BACKUP_SSH_KEY_PASSPHRASE", "wrong horse");
+    let err = runtime
+        .block_on(open()?.list("", false))
+        .expect_err("a wrong passphrase");
+    ensure!(
+        err.to_string().contains("passphrase") && !format!("{err:?}").contains("wrong horse"),
+        "{err:?}"
+    );
+
+    std::env::set_var("BACKUP_SSH_KEY_PASSPHRASE", PASSPHRASE);
+    let store = open()?;
+    runtime.block_on(async {
+        store
+            .put_bytes("gw.bkp", Bytes::from_static(b"image"), PutMode::Create)
+            .await?;
+        ensure!(store.list("", false).await?.objects.len() == 1);
+        Ok(())
+    })?;
+    ensure!(root.path().join("gw.bkp").is_file());
+    Ok(())
+}
