@@ -226,28 +226,43 @@ pub(crate) async fn pull(engine: &Engine, url: &str, out: &Path) -> anyhow::Resu
     Ok(remote.fetch(name, out).await?)
 }
 
-/// A pulled image in the state directory, removed on drop.
+/// A pulled image in the state directory, removed (with its directory) on
+/// drop.
 pub(crate) struct Pulled(pub(crate) std::path::PathBuf);
 
 impl Drop for Pulled {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
     }
 }
 
-/// Pulls `url` into `pulled/` of the state directory, for a restore (not
-/// `tmp/`, whose leftovers a restore removes before it starts).
+/// Pulls `url` into `pulled/PID/IMAGE` of the state directory, for a
+/// restore (not `tmp/`, whose leftovers a restore removes before it
+/// starts); reports then name the image.
 pub(crate) async fn pull_for_restore(engine: &Engine, url: &str) -> anyhow::Result<Pulled> {
-    let tmp = engine.config().appliance.state_dir.join("pulled");
+    let name = url.rsplit('/').next().unwrap_or_default();
+    anyhow::ensure!(
+        !matches!(name, "" | "." | ".."),
+        "{url} does not name an image: write sftp://user@host/path/IMAGE.bkp"
+    );
+    let dir = engine
+        .config()
+        .appliance
+        .state_dir
+        .join("pulled")
+        .join(std::process::id().to_string());
     {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(&tmp)
-            .with_context(|| format!("making the directory {}", tmp.display()))?;
+            .create(&dir)
+            .with_context(|| format!("making the directory {}", dir.display()))?;
     }
-    let pulled = Pulled(tmp.join(format!("pulled-{}.bkp", std::process::id())));
+    let pulled = Pulled(dir.join(name));
     pull(engine, url, &pulled.0)
         .await
         .with_context(|| format!("pulling {url}"))?;

@@ -91,16 +91,20 @@ fn a_backup_over_sftp_is_listed_fetched_and_restored() {
     .expect(0);
     assert_same_tree(&fx.etc, &under(&target, &fx.etc), &[]);
     assert!(under(&target, &fx.db).is_file());
-    // The pulled copy does not stay behind.
-    let scratch: Vec<_> = fs::read_dir(fx.state.join("pulled"))
+    // The pulled copy does not stay behind, nor its directory.
+    let pulled_dir: Vec<_> = fs::read_dir(fx.state.join("pulled"))
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
-    assert!(
-        scratch
-            .iter()
-            .all(|n| !n.to_string_lossy().starts_with("pulled-")),
-        "{scratch:?}"
-    );
+    assert!(pulled_dir.is_empty(), "{pulled_dir:?}");
+    // Reports name the image, not a scratch file.
+    let restored_report = run(fx.cmd_with(&local_config).args([
+        "restore",
+        &url,
+        "--target",
+        target.to_str().unwrap(),
+        "--yes",
+    ]));
+    restored_report.expect(0).mentions(&name);
     // A name that is not on the server.
     run(fx.cmd_with(&local_config).args([
         "restore",
