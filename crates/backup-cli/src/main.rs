@@ -166,7 +166,8 @@ backup encrypt --rehash edited-payload.tar.gz -o edited.bkp    after editing fil
         after_help = "Examples:\n  backup fetch gw-20261122T020000Z_gw-1_standalone.bkp -o /media/usb/gw.bkp"
     )]
     Fetch {
-        /// Image name in the storage
+        /// Image name in the storage, or sftp://user@host[:port]/path/IMAGE.bkp
+        /// on any SSH server
         image: String,
         /// The file to write (created atomically, mode 0600)
         #[arg(short, long, value_name = "FILE")]
@@ -332,8 +333,9 @@ struct CreateArgs {
 
 #[derive(Args)]
 struct RestoreArgs {
-    /// Image name in the storage, or a path to an image file (with --node:
-    /// a cluster bundle's name or path)
+    /// Image name in the storage, a path to an image file, or
+    /// sftp://user@host[:port]/path/IMAGE.bkp on any SSH server (pulled
+    /// first; with --node: a cluster bundle's name or path)
     image: String,
     /// Restore this node's image out of the cluster bundle IMAGE; takes the
     /// bundle's restore lease (one node at a time: exit 4 while another
@@ -890,7 +892,25 @@ fn restore_source(engine: &Engine, args: &RestoreArgs) -> ImageRef {
 
 async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<ExitCode> {
     let engine = engine(cli)?;
-    let source = restore_source(&engine, args);
+    // Kept until the restore has ended.
+    let pulled = if storage_cmd::is_remote_image(&args.image) {
+        Some(storage_cmd::pull_for_restore(&engine, &args.image).await?)
+    } else {
+        None
+    };
+    let source = match &pulled {
+        Some(p) => {
+            let file = ImageRef::File(p.0.clone());
+            match &args.node {
+                Some(node) => ImageRef::Node {
+                    bundle: Box::new(file),
+                    node: node.clone(),
+                },
+                None => file,
+            }
+        }
+        None => restore_source(&engine, args),
+    };
     if let (ImageRef::Node { bundle, .. }, false) = (&source, cli.quiet) {
         // The order is advice: the lease enforces one node at a time.
         if let Ok(m) = engine.bundle_manifest(&**bundle).await {

@@ -15,10 +15,12 @@ pub(crate) async fn fetch(
     out: &Path,
     cli: &Cli,
 ) -> anyhow::Result<ExitCode> {
-    let n = engine
-        .fetch(crate::image_ref(engine, image), out)
-        .await
-        .with_context(|| format!("fetching {image}"))?;
+    let n = if is_remote_image(image) {
+        pull(engine, image, out).await
+    } else {
+        Ok(engine.fetch(crate::image_ref(engine, image), out).await?)
+    }
+    .with_context(|| format!("fetching {image}"))?;
     if cli.json {
         print_json(&serde_json::json!({ "image": image, "output": out, "bytes": n }))?;
     } else if !cli.quiet {
@@ -197,4 +199,72 @@ pub(crate) async fn links(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// An image named by an `sftp://user@host[:port]/dir/IMAGE.bkp` URL: pulled
+/// from any SSH server without configuring it as the storage, with the key
+/// and host key settings of `[storage]` (or the user's `~/.ssh`).
+pub(crate) fn is_remote_image(arg: &str) -> bool {
+    arg.get(..7)
+        .is_some_and(|s| s.eq_ignore_ascii_case("sftp://"))
+}
+
+/// Downloads the image `url` names to `out` (atomically, as `fetch` does).
+pub(crate) async fn pull(engine: &Engine, url: &str, out: &Path) -> anyhow::Result<u64> {
+    let (dir, name) = url
+        .rsplit_once('/')
+        .filter(|(dir, name)| !name.is_empty() && dir.len() > "sftp://".len())
+        .with_context(|| {
+            format!("{url} does not name an image: write sftp://user@host/path/IMAGE.bkp")
+        })?;
+    let config = engine.config();
+    let mut opts = backup_storage::OpenOptions::default();
+    opts.ssh_key = config.storage.ssh_key.clone();
+    opts.host_key_sha256 = config.storage.host_key_sha256.clone();
+    let storage = backup_storage::open_url(dir, &opts)?;
+    let remote = Engine::builder(config.clone()).storage(storage).build()?;
+    Ok(remote.fetch(name, out).await?)
+}
+
+/// A pulled image in the state directory, removed (with its directory) on
+/// drop.
+pub(crate) struct Pulled(pub(crate) std::path::PathBuf);
+
+impl Drop for Pulled {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+/// Pulls `url` into `pulled/PID/IMAGE` of the state directory, for a
+/// restore (not `tmp/`, whose leftovers a restore removes before it
+/// starts); reports then name the image.
+pub(crate) async fn pull_for_restore(engine: &Engine, url: &str) -> anyhow::Result<Pulled> {
+    let name = url.rsplit('/').next().unwrap_or_default();
+    anyhow::ensure!(
+        !matches!(name, "" | "." | ".."),
+        "{url} does not name an image: write sftp://user@host/path/IMAGE.bkp"
+    );
+    let dir = engine
+        .config()
+        .appliance
+        .state_dir
+        .join("pulled")
+        .join(std::process::id().to_string());
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("making the directory {}", dir.display()))?;
+    }
+    let pulled = Pulled(dir.join(name));
+    pull(engine, url, &pulled.0)
+        .await
+        .with_context(|| format!("pulling {url}"))?;
+    Ok(pulled)
 }

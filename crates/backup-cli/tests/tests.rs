@@ -25,6 +25,7 @@ mod output_contract;
 mod own_places;
 mod restore_report;
 mod serve;
+mod sftp_storage;
 mod users;
 mod webdriver;
 mod workflows;

@@ -216,6 +216,15 @@ pub struct StorageConfig {
     /// and where even that one object is unwanted.
     #[serde(default = "default_probe")]
     pub probe: bool,
+    /// For `sftp://`: the private key to log in with (default
+    /// `~/.ssh/id_ed25519`, then `~/.ssh/id_rsa`; its passphrase from
+    /// `BACKUP_SSH_KEY_PASSPHRASE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_key: Option<PathBuf>,
+    /// For `sftp://`: the server's host key fingerprint as `ssh-keygen -lf`
+    /// prints it (`SHA256:…`), trusted instead of `~/.ssh/known_hosts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_key_sha256: Option<String>,
 }
 
 fn default_probe() -> bool {
@@ -234,6 +243,8 @@ impl Default for StorageConfig {
             mount: None,
             group: None,
             probe: true,
+            ssh_key: None,
+            host_key_sha256: None,
         }
     }
 }

@@ -96,6 +96,8 @@ impl EngineBuilder {
                 let mut opts = backup_storage::OpenOptions::default();
                 opts.mount = config.storage.mount.clone();
                 opts.group = file_group;
+                opts.ssh_key = config.storage.ssh_key.clone();
+                opts.host_key_sha256 = config.storage.host_key_sha256.clone();
                 Some(Arc::new(crate::lazy_storage::LazyStorage::new(
                     config.storage.url.trim(),
                     opts,

@@ -32,6 +32,8 @@ mod open;
 mod retry;
 #[cfg(feature = "s3")]
 mod s3;
+#[cfg(feature = "sftp")]
+mod sftp;
 mod types;
 mod url;
 mod writeback;
@@ -49,6 +51,8 @@ pub use open::{local_dir, open_url, OpenOptions};
 pub use retry::{RetryPolicy, RetryStorage};
 #[cfg(feature = "s3")]
 pub use s3::{S3Storage, S3StorageBuilder};
+#[cfg(feature = "sftp")]
+pub use sftp::{SftpStorage, SftpStorageBuilder};
 pub use types::{
     resolve_range, ByteReader, Capabilities, Capacity, DirInfo, GetResult, ListResult, ObjectMeta,
     PutMode, PutOptions, Storage, Upload,

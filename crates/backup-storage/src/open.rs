@@ -13,14 +13,20 @@ pub struct OpenOptions {
     /// For `file://` and `nfs://`: the group (id) new objects belong to,
     /// then group-readable (0640); `None` keeps them owner-only (0600).
     pub group: Option<u32>,
+    /// For `sftp://`: the private key to log in with (default
+    /// `~/.ssh/id_ed25519`, then `~/.ssh/id_rsa`).
+    pub ssh_key: Option<PathBuf>,
+    /// For `sftp://`: the SHA-256 fingerprint (`SHA256:…`) of the server's
+    /// host key, trusted instead of `~/.ssh/known_hosts`.
+    pub host_key_sha256: Option<String>,
 }
 
 /// What this build can open, for error messages.
 const SUPPORTED: &str =
-    "this build supports file:///absolute/path, nfs://server/export (with [storage] mount), s3://bucket/prefix, ftp://user@host/path and ftps://";
+    "this build supports file:///absolute/path, nfs://server/export (with [storage] mount), s3://bucket/prefix, ftp://user@host/path, ftps:// and sftp://user@host/absolute/path";
 
 /// Opens the backend a URL names (`file://`, `nfs://`, `s3://`, `ftp://`,
-/// `ftps://`), wrapped in the shared retry layer ([`crate::RetryStorage`]).
+/// `ftps://`, `sftp://`), wrapped in the shared retry layer ([`crate::RetryStorage`]).
 /// An unknown scheme or a malformed URL is [`crate::Error::InvalidUrl`].
 pub fn open_url(url: &str, opts: &OpenOptions) -> Result<Arc<dyn Storage>> {
     let backend = open_backend(url, opts)?;
@@ -77,9 +83,11 @@ fn open_backend(url: &str, opts: &OpenOptions) -> Result<Arc<dyn Storage>> {
         "s3" => crate::s3::open(url),
         #[cfg(feature = "ftp")]
         "ftp" | "ftps" => crate::ftp::open(url),
+        #[cfg(feature = "sftp")]
+        "sftp" => crate::sftp::open(url, opts),
         // Reached only for backends compiled out of this build.
         #[allow(unreachable_patterns)]
-        "nfs" | "s3" | "ftp" | "ftps" => Err(invalid(format!(
+        "nfs" | "s3" | "ftp" | "ftps" | "sftp" => Err(invalid(format!(
             "{scheme}:// storage is not available in this build; {SUPPORTED}"
         ))),
         _ => Err(invalid(format!("unknown scheme {scheme:?}; {SUPPORTED}"))),

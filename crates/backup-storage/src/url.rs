@@ -31,7 +31,7 @@ fn check_escapes(s: &str, what: &str) -> std::result::Result<(), String> {
 }
 
 /// [`percent_decode`] for parts that must be UTF-8.
-#[cfg(any(feature = "s3", feature = "ftp"))]
+#[cfg(any(feature = "s3", feature = "ftp", feature = "sftp"))]
 pub(crate) fn percent_decode_utf8(s: &str, what: &str) -> std::result::Result<String, String> {
     String::from_utf8(percent_decode(s, what)?)
         .map_err(|_| format!("the {what} is not UTF-8 once percent-decoded"))

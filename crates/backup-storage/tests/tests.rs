@@ -16,6 +16,8 @@ mod s3_behaviour;
 mod s3_conformance;
 #[cfg(feature = "s3")]
 mod s3_url;
+#[cfg(feature = "sftp")]
+mod sftp;
 mod tmpfs;
 
 /// With `autotests = false` a test file that no `mod` line here names is never

@@ -8,7 +8,8 @@
 //!   store;
 //! - [`hostile`]: crafted payloads (path traversal, absolute paths, writes
 //!   through symlinks, device nodes) and sealing them under an appliance's key
-//!   without the checks `backup encrypt` makes, as an attacker would.
+//!   without the checks `backup encrypt` makes, as an attacker would;
+//! - [`sshd`]: a real OpenSSH server on 127.0.0.1 for `sftp://` storage.
 //!
 //! Not published: its interface follows the tests.
 //!
@@ -27,6 +28,7 @@
 
 pub mod hostile;
 mod memory;
+pub mod sshd;
 
 pub use memory::MemoryStorage;
 

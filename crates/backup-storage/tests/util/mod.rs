@@ -6,6 +6,12 @@
 pub(crate) mod ftp;
 #[cfg(feature = "s3")]
 pub(crate) mod s3;
+// Shared with the CLI's tests (backup-testkit, which this crate cannot
+// depend on: it depends on this crate).
+#[cfg(feature = "sftp")]
+#[allow(unreachable_pub)]
+#[path = "../../../backup-testkit/src/sshd.rs"]
+pub(crate) mod sshd;
 
 use std::process::Command;
 
