@@ -166,8 +166,8 @@ backup encrypt --rehash edited-payload.tar.gz -o edited.bkp    after editing fil
         after_help = "Examples:\n  backup fetch gw-20261122T020000Z_gw-1_standalone.bkp -o /media/usb/gw.bkp"
     )]
     Fetch {
-        /// Image name in the storage, or sftp://user@host[:port]/path/IMAGE.bkp
-        /// on any SSH server
+        /// Image name in the storage, or sftp://user@host/path/IMAGE.bkp (a port:
+        /// host:2222) on any SSH server
         image: String,
         /// The file to write (created atomically, mode 0600)
         #[arg(short, long, value_name = "FILE")]
@@ -334,7 +334,7 @@ struct CreateArgs {
 #[derive(Args)]
 struct RestoreArgs {
     /// Image name in the storage, a path to an image file, or
-    /// sftp://user@host[:port]/path/IMAGE.bkp on any SSH server (pulled
+    /// sftp://user@host/path/IMAGE.bkp (a port: host:2222) on any SSH server (pulled
     /// first; with --node: a cluster bundle's name or path)
     image: String,
     /// Restore this node's image out of the cluster bundle IMAGE; takes the
