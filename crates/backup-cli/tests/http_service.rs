@@ -998,43 +998,13 @@ fn a_user_added_while_the_service_runs_can_log_in_at_once() {
     app.assert_no_secret_leaked(&server);
 }
 
-/// A tmpfs mounted (`mount -t tmpfs`, as root) on an existing directory for
-/// the life of the value.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, options: &str) -> Tmpfs {
-        let out = run(Command::new("mount")
-            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
-            .arg(dir));
-        assert_eq!(
-            out.code,
-            0,
-            "mount -t tmpfs failed: this test needs root and permission to mount\n{}",
-            out.dump()
-        );
-        Tmpfs(dir.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        // Lazy, so that a failing test holding a file open still unmounts.
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .stdin(Stdio::null())
-            .status();
-    }
-}
-
 #[test]
 fn a_storage_that_fills_up_mid_run_breaks_the_transfer_and_publishes_nothing() {
     let app = Appliance::new("");
     fs::write(app.etc.join("bulk.bin"), pseudo_random(11, 6 << 20)).unwrap();
     // The store on a 16 MiB file system: the preflight sees room for the
     // image; the test takes it away while the image is being written.
-    let _store = Tmpfs::mount(&app.store, "size=16m");
+    let _store = backup_testkit::Tmpfs::mount(&app.store, "16m");
     app.add_user("admin", "admin", ADMIN_PW);
     let mut server = app.serve();
     let admin = Curl::with_netrc(&server, &app.dir().join("admin"), "admin", ADMIN_PW);

@@ -3,40 +3,9 @@
 //! file systems: a restore that cannot be staged, a backup whose scratch
 //! space cannot hold a snapshot.
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use crate::util::*;
-
-/// A tmpfs mounted (`mount -t tmpfs`, as root) on a directory for the life
-/// of the value.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Tmpfs {
-        fs::create_dir_all(dir).unwrap();
-        let out = run(Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir));
-        assert_eq!(
-            out.code,
-            0,
-            "mount -t tmpfs failed: this test needs root and permission to mount\n{}",
-            out.dump()
-        );
-        Tmpfs(dir.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .stdin(Stdio::null())
-            .status();
-    }
-}
+use backup_testkit::Tmpfs;
 
 /// config (with two reminders) + maindb, audits (not in a standard
 /// backup) and a database dump that does not apply on this node.

@@ -9,7 +9,9 @@
 //! - [`hostile`]: crafted payloads (path traversal, absolute paths, writes
 //!   through symlinks, device nodes) and sealing them under an appliance's key
 //!   without the checks `backup encrypt` makes, as an attacker would;
-//! - [`sshd`]: a real OpenSSH server on 127.0.0.1 for `sftp://` storage.
+//! - [`sshd`]: a real OpenSSH server on 127.0.0.1 for `sftp://` storage;
+//! - [`Tmpfs`]: a small file system of a given size (as root), for full
+//!   disks and room checks.
 //!
 //! Not published: its interface follows the tests.
 //!
@@ -29,8 +31,10 @@
 pub mod hostile;
 mod memory;
 pub mod sshd;
+mod tmpfs;
 
 pub use memory::MemoryStorage;
+pub use tmpfs::Tmpfs;
 
 /// The demo appliance and the comparisons the tests prove restores with
 /// (backup-core's fixture builder, used by `backup quickstart` too).

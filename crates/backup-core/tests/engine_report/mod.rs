@@ -1,42 +1,10 @@
 //! What a restore says about itself (the post-restore report, in the result,
 //! the dry run, the status and the audit log) and the room checks before a
 //! restore stages and before a backup snapshots, on real small file systems.
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use super::*;
 use backup_core::{Absent, RestoreSummary};
-
-/// A tmpfs mounted (as root) on an existing directory for the life of the value.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(dir).unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .stdin(Stdio::null())
-            .output()
-            .expect("running mount");
-        assert!(
-            out.status.success(),
-            "mount -t tmpfs failed: this test needs root and permission to mount\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Tmpfs(dir.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .stdin(Stdio::null())
-            .status();
-    }
-}
+use backup_testkit::Tmpfs;
 
 fn absent(component: &str, reason: &str) -> Absent {
     serde_json::from_value(serde_json::json!({"component": component, "reason": reason})).unwrap()
