@@ -60,11 +60,14 @@ impl LinkKey {
     }
 
     /// The signature of a link to `name` valid until `exp` (Unix seconds).
+    #[cfg(test)]
     pub(crate) fn sign(&self, name: &str, exp: i64) -> std::io::Result<String> {
-        let key = self.key(true)?;
-        Ok(hex::encode(
-            Self::mac(&key, name, exp).finalize().into_bytes(),
-        ))
+        Ok(Self::signature(&self.key(true)?, name, exp))
+    }
+
+    /// The signature of a link to `name` until `exp` under `key`.
+    fn signature(key: &[u8], name: &str, exp: i64) -> String {
+        hex::encode(Self::mac(key, name, exp).finalize().into_bytes())
     }
 
     /// Whether `sig` is the signature of a link to `name` until `exp`
@@ -83,11 +86,21 @@ impl LinkKey {
 
 /// The service's own download links (`GET /dl/{name}?exp=…&sig=…`), for
 /// a storage that cannot presign: give it to
-/// [`backup_core::Engine::links_signed`].
-#[derive(Debug, Clone)]
+/// [`backup_core::Engine::links_signed`]. The key is read once, at the
+/// first link: a signer serves one request or command.
 pub struct SignedLinks {
     key: LinkKey,
     base_url: String,
+    loaded: std::sync::Mutex<Option<zeroize::Zeroizing<Vec<u8>>>>,
+}
+
+impl std::fmt::Debug for SignedLinks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignedLinks")
+            .field("key", &self.key)
+            .field("base_url", &self.base_url)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SignedLinks {
@@ -98,6 +111,7 @@ impl SignedLinks {
         SignedLinks {
             key: LinkKey::in_state_dir(state_dir),
             base_url: base_url.trim_end_matches('/').to_string(),
+            loaded: std::sync::Mutex::new(None),
         }
     }
 }
@@ -105,13 +119,15 @@ impl SignedLinks {
 impl backup_core::LinkSigner for SignedLinks {
     fn url(&self, image: &str, expires: DateTime<Utc>) -> backup_core::Result<String> {
         let exp = expires.timestamp();
-        let sig = self
-            .key
-            .sign(image, exp)
-            .map_err(|e| backup_core::Error::Io {
+        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        if loaded.is_none() {
+            *loaded = Some(self.key.key(true).map_err(|e| backup_core::Error::Io {
                 what: format!("reading the link key {}", self.key.path.display()),
                 source: e,
-            })?;
+            })?);
+        }
+        let key = loaded.as_deref().expect("loaded above");
+        let sig = LinkKey::signature(key, image, exp);
         Ok(format!(
             "{}/dl/{}?exp={exp}&sig={sig}",
             self.base_url,
@@ -120,8 +136,9 @@ impl backup_core::LinkSigner for SignedLinks {
     }
 }
 
-/// A path percent-encoded, `/` kept.
-fn encode_path(name: &str) -> String {
+/// A path percent-encoded, `/` kept (each segment as RFC 3986 unreserved
+/// characters or `%XX`).
+pub(crate) fn encode_path(name: &str) -> String {
     name.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {

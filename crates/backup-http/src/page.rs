@@ -11,6 +11,7 @@ use backup_core::{ImageSummary, RunRecord, StatusView};
 use chrono::{DateTime, Utc};
 
 use crate::auth::Role;
+use crate::links::encode_path;
 use crate::request::{Audit, Req};
 use crate::service::Service;
 
@@ -75,18 +76,6 @@ fn esc(text: &str) -> String {
         }
     }
     out
-}
-
-/// A query value or path segment, percent-encoded.
-fn enc(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            other => format!("%{other:02X}"),
-        })
-        .collect()
 }
 
 fn when(t: &DateTime<Utc>) -> String {
@@ -289,8 +278,7 @@ button.plain{{background:#fff;color:#2c66c4}} form{{margin:0}} code{{font-size:.
                 size(i.size)
             );
             if self.admin {
-                let path: Vec<String> = i.name.split('/').map(enc).collect();
-                let url = format!("{}/images/{}", self.base, path.join("/"));
+                let url = format!("{}/images/{}", self.base, encode_path(&i.name));
                 let _ = write!(
                     h,
                     "<td><a href=\"{url}\" download>Download</a> <button class=\"plain\" type=\"button\" data-link=\"{url}/link\">Copy link</button></td>",
