@@ -222,25 +222,20 @@ fn destination(
     created: DateTime<Utc>,
 ) -> Result<(Arc<dyn Storage>, String)> {
     let a = &engine.config.appliance;
+    let name = || image_name(&engine.config.storage.prefix, created, &a.node, a.role);
     match &opts.destination {
         Destination::File(path) => local_destination(path, engine.file_group),
         Destination::Stream(stream) if !stream.store => {
             let sink = StreamSink {
                 stream: stream.clone(),
             };
-            Ok((
-                Arc::new(sink),
-                image_name(&engine.config.storage.prefix, created, &a.node, a.role),
-            ))
+            Ok((Arc::new(sink), name()))
         }
         Destination::Storage | Destination::Stream(_) => {
             let storage = engine.storage.clone().ok_or_else(|| {
                 Error::NoStorage("pass --output FILE or set [storage] url".into())
             })?;
-            Ok((
-                storage,
-                image_name(&engine.config.storage.prefix, created, &a.node, a.role),
-            ))
+            Ok((storage, name()))
         }
     }
 }
