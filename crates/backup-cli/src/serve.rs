@@ -319,6 +319,31 @@ mod tests {
 
     use super::*;
 
+    /// Serves `router` on `listener` until the returned sender is used; the
+    /// handle ends once the drain has.
+    fn spawn_server(
+        listener: TcpListener,
+        router: axum::Router,
+        opts: ServeOptions,
+    ) -> (
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let stop = async move {
+                let _ = stop_rx.await;
+                "test stop"
+            };
+            serve_until(listener, router, &opts, stop, std::future::pending())
+                .await
+                .unwrap()
+                .shutdown()
+                .await;
+        });
+        (stop_tx, server)
+    }
+
     /// `curl --cacert CA URL`, run off the runtime's threads.
     fn curl(ca: &Path, url: String) -> tokio::task::JoinHandle<Output> {
         let ca = ca.to_path_buf();
@@ -450,18 +475,7 @@ mod tests {
             client_certs: Arc::new(|| false),
             json: false,
         };
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(async move {
-            let stop = async move {
-                let _ = stop_rx.await;
-                "test stop"
-            };
-            serve_until(listener, router, &opts, stop, std::future::pending())
-                .await
-                .unwrap()
-                .shutdown()
-                .await;
-        });
+        let (stop_tx, server) = spawn_server(listener, router, opts);
         let out = curl(&ca, format!("https://127.0.0.1:{port}/peer"))
             .await
             .unwrap();
@@ -507,18 +521,7 @@ mod tests {
             client_certs: Arc::new(move || flag.load(Ordering::SeqCst)),
             json: false,
         };
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(async move {
-            let stop = async move {
-                let _ = stop_rx.await;
-                "test stop"
-            };
-            serve_until(listener, router, &opts, stop, std::future::pending())
-                .await
-                .unwrap()
-                .shutdown()
-                .await;
-        });
+        let (stop_tx, server) = spawn_server(listener, router, opts);
         let with_cert = || {
             let (ca, cert_path, key_path) = (ca.clone(), cert_path.clone(), key_path.clone());
             tokio::task::spawn_blocking(move || {
@@ -591,18 +594,7 @@ mod tests {
             client_certs: Arc::new(|| false),
             json: false,
         };
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(async move {
-            let stop = async move {
-                let _ = stop_rx.await;
-                "test stop"
-            };
-            serve_until(listener, router, &opts, stop, std::future::pending())
-                .await
-                .unwrap()
-                .shutdown()
-                .await;
-        });
+        let (stop_tx, server) = spawn_server(listener, router, opts);
         // openssl s_client sends the request, then blocks on its full
         // stdout pipe, which nobody reads: it stops reading the socket.
         let mut client = Command::new("openssl")

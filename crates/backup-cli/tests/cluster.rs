@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::util::{command_component, run, signal, wait_for, Ops, Out, Running};
+use crate::util::{command_component, names_in, run, signal, wait_for, Ops, Out, Running};
 
 /// How long a server start, a stop or a cluster run may take.
 const PATIENCE: Duration = Duration::from_secs(120);
@@ -123,16 +123,6 @@ fn cluster_create(coord: &Ops, code: i32) -> (Out, Value) {
     out.expect(code);
     let report = out.json();
     (out, report)
-}
-
-/// Names of the files in a storage directory, hidden ones included.
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
 }
 
 /// The coordinator's storage holds exactly `expected` (no staging object,

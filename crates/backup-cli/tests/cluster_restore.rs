@@ -282,15 +282,6 @@ fn tar_listing(bundle: &Path) -> Vec<String> {
         .collect()
 }
 
-fn files_in(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
 #[test]
 fn list_show_extract_and_plan_read_a_bundle_gnu_tar_lists() {
     let c = Cluster::new();
@@ -482,7 +473,11 @@ fn a_corrupted_member_fails_its_checksum_and_leaves_nothing_behind() {
     .expect(1)
     .mentions("SHA-256")
     .mentions("damaged");
-    assert_eq!(files_in(&out_dir), Vec::<String>::new(), "nothing is left");
+    assert_eq!(
+        crate::util::names_in(&out_dir),
+        Vec::<String>::new(),
+        "nothing is left"
+    );
     // The other members still come out whole.
     c.on(
         "data-2",
@@ -512,7 +507,7 @@ fn a_corrupted_member_fails_its_checksum_and_leaves_nothing_behind() {
         ],
     )
     .expect(1);
-    assert!(!restore_to.exists() || files_in(&restore_to).is_empty());
+    assert!(!restore_to.exists() || crate::util::names_in(&restore_to).is_empty());
     assert!(!c.lease(&bundle).exists());
 }
 
@@ -554,7 +549,7 @@ fn a_node_restores_from_the_bundle_on_itself_and_is_refused_on_a_peer() {
     )
     .expect(1)
     .mentions("belongs to node \"data-1\"");
-    assert!(!target.exists() || files_in(&target).is_empty());
+    assert!(!target.exists() || crate::util::names_in(&target).is_empty());
     assert!(!c.lease(&bundle).exists(), "the lease is released");
 
     // A bundle file: its lease lies beside it, and is honoured there too.
@@ -597,7 +592,11 @@ fn a_node_restores_from_the_bundle_on_itself_and_is_refused_on_a_peer() {
         .unwrap(),
         "node = data-1\n"
     );
-    assert_eq!(files_in(&carried), vec![bundle.clone()], "no lease is left");
+    assert_eq!(
+        crate::util::names_in(&carried),
+        vec![bundle.clone()],
+        "no lease is left"
+    );
 
     // The audit log names the node's image in the bundle.
     let audit = c.on("data-1", &["--json", "audit"]).expect(0).json();

@@ -323,20 +323,12 @@ default = false
 
     /// Names of the files in the store (sorted), hidden ones included.
     pub fn store_files(&self) -> Vec<String> {
-        let mut v: Vec<String> = fs::read_dir(&self.store)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
+        crate::util::names_in(&self.store)
     }
 
     /// Published images in the store (final `.bkp` names), sorted.
     pub fn images(&self) -> Vec<String> {
-        self.store_files()
-            .into_iter()
-            .filter(|n| !n.starts_with('.') && n.ends_with(".bkp"))
-            .collect()
+        crate::util::published_images(&self.store)
     }
 
     /// `backup verify FILE` succeeds; gives the names of the image's

@@ -971,20 +971,12 @@ paths = [{etc:?}]
 
     /// Names of the files in the store (sorted), hidden ones included.
     pub fn store_files(&self) -> Vec<String> {
-        let mut v: Vec<String> = fs::read_dir(&self.store)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
+        names_in(&self.store)
     }
 
     /// Published images (final `.bkp` names), sorted (oldest first).
     pub fn images(&self) -> Vec<String> {
-        self.store_files()
-            .into_iter()
-            .filter(|n| !n.starts_with('.') && n.ends_with(".bkp"))
-            .collect()
+        published_images(&self.store)
     }
 
     /// Files in the store under a final (not hidden) name.
@@ -1022,6 +1014,24 @@ pub fn image_time(name: &str) -> chrono::DateTime<chrono::Utc> {
 }
 
 /// Every regular file under `dir` (recursively), symlinks not followed.
+/// Names of the files in `dir` (sorted), hidden ones included.
+pub fn names_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Published images in a store directory (final `.bkp` names), sorted.
+pub fn published_images(dir: &Path) -> Vec<String> {
+    names_in(dir)
+        .into_iter()
+        .filter(|n| !n.starts_with('.') && n.ends_with(".bkp"))
+        .collect()
+}
+
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
