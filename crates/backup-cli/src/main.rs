@@ -15,6 +15,7 @@ use backup_core::{
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
 mod cluster_cmd;
+mod drill_cmd;
 mod ops_cmd;
 mod quickstart;
 mod report;
@@ -129,6 +130,17 @@ backup restore ./carried/gw.bkp -C config      only the config component\n  \
 backup restore gw-edge.20261122T020000Z.tar --node data-1 --yes    one node out of a cluster bundle"
     )]
     Restore(RestoreArgs),
+    /// Prove an image restores: restore it into scratch space through the
+    /// real restore path, run the SQLite integrity check and each
+    /// component's drill_check, remove the scratch and record the result
+    /// (status, audit log; on_failure hook with BACKUP_HOOK=drill). Exit 1
+    /// when the drill fails
+    #[command(
+        after_help = "Examples:\n  backup drill                                   the newest successful image of this node\n  \
+backup drill gw-20261122T020000Z_gw-1_standalone.bkp --timeout 10m\n  \
+backup --json drill --scratch /var/tmp/drills"
+    )]
+    Drill(drill_cmd::DrillArgs),
     /// Write the decrypted payload (a standard .tar.gz, .tar.zst or .tar, as
     /// the image was compressed) for standard tools. The output holds the
     /// appliance's secrets in clear
@@ -513,6 +525,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Show { image } => show(&cli, image).await,
         Command::Verify { image } => verify(&cli, image).await,
         Command::Restore(args) => restore(&cli, args).await,
+        Command::Drill(args) => drill_cmd::drill(&cli, args).await,
         Command::Decrypt { image, output } => decrypt(&cli, image, output).await,
         Command::Encrypt {
             input,

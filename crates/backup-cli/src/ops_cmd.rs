@@ -81,7 +81,7 @@ fn parse_since(s: &str) -> anyhow::Result<DateTime<Utc>> {
     Utc::now().checked_sub_signed(d).ok_or_else(|| bad().into())
 }
 
-fn when(t: &DateTime<Utc>) -> String {
+pub(crate) fn when(t: &DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
 
@@ -171,6 +171,7 @@ pub(crate) fn status(engine: &Engine, json: bool) -> anyhow::Result<ExitCode> {
         )?,
         (None, _) => outln!("next backup:    {}", s.schedule)?,
     }
+    crate::drill_cmd::print_status(&s)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -41,6 +41,9 @@ pub struct Config {
     /// The nodes a cluster coordinator backs up as one (`backup cluster`).
     #[serde(default)]
     pub cluster: Option<ClusterConfig>,
+    /// Restore drills (`backup drill`, and on a schedule by `backup daemon`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill: Option<crate::drill::DrillConfig>,
 }
 
 /// `[cluster]` on a coordinator: the nodes backed up as one bundle.
@@ -353,6 +356,11 @@ pub struct ComponentConfig {
     /// restored, e.g. "re-enroll VPN certificates".
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub after_restore: Vec<String>,
+    /// argv run by a restore drill against the component's restored files
+    /// (no shell; `{path}` in an argument is the restored path, also in
+    /// `BACKUP_DRILL_PATH`); a non-zero exit fails the drill.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drill_check: Vec<String>,
 }
 
 fn yes() -> bool {
@@ -375,6 +383,8 @@ struct RawComponent {
     audit: Option<bool>,
     #[serde(default)]
     after_restore: Vec<String>,
+    #[serde(default)]
+    drill_check: Vec<String>,
     #[serde(default)]
     paths: Option<Vec<PathBuf>>,
     #[serde(default)]
@@ -445,6 +455,7 @@ impl TryFrom<RawComponent> for ComponentConfig {
             applicable_if_exists: r.applicable_if_exists,
             audit: r.audit,
             after_restore: r.after_restore,
+            drill_check: r.drill_check,
         })
     }
 }
@@ -568,6 +579,9 @@ impl Config {
             if !self.has_storage() {
                 return Err("[schedule] needs a storage: scheduled backups have nowhere to go with [storage] url = \"none\"; set [storage] url or remove [schedule]".into());
             }
+        }
+        if let Some(drill) = &self.drill {
+            drill.validate()?;
         }
         let mut names = BTreeSet::new();
         for c in &self.components {

@@ -108,6 +108,9 @@ pub(crate) struct Context<'a> {
     pub(crate) actor: String,
     pub(crate) progress: Arc<dyn Progress>,
     pub(crate) trigger: Trigger,
+    /// Set when the run must stop (a drill past its time limit): reading
+    /// an image then fails.
+    pub(crate) stop: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// The parts of an engine a context borrows.
@@ -139,6 +142,7 @@ impl<'a> Context<'a> {
                 .clone()
                 .unwrap_or_else(|| shared.progress.clone()),
             trigger: call.trigger,
+            stop: None,
         }
     }
 
@@ -146,6 +150,14 @@ impl<'a> Context<'a> {
     pub(crate) fn with_trigger(&self, trigger: Trigger) -> Self {
         Context {
             trigger,
+            ..self.clone()
+        }
+    }
+
+    /// The same context, stopping its image reads once `stop` is set.
+    pub(crate) fn with_stop(&self, stop: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        Context {
+            stop: Some(stop),
             ..self.clone()
         }
     }

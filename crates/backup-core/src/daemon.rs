@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::context::{Context, Trigger};
+use crate::guard::Operation;
 use crate::ops::status::RunRecord;
 use crate::plan::CreateOptions;
 use crate::progress::Event;
@@ -64,12 +65,19 @@ pub(crate) async fn run(
     mut shutdown: watch::Receiver<bool>,
     job: Option<(&dyn ScheduledRun, &crate::Engine)>,
 ) -> Result<()> {
-    let sched_cfg = engine.config.schedule.clone().ok_or_else(|| {
-        Error::Input(
-            "no [schedule] in the configuration: there is nothing for the daemon to run".into(),
-        )
-    })?;
-    let job = match (sched_cfg.cluster, job) {
+    let drill_cfg = engine.config.drill.clone().unwrap_or_default();
+    let drills = drill_cfg.schedule()?;
+    let sched_cfg = match (engine.config.schedule.clone(), &drills) {
+        (Some(s), _) => Some(s),
+        (None, Some(_)) => None,
+        (None, None) => {
+            return Err(Error::Input(
+                "no [schedule] and no [drill] cron in the configuration: there is nothing for the daemon to run".into(),
+            ))
+        }
+    };
+    let cluster = sched_cfg.as_ref().is_some_and(|s| s.cluster);
+    let job = match (cluster, job) {
         (true, None) => {
             return Err(Error::Input(
                 "[schedule] cluster = true, but this daemon cannot back up a cluster: run `backup daemon`"
@@ -79,7 +87,7 @@ pub(crate) async fn run(
         (true, job) => job,
         (false, _) => None,
     };
-    let schedule = sched_cfg.parse()?;
+    let schedule = sched_cfg.as_ref().map(|s| s.parse()).transpose()?;
     let state = engine.config.appliance.state_dir.clone();
     crate::util::create_private_dir(&state)
         .map_err(|e| Error::io(format!("creating {}", state.display()), e))?;
@@ -92,8 +100,13 @@ pub(crate) async fn run(
                 prev.pid, prev.started
             )));
         }
-        let missed = schedule.between(prev.last_seen, started, 10_000);
-        if let (Some(first), Some(last)) = (missed.first(), missed.last()) {
+        let missed = match &schedule {
+            Some(schedule) => schedule.between(prev.last_seen, started, 10_000),
+            None => Vec::new(),
+        };
+        if let (Some(first), Some(last), Some(sched_cfg)) =
+            (missed.first(), missed.last(), &sched_cfg)
+        {
             let msg = format!(
                 "{} scheduled backup(s) between {} and {} were missed while the daemon was not running; they are not replayed",
                 missed.len(),
@@ -122,7 +135,9 @@ pub(crate) async fn run(
     };
     loop {
         let now = Utc::now();
-        let Some(next) = schedule.next_after(now) else {
+        let next_backup = schedule.as_ref().and_then(|s| s.next_after(now));
+        let next_drill = drills.as_ref().and_then(|s| s.next_after(now));
+        let Some(next) = next_backup.into_iter().chain(next_drill).min() else {
             return Err(Error::Input(
                 "the schedule has no run in the next five years".into(),
             ));
@@ -141,62 +156,170 @@ pub(crate) async fn run(
         if *shutdown.borrow() {
             break;
         }
-        if Utc::now() < next {
+        let woke = Utc::now();
+        if woke < next {
             continue; // a heartbeat wake-up
         }
-        engine.progress.event(&Event::Step {
-            message: format!(
-                "scheduled backup due at {}",
-                next.format("%Y-%m-%d %H:%M UTC")
-            ),
-        });
-        let opts = CreateOptions {
-            include_audits: sched_cfg.include_audits,
-            ..Default::default()
-        };
-        // Outcomes (success, partial, skipped, failed) are recorded by
-        // `create` in the status and the audit log; the frontend gets one
-        // event per run.
-        let finished = if let Some((job, outer)) = job {
-            match job.run(outer).await {
-                Ok(r) => Event::RunFinished {
-                    time: Utc::now(),
-                    image: r.image,
-                    outcome: r.outcome.as_str().to_string(),
-                    reason: r.reason,
-                },
-                Err(e) => Event::RunFinished {
-                    time: Utc::now(),
-                    image: None,
-                    outcome: crate::error::outcome_of(&e).to_string(),
-                    reason: Some(e.to_string()),
-                },
+        // A backup and a drill due together: the backup first, so the
+        // drill proves the image just made.
+        if let (Some(due), Some(sched_cfg)) = (next_backup.filter(|t| *t <= woke), &sched_cfg) {
+            wait_for_drill(engine, &drill_cfg, &mut shutdown).await;
+            if *shutdown.borrow() {
+                break;
             }
-        } else {
-            match crate::backup::create(&engine.with_trigger(Trigger::Scheduled), &opts).await {
-                Ok(r) => Event::RunFinished {
-                    time: Utc::now(),
-                    reason: crate::backup::failed_components(&r),
-                    image: Some(r.image),
-                    outcome: r.outcome.as_str().to_string(),
-                },
-                Err(e) => Event::RunFinished {
-                    time: Utc::now(),
-                    image: None,
-                    outcome: crate::error::outcome_of(&e).to_string(),
-                    reason: Some(e.to_string()),
-                },
+            scheduled_backup(engine, sched_cfg, job, due).await;
+            if *shutdown.borrow() {
+                break;
             }
-        };
-        engine.progress.event(&finished);
-        if *shutdown.borrow() {
-            break;
+        }
+        if let Some(due) = next_drill.filter(|t| *t <= woke) {
+            scheduled_drill(engine, due).await;
+            if *shutdown.borrow() {
+                break;
+            }
         }
     }
     info.last_seen = Utc::now();
     info.next_run = None;
     store(&path, &info);
     Ok(())
+}
+
+/// How long past a drill's time limit a scheduled backup still waits for
+/// the drill to end.
+const DRILL_WAIT_MARGIN: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Waits while a restore drill holds the operation lock — at most the
+/// drill time limit (`[drill] timeout`) plus a minute — so a scheduled
+/// backup follows a drill instead of being skipped for it. Past that, the
+/// backup goes ahead and is recorded as skipped if the drill still runs.
+async fn wait_for_drill(
+    engine: &Context<'_>,
+    drill: &crate::drill::DrillConfig,
+    shutdown: &mut watch::Receiver<bool>,
+) {
+    let bound = drill
+        .time_limit()
+        .unwrap_or(crate::drill::DEFAULT_DRILL_TIMEOUT)
+        + DRILL_WAIT_MARGIN;
+    let until = Instant::now() + bound;
+    let mut told = false;
+    loop {
+        let holder = crate::ops::lock::probe(engine.state_dir()).ok().flatten();
+        let Some(holder) = holder.filter(|h| h.operation == Operation::Drill.status_name()) else {
+            return;
+        };
+        if !told {
+            engine.progress.event(&Event::Step {
+                message: format!(
+                    "a restore drill (pid {}) is running; the scheduled backup waits for it (at most {})",
+                    holder.pid,
+                    crate::drill::show_duration(bound)
+                ),
+            });
+            told = true;
+        }
+        if Instant::now() >= until {
+            engine.warn(format!(
+                "the restore drill (pid {}) still runs after {}; the scheduled backup no longer waits for it",
+                holder.pid,
+                crate::drill::show_duration(bound)
+            ));
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Runs the scheduled backup due at `due` (or the cluster `job`) and tells
+/// the frontend how it ended.
+async fn scheduled_backup(
+    engine: &Context<'_>,
+    sched_cfg: &crate::config::ScheduleConfig,
+    job: Option<(&dyn ScheduledRun, &crate::Engine)>,
+    due: DateTime<Utc>,
+) {
+    engine.progress.event(&Event::Step {
+        message: format!(
+            "scheduled backup due at {}",
+            due.format("%Y-%m-%d %H:%M UTC")
+        ),
+    });
+    let opts = CreateOptions {
+        include_audits: sched_cfg.include_audits,
+        ..Default::default()
+    };
+    // Outcomes (success, partial, skipped, failed) are recorded by
+    // `create` in the status and the audit log; the frontend gets one
+    // event per run.
+    let finished = if let Some((job, outer)) = job {
+        match job.run(outer).await {
+            Ok(r) => Event::RunFinished {
+                time: Utc::now(),
+                image: r.image,
+                outcome: r.outcome.as_str().to_string(),
+                reason: r.reason,
+            },
+            Err(e) => Event::RunFinished {
+                time: Utc::now(),
+                image: None,
+                outcome: crate::error::outcome_of(&e).to_string(),
+                reason: Some(e.to_string()),
+            },
+        }
+    } else {
+        match crate::backup::create(&engine.with_trigger(Trigger::Scheduled), &opts).await {
+            Ok(r) => Event::RunFinished {
+                time: Utc::now(),
+                reason: crate::backup::failed_components(&r),
+                image: Some(r.image),
+                outcome: r.outcome.as_str().to_string(),
+            },
+            Err(e) => Event::RunFinished {
+                time: Utc::now(),
+                image: None,
+                outcome: crate::error::outcome_of(&e).to_string(),
+                reason: Some(e.to_string()),
+            },
+        }
+    };
+    engine.progress.event(&finished);
+}
+
+/// Runs the scheduled drill due at `due`; the drill records itself
+/// (status, audit log, hook), the frontend gets a line.
+async fn scheduled_drill(engine: &Context<'_>, due: DateTime<Utc>) {
+    engine.progress.event(&Event::Step {
+        message: format!(
+            "scheduled restore drill due at {}",
+            due.format("%Y-%m-%d %H:%M UTC")
+        ),
+    });
+    let drilled = crate::drill::run(
+        &engine.with_trigger(Trigger::Scheduled),
+        &crate::drill::DrillOptions::default(),
+    )
+    .await;
+    let message = match drilled {
+        Ok(r) if r.outcome == crate::image::Outcome::Success => format!(
+            "scheduled restore drill of {}: success in {:.1} s",
+            r.image.as_deref().unwrap_or("-"),
+            r.duration_ms as f64 / 1000.0
+        ),
+        Ok(r) => format!(
+            "scheduled restore drill of {}: failed ({})",
+            r.image.as_deref().unwrap_or("-"),
+            r.failures.join("; ")
+        ),
+        Err(e) => format!(
+            "scheduled restore drill: {} ({e})",
+            crate::error::outcome_of(&e)
+        ),
+    };
+    engine.progress.event(&Event::Step { message });
 }
 
 #[cfg(test)]

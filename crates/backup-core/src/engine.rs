@@ -15,6 +15,7 @@ use crate::component::{
 use crate::config::{ComponentKind, Config};
 use crate::context::{Call, Context, Shared};
 use crate::daemon::ScheduledRun;
+use crate::drill::{DrillOptions, DrillReport};
 use crate::guard::Operation;
 use crate::images::{ImageDetails, ImageRef, ImageSummary};
 use crate::keys::rewrap::RewrapResult;
@@ -132,6 +133,7 @@ impl EngineBuilder {
                 requires: c.requires.clone(),
                 audit: c.is_audit(),
                 after_restore: c.after_restore.clone(),
+                drill_check: c.drill_check.clone(),
             };
             components.push(Registered { component, options });
         }
@@ -299,6 +301,17 @@ impl Engine {
         opts: &RestoreOptions,
     ) -> Result<RestoreReport> {
         crate::restore::run(&self.context(&Call::default()), &image.into(), opts).await
+    }
+
+    /// Runs a restore drill: restores an image (the newest successful one
+    /// of this node unless `opts` names one) into scratch space through the
+    /// real restore path, checks the restored files, removes them and
+    /// records the result (status, audit log, `on_failure` hook). A drill
+    /// that fails is a report with outcome `failed`, not an error; errors
+    /// are for a drill that could not start ([`Error::Busy`] when another
+    /// operation runs, recorded as skipped).
+    pub async fn drill(&self, opts: &DrillOptions) -> Result<DrillReport> {
+        crate::drill::run(&self.context(&Call::default()), opts).await
     }
 
     /// What restoring `image` with `opts` would replace, add, remove and
@@ -585,6 +598,11 @@ impl EngineCall<'_> {
         opts: &RestoreOptions,
     ) -> Result<RestorePlan> {
         crate::restore::dry_run(&self.context(), &image.into(), opts).await
+    }
+
+    /// [`Engine::drill`] with this call's actor, progress and trigger.
+    pub async fn drill(&self, opts: &DrillOptions) -> Result<DrillReport> {
+        crate::drill::run(&self.context(), opts).await
     }
 
     /// unwrap it from the header changes.

@@ -50,6 +50,8 @@ pub enum Operation {
     ClusterExtract,
     /// A cluster backup: every node's image pulled into one bundle.
     ClusterCreate,
+    /// A restore drill: an image restored into scratch space and checked.
+    Drill,
 }
 
 impl Operation {
@@ -83,6 +85,7 @@ impl Operation {
             Operation::KeyRewrap => "key.rewrap",
             Operation::ClusterExtract => "cluster.extract",
             Operation::ClusterCreate => "cluster.create",
+            Operation::Drill => "drill",
         }
     }
 
@@ -104,6 +107,7 @@ impl Operation {
                 | Operation::Restore
                 | Operation::Prune
                 | Operation::ClusterCreate
+                | Operation::Drill
         )
     }
 
@@ -115,6 +119,7 @@ impl Operation {
                 | Operation::ScheduledBackup
                 | Operation::Restore
                 | Operation::ClusterCreate
+                | Operation::Drill
         )
     }
 }
@@ -270,6 +275,14 @@ impl<'e> RunGuard<'e> {
             .last_restore = Some(record);
     }
 
+    /// Keeps a finished drill as the last drill; it is written with the end
+    /// of the run.
+    pub(crate) fn record_drill(&mut self, report: crate::drill::DrillReport) {
+        self.status
+            .get_or_insert_with(StatusFile::default)
+            .last_drill = Some(report);
+    }
+
     /// The status record of this run failing with `e` on `image`.
     pub(crate) fn failure_record(&self, image: Option<&str>, e: &Error) -> RunRecord {
         RunRecord {
@@ -347,12 +360,24 @@ impl<'e> RunGuard<'e> {
         }
     }
 
+    /// Runs the `on_failure` hook of a failed drill, with `BACKUP_HOOK=drill`
+    /// and the components whose restore or check failed; its failure is a
+    /// warning.
+    pub(crate) fn on_drill_failure_hook(&self, image: &str, failed: Vec<String>) {
+        let mut env = self.hook_env("failed", image, failed);
+        env.kind = Some("drill".into());
+        if let Err(e) = run_hook("on_failure", &self.engine.config.hooks.on_failure, &env) {
+            self.engine.warn(e.to_string());
+        }
+    }
+
     fn hook_env(&self, outcome: &str, image: &str, failed: Vec<String>) -> HookEnv {
         HookEnv {
             outcome: outcome.to_string(),
             image: image.to_string(),
             failed,
             node: self.engine.config.appliance.node.clone(),
+            kind: None,
         }
     }
 

@@ -330,10 +330,12 @@ pub(crate) async fn walk_image<V: Visitor + Send + 'static>(
     }
     let keys = engine.keys.clone();
     let shown = loc.shown();
+    let stop = engine.stop.clone();
     tokio::task::spawn_blocking(move || {
         let mut counted = CountingReader {
             inner: raw,
             count: 0,
+            stop,
         };
         let result = (|| {
             let reader = ImageReader::new(&mut counted)?;
@@ -401,10 +403,21 @@ fn sidecar_damage(e: &Error) -> String {
 struct CountingReader<R> {
     inner: R,
     count: u64,
+    /// Set when the run must stop (see [`Context`]'s `stop`).
+    stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl<R: Read> Read for CountingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self
+            .stop
+            .as_ref()
+            .is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst))
+        {
+            return Err(std::io::Error::other(
+                "stopped: the run's time limit passed",
+            ));
+        }
         let n = self.inner.read(buf)?;
         self.count += n as u64;
         Ok(n)

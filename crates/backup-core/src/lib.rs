@@ -54,6 +54,7 @@ pub mod bench {
 #[cfg(feature = "demo")]
 pub mod demo;
 mod destination;
+mod drill;
 mod engine;
 mod error;
 #[cfg(any(test, feature = "fuzzing"))]
@@ -90,6 +91,9 @@ pub use config::{
 pub use context::{Call, Trigger};
 pub use daemon::{DaemonInfo, ScheduledRun, DAEMON_FILE};
 pub use destination::{Destination, ImageStream};
+pub use drill::{
+    parse_duration, DrillCheck, DrillConfig, DrillOptions, DrillReport, DEFAULT_DRILL_TIMEOUT,
+};
 pub use engine::{Engine, EngineBuilder, EngineCall};
 pub use error::{Error, ErrorKind, Result};
 pub use guard::Operation;

@@ -21,6 +21,8 @@ pub(crate) struct OwnPath {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct OwnPaths {
     places: Vec<OwnPath>,
+    /// A directory inside them that a drill's restore writes into.
+    allowed: Option<PathBuf>,
 }
 
 impl OwnPaths {
@@ -42,6 +44,13 @@ impl OwnPaths {
         own
     }
 
+    /// The same places, except `dir` (a drill's own directory in the
+    /// scratch space) and what is under it.
+    pub(crate) fn allowing(mut self, dir: Option<&Path>) -> OwnPaths {
+        self.allowed = dir.filter(|d| d.is_absolute()).map(normal);
+        self
+    }
+
     fn add(&mut self, path: &Path, what: &str) {
         if !path.is_absolute() {
             return;
@@ -57,6 +66,13 @@ impl OwnPaths {
     /// The own place `path` is (or lies inside), if any.
     pub(crate) fn holding(&self, path: &Path) -> Option<&OwnPath> {
         let lexical = normal(path);
+        if self
+            .allowed
+            .as_ref()
+            .is_some_and(|a| lexical.starts_with(a))
+        {
+            return None;
+        }
         let resolved = real(&lexical);
         self.places
             .iter()

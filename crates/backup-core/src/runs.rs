@@ -59,6 +59,12 @@ pub struct StatusView {
     pub schedule: String,
     /// The scheduler daemon, if one runs (scheduled runs happen only then).
     pub daemon: Option<crate::daemon::DaemonInfo>,
+    /// The last restore drill: outcome, image, when, duration, failures.
+    pub last_drill: Option<crate::drill::DrillReport>,
+    /// Next scheduled restore drill, if `[drill] cron` is set.
+    pub next_drill: Option<DateTime<Utc>>,
+    /// The drill schedule (`cron … (time zone)`), or `drills not scheduled`.
+    pub drill_schedule: String,
 }
 
 /// Audits an operation a frontend carried out itself (key check/rotate).
@@ -122,6 +128,14 @@ pub(crate) fn status(engine: &Context<'_>) -> Result<StatusView> {
         }
         None => (None, "schedule disabled".to_string()),
     };
+    let drill = engine.config.drill.clone().unwrap_or_default();
+    let (next_drill, drill_schedule) = match drill.schedule()? {
+        Some(parsed) => (
+            parsed.next_after(Utc::now()),
+            format!("{} ({})", drill.cron.join(", "), drill.timezone),
+        ),
+        None => (None, "drills not scheduled".to_string()),
+    };
     let a = &engine.config.appliance;
     Ok(StatusView {
         appliance: ApplianceIdentity {
@@ -144,6 +158,9 @@ pub(crate) fn status(engine: &Context<'_>) -> Result<StatusView> {
         next_run,
         schedule,
         daemon: crate::daemon::DaemonInfo::load(engine.state_dir()).filter(|d| d.is_alive()),
+        last_drill: file.last_drill,
+        next_drill,
+        drill_schedule,
     })
 }
 

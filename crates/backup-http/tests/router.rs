@@ -307,6 +307,7 @@ async fn a_failure_after_the_status_line_breaks_the_transfer_and_publishes_nothi
             applicable_if_exists: None,
             audit: None,
             after_restore: Vec::new(),
+            drill_check: Vec::new(),
         })
     });
     let node = f.engine.config().appliance.node.clone();
@@ -360,6 +361,7 @@ async fn a_second_backup_while_one_runs_is_refused_with_retry_after() {
             applicable_if_exists: None,
             audit: None,
             after_restore: Vec::new(),
+            drill_check: Vec::new(),
         })
     });
     let node = f.engine.config().appliance.node.clone();

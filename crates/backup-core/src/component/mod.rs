@@ -203,6 +203,9 @@ pub struct ComponentOptions {
     /// The operator's reminders shown after the component is restored
     /// ("re-enroll VPN certificates").
     pub after_restore: Vec<String>,
+    /// argv a restore drill runs against the component's restored files
+    /// (`{path}` in an argument is replaced by their path).
+    pub drill_check: Vec<String>,
 }
 
 impl Default for ComponentOptions {
@@ -212,6 +215,7 @@ impl Default for ComponentOptions {
             requires: Vec::new(),
             audit: false,
             after_restore: Vec::new(),
+            drill_check: Vec::new(),
         }
     }
 }

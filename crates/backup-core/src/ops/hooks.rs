@@ -29,6 +29,9 @@ pub(crate) struct HookEnv {
     pub(crate) image: String,
     pub(crate) failed: Vec<String>,
     pub(crate) node: String,
+    /// `BACKUP_HOOK` when it is not the hook's name (`drill` for the
+    /// `on_failure` hook of a failed drill).
+    pub(crate) kind: Option<String>,
 }
 
 /// Runs one hook; an empty argv does nothing.
@@ -38,7 +41,7 @@ pub(crate) fn run_hook(name: &str, argv: &[String], env: &HookEnv) -> Result<()>
     };
     let out = Command::new(program)
         .args(args)
-        .env("BACKUP_HOOK", name)
+        .env("BACKUP_HOOK", env.kind.as_deref().unwrap_or(name))
         .env("BACKUP_OUTCOME", &env.outcome)
         .env("BACKUP_IMAGE", &env.image)
         .env("BACKUP_FAILED_COMPONENTS", env.failed.join(","))

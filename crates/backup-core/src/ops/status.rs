@@ -83,6 +83,9 @@ pub(crate) struct StatusFile {
     /// The last restore that was put into place, with its report.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_restore: Option<RestoreRecord>,
+    /// The last restore drill, whatever its outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_drill: Option<crate::drill::DrillReport>,
 }
 
 /// Reads and writes the status of a state directory.

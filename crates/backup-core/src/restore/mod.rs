@@ -67,6 +67,9 @@ pub struct RestoreOptions {
     /// Asked with the plan before anything at the destination changes
     /// (default: none, the restore goes ahead).
     pub approval: Option<Arc<dyn RestoreApproval>>,
+    /// A drill's own directory in the scratch space, which its restore (with
+    /// `target` inside it) may write into.
+    pub(crate) drill_scratch: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for RestoreOptions {
@@ -265,6 +268,18 @@ async fn restore_image(
     image: &ImageRef,
     opts: &RestoreOptions,
 ) -> Result<RestoreReport> {
+    restore_image_info(engine, image, opts)
+        .await
+        .map(|(r, _)| r)
+}
+
+/// [`restore_image`], also giving the image's `backup.json` (where each
+/// component was restored from: a drill checks the restored files).
+pub(crate) async fn restore_image_info(
+    engine: &Context<'_>,
+    image: &ImageRef,
+    opts: &RestoreOptions,
+) -> Result<(RestoreReport, BackupInfo)> {
     let loc = image;
     // Pre-checks from the sidecar, before downloading anything.
     let index = crate::images::index(engine, loc).await?;
@@ -384,7 +399,7 @@ async fn restore_image(
     visitor.cleanup();
     let (restored, plan) = committed?;
     let summary = summarize(engine, &walked.info, &walked.manifest, &selected, &restored);
-    Ok(RestoreReport {
+    let report = RestoreReport {
         image: loc.shown(),
         restored,
         skipped_failed,
@@ -392,7 +407,8 @@ async fn restore_image(
         target: opts.target.clone(),
         summary,
         plan,
-    })
+    };
+    Ok((report, walked.info))
 }
 
 /// What restoring `image` would do, writing nothing: reads the image with

@@ -35,7 +35,7 @@ impl PrecheckConfig {
             node: a.node.clone(),
             force_version: opts.force_version,
             force_identity: opts.force_identity,
-            own: OwnPaths::of(engine.config),
+            own: OwnPaths::of(engine.config).allowing(opts.drill_scratch.as_deref()),
             target: opts.target.clone(),
         }
     }
