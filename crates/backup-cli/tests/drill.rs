@@ -358,7 +358,7 @@ fn a_drill_past_its_time_limit_fails_stops_its_check_and_removes_the_scratch() {
 }
 
 #[test]
-fn a_drill_with_no_image_fails_and_a_bad_timeout_is_a_usage_error() {
+fn a_drill_with_no_image_fails_and_bad_arguments_are_input_errors() {
     let fx = Fixture::new();
     let report = drill(&fx, &fx.config, &[], 1);
     assert_eq!(report["outcome"], "failed", "{report:#}");
@@ -372,6 +372,21 @@ fn a_drill_with_no_image_fails_and_a_bad_timeout_is_a_usage_error() {
     let out = run(fx.cmd().args(["--json", "drill", "--timeout", "soon"]));
     out.expect(2);
     assert_eq!(out.json()["error"]["class"], "input");
+
+    // A scratch directory among the live files, or in the state directory
+    // beside the keys, is refused before anything is written.
+    fx.create(&[]);
+    let live_before = fx.dir.join("live-before");
+    copy_tree(&fx.root, &live_before);
+    for (scratch, names) in [
+        (&fx.etc, "a root of component config"),
+        (&fx.state, "state directory"),
+    ] {
+        let out = run(fx.cmd().arg("drill").arg("--scratch").arg(scratch));
+        out.expect(2).mentions(names);
+    }
+    assert_same_tree(&live_before, &fx.root, &[]);
+    assert!(status(&fx)["last_drill"]["outcome"] == "failed");
 }
 
 /// A daemon configuration: a drill every minute, a SQLite component.

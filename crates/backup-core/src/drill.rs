@@ -212,6 +212,7 @@ pub(crate) async fn run(engine: &Context<'_>, opts: &DrillOptions) -> Result<Dri
         .clone()
         .or(config.scratch.clone())
         .unwrap_or_else(|| engine.state_dir().join(crate::util::SCRATCH_DIR));
+    check_scratch(engine, &base)?;
     let asked = match &opts.image {
         Some(image) => image.shown(),
         None => format!("newest image of {}", engine.config.appliance.node),
@@ -461,6 +462,42 @@ async fn newest_image(engine: &Context<'_>) -> Result<ImageRef> {
                 "no successful image of node {node} in the storage to drill; take a backup first (`backup create`)"
             ))
         })
+}
+
+/// Refuses a scratch directory inside a component's live files or the
+/// engine's own places (other than its scratch space): a drill writes
+/// nowhere near what it proves can be restored.
+fn check_scratch(engine: &Context<'_>, base: &Path) -> Result<()> {
+    if !base.is_absolute() {
+        return Err(Error::Input(format!(
+            "the drill's scratch directory {} must be an absolute path",
+            base.display()
+        )));
+    }
+    if base.starts_with(engine.state_dir().join(crate::util::SCRATCH_DIR)) {
+        return Ok(());
+    }
+    for r in engine.components {
+        for root in r.component.roots() {
+            if base.starts_with(&root) {
+                return Err(Error::Input(format!(
+                    "the drill's scratch directory {} is inside {}, a root of component {}; a drill never writes among the live files — choose a directory outside them",
+                    base.display(),
+                    root.display(),
+                    r.component.name()
+                )));
+            }
+        }
+    }
+    if let Some(place) = crate::own_paths::OwnPaths::of(engine.config).holding(base) {
+        return Err(Error::Input(format!(
+            "the drill's scratch directory {} is inside {}, {}; leave it out to use the scratch space, or choose a directory outside it",
+            base.display(),
+            place.path.display(),
+            place.what
+        )));
+    }
+    Ok(())
 }
 
 /// Makes the drill's own directory `work` inside `base` (private; `base`

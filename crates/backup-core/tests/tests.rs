@@ -6,12 +6,14 @@
 //!   (`engine_sealing/`);
 //! - `library`: hostile images, refusals and partial outcomes on the shared
 //!   testkit's fixtures (`library/`);
-//! - `runs`: status, scratch space and the daemon.
+//! - `runs`: status, scratch space and the daemon;
+//! - `drill`: restore drills.
 //!
 //! The tests share this process but not its state: none sets environment
 //! variables, the current directory or the umask, and each works in its own
 //! temporary directory.
 
+mod drill;
 mod engine;
 mod library;
 mod runs;
