@@ -41,6 +41,9 @@ pub struct Config {
     /// The nodes a cluster coordinator backs up as one (`backup cluster`).
     #[serde(default)]
     pub cluster: Option<ClusterConfig>,
+    /// Second copies: storages that receive each published image (`[[copy]]`).
+    #[serde(default, rename = "copy", skip_serializing_if = "Vec::is_empty")]
+    pub copies: Vec<crate::copy::CopyConfig>,
 }
 
 /// `[cluster]` on a coordinator: the nodes backed up as one bundle.
@@ -569,6 +572,7 @@ impl Config {
                 return Err("[schedule] needs a storage: scheduled backups have nowhere to go with [storage] url = \"none\"; set [storage] url or remove [schedule]".into());
             }
         }
+        crate::copy::validate(self)?;
         let mut names = BTreeSet::new();
         for c in &self.components {
             if !is_safe_name(&c.name) {

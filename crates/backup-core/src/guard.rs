@@ -50,6 +50,8 @@ pub enum Operation {
     ClusterExtract,
     /// A cluster backup: every node's image pulled into one bundle.
     ClusterCreate,
+    /// Copying an image to a second storage (`backup copy`).
+    Copy,
 }
 
 impl Operation {
@@ -83,6 +85,7 @@ impl Operation {
             Operation::KeyRewrap => "key.rewrap",
             Operation::ClusterExtract => "cluster.extract",
             Operation::ClusterCreate => "cluster.create",
+            Operation::Copy => "copy",
         }
     }
 
@@ -104,6 +107,7 @@ impl Operation {
                 | Operation::Restore
                 | Operation::Prune
                 | Operation::ClusterCreate
+                | Operation::Copy
         )
     }
 
@@ -353,6 +357,7 @@ impl<'e> RunGuard<'e> {
             image: image.to_string(),
             failed,
             node: self.engine.config.appliance.node.clone(),
+            copy_destination: None,
         }
     }
 

@@ -59,6 +59,8 @@ pub struct StatusView {
     pub schedule: String,
     /// The scheduler daemon, if one runs (scheduled runs happen only then).
     pub daemon: Option<crate::daemon::DaemonInfo>,
+    /// The last copy to each second-copy destination (`[[copy]]`, `backup copy`).
+    pub copies: Vec<crate::copy::CopyRecord>,
 }
 
 /// Audits an operation a frontend carried out itself (key check/rotate).
@@ -140,6 +142,7 @@ pub(crate) fn status(engine: &Context<'_>) -> Result<StatusView> {
         last_failure: file.last_failure,
         last_backup: file.last_backup,
         last_restore: file.last_restore,
+        copies: file.copies.into_values().collect(),
         last_skipped: store.last_skipped()?,
         next_run,
         schedule,

@@ -83,6 +83,9 @@ pub(crate) struct StatusFile {
     /// The last restore that was put into place, with its report.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_restore: Option<RestoreRecord>,
+    /// The last copy to each second-copy destination, by its name.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub copies: std::collections::BTreeMap<String, crate::copy::CopyRecord>,
 }
 
 /// Reads and writes the status of a state directory.
