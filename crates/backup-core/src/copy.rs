@@ -328,6 +328,9 @@ pub(crate) async fn copy_to(
 /// Keeps the records as each destination's last copy in the status (the
 /// caller holds the lock) and runs `on_failure` for each failed one.
 fn finish(engine: &Context<'_>, records: &[CopyRecord]) {
+    if records.is_empty() {
+        return;
+    }
     let store = StatusStore::in_state_dir(engine.state_dir());
     let stored = store.load().and_then(|mut status| {
         for r in records {
