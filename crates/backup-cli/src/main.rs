@@ -16,6 +16,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 
 mod cluster_cmd;
 mod drill_cmd;
+mod copy_cmd;
 mod ops_cmd;
 mod quickstart;
 mod report;
@@ -173,6 +174,22 @@ backup encrypt --rehash edited-payload.tar.gz -o edited.bkp    after editing fil
         #[arg(long)]
         rehash: bool,
     },
+    /// Copy a stored image and its sidecar to a second storage (--to URL, or
+    /// every configured copy destination), read back and checked there
+    #[command(
+        long_about = "Copy a stored image and its sidecar manifest to a second storage: streamed from \
+the configured storage, written there under a temporary name and published, then read back and \
+checked (size and SHA-256). Without --to, to every [[copy]] destination of the configuration, each \
+followed by its own retention. A destination that already holds this very image is left as it is; \
+one holding a different image of that name is refused.\n\n\
+Exit codes: 0 every destination holds a verified copy, 1 a copy failed or was refused (the report \
+says why), 2 usage or input error (unknown image, no destination), 4 skipped (a backup or restore \
+is running).",
+        after_help = "Examples:\n  backup copy gw-20261122T020000Z_gw-1_standalone.bkp                 to every [[copy]] destination\n  \
+backup copy gw-20261122T020000Z_gw-1_standalone.bkp --to sftp://backup@vault.example/srv/gw\n  \
+backup --json copy IMAGE --to file:///media/usb/backups"
+    )]
+    Copy(copy_cmd::CopyArgs),
     /// Download an image from the storage to a local file (to carry it to a replacement machine)
     #[command(
         after_help = "Examples:\n  backup fetch gw-20261122T020000Z_gw-1_standalone.bkp -o /media/usb/gw.bkp"
@@ -524,6 +541,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::List => list(&cli).await,
         Command::Show { image } => show(&cli, image).await,
         Command::Verify { image } => verify(&cli, image).await,
+        Command::Copy(args) => copy_cmd::copy(&cli, args).await,
         Command::Restore(args) => restore(&cli, args).await,
         Command::Drill(args) => drill_cmd::drill(&cli, args).await,
         Command::Decrypt { image, output } => decrypt(&cli, image, output).await,
@@ -700,6 +718,14 @@ async fn create(cli: &Cli, args: &CreateArgs) -> anyhow::Result<ExitCode> {
         }
         for n in &report.pruned {
             outln!("  deleted by retention: {}", escape_control(n))?;
+        }
+    }
+    // A failed copy leaves the backup's outcome (and exit code) alone; it
+    // is shown even with -q, and reported in the status, audit log and
+    // on_failure hook.
+    if !cli.json && (!cli.quiet || report.copies.iter().any(|c| !c.outcome.is_ok())) {
+        for c in &report.copies {
+            copy_cmd::print_record(c)?;
         }
     }
     Ok(match report.outcome {

@@ -157,6 +157,7 @@ pub(crate) fn status(engine: &Engine, json: bool) -> anyhow::Result<ExitCode> {
             r.reason.as_deref().unwrap_or("")
         )?;
     }
+    crate::copy_cmd::print_status(&s.copies)?;
     match (&s.next_run, &s.daemon) {
         (Some(t), Some(d)) => outln!(
             "next backup:    {} — {} (daemon pid {})",

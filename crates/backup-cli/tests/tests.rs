@@ -11,6 +11,7 @@ mod util;
 mod cluster;
 mod cluster_restore;
 mod drill;
+mod copies;
 mod hostile_images;
 mod http_browser;
 mod http_service;

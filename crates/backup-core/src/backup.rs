@@ -114,6 +114,11 @@ pub(crate) async fn create(engine: &Context<'_>, opts: &CreateOptions) -> Result
                     Err(e) => engine.warn(format!("retention could not run: {e}")),
                 }
             }
+            // Second copies come last: whatever happens to them, the backup
+            // stands as recorded above.
+            if opts.destination.stores() {
+                report.copies = crate::copy::after_backup(engine, &report.image).await;
+            }
             Ok(report)
         }
         Err(e) => Err(backup_failed(&mut guard, Some(&name), e, true)),
@@ -439,6 +444,7 @@ async fn write_image(
         not_applicable,
         sidecar_error,
         pruned: Vec::new(),
+        copies: Vec::new(),
     })
 }
 
@@ -625,4 +631,7 @@ pub struct CreateReport {
     pub sidecar_error: Option<String>,
     /// Images deleted by the retention policy after this backup.
     pub pruned: Vec<String>,
+    /// The image's second copies (`[[copy]]`), one per destination; a
+    /// failed copy does not change the backup's outcome.
+    pub copies: Vec<crate::copy::CopyRecord>,
 }

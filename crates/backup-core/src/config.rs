@@ -44,6 +44,9 @@ pub struct Config {
     /// Restore drills (`backup drill`, and on a schedule by `backup daemon`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drill: Option<crate::drill::DrillConfig>,
+    /// Second copies: storages that receive each published image (`[[copy]]`).
+    #[serde(default, rename = "copy", skip_serializing_if = "Vec::is_empty")]
+    pub copies: Vec<crate::copy::CopyConfig>,
 }
 
 /// `[cluster]` on a coordinator: the nodes backed up as one bundle.
@@ -583,6 +586,7 @@ impl Config {
         if let Some(drill) = &self.drill {
             drill.validate()?;
         }
+        crate::copy::validate(self)?;
         let mut names = BTreeSet::new();
         for c in &self.components {
             if !is_safe_name(&c.name) {

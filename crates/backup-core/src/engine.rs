@@ -14,6 +14,7 @@ use crate::component::{
 };
 use crate::config::{ComponentKind, Config};
 use crate::context::{Call, Context, Shared};
+use crate::copy::{CopyConfig, CopyDestination, CopyRecord};
 use crate::daemon::ScheduledRun;
 use crate::drill::{DrillOptions, DrillReport};
 use crate::guard::Operation;
@@ -239,6 +240,23 @@ impl Engine {
     /// Verifies an image (audited).
     pub async fn verify(&self, image: impl Into<ImageRef>) -> Result<VerifyReport> {
         crate::verify::verify(&self.context(&Call::default()), &image.into()).await
+    }
+
+    /// Copies a stored image and its sidecar to `to`, or to every `[[copy]]`
+    /// destination (then with each one's retention), under the lock: streamed
+    /// from the storage, read back and checked. One record per destination;
+    /// a destination that fails is a record, not an error.
+    pub async fn copy(&self, image: &str, to: Option<&CopyConfig>) -> Result<Vec<CopyRecord>> {
+        crate::copy::copy(&self.context(&Call::default()), image, to).await
+    }
+
+    /// [`Engine::copy`] to destinations of the embedder's own.
+    pub async fn copy_to(
+        &self,
+        image: &str,
+        destinations: &[CopyDestination],
+    ) -> Result<Vec<CopyRecord>> {
+        crate::copy::copy_to(&self.context(&Call::default()), image, destinations).await
     }
 
     /// Writes an image's decrypted payload to `out` (audited).

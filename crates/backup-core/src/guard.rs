@@ -52,6 +52,8 @@ pub enum Operation {
     ClusterCreate,
     /// A restore drill: an image restored into scratch space and checked.
     Drill,
+    /// Copying an image to a second storage (`backup copy`).
+    Copy,
 }
 
 impl Operation {
@@ -86,6 +88,7 @@ impl Operation {
             Operation::ClusterExtract => "cluster.extract",
             Operation::ClusterCreate => "cluster.create",
             Operation::Drill => "drill",
+            Operation::Copy => "copy",
         }
     }
 
@@ -108,6 +111,7 @@ impl Operation {
                 | Operation::Prune
                 | Operation::ClusterCreate
                 | Operation::Drill
+                | Operation::Copy
         )
     }
 
@@ -378,6 +382,7 @@ impl<'e> RunGuard<'e> {
             failed,
             node: self.engine.config.appliance.node.clone(),
             kind: None,
+            copy_destination: None,
         }
     }
 

@@ -48,7 +48,7 @@ impl LazyStorage {
 
 /// The URL without user information or query, for messages before the
 /// backend (which describes itself) is open.
-fn shown_url(url: &str) -> String {
+pub(crate) fn shown_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };

@@ -43,6 +43,7 @@ pub mod cluster;
 mod component;
 mod config;
 mod context;
+mod copy;
 mod daemon;
 #[cfg(feature = "bench")]
 #[doc(hidden)]
@@ -89,6 +90,7 @@ pub use config::{
     EncryptionConfig, HttpConfig, ImageConfig, Role, ScheduleConfig, StorageConfig,
 };
 pub use context::{Call, Trigger};
+pub use copy::{CopyConfig, CopyDestination, CopyOutcome, CopyRecord};
 pub use daemon::{DaemonInfo, ScheduledRun, DAEMON_FILE};
 pub use destination::{Destination, ImageStream};
 pub use drill::{

@@ -42,6 +42,22 @@ pub(crate) async fn apply_retention(
     engine: &Context<'_>,
     dry_run: bool,
 ) -> Result<Vec<RetentionDecision>> {
+    apply_retention_at(engine, dry_run, None).await
+}
+
+/// [`apply_retention`] on the storage of `engine`, which for `copy` is the
+/// second-copy destination of that name: its deletions are audited as
+/// `copy.prune.delete` of `copy/image`, and the image's log file, which
+/// belongs to the first storage's image, stays.
+pub(crate) async fn apply_retention_at(
+    engine: &Context<'_>,
+    dry_run: bool,
+    copy: Option<&str>,
+) -> Result<Vec<RetentionDecision>> {
+    let (operation, target) = match copy {
+        Some(place) => ("copy.prune.delete", format!("{place}/")),
+        None => ("prune.delete", String::new()),
+    };
     let storage = engine
         .storage()
         .cloned()
@@ -82,7 +98,7 @@ pub(crate) async fn apply_retention(
         let started = Instant::now();
         let result = match storage.delete(&d.name).await {
             Err(e) if is_locked(&e) => {
-                kept_by_lock(engine, d, &e, started);
+                kept_by_lock(engine, d, &e, started, operation);
                 continue;
             }
             Err(e) => Err(Error::from(e)),
@@ -98,13 +114,16 @@ pub(crate) async fn apply_retention(
                 other => other.map_err(Error::from),
             },
         };
-        let _ = std::fs::remove_file(engine.log_path(&d.name));
+        if copy.is_none() {
+            let _ = std::fs::remove_file(engine.log_path(&d.name));
+        }
+        let audited = format!("{target}{}", d.name);
         match result {
-            Ok(()) => engine.audit("prune.delete", &d.name, "done", 0, started, None),
+            Ok(()) => engine.audit(operation, &audited, "done", 0, started, None),
             Err(e) => {
                 engine.audit(
-                    "prune.delete",
-                    &d.name,
+                    operation,
+                    &audited,
                     "failed",
                     0,
                     started,
@@ -135,6 +154,7 @@ fn kept_by_lock(
     d: &mut RetentionDecision,
     refused: &backup_storage::Error,
     started: Instant,
+    operation: &str,
 ) {
     d.keep = true;
     d.reasons.push(KEPT_BY_LOCK.into());
@@ -146,7 +166,7 @@ fn kept_by_lock(
         ),
     });
     engine.audit(
-        "prune.delete",
+        operation,
         &d.name,
         KEPT_BY_LOCK,
         0,
@@ -216,7 +236,7 @@ pub(crate) async fn apply_bundle_retention(
         let started = Instant::now();
         match storage.delete(&d.name).await {
             Ok(()) => engine.audit("prune.delete", &d.name, "done", 0, started, None),
-            Err(e) if is_locked(&e) => kept_by_lock(engine, d, &e, started),
+            Err(e) if is_locked(&e) => kept_by_lock(engine, d, &e, started, "prune.delete"),
             Err(e) => {
                 engine.audit(
                     "prune.delete",

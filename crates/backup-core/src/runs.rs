@@ -65,6 +65,8 @@ pub struct StatusView {
     pub next_drill: Option<DateTime<Utc>>,
     /// The drill schedule (`cron … (time zone)`), or `drills not scheduled`.
     pub drill_schedule: String,
+    /// The last copy to each second-copy destination (`[[copy]]`, `backup copy`).
+    pub copies: Vec<crate::copy::CopyRecord>,
 }
 
 /// Audits an operation a frontend carried out itself (key check/rotate).
@@ -154,6 +156,7 @@ pub(crate) fn status(engine: &Context<'_>) -> Result<StatusView> {
         last_failure: file.last_failure,
         last_backup: file.last_backup,
         last_restore: file.last_restore,
+        copies: file.copies.into_values().collect(),
         last_skipped: store.last_skipped()?,
         next_run,
         schedule,

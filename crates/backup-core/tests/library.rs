@@ -10,6 +10,8 @@ use backup_core::{Config, Engine, KdfParams, Passphrase};
 use backup_testkit::demo::{build_demo, DemoAppliance};
 use backup_testkit::MemoryStorage;
 
+#[path = "library/copies.rs"]
+mod copies;
 #[path = "library/hostile.rs"]
 mod hostile;
 #[path = "library/object_lock.rs"]

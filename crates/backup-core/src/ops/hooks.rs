@@ -7,7 +7,9 @@ use crate::{Error, Result};
 
 /// `[hooks]`: argv arrays run before a backup, after a published one, and
 /// after a failed one. They get `BACKUP_OUTCOME`, `BACKUP_IMAGE`,
-/// `BACKUP_FAILED_COMPONENTS` (comma-separated) and `BACKUP_NODE`.
+/// `BACKUP_FAILED_COMPONENTS` (comma-separated) and `BACKUP_NODE`;
+/// `on_failure` also runs for a failed second copy, with `BACKUP_HOOK=copy`
+/// and `BACKUP_COPY_DESTINATION`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Hooks {
@@ -32,6 +34,9 @@ pub(crate) struct HookEnv {
     /// `BACKUP_HOOK` when it is not the hook's name (`drill` for the
     /// `on_failure` hook of a failed drill).
     pub(crate) kind: Option<String>,
+    /// For a failed copy (`BACKUP_HOOK=copy`): the destination, as
+    /// `BACKUP_COPY_DESTINATION`.
+    pub(crate) copy_destination: Option<String>,
 }
 
 /// Runs one hook; an empty argv does nothing.
@@ -39,7 +44,11 @@ pub(crate) fn run_hook(name: &str, argv: &[String], env: &HookEnv) -> Result<()>
     let Some((program, args)) = argv.split_first() else {
         return Ok(());
     };
-    let out = Command::new(program)
+    let mut command = Command::new(program);
+    if let Some(destination) = &env.copy_destination {
+        command.env("BACKUP_COPY_DESTINATION", destination);
+    }
+    let out = command
         .args(args)
         .env("BACKUP_HOOK", env.kind.as_deref().unwrap_or(name))
         .env("BACKUP_OUTCOME", &env.outcome)

@@ -86,6 +86,9 @@ pub(crate) struct StatusFile {
     /// The last restore drill, whatever its outcome.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_drill: Option<crate::drill::DrillReport>,
+    /// The last copy to each second-copy destination, by its name.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub copies: std::collections::BTreeMap<String, crate::copy::CopyRecord>,
 }
 
 /// Reads and writes the status of a state directory.
