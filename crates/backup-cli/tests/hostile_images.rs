@@ -245,7 +245,7 @@ fn flipped_and_truncated_images_are_refused_and_the_live_tree_is_untouched() {
     fx.backup(&["verify", &name]).expect(0);
     let rows = backup_testkit::demo::sqlite_rows(&fx.db).unwrap();
     fx.backup(&["restore", &name, "--yes"]).expect(0);
-    // The database comes back as a VACUUM INTO snapshot: same rows, other bytes.
+    // The database comes back as its snapshot: the same rows.
     assert_same_tree(&before.etc, &fx.etc, &[]);
     assert_eq!(backup_testkit::demo::sqlite_rows(&fx.db).unwrap(), rows);
     for dir in [fx.etc.parent().unwrap(), fx.db.parent().unwrap()] {

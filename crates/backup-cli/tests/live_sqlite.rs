@@ -131,3 +131,147 @@ fn live_wal_database_written_during_backup_restores_consistent() {
         .unwrap();
     assert_eq!(live_events, last);
 }
+
+fn count_rows(path: &std::path::Path) -> u64 {
+    let db = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let check: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok", "{}", path.display());
+    db.query_row("SELECT count(*) FROM objects", [], |r| r.get(0))
+        .unwrap()
+}
+
+fn wal_file(db: &std::path::Path) -> std::path::PathBuf {
+    let mut p = db.as_os_str().to_owned();
+    p.push("-wal");
+    p.into()
+}
+
+/// A WAL database whose last transactions are still only in its `-wal` file
+/// comes back as the file a reader of that moment saw, byte for byte: the
+/// same bytes the live file holds once the WAL is checkpointed. It stays in
+/// WAL mode, and opens and checks clean both where no `-wal` file lies
+/// beside it and where the live database left a stale one (which restore
+/// sets aside instead of letting SQLite replay it over the restored pages).
+#[test]
+fn a_wal_database_is_captured_page_for_page_and_restores_in_wal_mode() {
+    let fx = Fixture::custom(|fx| {
+        std::fs::remove_file(&fx.db).unwrap();
+        make_wal_database(&fx.db);
+    });
+    // A connection that keeps the last transactions in the WAL.
+    let holder = Connection::open(&fx.db).unwrap();
+    holder
+        .execute_batch(
+            "PRAGMA wal_autocheckpoint = 0;
+             INSERT INTO objects (name, value) SELECT 'late-' || id, randomblob(500) FROM objects;",
+        )
+        .unwrap();
+    assert!(
+        std::fs::metadata(wal_file(&fx.db)).unwrap().len() > 100_000,
+        "the WAL holds the late rows: the test proves nothing otherwise"
+    );
+    let (name, report) = fx.create(&["--component", "maindb"]);
+    assert_eq!(
+        report["manifest"]["components"][0]["outcome"], "success",
+        "{report:#}"
+    );
+    // What a reader saw then is what the file holds once checkpointed.
+    holder
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .unwrap();
+    let seen = std::fs::read(&fx.db).unwrap();
+    let rows = count_rows(&fx.db);
+    assert_eq!(rows, 4000);
+
+    // Into a fresh directory: no -wal beside it.
+    let target = fx.fresh_dir("restored");
+    fx.backup(&["restore", &name, "--target", target.to_str().unwrap()])
+        .expect(0);
+    let restored = under(&target, &fx.db);
+    assert!(
+        std::fs::read(&restored).unwrap() == seen,
+        "the restored database differs from the snapshot's pages"
+    );
+    assert_eq!(count_rows(&restored), rows);
+    let mode: String = Connection::open(&restored)
+        .unwrap()
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+
+    // In place, over a live database that left a -wal file with newer rows.
+    holder
+        .execute_batch(
+            "INSERT INTO objects (name, value) SELECT 'later', randomblob(800) FROM objects;",
+        )
+        .unwrap();
+    let stale = std::fs::read(wal_file(&fx.db)).unwrap();
+    assert!(stale.len() > 100_000);
+    drop(holder);
+    std::fs::write(wal_file(&fx.db), &stale).unwrap();
+    fx.backup(&["restore", &name, "--yes"]).expect(0);
+    assert!(
+        !wal_file(&fx.db).exists(),
+        "the stale WAL was left beside the restored database"
+    );
+    assert!(std::fs::read(&fx.db).unwrap() == seen);
+    assert_eq!(count_rows(&fx.db), rows);
+}
+
+/// 2,000 rows in WAL mode, all checkpointed into the file.
+fn make_wal_database(path: &std::path::Path) {
+    let db = Connection::open(path).unwrap();
+    let mode: String = db
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    db.execute_batch(
+        "CREATE TABLE objects (id INTEGER PRIMARY KEY, name TEXT NOT NULL, value BLOB);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)
+         INSERT INTO objects (name, value) SELECT 'object-' || i, randomblob(300) FROM n;",
+    )
+    .unwrap();
+}
+
+/// A damaged database is reported by the backup that captures it: the
+/// snapshot's integrity is checked on the read transaction that read it.
+#[test]
+fn a_damaged_database_fails_its_component_at_backup() {
+    let fx = Fixture::custom(|fx| {
+        std::fs::remove_file(&fx.db).unwrap();
+        make_wal_database(&fx.db);
+        let db = Connection::open(&fx.db).unwrap();
+        db.execute_batch("PRAGMA journal_mode = DELETE;").unwrap();
+    });
+    // Page 3 is a leaf of the objects table (pages 2.. hold it): its page
+    // type byte no longer names a b-tree page.
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let page_size: u64 = Connection::open(&fx.db)
+            .unwrap()
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&fx.db)
+            .unwrap();
+        f.seek(SeekFrom::Start(2 * page_size)).unwrap();
+        f.write_all(&[0x7f; 16]).unwrap();
+    }
+    // The other component succeeds: a partial backup (exit 3).
+    let (_, report) = fx.create_expect(&[], 3);
+    let maindb = report["manifest"]["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "maindb")
+        .unwrap_or_else(|| panic!("no maindb in {report:#}"));
+    assert_eq!(maindb["outcome"], "failed", "{report:#}");
+    let err = maindb["error"].as_str().unwrap();
+    assert!(
+        err.contains("fails its integrity check") && err.contains("repair"),
+        "{err}"
+    );
+}
