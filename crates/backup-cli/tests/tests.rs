@@ -10,6 +10,7 @@ mod util;
 
 mod cluster;
 mod cluster_restore;
+mod frame_cache;
 mod hostile_images;
 mod http_browser;
 mod http_service;
