@@ -355,6 +355,10 @@ struct CreateArgs {
     /// finish the others and publish a partial image, exit code 3)
     #[arg(long)]
     halt: bool,
+    /// Read every file, copying nothing from the frame cache (which is then
+    /// rebuilt from what this backup reads)
+    #[arg(long)]
+    no_cache: bool,
     /// Write the image to this file (or `-` for standard output) instead of the configured storage
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
@@ -685,6 +689,7 @@ async fn create(cli: &Cli, args: &CreateArgs) -> anyhow::Result<ExitCode> {
     opts.components = args.components.clone();
     opts.include_audits = args.include_audits;
     opts.halt = args.halt;
+    opts.no_cache = args.no_cache;
     let report = engine.create(&opts).await.context("backup failed")?;
     if cli.json {
         print_json(&report)?;

@@ -12,6 +12,7 @@ mod cluster;
 mod cluster_restore;
 mod drill;
 mod copies;
+mod frame_cache;
 mod hostile_images;
 mod http_browser;
 mod http_service;

@@ -19,6 +19,7 @@ use crate::context::{Context, Trigger};
 use crate::destination::{local_destination, write_sealed};
 use crate::destination::{Destination, StreamSink};
 use crate::guard::{Operation, RunGuard};
+use crate::image::frame_cache;
 use crate::image::writer::{Encoder, TarWriter};
 use crate::image::{
     image_name, sidecar_name, BackupInfo, ComponentRecord, Manifest, Outcome, PlannedComponent,
@@ -302,6 +303,7 @@ async fn write_image(
         engine.config.image.effective_level(),
         engine.config.image.effective_threads(),
     );
+    let frame_cache = open_frame_cache(engine, opts, &*progress);
     let producer_progress = progress.clone();
     let halt = opts.halt;
     let scratch_for_producer = scratch.clone();
@@ -325,6 +327,9 @@ async fn write_image(
             let encoder =
                 Encoder::with_threads(out, compression, level, threads).map_err(io_err)?;
             let mut tar = TarWriter::new(encoder, progress.clone());
+            if let Some(cache) = &frame_cache {
+                tar.use_frame_cache(cache.clone());
+            }
             tar.json(BACKUP_JSON, &producer_info).map_err(io_err)?;
             let mut records = Vec::new();
             for (item, planned) in items.iter().zip(&producer_info.components) {
@@ -400,6 +405,9 @@ async fn write_image(
             };
             tar.json(MANIFEST_JSON, &manifest).map_err(io_err)?;
             tar.finish().and_then(|e| e.finish()).map_err(io_err)?;
+            if let Some(cache) = frame_cache {
+                commit_frame_cache(cache, &*progress);
+            }
             Ok(manifest)
         },
     )
@@ -446,6 +454,67 @@ async fn write_image(
         pruned: Vec::new(),
         copies: Vec::new(),
     })
+}
+
+/// The frame cache for this backup, or `None` when it is off or cannot
+/// be opened (the backup then reads every file, as without it).
+fn open_frame_cache(
+    engine: &Context<'_>,
+    opts: &CreateOptions,
+    progress: &dyn Progress,
+) -> Option<Arc<Mutex<frame_cache::Session>>> {
+    let image = &engine.config.image;
+    let settings = frame_cache::Settings {
+        limit: image.frame_cache_mib.map(|m| m.saturating_mul(1 << 20)),
+        full_read_every: image.effective_full_read_every(),
+        read_all: opts.no_cache,
+    };
+    let state = &engine.config.appliance.state_dir;
+    match frame_cache::Session::open(state, image.compression, image.effective_level(), settings) {
+        Ok(session) => session.map(|s| Arc::new(Mutex::new(s))),
+        Err(e) => {
+            progress.event(&Event::Warning {
+                component: None,
+                message: format!(
+                    "the frame cache in {} cannot be used ({e}); this backup reads every file — check that directory's permissions and free space",
+                    state.join(frame_cache::DIR).display()
+                ),
+            });
+            None
+        }
+    }
+}
+
+/// Keeps what this backup put in the frame cache, once its payload is
+/// written in full, and says what the cache did.
+fn commit_frame_cache(cache: Arc<Mutex<frame_cache::Session>>, progress: &dyn Progress) {
+    let Some(session) = Arc::into_inner(cache).and_then(|m| m.into_inner().ok()) else {
+        return;
+    };
+    let message = match session.commit() {
+        Ok(stats) if stats.full_read => format!(
+            "frame cache: every file read{}",
+            damaged_note(stats.damaged)
+        ),
+        Ok(stats) => format!(
+            "frame cache: {} unchanged files ({} bytes) copied from the cache{}",
+            stats.reused_files,
+            stats.reused_bytes,
+            damaged_note(stats.damaged)
+        ),
+        Err(e) => format!(
+            "frame cache: not updated ({e}); the next backup reads every file it cannot find there"
+        ),
+    };
+    progress.event(&Event::Step { message });
+}
+
+fn damaged_note(damaged: u64) -> String {
+    if damaged == 0 {
+        String::new()
+    } else {
+        format!("; {damaged} damaged cache entries ignored (those files were read)")
+    }
 }
 
 async fn store_sidecar(

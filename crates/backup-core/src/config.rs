@@ -275,6 +275,19 @@ pub struct ImageConfig {
     /// during a backup. See [`ImageConfig::effective_threads`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threads: Option<usize>,
+    /// Most MiB the frame cache under the state directory holds: the
+    /// compressed frames of large files, reused by the next backup when the
+    /// files are unchanged. Unset means at most the frames of the last
+    /// image (the cache is made of them); 0 turns the cache off (and
+    /// removes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame_cache_mib: Option<u64>,
+    /// Every Nth backup reads every file instead of reusing cached frames
+    /// (default 7; 1 reads everything every time): it catches files changed
+    /// without a change of size, mtime or ctime. See
+    /// [`ImageConfig::effective_full_read_every`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_read_every: Option<u32>,
 }
 
 impl ImageConfig {
@@ -282,6 +295,12 @@ impl ImageConfig {
     pub fn effective_level(&self) -> u32 {
         self.level
             .unwrap_or_else(|| self.compression.default_level())
+    }
+
+    /// How often a backup reads every file: the configured number of
+    /// backups, else 7.
+    pub fn effective_full_read_every(&self) -> u32 {
+        self.full_read_every.unwrap_or(7)
     }
 
     /// The number of compression threads: the configured one, else every
@@ -572,6 +591,9 @@ impl Config {
                     "[image] threads = {threads} is out of range (1–{MAX_THREADS}); leave it out to use every core"
                 ));
             }
+        }
+        if self.image.full_read_every == Some(0) {
+            return Err("[image] full_read_every = 0 is out of range: it counts backups (1 reads every file every time; leave it out for 7)".into());
         }
         self.encryption
             .kdf_params()

@@ -82,8 +82,8 @@ pub use backup::{CreateReport, PROBE_OBJECT};
 pub use browse::{Access, Browse, BrowseImage, BrowseView, DownloadLink, LinkSigner};
 pub use component::ComponentOptions;
 pub use component::{
-    Applicability, CommandComponent, Committed, Component, EntryMeta, EntrySink, FilesComponent,
-    RestoreContext, SnapshotError, SqliteComponent,
+    Applicability, CommandComponent, Committed, Component, EntryMeta, EntrySink, FileStat,
+    FilesComponent, RestoreContext, SnapshotError, SqliteComponent,
 };
 pub use config::{
     Appliance, ClusterConfig, ClusterNode, ComponentConfig, ComponentKind, Compression, Config,

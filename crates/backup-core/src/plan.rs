@@ -167,4 +167,7 @@ pub struct CreateOptions {
     /// Started by the schedule (recorded in status and audit log); the same
     /// as a call with [`Trigger::Scheduled`](crate::Trigger::Scheduled).
     pub scheduled: bool,
+    /// Read every file, reusing nothing from the frame cache (which is
+    /// rebuilt from what this backup reads).
+    pub no_cache: bool,
 }

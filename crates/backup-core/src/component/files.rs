@@ -5,7 +5,7 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use super::swap::excluded_under;
 use super::{
-    rel_of, Applicability, Committed, Component, EntryMeta, EntrySink, RestoreContext,
+    rel_of, Applicability, Committed, Component, EntryMeta, EntrySink, FileStat, RestoreContext,
     SnapshotError, Swapped,
 };
 
@@ -148,6 +148,9 @@ impl Component for FilesComponent {
                             continue;
                         }
                         linked.insert((md.dev(), md.ino()), rel.to_path_buf());
+                    }
+                    if sink.reuse(rel, &meta, &FileStat::from_metadata(&md))? {
+                        continue;
                     }
                     let mut file = std::fs::File::open(path).map_err(|e| {
                         SnapshotError::Failed(format!("cannot open {}: {e}", path.display()))

@@ -43,6 +43,36 @@ impl EntryMeta {
     }
 }
 
+/// What identifies a regular file's content between backups without
+/// reading it (see [`EntrySink::reuse`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStat {
+    /// Device.
+    pub dev: u64,
+    /// Inode.
+    pub ino: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time: seconds and nanoseconds.
+    pub mtime: (i64, i64),
+    /// Status change time: seconds and nanoseconds.
+    pub ctime: (i64, i64),
+}
+
+impl FileStat {
+    /// The identity of a file system object.
+    pub fn from_metadata(md: &std::fs::Metadata) -> FileStat {
+        use std::os::unix::fs::MetadataExt;
+        FileStat {
+            dev: md.dev(),
+            ino: md.ino(),
+            size: md.len(),
+            mtime: (md.mtime(), md.mtime_nsec()),
+            ctime: (md.ctime(), md.ctime_nsec()),
+        }
+    }
+}
+
 /// Why a snapshot stopped.
 #[derive(Debug)]
 pub enum SnapshotError {
@@ -76,6 +106,21 @@ pub trait EntrySink {
         size: u64,
         data: &mut dyn Read,
     ) -> Result<(), SnapshotError>;
+    /// Offers a regular file about to be read, before it is opened: returns
+    /// `Ok(true)` when the sink wrote its entry without reading it (its
+    /// compressed frames were cached by an earlier backup and `stat` shows
+    /// it unchanged); otherwise the caller goes on with
+    /// [`EntrySink::file`], and the sink may remember `stat` for it.
+    /// Default: never.
+    fn reuse(
+        &mut self,
+        rel: &Path,
+        meta: &EntryMeta,
+        stat: &FileStat,
+    ) -> Result<bool, SnapshotError> {
+        let _ = (rel, meta, stat);
+        Ok(false)
+    }
     /// A symbolic link.
     fn symlink(&mut self, rel: &Path, meta: &EntryMeta, target: &Path)
         -> Result<(), SnapshotError>;

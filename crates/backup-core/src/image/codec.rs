@@ -46,7 +46,7 @@ pub struct Encoder<W: Write> {
 }
 
 enum Inner<W: Write> {
-    Blocks(ParallelBlocks<W>),
+    Blocks(Box<ParallelBlocks<W>>),
     Plain(W),
 }
 
@@ -67,7 +67,7 @@ impl<W: Write> Encoder<W> {
                         format!("gzip level {level} is out of range (0–9)"),
                     ));
                 }
-                Inner::Blocks(ParallelBlocks::new(
+                Inner::Blocks(Box::new(ParallelBlocks::new(
                     inner,
                     GZIP_BLOCK,
                     threads,
@@ -85,22 +85,62 @@ impl<W: Write> Encoder<W> {
                             |deflate, input, out| gzip_member(deflate, level, input, out),
                         )
                     })?,
-                ))
+                )))
             }
             Compression::Zstd => {
                 let level = i32::try_from(level).unwrap_or(i32::MAX);
-                Inner::Blocks(ParallelBlocks::new(
+                Inner::Blocks(Box::new(ParallelBlocks::new(
                     inner,
                     ZSTD_BLOCK,
                     threads,
                     Pool::start("backup-zstd", threads, move |jobs| {
                         block_worker(jobs, || zstd_compressor(level), zstd_frame)
                     })?,
-                ))
+                )))
             }
             Compression::None => Inner::Plain(inner),
         };
         Ok(Encoder { inner })
+    }
+
+    /// Whether the payload is made of frames (gzip members, zstd frames)
+    /// that [`Encoder::cut`] can end and [`Encoder::splice`] can add to.
+    pub(crate) fn is_framed(&self) -> bool {
+        matches!(self.inner, Inner::Blocks(_))
+    }
+
+    /// Uncompressed bytes written so far.
+    pub(crate) fn raw_written(&self) -> u64 {
+        match &self.inner {
+            Inner::Blocks(b) => b.raw,
+            Inner::Plain(_) => 0,
+        }
+    }
+
+    /// Ends the current frame and tags the frames written from here on with
+    /// `tag` (or with none): [`FrameTap::frame`] sees each tagged frame once
+    /// compressed, in order, then [`FrameTap::end`] once the tag is changed.
+    pub(crate) fn set_tag(&mut self, tag: Option<u64>) -> io::Result<()> {
+        match &mut self.inner {
+            Inner::Blocks(b) => b.set_tag(tag),
+            Inner::Plain(_) => Ok(()),
+        }
+    }
+
+    /// Sees the tagged frames (see [`Encoder::set_tag`]).
+    pub(crate) fn set_tap(&mut self, tap: Box<dyn FrameTap>) {
+        if let Inner::Blocks(b) = &mut self.inner {
+            b.tap = Some(tap);
+        }
+    }
+
+    /// Ends the current frame and adds `frames`, whole frames compressed
+    /// before (`raw` uncompressed bytes), after it in the payload.
+    pub(crate) fn splice(&mut self, frames: Vec<u8>, raw: u64) -> io::Result<()> {
+        match &mut self.inner {
+            Inner::Blocks(b) => b.splice(frames, raw),
+            Inner::Plain(w) => w.write_all(&frames),
+        }
     }
 
     /// Writes everything still buffered and the codec's end; returns the
@@ -171,6 +211,23 @@ pub fn decoder<'a, R: Read + 'a>(mut payload: R) -> io::Result<Box<dyn Read + 'a
     })
 }
 
+/// Sees the frames of a tagged run as they reach the payload (see
+/// [`Encoder::set_tag`]); it must not fail the payload, so it has no error.
+pub(crate) trait FrameTap {
+    /// One whole frame of run `tag`, compressed, of `raw` uncompressed bytes.
+    fn frame(&mut self, tag: u64, frame: &[u8], raw: usize);
+    /// Run `tag` has no more frames.
+    fn end(&mut self, tag: u64);
+}
+
+/// A place in the payload, in order: a block being compressed, frames
+/// ready to write, or the end of a tagged run.
+enum Slot {
+    Compressing(Receiver<io::Result<Done>>, Option<u64>),
+    Ready(Vec<u8>),
+    End(u64),
+}
+
 /// A finished (or failed) block, and the buffers to reuse.
 struct Done {
     input: Vec<u8>,
@@ -194,11 +251,16 @@ struct ParallelBlocks<W: Write> {
     block: Vec<u8>,
     block_size: usize,
     pool: Pool<Job>,
-    pending: VecDeque<Receiver<io::Result<Done>>>,
+    pending: VecDeque<Slot>,
     spare_inputs: Vec<Vec<u8>>,
     spare_members: Vec<Vec<u8>>,
     max_in_flight: usize,
     members: u64,
+    /// Uncompressed bytes written (spliced frames included).
+    raw: u64,
+    /// The tag of the blocks being written, if any.
+    tag: Option<u64>,
+    tap: Option<Box<dyn FrameTap>>,
 }
 
 impl<W: Write> ParallelBlocks<W> {
@@ -213,14 +275,74 @@ impl<W: Write> ParallelBlocks<W> {
             spare_members: Vec::new(),
             max_in_flight: threads + 2,
             members: 0,
+            raw: 0,
+            tag: None,
+            tap: None,
         }
+    }
+
+    fn cut(&mut self) -> io::Result<()> {
+        if !self.block.is_empty() {
+            self.submit()?;
+        }
+        Ok(())
+    }
+
+    fn set_tag(&mut self, tag: Option<u64>) -> io::Result<()> {
+        self.cut()?;
+        if let Some(old) = self.tag.take() {
+            self.pending.push_back(Slot::End(old));
+        }
+        self.tag = tag;
+        Ok(())
+    }
+
+    fn splice(&mut self, frames: Vec<u8>, raw: u64) -> io::Result<()> {
+        self.cut()?;
+        self.raw += raw;
+        self.members += 1;
+        self.pending.push_back(Slot::Ready(frames));
+        // Spliced frames wait behind blocks still being compressed: keep
+        // the queue (and the memory it holds) bounded.
+        while self.pending.len() > 2 * self.max_in_flight {
+            self.write_oldest()?;
+        }
+        self.write_ready()
+    }
+
+    /// Writes the slots at the front that are done, in order.
+    fn write_ready(&mut self) -> io::Result<()> {
+        loop {
+            match self.pending.front() {
+                Some(Slot::Compressing(rx, _)) => match rx.try_recv() {
+                    Ok(done) => {
+                        let Some(Slot::Compressing(_, tag)) = self.pending.pop_front() else {
+                            unreachable!("the front slot was just seen")
+                        };
+                        self.emit(done, tag)?;
+                    }
+                    Err(TryRecvError::Empty) => return Ok(()),
+                    Err(TryRecvError::Disconnected) => return Err(self.pool.died()),
+                },
+                Some(_) => self.write_oldest()?,
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// Blocks being compressed.
+    fn compressing(&self) -> usize {
+        self.pending
+            .iter()
+            .filter(|s| matches!(s, Slot::Compressing(..)))
+            .count()
     }
 
     /// Hands the current block to the pool (waiting for the oldest block
     /// first if too many are in flight), then writes whatever members are
     /// ready, in order.
     fn submit(&mut self) -> io::Result<()> {
-        while self.pending.len() >= self.max_in_flight {
+        while self.compressing() >= self.max_in_flight {
             self.write_oldest()?;
         }
         let next = self
@@ -235,32 +357,34 @@ impl<W: Write> ParallelBlocks<W> {
             member,
             reply,
         })?;
-        self.pending.push_back(done);
+        self.pending.push_back(Slot::Compressing(done, self.tag));
         self.members += 1;
-        while let Some(front) = self.pending.front() {
-            match front.try_recv() {
-                Ok(done) => {
-                    self.pending.pop_front();
-                    self.emit(done)?;
-                }
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => return Err(self.pool.died()),
-            }
-        }
-        Ok(())
+        self.write_ready()
     }
 
     fn write_oldest(&mut self) -> io::Result<()> {
-        let Some(front) = self.pending.pop_front() else {
-            return Ok(());
-        };
-        let done = front.recv().map_err(|_| self.pool.died())?;
-        self.emit(done)
+        match self.pending.pop_front() {
+            None => Ok(()),
+            Some(Slot::Compressing(rx, tag)) => {
+                let done = rx.recv().map_err(|_| self.pool.died())?;
+                self.emit(done, tag)
+            }
+            Some(Slot::Ready(frames)) => self.inner.write_all(&frames),
+            Some(Slot::End(tag)) => {
+                if let Some(tap) = &mut self.tap {
+                    tap.end(tag);
+                }
+                Ok(())
+            }
+        }
     }
 
-    fn emit(&mut self, done: io::Result<Done>) -> io::Result<()> {
+    fn emit(&mut self, done: io::Result<Done>, tag: Option<u64>) -> io::Result<()> {
         let mut done = done?;
         self.inner.write_all(&done.member)?;
+        if let (Some(tag), Some(tap)) = (tag, &mut self.tap) {
+            tap.frame(tag, &done.member, done.input.len());
+        }
         done.input.clear();
         self.spare_inputs.push(done.input);
         self.spare_members.push(done.member);
@@ -280,6 +404,7 @@ impl<W: Write> ParallelBlocks<W> {
         if !self.block.is_empty() || self.members == 0 {
             self.submit()?;
         }
+        self.set_tag(None)?;
         self.drain()?;
         Ok(self.inner)
     }
@@ -289,6 +414,7 @@ impl<W: Write> Write for ParallelBlocks<W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         let n = data.len().min(self.block_size - self.block.len());
         self.block.extend_from_slice(&data[..n]);
+        self.raw += n as u64;
         if self.block.len() == self.block_size {
             self.submit()?;
         }

@@ -6,6 +6,7 @@ pub(crate) mod check;
 #[cfg_attr(not(feature = "bench"), allow(unreachable_pub))]
 pub(crate) mod codec;
 mod digest;
+pub(crate) mod frame_cache;
 mod gunzip;
 mod meta;
 mod name;

@@ -1,14 +1,15 @@
 //! Building the payload: tar entries → codec → encryption → bounded channel.
 use std::io::{self, Read, Write};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 
 use super::check::EntryRules;
+use super::frame_cache::{self, Entry, FileKey, Session};
 use super::{EntryDigest, EntryKind};
-use crate::component::{EntryMeta, EntrySink, SnapshotError};
+use crate::component::{EntryMeta, EntrySink, FileStat, SnapshotError};
 use crate::progress::{Event, Progress};
 
 /// Size of the buffers handed to the uploader.
@@ -71,6 +72,52 @@ impl Write for ChannelWriter {
 /// The payload codec on the writing side (parallel gzip, zstd or none).
 pub(crate) use super::codec::Encoder;
 
+/// What the tar writer needs of the codec to cut frames at file
+/// boundaries and to add cached frames (see [`super::frame_cache`]).
+pub(crate) trait FrameSink: Write {
+    /// See [`Encoder::is_framed`].
+    fn is_framed(&self) -> bool;
+    /// See [`Encoder::raw_written`].
+    fn raw_written(&self) -> u64;
+    /// See [`Encoder::set_tag`].
+    fn set_tag(&mut self, tag: Option<u64>) -> io::Result<()>;
+    /// See [`Encoder::splice`].
+    fn splice(&mut self, frames: Vec<u8>, raw: u64) -> io::Result<()>;
+    /// See [`Encoder::set_tap`].
+    fn set_tap(&mut self, tap: Box<dyn super::codec::FrameTap>);
+}
+
+impl<W: Write> FrameSink for Encoder<W> {
+    fn is_framed(&self) -> bool {
+        Encoder::is_framed(self)
+    }
+    fn raw_written(&self) -> u64 {
+        Encoder::raw_written(self)
+    }
+    fn set_tag(&mut self, tag: Option<u64>) -> io::Result<()> {
+        Encoder::set_tag(self, tag)
+    }
+    fn splice(&mut self, frames: Vec<u8>, raw: u64) -> io::Result<()> {
+        Encoder::splice(self, frames, raw)
+    }
+    fn set_tap(&mut self, tap: Box<dyn super::codec::FrameTap>) {
+        Encoder::set_tap(self, tap)
+    }
+}
+
+/// The frame cache as the tar writer uses it.
+struct CacheUse {
+    session: Arc<Mutex<Session>>,
+    /// The file last offered to [`EntrySink::reuse`] and not reused: its
+    /// frames are recorded when it is written next.
+    offered: Option<(std::path::PathBuf, FileKey)>,
+}
+
+/// Bytes of tar padding after `size` bytes of data.
+fn padding(size: u64) -> u64 {
+    (512 - size % 512) % 512
+}
+
 /// Writes the tar stream of an image and records each component's digest.
 pub(crate) struct TarWriter<W: Write> {
     builder: tar::Builder<W>,
@@ -85,9 +132,144 @@ pub(crate) struct TarWriter<W: Write> {
     /// the image: the engine's own places inside its roots.
     left_out: Vec<std::path::PathBuf>,
     progress: Arc<dyn Progress>,
+    cache: Option<CacheUse>,
 }
 
-impl<W: Write> TarWriter<W> {
+impl<W: FrameSink> TarWriter<W> {
+    /// Uses the frame cache `session`: large files are cut into frames of
+    /// their own and recorded, unchanged ones are copied from the cache.
+    /// Nothing changes for a payload without frames.
+    pub(crate) fn use_frame_cache(&mut self, session: Arc<Mutex<Session>>) {
+        let encoder = self.builder.get_mut();
+        if !encoder.is_framed() {
+            return;
+        }
+        encoder.set_tap(Box::new(frame_cache::Tap(session.clone())));
+        self.cache = Some(CacheUse {
+            session,
+            offered: None,
+        });
+    }
+
+    fn session(&self) -> Option<Arc<Mutex<Session>>> {
+        self.cache.as_ref().map(|c| c.session.clone())
+    }
+
+    /// Writes the entry of `rel` from the cached `entry`'s frames, each
+    /// checked before it goes in. `Ok(false)` (nothing written) when the
+    /// first frame fails its checks; a later one failing has the rest of
+    /// the file read from the file system.
+    fn splice_cached(
+        &mut self,
+        rel: &Path,
+        meta: &EntryMeta,
+        entry: Entry,
+        session: &Mutex<Session>,
+    ) -> Result<bool, SnapshotError> {
+        let lock = || session.lock().expect("frame cache");
+        let mut content = Vec::new();
+        let first = lock()
+            .frames(&entry)
+            .and_then(|mut frames| Ok((frames.next_checked(&mut content)?, frames)));
+        let (mut frame, mut frames) = match first {
+            Ok((Some(frame), frames)) => (frame, frames),
+            Ok((None, _)) | Err(_) => {
+                lock().damaged();
+                return Ok(false);
+            }
+        };
+        self.check(rel, EntryKind::File, None)?;
+        let (header, size) = (entry.header, entry.key.size());
+        self.digest.entry(
+            bytes_of(rel),
+            EntryKind::File,
+            meta.mode,
+            meta.mtime,
+            b"",
+            size,
+        );
+        let mut done = 0u64;
+        loop {
+            let start = done;
+            let end = done + content.len() as u64;
+            let from = start.max(header).min(end);
+            let to = end.min(header + size).max(from);
+            self.digest
+                .content(&content[(from - start) as usize..(to - start) as usize]);
+            self.progress.event(&Event::Bytes {
+                component: self.component.clone(),
+                bytes: to - from,
+            });
+            self.builder.get_mut().splice(frame, end - start)?;
+            done = end;
+            match frames.next_checked(&mut content) {
+                Ok(Some(next)) => frame = next,
+                Ok(None) => break,
+                Err(_) => {
+                    lock().damaged();
+                    return self.read_rest(rel, header, size, done).map(|()| true);
+                }
+            }
+        }
+        lock().reused(entry);
+        Ok(true)
+    }
+
+    /// Finishes an entry whose first `done` bytes (header included) came
+    /// from the cache by reading the rest of the file.
+    fn read_rest(
+        &mut self,
+        rel: &Path,
+        header: u64,
+        size: u64,
+        done: u64,
+    ) -> Result<(), SnapshotError> {
+        let data_done = (done - header).min(size);
+        let abs = Path::new("/").join(rel);
+        let mut source: Box<dyn Read> = Box::new(io::empty());
+        let mut error = None;
+        if data_done < size {
+            use std::io::Seek;
+            match std::fs::File::open(&abs)
+                .and_then(|mut f| f.seek(io::SeekFrom::Start(data_done)).map(|_| f))
+            {
+                Ok(f) => source = Box::new(f),
+                Err(e) => error = Some(e),
+            }
+        }
+        let mut exact = ExactReader {
+            inner: &mut *source,
+            remaining: size - data_done,
+            digest: &mut self.digest,
+            error: None,
+            short: false,
+            progress: &*self.progress,
+            component: &self.component,
+            unreported: 0,
+        };
+        let encoder = self.builder.get_mut();
+        io::copy(&mut exact, encoder)?;
+        exact.report();
+        let (read_error, short) = (exact.error.take(), exact.short);
+        let pad = (header + size + padding(size)).saturating_sub(done.max(header + size));
+        encoder.write_all(&vec![0u8; pad as usize])?;
+        if let Some(e) = error.or(read_error) {
+            return Err(SnapshotError::Failed(format!(
+                "cannot read {}: {e}",
+                abs.display()
+            )));
+        }
+        if short {
+            self.warn(format!(
+                "{} shrank while it was being read; the rest of its entry is zero-filled — back up again when it is quiet",
+                abs.display()
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl<W: FrameSink> TarWriter<W> {
     pub(crate) fn new(inner: W, progress: Arc<dyn Progress>) -> TarWriter<W> {
         let mut builder = tar::Builder::new(inner);
         builder.mode(tar::HeaderMode::Complete);
@@ -101,6 +283,7 @@ impl<W: Write> TarWriter<W> {
             warnings: Vec::new(),
             left_out: Vec::new(),
             progress,
+            cache: None,
         }
     }
 
@@ -195,7 +378,7 @@ fn bytes_of(p: &Path) -> &[u8] {
     p.as_os_str().as_bytes()
 }
 
-impl<W: Write> EntrySink for TarWriter<W> {
+impl<W: FrameSink> EntrySink for TarWriter<W> {
     fn dir(&mut self, rel: &Path, meta: &EntryMeta) -> Result<(), SnapshotError> {
         if self.is_left_out(rel) {
             return Ok(());
@@ -230,6 +413,21 @@ impl<W: Write> EntrySink for TarWriter<W> {
         );
         let mut h = Self::header(tar::EntryType::Regular, meta, size);
         let path = self.path(rel);
+        // A large file offered to `reuse` just before is recorded into the
+        // cache: its frames start and end with it.
+        let recording = match (
+            self.cache.as_mut().and_then(|c| c.offered.take()),
+            self.session(),
+        ) {
+            (Some((offered, key)), Some(session))
+                if offered == rel && key.size() == size && size >= frame_cache::MIN_FILE =>
+            {
+                let tag = session.lock().expect("frame cache").record(key);
+                self.builder.get_mut().set_tag(Some(tag))?;
+                Some((session, tag, self.builder.get_ref().raw_written()))
+            }
+            _ => None,
+        };
         let mut exact = ExactReader {
             inner: data,
             remaining: size,
@@ -243,6 +441,16 @@ impl<W: Write> EntrySink for TarWriter<W> {
         self.builder.append_data(&mut h, path, &mut exact)?;
         exact.report();
         let (error, short) = (exact.error.take(), exact.short);
+        if let Some((session, tag, before)) = recording {
+            self.builder.get_mut().set_tag(None)?;
+            let written = self.builder.get_ref().raw_written() - before;
+            let header = written.saturating_sub(size + padding(size));
+            let complete = error.is_none() && !short;
+            session
+                .lock()
+                .expect("frame cache")
+                .finish(tag, header, complete);
+        }
         if let Some(e) = error {
             return Err(SnapshotError::Failed(format!(
                 "cannot read {}: {e}",
@@ -256,6 +464,36 @@ impl<W: Write> EntrySink for TarWriter<W> {
             ));
         }
         Ok(())
+    }
+
+    fn reuse(
+        &mut self,
+        rel: &Path,
+        meta: &EntryMeta,
+        stat: &FileStat,
+    ) -> Result<bool, SnapshotError> {
+        let left_out = self.is_left_out(rel);
+        let Some(cache) = self.cache.as_mut() else {
+            return Ok(false);
+        };
+        cache.offered = None;
+        if stat.size < frame_cache::MIN_FILE || left_out {
+            return Ok(false);
+        }
+        let key = FileKey::new(&self.component, rel, meta, stat);
+        let session = cache.session.clone();
+        let found = session.lock().expect("frame cache").lookup(&key);
+        cache.offered = Some((rel.to_path_buf(), key));
+        let Some(entry) = found else {
+            return Ok(false);
+        };
+        let reused = self.splice_cached(rel, meta, entry, &session)?;
+        if reused {
+            if let Some(c) = self.cache.as_mut() {
+                c.offered = None;
+            }
+        }
+        Ok(reused)
     }
 
     fn symlink(
