@@ -70,9 +70,8 @@ pub(crate) fn print_record(r: &CopyRecord) -> anyhow::Result<()> {
         other => other.to_string(),
     };
     outln!(
-        "  copy to {} ({}): {}{}",
-        escape_control(&r.destination),
-        escape_control(&r.location),
+        "  copy to {}: {}{}",
+        escape_control(&r.place()),
         what,
         r.reason
             .as_deref()
@@ -95,10 +94,9 @@ pub(crate) fn print_record(r: &CopyRecord) -> anyhow::Result<()> {
 pub(crate) fn print_status(records: &[CopyRecord]) -> anyhow::Result<()> {
     for r in records {
         outln!(
-            "last copy:      {} to {} ({}): {} {}{}",
+            "last copy:      {} to {}: {} {}{}",
             r.time.format("%Y-%m-%d %H:%M:%S UTC"),
-            escape_control(&r.destination),
-            escape_control(&r.location),
+            escape_control(&r.place()),
             r.outcome,
             escape_control(&r.image),
             r.reason

@@ -7,9 +7,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use backup_testkit::sshd::Sshd;
+use backup_testkit::Tmpfs;
 use serde_json::Value;
 
-use crate::util::{published_images, run, sha256_file, Fixture};
+use crate::util::{published_images, run, sha256_file, write_random_file, Fixture};
 
 /// The fixture's config with `extra` appended (`[[copy]]` tables, hooks).
 fn config_with(fx: &Fixture, file: &str, extra: &str) -> PathBuf {
@@ -356,5 +357,41 @@ fn backup_copy_copies_a_stored_image_by_hand() {
             (name.as_str(), "refused")
         ],
         "{copies:?}"
+    );
+}
+
+#[test]
+fn a_full_destination_fails_the_copy_and_keeps_nothing_of_it() {
+    let fx = Fixture::new();
+    // Incompressible content, so the image outgrows the destination.
+    write_random_file(&fx.etc.join("blob.bin"), 512 << 10, 7);
+    let full = fx.dir.join("full");
+    let _small = Tmpfs::mount(&full, "128k");
+    let config = config_with(
+        &fx,
+        "full.toml",
+        &format!(
+            "[[copy]]\nname = \"small\"\nurl = \"file://{}\"\n",
+            full.display()
+        ),
+    );
+    let out = run(fx.cmd_with(&config).args(["--json", "create"]));
+    out.expect(0);
+    let report = out.json();
+    assert_eq!(report["outcome"], "success");
+    let name = report["image"].as_str().unwrap().to_owned();
+    assert!(fs::metadata(fx.store.join(&name)).unwrap().len() > 128 << 10);
+    let c = copy_named(&report["copies"], "small");
+    assert_eq!(c["outcome"], "failed", "{c}");
+    let reason = c["reason"].as_str().unwrap().to_lowercase();
+    assert!(reason.contains("space"), "{reason}");
+    let left: Vec<_> = fs::read_dir(&full)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "a failed copy leaves nothing there: {left:?}"
     );
 }

@@ -92,6 +92,11 @@ impl CopyConfig {
 
 /// Checks the `[[copy]]` tables of a configuration.
 pub(crate) fn validate(config: &Config) -> std::result::Result<(), String> {
+    if !config.copies.is_empty() && !config.has_storage() {
+        return Err(
+            "[[copy]] needs a [storage] url: copies are made from the images stored there".into(),
+        );
+    }
     let mut names = std::collections::BTreeSet::new();
     for c in &config.copies {
         let url = c.url.trim();
@@ -254,6 +259,22 @@ pub struct CopyRecord {
     pub retention_error: Option<String>,
 }
 
+impl CopyRecord {
+    /// The destination as messages name it: `NAME (URL)`, or the URL when
+    /// it has no name of its own.
+    pub fn place(&self) -> String {
+        shown(&self.destination, &self.location)
+    }
+}
+
+fn shown(label: &str, location: &str) -> String {
+    if label == location {
+        location.to_string()
+    } else {
+        format!("{label} ({location})")
+    }
+}
+
 /// Copies a freshly published image to every `[[copy]]` destination (the
 /// backup's run holds the lock) and records and reports each result.
 pub(crate) async fn after_backup(engine: &Context<'_>, image: &str) -> Vec<CopyRecord> {
@@ -395,7 +416,7 @@ async fn copy_one(engine: &Context<'_>, image: &str, dest: &CopyDestination) -> 
     let started = Instant::now();
     let location = dest.storage.to_string();
     engine.progress.event(&Event::Step {
-        message: format!("copying {image} to {} ({location})", dest.label),
+        message: format!("copying {image} to {}", shown(&dest.label, &location)),
     });
     let mut record = match transfer(engine, image, dest).await {
         Ok((outcome, bytes)) => CopyRecord {
@@ -468,9 +489,8 @@ fn audit(engine: &Context<'_>, record: &CopyRecord, started: Instant) {
     audit.duration_ms = started.elapsed().as_millis() as u64;
     audit.error = record.reason.clone();
     audit.summary = Some(format!(
-        "to {} ({}){}",
-        record.destination,
-        record.location,
+        "to {}{}",
+        record.place(),
         if record.outcome == CopyOutcome::Present {
             ", already there"
         } else {
@@ -717,5 +737,13 @@ mod tests {
             let e = parse(extra).unwrap_err().to_string();
             assert!(e.contains(says), "{extra}: {e}");
         }
+        let storeless = base.replace("url = \"file:///srv/a\"", "url = \"none\"");
+        let e = crate::Config::parse(
+            &format!("{storeless}[[copy]]\nurl = \"file:///srv/b\"\n"),
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("needs a [storage] url"), "{e}");
     }
 }
