@@ -15,8 +15,8 @@ use backup_core::{
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
 mod cluster_cmd;
-mod drill_cmd;
 mod copy_cmd;
+mod drill_cmd;
 mod ops_cmd;
 mod quickstart;
 mod report;

@@ -329,14 +329,23 @@ restore = ["sh", "-c", "env > {restore}; cat > /dev/null"]
         ),
     );
     ops.init_with(CANARY);
-    let out = ops.run_secret(CANARY, &["create", "--json"]);
+    // The other secrets the engine reads from its environment stay there too.
+    let with_secrets = |args: &[&str]| {
+        let mut cmd = ops.cmd_with(&ops.config, Some(CANARY), args);
+        for name in [
+            "BACKUP_FTP_PASSWORD",
+            "BACKUP_SSH_PASSWORD",
+            "BACKUP_SSH_KEY_PASSPHRASE",
+            "BACKUP_USER_PASSWORD",
+        ] {
+            cmd.env(name, CANARY);
+        }
+        Ops::run_cmd(cmd, format!("backup {}", args.join(" ")))
+    };
+    let out = with_secrets(&["create", "--json"]);
     out.expect(0);
     let image = out.json()["image"].as_str().unwrap().to_string();
-    ops.run_secret(
-        CANARY,
-        &["restore", &image, "--component", "envdump", "--yes"],
-    )
-    .expect(0);
+    with_secrets(&["restore", &image, "--component", "envdump", "--yes"]).expect(0);
 
     let mut leaks = Vec::new();
     for name in ["before.env", "after.env", "backup.env", "restore.env"] {

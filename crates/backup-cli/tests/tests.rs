@@ -10,8 +10,8 @@ mod util;
 
 mod cluster;
 mod cluster_restore;
-mod drill;
 mod copies;
+mod drill;
 mod frame_cache;
 mod hostile_images;
 mod http_browser;

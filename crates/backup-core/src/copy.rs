@@ -368,9 +368,10 @@ fn finish(engine: &Context<'_>, records: &[CopyRecord]) {
             image: r.image.clone(),
             failed: Vec::new(),
             node: engine.config.appliance.node.clone(),
+            kind: Some("copy".into()),
             copy_destination: Some(r.destination.clone()),
         };
-        if let Err(e) = run_hook("copy", &engine.config.hooks.on_failure, &env) {
+        if let Err(e) = run_hook("on_failure", &engine.config.hooks.on_failure, &env) {
             engine.warn(e.to_string());
         }
     }

@@ -613,15 +613,11 @@ async fn run_check(
         .env("BACKUP_DRILL_PATH", env.path)
         .env("BACKUP_DRILL_ROOT", env.root)
         .env("BACKUP_NODE", env.node)
-        .env_remove("BACKUP_SECRET")
-        .env_remove("BACKUP_NEW_SECRET")
-        .env_remove("BACKUP_FTP_PASSWORD")
-        .env_remove("BACKUP_SSH_PASSWORD")
-        .env_remove("BACKUP_SSH_KEY_PASSPHRASE")
         .stdin(std::process::Stdio::null())
         .stdout(out)
         .stderr(err)
         .process_group(0);
+    crate::util::without_secrets(&mut cmd);
     let shown = argv.join(" ");
     let mut child = cmd
         .spawn()

@@ -259,3 +259,22 @@ pub(crate) fn join_error(e: tokio::task::JoinError) -> crate::Error {
         std::io::Error::other(e.to_string()),
     )
 }
+
+/// The variables that carry a secret to the engine: no child process (a
+/// hook, a component's command, a drill check) inherits them.
+const SECRET_VARIABLES: [&str; 6] = [
+    "BACKUP_SECRET",
+    "BACKUP_NEW_SECRET",
+    "BACKUP_FTP_PASSWORD",
+    "BACKUP_SSH_PASSWORD",
+    "BACKUP_SSH_KEY_PASSPHRASE",
+    "BACKUP_USER_PASSWORD",
+];
+
+/// Keeps the engine's secrets out of a child's environment.
+pub(crate) fn without_secrets(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    for name in SECRET_VARIABLES {
+        cmd.env_remove(name);
+    }
+    cmd
+}

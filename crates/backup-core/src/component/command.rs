@@ -49,12 +49,10 @@ fn run(argv: &[String], stdin: Stdio, stdout: Stdio) -> Result<(), String> {
     let mut cmd = Command::new(program);
     // `run` waits for the child on the thread that spawns it (see die_with_engine).
     crate::util::die_with_engine(&mut cmd);
+    // Dump and restore commands never need the domain secret.
+    crate::util::without_secrets(&mut cmd);
     let mut child = cmd
         .args(args)
-        // Dump and restore commands never need the domain secret.
-        .env_remove("BACKUP_SECRET")
-        .env_remove("BACKUP_NEW_SECRET")
-        .env_remove("BACKUP_FTP_PASSWORD")
         .stdin(stdin)
         .stdout(stdout)
         .stderr(Stdio::piped())

@@ -48,22 +48,19 @@ pub(crate) fn run_hook(name: &str, argv: &[String], env: &HookEnv) -> Result<()>
     if let Some(destination) = &env.copy_destination {
         command.env("BACKUP_COPY_DESTINATION", destination);
     }
-    let out = command
+    command
         .args(args)
         .env("BACKUP_HOOK", env.kind.as_deref().unwrap_or(name))
         .env("BACKUP_OUTCOME", &env.outcome)
         .env("BACKUP_IMAGE", &env.image)
         .env("BACKUP_FAILED_COMPONENTS", env.failed.join(","))
         .env("BACKUP_NODE", &env.node)
-        .env_remove("BACKUP_SECRET")
-        .env_remove("BACKUP_NEW_SECRET")
-        .env_remove("BACKUP_FTP_PASSWORD")
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| Error::Hook {
-            hook: name.into(),
-            reason: format!("cannot run `{}`: {e}", argv.join(" ")),
-        })?;
+        .stdin(Stdio::null());
+    crate::util::without_secrets(&mut command);
+    let out = command.output().map_err(|e| Error::Hook {
+        hook: name.into(),
+        reason: format!("cannot run `{}`: {e}", argv.join(" ")),
+    })?;
     if out.status.success() {
         return Ok(());
     }
