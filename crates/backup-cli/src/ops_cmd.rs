@@ -301,6 +301,21 @@ pub(crate) async fn daemon(engine: Engine, json: bool) -> anyhow::Result<ExitCod
             ),
         );
     }
+    if let Some(drill) = engine
+        .config()
+        .drill
+        .as_ref()
+        .filter(|d| !d.cron.is_empty())
+    {
+        notice(
+            json,
+            &format!(
+                "backup daemon: restore drills {} ({})",
+                drill.cron.join(", "),
+                drill.timezone
+            ),
+        );
+    }
     engine
         .run_daemon_with(rx, &backup_cluster::ScheduledCluster)
         .await?;

@@ -526,3 +526,50 @@ fn a_scheduled_backup_waits_for_a_running_drill_instead_of_being_skipped() {
     signal(daemon.pid(), "-TERM");
     daemon.wait(Duration::from_secs(60)).expect(0);
 }
+
+#[test]
+fn a_drill_past_its_time_limit_while_reading_the_image_stops_the_read() {
+    let fx = Fixture::new();
+    let (image, _) = fx.create(&[]);
+    let bytes = fs::read(fx.image_path(&image)).unwrap();
+    let total = bytes.len();
+    // The image arrives slowly through a fifo: 4 KiB every 200 ms, far
+    // longer than the drill's limit.
+    let fifo = fx.dir.join("slow.bkp");
+    let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(made.success());
+    let writer = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut out = fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+            let mut written = 0;
+            for chunk in bytes.chunks(4096) {
+                if out.write_all(chunk).is_err() {
+                    break; // the reader went away
+                }
+                written += chunk.len();
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            written
+        })
+    };
+    let report = drill(
+        &fx,
+        &fx.config,
+        &[fifo.to_str().unwrap(), "--timeout", "2s"],
+        1,
+    );
+    let written = writer.join().unwrap();
+    assert_eq!(report["outcome"], "failed", "{report:#}");
+    let failure = report["failures"][0].as_str().unwrap();
+    assert!(
+        failure.contains("time limit (2s) passed while restoring"),
+        "{failure}"
+    );
+    assert!(
+        written < total,
+        "the read went on to the end ({written} of {total} bytes) after the limit"
+    );
+    assert_scratch_removed(&report, &fx.state);
+}
