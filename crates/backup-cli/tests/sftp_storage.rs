@@ -1,6 +1,7 @@
 //! `sftp://` storage through the binary, against a real OpenSSH sshd on
 //! 127.0.0.1: a backup published over SSH, listed, fetched and restored; an
-//! untrusted host key refused with the fingerprint the server showed.
+//! untrusted host key refused with the fingerprint the server showed; a
+//! password login.
 
 use std::fs;
 use std::path::Path;
@@ -131,4 +132,66 @@ fn an_untrusted_host_key_is_refused_with_its_fingerprint() {
         !remote.exists(),
         "nothing may be written to an untrusted server"
     );
+}
+
+/// A password login (`BACKUP_SSH_PASSWORD`, never argv) against a server
+/// that offers one, with no key anywhere: backup, list, restore; a wrong
+/// password is refused saying what was tried, without showing it.
+#[test]
+fn a_password_user_backs_up_lists_and_restores() {
+    let sshd = Sshd::start_with_password_user().expect("an sshd with a password user");
+    let user = sshd.password_user.as_ref().expect("the password user");
+    let fx = Fixture::new();
+    let remote = user.home.join("images");
+    let url = format!(
+        "sftp://{}@127.0.0.1:{}{}",
+        user.name,
+        sshd.port,
+        remote.display()
+    );
+    let text = fx.spec.render().replace(
+        &format!("url = \"file://{}\"", fx.spec.store.display()),
+        &format!(
+            "url = \"{url}\"\nhost_key_sha256 = \"{}\"",
+            sshd.fingerprint
+        ),
+    );
+    assert!(text.contains(&url), "{text}");
+    let config = fx.dir.join("sftp-password.toml");
+    fs::write(&config, text).unwrap();
+    // A home without ~/.ssh: no key to fall back on.
+    let home = fx.dir.join("home");
+    fs::create_dir_all(&home).unwrap();
+    let with_password = |password: &str| {
+        let mut cmd = fx.cmd_with(&config);
+        cmd.env("HOME", &home).env("BACKUP_SSH_PASSWORD", password);
+        cmd
+    };
+
+    let out = run(with_password(&user.password).args(["--json", "create"]));
+    out.expect(0);
+    let name = out.json()["image"].as_str().unwrap().to_owned();
+    assert!(remote.join(&name).is_file(), "{name} not on the server");
+    run(with_password(&user.password).arg("list"))
+        .expect(0)
+        .mentions(&name);
+    let target = fx.fresh_dir("restored");
+    run(with_password(&user.password).args([
+        "restore",
+        &name,
+        "--target",
+        target.to_str().unwrap(),
+    ]))
+    .expect(0);
+    assert_same_tree(&fx.etc, &under(&target, &fx.etc), &[]);
+    assert!(under(&target, &fx.db).is_file());
+
+    let wrong = "not-the-password-0123";
+    let out = run(with_password(wrong).arg("list"));
+    out.expect_failure()
+        .mentions("refused the password from BACKUP_SSH_PASSWORD")
+        .mentions(&user.name);
+    for shown in [out.stdout(), out.stderr()] {
+        assert!(!shown.contains(wrong) && !shown.contains(&user.password));
+    }
 }

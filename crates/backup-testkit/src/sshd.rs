@@ -1,6 +1,8 @@
 //! A real OpenSSH `sshd` on 127.0.0.1 for tests of `sftp://` storage: a
 //! fresh host key, the user running the tests as its only user, logging in
 //! with a fresh key listed in an authorized_keys file of the test's own.
+//! [`Sshd::start_with_password_user`] adds a throwaway system user who logs
+//! in with a password (it needs root, as the CI runs the tests).
 //! Each failure panics with what went wrong: a test that needs the server
 //! fails loudly without it.
 
@@ -25,9 +27,85 @@ pub struct Sshd {
     pub key: PathBuf,
     /// The host key's fingerprint, as `ssh-keygen -lf` prints it.
     pub fingerprint: String,
-    /// A known_hosts file that lists the host key for [127.0.0.1]:port.
+    /// A known_hosts file that lists the host key for \[127.0.0.1\]:port.
     pub known_hosts: PathBuf,
+    /// The user who logs in with a password, if the server offers one.
+    pub password_user: Option<PasswordUser>,
     child: Option<Child>,
+}
+
+/// A system user made for one test, logging in with a random password;
+/// dropping it deletes the account.
+pub struct PasswordUser {
+    /// The login name.
+    pub name: String,
+    /// The password (the tests pass it in `BACKUP_SSH_PASSWORD`).
+    pub password: String,
+    /// The user's home directory, which the user owns.
+    pub home: PathBuf,
+    /// Holds `home`: a directory others may traverse.
+    _parent: tempfile::TempDir,
+}
+
+impl PasswordUser {
+    fn create() -> Result<PasswordUser> {
+        ensure!(
+            is_root(),
+            "a password user needs root (useradd, chpasswd): run the sftp password tests as \
+             root, as the CI does"
+        );
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("bkptest{}x{n}", std::process::id());
+        let mut random = [0u8; 18];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut random))
+            .context("reading /dev/urandom")?;
+        let password: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        let parent = tempfile::tempdir()?;
+        std::fs::set_permissions(
+            parent.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )?;
+        let home = parent.path().join(&name);
+        let out = Command::new("useradd")
+            .args(["--create-home", "--shell", "/bin/sh", "--home-dir"])
+            .arg(&home)
+            .arg(&name)
+            .output()
+            .context("running useradd (install passwd)")?;
+        ensure!(out.status.success(), "useradd {name}: {out:?}");
+        let user = PasswordUser {
+            name,
+            password,
+            home,
+            _parent: parent,
+        };
+        let mut chpasswd = Command::new("chpasswd")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("running chpasswd")?;
+        std::io::Write::write_all(
+            chpasswd.stdin.as_mut().context("chpasswd's stdin")?,
+            format!("{}:{}\n", user.name, user.password).as_bytes(),
+        )?;
+        drop(chpasswd.stdin.take());
+        let out = chpasswd.wait_with_output()?;
+        ensure!(out.status.success(), "chpasswd for {}: {out:?}", user.name);
+        Ok(user)
+    }
+}
+
+impl Drop for PasswordUser {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel")
+            .arg(&self.name)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
 }
 
 fn keygen(path: &Path) -> Result<()> {
@@ -55,6 +133,16 @@ pub fn fingerprint_of(public: &Path) -> Result<String> {
 impl Sshd {
     /// Starts sshd; fails loudly where OpenSSH's server is not installed.
     pub fn start() -> Result<Sshd> {
+        Sshd::start_with(None)
+    }
+
+    /// Starts sshd offering password logins too, with a throwaway user made
+    /// for it ([`Sshd::password_user`]); fails loudly unless run as root.
+    pub fn start_with_password_user() -> Result<Sshd> {
+        Sshd::start_with(Some(PasswordUser::create()?))
+    }
+
+    fn start_with(password_user: Option<PasswordUser>) -> Result<Sshd> {
         ensure!(
             Path::new(SSHD).exists(),
             "{SSHD} is missing: the sftp tests need OpenSSH's server (apt-get install openssh-server)"
@@ -74,11 +162,21 @@ impl Sshd {
         if is_root() {
             std::fs::create_dir_all("/run/sshd")?;
         }
+        // Passwords are checked against the shadow file (no PAM), and only
+        // for the throwaway user.
+        let passwords = match &password_user {
+            Some(u) => format!(
+                "PasswordAuthentication no\nMatch User {}\n  PasswordAuthentication yes\n",
+                u.name
+            ),
+            None => "PasswordAuthentication no\n".to_owned(),
+        };
         let config = format!(
             "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
              AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nUsePAM no\n\
-             PermitRootLogin prohibit-password\nPasswordAuthentication no\n\
-             KbdInteractiveAuthentication no\nSubsystem sftp internal-sftp\nMaxStartups 50\n",
+             PermitRootLogin prohibit-password\n\
+             KbdInteractiveAuthentication no\nSubsystem sftp internal-sftp\nMaxStartups 50\n\
+             {passwords}",
             d = d.display()
         );
         std::fs::write(d.join("sshd_config"), config)?;
@@ -92,6 +190,7 @@ impl Sshd {
             key: d.join("client_key"),
             fingerprint,
             known_hosts,
+            password_user,
             child: None,
             dir,
         };
@@ -199,7 +298,9 @@ fn children(pid: u32) -> Vec<u32> {
 
 impl Drop for Sshd {
     fn drop(&mut self) {
+        // The daemon's sessions go first: userdel refuses a logged-in user.
         let _ = self.kill();
+        drop(self.password_user.take());
     }
 }
 

@@ -1,7 +1,7 @@
 //! `ftp://` and `ftps://` URLs: parsing, and the form shown in messages.
 
 use super::core::PASSWORD_VAR;
-use crate::url::percent_decode_utf8;
+use crate::url::{parse_with_authority, percent_decode_utf8, url_host, url_user, written_userinfo};
 
 /// What an `ftp://` or `ftps://` URL says.
 #[derive(Debug, PartialEq, Eq)]
@@ -15,75 +15,42 @@ pub(super) struct FtpUrl {
 
 pub(super) fn parse_url(url: &str) -> std::result::Result<FtpUrl, String> {
     const FORM: &str = "write ftp://USER@HOST[:PORT]/PATH (or ftps:// for explicit TLS)";
-    let (scheme, rest) = url
-        .split_once("://")
-        .ok_or_else(|| format!("not a URL; {FORM}"))?;
-    let tls = match scheme.to_ascii_lowercase().as_str() {
+    let parsed = parse_with_authority(url, FORM)?;
+    let tls = match parsed.scheme() {
         "ftp" => false,
         "ftps" => true,
         _ => return Err(format!("not an FTP URL; {FORM}")),
     };
-    if rest.contains(['?', '#']) {
+    if parsed.query().is_some() || parsed.fragment().is_some() {
         return Err(
             "an FTP URL takes no query or fragment; percent-encode '?' and '#' in the path"
                 .to_owned(),
         );
     }
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let Some((userinfo, hostport)) = authority.rsplit_once('@') else {
-        return Err(format!(
-            "the URL names no FTP user; {FORM} (the password comes from ~/.netrc or {PASSWORD_VAR})"
-        ));
-    };
-    if userinfo.contains(':') {
+    if written_userinfo(url).is_some_and(|userinfo| userinfo.contains(':')) {
         return Err(format!(
             "the URL contains a password, which would end up in logs and configuration dumps; \
              remove it and put it in ~/.netrc (machine HOST login USER password …) or {PASSWORD_VAR}"
         ));
     }
-    let user = percent_decode_utf8(userinfo, "user")?;
+    let user = url_user(&parsed)?;
     if user.is_empty() {
-        return Err(format!("the URL names no FTP user; {FORM}"));
+        return Err(format!(
+            "the URL names no FTP user; {FORM} (the password comes from ~/.netrc or {PASSWORD_VAR})"
+        ));
     }
-    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
-        let (host, after) = v6
-            .split_once(']')
-            .ok_or("an IPv6 address needs its closing ']'")?;
-        match after {
-            "" => (host, None),
-            _ => (
-                host,
-                Some(
-                    after
-                        .strip_prefix(':')
-                        .ok_or("expected ':PORT' after the IPv6 address")?,
-                ),
-            ),
-        }
-    } else {
-        match hostport.rsplit_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (hostport, None),
-        }
-    };
-    if host.is_empty() {
-        return Err(format!("the URL names no host; {FORM}"));
-    }
-    let port = match port {
-        None => 21,
-        Some(p) => match p.parse::<u16>() {
-            Ok(p) if p > 0 => p,
-            _ => return Err(format!("{p:?} is not a TCP port")),
-        },
-    };
-    let path = path.strip_prefix('/').unwrap_or(path);
-    let dir = percent_decode_utf8(path, "path")?;
+    let host = url_host(&parsed).ok_or_else(|| format!("the URL names no host; {FORM}"))?;
+    // ftp:// is a scheme the URL standard knows, so the parser drops its
+    // default port 21; ftps:// (explicit TLS) uses it too.
+    let port = parsed.port().unwrap_or(21);
+    let path = parsed.path();
+    let dir = percent_decode_utf8(path.strip_prefix('/').unwrap_or(path), "path")?;
     if [&user, &dir].iter().any(|s| s.contains(['\r', '\n', '\0'])) {
         return Err("the user and path may not contain line breaks or NUL".to_owned());
     }
     Ok(FtpUrl {
         tls,
-        host: host.to_owned(),
+        host,
         port,
         user,
         dir: normalize_dir(&dir),
@@ -149,6 +116,7 @@ mod tests {
             ("ftp://backup@nas/a%zz", "two hex digits"),
             ("ftp://backup@[::1/x", "']'"),
             ("sftp://backup@nas/x", "not an FTP URL"),
+            ("ftp://backup@nas/srv/../etc", "'..' segment"),
         ] {
             let err = parse_url(bad).expect_err(bad);
             assert!(err.contains(why), "{bad}: {err}");

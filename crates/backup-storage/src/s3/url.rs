@@ -1,7 +1,7 @@
 //! `s3://bucket/prefix?endpoint=…&region=…&profile=…` URLs and the names and
 //! prefixes they carry.
 
-use crate::url::percent_decode_utf8;
+use crate::url::{has_dot_segment, parse_with_authority, percent_decode_utf8, written_userinfo};
 use crate::{Error, Result};
 
 /// The parts of an `s3://` URL.
@@ -15,60 +15,81 @@ pub(super) struct ParsedUrl {
 }
 
 pub(super) fn parse_url(url: &str) -> Result<ParsedUrl> {
+    const FORM: &str = "write s3://bucket/prefix";
     let invalid = |reason: &str| Error::InvalidUrl {
         url: redact_url(url),
         reason: reason.to_owned(),
     };
-    let rest = match url.split_once("://") {
-        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("s3") => rest,
-        _ => return Err(invalid("not an s3:// URL; write s3://bucket/prefix")),
-    };
-    if rest.contains('#') {
-        return Err(invalid("an s3:// URL takes no fragment"));
+    let scheme_is_s3 = url
+        .split_once("://")
+        .is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("s3"));
+    if !scheme_is_s3 {
+        return Err(invalid("not an s3:// URL; write s3://bucket/prefix"));
     }
-    let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
-    let (bucket, prefix) = location.split_once('/').unwrap_or((location, ""));
-    if bucket.contains('@') {
+    if written_userinfo(url).is_some() {
         return Err(invalid(
             "credentials do not belong in the URL (it ends up in logs and status files); \
              set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile in ~/.aws/credentials",
         ));
     }
-    let mut parsed = ParsedUrl {
+    if has_dot_segment(url) {
+        return Err(invalid(
+            "invalid prefix: no empty, '.' or '..' segments (they are not resolved here)",
+        ));
+    }
+    let parsed = parse_with_authority(url, FORM).map_err(|r| invalid(&r))?;
+    if parsed.fragment().is_some() {
+        return Err(invalid("an s3:// URL takes no fragment"));
+    }
+    if parsed.port().is_some() {
+        return Err(invalid(
+            "a bucket name has no port; name the server with endpoint=https://host:port",
+        ));
+    }
+    // The bucket is the URL's host, kept as written (percent-encoded) by the
+    // parser since s3:// is not a scheme the URL standard knows.
+    let bucket = parsed.host_str().unwrap_or("");
+    let path = parsed.path();
+    let mut out = ParsedUrl {
         bucket: percent_decode_utf8(bucket, "URL").map_err(|r| invalid(&r))?,
-        prefix: percent_decode_utf8(prefix, "URL").map_err(|r| invalid(&r))?,
+        prefix: percent_decode_utf8(path.strip_prefix('/').unwrap_or(path), "URL")
+            .map_err(|r| invalid(&r))?,
         endpoint: None,
         region: None,
         profile: None,
     };
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let value = percent_decode_utf8(value, "URL").map_err(|r| invalid(&r))?;
-        if value.is_empty() {
-            return Err(invalid(&format!(
-                "the query parameter {key:?} has no value"
-            )));
-        }
-        let slot = match key {
-            "endpoint" => &mut parsed.endpoint,
-            "region" => &mut parsed.region,
-            "profile" => &mut parsed.profile,
-            _ => {
+    if let Some(query) = parsed.query() {
+        // Strict escapes and UTF-8 for the whole query; then a '+' is itself
+        // (as everywhere else in the URL), not the space of HTML forms.
+        percent_decode_utf8(query, "URL").map_err(|r| invalid(&r))?;
+        let query = query.replace('+', "%2B");
+        for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+            if value.is_empty() {
                 return Err(invalid(&format!(
+                    "the query parameter {key:?} has no value"
+                )));
+            }
+            let slot = match key.as_ref() {
+                "endpoint" => &mut out.endpoint,
+                "region" => &mut out.region,
+                "profile" => &mut out.profile,
+                _ => {
+                    return Err(invalid(&format!(
                 "unknown query parameter {key:?}; an s3:// URL takes endpoint, region and profile"
             )))
+                }
+            };
+            if slot.replace(value.into_owned()).is_some() {
+                return Err(invalid(&format!(
+                    "the query parameter {key:?} is given twice"
+                )));
             }
-        };
-        if slot.replace(value).is_some() {
-            return Err(invalid(&format!(
-                "the query parameter {key:?} is given twice"
-            )));
         }
     }
-    if let Some(endpoint) = &parsed.endpoint {
+    if let Some(endpoint) = &out.endpoint {
         check_endpoint(endpoint).map_err(|r| invalid(&r))?;
     }
-    Ok(parsed)
+    Ok(out)
 }
 
 /// The URL with anything that looks like credentials replaced, for messages.
@@ -128,23 +149,31 @@ pub(super) fn normalize_prefix(prefix: &str) -> std::result::Result<String, Stri
 
 /// An endpoint is `http(s)://host[:port][/path]`, without credentials or query.
 pub(super) fn check_endpoint(endpoint: &str) -> std::result::Result<String, String> {
-    let rest = endpoint
-        .strip_prefix("https://")
-        .or_else(|| endpoint.strip_prefix("http://"))
-        .ok_or_else(|| {
+    let scheme_ok = ["https://", "http://"].iter().any(|scheme| {
+        endpoint
+            .get(..scheme.len())
+            .is_some_and(|s| s.eq_ignore_ascii_case(scheme))
+    });
+    if !scheme_ok {
+        return Err(
             "the endpoint must be an https:// (or http://) URL, e.g. endpoint=https://s3.example.net"
-                .to_owned()
-        })?;
-    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
-    if authority.contains('@') {
+                .to_owned(),
+        );
+    }
+    if written_userinfo(endpoint).is_some() {
         return Err(
             "credentials do not belong in the endpoint URL; set AWS_ACCESS_KEY_ID and \
              AWS_SECRET_ACCESS_KEY, or a profile in ~/.aws/credentials"
                 .to_owned(),
         );
     }
-    if authority.is_empty() || rest.contains(['?', '#']) {
-        return Err("the endpoint must be http(s)://host[:port], without query".to_owned());
+    let without_query = "the endpoint must be http(s)://host[:port], without query";
+    let parsed = url::Url::parse(endpoint).map_err(|_| without_query.to_owned())?;
+    if parsed.host_str().is_none_or(str::is_empty)
+        || parsed.query().is_some()
+        || parsed.fragment().is_some()
+    {
+        return Err(without_query.to_owned());
     }
     Ok(endpoint.trim_end_matches('/').to_owned())
 }
@@ -195,6 +224,9 @@ mod tests {
             ("s3://bucket/p?region=a&region=b", "given twice"),
             ("s3://bucket/p?region=", "has no value"),
             ("file:///x", "not an s3:// URL"),
+            ("s3://bucket/a/../b", "'..'"),
+            ("s3://bucket/a/./b", "'.'"),
+            ("s3://bucket:9000/p", "endpoint=https://host:port"),
         ] {
             match parse_url(url) {
                 Err(Error::InvalidUrl {

@@ -34,7 +34,9 @@ use russh_sftp::protocol::{FileAttributes, OpenFlags, Packet, StatusCode};
 
 use self::connect::{Conn, HostKeys, Login, Secret, Target, PASSPHRASE_VAR, PASSWORD_VAR};
 use crate::names::{is_temp_name, is_valid_name, split_list_prefix, temp_name};
-use crate::url::{percent_decode_utf8, redact};
+use crate::url::{
+    parse_with_authority, percent_decode_utf8, redact, url_host, url_user, written_userinfo,
+};
 use crate::{
     resolve_range, Capabilities, Capacity, Error, GetResult, ListResult, ObjectMeta, PutMode,
     PutOptions, Result, Storage, Upload,
@@ -87,35 +89,38 @@ impl SftpStorageBuilder {
             url: redact(url),
             reason,
         };
-        let rest = url
-            .split_once("://")
-            .filter(|(s, _)| s.eq_ignore_ascii_case("sftp"))
-            .map(|(_, r)| r)
-            .ok_or_else(|| invalid("not an sftp:// URL".into()))?;
-        if rest.contains(['?', '#']) {
+        const FORM: &str = "write sftp://user@host[:port]/path";
+        let parsed = parse_with_authority(url, FORM).map_err(invalid)?;
+        if parsed.scheme() != "sftp" {
+            return Err(invalid(format!("not an sftp:// URL; {FORM}")));
+        }
+        if parsed.query().is_some() || parsed.fragment().is_some() {
             return Err(invalid(
                 "an sftp:// URL takes no query or fragment; percent-encode '?' and '#' in the path"
                     .into(),
             ));
         }
-        let (authority, path) = match rest.find('/') {
-            Some(i) => rest.split_at(i),
-            None => (rest, "/"),
-        };
-        let (userinfo, hostport) = authority
-            .rsplit_once('@')
-            .ok_or_else(|| invalid("name the SSH user: sftp://user@host[:port]/path".into()))?;
-        if userinfo.contains(':') {
+        if written_userinfo(url).is_some_and(|userinfo| userinfo.contains(':')) {
             return Err(invalid(format!(
                 "the URL must not carry a password: put it in {PASSWORD_VAR}, or log in with a key"
             )));
         }
-        let user = percent_decode_utf8(userinfo, "user").map_err(invalid)?;
+        if written_userinfo(url).is_none() {
+            return Err(invalid(
+                "name the SSH user: sftp://user@host[:port]/path".into(),
+            ));
+        }
+        let user = url_user(&parsed).map_err(invalid)?;
         if user.is_empty() {
             return Err(invalid("the SSH user is empty".into()));
         }
-        let (host, port) = split_host_port(hostport).map_err(invalid)?;
-        let path = percent_decode_utf8(path, "path").map_err(invalid)?;
+        let host = url_host(&parsed)
+            .ok_or_else(|| invalid("the host is missing: sftp://user@host[:port]/path".into()))?;
+        let port = parsed.port().unwrap_or(22);
+        let path = match parsed.path() {
+            "" => "/".to_owned(),
+            path => percent_decode_utf8(path, "path").map_err(invalid)?,
+        };
         if path.contains('\0') {
             return Err(invalid("the path contains a NUL byte".into()));
         }
@@ -235,32 +240,6 @@ impl SftpStorageBuilder {
             }),
         })
     }
-}
-
-fn split_host_port(s: &str) -> std::result::Result<(String, u16), String> {
-    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
-        let (host, after) = rest
-            .split_once(']')
-            .ok_or("an IPv6 address needs its closing ']'")?;
-        (host, after.strip_prefix(':'))
-    } else {
-        match s.split_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (s, None),
-        }
-    };
-    if host.is_empty() {
-        return Err("the host is missing: sftp://user@host[:port]/path".into());
-    }
-    let port = match port {
-        None => 22,
-        Some(p) => p
-            .parse::<u16>()
-            .ok()
-            .filter(|p| *p > 0)
-            .ok_or_else(|| format!("the port {p:?} is not a number from 1 to 65535"))?,
-    };
-    Ok((host.to_owned(), port))
 }
 
 impl SftpStorage {
@@ -1076,6 +1055,7 @@ mod tests {
             "sftp://u@h/p?x=1",
             "sftp://u@h/a%00b",
             "ftp://u@h/p",
+            "sftp://u@h/srv/../etc",
         ] {
             let e = SftpStorageBuilder::from_url(bad).unwrap_err();
             assert!(matches!(e, Error::InvalidUrl { .. }), "{bad}: {e}");
