@@ -93,8 +93,7 @@ impl Component for SqliteComponent {
             rows,
             page_size: page_size as usize,
             left: page_count,
-            page: Vec::with_capacity(page_size as usize),
-            at: 0,
+            at: page_size as usize,
         };
         sink.file(
             rel_of(&self.path),
@@ -197,7 +196,8 @@ impl Committed for Both {
 }
 
 /// The pages of one read transaction's snapshot as a byte stream, in page
-/// order: the database file as that transaction sees it. Ends with an error,
+/// order: the database file as that transaction sees it, copied from
+/// SQLite's page buffer straight into the reader's. Ends with an error,
 /// never early, if SQLite hands back another number or size of pages than
 /// the transaction reported up front (the image entry is then padded and the
 /// component fails).
@@ -206,16 +206,23 @@ struct PageReader<'s> {
     page_size: usize,
     /// Pages still to come.
     left: u64,
-    page: Vec<u8>,
-    /// How much of `page` was handed out.
+    /// How much of the current page (the current row) was handed out;
+    /// `page_size` before the first page.
     at: usize,
 }
 
 impl std::io::Read for PageReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.at == self.page.len() {
-            let row = self.rows.next().map_err(std::io::Error::other)?;
-            let Some(row) = row else {
+        use rusqlite::fallible_streaming_iterator::FallibleStreamingIterator;
+        let blob = |rows: &rusqlite::Rows<'_>| -> std::io::Result<usize> {
+            let row = rows.get().ok_or_else(|| std::io::Error::other("no page"))?;
+            row.get_ref(0)
+                .and_then(|v| Ok(v.as_blob()?.len()))
+                .map_err(std::io::Error::other)
+        };
+        if self.at == self.page_size {
+            self.rows.advance().map_err(std::io::Error::other)?;
+            if self.rows.get().is_none() {
                 if self.left == 0 {
                     return Ok(0);
                 }
@@ -223,23 +230,22 @@ impl std::io::Read for PageReader<'_> {
                     "the database ended {} pages early",
                     self.left
                 )));
-            };
-            let data = row
-                .get_ref(0)
-                .and_then(|v| Ok(v.as_blob()?))
-                .map_err(std::io::Error::other)?;
-            if data.len() != self.page_size || self.left == 0 {
+            }
+            if blob(&self.rows)? != self.page_size || self.left == 0 {
                 return Err(std::io::Error::other(
                     "the database changed its page size or grew during its snapshot",
                 ));
             }
             self.left -= 1;
-            self.page.clear();
-            self.page.extend_from_slice(data);
             self.at = 0;
         }
-        let n = buf.len().min(self.page.len() - self.at);
-        buf[..n].copy_from_slice(&self.page[self.at..self.at + n]);
+        let row = self.rows.get().expect("a current page");
+        let page = row
+            .get_ref(0)
+            .and_then(|v| Ok(v.as_blob()?))
+            .map_err(std::io::Error::other)?;
+        let n = buf.len().min(page.len() - self.at);
+        buf[..n].copy_from_slice(&page[self.at..self.at + n]);
         self.at += n;
         Ok(n)
     }

@@ -222,23 +222,50 @@ async fn a_restore_that_does_not_fit_is_refused_with_the_table_before_anything_i
     Ok(())
 }
 
+/// A component that spools its snapshot to scratch first (as a dump command
+/// does) and says how much room that takes.
+struct Spooling;
+impl Component for Spooling {
+    fn name(&self) -> &str {
+        "spooled"
+    }
+    fn kind(&self) -> &str {
+        "test"
+    }
+    fn roots(&self) -> Vec<PathBuf> {
+        vec![]
+    }
+    fn applicability(&self) -> Applicability {
+        Applicability::Applicable
+    }
+    fn estimate_size(&self) -> Option<u64> {
+        Some(2 << 20)
+    }
+    fn scratch_estimate(&self) -> Option<u64> {
+        Some(2 << 20)
+    }
+    fn snapshot(&self, _: &mut dyn EntrySink, _: &Path) -> Result<(), SnapshotError> {
+        Err(SnapshotError::Failed("never run: refused up front".into()))
+    }
+    fn restore(&self, _: &RestoreContext<'_>) -> Result<Box<dyn Committed>, String> {
+        Err("not restored in this test".into())
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backup_whose_scratch_space_cannot_hold_a_snapshot_is_refused_up_front() -> Result<()> {
     let (_d, demo) = demo()?;
-    {
-        let db = rusqlite::Connection::open(demo.database())?;
-        db.execute_batch("CREATE TABLE bulk (b BLOB)")?;
-        db.execute("INSERT INTO bulk VALUES (randomblob(2097152))", [])?;
-    }
     let scratch = demo.config.appliance.state_dir.join("tmp");
     let _tmp = Tmpfs::mount(&scratch, "512k");
-    let e = engine(&demo.config)?;
+    let e = Engine::builder(demo.config.clone())
+        .component(Arc::new(Spooling), ComponentOptions::default())
+        .build()?;
     let err = e.create(&CreateOptions::default()).await.unwrap_err();
     assert!(matches!(err, Error::Preflight(_)), "{err}");
     assert_eq!(err.kind(), ErrorKind::Refused);
     let text = err.to_string();
     assert!(
-        text.contains("component maindb needs about")
+        text.contains("component spooled needs about")
             && text.contains(&scratch.display().to_string()),
         "{text}"
     );
