@@ -304,7 +304,7 @@ impl<W: Write> ParallelBlocks<W> {
         self.pending.push_back(Slot::Ready(frames));
         // Spliced frames wait behind blocks still being compressed: keep
         // the queue (and the memory it holds) bounded.
-        while self.pending.len() > 2 * self.max_in_flight {
+        while self.pending.len() > self.max_in_flight {
             self.write_oldest()?;
         }
         self.write_ready()

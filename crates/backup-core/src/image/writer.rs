@@ -171,7 +171,7 @@ impl<W: FrameSink> TarWriter<W> {
         let first = lock()
             .frames(&entry)
             .and_then(|mut frames| Ok((frames.next_checked(&mut content)?, frames)));
-        let (mut frame, mut frames) = match first {
+        let (frame, mut frames) = match first {
             Ok((Some(frame), frames)) => (frame, frames),
             Ok((None, _)) | Err(_) => {
                 lock().damaged();
@@ -189,27 +189,45 @@ impl<W: FrameSink> TarWriter<W> {
             size,
         );
         let mut done = 0u64;
-        loop {
-            let start = done;
-            let end = done + content.len() as u64;
-            let from = start.max(header).min(end);
-            let to = end.min(header + size).max(from);
-            self.digest
-                .content(&content[(from - start) as usize..(to - start) as usize]);
-            self.progress.event(&Event::Bytes {
-                component: self.component.clone(),
-                bytes: to - from,
-            });
-            self.builder.get_mut().splice(frame, end - start)?;
-            done = end;
-            match frames.next_checked(&mut content) {
-                Ok(Some(next)) => frame = next,
-                Ok(None) => break,
-                Err(_) => {
-                    lock().damaged();
-                    return self.read_rest(rel, header, size, done).map(|()| true);
+        let whole = std::thread::scope(|scope| -> Result<bool, SnapshotError> {
+            // The frames after the first are read and checked on a second
+            // thread while this one hashes and splices the one before.
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            scope.spawn(move || loop {
+                let mut content = Vec::new();
+                let next = frames
+                    .next_checked(&mut content)
+                    .map(|f| f.map(|f| (f, content)));
+                let more = matches!(next, Ok(Some(_)));
+                if tx.send(next).is_err() || !more {
+                    break;
                 }
+            });
+            let mut current = (frame, content);
+            loop {
+                let (frame, content) = current;
+                let start = done;
+                let end = done + content.len() as u64;
+                let from = start.max(header).min(end);
+                let to = end.min(header + size).max(from);
+                self.digest
+                    .content(&content[(from - start) as usize..(to - start) as usize]);
+                self.progress.event(&Event::Bytes {
+                    component: self.component.clone(),
+                    bytes: to - from,
+                });
+                self.builder.get_mut().splice(frame, end - start)?;
+                done = end;
+                current = match rx.recv() {
+                    Ok(Ok(Some(next))) => next,
+                    Ok(Ok(None)) => return Ok(true),
+                    Ok(Err(_)) | Err(_) => return Ok(false),
+                };
             }
+        })?;
+        if !whole {
+            lock().damaged();
+            return self.read_rest(rel, header, size, done).map(|()| true);
         }
         lock().reused(entry);
         Ok(true)
