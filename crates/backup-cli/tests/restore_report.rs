@@ -191,3 +191,55 @@ fn a_database_snapshot_needs_no_scratch_space() {
     assert_eq!(backup_testkit::demo::sqlite_rows(&restored).unwrap(), rows);
     assert!(std::fs::read(&restored).unwrap() == std::fs::read(&fx.db).unwrap());
 }
+
+/// A files component over the whole appliance that leaves the database to
+/// its sqlite component: the database's staging directory lies inside the
+/// tree the files component swaps in, and must survive that swap.
+fn whole_tree_fixture() -> Fixture {
+    Fixture::custom(|fx| {
+        let db = fx.db.display().to_string();
+        fx.spec.components[0] = files_component(
+            "config",
+            &[&fx.root],
+            &format!("exclude = [\"{db}\", \"{db}-*\"]\n"),
+        );
+    })
+}
+
+fn rows(db: &std::path::Path) -> i64 {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.query_row("SELECT count(*) FROM objects", [], |r| r.get(0))
+        .unwrap()
+}
+
+#[test]
+fn a_database_inside_a_restored_tree_is_the_image_s_in_place_and_under_target() {
+    let fx = whole_tree_fixture();
+    let (name, _) = fx.create(&[]);
+    rusqlite::Connection::open(&fx.db)
+        .unwrap()
+        .execute_batch("DELETE FROM objects WHERE id > 10")
+        .unwrap();
+    assert_eq!(rows(&fx.db), 10);
+
+    let target = fx.fresh_dir("t");
+    fx.backup(&["restore", &name, "--target", target.to_str().unwrap()])
+        .expect(0)
+        .mentions("restored config, maindb");
+    let restored = target.join(fx.db.strip_prefix("/").unwrap());
+    assert_eq!(rows(&restored), 50, "the database under --target");
+
+    let out = fx.backup(&["restore", &name, "--yes", "-v"]);
+    out.expect(0).mentions("restored config, maindb");
+    assert_eq!(rows(&fx.db), 50, "the database restored in place");
+    // The report lists neither the database's staging directory nor its files.
+    let text = format!("{}{}", out.stdout, out.stderr);
+    assert!(!text.contains("staging-"), "{text}");
+    let leftovers: Vec<_> = fs::read_dir(fx.db.parent().unwrap())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("staging"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

@@ -6,6 +6,9 @@ use std::path::{Component as PathPart, Path, PathBuf};
 
 use crate::config::Config;
 
+/// What a restore's staging directory is called among the own places.
+pub(crate) const STAGING: &str = "a staging directory of this restore";
+
 /// One of the engine's own places.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct OwnPath {
@@ -51,7 +54,7 @@ impl OwnPaths {
         self
     }
 
-    fn add(&mut self, path: &Path, what: &str) {
+    pub(crate) fn add(&mut self, path: &Path, what: &str) {
         if !path.is_absolute() {
             return;
         }

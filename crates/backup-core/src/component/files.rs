@@ -199,6 +199,12 @@ pub(super) fn restore_roots(
     ctx: &RestoreContext<'_>,
     excluded: &dyn Fn(&Path) -> bool,
 ) -> Result<Box<dyn Committed>, String> {
+    if std::fs::symlink_metadata(ctx.staged).is_err() {
+        return Err(format!(
+            "its staging directory {} is gone; nothing of it was put into place",
+            ctx.staged.display()
+        ));
+    }
     let mut swapped = Swapped::default();
     for root in &ctx.planned.roots {
         let root = Path::new(root);

@@ -343,6 +343,15 @@ pub(crate) async fn restore_image_info(
             }
         }
     }
+    // A staging directory lies beside its component's destination, which can
+    // be inside another component's tree (a database under a files root):
+    // planning and swapping that tree treat the staging directories like the
+    // engine's own places, so no component's staged data goes with the old
+    // tree, and the plan does not list them.
+    let mut own = own;
+    for staged in plan.iter().filter_map(|(_, staged, _)| staged.as_deref()) {
+        own.add(staged, crate::own_paths::STAGING);
+    }
     let progress = engine.progress.clone();
     let target = opts.target.clone();
     let approval = opts.approval.clone();

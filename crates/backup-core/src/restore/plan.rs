@@ -196,6 +196,12 @@ pub(super) fn plan_component(
             root,
             dest: &dest,
             own: own.under(&dest).into_iter().map(|(rel, _)| rel).collect(),
+            staging: own
+                .under(&dest)
+                .into_iter()
+                .filter(|(_, place)| place.what == crate::own_paths::STAGING)
+                .map(|(rel, _)| rel)
+                .collect(),
             component,
             plan: &mut plan,
             limit,
@@ -270,6 +276,9 @@ struct Planner<'a> {
     /// The engine's own places under `dest` (relative to it): kept as
     /// they are, like excluded paths.
     own: Vec<PathBuf>,
+    /// Of those, the other components' staging directories: kept, but not
+    /// listed in the plan.
+    staging: Vec<PathBuf>,
     component: &'a dyn Component,
     plan: &'a mut ComponentPlan,
     limit: usize,
@@ -354,7 +363,9 @@ impl Planner<'_> {
             for (_, holds_kept) in &mut self.pending {
                 *holds_kept = true;
             }
-            self.plan.kept.push(|| self.dest.join(&rel), self.limit);
+            if !self.staging.iter().any(|s| rel.starts_with(s)) {
+                self.plan.kept.push(|| self.dest.join(&rel), self.limit);
+            }
         }
         Ok(None)
     }
