@@ -25,10 +25,10 @@ pub struct RawEntry {
     pub data: Vec<u8>,
 }
 
-/// The entries of a gzip-compressed tar payload, in order.
+/// The entries of a gzip-compressed tar payload (every member), in order.
 pub fn read_payload(path: &Path) -> Vec<RawEntry> {
     let f = fs::File::open(path).unwrap();
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(f));
+    let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(f));
     let mut out = Vec::new();
     for e in archive.entries().unwrap() {
         let mut e = e.unwrap();

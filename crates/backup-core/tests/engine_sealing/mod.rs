@@ -21,7 +21,7 @@ struct Raw {
 }
 
 fn read_payload(path: &Path) -> Result<Vec<Raw>> {
-    let gz = flate2::read::GzDecoder::new(std::fs::File::open(path)?);
+    let gz = flate2::read::MultiGzDecoder::new(std::fs::File::open(path)?);
     let mut archive = tar::Archive::new(gz);
     let mut out = Vec::new();
     for entry in archive.entries()? {
