@@ -10,7 +10,7 @@ use backup_core::cluster::{BundleNode, ClusterManifest};
 use backup_core::{Engine, Outcome};
 use clap::{Args, Subcommand};
 
-use crate::report::{escape_control, human, outln, print_json};
+use crate::report::{escape_control, human, outln, print_json, when};
 use crate::{shell_word, Cli, EXIT_PARTIAL};
 
 #[derive(Subcommand)]
@@ -293,7 +293,7 @@ async fn restore_plan(cli: &Cli, engine: &Engine, bundle: &str) -> anyhow::Resul
         "Restore plan for {} (cluster {}, created {}, outcome {}).",
         escape_control(bundle),
         escape_control(&m.cluster),
-        m.created.format("%Y-%m-%d %H:%M:%S UTC"),
+        when(&m.created),
         escape_control(&m.outcome)
     )?;
     outln!(

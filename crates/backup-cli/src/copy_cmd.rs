@@ -6,7 +6,7 @@ use anyhow::Context;
 use backup_core::{CopyConfig, CopyOutcome, CopyRecord, Error};
 use clap::Args;
 
-use crate::report::{escape_control, human, outln, print_json};
+use crate::report::{escape_control, human, outln, print_json, when};
 use crate::Cli;
 
 #[derive(Args)]
@@ -95,7 +95,7 @@ pub(crate) fn print_status(records: &[CopyRecord]) -> anyhow::Result<()> {
     for r in records {
         outln!(
             "last copy:      {} to {}: {} {}{}",
-            r.time.format("%Y-%m-%d %H:%M:%S UTC"),
+            when(&r.time),
             escape_control(&r.place()),
             r.outcome,
             escape_control(&r.image),

@@ -6,8 +6,7 @@ use anyhow::Context;
 use backup_core::{DrillOptions, DrillReport, Outcome, StatusView};
 use clap::Args;
 
-use crate::ops_cmd::when;
-use crate::report::{escape_control, human, outln, print_json};
+use crate::report::{escape_control, human, outln, print_json, when};
 use crate::Cli;
 
 #[derive(Args)]

@@ -7,7 +7,7 @@ use backup_core::{Engine, Error, Passphrase, PassphraseProvider, RewrapResult};
 use chrono::{DateTime, NaiveDate, Utc};
 use clap::Subcommand;
 
-use crate::report::{escape_control, escape_control_lines, human, notice, outln, print_json};
+use crate::report::{escape_control, escape_control_lines, human, notice, outln, print_json, when};
 use crate::secret::CliSecret;
 use crate::Cli;
 
@@ -79,10 +79,6 @@ fn parse_since(s: &str) -> anyhow::Result<DateTime<Utc>> {
     }
     .ok_or_else(bad)?;
     Utc::now().checked_sub_signed(d).ok_or_else(|| bad().into())
-}
-
-pub(crate) fn when(t: &DateTime<Utc>) -> String {
-    t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
 
 pub(crate) fn status(engine: &Engine, json: bool) -> anyhow::Result<ExitCode> {

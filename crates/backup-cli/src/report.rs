@@ -242,7 +242,7 @@ impl Progress for Reporter {
                 reason,
             } => self.say(&format!(
                 "{} scheduled backup {}: {outcome}{}",
-                time.format("%Y-%m-%d %H:%M:%S UTC"),
+                when(time),
                 image.as_deref().unwrap_or("-"),
                 reason
                     .as_ref()
@@ -512,6 +512,11 @@ impl RestoreApproval for AskOnTerminal {
         }
         matches!(answer.trim().to_lowercase().as_str(), "y" | "yes")
     }
+}
+
+/// A time as the CLI shows it: `2026-11-29 18:47:07 UTC`.
+pub(crate) fn when(t: &chrono::DateTime<chrono::Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
 
 #[cfg(test)]

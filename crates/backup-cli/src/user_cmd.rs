@@ -8,11 +8,11 @@ use std::time::Instant;
 use anyhow::Context;
 use backup_core::{AuditRecord, Engine, Error};
 use backup_http::{Role, UsersError, UsersFile};
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{SubsecRound, Utc};
 use clap::{Subcommand, ValueEnum};
 use zeroize::Zeroizing;
 
-use crate::report::{escape_control, notice, outln, print_json};
+use crate::report::{escape_control, notice, outln, print_json, when};
 use crate::Cli;
 
 /// Environment variable holding a user's new password for unattended use.
@@ -251,10 +251,6 @@ fn parse_expires(s: &str) -> anyhow::Result<chrono::Duration> {
         _ => None,
     };
     Ok(d.ok_or_else(bad)?)
-}
-
-fn when(t: &DateTime<Utc>) -> String {
-    t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
 
 pub(crate) fn user(cli: &Cli, command: &UserCommand) -> anyhow::Result<ExitCode> {

@@ -702,5 +702,5 @@ pub struct CreateReport {
     pub pruned: Vec<String>,
     /// The image's second copies (`[[copy]]`), one per destination; a
     /// failed copy does not change the backup's outcome.
-    pub copies: Vec<crate::copy::CopyRecord>,
+    pub copies: Vec<crate::ops::status::CopyRecord>,
 }

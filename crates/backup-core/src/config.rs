@@ -1,11 +1,14 @@
 //! The appliance's configuration file (TOML).
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 pub use crate::model::{Compression, Role};
 
 use serde::{Deserialize, Serialize};
 
+use crate::ops::retention::RetentionPolicy;
+use crate::ops::schedule::Schedule;
 use crate::{Error, Result};
 
 /// The whole configuration file.
@@ -43,10 +46,10 @@ pub struct Config {
     pub cluster: Option<ClusterConfig>,
     /// Restore drills (`backup drill`, and on a schedule by `backup daemon`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub drill: Option<crate::drill::DrillConfig>,
+    pub drill: Option<DrillConfig>,
     /// Second copies: storages that receive each published image (`[[copy]]`).
     #[serde(default, rename = "copy", skip_serializing_if = "Vec::is_empty")]
-    pub copies: Vec<crate::copy::CopyConfig>,
+    pub copies: Vec<CopyConfig>,
 }
 
 /// `[cluster]` on a coordinator: the nodes backed up as one bundle.
@@ -608,7 +611,7 @@ impl Config {
         if let Some(drill) = &self.drill {
             drill.validate()?;
         }
-        crate::copy::validate(self)?;
+        self.validate_copies()?;
         let mut names = BTreeSet::new();
         for c in &self.components {
             if !is_safe_name(&c.name) {
@@ -705,6 +708,197 @@ fn toml_error_line(text: &str, e: &toml::de::Error) -> String {
             format!("line {line}, column {column}: {what}")
         }
         None => what,
+    }
+}
+
+/// `[drill]`: when restore drills run unattended, and their limits.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrillConfig {
+    /// Five-field cron expressions (or `@daily`, …) `backup daemon` runs a
+    /// drill at; empty: drills run only by hand.
+    #[serde(default)]
+    pub cron: Vec<String>,
+    /// IANA time zone the expressions are read in (default UTC).
+    #[serde(default = "utc")]
+    pub timezone: String,
+    /// The time limit of a drill: `90s`, `30m`, `2h` (default 30m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// The time limit in seconds (instead of `timeout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+    /// The directory drills restore under (default the state directory's
+    /// scratch space, `state_dir/tmp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scratch: Option<PathBuf>,
+}
+
+impl DrillConfig {
+    /// The drill schedule, `None` when `cron` is empty.
+    pub fn schedule(&self) -> Result<Option<Schedule>> {
+        if self.cron.is_empty() {
+            return Ok(None);
+        }
+        Schedule::new(&self.cron, &self.timezone).map(Some)
+    }
+
+    /// The time limit of a drill.
+    pub fn time_limit(&self) -> Result<Duration> {
+        match (&self.timeout, self.timeout_secs) {
+            (Some(_), Some(_)) => Err(Error::Input(
+                "[drill] sets both timeout and timeout_secs; keep one".into(),
+            )),
+            (Some(text), None) => {
+                parse_duration(text).map_err(|e| Error::Input(format!("[drill] timeout: {e}")))
+            }
+            (None, Some(0)) => Err(Error::Input(
+                "[drill] timeout_secs must be at least 1".into(),
+            )),
+            (None, Some(secs)) => Ok(Duration::from_secs(secs)),
+            (None, None) => Ok(DEFAULT_DRILL_TIMEOUT),
+        }
+    }
+
+    /// Checks the section (for the configuration's validation).
+    pub(crate) fn validate(&self) -> std::result::Result<(), String> {
+        self.schedule().map_err(|e| format!("[drill]: {e}"))?;
+        self.time_limit().map_err(|e| e.to_string())?;
+        if let Some(dir) = &self.scratch {
+            if !dir.is_absolute() {
+                return Err(format!("[drill] scratch {dir:?} must be an absolute path"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A duration as an operator writes it: a number with `s`, `m`, `h` or
+/// `d` (`90s`, `30m`, `2h`, `1d`); a bare number is seconds.
+pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    let t = text.trim();
+    let (number, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (write 90s, 30m, 2h or 1d)"))?;
+    let secs = match unit.trim() {
+        "s" => Some(n),
+        "m" => n.checked_mul(60),
+        "h" => n.checked_mul(3600),
+        "d" => n.checked_mul(86_400),
+        _ => None,
+    };
+    match secs {
+        Some(0) => Err(format!("{text:?}: a duration must be at least 1 second")),
+        Some(s) => Ok(Duration::from_secs(s)),
+        None => Err(format!(
+            "{text:?} is not a duration (write 90s, 30m, 2h or 1d)"
+        )),
+    }
+}
+
+/// The time limit of a drill when neither the configuration nor the call
+/// sets one: 30 minutes.
+pub const DEFAULT_DRILL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// One `[[copy]]` table: a second storage that receives every published
+/// image, with its own retention.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct CopyConfig {
+    /// Any storage URL the engine opens (`file://`, `nfs://`, `s3://`,
+    /// `ftp://`, `ftps://`, `sftp://`).
+    pub url: String,
+    /// What status, audit log and hooks call it (default: the URL without
+    /// its user information).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// For `nfs://`: the local mount point of the export.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount: Option<PathBuf>,
+    /// For `file://` and `nfs://`: the group (name or id) the copies
+    /// belong to, then 0640 instead of 0600.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// For `sftp://`: the login key (default `~/.ssh/id_ed25519`, then `id_rsa`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_key: Option<PathBuf>,
+    /// For `sftp://`: the server's host key fingerprint (`SHA256:…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_key_sha256: Option<String>,
+    /// Which copies this destination keeps (`[copy.retention]`, the shape of
+    /// `[retention]`); unset: every copy is kept.
+    #[serde(default)]
+    pub retention: RetentionPolicy,
+}
+
+impl CopyConfig {
+    /// A destination at `url` with nothing else set (no retention).
+    pub fn new(url: impl Into<String>) -> Self {
+        CopyConfig {
+            url: url.into(),
+            name: None,
+            mount: None,
+            group: None,
+            ssh_key: None,
+            host_key_sha256: None,
+            retention: RetentionPolicy::default(),
+        }
+    }
+
+    /// The same destination, logging in with `[storage]`'s SSH key and
+    /// trusting its host key where it sets none of its own.
+    pub fn with_storage_keys(mut self, storage: &crate::config::StorageConfig) -> Self {
+        if self.ssh_key.is_none() {
+            self.ssh_key = storage.ssh_key.clone();
+        }
+        if self.host_key_sha256.is_none() {
+            self.host_key_sha256 = storage.host_key_sha256.clone();
+        }
+        self
+    }
+}
+
+impl Config {
+    /// Checks the `[[copy]]` tables.
+    fn validate_copies(&self) -> std::result::Result<(), String> {
+        let config = self;
+        if !config.copies.is_empty() && !config.has_storage() {
+            return Err(
+                "[[copy]] needs a [storage] url: copies are made from the images stored there"
+                    .into(),
+            );
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for c in &config.copies {
+            let url = c.url.trim();
+            if url.is_empty() || url == "none" {
+                return Err("[[copy]] url must name a storage (file://, nfs://, s3://, ftp://, ftps://, sftp://)".into());
+            }
+            if url == config.storage.url.trim() {
+                return Err(format!(
+                    "[[copy]] url {} is the [storage] url itself: a second copy must go elsewhere",
+                    crate::lazy_storage::shown_url(url)
+                ));
+            }
+            if let Some(name) = &c.name {
+                if name.is_empty() || name.chars().any(char::is_control) {
+                    return Err(format!("[[copy]] name {name:?} must be a non-empty line"));
+                }
+            }
+            let label = c.name.clone().unwrap_or_else(|| url.to_string());
+            if !names.insert(label.clone()) {
+                return Err(format!(
+                    "[[copy]] {} is defined twice",
+                    crate::lazy_storage::shown_url(&label)
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

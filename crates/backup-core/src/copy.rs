@@ -11,18 +11,19 @@ use std::time::Instant;
 
 use backup_storage::{PutMode, PutOptions, Storage, StorageExt};
 use bytes::{Bytes, BytesMut};
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use chrono::Utc;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
-use crate::config::Config;
+pub use crate::config::CopyConfig;
 use crate::context::{need_storage, Context};
 use crate::guard::{Operation, RunGuard};
 use crate::image::sidecar_name;
 use crate::ops::hooks::{run_hook, HookEnv};
 use crate::ops::retention::RetentionPolicy;
+use crate::ops::status::shown;
 use crate::ops::status::StatusStore;
+pub use crate::ops::status::{CopyOutcome, CopyRecord};
 use crate::progress::Event;
 use crate::{Error, Result};
 
@@ -30,100 +31,6 @@ use crate::{Error, Result};
 const CHUNK: usize = 1 << 20;
 /// Largest sidecar manifest copied (as the engine reads them).
 const MAX_SIDECAR: u64 = 16 << 20;
-
-/// One `[[copy]]` table: a second storage that receives every published
-/// image, with its own retention.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[non_exhaustive]
-pub struct CopyConfig {
-    /// Any storage URL the engine opens (`file://`, `nfs://`, `s3://`,
-    /// `ftp://`, `ftps://`, `sftp://`).
-    pub url: String,
-    /// What status, audit log and hooks call it (default: the URL without
-    /// its user information).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// For `nfs://`: the local mount point of the export.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mount: Option<PathBuf>,
-    /// For `file://` and `nfs://`: the group (name or id) the copies
-    /// belong to, then 0640 instead of 0600.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub group: Option<String>,
-    /// For `sftp://`: the login key (default `~/.ssh/id_ed25519`, then `id_rsa`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ssh_key: Option<PathBuf>,
-    /// For `sftp://`: the server's host key fingerprint (`SHA256:…`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub host_key_sha256: Option<String>,
-    /// Which copies this destination keeps (`[copy.retention]`, the shape of
-    /// `[retention]`); unset: every copy is kept.
-    #[serde(default)]
-    pub retention: RetentionPolicy,
-}
-
-impl CopyConfig {
-    /// A destination at `url` with nothing else set (no retention).
-    pub fn new(url: impl Into<String>) -> Self {
-        CopyConfig {
-            url: url.into(),
-            name: None,
-            mount: None,
-            group: None,
-            ssh_key: None,
-            host_key_sha256: None,
-            retention: RetentionPolicy::default(),
-        }
-    }
-
-    /// The same destination, logging in with `[storage]`'s SSH key and
-    /// trusting its host key where it sets none of its own.
-    pub fn with_storage_keys(mut self, storage: &crate::config::StorageConfig) -> Self {
-        if self.ssh_key.is_none() {
-            self.ssh_key = storage.ssh_key.clone();
-        }
-        if self.host_key_sha256.is_none() {
-            self.host_key_sha256 = storage.host_key_sha256.clone();
-        }
-        self
-    }
-}
-
-/// Checks the `[[copy]]` tables of a configuration.
-pub(crate) fn validate(config: &Config) -> std::result::Result<(), String> {
-    if !config.copies.is_empty() && !config.has_storage() {
-        return Err(
-            "[[copy]] needs a [storage] url: copies are made from the images stored there".into(),
-        );
-    }
-    let mut names = std::collections::BTreeSet::new();
-    for c in &config.copies {
-        let url = c.url.trim();
-        if url.is_empty() || url == "none" {
-            return Err("[[copy]] url must name a storage (file://, nfs://, s3://, ftp://, ftps://, sftp://)".into());
-        }
-        if url == config.storage.url.trim() {
-            return Err(format!(
-                "[[copy]] url {} is the [storage] url itself: a second copy must go elsewhere",
-                crate::lazy_storage::shown_url(url)
-            ));
-        }
-        if let Some(name) = &c.name {
-            if name.is_empty() || name.chars().any(char::is_control) {
-                return Err(format!("[[copy]] name {name:?} must be a non-empty line"));
-            }
-        }
-        let label = c.name.clone().unwrap_or_else(|| url.to_string());
-        if !names.insert(label.clone()) {
-            return Err(format!(
-                "[[copy]] {} is defined twice",
-                crate::lazy_storage::shown_url(&label)
-            ));
-        }
-    }
-    Ok(())
-}
 
 /// A storage that receives copies, with what reports call it and its
 /// retention.
@@ -188,90 +95,6 @@ impl CopyDestination {
             storage,
             retention: config.retention,
         })
-    }
-}
-
-/// How a copy ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum CopyOutcome {
-    /// Written, read back and found identical.
-    Copied,
-    /// The destination already held this very image (same size and
-    /// SHA-256) and its sidecar: nothing was written.
-    Present,
-    /// The destination holds a different image of that name, left alone.
-    Refused,
-    /// Not copied (unreachable, full, a verification mismatch, …); nothing
-    /// is left behind under the image's name.
-    Failed,
-}
-
-impl CopyOutcome {
-    /// The outcome as status and audit log spell it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CopyOutcome::Copied => "copied",
-            CopyOutcome::Present => "present",
-            CopyOutcome::Refused => "refused",
-            CopyOutcome::Failed => "failed",
-        }
-    }
-
-    /// Whether the destination holds a verified copy.
-    pub fn is_ok(self) -> bool {
-        matches!(self, CopyOutcome::Copied | CopyOutcome::Present)
-    }
-}
-
-impl std::fmt::Display for CopyOutcome {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// The last copy of an image to one destination (kept per destination in
-/// the status, and in a backup's report).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CopyRecord {
-    /// The destination's name (or its URL without user information).
-    pub destination: String,
-    /// Its storage, as the engine shows storage URLs (no secrets).
-    pub location: String,
-    /// When the copy ended.
-    pub time: DateTime<Utc>,
-    /// The image.
-    pub image: String,
-    /// How it ended.
-    pub outcome: CopyOutcome,
-    /// Image bytes written (or found there).
-    #[serde(default)]
-    pub bytes: u64,
-    /// Why it failed or was refused.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    /// Copies the destination's retention deleted after this one.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub pruned: Vec<String>,
-    /// Why the destination's retention could not run (the copy stands).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retention_error: Option<String>,
-}
-
-impl CopyRecord {
-    /// The destination as messages name it: `NAME (URL)`, or the URL when
-    /// it has no name of its own.
-    pub fn place(&self) -> String {
-        shown(&self.destination, &self.location)
-    }
-}
-
-fn shown(label: &str, location: &str) -> String {
-    if label == location {
-        location.to_string()
-    } else {
-        format!("{label} ({location})")
     }
 }
 

@@ -9,22 +9,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use chrono::Utc;
 
+pub use crate::config::{parse_duration, DrillConfig, DEFAULT_DRILL_TIMEOUT};
 use crate::context::Context;
 use crate::guard::{Operation, RunGuard};
 use crate::image::Outcome;
 use crate::images::ImageRef;
-use crate::ops::schedule::Schedule;
 use crate::ops::status::RunRecord;
+pub use crate::ops::status::{DrillCheck, DrillReport};
 use crate::progress::Event;
 use crate::restore::RestoreOptions;
 use crate::{Error, Result};
-
-/// The time limit of a drill when neither the configuration nor the call
-/// sets one: 30 minutes.
-pub const DEFAULT_DRILL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// How long a drill past its time limit waits for the restore it stopped
 /// to let go of the scratch directory before removing it anyway.
@@ -32,99 +28,6 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// How much of a failing check's output a failure keeps.
 const OUTPUT_TAIL: usize = 2000;
-
-/// `[drill]`: when restore drills run unattended, and their limits.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DrillConfig {
-    /// Five-field cron expressions (or `@daily`, …) `backup daemon` runs a
-    /// drill at; empty: drills run only by hand.
-    #[serde(default)]
-    pub cron: Vec<String>,
-    /// IANA time zone the expressions are read in (default UTC).
-    #[serde(default = "utc")]
-    pub timezone: String,
-    /// The time limit of a drill: `90s`, `30m`, `2h` (default 30m).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<String>,
-    /// The time limit in seconds (instead of `timeout`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout_secs: Option<u64>,
-    /// The directory drills restore under (default the state directory's
-    /// scratch space, `state_dir/tmp`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scratch: Option<PathBuf>,
-}
-
-fn utc() -> String {
-    "UTC".to_string()
-}
-
-impl DrillConfig {
-    /// The drill schedule, `None` when `cron` is empty.
-    pub fn schedule(&self) -> Result<Option<Schedule>> {
-        if self.cron.is_empty() {
-            return Ok(None);
-        }
-        Schedule::new(&self.cron, &self.timezone).map(Some)
-    }
-
-    /// The time limit of a drill.
-    pub fn time_limit(&self) -> Result<Duration> {
-        match (&self.timeout, self.timeout_secs) {
-            (Some(_), Some(_)) => Err(Error::Input(
-                "[drill] sets both timeout and timeout_secs; keep one".into(),
-            )),
-            (Some(text), None) => {
-                parse_duration(text).map_err(|e| Error::Input(format!("[drill] timeout: {e}")))
-            }
-            (None, Some(0)) => Err(Error::Input(
-                "[drill] timeout_secs must be at least 1".into(),
-            )),
-            (None, Some(secs)) => Ok(Duration::from_secs(secs)),
-            (None, None) => Ok(DEFAULT_DRILL_TIMEOUT),
-        }
-    }
-
-    /// Checks the section (for the configuration's validation).
-    pub(crate) fn validate(&self) -> std::result::Result<(), String> {
-        self.schedule().map_err(|e| format!("[drill]: {e}"))?;
-        self.time_limit().map_err(|e| e.to_string())?;
-        if let Some(dir) = &self.scratch {
-            if !dir.is_absolute() {
-                return Err(format!("[drill] scratch {dir:?} must be an absolute path"));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// A duration as an operator writes it: a number with `s`, `m`, `h` or
-/// `d` (`90s`, `30m`, `2h`, `1d`); a bare number is seconds.
-pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
-    let t = text.trim();
-    let (number, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => t.split_at(i),
-        None => (t, "s"),
-    };
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration (write 90s, 30m, 2h or 1d)"))?;
-    let secs = match unit.trim() {
-        "s" => Some(n),
-        "m" => n.checked_mul(60),
-        "h" => n.checked_mul(3600),
-        "d" => n.checked_mul(86_400),
-        _ => None,
-    };
-    match secs {
-        Some(0) => Err(format!("{text:?}: a duration must be at least 1 second")),
-        Some(s) => Ok(Duration::from_secs(s)),
-        None => Err(format!(
-            "{text:?} is not a duration (write 90s, 30m, 2h or 1d)"
-        )),
-    }
-}
 
 /// What a drill should do.
 #[derive(Debug, Clone, Default)]
@@ -139,55 +42,6 @@ pub struct DrillOptions {
     pub scratch: Option<PathBuf>,
     /// The time limit (default `[drill] timeout`, else 30 minutes).
     pub timeout: Option<Duration>,
-}
-
-/// One check a drill ran against a restored component.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DrillCheck {
-    /// The component.
-    pub component: String,
-    /// `integrity_check` (SQLite's, on the restored database) or
-    /// `drill_check` (the command configured on the component).
-    pub check: String,
-    /// Whether it passed.
-    pub passed: bool,
-    /// Why it failed (the command's exit status and the end of its output).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-}
-
-/// The result of a drill, as `backup drill` prints it and `backup status`
-/// keeps it (the last drill).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DrillReport {
-    /// `success` or `failed`.
-    pub outcome: Outcome,
-    /// The image drilled (none when no image could be chosen).
-    pub image: Option<String>,
-    /// When the drill started.
-    pub started: DateTime<Utc>,
-    /// When it ended.
-    pub finished: DateTime<Utc>,
-    /// The measured recovery time: from the start to the restored, checked
-    /// files, in milliseconds.
-    pub duration_ms: u64,
-    /// Bytes of the restored files.
-    pub bytes: u64,
-    /// Components restored.
-    pub restored: Vec<String>,
-    /// The checks run against the restored files.
-    pub checks: Vec<DrillCheck>,
-    /// Components whose restore or check failed.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub failed_components: Vec<String>,
-    /// Why the drill failed, one line per failure.
-    pub failures: Vec<String>,
-    /// The time limit, in seconds.
-    pub timeout_secs: u64,
-    /// The directory the drill restored under.
-    pub scratch: PathBuf,
-    /// Whether it was removed afterwards (it always should be).
-    pub scratch_removed: bool,
 }
 
 /// Runs a drill under the operation lock: a backup or restore running makes

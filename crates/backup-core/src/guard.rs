@@ -281,7 +281,7 @@ impl<'e> RunGuard<'e> {
 
     /// Keeps a finished drill as the last drill; it is written with the end
     /// of the run.
-    pub(crate) fn record_drill(&mut self, report: crate::drill::DrillReport) {
+    pub(crate) fn record_drill(&mut self, report: crate::ops::status::DrillReport) {
         self.status
             .get_or_insert_with(StatusFile::default)
             .last_drill = Some(report);

@@ -60,13 +60,13 @@ pub struct StatusView {
     /// The scheduler daemon, if one runs (scheduled runs happen only then).
     pub daemon: Option<crate::daemon::DaemonInfo>,
     /// The last restore drill: outcome, image, when, duration, failures.
-    pub last_drill: Option<crate::drill::DrillReport>,
+    pub last_drill: Option<crate::ops::status::DrillReport>,
     /// Next scheduled restore drill, if `[drill] cron` is set.
     pub next_drill: Option<DateTime<Utc>>,
     /// The drill schedule (`cron … (time zone)`), or `drills not scheduled`.
     pub drill_schedule: String,
     /// The last copy to each second-copy destination (`[[copy]]`, `backup copy`).
-    pub copies: Vec<crate::copy::CopyRecord>,
+    pub copies: Vec<crate::ops::status::CopyRecord>,
 }
 
 /// Audits an operation a frontend carried out itself (key check/rotate).

@@ -27,7 +27,7 @@ mod plan;
 mod precheck;
 mod space;
 mod stage;
-mod summary;
+pub(crate) mod summary;
 
 use commit::{commit, decide, ordered_for_commit};
 pub(crate) use precheck::PrecheckConfig;
