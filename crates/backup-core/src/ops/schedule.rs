@@ -8,6 +8,9 @@
 //! 2026-03-29 at 03:00 local (2026-03-29T01:00Z), where this schedule skips a
 //! wall-clock time that never happens. It also accepts six and seven fields
 //! (seconds, years), which `[schedule] cron` does not. Hence this parser stays.
+//! When clocks go back, a repeated wall-clock time runs once for an
+//! expression at fixed hours (the first pass) and in both passes for one
+//! that runs every hour, as classic cron does.
 use chrono::{DateTime, Datelike, Duration, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
 
@@ -136,6 +139,19 @@ impl CronExpr {
         }
     }
 
+    /// Whether `local` is the second pass of a wall-clock time that a DST
+    /// change (clocks set back) makes happen twice, and this expression names
+    /// its hours: as in classic cron, a job at fixed hours runs once, at the
+    /// first pass; one that runs every hour runs in both.
+    fn repeated(&self, local: &DateTime<Tz>, tz: Tz) -> bool {
+        const EVERY_HOUR: u32 = (1 << 24) - 1;
+        self.hours & EVERY_HOUR != EVERY_HOUR
+            && matches!(
+                tz.from_local_datetime(&local.naive_local()),
+                chrono::LocalResult::Ambiguous(first, _) if first != *local
+            )
+    }
+
     /// The first matching minute strictly after `after`, within five years.
     pub(crate) fn next_after(&self, after: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
         let start = after.with_second(0)?.with_nanosecond(0)? + Duration::minutes(1);
@@ -151,7 +167,7 @@ impl CronExpr {
                 t += Duration::minutes(60 - i64::from(local.minute()));
                 continue;
             }
-            if self.minutes & (1 << local.minute()) != 0 {
+            if self.minutes & (1 << local.minute()) != 0 && !self.repeated(&local, tz) {
                 return Some(t);
             }
             t += Duration::minutes(1);
@@ -292,6 +308,27 @@ mod tests {
         assert_eq!(
             s.next_after(utc("2026-11-22T02:00:00Z")),
             Some(utc("2026-11-23T02:00:00Z"))
+        );
+        // 02:00–03:00 local happens twice on 2026-10-25 (clocks go back
+        // 03:00 → 02:00): a job at a fixed hour runs once, at the first pass …
+        let s = Schedule::new(&["30 2 * * *".into()], "Europe/Zurich").unwrap();
+        assert_eq!(
+            s.upcoming(utc("2026-10-24T12:00:00Z"), 3),
+            [
+                utc("2026-10-25T00:30:00Z"),
+                utc("2026-10-26T01:30:00Z"),
+                utc("2026-10-27T01:30:00Z")
+            ]
+        );
+        // … and one that runs every hour runs in both.
+        let s = Schedule::new(&["30 * * * *".into()], "Europe/Zurich").unwrap();
+        assert_eq!(
+            s.upcoming(utc("2026-10-24T23:45:00Z"), 3),
+            [
+                utc("2026-10-25T00:30:00Z"),
+                utc("2026-10-25T01:30:00Z"),
+                utc("2026-10-25T02:30:00Z")
+            ]
         );
     }
 
