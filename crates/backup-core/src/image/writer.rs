@@ -155,6 +155,26 @@ impl<W: FrameSink> TarWriter<W> {
         self.cache.as_ref().map(|c| c.session.clone())
     }
 
+    /// Checks a regular file's entry and records it in the manifest's
+    /// digest (read from disk or spliced from the frame cache alike).
+    fn record_file(
+        &mut self,
+        rel: &Path,
+        meta: &EntryMeta,
+        size: u64,
+    ) -> Result<(), SnapshotError> {
+        self.check(rel, EntryKind::File, None)?;
+        self.digest.entry(
+            bytes_of(rel),
+            EntryKind::File,
+            meta.mode,
+            meta.mtime,
+            b"",
+            size,
+        );
+        Ok(())
+    }
+
     /// Writes the entry of `rel` from the cached `entry`'s frames, each
     /// checked before it goes in. `Ok(false)` (nothing written) when the
     /// first frame fails its checks; a later one failing has the rest of
@@ -178,16 +198,8 @@ impl<W: FrameSink> TarWriter<W> {
                 return Ok(false);
             }
         };
-        self.check(rel, EntryKind::File, None)?;
         let (header, size) = (entry.header, entry.key.size());
-        self.digest.entry(
-            bytes_of(rel),
-            EntryKind::File,
-            meta.mode,
-            meta.mtime,
-            b"",
-            size,
-        );
+        self.record_file(rel, meta, size)?;
         let mut done = 0u64;
         let whole = std::thread::scope(|scope| -> Result<bool, SnapshotError> {
             // The frames after the first are read and checked on a second
@@ -420,15 +432,7 @@ impl<W: FrameSink> EntrySink for TarWriter<W> {
         if self.is_left_out(rel) {
             return Ok(());
         }
-        self.check(rel, EntryKind::File, None)?;
-        self.digest.entry(
-            bytes_of(rel),
-            EntryKind::File,
-            meta.mode,
-            meta.mtime,
-            b"",
-            size,
-        );
+        self.record_file(rel, meta, size)?;
         let mut h = Self::header(tar::EntryType::Regular, meta, size);
         let path = self.path(rel);
         // A large file offered to `reuse` just before is recorded into the
