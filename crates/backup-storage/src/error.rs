@@ -82,6 +82,15 @@ pub enum Error {
 }
 
 impl Error {
+    /// An upload that cannot be completed because one of its writes failed
+    /// or it was cancelled (`what`: the upload, "writing gw-1.bkp to …").
+    pub(crate) fn upload_broken(what: impl std::fmt::Display) -> Error {
+        Error::Other {
+            what: format!("{what}: a write failed or was cancelled; start the upload again"),
+            source: None,
+        }
+    }
+
     /// Whether retrying the same operation may succeed.
     pub fn is_transient(&self) -> bool {
         matches!(self, Error::Transient { .. })

@@ -273,13 +273,7 @@ impl Upload for S3Upload {
 
     async fn complete(mut self: Box<Self>) -> Result<ObjectMeta> {
         if self.finished || self.write_cancelled {
-            let e = Error::Other {
-                what: format!(
-                    "{}: a write failed or was cancelled; start the upload again",
-                    self.doing()
-                ),
-                source: None,
-            };
+            let e = Error::upload_broken(self.doing());
             return Err(self.fail(e).await);
         }
         match self.complete_inner().await {

@@ -965,13 +965,7 @@ impl Upload for SftpUpload {
 
     async fn complete(mut self: Box<Self>) -> Result<ObjectMeta> {
         if self.broken || self.handle.is_none() {
-            return Err(Error::Other {
-                what: format!(
-                    "{}: a write failed or was cancelled; start the upload again",
-                    self.what()
-                ),
-                source: None,
-            });
+            return Err(Error::upload_broken(self.what()));
         }
         let published = self.publish().await;
         self.done = true;
