@@ -100,8 +100,8 @@ pub use engine::{Engine, EngineBuilder, EngineCall};
 pub use error::{Error, ErrorKind, Result};
 pub use guard::Operation;
 pub use image::{
-    BackupInfo, ComponentRecord, EntryDigest, EntryKind, Manifest, Outcome, PlannedComponent,
-    Selection, Sidecar,
+    BackupInfo, ComponentRecord, DigestScheme, EntryDigest, EntryKind, Manifest, Outcome,
+    PlannedComponent, Selection, Sidecar,
 };
 pub use images::ImageRef;
 pub use images::{ImageDetails, ImageSelection, ImageSummary};

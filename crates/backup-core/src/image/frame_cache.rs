@@ -13,16 +13,21 @@
 //! frames of one file as they were written into an image (0600), and
 //! `index` (0600): the SHA-256 of the rest, then JSON — the codec and level
 //! the frames were made with, and per file its key (component, path, size,
-//! mtime, ctime, device, inode, mode, owner) and each frame's length,
-//! uncompressed length and CRC-32.
+//! mtime, ctime, device, inode, mode, owner), the SHA-256 of its content
+//! (what the manifest's digest takes for it, see
+//! [`super::DigestScheme::PerEntry`]) and each frame's length, uncompressed
+//! length and CRC-32.
 //!
-//! Before a cached frame goes into an image it is read back, its CRC-32
-//! checked and it is decompressed (which checks the codec's own checksum of
-//! the content, CRC-32 for gzip and XXH64 for zstd, and its length): the
-//! manifest's digest is a running SHA-256 over every entry's content, so it
-//! needs the content anyway, and a frame that fails any of this is never
-//! written. A damaged, truncated or missing frame file, or an index that
-//! fails its checksum, is ignored and the file is read as usual.
+//! A cached file goes into an image without being decompressed: all its
+//! frames are read back and checked first — each frame's length, CRC-32 and
+//! that it parses as exactly one frame of the codec, their uncompressed
+//! lengths adding up to the file's tar entry — and only then copied in,
+//! checked again as they are read, with the content hash recorded in the
+//! index standing in for the content in the manifest's digest. A damaged,
+//! truncated or missing frame file, or an index that fails its checksum, is
+//! ignored and the file is read as usual. (A frame file that changes between
+//! the check and the copy fails the component: the cache is under the
+//! operation lock, so only something outside the engine can do that.)
 //!
 //! The index is replaced (atomically) only at the end of a backup whose
 //! payload was written in full; frame files are never changed once written
@@ -45,7 +50,7 @@ use crate::model::Compression;
 pub(crate) const DIR: &str = "frame-cache";
 const INDEX: &str = "index";
 const FRAMES: &str = "frames";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 /// Files at least this large get frames of their own, and are cached.
 pub(crate) const MIN_FILE: u64 = 64 * 1024;
 
@@ -113,12 +118,19 @@ pub(crate) struct Entry {
     file: String,
     /// Uncompressed bytes before the file's data (its tar header).
     pub(crate) header: u64,
+    /// Hex SHA-256 of the file's content.
+    content: String,
     pub(crate) frames: Vec<FrameRecord>,
 }
 
 impl Entry {
     fn bytes(&self) -> u64 {
         self.frames.iter().map(|f| f.len).sum()
+    }
+
+    /// The SHA-256 of the file's content, as recorded.
+    pub(crate) fn content_sha256(&self) -> Option<[u8; 32]> {
+        hex::decode(&self.content).ok()?.try_into().ok()
     }
 }
 
@@ -242,6 +254,14 @@ impl Session {
         (entry.key == *key).then_some(entry)
     }
 
+    /// Reads every frame of `entry` and checks it (see [`CachedFrames`]),
+    /// without keeping any.
+    pub(crate) fn check(&self, entry: &Entry) -> io::Result<()> {
+        let mut frames = self.frames(entry)?;
+        while frames.next_checked()?.is_some() {}
+        Ok(())
+    }
+
     /// Reads `entry`'s frames and checks them one at a time; see
     /// [`CachedFrames`].
     pub(crate) fn frames(&self, entry: &Entry) -> io::Result<CachedFrames> {
@@ -268,7 +288,6 @@ impl Session {
             compression: self.compression,
             records: entry.frames.clone().into_iter(),
             index: 0,
-            frame: Vec::new(),
         })
     }
 
@@ -315,6 +334,7 @@ impl Session {
                     key,
                     file,
                     header: 0,
+                    content: String::new(),
                     frames: Vec::new(),
                 },
                 out,
@@ -326,11 +346,13 @@ impl Session {
     }
 
     /// The writer is done with file `tag`: `header` bytes came before its
-    /// data; `complete` is false when it could not be read in full.
-    pub(crate) fn finish(&mut self, tag: u64, header: u64, complete: bool) {
+    /// data, whose SHA-256 is `content`; `None` when it could not be read in
+    /// full.
+    pub(crate) fn finish(&mut self, tag: u64, header: u64, content: Option<[u8; 32]>) {
         if let Some(r) = self.recording.get_mut(&tag) {
             r.entry.header = header;
-            r.finished = Some(complete);
+            r.entry.content = content.map(hex::encode).unwrap_or_default();
+            r.finished = Some(content.is_some());
         }
         self.settle(tag);
     }
@@ -442,114 +464,57 @@ fn read_index(path: &Path) -> Option<Index> {
 }
 
 /// The frames of a cached file, each read and checked before it is handed
-/// out: its length, CRC-32 and decompression (the codec's checksum and
-/// length of the content).
+/// out: its length, CRC-32, and that it parses as exactly one whole frame.
 pub(crate) struct CachedFrames {
     source: io::BufReader<File>,
     compression: Compression,
     records: std::vec::IntoIter<FrameRecord>,
     index: u64,
-    frame: Vec<u8>,
 }
 
 impl CachedFrames {
-    /// The next frame, checked, and its content decompressed into
-    /// `content`; `None` after the last.
-    pub(crate) fn next_checked(&mut self, content: &mut Vec<u8>) -> io::Result<Option<Vec<u8>>> {
+    /// The next frame, checked, with its uncompressed length; `None` after
+    /// the last.
+    pub(crate) fn next_checked(&mut self) -> io::Result<Option<(Vec<u8>, u64)>> {
         let Some(record) = self.records.next() else {
             return Ok(None);
         };
         let index = self.index;
         self.index += 1;
-        let bad = |what: String| {
+        let checked = match self.compression {
+            Compression::Gzip => check::<super::gunzip::Gzip>(&mut self.source, index, &record),
+            Compression::Zstd => check::<super::unzstd::Zstd>(&mut self.source, index, &record),
+            Compression::None => Err("the payload has no frames".into()),
+        };
+        let frame = checked.map_err(|what| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("cached frame {index}: {what}"),
             )
-        };
-        let mut frame = std::mem::take(&mut self.frame);
-        let decoded = match self.compression {
-            Compression::Gzip => {
-                check::<super::gunzip::Gzip>(&mut self.source, index, &record, &mut frame, content)
-            }
-            Compression::Zstd => {
-                check::<super::unzstd::Zstd>(&mut self.source, index, &record, &mut frame, content)
-            }
-            Compression::None => Err("the payload has no frames".into()),
-        };
-        decoded.map_err(bad)?;
-        Ok(Some(frame))
+        })?;
+        Ok(Some((frame, record.raw)))
     }
 }
 
-thread_local! {
-    static GZIP: std::cell::RefCell<Option<flate2::Decompress>> = const { std::cell::RefCell::new(None) };
-    static ZSTD: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
-}
-
-/// A decompression state of format `F`, kept per thread.
-trait CachedState: Frames {
-    fn with_state<T>(f: impl FnOnce(&mut Self::State) -> T) -> io::Result<T>;
-}
-
-impl CachedState for super::gunzip::Gzip {
-    fn with_state<T>(f: impl FnOnce(&mut flate2::Decompress) -> T) -> io::Result<T> {
-        GZIP.with(|s| {
-            let mut s = s.borrow_mut();
-            if s.is_none() {
-                *s = Some(Self::state()?);
-            }
-            Ok(f(s.as_mut().expect("just set")))
-        })
-    }
-}
-
-impl CachedState for super::unzstd::Zstd {
-    fn with_state<T>(f: impl FnOnce(&mut zstd::bulk::Decompressor<'static>) -> T) -> io::Result<T> {
-        ZSTD.with(|s| {
-            let mut s = s.borrow_mut();
-            if s.is_none() {
-                *s = Some(Self::state()?);
-            }
-            Ok(f(s.as_mut().expect("just set")))
-        })
-    }
-}
-
-fn check<F: CachedState>(
+fn check<F: Frames>(
     source: &mut dyn Read,
     index: u64,
     record: &FrameRecord,
-    frame: &mut Vec<u8>,
-    content: &mut Vec<u8>,
-) -> Result<(), String> {
-    let len = usize::try_from(record.len).map_err(|e| e.to_string())?;
-    frame.clear();
-    frame.resize(len, 0);
-    source
-        .read_exact(frame)
+) -> Result<Vec<u8>, String> {
+    // Read as one frame of the codec, which must be exactly the recorded
+    // length, then its CRC-32.
+    let mut frame = Vec::new();
+    let whole = F::read_frame(&mut source.take(record.len), index, &mut frame)
         .map_err(|e| format!("cannot read it: {e}"))?;
+    if !whole || frame.len() as u64 != record.len {
+        return Err("it is not one whole frame of its recorded length".into());
+    }
     let mut crc = flate2::Crc::new();
-    crc.update(frame);
+    crc.update(&frame);
     if crc.sum() != record.crc {
         return Err("its CRC-32 does not match".into());
     }
-    // The frame parses as one whole frame of exactly its recorded length.
-    let mut parsed = Vec::new();
-    if !F::read_frame(&mut &frame[..], index, &mut parsed).map_err(|e| e.to_string())?
-        || parsed.len() != len
-    {
-        return Err("it is not one whole frame".into());
-    }
-    F::with_state(|state| F::decode(state, frame, content)).map_err(|e| e.to_string())??;
-    if content.len() as u64 != record.raw {
-        return Err(format!(
-            "{} bytes of content where {} were recorded",
-            content.len(),
-            record.raw
-        ));
-    }
-    Ok(())
+    Ok(frame)
 }
 
 /// Sees the frames the encoder writes for files being recorded.
@@ -651,6 +616,22 @@ mod tests {
         codec: Compression,
         settings: Settings,
     ) -> (Vec<u8>, String, Option<Stats>) {
+        let (payload, digest, stats) = backup_payload(root, state, codec, settings);
+        let mut tar_bytes = Vec::new();
+        crate::image::codec::decoder(&payload[..])
+            .unwrap()
+            .read_to_end(&mut tar_bytes)
+            .unwrap();
+        (tar_bytes, digest, stats)
+    }
+
+    /// [`backup`]'s compressed payload, not decompressed.
+    fn backup_payload(
+        root: &Path,
+        state: &Path,
+        codec: Compression,
+        settings: Settings,
+    ) -> (Vec<u8>, String, Option<Stats>) {
         let session = Session::open(state, codec, 3, settings)
             .unwrap()
             .map(|s| Arc::new(Mutex::new(s)));
@@ -675,12 +656,7 @@ mod tests {
                 .commit()
                 .unwrap()
         });
-        let mut tar_bytes = Vec::new();
-        crate::image::codec::decoder(&payload[..])
-            .unwrap()
-            .read_to_end(&mut tar_bytes)
-            .unwrap();
-        (tar_bytes, digest.hex(), stats)
+        (payload, digest.hex(), stats)
     }
 
     fn frame_files(state: &Path) -> Vec<PathBuf> {
@@ -757,9 +733,14 @@ mod tests {
             .unwrap();
         for entry in index(&src.state()).entries {
             let mut frames = session.frames(&entry).unwrap();
-            let (mut raw, mut content) = (Vec::new(), Vec::new());
-            while frames.next_checked(&mut content).unwrap().is_some() {
-                raw.extend_from_slice(&content);
+            let mut raw = Vec::new();
+            while let Some((frame, len)) = frames.next_checked().unwrap() {
+                let at = raw.len();
+                crate::image::codec::decoder(&frame[..])
+                    .unwrap()
+                    .read_to_end(&mut raw)
+                    .unwrap();
+                assert_eq!((raw.len() - at) as u64, len);
             }
             let header = entry.header as usize;
             let size = entry.key.size as usize;
@@ -773,6 +754,11 @@ mod tests {
             let name = String::from_utf8(hex::decode(&entry.key.path).unwrap()).unwrap();
             let file = std::fs::read(Path::new("/").join(&name)).unwrap();
             assert_eq!(&raw[header..header + size], &file[..], "{name}");
+            assert_eq!(
+                entry.content_sha256(),
+                Some(Sha256::digest(&file).into()),
+                "{name}"
+            );
             assert!(raw[header + size..].iter().all(|&b| b == 0));
         }
     }
@@ -833,9 +819,8 @@ mod tests {
             assert_eq!((&tar, &digest), (&plain, &plain_digest), "{codec:?}");
             let stats = stats.unwrap();
             assert_eq!((stats.reused_files, stats.damaged), (0, 4), "{codec:?}");
-            // The damaged entries are recorded anew: the three read in full
-            // at once, the one partly copied by the backup after.
-            for reused in [3, 4] {
+            // The damaged entries are read in full and recorded anew.
+            for reused in [4, 4] {
                 let (tar, _, stats) = backup(&src.root(), &src.state(), codec, settings());
                 assert_eq!(tar, plain);
                 assert_eq!(stats.unwrap().reused_files, reused, "{codec:?}");
@@ -844,30 +829,47 @@ mod tests {
     }
 
     #[test]
-    fn a_frame_whose_crc_was_fixed_up_still_fails_decompression() {
-        // Damage that a fixed-up CRC hides is caught by the codec's own
-        // checksum of the content.
-        let src = Source::new();
-        let (plain, _, _) = backup(&src.root(), &src.state(), Compression::Zstd, settings());
-        let mut idx = index(&src.state());
-        let entry = idx
-            .entries
-            .iter_mut()
-            .find(|e| e.key.size == 300_000)
-            .unwrap();
-        let path = src.state().join(DIR).join(FRAMES).join(&entry.file);
-        let mut data = std::fs::read(&path).unwrap();
-        let n = data.len();
-        data[n / 2] ^= 1;
-        std::fs::write(&path, &data).unwrap();
-        let mut crc = flate2::Crc::new();
-        crc.update(&data);
-        entry.frames[0].crc = crc.sum();
-        assert_eq!(entry.frames.len(), 1);
-        write_index(&src.state(), &idx);
-        let (tar, _, stats) = backup(&src.root(), &src.state(), Compression::Zstd, settings());
-        assert_eq!(tar, plain);
-        assert_eq!(stats.unwrap().damaged, 1);
+    fn a_forged_cache_entry_makes_an_image_that_cannot_be_read_not_a_wrong_one() {
+        // Cached frames are not decompressed on their way in: damage with
+        // its CRC-32 fixed up and the index's checksum recomputed (a forgery
+        // by someone who can write the state directory, not wear) gets into
+        // the payload. The codec's own checksum of the content (XXH64 in a
+        // zstd frame, CRC-32 in a gzip member) refuses it on every read, and
+        // the manifest's digest still holds the content hash of the file, so
+        // such an image fails verify and restore instead of restoring wrong
+        // data.
+        for codec in [Compression::Gzip, Compression::Zstd] {
+            let src = Source::new();
+            let (plain, plain_digest, _) = backup(&src.root(), &src.state(), codec, settings());
+            let mut idx = index(&src.state());
+            let entry = idx
+                .entries
+                .iter_mut()
+                .find(|e| e.key.size == 300_000)
+                .unwrap();
+            let path = src.state().join(DIR).join(FRAMES).join(&entry.file);
+            let mut data = std::fs::read(&path).unwrap();
+            let n = data.len();
+            data[n / 2] ^= 1;
+            std::fs::write(&path, &data).unwrap();
+            let mut crc = flate2::Crc::new();
+            crc.update(&data);
+            entry.frames[0].crc = crc.sum();
+            assert_eq!(entry.frames.len(), 1);
+            write_index(&src.state(), &idx);
+            let (payload, digest, stats) =
+                backup_payload(&src.root(), &src.state(), codec, settings());
+            assert_eq!(stats.unwrap().reused_files, 4, "{codec:?}");
+            // The digest is the one of the files' true content …
+            assert_eq!(digest, plain_digest, "{codec:?}");
+            // … and the payload cannot be read past the forged frame.
+            let mut tar = Vec::new();
+            let read = crate::image::codec::decoder(&payload[..])
+                .unwrap()
+                .read_to_end(&mut tar);
+            assert!(read.is_err(), "{codec:?}: the forged frame was read");
+            assert_ne!(tar, plain);
+        }
     }
 
     #[test]

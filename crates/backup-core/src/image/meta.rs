@@ -6,13 +6,17 @@ pub use crate::model::{Outcome, PlannedComponent};
 
 use crate::model::{Compression, Role};
 
-/// Version of the payload layout (`backup.json` … `manifest.json`).
-pub(crate) const PAYLOAD_FORMAT: u32 = 1;
+/// Version of the payload layout (`backup.json` … `manifest.json`) this
+/// engine writes. Format 2 differs from 1 only in how a component's digest
+/// covers content (see [`crate::image::DigestScheme`]); both are read.
+pub(crate) const PAYLOAD_FORMAT: u32 = 2;
+/// The oldest payload format this engine reads.
+pub(crate) const OLDEST_PAYLOAD_FORMAT: u32 = 1;
 
 /// `backup.json`: the first entry of every image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackupInfo {
-    /// Version of the payload layout; this engine writes and reads 1.
+    /// Version of the payload layout; this engine writes 2 and reads 1 and 2.
     pub format: u32,
     /// Product name.
     pub product: String,
@@ -83,7 +87,8 @@ pub struct ComponentRecord {
     pub entries: u64,
     /// Content bytes written (file data, not headers).
     pub bytes: u64,
-    /// Hex SHA-256 over the component's entries (see [`crate::image::EntryDigest`]).
+    /// Hex SHA-256 over the component's entries (see [`crate::image::EntryDigest`];
+    /// how it covers content depends on the payload format).
     pub sha256: String,
     /// Why it failed or was skipped.
     #[serde(default, skip_serializing_if = "Option::is_none")]

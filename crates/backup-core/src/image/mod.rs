@@ -17,11 +17,11 @@ pub(crate) mod reader;
 mod unzstd;
 pub(crate) mod writer;
 
-pub use digest::{EntryDigest, EntryKind};
-pub(crate) use meta::PAYLOAD_FORMAT;
+pub use digest::{DigestScheme, EntryDigest, EntryKind};
 pub use meta::{
     BackupInfo, ComponentRecord, Manifest, Outcome, PlannedComponent, Selection, Sidecar,
 };
+pub(crate) use meta::{OLDEST_PAYLOAD_FORMAT, PAYLOAD_FORMAT};
 pub(crate) use name::{
     image_name, parse_image_name, sidecar_name, ParsedName, IMAGE_EXT, SIDECAR_SUFFIX,
 };

@@ -6,8 +6,8 @@ use std::path::{Component as PathPart, Path, PathBuf};
 use super::check::EntryRules;
 use super::pipe;
 use super::{
-    BackupInfo, EntryDigest, EntryKind, Manifest, Outcome, BACKUP_JSON, COMPONENTS_DIR,
-    MANIFEST_JSON,
+    BackupInfo, DigestScheme, EntryDigest, EntryKind, Manifest, Outcome, BACKUP_JSON,
+    COMPONENTS_DIR, MANIFEST_JSON,
 };
 use crate::{Error, Result};
 
@@ -130,10 +130,11 @@ fn walk_tar<R: Read>(tar_stream: R, visitor: &mut dyn Visitor) -> Result<Walked>
                 return Err(Error::InvalidImage("backup.json appears twice".into()));
             }
             let parsed: BackupInfo = read_json(&mut entry, BACKUP_JSON)?;
-            if parsed.format != super::PAYLOAD_FORMAT {
+            if !(super::OLDEST_PAYLOAD_FORMAT..=super::PAYLOAD_FORMAT).contains(&parsed.format) {
                 return Err(Error::InvalidImage(format!(
-                    "payload format {} is not supported by this engine (it reads format {}); use a newer backup tool",
+                    "payload format {} is not supported by this engine (it reads formats {} to {}); use a newer backup tool",
                     parsed.format,
+                    super::OLDEST_PAYLOAD_FORMAT,
                     super::PAYLOAD_FORMAT
                 )));
             }
@@ -240,7 +241,10 @@ fn walk_tar<R: Read>(tar_stream: R, visitor: &mut dyn Visitor) -> Result<Walked>
                 reason,
             })?;
         let link_bytes = link.as_deref().map(path_bytes).unwrap_or_default().to_vec();
-        let digest = digests.entry(component.clone()).or_default();
+        let scheme = DigestScheme::of_format(info.format);
+        let digest = digests
+            .entry(component.clone())
+            .or_insert_with(|| EntryDigest::new(scheme));
         digest.entry(path_bytes(&rel), kind, mode, mtime, &link_bytes, size);
         let view = EntryView {
             rel: &rel,

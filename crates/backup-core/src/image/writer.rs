@@ -175,10 +175,10 @@ impl<W: FrameSink> TarWriter<W> {
         Ok(())
     }
 
-    /// Writes the entry of `rel` from the cached `entry`'s frames, each
-    /// checked before it goes in. `Ok(false)` (nothing written) when the
-    /// first frame fails its checks; a later one failing has the rest of
-    /// the file read from the file system.
+    /// Writes the entry of `rel` from the cached `entry`'s frames, all of
+    /// them checked before the first goes in, its recorded content hash
+    /// standing in for its content in the digest. `Ok(false)` (nothing
+    /// written) when a frame fails its checks.
     fn splice_cached(
         &mut self,
         rel: &Path,
@@ -187,115 +187,37 @@ impl<W: FrameSink> TarWriter<W> {
         session: &Mutex<Session>,
     ) -> Result<bool, SnapshotError> {
         let lock = || session.lock().expect("frame cache");
-        let mut content = Vec::new();
-        let first = lock()
-            .frames(&entry)
-            .and_then(|mut frames| Ok((frames.next_checked(&mut content)?, frames)));
-        let (frame, mut frames) = match first {
-            Ok((Some(frame), frames)) => (frame, frames),
-            Ok((None, _)) | Err(_) => {
-                lock().damaged();
-                return Ok(false);
-            }
+        let checked = {
+            let cache = lock();
+            cache.check(&entry).and_then(|()| cache.frames(&entry))
+        };
+        let (Ok(mut frames), Some(content)) = (checked, entry.content_sha256()) else {
+            lock().damaged();
+            return Ok(false);
         };
         let (header, size) = (entry.header, entry.key.size());
         self.record_file(rel, meta, size)?;
+        let known = self.digest.content_known(content, size);
+        debug_assert!(known, "a fresh entry in the per-entry digest");
+        let changed = |e: io::Error| {
+            SnapshotError::Failed(format!(
+                "the frame cache's copy of {} changed while it was read ({e}); back up again, with --no-cache if it happens again",
+                Path::new("/").join(rel).display()
+            ))
+        };
         let mut done = 0u64;
-        let whole = std::thread::scope(|scope| -> Result<bool, SnapshotError> {
-            // The frames after the first are read and checked on a second
-            // thread while this one hashes and splices the one before.
-            let (tx, rx) = std::sync::mpsc::sync_channel(1);
-            scope.spawn(move || loop {
-                let mut content = Vec::new();
-                let next = frames
-                    .next_checked(&mut content)
-                    .map(|f| f.map(|f| (f, content)));
-                let more = matches!(next, Ok(Some(_)));
-                if tx.send(next).is_err() || !more {
-                    break;
-                }
+        while let Some((frame, raw)) = frames.next_checked().map_err(changed)? {
+            let (start, end) = (done, done + raw);
+            let data = end.min(header + size).saturating_sub(start.max(header));
+            self.progress.event(&Event::Bytes {
+                component: self.component.clone(),
+                bytes: data,
             });
-            let mut current = (frame, content);
-            loop {
-                let (frame, content) = current;
-                let start = done;
-                let end = done + content.len() as u64;
-                let from = start.max(header).min(end);
-                let to = end.min(header + size).max(from);
-                self.digest
-                    .content(&content[(from - start) as usize..(to - start) as usize]);
-                self.progress.event(&Event::Bytes {
-                    component: self.component.clone(),
-                    bytes: to - from,
-                });
-                self.builder.get_mut().splice(frame, end - start)?;
-                done = end;
-                current = match rx.recv() {
-                    Ok(Ok(Some(next))) => next,
-                    Ok(Ok(None)) => return Ok(true),
-                    Ok(Err(_)) | Err(_) => return Ok(false),
-                };
-            }
-        })?;
-        if !whole {
-            lock().damaged();
-            return self.read_rest(rel, header, size, done).map(|()| true);
+            self.builder.get_mut().splice(frame, raw)?;
+            done = end;
         }
         lock().reused(entry);
         Ok(true)
-    }
-
-    /// Finishes an entry whose first `done` bytes (header included) came
-    /// from the cache by reading the rest of the file.
-    fn read_rest(
-        &mut self,
-        rel: &Path,
-        header: u64,
-        size: u64,
-        done: u64,
-    ) -> Result<(), SnapshotError> {
-        let data_done = (done - header).min(size);
-        let abs = Path::new("/").join(rel);
-        let mut source: Box<dyn Read> = Box::new(io::empty());
-        let mut error = None;
-        if data_done < size {
-            use std::io::Seek;
-            match std::fs::File::open(&abs)
-                .and_then(|mut f| f.seek(io::SeekFrom::Start(data_done)).map(|_| f))
-            {
-                Ok(f) => source = Box::new(f),
-                Err(e) => error = Some(e),
-            }
-        }
-        let mut exact = ExactReader {
-            inner: &mut *source,
-            remaining: size - data_done,
-            digest: &mut self.digest,
-            error: None,
-            short: false,
-            progress: &*self.progress,
-            component: &self.component,
-            unreported: 0,
-        };
-        let encoder = self.builder.get_mut();
-        io::copy(&mut exact, encoder)?;
-        exact.report();
-        let (read_error, short) = (exact.error.take(), exact.short);
-        let pad = (header + size + padding(size)).saturating_sub(done.max(header + size));
-        encoder.write_all(&vec![0u8; pad as usize])?;
-        if let Some(e) = error.or(read_error) {
-            return Err(SnapshotError::Failed(format!(
-                "cannot read {}: {e}",
-                abs.display()
-            )));
-        }
-        if short {
-            self.warn(format!(
-                "{} shrank while it was being read; the rest of its entry is zero-filled — back up again when it is quiet",
-                abs.display()
-            ));
-        }
-        Ok(())
     }
 }
 
@@ -468,10 +390,11 @@ impl<W: FrameSink> EntrySink for TarWriter<W> {
             let written = self.builder.get_ref().raw_written() - before;
             let header = written.saturating_sub(size + padding(size));
             let complete = error.is_none() && !short;
+            let content = self.digest.content_sha256().filter(|_| complete);
             session
                 .lock()
                 .expect("frame cache")
-                .finish(tag, header, complete);
+                .finish(tag, header, content);
         }
         if let Some(e) = error {
             return Err(SnapshotError::Failed(format!(

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Context, Result};
 use backup_core::{CreateOptions, Error, KeyFile, KeySource, Keyring, RestoreOptions};
-use backup_core::{EntryDigest, EntryKind, Manifest, Outcome};
+use backup_core::{DigestScheme, EntryDigest, EntryKind, Manifest, Outcome};
 
 use super::{demo, engine, under};
 
@@ -63,8 +63,13 @@ fn write_payload(entries: &[Raw], out: &Path) -> Result<()> {
 /// the way the engine digests a component (so the crafted payload's only
 /// flaw is the one the test put in).
 fn with_fresh_digest(entries: &mut [Raw], component: &str) -> Result<()> {
+    with_fresh_digest_as(entries, component, DigestScheme::PerEntry)
+}
+
+/// [`with_fresh_digest`] as payload format `scheme` digests a component.
+fn with_fresh_digest_as(entries: &mut [Raw], component: &str, scheme: DigestScheme) -> Result<()> {
     let prefix = format!("components/{component}/");
-    let mut digest = EntryDigest::default();
+    let mut digest = EntryDigest::new(scheme);
     for e in entries.iter() {
         let Some(rel) = e.path.strip_prefix(prefix.as_bytes()) else {
             continue;
@@ -351,5 +356,59 @@ async fn a_truncated_image_says_truncated_with_both_sizes() -> Result<()> {
     std::fs::write(&stored, &full)?;
     e.verify(&report.image).await?;
     assert!(!e.list().await?.iter().any(|s| s.size_mismatch));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_of_payload_format_1_still_verifies_and_restores() -> Result<()> {
+    // Images written before payload format 2 hash content bytes into the
+    // component's digest, not each entry's content hash: they stay readable.
+    let (d, demo) = demo()?;
+    let e = engine(&demo.config)?;
+    let report = e.create(&CreateOptions::default()).await?;
+    let plain = d.path().join("payload.tar.gz");
+    e.decrypt(&report.image, &plain).await?;
+    let mut entries = read_payload(&plain)?;
+    let first = entries.first_mut().context("backup.json")?;
+    ensure!(first.path == b"backup.json");
+    let mut info: serde_json::Value = serde_json::from_slice(&first.data)?;
+    assert_eq!(info["format"], 2);
+    info["format"] = 1.into();
+    first.data = serde_json::to_vec_pretty(&info)?;
+    let manifest: Manifest =
+        serde_json::from_slice(&entries.last().context("manifest.json")?.data)?;
+    let seal = |entries: &[Raw], name: &str| -> Result<PathBuf> {
+        let payload = d.path().join(format!("{name}.tar.gz"));
+        write_payload(entries, &payload)?;
+        let image = d.path().join(format!("{name}.bkp"));
+        seal_unchecked(&demo.config.appliance.state_dir, &payload, &image)?;
+        Ok(image)
+    };
+
+    // Format 1 with format 2's digests: refused, a digest of one format
+    // never passes for the other.
+    let mixed = seal(&entries, "mixed")?;
+    let err = e.verify(mixed.as_path()).await.unwrap_err();
+    assert!(
+        err.to_string().contains("does not match its manifest"),
+        "{err}"
+    );
+
+    // Format 1 with its own digests: verified and restored.
+    for record in &manifest.components {
+        if record.outcome == Outcome::Success {
+            with_fresh_digest_as(&mut entries, &record.name, DigestScheme::Stream)?;
+        }
+    }
+    let old = seal(&entries, "format-1")?;
+    let verified = e.verify(old.as_path()).await?;
+    assert_eq!(verified.manifest.outcome, Outcome::Success);
+    assert_eq!(verified.info.format, 1);
+    let target = d.path().join("t");
+    let mut opts = RestoreOptions::default();
+    opts.target = Some(target.clone());
+    e.restore(old.as_path(), &opts).await?;
+    let conf = demo.config_dir().join("gateway.conf");
+    assert_eq!(std::fs::read(under(&target, &conf))?, std::fs::read(&conf)?);
     Ok(())
 }
