@@ -275,3 +275,69 @@ fn a_damaged_database_fails_its_component_at_backup() {
         "{err}"
     );
 }
+
+/// The backup's log line saying what the frame cache did.
+fn cache_line(fx: &Fixture, image: &str) -> String {
+    let log = std::fs::read_to_string(fx.state.join("logs").join(format!("{image}.log"))).unwrap();
+    log.lines()
+        .filter(|l| l.contains("frame cache"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// An unchanged database comes from the frame cache (its frames are not
+/// read and compressed again), and a commit that lands only in its `-wal`
+/// file — the database file untouched — is seen by the next backup.
+#[test]
+fn an_unchanged_database_comes_from_the_frame_cache_and_a_commit_to_its_wal_is_not_missed() {
+    let fx = Fixture::custom(|fx| {
+        std::fs::remove_file(&fx.db).unwrap();
+        make_wal_database(&fx.db);
+    });
+    // A connection that keeps new transactions in the WAL, not the file.
+    let holder = Connection::open(&fx.db).unwrap();
+    holder
+        .execute_batch("PRAGMA wal_autocheckpoint = 0; SELECT count(*) FROM objects;")
+        .unwrap();
+    // Files modified in the last seconds are not cached: these were not.
+    let quiet = |secs| {
+        set_mtime(&fx.db, secs);
+        if wal_file(&fx.db).exists() {
+            set_mtime(&wal_file(&fx.db), secs);
+        }
+    };
+    quiet(1_700_000_000);
+    let (first, _) = fx.create(&["--component", "maindb"]);
+    let (second, _) = fx.create(&["--component", "maindb"]);
+    assert!(
+        cache_line(&fx, &second).contains("frame cache: 1 unchanged files"),
+        "{}",
+        cache_line(&fx, &second)
+    );
+    // The cached image is the same database, byte for byte.
+    let restore = |name: &str, dir: &str| {
+        let target = fx.fresh_dir(dir);
+        fx.backup(&["restore", name, "--target", target.to_str().unwrap()])
+            .expect(0);
+        under(&target, &fx.db)
+    };
+    let (a, b) = (restore(&first, "first"), restore(&second, "second"));
+    assert!(std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap());
+    assert_eq!(count_rows(&b), 2000);
+
+    // A commit into the WAL only, the database file untouched, and both
+    // mtimes put back: the WAL's size still differs.
+    let db_before = std::fs::metadata(&fx.db).unwrap();
+    holder
+        .execute_batch("INSERT INTO objects (name, value) VALUES ('after', randomblob(100));")
+        .unwrap();
+    quiet(1_700_000_000);
+    assert_eq!(std::fs::metadata(&fx.db).unwrap().len(), db_before.len());
+    let (third, _) = fx.create(&["--component", "maindb"]);
+    assert!(
+        cache_line(&fx, &third).is_empty() || !cache_line(&fx, &third).contains("1 unchanged"),
+        "{}",
+        cache_line(&fx, &third)
+    );
+    assert_eq!(count_rows(&restore(&third, "third")), 2001);
+}

@@ -149,7 +149,7 @@ impl Component for FilesComponent {
                         }
                         linked.insert((md.dev(), md.ino()), rel.to_path_buf());
                     }
-                    if sink.reuse(rel, &meta, &FileStat::from_metadata(&md))? {
+                    if sink.reuse(rel, &meta, md.len(), &[FileStat::from_metadata(&md)])? {
                         continue;
                     }
                     let mut file = std::fs::File::open(path).map_err(|e| {

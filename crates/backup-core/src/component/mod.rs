@@ -45,7 +45,7 @@ impl EntryMeta {
 
 /// What identifies a regular file's content between backups without
 /// reading it (see [`EntrySink::reuse`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FileStat {
     /// Device.
     pub dev: u64,
@@ -106,19 +106,22 @@ pub trait EntrySink {
         size: u64,
         data: &mut dyn Read,
     ) -> Result<(), SnapshotError>;
-    /// Offers a regular file about to be read, before it is opened: returns
-    /// `Ok(true)` when the sink wrote its entry without reading it (its
-    /// compressed frames were cached by an earlier backup and `stat` shows
-    /// it unchanged); otherwise the caller goes on with
-    /// [`EntrySink::file`], and the sink may remember `stat` for it.
-    /// Default: never.
+    /// Offers a regular file entry of `size` bytes about to be read, before
+    /// it is opened: returns `Ok(true)` when the sink wrote its entry without
+    /// reading it (its compressed frames were cached by an earlier backup
+    /// and `stats` shows it unchanged); otherwise the caller goes on with
+    /// [`EntrySink::file`], and the sink may remember `stats` for it.
+    /// `stats` are those of every file the content comes from, taken
+    /// before the content is read: the file itself, and for a database its
+    /// write-ahead log. Default: never.
     fn reuse(
         &mut self,
         rel: &Path,
         meta: &EntryMeta,
-        stat: &FileStat,
+        size: u64,
+        stats: &[FileStat],
     ) -> Result<bool, SnapshotError> {
-        let _ = (rel, meta, stat);
+        let _ = (rel, meta, size, stats);
         Ok(false)
     }
     /// A symbolic link.

@@ -4,7 +4,7 @@ use rusqlite::{Connection, OpenFlags};
 
 use super::files::{applicable_if, restore_roots};
 use super::{
-    rel_of, Applicability, Committed, Component, EntryMeta, EntrySink, RestoreContext,
+    rel_of, Applicability, Committed, Component, EntryMeta, EntrySink, FileStat, RestoreContext,
     SnapshotError,
 };
 
@@ -61,6 +61,26 @@ impl Component for SqliteComponent {
             SnapshotError::Failed(format!("{what} {}: {e}", self.path.display()))
         };
         let md = std::fs::metadata(&self.path).map_err(|e| failed("cannot read database", &e))?;
+        // What the frame cache knows the content by: the database and its
+        // write-ahead log (every commit changes one of them), taken before
+        // the snapshot is pinned. If they match the ones taken before an
+        // earlier snapshot, nothing was committed between the two stats,
+        // so that snapshot is this database at the first of them.
+        let mut stats = vec![FileStat::from_metadata(&md)];
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        match std::fs::metadata(&wal) {
+            // Not its ctime: SQLite running as root chowns the log to the
+            // database's owner whenever it opens it (this read included),
+            // which changes the ctime and nothing else. Commits write to it,
+            // which changes its mtime.
+            Ok(m) => stats.push(FileStat {
+                ctime: (0, 0),
+                ..FileStat::from_metadata(&m)
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(failed("cannot read the write-ahead log of", &e)),
+        }
         let db = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(|e| failed("cannot open database", &e))?;
         db.busy_timeout(std::time::Duration::from_secs(30))
@@ -77,6 +97,36 @@ impl Component for SqliteComponent {
             .and_then(|size| Ok((size, read("PRAGMA page_count")?)))
             .map_err(|e| failed("cannot read the size of", &e))?;
         let (page_size, page_count) = (page_size as u64, page_count as u64);
+        let (rel, meta, size) = (
+            rel_of(&self.path),
+            EntryMeta::from_metadata(&md),
+            page_count * page_size,
+        );
+        if sink.reuse(rel, &meta, size, &stats)? {
+            // The frames of an earlier snapshot, checked when it was taken.
+            db.execute_batch("COMMIT")
+                .map_err(|e| failed("cannot end the read transaction on", &e))?;
+            return Ok(());
+        }
+        // What goes into the image is this transaction's snapshot, so a
+        // check on the same transaction checks exactly those pages; it runs
+        // first, so that a damaged database writes nothing (and nothing of
+        // it is cached). The quick check (b-trees, page accounting, records,
+        // constraints) reports a damaged database at backup time for a
+        // fraction of the full check's cost (which adds comparing every
+        // index with its table); the full `integrity_check` runs at restore
+        // on the staged file, which is this snapshot byte for byte (see
+        // restore_sqlite).
+        let verdict: String = db
+            .query_row("PRAGMA quick_check(1)", [], |row| row.get(0))
+            .map_err(|e| failed("cannot check the integrity of", &e))?;
+        if verdict != "ok" {
+            return Err(SnapshotError::Failed(format!(
+                "the database {} fails its integrity check ({verdict}): repair it, or restore \
+                 it from an earlier image, then back it up again",
+                self.path.display()
+            )));
+        }
         let mut pages = db
             .prepare("SELECT data FROM sqlite_dbpage('main') ORDER BY pgno")
             .map_err(|e| {
@@ -95,30 +145,8 @@ impl Component for SqliteComponent {
             left: page_count,
             at: page_size as usize,
         };
-        sink.file(
-            rel_of(&self.path),
-            &EntryMeta::from_metadata(&md),
-            page_count * page_size,
-            &mut reader,
-        )?;
+        sink.file(rel, &meta, size, &mut reader)?;
         drop(reader);
-        // What went into the image is this transaction's snapshot, so a
-        // check on the same transaction checks exactly those pages. The quick
-        // check (b-trees, page accounting, records, constraints) reports a
-        // damaged database at backup time for a fraction of the full check's
-        // cost (which adds comparing every index with its table); the full
-        // `integrity_check` runs at restore on the staged file, which is this
-        // snapshot byte for byte (see restore_sqlite).
-        let verdict: String = db
-            .query_row("PRAGMA quick_check(1)", [], |row| row.get(0))
-            .map_err(|e| failed("cannot check the integrity of", &e))?;
-        if verdict != "ok" {
-            return Err(SnapshotError::Failed(format!(
-                "the database {} fails its integrity check ({verdict}): repair it, or restore \
-                 it from an earlier image, then back it up again",
-                self.path.display()
-            )));
-        }
         drop(pages);
         db.execute_batch("COMMIT")
             .map_err(|e| failed("cannot end the read transaction on", &e))?;

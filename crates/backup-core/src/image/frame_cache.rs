@@ -53,6 +53,27 @@ const FRAMES: &str = "frames";
 const VERSION: u32 = 2;
 /// Files at least this large get frames of their own, and are cached.
 pub(crate) const MIN_FILE: u64 = 64 * 1024;
+/// A file modified less than this long before it is read is neither
+/// cached nor taken from the cache: a write right after the read could
+/// leave its mtime as it was (file systems stamp times at a coarse clock
+/// tick, or in whole seconds), and the cache would hold old content under
+/// the new file's key.
+pub(crate) const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Whether every file in `stats` was last modified at least [`SETTLE`]
+/// before `now`.
+pub(crate) fn settled(stats: &[FileStat], now: std::time::SystemTime) -> bool {
+    let Ok(now) = now.duration_since(std::time::UNIX_EPOCH) else {
+        return false;
+    };
+    let limit = now.saturating_sub(SETTLE);
+    stats.iter().all(|s| {
+        let (secs, nanos) = s.mtime;
+        u64::try_from(secs).is_ok_and(|secs| {
+            std::time::Duration::new(secs, u32::try_from(nanos).unwrap_or(0)) < limit
+        })
+    })
+}
 
 /// What identifies a file's content between backups without reading it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,11 +81,10 @@ pub(crate) struct FileKey {
     component: String,
     /// The archive-relative path, hex (paths need not be UTF-8).
     path: String,
+    /// The entry's size.
     size: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-    dev: u64,
-    ino: u64,
+    /// The files its content came from (see [`crate::component::EntrySink::reuse`]).
+    files: Vec<FileStat>,
     mode: u32,
     entry_mtime: u64,
     uid: u32,
@@ -72,16 +92,19 @@ pub(crate) struct FileKey {
 }
 
 impl FileKey {
-    pub(crate) fn new(component: &str, rel: &Path, meta: &EntryMeta, stat: &FileStat) -> FileKey {
+    pub(crate) fn new(
+        component: &str,
+        rel: &Path,
+        meta: &EntryMeta,
+        size: u64,
+        files: &[FileStat],
+    ) -> FileKey {
         use std::os::unix::ffi::OsStrExt;
         FileKey {
             component: component.to_string(),
             path: hex::encode(rel.as_os_str().as_bytes()),
-            size: stat.size,
-            mtime: stat.mtime,
-            ctime: stat.ctime,
-            dev: stat.dev,
-            ino: stat.ino,
+            size,
+            files: files.to_vec(),
             mode: meta.mode,
             entry_mtime: meta.mtime,
             uid: meta.uid,
@@ -562,6 +585,24 @@ mod tests {
         dir: tempfile::TempDir,
     }
 
+    /// Dates `path` (a file, or every file under a directory) an hour
+    /// back: files written just now are not cached (see [`SETTLE`]).
+    fn settle(path: &Path) {
+        if path.is_dir() {
+            for e in std::fs::read_dir(path).unwrap() {
+                settle(&e.unwrap().path());
+            }
+            return;
+        }
+        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(hour_ago)
+            .unwrap();
+    }
+
     impl Source {
         /// Small and large files, one over several frames, one random.
         fn new() -> Source {
@@ -588,6 +629,7 @@ mod tests {
                 .collect();
             std::fs::write(root.join("firmware.bin"), random).unwrap();
             std::fs::write(root.join("exactly-64k.bin"), text(MIN_FILE as usize, 103)).unwrap();
+            settle(&root);
             Source { dir }
         }
 
@@ -904,12 +946,12 @@ mod tests {
         let mut new = std::fs::read(&file).unwrap();
         new[1000..1010].copy_from_slice(b"CHANGED!!!");
         std::fs::write(&file, &new).unwrap();
+        settle(&file);
         let stat = FileStat::from_metadata(&std::fs::metadata(&file).unwrap());
         let mut idx = index(&src.state());
         for e in &mut idx.entries {
             if e.key.size == 300_000 {
-                e.key.mtime = stat.mtime;
-                e.key.ctime = stat.ctime;
+                e.key.files = vec![stat];
                 e.key.entry_mtime = stat.mtime.0 as u64;
             }
         }
@@ -954,11 +996,44 @@ mod tests {
     }
 
     #[test]
+    fn a_file_modified_just_before_it_is_read_is_not_cached() {
+        // A write in the same clock tick as the one before the read would
+        // leave mtime and ctime as the key recorded them: such a file is
+        // read every time until it has been quiet for SETTLE.
+        let src = Source::new();
+        let fresh = src.root().join("audit-2.jsonl");
+        std::fs::write(&fresh, text(300_000, 55)).unwrap();
+        let (first, _, _) = backup(&src.root(), &src.state(), Compression::Zstd, settings());
+        let sizes = |state: &Path| -> Vec<u64> {
+            let mut s: Vec<u64> = index(state).entries.iter().map(|e| e.key.size).collect();
+            s.sort();
+            s
+        };
+        assert_eq!(sizes(&src.state()), [MIN_FILE, 1_500_000, 5 << 20]);
+        // Rewritten right after it was read, same size, same second.
+        let mut changed = std::fs::read(&fresh).unwrap();
+        changed[..7].copy_from_slice(b"CHANGED");
+        std::fs::write(&fresh, &changed).unwrap();
+        let (tar, _, stats) = backup(&src.root(), &src.state(), Compression::Zstd, settings());
+        assert_eq!(stats.unwrap().reused_files, 3);
+        assert!(tar.windows(7).any(|w| w == b"CHANGED"));
+        assert_ne!(tar, first);
+        // Quiet for long enough: cached, then reused.
+        settle(&fresh);
+        backup(&src.root(), &src.state(), Compression::Zstd, settings());
+        assert_eq!(sizes(&src.state()), [MIN_FILE, 300_000, 1_500_000, 5 << 20]);
+        let (again, _, stats) = backup(&src.root(), &src.state(), Compression::Zstd, settings());
+        assert_eq!(stats.unwrap().reused_files, 4);
+        assert!(again.windows(7).any(|w| w == b"CHANGED"));
+    }
+
+    #[test]
     fn the_cache_keeps_only_what_the_last_backup_used_within_its_limit() {
         let src = Source::new();
         backup(&src.root(), &src.state(), Compression::Zstd, settings());
         std::fs::remove_file(src.root().join("firmware.bin")).unwrap();
         std::fs::write(src.root().join("audit-2.jsonl"), text(300_001, 9)).unwrap();
+        settle(&src.root().join("audit-2.jsonl"));
         backup(&src.root(), &src.state(), Compression::Zstd, settings());
         let idx = index(&src.state());
         let mut sizes: Vec<u64> = idx.entries.iter().map(|e| e.key.size).collect();

@@ -415,17 +415,21 @@ impl<W: FrameSink> EntrySink for TarWriter<W> {
         &mut self,
         rel: &Path,
         meta: &EntryMeta,
-        stat: &FileStat,
+        size: u64,
+        stats: &[FileStat],
     ) -> Result<bool, SnapshotError> {
         let left_out = self.is_left_out(rel);
         let Some(cache) = self.cache.as_mut() else {
             return Ok(false);
         };
         cache.offered = None;
-        if stat.size < frame_cache::MIN_FILE || left_out {
+        if size < frame_cache::MIN_FILE
+            || left_out
+            || !frame_cache::settled(stats, std::time::SystemTime::now())
+        {
             return Ok(false);
         }
-        let key = FileKey::new(&self.component, rel, meta, stat);
+        let key = FileKey::new(&self.component, rel, meta, size, stats);
         let session = cache.session.clone();
         let found = session.lock().expect("frame cache").lookup(&key);
         cache.offered = Some((rel.to_path_buf(), key));
