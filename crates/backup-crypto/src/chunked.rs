@@ -1,7 +1,7 @@
 //! C2SP chunked encryption, instantiated as Cobblestone-256.
 use std::io::{self, Read, Write};
 
-use aes_gcm::aead::AeadInPlace;
+use aes_gcm::aead::AeadInOut;
 use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag};
 use hmac::{Hmac, Mac};
 use sha2::Sha512;
@@ -63,16 +63,18 @@ impl MessageKeys {
     #[inline(never)]
     fn seal(&self, counter: u64, plain: &mut [u8]) -> Option<Tag> {
         self.cipher
-            .encrypt_in_place_detached(&self.nonce(counter), b"", plain)
+            .encrypt_inout_detached(&self.nonce(counter), b"", plain.into())
             .ok()
     }
 
     /// Decrypts and authenticates one chunk in place (see [`MessageKeys::seal`]).
     #[inline(never)]
     fn open(&self, counter: u64, sealed: &mut [u8], tag: &[u8]) -> bool {
-        let tag = Tag::clone_from_slice(tag);
+        let Ok(tag) = Tag::try_from(tag) else {
+            return false;
+        };
         self.cipher
-            .decrypt_in_place_detached(&self.nonce(counter), b"", sealed, &tag)
+            .decrypt_inout_detached(&self.nonce(counter), b"", sealed.into(), &tag)
             .is_ok()
     }
 
