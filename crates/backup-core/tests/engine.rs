@@ -386,6 +386,78 @@ async fn a_failing_restore_rolls_back_what_was_placed() -> Result<()> {
     Ok(())
 }
 
+/// The steps a run announces.
+#[derive(Default)]
+struct Steps(std::sync::Mutex<Vec<String>>);
+
+impl backup_core::Progress for Steps {
+    fn event(&self, event: &backup_core::Event) {
+        if let backup_core::Event::Step { message } = event {
+            self.0.lock().unwrap().push(message.clone());
+        }
+    }
+}
+
+/// The database's integrity is checked while the rest is staged, and a
+/// damaged one fails the restore before any component is put into place.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_failing_its_integrity_check_fails_the_restore_before_anything_is_replaced(
+) -> Result<()> {
+    let (_d, demo) = demo()?;
+    // An index that does not match its table: the backup's quick check
+    // passes it, the restore's full check does not.
+    let db = rusqlite::Connection::open(demo.database())?;
+    db.execute_batch(
+        "CREATE INDEX objects_name ON objects(name);
+         PRAGMA writable_schema = ON;
+         UPDATE sqlite_schema SET sql = 'CREATE INDEX objects_name ON objects(kind)'
+             WHERE name = 'objects_name';
+         PRAGMA writable_schema = OFF;",
+    )?;
+    drop(db);
+    let steps = Arc::new(Steps::default());
+    let e = Engine::builder(demo.config.clone())
+        .progress(steps.clone())
+        .build()?;
+    let report = e.create(&CreateOptions::default()).await?;
+    assert_eq!(report.outcome, Outcome::Success);
+    std::fs::write(
+        demo.config_dir().join("gateway.conf"),
+        "changed after the backup",
+    )?;
+    let live_db = std::fs::read(demo.database())?;
+    let err = e
+        .restore(&report.image, &RestoreOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::RestoreFailed { component, .. } if component == "maindb"),
+        "{err}"
+    );
+    let message = err.to_string();
+    assert!(
+        message.contains("is damaged") && message.contains("nothing was put into place"),
+        "{message}"
+    );
+    let placed: Vec<String> = steps
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.starts_with("putting"))
+        .cloned()
+        .collect();
+    assert!(placed.is_empty(), "{placed:?}");
+    assert_eq!(
+        std::fs::read_to_string(demo.config_dir().join("gateway.conf"))?,
+        "changed after the backup"
+    );
+    assert_eq!(std::fs::read(demo.database())?, live_db);
+    assert_no_leftovers(demo.config_dir().parent().unwrap());
+    assert_no_leftovers(demo.database().parent().unwrap());
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_image_for_standard_output_goes_to_the_given_stream() -> Result<()> {
     let (d, demo) = demo()?;

@@ -11,7 +11,7 @@ mod swap;
 pub use command::CommandComponent;
 pub use files::FilesComponent;
 pub use sqlite::SqliteComponent;
-pub(crate) use sqlite::JOURNAL_SUFFIXES;
+pub(crate) use sqlite::{IntegrityCheck, JOURNAL_SUFFIXES};
 pub use swap::Committed;
 pub(crate) use swap::{is_special, NothingToUndo, Swapped};
 
@@ -168,6 +168,9 @@ pub struct RestoreContext<'a> {
     /// The engine's own places, carried over untouched where a destination
     /// holds one (see [`RestoreContext::own_places_under`]).
     pub(crate) own: &'a crate::own_paths::OwnPaths,
+    /// Staged databases whose integrity check already passed (it ran in
+    /// the background while the rest of the image was extracted).
+    pub(crate) checked: &'a std::collections::HashSet<PathBuf>,
 }
 
 impl RestoreContext<'_> {

@@ -1,4 +1,5 @@
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rusqlite::{Connection, OpenFlags};
 
@@ -167,8 +168,8 @@ pub(crate) const JOURNAL_SUFFIXES: [&str; 3] = ["-wal", "-shm", "-journal"];
 pub(crate) fn restore_sqlite(ctx: &RestoreContext<'_>) -> Result<Box<dyn Committed>, String> {
     for root in &ctx.planned.roots {
         let staged = ctx.staged.join(rel_of(Path::new(root)));
-        if staged.exists() {
-            check_integrity(&staged)?;
+        if staged.exists() && !ctx.checked.contains(&staged) {
+            check_integrity(&staged, &Stop::default())?;
         }
     }
     let committed = restore_roots(ctx, &|_| false)?;
@@ -189,13 +190,94 @@ pub(crate) fn restore_sqlite(ctx: &RestoreContext<'_>) -> Result<Box<dyn Committ
     Ok(Box::new(Both(committed, Box::new(extra))))
 }
 
-fn check_integrity(path: &Path) -> Result<(), String> {
+/// The `integrity_check` of a staged database, on a thread of its own.
+/// Restore starts it as soon as the database's bytes are staged, so that it
+/// runs while the rest of the image is extracted and everything staged is
+/// synced, rather than after both (a 300 MB database restored last: 2.5 s
+/// of checking, which the final sync and commit waited for).
+pub(crate) struct IntegrityCheck {
+    path: PathBuf,
+    stop: Arc<Stop>,
+    pending: Option<Pending>,
+}
+
+/// Ends a check that is no longer wanted (the restore failed elsewhere).
+#[derive(Default)]
+struct Stop {
+    stopped: std::sync::atomic::AtomicBool,
+    running: std::sync::Mutex<Option<rusqlite::InterruptHandle>>,
+}
+
+impl Stop {
+    fn stop(&self) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(handle) = &*self.running.lock().unwrap_or_else(|p| p.into_inner()) {
+            handle.interrupt();
+        }
+    }
+}
+
+/// A check on its thread, or its verdict.
+enum Pending {
+    Running(std::thread::JoinHandle<Result<(), String>>),
+    Done(Result<(), String>),
+}
+
+impl IntegrityCheck {
+    /// Starts checking the database at `path`.
+    pub(crate) fn start(path: &Path) -> IntegrityCheck {
+        let stop = Arc::new(Stop::default());
+        let (owned, stopping) = (path.to_path_buf(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("backup-dbcheck".into())
+            .spawn(move || check_integrity(&owned, &stopping));
+        let pending = match thread {
+            Ok(handle) => Pending::Running(handle),
+            // No thread to spare: check here, now.
+            Err(_) => Pending::Done(check_integrity(path, &stop)),
+        };
+        IntegrityCheck {
+            path: path.to_path_buf(),
+            stop,
+            pending: Some(pending),
+        }
+    }
+
+    /// Waits for the verdict: an error says what is wrong with the database.
+    pub(crate) fn wait(mut self) -> Result<(), String> {
+        match self.pending.take().expect("waited once") {
+            Pending::Done(result) => result,
+            Pending::Running(handle) => handle.join().unwrap_or_else(|_| {
+                Err(format!(
+                    "the integrity check of the restored database {} stopped unexpectedly",
+                    self.path.display()
+                ))
+            }),
+        }
+    }
+}
+
+impl Drop for IntegrityCheck {
+    fn drop(&mut self) {
+        if let Some(Pending::Running(handle)) = self.pending.take() {
+            self.stop.stop();
+            let _ = handle.join();
+        }
+    }
+}
+
+fn check_integrity(path: &Path, stop: &Stop) -> Result<(), String> {
     let db = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| {
         format!(
             "the restored database {} does not open: {e}",
             path.display()
         )
     })?;
+    *stop.running.lock().unwrap_or_else(|p| p.into_inner()) = Some(db.get_interrupt_handle());
+    if stop.stopped.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err("the integrity check was stopped".into());
+    }
     let verdict: String = db
         .query_row("PRAGMA integrity_check", [], |row| row.get(0))
         .map_err(|e| format!("integrity check of {} failed: {e}", path.display()))?;
@@ -276,5 +358,83 @@ impl std::io::Read for PageReader<'_> {
         buf[..n].copy_from_slice(&page[self.at..self.at + n]);
         self.at += n;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verdict(path: &Path, pragma: &str) -> String {
+        let db = Connection::open(path).unwrap();
+        db.query_row(pragma, [], |row| row.get(0)).unwrap()
+    }
+
+    /// Tables `a` and `b` with an index each, `c` without; 2,000 rows each.
+    fn database(dir: &Path) -> PathBuf {
+        let path = dir.join("db.sqlite");
+        let db = Connection::open(&path).unwrap();
+        db.execute_batch(
+            "CREATE TABLE a (id INTEGER PRIMARY KEY, name TEXT UNIQUE);
+             CREATE TABLE b (id INTEGER PRIMARY KEY, kind TEXT, name TEXT);
+             CREATE INDEX b_name ON b(name);
+             CREATE TABLE c (id INTEGER PRIMARY KEY, blob BLOB);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)
+             INSERT INTO a SELECT i, 'a-' || i FROM n;
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)
+             INSERT INTO b SELECT i, 'kind-' || (i % 7), 'b-' || i FROM n;
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)
+             INSERT INTO c SELECT i, randomblob(300) FROM n;",
+        )
+        .unwrap();
+        path
+    }
+
+    #[test]
+    fn the_background_check_passes_an_intact_database_and_finds_an_index_that_does_not_match() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = database(dir.path());
+        IntegrityCheck::start(&path).wait().unwrap();
+        // b's index now claims to index another column than it does: every
+        // b-tree is sound, only comparing the index with its table finds it.
+        let db = Connection::open(&path).unwrap();
+        db.execute_batch(
+            "PRAGMA writable_schema = ON;
+             UPDATE sqlite_schema SET sql = 'CREATE INDEX b_name ON b(kind)' WHERE name = 'b_name';
+             PRAGMA writable_schema = OFF;",
+        )
+        .unwrap();
+        drop(db);
+        assert_eq!(verdict(&path, "PRAGMA quick_check"), "ok");
+        assert_ne!(verdict(&path, "PRAGMA integrity_check"), "ok");
+        let err = IntegrityCheck::start(&path).wait().unwrap_err();
+        assert!(
+            err.contains("is damaged") && err.contains("b_name"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_background_check_finds_a_damaged_page() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = database(dir.path());
+        let (root, page_size): (u64, u64) = {
+            let db = Connection::open(&path).unwrap();
+            let root = db
+                .query_row(
+                    "SELECT rootpage FROM sqlite_schema WHERE name = 'c'",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            let size = db.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
+            (root, size)
+        };
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = ((root - 1) * page_size) as usize;
+        bytes[at..at + page_size as usize].fill(0xA5);
+        std::fs::write(&path, bytes).unwrap();
+        let err = IntegrityCheck::start(&path).wait().unwrap_err();
+        assert!(err.contains("is damaged"), "{err}");
     }
 }

@@ -51,6 +51,7 @@ pub(super) fn commit(
     plan: Vec<(PlannedComponent, Option<PathBuf>, Arc<dyn Component>)>,
     target: Option<&Path>,
     own: &crate::own_paths::OwnPaths,
+    checked: &HashSet<PathBuf>,
     progress: &dyn Progress,
 ) -> Result<Vec<String>> {
     let mut done: Vec<Box<dyn Committed>> = Vec::new();
@@ -69,6 +70,7 @@ pub(super) fn commit(
             planned: &p,
             target,
             own,
+            checked,
         };
         match component.restore(&ctx) {
             Ok(c) => {

@@ -305,6 +305,8 @@ pub(crate) async fn restore_image_info(
         selected: Vec::new(),
         owner: crate::util::is_root(),
         progress: engine.progress.clone(),
+        databases: BTreeMap::new(),
+        checks: Vec::new(),
     };
     engine.progress.event(&Event::Step {
         message: format!("reading and staging {}", loc.shown()),
@@ -322,9 +324,10 @@ pub(crate) async fn restore_image_info(
         for stager in visitor.stagers.values_mut() {
             stager.finish()?;
         }
-        Ok(decided)
+        let checked = visitor.wait_checks(&decided.0)?;
+        Ok((decided, checked))
     })();
-    let (to_commit, skipped_failed) = match result {
+    let ((to_commit, skipped_failed), checked) = match result {
         Ok(r) => r,
         Err(e) => {
             visitor.cleanup();
@@ -398,7 +401,7 @@ pub(crate) async fn restore_image_info(
                 ));
             }
         }
-        let restored = commit(plan, target.as_deref(), &own, &*progress)?;
+        let restored = commit(plan, target.as_deref(), &own, &checked, &*progress)?;
         Ok((restored, shown))
     })
     .await

@@ -2,6 +2,7 @@
 //! refusing anything that could write outside it, and made durable before
 //! anything is put into place.
 use super::*;
+use crate::component::{rel_of, IntegrityCheck};
 
 pub(super) struct RestoreVisitor {
     pub(super) created_dirs: Vec<PathBuf>,
@@ -15,12 +16,20 @@ pub(super) struct RestoreVisitor {
     pub(super) selected: Vec<String>,
     pub(super) owner: bool,
     pub(super) progress: Arc<dyn Progress>,
+    /// The database files of the selected `sqlite` components, by
+    /// component, relative to the component.
+    pub(super) databases: BTreeMap<String, Vec<PathBuf>>,
+    /// Integrity checks of staged databases, started as each was staged:
+    /// component, staged path, check.
+    pub(super) checks: Vec<(String, PathBuf, IntegrityCheck)>,
 }
 
 impl RestoreVisitor {
     /// Removes the staging directories, and — unless the restore was put
     /// into place — the directories it created, deepest first (only empty ones).
     pub(super) fn cleanup(&mut self) {
+        // Checks still running are stopped before their files go.
+        self.checks.clear();
         for (_, s) in std::mem::take(&mut self.stagers) {
             let _ = crate::util::remove_any(&s.root);
         }
@@ -46,6 +55,30 @@ pub(super) fn create_dirs_tracked(path: &Path, created: &mut Vec<PathBuf>) -> st
         }
     }
     Ok(())
+}
+
+impl RestoreVisitor {
+    /// Waits for the integrity checks of the databases about to be put into
+    /// place (those of components left out are stopped): a damaged
+    /// database fails the restore before anything is replaced. Gives the
+    /// staged databases that passed.
+    pub(super) fn wait_checks(
+        &mut self,
+        committing: &[PlannedComponent],
+    ) -> Result<HashSet<PathBuf>> {
+        let mut checked = HashSet::new();
+        for (component, path, check) in std::mem::take(&mut self.checks) {
+            if !committing.iter().any(|p| p.name == component) {
+                continue;
+            }
+            check.wait().map_err(|reason| Error::RestoreFailed {
+                component,
+                reason: format!("{reason}; nothing was put into place"),
+            })?;
+            checked.insert(path);
+        }
+        Ok(checked)
+    }
 }
 
 impl Drop for RestoreVisitor {
@@ -80,6 +113,13 @@ impl Visitor for RestoreVisitor {
             })?;
             let stager = Stager::new(root, self.owner)?;
             self.stagers.insert(planned.name.clone(), stager);
+            if planned.kind == "sqlite" {
+                let files = planned
+                    .roots
+                    .iter()
+                    .map(|r| rel_of(Path::new(r)).to_path_buf());
+                self.databases.insert(planned.name.clone(), files.collect());
+            }
         }
         Ok(())
     }
@@ -95,6 +135,16 @@ impl Visitor for RestoreVisitor {
             });
         }
         stager.extract(entry, data)?;
+        let database = self
+            .databases
+            .get(component)
+            .is_some_and(|files| files.iter().any(|f| f == entry.rel));
+        if database && entry.kind == EntryKind::File {
+            // Checked while the rest of the image is extracted and synced.
+            let staged = stager.root.join(entry.rel);
+            let check = IntegrityCheck::start(&staged);
+            self.checks.push((component.to_string(), staged, check));
+        }
         if entry.size > 0 {
             self.progress.event(&Event::Bytes {
                 component: component.to_string(),
