@@ -12,7 +12,9 @@
 //!
 //! Independent gzip members cost about 0.5% of size against one serial
 //! stream (each block starts with an empty 32 KiB window) and buy a linear
-//! speed-up with cores. Blocks that would not shrink — random data,
+//! speed-up with cores. Each block is deflated whole by libdeflate, which
+//! at a given level takes about a quarter less CPU than zlib's streaming
+//! deflate and compresses the appliance data a little smaller. Blocks that would not shrink — random data,
 //! already-compressed files — are detected from a small byte-histogram sample
 //! and stored instead of deflated: deflating 1 MiB of random data costs as
 //! much as deflating 1 MiB of text (about 70 ms at level 6 on the reference
@@ -72,16 +74,11 @@ impl<W: Write> Encoder<W> {
                     GZIP_BLOCK,
                     threads,
                     Pool::start("backup-gzip", threads, move |jobs| {
-                        // One deflate state per worker, reset per block: it is
-                        // ~300 KiB, worth keeping rather than allocating per member.
+                        // One compressor and output buffer per worker, kept
+                        // from block to block rather than allocated per member.
                         block_worker(
                             jobs,
-                            || {
-                                Ok(flate2::Compress::new(
-                                    flate2::Compression::new(level),
-                                    false,
-                                ))
-                            },
+                            || Deflater::new(level),
                             |deflate, input, out| gzip_member(deflate, level, input, out),
                         )
                     })?,
@@ -477,10 +474,32 @@ fn zstd_frame(
     Ok(())
 }
 
+/// A worker's deflate state: libdeflate's compressor at the codec's level
+/// and a buffer it compresses a whole block into.
+struct Deflater {
+    compressor: libdeflater::Compressor,
+    scratch: Vec<u8>,
+}
+
+impl Deflater {
+    fn new(level: u32) -> io::Result<Deflater> {
+        let level = libdeflater::CompressionLvl::new(level as i32).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("gzip level {level}: {e:?}"),
+            )
+        })?;
+        Ok(Deflater {
+            compressor: libdeflater::Compressor::new(level),
+            scratch: Vec::new(),
+        })
+    }
+}
+
 /// Writes `input` as one complete gzip member into `out`: deflated, or
 /// stored when it would not shrink.
 fn gzip_member(
-    deflate: &mut flate2::Compress,
+    deflate: &mut Deflater,
     level: u32,
     input: &[u8],
     out: &mut Vec<u8>,
@@ -512,23 +531,20 @@ fn gzip_member(
     Ok(())
 }
 
-/// Raw deflate of a whole block, appended to `out`.
-fn deflate_into(deflate: &mut flate2::Compress, input: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
-    deflate.reset();
-    // deflateBound is n + n/4096 + n/16384 + 13 or so: one reservation is
-    // nearly always enough, the loop covers the rest.
-    out.reserve(input.len() + input.len() / 64 + 1024);
-    let start_in = deflate.total_in();
-    loop {
-        let consumed = (deflate.total_in() - start_in) as usize;
-        let status = deflate
-            .compress_vec(&input[consumed..], out, flate2::FlushCompress::Finish)
-            .map_err(io::Error::other)?;
-        match status {
-            flate2::Status::StreamEnd => return Ok(()),
-            flate2::Status::Ok | flate2::Status::BufError => out.reserve(64 * 1024),
-        }
+/// Raw deflate of a whole block (one final deflate stream), appended to
+/// `out`.
+fn deflate_into(deflate: &mut Deflater, input: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+    let bound = deflate.compressor.deflate_compress_bound(input.len());
+    if deflate.scratch.len() < bound {
+        // Zeroed once: the buffer keeps its length from block to block.
+        deflate.scratch.resize(bound, 0);
     }
+    let n = deflate
+        .compressor
+        .deflate_compress(input, &mut deflate.scratch)
+        .map_err(|e| io::Error::other(format!("deflate: {e:?}")))?;
+    out.extend_from_slice(&deflate.scratch[..n]);
+    Ok(())
 }
 
 /// Size of `n` bytes as deflate stored blocks (5 bytes of header per block).
@@ -842,13 +858,16 @@ mod tests {
         assert!(!looks_incompressible(&text(GZIP_BLOCK, 10)));
     }
 
+    /// Independent members cost little against one stream of the same
+    /// compressor at the same level (each member starts with an empty
+    /// window).
     #[test]
     fn gzip_size_stays_within_two_percent_of_a_single_stream() {
         let data = text(8 * GZIP_BLOCK, 13);
         let ours = encode(&data, Compression::Gzip, 6, 2).len();
-        let mut serial = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
-        serial.write_all(&data).unwrap();
-        let serial = serial.finish().unwrap().len();
+        let mut one = libdeflater::Compressor::new(libdeflater::CompressionLvl::new(6).unwrap());
+        let mut serial = vec![0; one.gzip_compress_bound(data.len())];
+        let serial = one.gzip_compress(&data, &mut serial).unwrap();
         assert!(
             (ours as f64) <= serial as f64 * 1.02,
             "parallel {ours} vs serial {serial}"
