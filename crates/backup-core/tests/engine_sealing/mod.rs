@@ -394,6 +394,24 @@ async fn an_image_of_payload_format_1_still_verifies_and_restores() -> Result<()
         "{err}"
     );
 
+    // A format this engine does not know: refused, saying what to do.
+    let mut future = entries.clone();
+    future[0].data = serde_json::to_vec_pretty(&{
+        let mut v = info.clone();
+        v["format"] = 3.into();
+        v
+    })?;
+    let err = e
+        .verify(seal(&future, "format-3")?.as_path())
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("payload format 3 is not supported")
+            && msg.contains("use a newer backup tool"),
+        "{msg}"
+    );
+
     // Format 1 with its own digests: verified and restored.
     for record in &manifest.components {
         if record.outcome == Outcome::Success {
