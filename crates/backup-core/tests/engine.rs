@@ -2,7 +2,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{ensure, Context, Result};
 use backup_core::demo::{build_demo, sqlite_rows, tree_diff, DemoAppliance};
 use backup_core::{
     Applicability, Committed, Component, ComponentOptions, Config, CreateOptions, Destination,
@@ -403,31 +403,45 @@ impl backup_core::Progress for Steps {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_database_failing_its_integrity_check_fails_the_restore_before_anything_is_replaced(
 ) -> Result<()> {
-    let (_d, demo) = demo()?;
-    // An index that does not match its table: the backup's quick check
-    // passes it, the restore's full check does not.
-    let db = rusqlite::Connection::open(demo.database())?;
-    db.execute_batch(
-        "CREATE INDEX objects_name ON objects(name);
-         PRAGMA writable_schema = ON;
-         UPDATE sqlite_schema SET sql = 'CREATE INDEX objects_name ON objects(kind)'
-             WHERE name = 'objects_name';
-         PRAGMA writable_schema = OFF;",
-    )?;
-    drop(db);
+    let (d, demo) = demo()?;
     let steps = Arc::new(Steps::default());
     let e = Engine::builder(demo.config.clone())
         .progress(steps.clone())
         .build()?;
     let report = e.create(&CreateOptions::default()).await?;
     assert_eq!(report.outcome, Outcome::Success);
+    // An index that does not match its table. The backup's integrity check
+    // refuses such a database (see the test after this one), so it gets into
+    // an image the way a damaged or hostile one would: the payload edited
+    // and sealed again with a manifest that matches it.
+    let bad = d.path().join("bad.sqlite");
+    std::fs::copy(demo.database(), &bad)?;
+    mismatch_an_index(&bad)?;
+    let plain = d.path().join("payload.tar.gz");
+    e.decrypt(&report.image, &plain).await?;
+    let mut entries = sealing::read_payload(&plain)?;
+    let db_path = format!(
+        "components/maindb/{}",
+        under(Path::new(""), &demo.database()).display()
+    );
+    entries
+        .iter_mut()
+        .find(|x| x.path == db_path.as_bytes())
+        .context("the database in the payload")?
+        .data = std::fs::read(&bad)?;
+    sealing::with_fresh_digest(&mut entries, "maindb")?;
+    let edited = d.path().join("edited.tar.gz");
+    sealing::write_payload(&entries, &edited)?;
+    let image = d.path().join("bad-index.bkp");
+    e.encrypt_rehash(&edited, &image).await?;
+    steps.0.lock().unwrap().clear();
     std::fs::write(
         demo.config_dir().join("gateway.conf"),
         "changed after the backup",
     )?;
     let live_db = std::fs::read(demo.database())?;
     let err = e
-        .restore(&report.image, &RestoreOptions::default())
+        .restore(image.as_path(), &RestoreOptions::default())
         .await
         .unwrap_err();
     assert!(
@@ -455,6 +469,44 @@ async fn a_database_failing_its_integrity_check_fails_the_restore_before_anythin
     assert_eq!(std::fs::read(demo.database())?, live_db);
     assert_no_leftovers(demo.config_dir().parent().unwrap());
     assert_no_leftovers(demo.database().parent().unwrap());
+    Ok(())
+}
+
+/// Makes an index of the database at `path` disagree with its table:
+/// `quick_check` passes it, `integrity_check` does not.
+fn mismatch_an_index(path: &Path) -> Result<()> {
+    let db = rusqlite::Connection::open(path)?;
+    db.execute_batch(
+        "CREATE INDEX objects_name ON objects(name);
+         PRAGMA writable_schema = ON;
+         UPDATE sqlite_schema SET sql = 'CREATE INDEX objects_name ON objects(kind)'
+             WHERE name = 'objects_name';
+         PRAGMA writable_schema = OFF;",
+    )?;
+    let quick: String = db.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+    ensure!(quick == "ok", "{quick}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_an_index_of_which_does_not_match_its_table_fails_its_component_at_backup(
+) -> Result<()> {
+    // What restore would refuse, the backup refuses: an image whose
+    // component succeeded restores.
+    let (_d, demo) = demo()?;
+    mismatch_an_index(&demo.database())?;
+    let e = engine(&demo.config)?;
+    let report = e.create(&CreateOptions::default()).await?;
+    assert_eq!(report.outcome, Outcome::Partial);
+    let record = report
+        .manifest
+        .components
+        .iter()
+        .find(|r| r.name == "maindb")
+        .context("maindb's record")?;
+    assert_eq!(record.outcome, Outcome::Failed);
+    let error = record.error.clone().unwrap_or_default();
+    assert!(error.contains("fails its integrity check"), "{error}");
     Ok(())
 }
 

@@ -112,14 +112,13 @@ impl Component for SqliteComponent {
         // What goes into the image is this transaction's snapshot, so a
         // check on the same transaction checks exactly those pages; it runs
         // first, so that a damaged database writes nothing (and nothing of
-        // it is cached). The quick check (b-trees, page accounting, records,
-        // constraints) reports a damaged database at backup time for a
-        // fraction of the full check's cost (which adds comparing every
-        // index with its table); the full `integrity_check` runs at restore
-        // on the staged file, which is this snapshot byte for byte (see
-        // restore_sqlite).
+        // it is cached). The full `integrity_check`, the one restore runs on
+        // the staged file (this snapshot byte for byte, see restore_sqlite):
+        // an image whose component succeeded must restore. (`quick_check`
+        // costs a sixth, but leaves out comparing every index with its
+        // table, so a database it passes could be refused at restore.)
         let verdict: String = db
-            .query_row("PRAGMA quick_check(1)", [], |row| row.get(0))
+            .query_row("PRAGMA integrity_check(1)", [], |row| row.get(0))
             .map_err(|e| failed("cannot check the integrity of", &e))?;
         if verdict != "ok" {
             return Err(SnapshotError::Failed(format!(

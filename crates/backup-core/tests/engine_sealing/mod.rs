@@ -13,14 +13,14 @@ use super::{demo, engine, under};
 
 /// One tar entry of a payload, as read.
 #[derive(Clone)]
-struct Raw {
+pub(crate) struct Raw {
     header: tar::Header,
-    path: Vec<u8>,
+    pub(crate) path: Vec<u8>,
     link: Option<Vec<u8>>,
-    data: Vec<u8>,
+    pub(crate) data: Vec<u8>,
 }
 
-fn read_payload(path: &Path) -> Result<Vec<Raw>> {
+pub(crate) fn read_payload(path: &Path) -> Result<Vec<Raw>> {
     let gz = flate2::read::MultiGzDecoder::new(std::fs::File::open(path)?);
     let mut archive = tar::Archive::new(gz);
     let mut out = Vec::new();
@@ -41,7 +41,7 @@ fn read_payload(path: &Path) -> Result<Vec<Raw>> {
     Ok(out)
 }
 
-fn write_payload(entries: &[Raw], out: &Path) -> Result<()> {
+pub(crate) fn write_payload(entries: &[Raw], out: &Path) -> Result<()> {
     let gz = flate2::write::GzEncoder::new(std::fs::File::create(out)?, Default::default());
     let mut b = tar::Builder::new(gz);
     for e in entries {
@@ -62,7 +62,7 @@ fn write_payload(entries: &[Raw], out: &Path) -> Result<()> {
 /// The manifest of `entries` with `component`'s record recomputed from them,
 /// the way the engine digests a component (so the crafted payload's only
 /// flaw is the one the test put in).
-fn with_fresh_digest(entries: &mut [Raw], component: &str) -> Result<()> {
+pub(crate) fn with_fresh_digest(entries: &mut [Raw], component: &str) -> Result<()> {
     with_fresh_digest_as(entries, component, DigestScheme::PerEntry)
 }
 
