@@ -277,12 +277,14 @@ impl Session {
         (entry.key == *key).then_some(entry)
     }
 
-    /// Reads every frame of `entry` and checks it (see [`CachedFrames`]),
-    /// without keeping any.
-    pub(crate) fn check(&self, entry: &Entry) -> io::Result<()> {
+    /// `entry`'s frames, every one of them read and checked once already
+    /// (see [`CachedFrames`]), ready to be read again from the first: so a
+    /// damaged cache entry is found before any of it goes into an image.
+    pub(crate) fn checked_frames(&self, entry: &Entry) -> io::Result<CachedFrames> {
         let mut frames = self.frames(entry)?;
         while frames.next_checked()?.is_some() {}
-        Ok(())
+        frames.rewind()?;
+        Ok(frames)
     }
 
     /// Reads `entry`'s frames and checks them one at a time; see
@@ -292,7 +294,7 @@ impl Session {
         let size = entry.key.size;
         let whole = entry.header >= 512
             && entry.frames.first().is_some_and(|f| f.raw >= entry.header)
-            && raw == entry.header + size + (512 - size % 512) % 512;
+            && raw == entry.header + size + super::writer::padding(size);
         if !whole {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -309,7 +311,7 @@ impl Session {
         Ok(CachedFrames {
             source: io::BufReader::with_capacity(256 * 1024, file),
             compression: self.compression,
-            records: entry.frames.clone().into_iter(),
+            records: entry.frames.clone(),
             index: 0,
         })
     }
@@ -491,18 +493,27 @@ fn read_index(path: &Path) -> Option<Index> {
 pub(crate) struct CachedFrames {
     source: io::BufReader<File>,
     compression: Compression,
-    records: std::vec::IntoIter<FrameRecord>,
-    index: u64,
+    records: Vec<FrameRecord>,
+    /// The next frame's.
+    index: usize,
 }
 
 impl CachedFrames {
+    /// Back to the first frame.
+    fn rewind(&mut self) -> io::Result<()> {
+        use std::io::Seek;
+        self.source.rewind()?;
+        self.index = 0;
+        Ok(())
+    }
+
     /// The next frame, checked, with its uncompressed length; `None` after
     /// the last.
     pub(crate) fn next_checked(&mut self) -> io::Result<Option<(Vec<u8>, u64)>> {
-        let Some(record) = self.records.next() else {
+        let Some(record) = self.records.get(self.index).copied() else {
             return Ok(None);
         };
-        let index = self.index;
+        let index = self.index as u64;
         self.index += 1;
         let checked = match self.compression {
             Compression::Gzip => check::<super::gunzip::Gzip>(&mut self.source, index, &record),

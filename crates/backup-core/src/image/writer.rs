@@ -114,7 +114,7 @@ struct CacheUse {
 }
 
 /// Bytes of tar padding after `size` bytes of data.
-fn padding(size: u64) -> u64 {
+pub(crate) fn padding(size: u64) -> u64 {
     (512 - size % 512) % 512
 }
 
@@ -187,10 +187,7 @@ impl<W: FrameSink> TarWriter<W> {
         session: &Mutex<Session>,
     ) -> Result<bool, SnapshotError> {
         let lock = || session.lock().expect("frame cache");
-        let checked = {
-            let cache = lock();
-            cache.check(&entry).and_then(|()| cache.frames(&entry))
-        };
+        let checked = lock().checked_frames(&entry);
         let (Ok(mut frames), Some(content)) = (checked, entry.content_sha256()) else {
             lock().damaged();
             return Ok(false);
