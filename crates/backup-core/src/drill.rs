@@ -406,13 +406,11 @@ fn integrity_check(path: &Path) -> std::result::Result<(), String> {
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    let verdict: String = db
-        .query_row("PRAGMA integrity_check", [], |row| row.get(0))
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    if verdict == "ok" {
-        Ok(())
-    } else {
-        Err(format!("{}: {verdict}", path.display()))
+    match crate::component::integrity_problem(&db)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+    {
+        None => Ok(()),
+        Some(verdict) => Err(format!("{}: {verdict}", path.display())),
     }
 }
 

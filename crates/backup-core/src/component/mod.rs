@@ -11,7 +11,7 @@ mod swap;
 pub use command::CommandComponent;
 pub use files::FilesComponent;
 pub use sqlite::SqliteComponent;
-pub(crate) use sqlite::{IntegrityCheck, JOURNAL_SUFFIXES};
+pub(crate) use sqlite::{integrity_problem, IntegrityCheck, JOURNAL_SUFFIXES};
 pub use swap::Committed;
 pub(crate) use swap::{is_special, NothingToUndo, Swapped};
 
