@@ -103,11 +103,13 @@ impl Component for SqliteComponent {
             EntryMeta::from_metadata(&md),
             page_count * page_size,
         );
+        let end = || {
+            db.execute_batch("COMMIT")
+                .map_err(|e| failed("cannot end the read transaction on", &e))
+        };
         if sink.reuse(rel, &meta, size, &stats)? {
             // The frames of an earlier snapshot, checked when it was taken.
-            db.execute_batch("COMMIT")
-                .map_err(|e| failed("cannot end the read transaction on", &e))?;
-            return Ok(());
+            return end();
         }
         // What goes into the image is this transaction's snapshot, so a
         // check on the same transaction checks exactly those pages; it runs
@@ -147,9 +149,7 @@ impl Component for SqliteComponent {
         sink.file(rel, &meta, size, &mut reader)?;
         drop(reader);
         drop(pages);
-        db.execute_batch("COMMIT")
-            .map_err(|e| failed("cannot end the read transaction on", &e))?;
-        Ok(())
+        end()
     }
 
     fn restore(&self, ctx: &RestoreContext<'_>) -> Result<Box<dyn Committed>, String> {

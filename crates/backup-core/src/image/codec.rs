@@ -14,11 +14,12 @@
 //! stream (each block starts with an empty 32 KiB window) and buy a linear
 //! speed-up with cores. Each block is deflated whole by libdeflate, which
 //! at a given level takes about a quarter less CPU than zlib's streaming
-//! deflate and compresses the appliance data a little smaller. Blocks that would not shrink — random data,
-//! already-compressed files — are detected from a small byte-histogram sample
-//! and stored instead of deflated: deflating 1 MiB of random data costs as
-//! much as deflating 1 MiB of text (about 70 ms at level 6 on the reference
-//! machine), the sample costs about 0.05 ms.
+//! deflate and compresses the appliance data a little smaller. Blocks that
+//! would not shrink — random data, already-compressed files — are detected
+//! from a small byte-histogram sample and stored instead of deflated:
+//! deflating 1 MiB of random data costs as much as deflating 1 MiB of text
+//! (about 70 ms at level 6 on the reference machine), the sample costs
+//! about 0.05 ms.
 use std::collections::VecDeque;
 use std::io::{self, BufReader, Read, Write};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
