@@ -294,7 +294,7 @@ impl Session {
         let size = entry.key.size;
         let whole = entry.header >= 512
             && entry.frames.first().is_some_and(|f| f.raw >= entry.header)
-            && raw == entry.header + size + super::writer::padding(size);
+            && raw == entry.header + size + super::tar_padding(size);
         if !whole {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,

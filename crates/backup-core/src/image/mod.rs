@@ -32,3 +32,8 @@ pub(crate) const BACKUP_JSON: &str = "backup.json";
 pub(crate) const MANIFEST_JSON: &str = "manifest.json";
 /// Directory holding the components in the archive.
 pub(crate) const COMPONENTS_DIR: &str = "components";
+
+/// Bytes of tar padding after `size` bytes of an entry's data.
+pub(crate) fn tar_padding(size: u64) -> u64 {
+    (512 - size % 512) % 512
+}

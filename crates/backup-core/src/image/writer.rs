@@ -113,11 +113,6 @@ struct CacheUse {
     offered: Option<(std::path::PathBuf, FileKey)>,
 }
 
-/// Bytes of tar padding after `size` bytes of data.
-pub(crate) fn padding(size: u64) -> u64 {
-    (512 - size % 512) % 512
-}
-
 /// Writes the tar stream of an image and records each component's digest.
 pub(crate) struct TarWriter<W: Write> {
     builder: tar::Builder<W>,
@@ -385,7 +380,7 @@ impl<W: FrameSink> EntrySink for TarWriter<W> {
         if let Some((session, tag, before)) = recording {
             self.builder.get_mut().set_tag(None)?;
             let written = self.builder.get_ref().raw_written() - before;
-            let header = written.saturating_sub(size + padding(size));
+            let header = written.saturating_sub(size + super::tar_padding(size));
             let complete = error.is_none() && !short;
             let content = self.digest.content_sha256().filter(|_| complete);
             session
